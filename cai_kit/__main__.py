@@ -1,0 +1,3 @@
+from cai_kit.cli.main import main
+
+main()

@@ -1,0 +1,105 @@
+"""The backend contract: `await backend.chat(messages, params) -> Completion`.
+
+Every model (hosted API, OpenAI-compatible server, the embedded local model, a trained
+checkpoint) is reached through this one async method, so the engine, the revise loop and
+the judge never care which kind they talk to.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+ChatMessages = list[dict[str, str]]  # OpenAI shape: [{"role": "user", "content": "..."}]
+
+
+@dataclass(frozen=True)
+class GenParams:
+    """Sampling parameters. Part of the call-cache key, so keep them plain values."""
+
+    temperature: float = 0.7
+    max_tokens: int = 256
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    # >0 asks for the top-k log-probs of each generated token (the judge uses the first one).
+    top_logprobs: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stop"] = list(self.stop)
+        return d
+
+    def replace(self, **changes: Any) -> GenParams:
+        return GenParams(**{**asdict(self), **changes})
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: dict[str, float] = field(default_factory=dict)  # candidate token -> log-prob
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Completion:
+    text: str
+    logprobs: list[TokenLogprob] | None = None
+    usage: Usage = field(default_factory=Usage)
+    cost: float | None = None  # USD, when the provider's price is known
+    model: str = ""
+    finish_reason: str | None = None
+    cached: bool = False  # served from the call cache (no model call was paid)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("cached")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Completion:
+        lps = d.get("logprobs")
+        return cls(
+            text=d["text"],
+            logprobs=[TokenLogprob(**t) for t in lps] if lps is not None else None,
+            usage=Usage(**d.get("usage", {})),
+            cost=d.get("cost"),
+            model=d.get("model", ""),
+            finish_reason=d.get("finish_reason"),
+        )
+
+
+class Backend(ABC):
+    """One model behind one async call. Subclasses keep secrets out of `identity()`."""
+
+    kind: str = "base"  # registry name of the backend kind
+    default_concurrency: int = 8
+    supports_logprobs: bool = False
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    @abstractmethod
+    async def chat(self, messages: ChatMessages, params: GenParams) -> Completion:
+        """Send one conversation, return one completion. Raise `BackendError` on failure."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release sessions, servers, threads."""
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two backends answer the same: the call-cache key part. Never a key."""
+        return {"kind": self.kind, "model": self.model}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.model!r})"

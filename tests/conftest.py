@@ -1,0 +1,39 @@
+"""Shared test setup: no network, a private cache dir, and the real-server fixtures.
+
+Fixtures that start real servers on loopback live in tests/fixtures/ (the llama.cpp server
+serving the embedded GGUF, and a scripted fault-injection OpenAI-compatible server).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Never let a library reach for a hub or a price list during tests.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+# Converted weights of the embedded model are shared by all tests (and by later runs).
+os.environ.setdefault(
+    "CAI_KIT_MODELS_DIR",
+    os.path.join(os.path.expanduser(os.environ.get("XDG_CACHE_HOME", "~/.cache")), "cai-kit", "models"),
+)
+
+pytest_plugins = [
+    "tests.fixtures.llama_server",
+    "tests.fixtures.fault_server",
+]
+
+
+@pytest.fixture(autouse=True)
+def _private_call_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own call cache so cached answers never leak between tests.
+
+    The converted-model cache (models/) is shared across the session through
+    CAI_KIT_MODELS_DIR so the embedded model is converted once per test run, not per test.
+    """
+    monkeypatch.setenv("CAI_KIT_CACHE_DIR", str(tmp_path_factory.mktemp("cai-cache")))
