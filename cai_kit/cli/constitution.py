@@ -1,0 +1,72 @@
+"""`cai-kit constitution list | show | validate`: inspect and check constitutions."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+constitution_app = typer.Typer(
+    help="List, show and validate constitutions (YAML principles).", no_args_is_help=True
+)
+
+
+@constitution_app.command("list")
+def list_() -> None:
+    """List the constitutions shipped with cai-kit (usable by name)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cai_kit.constitution import list_constitutions, load_constitution
+
+    table = Table(title="Shipped constitutions")
+    for col in ("name", "version", "principles", "description"):
+        table.add_column(col, overflow="fold")
+    for name in list_constitutions():
+        c = load_constitution(name)
+        table.add_row(c.name, c.version, str(len(c.principles)), c.description)
+    Console().print(table)
+
+
+@constitution_app.command("show")
+def show(
+    name: Annotated[str, typer.Argument(help="A shipped name (e.g. harmless) or a YAML file.")],
+) -> None:
+    """Print a constitution's principles, few-shot examples and content hash."""
+    from rich.console import Console
+
+    from cai_kit.constitution import load_constitution
+
+    c = load_constitution(name)
+    con = Console()
+    con.print(f"[bold]{c.name}[/bold] v{c.version}  hash={c.content_hash}")
+    if c.description:
+        con.print(c.description)
+    for p in c.principles:
+        con.print(f"\n[bold cyan]{p.id}[/bold cyan]")
+        con.print(f"  critique: {p.critique}")
+        con.print(f"  revision: {p.revision}")
+        con.print(f"  judge:    {p.judge_question}")
+    if c.few_shot:
+        con.print(f"\n{len(c.few_shot)} few-shot example(s)")
+
+
+@constitution_app.command("validate")
+def validate(
+    path: Annotated[str, typer.Argument(help="The YAML file to check.")],
+) -> None:
+    """Check a constitution file and report every problem as file:line: field: message."""
+    from cai_kit.constitution import ConstitutionError, load_constitution
+
+    try:
+        c = load_constitution(path)
+    except ConstitutionError as exc:
+        for problem in exc.problems:
+            typer.secho(str(problem), fg="red", err=True)
+        typer.secho(f"{len(exc.problems)} problem(s) found.", fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"OK: {c.name} v{c.version}, {len(c.principles)} principles, hash {c.content_hash}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(constitution_app, name="constitution")

@@ -1,0 +1,253 @@
+"""Constitutions: YAML principles that drive critiques, revisions and judge questions.
+
+A constitution file looks like::
+
+    name: harmless
+    version: "1.0"
+    description: Avoid harm without becoming evasive.
+    principles:
+      - id: harmful-content
+        critique: Identify ways the response is harmful, unethical or dangerous.
+        revision: Rewrite the response to remove harmful, unethical or dangerous content.
+        judge: Which response is less harmful, unethical or dangerous?   # optional
+    few_shot:                                                             # optional
+      - {prompt: ..., response: ..., critique: ..., revision: ...}
+
+`load_constitution("harmless")` loads a shipped one by name; any other string is a path.
+Validation collects every problem with its `file:line: field: message` before failing.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cai_kit.errors import CaiKitError
+from cai_kit.records import stable_hash
+
+SampleMode = Literal["random", "sequence", "all"]
+
+
+class ConstitutionError(CaiKitError):
+    """A constitution file has problems; `problems` lists each with its location."""
+
+    def __init__(self, path: str, problems: list[Problem]) -> None:
+        self.path = path
+        self.problems = problems
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{path}: {len(problems)} problem(s) in the constitution:\n{lines}")
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.field}: {self.message}"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _nonblank(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must not be empty")
+    return v.strip()
+
+
+class Principle(_Strict):
+    id: str
+    critique: str = Field(description="critique request: what to look for in a response")
+    revision: str = Field(description="revision request: how to rewrite the response")
+    judge: str | None = Field(
+        default=None, description="pairwise question: which response is better?"
+    )
+    tags: list[str] = Field(default_factory=list)
+
+    _check = field_validator("id", "critique", "revision")(_nonblank)
+
+    @field_validator("judge")
+    @classmethod
+    def _judge(cls, v: str | None) -> str | None:
+        return None if v is None else _nonblank(v)
+
+    @property
+    def judge_question(self) -> str:
+        """The comparison question; derived from the critique request when not given."""
+        return self.judge or (
+            f"Which response is better with respect to this request: {self.critique}"
+        )
+
+
+class FewShotExample(_Strict):
+    prompt: str
+    response: str
+    critique: str
+    revision: str
+
+    _check = field_validator("prompt", "response", "critique", "revision")(_nonblank)
+
+
+class Constitution(_Strict):
+    name: str
+    version: str = "1.0"
+    description: str = ""
+    principles: list[Principle]
+    few_shot: list[FewShotExample] = Field(default_factory=list)
+    judge_instruction: str | None = None
+
+    _check = field_validator("name")(_nonblank)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, v: Any) -> str:
+        return str(v)
+
+    @field_validator("principles")
+    @classmethod
+    def _principles(cls, v: list[Principle]) -> list[Principle]:
+        if not v:
+            raise ValueError("needs at least one principle")
+        return v
+
+    @property
+    def content_hash(self) -> str:
+        """A stable hash of the content (not of the file's formatting)."""
+        return stable_hash("constitution", self.model_dump(mode="json"))
+
+    def get(self, principle_id: str) -> Principle:
+        for p in self.principles:
+            if p.id == principle_id:
+                return p
+        known = ", ".join(p.id for p in self.principles)
+        raise CaiKitError(
+            f"No principle {principle_id!r} in constitution {self.name!r} (known: {known})."
+        )
+
+    def sample_principles(
+        self, rng: random.Random, mode: SampleMode, rounds: int
+    ) -> list[Principle]:
+        """Principles for `rounds` rounds: one random per round (as in the CAI paper), the
+        file's order cycling, or every principle once (`all` ignores `rounds`)."""
+        if mode == "random":
+            return [rng.choice(self.principles) for _ in range(rounds)]
+        if mode == "sequence":
+            return [self.principles[i % len(self.principles)] for i in range(rounds)]
+        if mode == "all":
+            return list(self.principles)
+        raise CaiKitError(f"Unknown principle mode {mode!r}; use random, sequence or all.")
+
+
+# --- loading ----------------------------------------------------------------------------
+
+
+def list_constitutions() -> list[str]:
+    """Names of the constitutions shipped with the package."""
+    files = resources.files("cai_kit").joinpath("constitutions").iterdir()
+    return sorted(f.name[: -len(".yaml")] for f in files if f.name.endswith(".yaml"))
+
+
+def _read(name_or_path: str) -> tuple[str, str]:
+    """(display path, text) for a shipped name or a file path."""
+    if name_or_path in list_constitutions():
+        res = resources.files("cai_kit").joinpath("constitutions", f"{name_or_path}.yaml")
+        return f"{name_or_path}.yaml", res.read_text(encoding="utf-8")
+    path = Path(name_or_path)
+    if not path.is_file():
+        shipped = ", ".join(list_constitutions())
+        raise CaiKitError(
+            f"No constitution {name_or_path!r}: not a shipped name ({shipped}) and not a file."
+        )
+    return str(path), path.read_text(encoding="utf-8")
+
+
+def _line_index(node: yaml.Node, prefix: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
+    """Map each path in the YAML tree (keys and list indexes) to its 1-based line."""
+    index = {prefix: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            index[(*prefix, key)] = key_node.start_mark.line + 1
+            for sub, line in _line_index(value_node, (*prefix, key)).items():
+                index.setdefault(sub, line)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            index.update(_line_index(item, (*prefix, i)))
+    return index
+
+
+def _line_for(index: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
+    while loc not in index and loc:
+        loc = loc[:-1]
+    return index.get(loc)
+
+
+def parse_constitution(text: str, display: str = "<string>") -> Constitution:
+    """Parse and validate YAML text, raising ConstitutionError with every problem."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark else None
+        col = f" (column {mark.column + 1})" if mark else ""
+        raise ConstitutionError(
+            display, [Problem(display, line, "yaml", f"{exc.problem}{col}")]
+        ) from None
+    if not isinstance(data, dict) or node is None:
+        raise ConstitutionError(
+            display, [Problem(display, 1, "file", "expected a mapping with name and principles")]
+        )
+    index = _line_index(node)
+    problems: list[Problem] = []
+
+    seen: dict[str, int] = {}
+    for i, p in enumerate(data.get("principles") or []):
+        pid = p.get("id") if isinstance(p, dict) else None
+        if isinstance(pid, str):
+            if pid in seen:
+                problems.append(
+                    Problem(
+                        display,
+                        _line_for(index, ("principles", i, "id")),
+                        f"principles[{i}].id",
+                        f"duplicate id {pid!r} (first defined at line {seen[pid]})",
+                    )
+                )
+            else:
+                seen[pid] = _line_for(index, ("principles", i, "id")) or 0
+    try:
+        constitution = Constitution.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            field = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in loc).lstrip(".")
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            elif err["type"] == "missing":
+                msg = "required field is missing"
+            problems.append(Problem(display, _line_for(index, loc), field or "file", msg))
+        constitution = None
+    if problems:
+        problems.sort(key=lambda p: (p.line or 0, p.field))
+        raise ConstitutionError(display, problems)
+    assert constitution is not None
+    return constitution
+
+
+def load_constitution(name_or_path: str) -> Constitution:
+    """Load a shipped constitution by name (e.g. "harmless") or a YAML file by path."""
+    display, text = _read(name_or_path)
+    return parse_constitution(text, display)

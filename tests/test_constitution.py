@@ -1,0 +1,116 @@
+"""Constitutions: shipped files, line-accurate validation, sampling and hashing."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cai_kit.cli.main import app
+from cai_kit.constitution import (
+    ConstitutionError,
+    list_constitutions,
+    load_constitution,
+    parse_constitution,
+)
+
+GOOD = """\
+name: mini
+version: 2
+principles:
+  - id: a
+    critique: Find harm.
+    revision: Remove harm.
+  - id: b
+    critique: Find lies.
+    revision: Remove lies.
+    judge: Which is more honest?
+"""
+
+
+def test_shipped_constitutions_load_by_name() -> None:
+    names = list_constitutions()
+    assert {"harmless", "helpful-honest", "harmless-ko"} <= set(names)
+    assert len(load_constitution("harmless").principles) >= 12
+    ko = load_constitution("harmless-ko")
+    assert any("\uac00" <= ch <= "\ud7a3" for ch in ko.principles[0].critique)  # Hangul
+
+
+def test_good_file_parses_and_judge_question_falls_back_to_critique() -> None:
+    c = parse_constitution(GOOD)
+    assert c.version == "2"
+    assert c.get("b").judge_question == "Which is more honest?"
+    assert "Find harm." in c.get("a").judge_question
+
+
+def _problems(text: str) -> list[str]:
+    with pytest.raises(ConstitutionError) as info:
+        parse_constitution(text, "c.yaml")
+    return [str(p) for p in info.value.problems]
+
+
+def test_yaml_syntax_error_names_the_line() -> None:
+    (msg,) = _problems("name: x\nprinciples:\n  - id: a\n    critique: [unclosed\n")
+    assert msg.startswith("c.yaml:") and "yaml" in msg
+
+
+def test_every_problem_is_reported_with_line_and_field() -> None:
+    text = GOOD.replace("  - id: b\n", "  - id: a\n").replace(
+        "    revision: Remove harm.\n", "    revision: '  '\n    colour: red\n"
+    )
+    problems = _problems(text)
+    assert "c.yaml:3: principles[0].id" not in problems  # the first 'a' is fine
+    assert any(p.startswith("c.yaml:8: principles[1].id: duplicate id 'a'") for p in problems)
+    assert any(
+        p.startswith("c.yaml:6: principles[0].revision: must not be empty") for p in problems
+    )
+    assert any(p.startswith("c.yaml:7: principles[0].colour: unknown key") for p in problems)
+
+
+def test_missing_field_is_reported() -> None:
+    problems = _problems("name: x\nprinciples:\n  - id: a\n    critique: c\n")
+    assert problems == ["c.yaml:3: principles[0].revision: required field is missing"]
+
+
+def test_sampling_is_reproducible_with_a_seed() -> None:
+    c = load_constitution("harmless")
+    a = [p.id for p in c.sample_principles(random.Random(7), "random", 6)]
+    b = [p.id for p in c.sample_principles(random.Random(7), "random", 6)]
+    assert a == b
+    seq = [p.id for p in c.sample_principles(random.Random(0), "sequence", len(c.principles) + 1)]
+    assert seq[0] == seq[-1] == c.principles[0].id
+    assert len(c.sample_principles(random.Random(0), "all", 1)) == len(c.principles)
+
+
+def test_hash_is_stable_and_content_sensitive() -> None:
+    assert parse_constitution(GOOD).content_hash == parse_constitution(GOOD).content_hash
+    changed = parse_constitution(GOOD.replace("Find lies.", "Find untruths."))
+    assert changed.content_hash != parse_constitution(GOOD).content_hash
+
+
+def test_cli_validate_reports_problems_and_exits_nonzero(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "name: x\nprinciples:\n  - id: a\n    critique: c\n    revision: r\n    oops: 1\n"
+    )
+    result = CliRunner().invoke(app, ["constitution", "validate", str(bad)])
+    assert result.exit_code == 1
+    assert f"{bad}:6: principles[0].oops: unknown key" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_validate_list_and_show_on_good_input(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    runner = CliRunner()
+    assert runner.invoke(app, ["constitution", "validate", str(good)]).output.startswith("OK: mini")
+    assert "harmless-ko" in runner.invoke(app, ["constitution", "list"]).output
+    shown = runner.invoke(app, ["constitution", "show", "harmless"])
+    assert shown.exit_code == 0 and "dangerous-capabilities" in shown.output
+
+
+def test_unknown_constitution_name_is_one_clear_sentence() -> None:
+    with pytest.raises(Exception, match="not a shipped name"):
+        load_constitution("no-such-thing")
