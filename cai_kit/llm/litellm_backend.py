@@ -1,0 +1,159 @@
+"""Hosted providers through litellm (openai/, anthropic/, gemini/, mistral/, ...).
+
+litellm's own retries are off (the engine retries, one layer only), its verbose logging is
+never enabled (it has leaked keys), and its price list is read from the installed package
+rather than fetched at import (LITELLM_LOCAL_MODEL_COST_MAP=True).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from cai_kit.errors import ConfigError, FatalBackendError, RetryableError
+from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams, TokenLogprob, Usage
+
+# provider prefix -> the env var that holds its key (checked before the first call)
+KEY_VARS = {
+    "openai": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "gemini": "GEMINI_API_KEY",
+    "mistral": "MISTRAL_API_KEY",
+    "groq": "GROQ_API_KEY",
+    "together_ai": "TOGETHERAI_API_KEY",
+    "cohere": "COHERE_API_KEY",
+    "deepseek": "DEEPSEEK_API_KEY",
+    "openrouter": "OPENROUTER_API_KEY",
+    "fireworks_ai": "FIREWORKS_AI_API_KEY",
+}
+
+
+def make_litellm_backend(model: str, api_base: str | None = None, **options: Any) -> Backend:
+    name = model.removeprefix("litellm:")
+    provider = name.split("/", 1)[0]
+    var = KEY_VARS.get(provider)
+    if var and not os.environ.get(var) and api_base is None:
+        raise ConfigError(
+            f"Set {var} to use {name} (or pass --api-base for a local OpenAI-compatible server)."
+        )
+    return LiteLLMBackend(name, api_base=api_base, **options)
+
+
+def _import_litellm() -> Any:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    litellm.suppress_debug_info = True
+    litellm.telemetry = False
+    return litellm
+
+
+class LiteLLMBackend(Backend):
+    kind = "litellm"
+    default_concurrency = 16
+    supports_logprobs = True
+
+    def __init__(
+        self, model: str, api_base: str | None = None, timeout_s: float = 120.0, **_: Any
+    ) -> None:
+        super().__init__(model)
+        self.api_base = api_base
+        self.timeout_s = timeout_s
+
+    def identity(self) -> dict[str, Any]:
+        return {"kind": self.kind, "model": self.model, "api_base": self.api_base}
+
+    async def chat(self, messages: ChatMessages, params: GenParams) -> Completion:
+        litellm = _import_litellm()
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_tokens": params.max_tokens,
+            "num_retries": 0,
+            "max_retries": 0,
+            "timeout": self.timeout_s,
+        }
+        if self.api_base:
+            kwargs["api_base"] = self.api_base
+            kwargs.setdefault("api_key", os.environ.get("OPENAI_API_KEY") or "sk-none")
+        if params.seed is not None:
+            kwargs["seed"] = params.seed
+        if params.stop:
+            kwargs["stop"] = list(params.stop)
+        if params.top_logprobs > 0:
+            kwargs.update(logprobs=True, top_logprobs=min(params.top_logprobs, 20))
+        try:
+            resp = await litellm.acompletion(**kwargs)
+        except Exception as exc:
+            raise _map_error(litellm, exc, self.model) from None
+        choice = resp.choices[0]
+        usage = getattr(resp, "usage", None)
+        cost = None
+        try:
+            cost = float(litellm.completion_cost(completion_response=resp))
+        except Exception:  # unknown price: cost stays unknown, never guessed
+            cost = None
+        return Completion(
+            text=choice.message.content or "",
+            logprobs=_logprobs(getattr(choice, "logprobs", None)),
+            usage=Usage(
+                getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0
+            ),
+            cost=cost,
+            model=self.model,
+            finish_reason=getattr(choice, "finish_reason", None),
+        )
+
+
+def _logprobs(lp: Any) -> list[TokenLogprob] | None:
+    content = getattr(lp, "content", None) if lp is not None else None
+    if content is None and isinstance(lp, dict):
+        content = lp.get("content")
+    if not content:
+        return None
+    out = []
+    for t in content:
+        get = t.get if isinstance(t, dict) else lambda k, t=t: getattr(t, k, None)
+        tops = get("top_logprobs") or []
+        top = {}
+        for c in tops:
+            cg = c.get if isinstance(c, dict) else lambda k, c=c: getattr(c, k, None)
+            top[cg("token")] = float(cg("logprob"))
+        out.append(TokenLogprob(token=get("token"), logprob=float(get("logprob")), top=top))
+    return out
+
+
+def _map_error(litellm: Any, exc: Exception, model: str) -> Exception:
+    status = getattr(exc, "status_code", None)
+    name = type(exc).__name__
+    retry_after = None
+    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+    if hasattr(headers, "get") and headers.get("retry-after"):
+        from cai_kit.llm.openai_compat import parse_retry_after
+
+        retry_after = parse_retry_after(headers.get("retry-after"))
+    if isinstance(exc, litellm.AuthenticationError) or status in (401, 403):
+        return FatalBackendError(
+            f"The provider refused the credentials for {model}: check the API key env var.",
+            status=status,
+        )
+    if isinstance(exc, litellm.NotFoundError) or status == 404:
+        return FatalBackendError(
+            f"Model {model!r} does not exist at the provider (404): check the model string.",
+            status=404,
+        )
+    if isinstance(exc, litellm.RateLimitError) or status == 429:
+        return RetryableError(
+            f"Rate limited by the provider for {model} (429).", status=429, retry_after=retry_after
+        )
+    if isinstance(exc, litellm.BadRequestError) or status == 400:
+        return FatalBackendError(
+            f"The provider rejected the request for {model} (400): {exc}", status=400
+        )
+    return RetryableError(
+        f"The call to {model} failed ({name}): {str(exc)[:200]}",
+        status=status,
+        retry_after=retry_after,
+    )

@@ -1,0 +1,280 @@
+"""Local backends: the embedded model through llama.cpp, and transformers checkpoints.
+
+- `local` / `local:llama`: SmolLM2-135M-Instruct GGUF through llama.cpp. llama.cpp is not
+  thread-safe, so calls run one at a time in a worker thread; a second instance with
+  `logits_all=True` is created only when top log-probs are asked for (it is ~6x slower).
+- `local:transformers` and `hf:PATH`: a transformers checkpoint (the embedded model converted
+  once, or e.g. a model you trained; PEFT adapter dirs load on their base). Concurrent
+  `chat()` calls are micro-batched into one left-padded `generate`, so many prompts run
+  faster than one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cai_kit.errors import ConfigError, FatalBackendError
+from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams, TokenLogprob, Usage
+
+
+def make_local_backend(model: str, api_base: str | None = None, **options: Any) -> Backend:
+    from cai_kit.llm import embedded
+
+    if model == "local:transformers":
+        return TransformersBackend(embedded.trainable_checkpoint(), name=model, **options)
+    return LlamaCppBackend(embedded.gguf_path(), name=model, **options)
+
+
+def make_hf_backend(model: str, api_base: str | None = None, **options: Any) -> Backend:
+    path = Path(model.removeprefix("hf:")).expanduser()
+    if not path.is_dir():
+        raise ConfigError(
+            f"No checkpoint directory at {path} (from {model!r}); pass hf:PATH to a saved model."
+        )
+    return TransformersBackend(path, name=model, **options)
+
+
+class LlamaCppBackend(Backend):
+    kind = "local"
+    default_concurrency = 4  # calls serialise in one thread; a few in flight keep it busy
+    supports_logprobs = True
+
+    def __init__(self, gguf: Path, name: str = "local", n_ctx: int = 4096, **_: Any) -> None:
+        super().__init__(name)
+        self.gguf = gguf
+        self.n_ctx = n_ctx
+        self._llms: dict[bool, Any] = {}
+        self._lock = threading.Lock()
+
+    def identity(self) -> dict[str, Any]:
+        return {"kind": self.kind, "model": self.gguf.name}
+
+    def _llm(self, logits_all: bool) -> Any:
+        if logits_all not in self._llms:
+            from llama_cpp import Llama
+
+            self._llms[logits_all] = Llama(
+                model_path=str(self.gguf),
+                n_ctx=self.n_ctx,
+                n_threads=max(1, min(8, os.cpu_count() or 1)),
+                logits_all=logits_all,
+                verbose=False,
+            )
+        return self._llms[logits_all]
+
+    def _chat_sync(self, messages: ChatMessages, params: GenParams) -> Completion:
+        want_lp = params.top_logprobs > 0
+        kwargs: dict[str, Any] = {
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_tokens": params.max_tokens,
+            "stop": list(params.stop) or None,
+            "seed": params.seed if params.seed is not None else 0,
+        }
+        if want_lp:
+            kwargs.update(logprobs=True, top_logprobs=min(params.top_logprobs, 20))
+        with self._lock:
+            try:
+                r = self._llm(want_lp).create_chat_completion(messages=messages, **kwargs)
+            except ValueError as exc:  # e.g. the prompt exceeds the context window
+                raise FatalBackendError(f"The local model refused the request: {exc}") from None
+        choice = r["choices"][0]
+        return Completion(
+            text=choice["message"]["content"] or "",
+            logprobs=_parse_openai_logprobs(choice.get("logprobs")) if want_lp else None,
+            usage=Usage(r["usage"]["prompt_tokens"], r["usage"]["completion_tokens"]),
+            cost=0.0,
+            model=self.model,
+            finish_reason=choice.get("finish_reason"),
+        )
+
+    async def chat(self, messages: ChatMessages, params: GenParams) -> Completion:
+        return await asyncio.to_thread(self._chat_sync, messages, params)
+
+
+def _parse_openai_logprobs(lp: dict[str, Any] | None) -> list[TokenLogprob] | None:
+    """OpenAI-shaped `logprobs.content` -> TokenLogprob list (shared with other backends)."""
+    if not lp or not lp.get("content"):
+        return None
+    return [
+        TokenLogprob(
+            token=t["token"],
+            logprob=float(t["logprob"]),
+            top={c["token"]: float(c["logprob"]) for c in t.get("top_logprobs") or []},
+        )
+        for t in lp["content"]
+    ]
+
+
+@dataclass
+class _Pending:
+    messages: ChatMessages
+    params: GenParams
+    future: asyncio.Future[Completion]
+
+
+class TransformersBackend(Backend):
+    kind = "hf"
+    default_concurrency = 16
+    supports_logprobs = True
+
+    def __init__(
+        self, path: Path, name: str, max_batch: int = 16, window_s: float = 0.02, **_: Any
+    ) -> None:
+        super().__init__(name)
+        self.path = path
+        self.max_batch = max_batch
+        self.window_s = window_s
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._load_lock = threading.Lock()
+
+    def identity(self) -> dict[str, Any]:
+        # The path alone would serve stale cache entries after retraining into the same dir.
+        weights = sorted(self.path.glob("*.safetensors"))
+        stamp = [(w.name, w.stat().st_size, int(w.stat().st_mtime)) for w in weights]
+        return {"kind": self.kind, "model": str(self.path.resolve()), "weights": stamp}
+
+    def _load(self) -> None:
+        with self._load_lock:
+            if self._model is not None:
+                return
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            trust = os.environ.get("CAI_KIT_TRUST_REMOTE_CODE") == "1"
+            adapter_cfg = self.path / "adapter_config.json"
+            if adapter_cfg.is_file():
+                from peft import PeftModel
+
+                base = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
+                model = AutoModelForCausalLM.from_pretrained(
+                    base, trust_remote_code=trust, use_safetensors=True
+                )
+                model = PeftModel.from_pretrained(model, self.path).merge_and_unload()
+                tok_src = self.path if (self.path / "tokenizer_config.json").is_file() else base
+            else:
+                model = AutoModelForCausalLM.from_pretrained(
+                    self.path,
+                    trust_remote_code=trust,
+                    use_safetensors=True,
+                    dtype=torch.float32,
+                )
+                tok_src = self.path
+            tokenizer = AutoTokenizer.from_pretrained(tok_src, trust_remote_code=trust)
+            tokenizer.padding_side = "left"
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            self._model, self._tokenizer = model.eval(), tokenizer
+
+    async def chat(self, messages: ChatMessages, params: GenParams) -> Completion:
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._worker = asyncio.create_task(self._batch_loop())
+        fut: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(messages, params, fut))
+        return await fut
+
+    async def _batch_loop(self) -> None:
+        assert self._queue is not None
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            deadline = asyncio.get_running_loop().time() + self.window_s
+            while len(batch) < self.max_batch:
+                timeout = deadline - asyncio.get_running_loop().time()
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), max(timeout, 0)))
+                except asyncio.TimeoutError:
+                    break
+            groups: dict[GenParams, list[_Pending]] = {}
+            for p in batch:  # one generate per distinct parameter set
+                groups.setdefault(p.params.replace(seed=None), []).append(p)
+            for group in groups.values():
+                try:
+                    results = await asyncio.to_thread(self._generate, group)
+                    for p, r in zip(group, results, strict=True):
+                        p.future.set_result(r)
+                except Exception as exc:  # hand the error to every caller in the batch
+                    for p in group:
+                        if not p.future.done():
+                            p.future.set_exception(exc)
+
+    def _generate(self, group: list[_Pending]) -> list[Completion]:
+        import torch
+
+        self._load()
+        tok, model = self._tokenizer, self._model
+        params = group[0].params
+        prompts = [
+            tok.apply_chat_template(p.messages, tokenize=False, add_generation_prompt=True)
+            for p in group
+        ]
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        sample = params.temperature > 0
+        with torch.no_grad():
+            out = model.generate(
+                **enc,
+                max_new_tokens=params.max_tokens,
+                do_sample=sample,
+                temperature=params.temperature if sample else None,
+                top_p=params.top_p if sample else None,
+                top_k=None,
+                pad_token_id=tok.pad_token_id,
+                return_dict_in_generate=True,
+                output_scores=params.top_logprobs > 0,
+                stop_strings=list(params.stop) or None,
+                tokenizer=tok if params.stop else None,
+            )
+        new = out.sequences[:, enc["input_ids"].shape[1] :]
+        results = []
+        for i in range(len(group)):
+            ids = new[i].tolist()
+            eos = tok.eos_token_id
+            n = next((j for j, t in enumerate(ids) if t in (eos, tok.pad_token_id)), len(ids))
+            text = tok.decode(ids[:n], skip_special_tokens=True)
+            lps = None
+            if params.top_logprobs > 0:
+                lps = []
+                for step in range(n):
+                    logp = torch.log_softmax(out.scores[step][i].float(), dim=-1)
+                    top = torch.topk(logp, min(params.top_logprobs, 20))
+                    lps.append(
+                        TokenLogprob(
+                            token=tok.decode([ids[step]]),
+                            logprob=float(logp[ids[step]]),
+                            top={
+                                tok.decode([int(t)]): float(v)
+                                for v, t in zip(top.values, top.indices, strict=True)
+                                if math.isfinite(float(v))
+                            },
+                        )
+                    )
+            results.append(
+                Completion(
+                    text=text,
+                    logprobs=lps,
+                    usage=Usage(int(enc["attention_mask"][i].sum()), n),
+                    cost=0.0,
+                    model=self.model,
+                    finish_reason="stop" if n < len(ids) else "length",
+                )
+            )
+        return results
+
+    async def aclose(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            self._worker = None
+            self._queue = None

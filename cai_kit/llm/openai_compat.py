@@ -1,0 +1,171 @@
+"""Any OpenAI-compatible `/chat/completions` server (vLLM, llama.cpp server, Ollama, gateways).
+
+An aiohttp client: measured here it is 2-5x faster than httpx- or litellm-based clients at
+high concurrency. It has no retries of its own (the engine retries) and maps HTTP status to
+`RetryableError` (429 + Retry-After, 5xx, timeouts, dropped connections, malformed bodies)
+or `FatalBackendError` (400/401/403/404), each with one sentence saying what to do.
+A key, if needed, comes from OPENAI_API_KEY or CAI_KIT_API_KEY; it is sent in a header and
+never logged or cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import os
+import time
+from typing import Any
+
+from cai_kit.errors import FatalBackendError, RetryableError
+from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams, Usage
+from cai_kit.llm.local import _parse_openai_logprobs
+
+
+def make_openai_compat_backend(model: str, api_base: str | None = None, **options: Any) -> Backend:
+    assert api_base is not None
+    return OpenAICompatBackend(model.removeprefix("openai/"), api_base, **options)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds, from either delta-seconds or an HTTP-date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class OpenAICompatBackend(Backend):
+    kind = "openai-compat"
+    default_concurrency = 64
+    supports_logprobs = True
+
+    def __init__(self, model: str, api_base: str, timeout_s: float = 120.0, **_: Any) -> None:
+        super().__init__(model)
+        self.api_base = api_base.rstrip("/")
+        self.timeout_s = timeout_s
+        self._session: Any = None
+
+    def identity(self) -> dict[str, Any]:
+        return {"kind": self.kind, "model": self.model, "api_base": self.api_base}
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get("CAI_KIT_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    async def _get_session(self) -> Any:
+        if self._session is None:
+            import aiohttp
+
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers())
+        return self._session
+
+    def _body(self, messages: ChatMessages, params: GenParams) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_tokens": params.max_tokens,
+        }
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if params.top_logprobs > 0:
+            body["logprobs"] = True
+            body["top_logprobs"] = min(params.top_logprobs, 20)
+        return body
+
+    async def chat(self, messages: ChatMessages, params: GenParams) -> Completion:
+        import aiohttp
+
+        url = f"{self.api_base}/chat/completions"
+        session = await self._get_session()
+        try:
+            async with session.post(
+                url,
+                json=self._body(messages, params),
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        except asyncio.TimeoutError:
+            raise RetryableError(
+                f"The server at {self.api_base} did not answer within {self.timeout_s:g} s."
+            ) from None
+        except aiohttp.ClientConnectorError:
+            raise RetryableError(
+                f"The server at {self.api_base} is unreachable: is it running, and is --api-base right?"
+            ) from None
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            raise RetryableError(
+                f"The connection to {self.api_base} dropped ({type(exc).__name__})."
+            ) from None
+        if status != 200:
+            raise _status_error(status, raw, self.api_base, self.model, retry_after)
+        try:
+            data = json.loads(raw)
+            choice = data["choices"][0]
+            text = choice["message"]["content"] or ""
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise RetryableError(
+                f"The server at {self.api_base} sent a malformed response body."
+            ) from None
+        usage = data.get("usage") or {}
+        return Completion(
+            text=text,
+            logprobs=_parse_openai_logprobs(choice.get("logprobs")),
+            usage=Usage(
+                int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+            ),
+            cost=None,
+            model=data.get("model") or self.model,
+            finish_reason=choice.get("finish_reason"),
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _status_error(
+    status: int, raw: bytes, api_base: str, model: str, retry_after: float | None
+) -> Exception:
+    detail = raw[:300].decode("utf-8", "replace").strip()
+    if status == 429:
+        return RetryableError(
+            f"Rate limited by {api_base} (429).", status=429, retry_after=retry_after
+        )
+    if status >= 500:
+        return RetryableError(
+            f"The server at {api_base} failed ({status}).", status=status, retry_after=retry_after
+        )
+    if status in (401, 403):
+        return FatalBackendError(
+            f"The server at {api_base} refused the credentials ({status}): set OPENAI_API_KEY "
+            "(or CAI_KIT_API_KEY) to a valid key.",
+            status=status,
+        )
+    if status == 404:
+        return FatalBackendError(
+            f"The server at {api_base} says model {model!r} or the endpoint does not exist (404): "
+            "check the model name and that --api-base ends in /v1.",
+            status=status,
+        )
+    return FatalBackendError(
+        f"The server at {api_base} rejected the request ({status}): {detail}", status=status
+    )
