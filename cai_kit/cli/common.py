@@ -31,8 +31,12 @@ ApiBaseOpt = Annotated[
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory (created if missing).")]
 TemperatureOpt = Annotated[float, typer.Option("--temperature", help="Sampling temperature.")]
 MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", help="Maximum tokens per generation.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (sampling of principles, generation).")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; print only the summary.")]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", help="Random seed (sampling of principles, generation).")
+]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bar; print only the summary.")
+]
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -41,3 +45,77 @@ def fail(message: str, code: int = 1) -> None:
 
     typer.secho(f"Error: {redact(message)}", fg="red", err=True)
     raise typer.Exit(code)
+
+
+# --- engine options (every command that runs a job) -----------------------------------
+ConcurrencyOpt = Annotated[
+    int | None, typer.Option("--concurrency", help="Model calls in flight (default: per backend).")
+]
+RpmOpt = Annotated[float | None, typer.Option("--rpm", help="Limit: requests per minute.")]
+TpmOpt = Annotated[
+    float | None, typer.Option("--tpm", help="Limit: tokens per minute (estimated).")
+]
+MaxRetriesOpt = Annotated[
+    int, typer.Option("--max-retries", help="Retries per call on 429/5xx/timeouts.")
+]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds before a call times out.")]
+MaxCostOpt = Annotated[
+    float | None,
+    typer.Option("--max-cost", help="Stop cleanly before spending more than this (USD)."),
+]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Bypass the call cache.")]
+CachePathOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-path", help="SQLite call cache (default: ~/.cache/cai-kit/calls.sqlite)."
+    ),
+]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Print the number of calls to make, call nothing.")
+]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option("--shard", help="Process shard I of N (e.g. 2/8); results merge by record id."),
+]
+
+
+def parse_shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        i, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        fail(f"--shard takes I/N such as 1/4, not {value!r}.")
+    if not 1 <= i <= n:
+        fail(f"--shard {value}: I must be between 1 and N.")
+    return i, n
+
+
+def engine_config(
+    *,
+    concurrency: int | None = None,
+    rpm: float | None = None,
+    tpm: float | None = None,
+    max_retries: int = 5,
+    timeout: float = 120.0,
+    max_cost: float | None = None,
+    no_cache: bool = False,
+    cache_path: Path | None = None,
+    quiet: bool = False,
+    dry_run: bool = False,
+):  # type: ignore[no-untyped-def]
+    """Build an EngineConfig from the shared CLI options."""
+    from cai_kit.engine import EngineConfig
+
+    return EngineConfig(
+        concurrency=concurrency,
+        rpm=rpm,
+        tpm=tpm,
+        max_retries=max_retries,
+        timeout_s=timeout,
+        max_cost=max_cost,
+        use_cache=not no_cache,
+        cache_path=cache_path,
+        quiet=quiet,
+        dry_run=dry_run,
+    )

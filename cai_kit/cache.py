@@ -1,0 +1,69 @@
+"""The call cache: identical model calls are never paid twice, within a run or across runs.
+
+Content-addressed: key = sha256(backend identity, messages, sampling params, sample index).
+Backend identities never contain keys, so neither does the cache. An entry is committed as
+soon as its call returns, so a run killed at any point has every answered call cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from cai_kit.llm.base import Completion
+
+
+def cache_key(
+    identity: dict[str, Any],
+    messages: list[dict[str, str]],
+    params: dict[str, Any],
+    sample_index: int,
+) -> str:
+    blob = json.dumps(
+        [identity, messages, params, sample_index],
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class CallCache:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, completion TEXT NOT NULL)"
+        )
+
+    def get(self, key: str) -> Completion | None:
+        with self._lock:
+            row = self._db.execute("SELECT completion FROM calls WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        c = Completion.from_dict(json.loads(row[0]))
+        c.cached = True
+        return c
+
+    def put(self, key: str, completion: Completion) -> None:
+        blob = json.dumps(completion.to_dict(), ensure_ascii=False)
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO calls (key, completion) VALUES (?, ?)", (key, blob)
+            )
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,163 @@
+"""`cai-kit revise`: prompts + constitution -> critique/revision traces (SFT data)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cai_kit.cli.common import (
+    ApiBaseOpt,
+    CachePathOpt,
+    ConcurrencyOpt,
+    DryRunOpt,
+    MaxCostOpt,
+    MaxRetriesOpt,
+    MaxTokensOpt,
+    ModelOpt,
+    NoCacheOpt,
+    QuietOpt,
+    RpmOpt,
+    SeedOpt,
+    ShardOpt,
+    TemperatureOpt,
+    TimeoutOpt,
+    TpmOpt,
+    engine_config,
+    parse_shard,
+)
+
+
+def revise(
+    prompts: Annotated[
+        str,
+        typer.Argument(
+            help="Prompt file (.jsonl/.json/.csv/.parquet/.txt) or hf:NAME[:split][:column]."
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Run directory (revisions.jsonl + manifest.json).")
+    ],
+    constitution: Annotated[
+        str, typer.Option("--constitution", "-c", help="Shipped name or YAML file.")
+    ] = "harmless",
+    model: ModelOpt = "local",
+    api_base: ApiBaseOpt = None,
+    critic_model: Annotated[
+        str | None,
+        typer.Option(
+            "--critic-model", help="Model for critiques and revisions (default: --model)."
+        ),
+    ] = None,
+    critic_api_base: Annotated[
+        str | None,
+        typer.Option(
+            "--critic-api-base", help="Base URL for --critic-model (default: --api-base)."
+        ),
+    ] = None,
+    rounds: Annotated[
+        int, typer.Option("--rounds", "-r", min=0, help="Critique→revision rounds per prompt.")
+    ] = 1,
+    principles: Annotated[
+        str,
+        typer.Option(
+            "--principles", help="random (one per round, as in the CAI paper) | sequence | all."
+        ),
+    ] = "random",
+    early_stop: Annotated[
+        bool,
+        typer.Option(
+            "--early-stop", help="Skip a revision when the critic says there is no problem."
+        ),
+    ] = False,
+    no_few_shot: Annotated[
+        bool,
+        typer.Option("--no-few-shot", help="Don't put the constitution's few-shot examples first."),
+    ] = False,
+    column: Annotated[
+        str | None, typer.Option("--column", help="Prompt column (default: prompt or messages).")
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="Dataset split for hf: inputs.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
+    on_bad_row: Annotated[
+        str,
+        typer.Option("--on-bad-row", help="fail (default: report all bad rows, then stop) | skip."),
+    ] = "fail",
+    max_prompt_chars: Annotated[
+        int | None,
+        typer.Option("--max-prompt-chars", help="Skip (and report) prompts longer than this."),
+    ] = None,
+    temperature: TemperatureOpt = 0.7,
+    max_tokens: MaxTokensOpt = 256,
+    seed: SeedOpt = 0,
+    concurrency: ConcurrencyOpt = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    max_retries: MaxRetriesOpt = 5,
+    timeout: TimeoutOpt = 120.0,
+    max_cost: MaxCostOpt = None,
+    no_cache: NoCacheOpt = False,
+    cache_path: CachePathOpt = None,
+    dry_run: DryRunOpt = False,
+    shard: ShardOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Critique and revise responses to each prompt under a constitution (SFT data)."""
+    from cai_kit.cli.common import fail
+    from cai_kit.constitution import load_constitution
+    from cai_kit.llm.base import GenParams
+    from cai_kit.llm.registry import get_backend
+    from cai_kit.prompts import load_prompts
+    from cai_kit.revise import ReviseConfig, run_revise
+
+    if principles not in ("random", "sequence", "all"):
+        fail(f"--principles must be random, sequence or all, not {principles!r}.")
+    if on_bad_row not in ("fail", "skip"):
+        fail(f"--on-bad-row must be fail or skip, not {on_bad_row!r}.")
+    const = load_constitution(constitution)
+    pset = load_prompts(prompts, column=column, split=split, on_bad_row=on_bad_row,  # type: ignore[arg-type]
+                        max_prompt_chars=max_prompt_chars, limit=limit)  # fmt: skip
+    typer.echo(f"{prompts}: {pset.summary()}", err=True)
+    critic_model = critic_model or model
+    critic_api_base = critic_api_base or api_base
+    responder = get_backend(model, api_base=api_base, timeout_s=timeout)
+    critic = (
+        responder
+        if (critic_model, critic_api_base) == (model, api_base)
+        else get_backend(critic_model, api_base=critic_api_base, timeout_s=timeout)
+    )
+    cfg = ReviseConfig(
+        constitution=const,
+        rounds=rounds,
+        mode=principles,  # type: ignore[arg-type]
+        seed=seed,
+        response_params=GenParams(temperature=temperature, max_tokens=max_tokens),
+        critique_params=GenParams(temperature=min(temperature, 0.3), max_tokens=max_tokens),
+        revision_params=GenParams(temperature=min(temperature, 0.3), max_tokens=max_tokens),
+        early_stop=early_stop,
+        few_shot=not no_few_shot,
+    )
+    summary = run_revise(
+        pset.records, cfg,
+        responder=responder, critic=critic,
+        models={"responder": model, "critic": critic_model},
+        out_dir=out,
+        engine_config=engine_config(concurrency=concurrency, rpm=rpm, tpm=tpm, max_retries=max_retries, timeout=timeout,
+                                    max_cost=max_cost, no_cache=no_cache, cache_path=cache_path, quiet=quiet, dry_run=dry_run),
+        shard=parse_shard(shard),
+        argv=["cai-kit", *sys.argv[1:]] if sys.argv and "cai-kit" in sys.argv[0] else ["cai-kit", "revise", prompts, "--out", str(out)],
+        inputs={"prompts": prompts, "prompt_report": pset.summary()},
+    )  # fmt: skip
+    typer.echo(summary.line())
+    if not dry_run:
+        typer.echo(f"Wrote {out / 'revisions.jsonl'}")
+    if summary.stopped:
+        raise typer.Exit(2)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("revise")(revise)

@@ -1,0 +1,236 @@
+"""The critique→revise loop (the supervised phase of Constitutional AI).
+
+For each prompt: an initial response (from the input's `response` column, or the
+responder model), then for each round a principle sampled from the constitution, a critique
+of the current response under it, and a revision under the same principle. As in the CAI
+paper, the conversation continues: few-shot turns, the prompt, the response, the critique
+request, the critique, the revision request, the revision, then the next round's critique
+request. Every step keeps the exact messages it sent.
+
+    from cai_kit.revise import ReviseConfig, run_revise
+    run_revise(prompts, ReviseConfig(constitution=load_constitution("harmless")), ...)
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from cai_kit.constitution import Constitution, FewShotExample, Principle
+from cai_kit.engine import CallFailed, Engine, EngineConfig, JobSpec, JobSummary, run_job
+from cai_kit.llm.base import Backend, GenParams
+from cai_kit.records import (
+    CritiqueStep,
+    Message,
+    PromptRecord,
+    Provenance,
+    RevisionRecord,
+    stable_hash,
+)
+
+CRITIQUE_PREFIX = "Critique request: "
+REVISION_PREFIX = "Revision request: "
+EARLY_STOP_SUFFIX = (
+    "\nAfter your critique, write one final line that is exactly `Problem: yes` if the response "
+    "has a problem under this request, or `Problem: no` if it has none."
+)
+_VERDICT = re.compile(r"problem\s*[:=]\s*\**\s*(yes|no)\b", re.IGNORECASE)
+
+
+@dataclass
+class ReviseConfig:
+    constitution: Constitution
+    rounds: int = 1
+    mode: Literal["random", "sequence", "all"] = "random"
+    seed: int = 0
+    response_params: GenParams = field(default_factory=lambda: GenParams(max_tokens=256))
+    critique_params: GenParams = field(
+        default_factory=lambda: GenParams(temperature=0.3, max_tokens=192)
+    )
+    revision_params: GenParams = field(
+        default_factory=lambda: GenParams(temperature=0.3, max_tokens=256)
+    )
+    early_stop: bool = False
+    few_shot: bool = True
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "rounds": self.rounds,
+            "mode": self.mode,
+            "early_stop": self.early_stop,
+            "few_shot": self.few_shot,
+            "response": self.response_params.to_dict(),
+            "critique": self.critique_params.to_dict(),
+            "revision": self.revision_params.to_dict(),
+        }
+
+
+def revision_record_id(prompt: PromptRecord, cfg: ReviseConfig, models: dict[str, str]) -> str:
+    """What decides whether this prompt's revision is done (resume, shards, merging)."""
+    c = cfg.constitution
+    return stable_hash(
+        "revision",
+        prompt.id,
+        prompt.response,
+        c.name,
+        c.content_hash,
+        cfg.seed,
+        models,
+        cfg.describe(),
+    )
+
+
+def principles_for(prompt: PromptRecord, cfg: ReviseConfig) -> list[Principle]:
+    """Seeded per prompt, so results don't depend on order, concurrency or sharding."""
+    rng = random.Random(int(stable_hash("principles", cfg.seed, prompt.id), 16))
+    return cfg.constitution.sample_principles(rng, cfg.mode, cfg.rounds)
+
+
+def _msg(role: str, content: str) -> dict[str, str]:
+    return {"role": role, "content": content}
+
+
+def few_shot_turns(examples: list[FewShotExample], principle: Principle) -> list[dict[str, str]]:
+    turns: list[dict[str, str]] = []
+    for ex in examples:
+        turns += [
+            _msg("user", ex.prompt),
+            _msg("assistant", ex.response),
+            _msg("user", CRITIQUE_PREFIX + principle.critique),
+            _msg("assistant", ex.critique),
+            _msg("user", REVISION_PREFIX + principle.revision),
+            _msg("assistant", ex.revision),
+        ]
+    return turns
+
+
+def critic_found_no_problem(critique: str) -> bool | None:
+    """True/False from the critic's last `Problem: yes|no` line; None when it gave none."""
+    found = _VERDICT.findall(critique)
+    return None if not found else found[-1].lower() == "no"
+
+
+async def revise_one(
+    prompt: PromptRecord,
+    cfg: ReviseConfig,
+    engine: Engine,
+    responder: Backend,
+    critic: Backend,
+    models: dict[str, str],
+) -> RevisionRecord:
+    record = RevisionRecord(
+        id=revision_record_id(prompt, cfg, models),
+        prompt_id=prompt.id,
+        messages=prompt.messages,
+        provenance=Provenance(
+            constitution=cfg.constitution.name,
+            constitution_hash=cfg.constitution.content_hash,
+            models=models,
+            params=cfg.describe(),
+            seed=cfg.seed,
+        ),
+        metadata={**prompt.metadata, **({"source": prompt.source} if prompt.source else {})},
+    )
+    base = [m.model_dump() for m in prompt.messages]
+    principles = principles_for(prompt, cfg)
+    record.provenance.principle_ids = [p.id for p in principles]
+    try:
+        if prompt.response is not None:
+            current = prompt.response
+        else:
+            params = cfg.response_params.replace(seed=cfg.seed)
+            current = (await engine.call(responder, base, params)).text.strip()
+        record.initial_response = current
+        shots = (
+            few_shot_turns(cfg.constitution.few_shot, principles[0])
+            if cfg.few_shot and principles
+            else []
+        )
+        conversation = shots + base + [_msg("assistant", current)]
+        for rnd, principle in enumerate(principles, start=1):
+            request = (
+                CRITIQUE_PREFIX + principle.critique + (EARLY_STOP_SUFFIX if cfg.early_stop else "")
+            )
+            critique_messages = [*conversation, _msg("user", request)]
+            critique = (
+                await engine.call(
+                    critic, critique_messages, cfg.critique_params.replace(seed=cfg.seed + rnd)
+                )
+            ).text.strip()
+            step = CritiqueStep(
+                round=rnd,
+                principle_id=principle.id,
+                critique_messages=[Message(**m) for m in critique_messages],  # type: ignore[arg-type]
+                critique=critique,
+            )
+            conversation = [*critique_messages, _msg("assistant", critique)]
+            if cfg.early_stop and critic_found_no_problem(critique):
+                step.skipped_reason = f"the critic found no problem under '{principle.id}'"
+                record.steps.append(step)
+                continue
+            revision_messages = [*conversation, _msg("user", REVISION_PREFIX + principle.revision)]
+            revision = (
+                await engine.call(
+                    critic, revision_messages, cfg.revision_params.replace(seed=cfg.seed + rnd)
+                )
+            ).text.strip()
+            step.revision_messages = [Message(**m) for m in revision_messages]  # type: ignore[arg-type]
+            step.revision = revision
+            record.steps.append(step)
+            conversation = [*revision_messages, _msg("assistant", revision)]
+            if revision:
+                current = revision
+        record.final_response = current
+    except CallFailed as exc:
+        record.status = "failed"
+        record.error = str(exc)
+    return record
+
+
+def run_revise(
+    prompts: list[PromptRecord],
+    cfg: ReviseConfig,
+    *,
+    responder: Backend,
+    critic: Backend,
+    models: dict[str, str],
+    out_dir: Path,
+    engine_config: EngineConfig,
+    shard: tuple[int, int] | None = None,
+    argv: list[str] | None = None,
+    inputs: dict[str, object] | None = None,
+) -> JobSummary:
+    """Run the loop over every prompt not done yet; writes OUT/revisions.jsonl + manifest."""
+    calls_per_prompt = 2 * (len(cfg.constitution.principles) if cfg.mode == "all" else cfg.rounds)
+
+    async def process(prompt: PromptRecord, engine: Engine) -> RevisionRecord:
+        return await revise_one(prompt, cfg, engine, responder, critic, models)
+
+    spec = JobSpec(
+        name="revise",
+        items=prompts,
+        item_id=lambda p: revision_record_id(p, cfg, models),
+        process=process,
+        output=out_dir / "revisions.jsonl",
+        record_type=RevisionRecord,
+        run_dir=out_dir,
+        manifest={
+            "command": "revise",
+            "argv": argv or [],
+            "provenance": {
+                "constitution": cfg.constitution.name,
+                "constitution_hash": cfg.constitution.content_hash,
+                "models": models,
+                "params": cfg.describe(),
+                "seed": cfg.seed,
+            },
+            "inputs": inputs or {},
+        },
+        estimate=lambda p: calls_per_prompt + (0 if p.response is not None else 1),
+        shard=shard,
+        backends=[responder] if responder is critic else [responder, critic],
+    )
+    return run_job(spec, engine_config)
