@@ -1,0 +1,101 @@
+"""`cai-kit export sft | prefs | dpo | kto | reward`: run records -> TRL-ready datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+export_app = typer.Typer(
+    help="Export run records as TRL-ready datasets (JSONL + dataset card).", no_args_is_help=True
+)
+
+RunDir = Annotated[Path, typer.Argument(help="Run directory (from revise, prefs or judge).")]
+Out = Annotated[
+    Path,
+    typer.Option("--out", "-o", help="Output directory for train.jsonl, test.jsonl, README.md."),
+]
+Fmt = Annotated[
+    str, typer.Option("--format", help="conversational (lists of messages) | standard (strings).")
+]
+EvalFrac = Annotated[
+    float, typer.Option("--eval-fraction", help="Share of rows held out in test.jsonl.")
+]
+MinMargin = Annotated[
+    float,
+    typer.Option("--min-margin", help="Keep pairs whose judge margin is at least this (0..1)."),
+]
+Ties = Annotated[bool, typer.Option("--include-ties", help="Keep pairs the judge called a tie.")]
+PushToHub = Annotated[
+    str | None,
+    typer.Option("--push-to-hub", help="Also push the dataset to this Hub repo (needs network)."),
+]
+
+
+def _run(kind: str, run_dir: Path, out: Path, fmt: str, eval_fraction: float, min_margin: float = 0.0,
+         include_ties: bool = False, push_to_hub: str | None = None) -> None:  # fmt: skip
+    from cai_kit.cli.common import fail
+    from cai_kit.export import export
+
+    if fmt not in ("conversational", "standard"):
+        fail(f"--format must be conversational or standard, not {fmt!r}.")
+    counts = export(run_dir, out, kind, fmt, min_margin, include_ties, eval_fraction)  # type: ignore[arg-type]
+    left = ", ".join(f"{n} {why}" for why, n in counts["skipped"].items())
+    typer.echo(
+        f"Wrote {counts['train']} train / {counts['test']} test rows to {out}"
+        + (f" (left out: {left})" if left else "")
+    )
+    if push_to_hub:
+        from datasets import load_dataset
+
+        files = {"train": str(out / "train.jsonl")} | (
+            {"test": str(out / "test.jsonl")} if counts["test"] else {}
+        )
+        load_dataset("json", data_files=files).push_to_hub(push_to_hub)
+        typer.echo(f"Pushed to {push_to_hub}")
+
+
+@export_app.command("sft")
+def sft(
+    run_dir: RunDir, out: Out, eval_fraction: EvalFrac = 0.0, push_to_hub: PushToHub = None
+) -> None:
+    """SFT data from revise: conversational messages ending in the final revision."""
+    _run("sft", run_dir, out, "conversational", eval_fraction, push_to_hub=push_to_hub)
+
+
+@export_app.command("prefs")
+def prefs(
+    run_dir: RunDir,
+    out: Out,
+    fmt: Fmt = "conversational",
+    eval_fraction: EvalFrac = 0.0,
+    push_to_hub: PushToHub = None,
+) -> None:
+    """Pairs from revise: final revision as chosen, initial response as rejected."""
+    _run("prefs", run_dir, out, fmt, eval_fraction, push_to_hub=push_to_hub)
+
+
+@export_app.command("dpo")
+def dpo(run_dir: RunDir, out: Out, fmt: Fmt = "conversational", eval_fraction: EvalFrac = 0.0, min_margin: MinMargin = 0.0,
+        include_ties: Ties = False, push_to_hub: PushToHub = None) -> None:  # fmt: skip
+    """Judged pairs (prefs.jsonl) as prompt/chosen/rejected for DPO/IPO/ORPO."""
+    _run("dpo", run_dir, out, fmt, eval_fraction, min_margin, include_ties, push_to_hub)
+
+
+@export_app.command("kto")
+def kto(run_dir: RunDir, out: Out, fmt: Fmt = "conversational", eval_fraction: EvalFrac = 0.0, min_margin: MinMargin = 0.0,
+        push_to_hub: PushToHub = None) -> None:  # fmt: skip
+    """Judged pairs as unpaired prompt/completion/label rows for KTO."""
+    _run("kto", run_dir, out, fmt, eval_fraction, min_margin, False, push_to_hub)
+
+
+@export_app.command("reward")
+def reward(run_dir: RunDir, out: Out, fmt: Fmt = "conversational", eval_fraction: EvalFrac = 0.0, min_margin: MinMargin = 0.0,
+           include_ties: Ties = False, push_to_hub: PushToHub = None) -> None:  # fmt: skip
+    """Judged pairs with a margin column for reward-model training."""
+    _run("reward", run_dir, out, fmt, eval_fraction, min_margin, include_ties, push_to_hub)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(export_app, name="export")

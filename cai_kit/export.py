@@ -1,0 +1,184 @@
+"""Run records -> datasets in exactly the column layouts TRL's trainers accept.
+
+- `sft`    from revisions.jsonl: conversational `messages` (prompt turns + final revision).
+- `prefs`  from revisions.jsonl: prompt/chosen/rejected, chosen = final revision, rejected =
+           initial response (the Hugging Face CAI recipe's construction).
+- `dpo`    from prefs.jsonl (judged pairs): prompt/chosen/rejected, ties and failures left out.
+- `kto`    from prefs.jsonl: unpaired prompt/completion/label rows.
+- `reward` from prefs.jsonl: chosen/rejected with a `margin` column (the judge's confidence).
+
+`format="conversational"` writes lists of messages; `"standard"` writes plain strings (the
+prompt rendered as its last user turn). Every export writes OUT/train.jsonl (+ test.jsonl
+with `eval_fraction`) and a dataset card OUT/README.md with provenance and counts. Load with
+`datasets.load_dataset("json", data_files="OUT/train.jsonl")`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, Literal
+
+from cai_kit.errors import DataError
+from cai_kit.io import latest_by_id
+from cai_kit.records import Message, PreferenceRecord, RevisionRecord
+
+Format = Literal["conversational", "standard"]
+Kind = Literal["sft", "prefs", "dpo", "kto", "reward"]
+
+
+def _msgs(messages: list[Message]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+def _prompt(messages: list[Message], fmt: Format) -> Any:
+    return _msgs(messages) if fmt == "conversational" else messages[-1].content
+
+
+def _completion(text: str, fmt: Format) -> Any:
+    return [{"role": "assistant", "content": text}] if fmt == "conversational" else text
+
+
+def _revisions(run_dir: Path) -> list[RevisionRecord]:
+    path = run_dir / "revisions.jsonl"
+    if not path.is_file():
+        raise DataError(
+            f"No revisions.jsonl in {run_dir}: run `cai-kit revise ... --out {run_dir}` first."
+        )
+    return [r for r in latest_by_id(path, RevisionRecord).values() if r.status == "ok"]
+
+
+def _preferences(run_dir: Path) -> list[PreferenceRecord]:
+    path = run_dir / "prefs.jsonl"
+    if not path.is_file():
+        raise DataError(
+            f"No prefs.jsonl in {run_dir}: run `cai-kit prefs` or `cai-kit judge` with --out {run_dir} first."
+        )
+    return list(latest_by_id(path, PreferenceRecord).values())
+
+
+def build_rows(
+    run_dir: Path,
+    kind: Kind,
+    fmt: Format = "conversational",
+    min_margin: float = 0.0,
+    include_ties: bool = False,
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The rows of one export and counts of what was left out and why."""
+    rows: list[dict[str, Any]] = []
+    skipped: dict[str, int] = {}
+
+    def skip(reason: str) -> None:
+        skipped[reason] = skipped.get(reason, 0) + 1
+
+    if kind in ("sft", "prefs"):
+        for r in _revisions(run_dir):
+            final, initial = (r.final_response or "").strip(), (r.initial_response or "").strip()
+            if not final:
+                skip("empty final response")
+                continue
+            if kind == "sft":
+                rows.append(
+                    {"messages": [*_msgs(r.messages), {"role": "assistant", "content": final}]}
+                )
+            elif not any(s.revision for s in r.steps):
+                skip("no revision")
+            elif final == initial:
+                skip("revision equals initial response")
+            else:
+                rows.append({"prompt": _prompt(r.messages, fmt), "chosen": _completion(final, fmt),
+                             "rejected": _completion(initial, fmt)})  # fmt: skip
+        return rows, skipped
+
+    for p in _preferences(run_dir):
+        label, margin = p.verdict.label, p.verdict.margin or 0.0
+        if label == "failed":
+            skip("judge failed")
+            continue
+        if label == "tie" and not include_ties:
+            skip("tie")
+            continue
+        if margin < min_margin:
+            skip(f"margin below {min_margin:g}")
+            continue
+        if label == "tie":
+            chosen, rejected = p.response_a, p.response_b
+        else:
+            chosen, rejected = (
+                (p.response_a, p.response_b) if label == "A" else (p.response_b, p.response_a)
+            )
+        if chosen.strip() == rejected.strip():
+            skip("chosen equals rejected")
+            continue
+        prompt = _prompt(p.messages, fmt)
+        if kind == "dpo":
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "chosen": _completion(chosen, fmt),
+                    "rejected": _completion(rejected, fmt),
+                }
+            )
+        elif kind == "reward":
+            rows.append({"prompt": prompt, "chosen": _completion(chosen, fmt), "rejected": _completion(rejected, fmt),
+                         "margin": round(margin, 6)})  # fmt: skip
+        else:  # kto: one desirable and one undesirable row per pair
+            rows.append({"prompt": prompt, "completion": _completion(chosen, fmt), "label": True})
+            rows.append(
+                {"prompt": prompt, "completion": _completion(rejected, fmt), "label": False}
+            )
+    return rows, skipped
+
+
+def _card(
+    kind: Kind, run_dir: Path, n_train: int, n_test: int, skipped: dict[str, int], fmt: Format
+) -> str:
+    manifest_path = run_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    prov = manifest.get("provenance", {})
+    lines = [
+        "---", "tags: [cai-kit, constitutional-ai, rlaif]", "---", "",
+        f"# cai-kit {kind} dataset", "",
+        f"Exported by `cai-kit export {kind}` from `{run_dir}` ({fmt} format).", "",
+        f"- rows: {n_train} train, {n_test} test",
+        f"- constitution: {prov.get('constitution')} (hash {prov.get('constitution_hash')})",
+        f"- models: {json.dumps(prov.get('models', {}))}",
+        f"- source command: `{' '.join(manifest.get('argv', []))}`",
+        f"- cai-kit version: {prov.get('cai_kit_version')}",
+    ]  # fmt: skip
+    if skipped:
+        lines.append("- left out: " + ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())))
+    lines += ["", "Load with:", "", "```python", "from datasets import load_dataset",
+              'ds = load_dataset("json", data_files={"train": "train.jsonl"})', "```", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def export(
+    run_dir: Path,
+    out_dir: Path,
+    kind: Kind,
+    fmt: Format = "conversational",
+    min_margin: float = 0.0,
+    include_ties: bool = False,
+    eval_fraction: float = 0.0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Write OUT/train.jsonl (+ test.jsonl) and OUT/README.md; returns counts."""
+    rows, skipped = build_rows(run_dir, kind, fmt, min_margin, include_ties)
+    if not rows:
+        left = ", ".join(f"{n} {why}" for why, n in skipped.items()) or "no records"
+        raise DataError(f"Nothing to export from {run_dir} as {kind} ({left}).")
+    random.Random(seed).shuffle(rows)
+    n_test = int(len(rows) * eval_fraction)
+    test, train = rows[:n_test], rows[n_test:]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, part in (("train", train), ("test", test)):
+        if part:
+            with open(out_dir / f"{name}.jsonl", "w", encoding="utf-8") as fh:
+                for row in part:
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    (out_dir / "README.md").write_text(
+        _card(kind, run_dir, len(train), len(test), skipped, fmt), encoding="utf-8"
+    )
+    return {"train": len(train), "test": len(test), "skipped": skipped}
