@@ -75,14 +75,14 @@ class TokenBucket:
     """Refills `rate_per_min` units per minute, up to one minute's worth."""
 
     def __init__(self, rate_per_min: float) -> None:
-        self.capacity = rate_per_min
-        self.tokens = rate_per_min
+        self.capacity = max(1.0, rate_per_min / 60.0)  # at most one second's worth in a burst
+        self.tokens = self.capacity
         self.rate = rate_per_min / 60.0
         self.stamp = time.monotonic()
         self._lock = asyncio.Lock()
 
     async def take(self, amount: float = 1.0) -> None:
-        amount = min(amount, self.capacity)
+        amount = min(amount, self.capacity)  # a request bigger than a burst waits for a full bucket
         async with self._lock:
             while True:
                 now = time.monotonic()
@@ -111,6 +111,7 @@ class Engine:
         )
         self._semaphores: dict[int, asyncio.Semaphore] = {}
         self._inflight: dict[str, asyncio.Future[Completion]] = {}
+        self._in_flight = 0  # calls sent and not answered yet (for the budget check)
         self._rpm = TokenBucket(self.config.rpm) if self.config.rpm else None
         self._tpm = TokenBucket(self.config.tpm) if self.config.tpm else None
 
@@ -146,12 +147,13 @@ class Engine:
             del self._inflight[key]
 
     def _check_budget(self) -> None:
+        """Stop before the next call could push spending past --max-cost, counting the calls
+        already in flight at the average cost per call so far."""
         cap = self.config.max_cost
         if cap is None:
             return
-        paid = max(self.stats.calls, 1)
-        next_cost = self.stats.cost / paid if self.stats.calls else 0.0
-        if self.stats.cost + next_cost > cap:
+        per_call = self.stats.cost / self.stats.calls if self.stats.calls else 0.0
+        if self.stats.cost + (self._in_flight + 1) * per_call > cap:
             raise BudgetExceeded(
                 f"Stopped before exceeding --max-cost ${cap:g} (spent ${self.stats.cost:.4f}); "
                 "finished work is kept. Raise the cap and re-run to continue."
@@ -163,12 +165,13 @@ class Engine:
         cfg = self.config
         attempt = 0
         while True:
-            self._check_budget()
             if self._rpm:
                 await self._rpm.take(1)
             if self._tpm:
                 await self._tpm.take(_estimate_tokens(messages, params))
             async with self._semaphore(backend):
+                self._check_budget()
+                self._in_flight += 1
                 try:
                     completion = await asyncio.wait_for(
                         backend.chat(messages, params), cfg.timeout_s
@@ -179,6 +182,8 @@ class Engine:
                     error.retryable = True
                 except BackendError as exc:
                     error = exc
+                finally:
+                    self._in_flight -= 1
             if error is None:
                 self.stats.calls += 1
                 self.stats.prompt_tokens += completion.usage.prompt_tokens

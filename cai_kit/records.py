@@ -123,7 +123,9 @@ class JudgeVerdict(_Record):
     """Both orders of a pairwise judgement, combined into a soft label."""
 
     schema_version: int = SCHEMA_VERSION
-    p_a: float | None = Field(default=None, description="P(response A is better), averaged over orders")
+    p_a: float | None = Field(
+        default=None, description="P(response A is better), averaged over orders"
+    )
     label: Literal["A", "B", "tie", "failed"]
     margin: float | None = Field(default=None, description="|p_a - 0.5| * 2, in [0, 1]")
     position_consistent: bool | None = None
@@ -144,6 +146,22 @@ class PreferenceRecord(_Record):
     response_a: str
     response_b: str
     verdict: JudgeVerdict
+    provenance: Provenance = Field(default_factory=Provenance)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class GenerationRecord(_Record):
+    """One sampled response to one prompt (`cai-kit generate`)."""
+
+    schema_version: int = SCHEMA_VERSION
+    id: str
+    prompt_id: str
+    messages: list[Message]
+    sample_index: int = 0
+    response: str | None = None
+    status: Literal["ok", "failed"] = "ok"
+    error: str | None = None
+    usage: dict[str, int] = Field(default_factory=dict)
     provenance: Provenance = Field(default_factory=Provenance)
     metadata: dict[str, Any] = Field(default_factory=dict)
 

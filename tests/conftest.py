@@ -20,7 +20,9 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 # Converted weights of the embedded model are shared by all tests (and by later runs).
 os.environ.setdefault(
     "CAI_KIT_MODELS_DIR",
-    os.path.join(os.path.expanduser(os.environ.get("XDG_CACHE_HOME", "~/.cache")), "cai-kit", "models"),
+    os.path.join(
+        os.path.expanduser(os.environ.get("XDG_CACHE_HOME", "~/.cache")), "cai-kit", "models"
+    ),
 )
 
 pytest_plugins = [
@@ -30,7 +32,9 @@ pytest_plugins = [
 
 
 @pytest.fixture(autouse=True)
-def _private_call_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _private_call_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each test gets its own call cache so cached answers never leak between tests.
 
     The converted-model cache (models/) is shared across the session through

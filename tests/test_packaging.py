@@ -78,4 +78,6 @@ def test_every_command_has_help_with_a_description(path: tuple[str, ...]) -> Non
     cmd: click.Command = typer.main.get_command(app)  # type: ignore[assignment]
     for part in path:
         cmd = cmd.commands[part]  # type: ignore[attr-defined]
-    assert (cmd.help or cmd.short_help or "").strip(), f"`cai-kit {' '.join(path)}` has no description"
+    assert (cmd.help or cmd.short_help or "").strip(), (
+        f"`cai-kit {' '.join(path)}` has no description"
+    )

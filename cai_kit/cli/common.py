@@ -119,3 +119,12 @@ def engine_config(
         quiet=quiet,
         dry_run=dry_run,
     )
+
+
+def replay_argv(command: str) -> list[str]:
+    """This invocation's command line, for the manifest and `retry-failed` (flags only: keys
+    come from the environment). Empty when not run from a shell (e.g. a test runner)."""
+    import sys
+
+    args = sys.argv[1:]
+    return ["cai-kit", *args] if args[:1] == [command] else []

@@ -1,4 +1,4 @@
-"""`cai-kit retry-failed RUN_DIR`: re-run a job so only its missing or failed rows are called."""
+"""`cai-kit generate` (k samples per prompt) and `cai-kit retry-failed RUN_DIR`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,25 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from cai_kit.cli.common import (
+    ApiBaseOpt,
+    CachePathOpt,
+    ConcurrencyOpt,
+    DryRunOpt,
+    MaxCostOpt,
+    MaxRetriesOpt,
+    MaxTokensOpt,
+    ModelOpt,
+    NoCacheOpt,
+    QuietOpt,
+    RpmOpt,
+    SeedOpt,
+    ShardOpt,
+    TemperatureOpt,
+    TimeoutOpt,
+    TpmOpt,
+)
 
 
 def retry_failed(
@@ -30,5 +49,61 @@ def retry_failed(
     raise typer.Exit(subprocess.call([sys.executable, "-m", "cai_kit", *argv[1:]]))
 
 
+def generate(
+    prompts: Annotated[
+        str, typer.Argument(help="Prompt file (.jsonl/.json/.csv/.parquet/.txt) or hf:NAME.")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Run directory (generations.jsonl + manifest.json).")
+    ],
+    model: ModelOpt = "local",
+    api_base: ApiBaseOpt = None,
+    samples: Annotated[
+        int, typer.Option("--samples", "-k", min=1, help="Responses per prompt.")
+    ] = 1,
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
+    on_bad_row: Annotated[str, typer.Option("--on-bad-row", help="fail | skip.")] = "fail",
+    temperature: TemperatureOpt = 0.7,
+    max_tokens: MaxTokensOpt = 256,
+    seed: SeedOpt = 0,
+    concurrency: ConcurrencyOpt = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    max_retries: MaxRetriesOpt = 5,
+    timeout: TimeoutOpt = 120.0,
+    max_cost: MaxCostOpt = None,
+    no_cache: NoCacheOpt = False,
+    cache_path: CachePathOpt = None,
+    dry_run: DryRunOpt = False,
+    shard: ShardOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Sample responses to each prompt (one call per row), resumable and cached."""
+    from cai_kit.cli.common import engine_config, parse_shard, replay_argv
+    from cai_kit.generate import run_generate
+    from cai_kit.llm.base import GenParams
+    from cai_kit.llm.registry import get_backend
+    from cai_kit.prompts import load_prompts
+
+    pset = load_prompts(prompts, on_bad_row=on_bad_row, limit=limit)  # type: ignore[arg-type]
+    typer.echo(f"{prompts}: {pset.summary()}", err=True)
+    summary = run_generate(
+        pset.records,
+        backend=get_backend(model, api_base=api_base, timeout_s=timeout),
+        model=model,
+        params=GenParams(temperature=temperature, max_tokens=max_tokens, seed=seed),
+        samples=samples,
+        out_dir=out,
+        engine_config=engine_config(concurrency=concurrency, rpm=rpm, tpm=tpm, max_retries=max_retries, timeout=timeout,
+                                    max_cost=max_cost, no_cache=no_cache, cache_path=cache_path, quiet=quiet, dry_run=dry_run),
+        shard=parse_shard(shard),
+        argv=replay_argv("generate"),
+    )  # fmt: skip
+    typer.echo(summary.line())
+    if summary.stopped:
+        raise typer.Exit(2)
+
+
 def register(app: typer.Typer) -> None:
+    app.command("generate")(generate)
     app.command("retry-failed")(retry_failed)

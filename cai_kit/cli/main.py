@@ -52,7 +52,9 @@ def _version(value: bool) -> None:
 def _root(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
     ] = False,
 ) -> None:
     """Constitutional AI and RLAIF: critique-revise SFT data, AI-judged preferences, local training."""
@@ -74,7 +76,9 @@ def main() -> None:
         typer.secho(f"Error: {redact(str(exc))}", fg="red", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        typer.secho("Interrupted; finished work is kept. Re-run the same command to resume.", err=True)
+        typer.secho(
+            "Interrupted; finished work is kept. Re-run the same command to resume.", err=True
+        )
         sys.exit(130)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +26,7 @@ from cai_kit.cli.common import (
     TpmOpt,
     engine_config,
     parse_shard,
+    replay_argv,
 )
 
 
@@ -149,7 +149,7 @@ def revise(
         engine_config=engine_config(concurrency=concurrency, rpm=rpm, tpm=tpm, max_retries=max_retries, timeout=timeout,
                                     max_cost=max_cost, no_cache=no_cache, cache_path=cache_path, quiet=quiet, dry_run=dry_run),
         shard=parse_shard(shard),
-        argv=["cai-kit", *sys.argv[1:]] if sys.argv and "cai-kit" in sys.argv[0] else ["cai-kit", "revise", prompts, "--out", str(out)],
+        argv=replay_argv("revise"),
         inputs={"prompts": prompts, "prompt_report": pset.summary()},
     )  # fmt: skip
     typer.echo(summary.line())

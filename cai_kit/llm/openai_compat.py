@@ -131,7 +131,9 @@ class OpenAICompatBackend(Backend):
             usage=Usage(
                 int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
             ),
-            cost=None,
+            cost=float(usage["cost"])
+            if isinstance(usage.get("cost"), int | float)
+            else None,  # gateways that report it
             model=data.get("model") or self.model,
             finish_reason=choice.get("finish_reason"),
         )

@@ -1,0 +1,76 @@
+"""Sample k responses per prompt: one model call per output row (`cai-kit generate`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cai_kit.engine import CallFailed, Engine, EngineConfig, JobSpec, JobSummary, run_job
+from cai_kit.llm.base import Backend, GenParams
+from cai_kit.records import GenerationRecord, PromptRecord, Provenance, stable_hash
+
+Item = tuple[PromptRecord, int]  # (prompt, sample index)
+
+
+def generation_id(item: Item, model: str, params: GenParams) -> str:
+    prompt, k = item
+    return stable_hash("generation", prompt.id, k, model, params.to_dict())
+
+
+def run_generate(
+    prompts: list[PromptRecord],
+    *,
+    backend: Backend,
+    model: str,
+    params: GenParams,
+    samples: int,
+    out_dir: Path,
+    engine_config: EngineConfig,
+    shard: tuple[int, int] | None = None,
+    argv: list[str] | None = None,
+) -> JobSummary:
+    """Write OUT/generations.jsonl: `samples` responses per prompt (distinct sample indexes)."""
+    items: list[Item] = [(p, k) for p in prompts for k in range(samples)]
+
+    async def process(item: Item, engine: Engine) -> GenerationRecord:
+        prompt, k = item
+        rec = GenerationRecord(
+            id=generation_id(item, model, params),
+            prompt_id=prompt.id,
+            messages=prompt.messages,
+            sample_index=k,
+            provenance=Provenance(
+                models={"policy": model}, params=params.to_dict(), seed=params.seed
+            ),
+            metadata=prompt.metadata,
+        )
+        try:
+            c = await engine.call(
+                backend, [m.model_dump() for m in prompt.messages], params, sample_index=k
+            )
+            rec.response = c.text
+            rec.usage = {
+                "prompt_tokens": c.usage.prompt_tokens,
+                "completion_tokens": c.usage.completion_tokens,
+            }
+        except CallFailed as exc:
+            rec.status, rec.error = "failed", str(exc)
+        return rec
+
+    spec = JobSpec(
+        name="generate",
+        items=items,
+        item_id=lambda it: generation_id(it, model, params),
+        process=process,
+        output=out_dir / "generations.jsonl",
+        record_type=GenerationRecord,
+        run_dir=out_dir,
+        manifest={
+            "command": "generate",
+            "argv": argv or [],
+            "provenance": {"models": {"policy": model}, "params": params.to_dict()},
+        },
+        estimate=lambda it: 1,
+        shard=shard,
+        backends=[backend],
+    )
+    return run_job(spec, engine_config)

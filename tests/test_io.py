@@ -1,0 +1,45 @@
+"""Crash-safe JSONL: torn last lines are dropped, bad middle lines name file and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cai_kit.errors import DataError
+from cai_kit.io import JsonlWriter, latest_by_id, read_jsonl
+from cai_kit.records import GenerationRecord, Message
+
+
+def _rec(i: int, status: str = "ok") -> GenerationRecord:
+    return GenerationRecord(id=f"r{i}", prompt_id="p", messages=[Message(role="user", content="x")],
+                            response=str(i), status=status)  # type: ignore[arg-type]  # fmt: skip
+
+
+def test_torn_last_line_is_dropped_and_appending_continues(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    with JsonlWriter(path) as w:
+        w.write(_rec(1))
+        w.write(_rec(2))
+    with open(path, "a") as fh:
+        fh.write('{"id": "r3", "prompt_id": "p", "mess')  # the process died mid-write
+    with pytest.warns(UserWarning, match="torn"), JsonlWriter(path) as w:
+        w.write(_rec(3))
+    assert [obj["id"] for _, obj in read_jsonl(path)] == ["r1", "r2", "r3"]
+
+
+def test_bad_middle_line_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"a": 1}\nnot json\n{"b": 2}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: not valid JSON"):
+        list(read_jsonl(path))
+
+
+def test_later_records_supersede_earlier_ones_with_the_same_id(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    with JsonlWriter(path) as w:
+        w.write(_rec(1, "failed"))
+        w.write(_rec(2))
+        w.write(_rec(1, "ok"))
+    latest = latest_by_id(path, GenerationRecord)
+    assert latest["r1"].status == "ok" and len(latest) == 2
