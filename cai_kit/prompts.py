@@ -152,6 +152,9 @@ def load_prompts(
     """Read a prompt file; see the module docstring for formats and rules."""
     out = PromptSet()
     first_seen: dict[str, str] = {}
+    if str(spec).startswith("hf:") and column is None:
+        parts = str(spec).split(":")
+        column = parts[3] if len(parts) > 3 and parts[3] else None
     for where, row in _rows(str(spec), column, split):
         try:
             if isinstance(row, Exception):
