@@ -13,8 +13,10 @@ import sys
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from cai_kit._version import __version__
+from cai_kit.errors import CaiKitError, redact
 
 # litellm fetches a price list over the network at import unless told not to.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -32,7 +34,20 @@ COMMAND_MODULES = (
     "pipeline",  # pipeline RECIPE
 )
 
+
+class _Root(TyperGroup):
+    """Turns a user error (CaiKitError) into one red line and exit code 1, for every command."""
+
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except CaiKitError as exc:
+            typer.secho(f"Error: {redact(str(exc))}", fg="red", err=True)
+            raise typer.Exit(1) from None
+
+
 app = typer.Typer(
+    cls=_Root,
     name="cai-kit",
     help="Constitutional AI and RLAIF: critique-revise SFT data, AI-judged preferences, local training.",
     no_args_is_help=True,
@@ -68,8 +83,6 @@ for _name in COMMAND_MODULES:
 
 def main() -> None:
     """Run the CLI; user errors print one line (secrets redacted) instead of a traceback."""
-    from cai_kit.errors import CaiKitError, redact
-
     try:
         app()
     except CaiKitError as exc:

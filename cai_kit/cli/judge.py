@@ -1,0 +1,220 @@
+"""`cai-kit prefs`, `cai-kit judge`, `cai-kit judge-report`: RLAIF preference labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cai_kit.cli.common import (
+    ApiBaseOpt,
+    CachePathOpt,
+    ConcurrencyOpt,
+    DryRunOpt,
+    MaxCostOpt,
+    MaxRetriesOpt,
+    MaxTokensOpt,
+    NoCacheOpt,
+    QuietOpt,
+    RpmOpt,
+    SeedOpt,
+    ShardOpt,
+    TemperatureOpt,
+    TimeoutOpt,
+    TpmOpt,
+    engine_config,
+    parse_shard,
+    replay_argv,
+)
+
+JudgeModel = Annotated[
+    str, typer.Option("--judge-model", "-j", help="The judge model string (default: local).")
+]
+JudgeApiBase = Annotated[
+    str | None,
+    typer.Option("--judge-api-base", help="Base URL for the judge (default: --api-base)."),
+]
+Mode = Annotated[
+    str,
+    typer.Option(
+        "--mode", help="logprobs (soft labels; falls back to the letter) | letter | cot | votes."
+    ),
+]
+Samples = Annotated[
+    int, typer.Option("--samples", help="Votes per order in --mode votes (self-consistency).")
+]
+Principles = Annotated[
+    str,
+    typer.Option(
+        "--principles", help="one (sampled per pair) | all | sample:N (ensemble, averaged)."
+    ),
+]
+TieMargin = Annotated[float, typer.Option("--tie-margin", help="|P(A) - 0.5| below this is a tie.")]
+Constitution = Annotated[
+    str, typer.Option("--constitution", "-c", help="Shipped name or YAML file.")
+]
+Out = Annotated[
+    Path, typer.Option("--out", "-o", help="Run directory (prefs.jsonl + manifest.json).")
+]
+
+
+def _judge_cfg(mode: str, samples: int, principles: str, tie_margin: float, seed: int):  # type: ignore[no-untyped-def]
+    from cai_kit.cli.common import fail
+    from cai_kit.judge import JudgeConfig
+
+    if mode not in ("logprobs", "letter", "cot", "votes"):
+        fail(f"--mode must be logprobs, letter, cot or votes, not {mode!r}.")
+    if not (principles in ("one", "all") or principles.startswith("sample:")):
+        fail(f"--principles must be one, all or sample:N, not {principles!r}.")
+    return JudgeConfig(
+        mode=mode, samples=samples, principles=principles, tie_margin=tie_margin, seed=seed
+    )  # type: ignore[arg-type]
+
+
+def prefs(
+    prompts: Annotated[str, typer.Argument(help="Prompt file or hf:NAME[:split][:column].")],
+    out: Out,
+    policy_model: Annotated[str, typer.Option("--policy-model", "-p", help="The model whose responses are compared.")] = "local",
+    judge_model: JudgeModel = "local",
+    api_base: ApiBaseOpt = None,
+    judge_api_base: JudgeApiBase = None,
+    constitution: Constitution = "harmless",
+    k: Annotated[int, typer.Option("--k", min=2, max=8, help="Responses sampled per prompt (2..8).")] = 2,
+    pairs: Annotated[str, typer.Option("--pairs", help="best-worst | all | random:N.")] = "best-worst",
+    mode: Mode = "logprobs",
+    samples: Samples = 5,
+    principles: Principles = "one",
+    tie_margin: TieMargin = 0.05,
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
+    on_bad_row: Annotated[str, typer.Option("--on-bad-row", help="fail | skip.")] = "fail",
+    temperature: TemperatureOpt = 0.9,
+    max_tokens: MaxTokensOpt = 256,
+    seed: SeedOpt = 0,
+    concurrency: ConcurrencyOpt = None, rpm: RpmOpt = None, tpm: TpmOpt = None, max_retries: MaxRetriesOpt = 5,
+    timeout: TimeoutOpt = 120.0, max_cost: MaxCostOpt = None, no_cache: NoCacheOpt = False, cache_path: CachePathOpt = None,
+    dry_run: DryRunOpt = False, shard: ShardOpt = None, quiet: QuietOpt = False,
+) -> None:  # fmt: skip
+    """Sample k responses per prompt and label pairs with the AI judge (both orders)."""
+    from cai_kit.constitution import load_constitution
+    from cai_kit.llm.base import GenParams
+    from cai_kit.llm.registry import get_backend
+    from cai_kit.prefs import run_prefs
+    from cai_kit.prompts import load_prompts
+
+    cfg = _judge_cfg(mode, samples, principles, tie_margin, seed)
+    const = load_constitution(constitution)
+    pset = load_prompts(prompts, on_bad_row=on_bad_row, limit=limit)  # type: ignore[arg-type]
+    typer.echo(f"{prompts}: {pset.summary()}", err=True)
+    judge_api_base = judge_api_base or api_base
+    policy = get_backend(policy_model, api_base=api_base, timeout_s=timeout)
+    judge = (
+        policy
+        if (judge_model, judge_api_base) == (policy_model, api_base)
+        else get_backend(judge_model, api_base=judge_api_base, timeout_s=timeout)
+    )
+    ec = engine_config(
+        concurrency=concurrency,
+        rpm=rpm,
+        tpm=tpm,
+        max_retries=max_retries,
+        timeout=timeout,
+        max_cost=max_cost,
+        no_cache=no_cache,
+        cache_path=cache_path,
+        quiet=quiet,
+        dry_run=dry_run,
+    )
+    sampled, judged = run_prefs(
+        pset.records,
+        policy=policy,
+        judge=judge,
+        models={"policy": policy_model, "judge": judge_model},
+        constitution=const,
+        cfg=cfg,
+        k=k,
+        pairs=pairs,
+        policy_params=GenParams(temperature=temperature, max_tokens=max_tokens, seed=seed),
+        out_dir=out,
+        engine_config=ec,
+        shard=parse_shard(shard),
+        argv=replay_argv("prefs"),
+    )
+    typer.echo(f"sampling: {sampled.line()}")
+    typer.echo(f"judging:  {judged.line()}")
+    if not dry_run:
+        typer.echo(f"Wrote {out / 'prefs.jsonl'}; see `cai-kit judge-report {out}`")
+
+
+def judge(
+    pairs_file: Annotated[Path, typer.Argument(help="JSONL of pairs (prompt + response_a/response_b or chosen/rejected), or a revisions.jsonl.")],
+    out: Out,
+    judge_model: JudgeModel = "local",
+    api_base: ApiBaseOpt = None,
+    constitution: Constitution = "harmless",
+    mode: Mode = "logprobs",
+    samples: Samples = 5,
+    principles: Principles = "one",
+    tie_margin: TieMargin = 0.05,
+    seed: SeedOpt = 0,
+    concurrency: ConcurrencyOpt = None, rpm: RpmOpt = None, tpm: TpmOpt = None, max_retries: MaxRetriesOpt = 5,
+    timeout: TimeoutOpt = 120.0, max_cost: MaxCostOpt = None, no_cache: NoCacheOpt = False, cache_path: CachePathOpt = None,
+    dry_run: DryRunOpt = False, shard: ShardOpt = None, quiet: QuietOpt = False,
+) -> None:  # fmt: skip
+    """Label existing pairs with the AI judge (e.g. revision vs initial from `revise`)."""
+    from cai_kit.constitution import load_constitution
+    from cai_kit.llm.registry import get_backend
+    from cai_kit.prefs import load_pairs, run_judge_file
+
+    cfg = _judge_cfg(mode, samples, principles, tie_margin, seed)
+    ec = engine_config(
+        concurrency=concurrency,
+        rpm=rpm,
+        tpm=tpm,
+        max_retries=max_retries,
+        timeout=timeout,
+        max_cost=max_cost,
+        no_cache=no_cache,
+        cache_path=cache_path,
+        quiet=quiet,
+        dry_run=dry_run,
+    )
+    summary = run_judge_file(
+        load_pairs(pairs_file),
+        judge=get_backend(judge_model, api_base=api_base, timeout_s=timeout),
+        models={"judge": judge_model},
+        constitution=load_constitution(constitution),
+        cfg=cfg,
+        out_dir=out,
+        engine_config=ec,
+        shard=parse_shard(shard),
+        argv=replay_argv("judge"),
+    )
+    typer.echo(summary.line())
+
+
+def judge_report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory with prefs.jsonl.")],
+    gold: Annotated[
+        Path | None,
+        typer.Option(
+            "--gold", help="Human-labelled pairs (prompt, response_a, response_b, label A|B)."
+        ),
+    ] = None,
+) -> None:
+    """Report position consistency, ties, labels, per-principle results, cost and gold agreement."""
+    from cai_kit.judge_report import build_report, plot, render
+
+    rep = build_report(run_dir, gold)
+    typer.echo(render(rep))
+    import json
+
+    (run_dir / "judge_report.json").write_text(json.dumps(rep.to_dict(), indent=2))
+    plot(rep, run_dir / "judge_report.png")
+    typer.echo(f"Wrote {run_dir / 'judge_report.json'} and {run_dir / 'judge_report.png'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("prefs")(prefs)
+    app.command("judge")(judge)
+    app.command("judge-report")(judge_report)

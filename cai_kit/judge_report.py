@@ -1,0 +1,171 @@
+"""`cai-kit judge-report DIR`: how trustworthy were the judge's labels?
+
+Position-consistency rate, tie rate, label distribution, per-principle breakdown, failures,
+tokens and cost per labelled pair, and, given a gold file of human-labelled pairs, agreement
+with it (the RLAIF paper's "AI labeler alignment"). A text table plus a PNG plot.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cai_kit.errors import DataError
+from cai_kit.io import latest_by_id, read_jsonl
+from cai_kit.records import PreferenceRecord, stable_hash
+
+
+@dataclass
+class JudgeReport:
+    pairs: int = 0
+    labels: dict[str, int] = field(default_factory=dict)
+    position_consistency: float | None = None
+    tie_rate: float = 0.0
+    failures: int = 0
+    per_principle: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tokens_per_labelled_pair: float | None = None
+    cost_per_labelled_pair: float | None = None
+    gold_agreement: float | None = None
+    gold_matched: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def _pair_key(messages: list[dict[str, str]], a: str, b: str) -> str:
+    return stable_hash([{"role": m["role"], "content": m["content"]} for m in messages], a, b)
+
+
+def build_report(run_dir: Path, gold: Path | None = None) -> JudgeReport:
+    path = run_dir / "prefs.jsonl"
+    if not path.is_file():
+        raise DataError(
+            f"No prefs.jsonl in {run_dir}: run `cai-kit prefs` or `cai-kit judge` first."
+        )
+    records = list(latest_by_id(path, PreferenceRecord).values())
+    rep = JudgeReport(pairs=len(records))
+    labels = Counter(r.verdict.label for r in records)
+    rep.labels = dict(labels)
+    rep.failures = labels.get("failed", 0)
+    judged = [r for r in records if r.verdict.label != "failed"]
+    if judged:
+        rep.tie_rate = labels.get("tie", 0) / len(judged)
+        rep.position_consistency = sum(bool(r.verdict.position_consistent) for r in judged) / len(
+            judged
+        )
+    by_p: dict[str, list[PreferenceRecord]] = defaultdict(list)
+    for r in records:
+        for pid in r.verdict.principle_ids or ["(none)"]:
+            by_p[pid].append(r)
+    for pid, rs in sorted(by_p.items()):
+        ok = [r for r in rs if r.verdict.label != "failed"]
+        rep.per_principle[pid] = {
+            "pairs": len(rs),
+            "failed": len(rs) - len(ok),
+            "ties": sum(r.verdict.label == "tie" for r in ok),
+            "consistent": round(sum(bool(r.verdict.position_consistent) for r in ok) / len(ok), 3)
+            if ok
+            else None,
+            "mean_margin": round(sum(r.verdict.margin or 0 for r in ok) / len(ok), 3)
+            if ok
+            else None,
+        }
+    labelled = labels.get("A", 0) + labels.get("B", 0)
+    manifest = run_dir / "manifest.json"
+    if manifest.is_file() and labelled:
+        stats = json.loads(manifest.read_text()).get("stats", {})
+        rep.tokens_per_labelled_pair = round(
+            (stats.get("prompt_tokens", 0) + stats.get("completion_tokens", 0)) / labelled, 1
+        )
+        rep.cost_per_labelled_pair = round(stats.get("cost", 0.0) / labelled, 6)
+    if gold is not None:
+        ai = {}
+        for r in records:
+            msgs = [m.model_dump() for m in r.messages]
+            ai[_pair_key(msgs, r.response_a, r.response_b)] = r.verdict.label
+            ai[_pair_key(msgs, r.response_b, r.response_a)] = {"A": "B", "B": "A"}.get(
+                r.verdict.label, r.verdict.label
+            )
+        agree = total = 0
+        for line, row in read_jsonl(gold):
+            msgs = row.get("messages") or [{"role": "user", "content": row.get("prompt", "")}]
+            a, b, label = row.get("response_a"), row.get("response_b"), row.get("label")
+            if label not in ("A", "B") or not isinstance(a, str) or not isinstance(b, str):
+                raise DataError(
+                    f"{gold}:{line}: a gold row needs prompt, response_a, response_b and label A or B."
+                )
+            got = ai.get(_pair_key(msgs, a, b))
+            if got in ("A", "B"):
+                total += 1
+                agree += got == label
+        rep.gold_matched = total
+        rep.gold_agreement = agree / total if total else None
+    return rep
+
+
+def render(rep: JudgeReport) -> str:
+    from io import StringIO
+
+    from rich.console import Console
+    from rich.table import Table
+
+    buf = StringIO()
+    con = Console(file=buf, width=110)
+    t = Table(title="Judge report")
+    t.add_column("metric")
+    t.add_column("value")
+    pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    rows = [("pairs", str(rep.pairs)), ("labels", ", ".join(f"{k}={v}" for k, v in sorted(rep.labels.items()))),
+            ("position consistency", pct(rep.position_consistency)), ("tie rate", pct(rep.tie_rate)),
+            ("failures", str(rep.failures)), ("tokens / labelled pair", str(rep.tokens_per_labelled_pair)),
+            ("cost / labelled pair (USD)", str(rep.cost_per_labelled_pair))]  # fmt: skip
+    if rep.gold_agreement is not None or rep.gold_matched:
+        rows.append(
+            (
+                "agreement with gold",
+                f"{pct(rep.gold_agreement)} of {rep.gold_matched} matched pairs",
+            )
+        )
+    for r in rows:
+        t.add_row(*r)
+    con.print(t)
+    pt = Table(title="Per principle")
+    for col in ("principle", "pairs", "failed", "ties", "consistent", "mean margin"):
+        pt.add_column(col)
+    for pid, d in rep.per_principle.items():
+        pt.add_row(
+            pid,
+            str(d["pairs"]),
+            str(d["failed"]),
+            str(d["ties"]),
+            pct(d["consistent"]),
+            str(d["mean_margin"]),
+        )
+    con.print(pt)
+    return buf.getvalue()
+
+
+def plot(rep: JudgeReport, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    keys = ["A", "B", "tie", "failed"]
+    ax1.bar(
+        keys,
+        [rep.labels.get(k, 0) for k in keys],
+        color=["#4c72b0", "#55a868", "#c4c4c4", "#c44e52"],
+    )
+    ax1.set_title("Label distribution")
+    names = list(rep.per_principle)
+    ax2.barh(names, [rep.per_principle[n]["consistent"] or 0 for n in names])
+    ax2.set_xlim(0, 1)
+    ax2.set_title("Position consistency by principle")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,257 @@
+"""RLAIF preference data: sample k responses per prompt, judge pairs, write prefs.jsonl.
+
+Two resumable phases in one run directory:
+  1. sampling: k responses per prompt from the policy -> OUT/samples/generations.jsonl
+  2. judging: pairs chosen per prompt (`all`, `random:N`, or `best-worst`: judge all pairs,
+     keep the most-preferred vs the least-preferred response) -> OUT/prefs.jsonl
+`run_judge_file` judges pairs that already exist (a pairs JSONL with response_a/response_b or
+chosen/rejected, or a revisions.jsonl from `cai-kit revise`: final revision vs initial).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from pathlib import Path
+
+from cai_kit.constitution import Constitution
+from cai_kit.engine import Engine, EngineConfig, JobSpec, JobSummary, run_job
+from cai_kit.errors import DataError
+from cai_kit.generate import run_generate
+from cai_kit.io import latest_by_id, read_jsonl
+from cai_kit.judge import JudgeConfig, PairInput, judge_pair
+from cai_kit.llm.base import Backend, GenParams
+from cai_kit.records import (
+    GenerationRecord,
+    Message,
+    PreferenceRecord,
+    PromptRecord,
+    Provenance,
+    RevisionRecord,
+    stable_hash,
+)
+
+
+def _provenance(constitution: Constitution, cfg: JudgeConfig, models: dict[str, str]) -> Provenance:
+    return Provenance(constitution=constitution.name, constitution_hash=constitution.content_hash, models=models,
+                      params={"judge": cfg.__dict__ | {"cot_clamp": list(cfg.cot_clamp)}}, seed=cfg.seed)  # fmt: skip
+
+
+def preference_record(
+    pair: PairInput,
+    verdict,
+    constitution: Constitution,
+    cfg: JudgeConfig,
+    models: dict[str, str],
+    rid: str,
+) -> PreferenceRecord:  # type: ignore[no-untyped-def]
+    chosen = rejected = None
+    if verdict.label == "A":
+        chosen, rejected = pair.response_a, pair.response_b
+    elif verdict.label == "B":
+        chosen, rejected = pair.response_b, pair.response_a
+    prov = _provenance(constitution, cfg, models)
+    prov.principle_ids = verdict.principle_ids
+    return PreferenceRecord(
+        id=rid, prompt_id=pair.prompt_id, messages=[Message(**m) for m in pair.messages],  # type: ignore[arg-type]
+        chosen=chosen, rejected=rejected, response_a=pair.response_a, response_b=pair.response_b,
+        verdict=verdict, provenance=prov, metadata=pair.metadata,
+    )  # fmt: skip
+
+
+def _judge_job(
+    name: str, items: list, item_id, process, out_dir: Path, engine_config: EngineConfig, manifest: dict,  # type: ignore[no-untyped-def]
+    calls_per_item: int, judge: Backend, shard: tuple[int, int] | None,
+) -> JobSummary:  # fmt: skip
+    spec = JobSpec(name=name, items=items, item_id=item_id, process=process, output=out_dir / "prefs.jsonl",
+                   record_type=PreferenceRecord, run_dir=out_dir, manifest=manifest,
+                   estimate=lambda _: calls_per_item, shard=shard, backends=[judge])  # fmt: skip
+    return run_job(spec, engine_config)
+
+
+def _calls_per_pair(constitution: Constitution, cfg: JudgeConfig) -> int:
+    n_pr = (
+        len(constitution.principles)
+        if cfg.principles == "all"
+        else (int(cfg.principles.split(":")[1]) if cfg.principles.startswith("sample:") else 1)
+    )
+    return 2 * n_pr * (cfg.samples if cfg.mode == "votes" else 1)
+
+
+def run_prefs(
+    prompts: list[PromptRecord], *, policy: Backend, judge: Backend, models: dict[str, str], constitution: Constitution,
+    cfg: JudgeConfig, k: int, pairs: str, policy_params: GenParams, out_dir: Path, engine_config: EngineConfig,
+    shard: tuple[int, int] | None = None, argv: list[str] | None = None,
+) -> tuple[JobSummary, JobSummary]:  # fmt: skip
+    """Phase 1 (sampling) then phase 2 (judging); returns both summaries."""
+    if k < 2:
+        raise DataError("--k must be at least 2 to make pairs.")
+    sampled = run_generate(prompts, backend=policy, model=models["policy"], params=policy_params, samples=k,
+                           out_dir=out_dir / "samples", engine_config=engine_config, shard=shard, argv=argv)  # fmt: skip
+    if engine_config.dry_run:
+        per_prompt = {"all": k * (k - 1) // 2, "best-worst": k * (k - 1) // 2}.get(pairs) or int(
+            pairs.split(":")[1]
+        )
+        calls = len(prompts) * per_prompt * _calls_per_pair(constitution, cfg)
+        return sampled, JobSummary(total=len(prompts), estimated_calls=calls)
+    by_prompt: dict[str, list[GenerationRecord]] = {}
+    for g in latest_by_id(out_dir / "samples" / "generations.jsonl", GenerationRecord).values():
+        if g.status == "ok" and g.response:
+            by_prompt.setdefault(g.prompt_id, []).append(g)
+    items: list[tuple[PromptRecord, tuple[int, int] | None]] = []
+    for p in prompts:
+        gens = sorted(by_prompt.get(p.id, []), key=lambda g: g.sample_index)
+        n = len(gens)
+        if n < 2:
+            continue
+        all_pairs = list(itertools.combinations(range(n), 2))
+        if pairs == "best-worst":
+            items.append((p, None))
+        elif pairs == "all":
+            items += [(p, ij) for ij in all_pairs]
+        elif pairs.startswith("random:"):
+            rng = random.Random(int(stable_hash("pairs", cfg.seed, p.id), 16))
+            items += [
+                (p, ij)
+                for ij in rng.sample(all_pairs, min(int(pairs.split(":")[1]), len(all_pairs)))
+            ]
+        else:
+            raise DataError(f"--pairs must be best-worst, all or random:N, not {pairs!r}.")
+    texts = {
+        p.id: [
+            g.response or "" for g in sorted(by_prompt.get(p.id, []), key=lambda g: g.sample_index)
+        ]
+        for p in prompts
+    }
+
+    def item_id(item: tuple[PromptRecord, tuple[int, int] | None]) -> str:
+        p, ij = item
+        return stable_hash(
+            "pref", p.id, ij, pairs, texts[p.id], constitution.content_hash, models, cfg.__dict__
+        )
+
+    async def process(
+        item: tuple[PromptRecord, tuple[int, int] | None], engine: Engine
+    ) -> PreferenceRecord:
+        p, ij = item
+        msgs = [m.model_dump() for m in p.messages]
+        resp = texts[p.id]
+        if ij is not None:
+            i, j = ij
+            pair = PairInput(p.id, msgs, resp[i], resp[j], {**p.metadata, "samples": [i, j]})
+            v = await judge_pair(msgs, resp[i], resp[j], constitution, cfg, engine, judge)
+            return preference_record(pair, v, constitution, cfg, models, item_id(item))
+        # best-worst: judge every pair, score each response by its mean P(better)
+        score = [0.0] * len(resp)
+        verdicts = {}
+        for i, j in itertools.combinations(range(len(resp)), 2):
+            v = await judge_pair(msgs, resp[i], resp[j], constitution, cfg, engine, judge)
+            verdicts[(i, j)] = v
+            if v.p_a is not None:
+                score[i] += v.p_a
+                score[j] += 1 - v.p_a
+        best, worst = (
+            max(range(len(resp)), key=score.__getitem__),
+            min(range(len(resp)), key=score.__getitem__),
+        )
+        if best == worst:
+            best, worst = 0, 1
+        i, j = min(best, worst), max(best, worst)
+        pair = PairInput(
+            p.id,
+            msgs,
+            resp[i],
+            resp[j],
+            {**p.metadata, "samples": [i, j], "scores": [round(s, 4) for s in score]},
+        )
+        return preference_record(pair, verdicts[(i, j)], constitution, cfg, models, item_id(item))
+
+    manifest = {"command": "prefs", "argv": argv or [], "provenance": _provenance(constitution, cfg, models).model_dump(),
+                "inputs": {"k": k, "pairs": pairs}}  # fmt: skip
+    per_item = _calls_per_pair(constitution, cfg) * (
+        k * (k - 1) // 2 if pairs == "best-worst" else 1
+    )
+    judged = _judge_job(
+        "judge", items, item_id, process, out_dir, engine_config, manifest, per_item, judge, None
+    )
+    return sampled, judged
+
+
+def load_pairs(path: Path) -> list[PairInput]:
+    """Pairs from a JSONL: response_a/response_b, chosen/rejected, or revise's revisions.jsonl."""
+    out: list[PairInput] = []
+    for line, row in read_jsonl(path):
+        if "steps" in row and "initial_response" in row:  # a RevisionRecord
+            r = RevisionRecord.model_validate(row)
+            if r.status != "ok" or not r.final_response or r.final_response == r.initial_response:
+                continue
+            msgs = [m.model_dump() for m in r.messages]
+            out.append(
+                PairInput(
+                    r.prompt_id,
+                    msgs,
+                    r.final_response,
+                    r.initial_response or "",
+                    {"source": "revision-vs-initial"},
+                )
+            )
+            continue
+        a, b = row.get("response_a", row.get("chosen")), row.get("response_b", row.get("rejected"))
+        msgs = row.get("messages") or (
+            [{"role": "user", "content": row["prompt"]}]
+            if isinstance(row.get("prompt"), str)
+            else row.get("prompt")
+        )
+        if not isinstance(a, str) or not isinstance(b, str) or not msgs:
+            raise DataError(
+                f"{path}:{line}: needs prompt (or messages) and response_a/response_b (or chosen/rejected) as strings."
+            )
+        meta = {
+            k: v
+            for k, v in row.items()
+            if k not in ("prompt", "messages", "response_a", "response_b", "chosen", "rejected")
+        }
+        out.append(PairInput(PromptRecord.make_id(msgs), msgs, a, b, meta))
+    if not out:
+        raise DataError(f"No pairs to judge in {path}.")
+    return out
+
+
+def run_judge_file(
+    pairs: list[PairInput], *, judge: Backend, models: dict[str, str], constitution: Constitution, cfg: JudgeConfig,
+    out_dir: Path, engine_config: EngineConfig, shard: tuple[int, int] | None = None, argv: list[str] | None = None,
+) -> JobSummary:  # fmt: skip
+    def item_id(pair: PairInput) -> str:
+        return stable_hash(
+            "judged",
+            pair.messages,
+            pair.response_a,
+            pair.response_b,
+            constitution.content_hash,
+            models,
+            cfg.__dict__,
+        )
+
+    async def process(pair: PairInput, engine: Engine) -> PreferenceRecord:
+        v = await judge_pair(
+            pair.messages, pair.response_a, pair.response_b, constitution, cfg, engine, judge
+        )
+        return preference_record(pair, v, constitution, cfg, models, item_id(pair))
+
+    manifest = {
+        "command": "judge",
+        "argv": argv or [],
+        "provenance": _provenance(constitution, cfg, models).model_dump(),
+    }
+    return _judge_job(
+        "judge",
+        pairs,
+        item_id,
+        process,
+        out_dir,
+        engine_config,
+        manifest,
+        _calls_per_pair(constitution, cfg),
+        judge,
+        shard,
+    )
