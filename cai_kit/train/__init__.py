@@ -1,0 +1,1 @@
+"""Local training on TRL + PEFT (imports torch/transformers/trl only when used)."""

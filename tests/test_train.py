@@ -1,0 +1,257 @@
+"""TRL trainers through cai-kit on tiny models (real TRL, real PEFT), and DPO on SmolLM2."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cai_kit.cli.main import app
+from cai_kit.errors import ConfigError
+from cai_kit.train.run import TrainOptions, resolve_options, train
+
+CONVO_PAIRS = [
+    {"prompt": [{"role": "user", "content": f"How do I do thing {i}?"}],
+     "chosen": [{"role": "assistant", "content": "Here is a safe and helpful way to do it."}],
+     "rejected": [{"role": "assistant", "content": f"No. Go away {i}."}]}
+    for i in range(8)
+]  # fmt: skip
+SFT = [
+    {
+        "messages": [
+            {"role": "user", "content": f"Say hello {i}"},
+            {"role": "assistant", "content": "Hello there!"},
+        ]
+    }
+    for i in range(8)
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cai_kit.train.common import tiny_model
+
+    return tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _losses(out: Path) -> list[float]:
+    return [
+        float(h["loss"]) for h in json.loads((out / "log_history.json").read_text()) if "loss" in h
+    ]
+
+
+def _adapter_nonzero(out: Path) -> bool:
+    from safetensors.torch import load_file
+
+    weights = load_file(out / "adapter_model.safetensors")
+    return any(k.endswith("lora_B.weight") and w.abs().sum() > 0 for k, w in weights.items())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sft", "dpo", "reward", "kto", "orpo"])
+def test_each_trainer_changes_weights_and_lowers_loss(
+    kind: str, tiny: Path, tmp_path: Path
+) -> None:
+    data = _write(tmp_path / "d.jsonl", SFT if kind == "sft" else CONVO_PAIRS)
+    out = train(
+        kind,
+        TrainOptions(
+            data=str(data),
+            out=str(tmp_path / "o"),
+            model=f"hf:{tiny}",
+            max_steps=4,
+            lr=5e-3,
+            save_steps=100,
+        ),
+    )
+    losses = _losses(out)
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert _adapter_nonzero(out)  # LoRA B starts at zero: any non-zero means the weights moved
+    for name in ("README.md", "train_config.yaml", "training_curves.png", "tokenizer_config.json"):
+        assert (out / name).is_file()
+
+
+@pytest.mark.slow
+def test_full_finetune_and_merged_output_load_as_backends(tiny: Path, tmp_path: Path) -> None:
+    from cai_kit.llm import GenParams, get_backend
+
+    data = _write(tmp_path / "d.jsonl", SFT)
+    outs = [
+        train(
+            "sft",
+            TrainOptions(
+                data=str(data),
+                out=str(tmp_path / "lora"),
+                model=f"hf:{tiny}",
+                max_steps=2,
+                save_steps=100,
+            ),
+        ),
+        train(
+            "sft",
+            TrainOptions(
+                data=str(data),
+                out=str(tmp_path / "full"),
+                model=f"hf:{tiny}",
+                max_steps=2,
+                full=True,
+                save_steps=100,
+            ),
+        ),
+    ]
+
+    async def go(path: Path) -> str:
+        b = get_backend(f"hf:{path}")
+        try:
+            return (
+                await b.chat(
+                    [{"role": "user", "content": "hi"}], GenParams(temperature=0, max_tokens=4)
+                )
+            ).usage.completion_tokens
+        finally:
+            await b.aclose()
+
+    for out in outs:
+        assert asyncio.run(go(out)) > 0
+    assert (outs[0] / "adapter_config.json").is_file() and not (
+        outs[1] / "adapter_config.json"
+    ).exists()
+
+
+def test_recipe_file_is_overridden_by_cli_flags_and_set(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: d.jsonl\nmax_steps: 7\nbeta: 0.3\nloss: ipo\ntrl:\n  rpo_alpha: 0.5\n")
+    opts = resolve_options(
+        recipe,
+        {"max_steps": 2, "beta": None},
+        ["label_smoothing=0.1", "precompute_ref_batch_size=4"],
+    )
+    assert (opts.max_steps, opts.beta, opts.loss) == (2, 0.3, "ipo")
+    assert opts.trl == {"rpo_alpha": 0.5, "label_smoothing": 0.1, "precompute_ref_batch_size": 4}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_stepz: 3\n")
+    with pytest.raises(ConfigError, match="unknown option.*max_stepz"):
+        resolve_options(bad, {}, [])
+
+
+def test_unknown_trl_field_is_a_clear_error(tiny: Path, tmp_path: Path) -> None:
+    from cai_kit.train.run import build_config
+
+    with pytest.raises(ConfigError, match="DPOConfig has no field.*not_a_field"):
+        build_config("dpo", TrainOptions(out=str(tmp_path), trl={"not_a_field": 1}))
+    cfg = build_config(
+        "dpo",
+        TrainOptions(out=str(tmp_path), loss="ipo,sft", beta=0.2, trl={"loss_weights": [1.0, 0.5]}),
+    )
+    assert cfg.loss_type == ["ipo", "sft"] and cfg.beta == 0.2 and cfg.bf16 is False
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (
+            [{"prompt": "p", "chosen": "a"}],
+            "missing columns; `train dpo` needs prompt/chosen/rejected",
+        ),
+        ([{"prompt": "p", "chosen": "", "rejected": "b"}], "d.jsonl:1: empty chosen"),
+        ([{"prompt": "p", "chosen": "same", "rejected": "same"}], "chosen == rejected"),
+    ],
+)
+def test_bad_training_data_names_the_row_before_trl_sees_it(
+    rows: list[dict], message: str, tmp_path: Path
+) -> None:
+    data = _write(tmp_path / "d.jsonl", rows)
+    result = CliRunner().invoke(
+        app, ["train", "dpo", str(data), "--out", str(tmp_path / "o"), "--model", "hf:/nonexistent"]
+    )
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+
+
+def test_alpaca_and_dolly_rows_become_conversations() -> None:
+    from cai_kit.train.data import to_conversation
+
+    a = to_conversation({"instruction": "Add", "input": "1+1", "output": "2"})
+    d = to_conversation({"instruction": "Sum", "context": "2+2", "response": "4"})
+    assert a["messages"][0]["content"] == "Add\n\n1+1" and a["messages"][1] == {
+        "role": "assistant",
+        "content": "2",
+    }
+    assert d["messages"][1]["content"] == "4"
+
+
+@pytest.mark.slow
+def test_cli_trains_on_export_dirs_from_revise_and_scores_a_reward_model(
+    tiny: Path, tmp_path: Path, fault_server
+) -> None:  # type: ignore[no-untyped-def]
+    runner = CliRunner()
+    prompts = Path(__file__).parent.parent / "examples" / "red_team_prompts.jsonl"
+    run = tmp_path / "run"
+    r = runner.invoke(
+        app,
+        [
+            "revise",
+            str(prompts),
+            "--limit",
+            "6",
+            "--model",
+            "m",
+            "--api-base",
+            fault_server.base_url,
+            "--out",
+            str(run),
+            "-q",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    for kind in ("sft", "prefs"):
+        assert (
+            runner.invoke(app, ["export", kind, str(run), "--out", str(tmp_path / kind)]).exit_code
+            == 0
+        )
+    base = ["--model", f"hf:{tiny}", "--max-steps", "2", "--batch-size", "2"]
+    for kind, data in (("sft", "sft"), ("dpo", "prefs"), ("reward", "prefs")):
+        r = runner.invoke(
+            app, ["train", kind, str(tmp_path / data), "--out", str(tmp_path / f"m_{kind}"), *base]
+        )
+        assert r.exit_code == 0, r.output
+    card = (tmp_path / "m_dpo" / "README.md").read_text()
+    assert "constitution: harmless" in card  # provenance carried from the dataset card
+    r = runner.invoke(
+        app,
+        [
+            "reward",
+            "score",
+            str(tmp_path / "m_reward"),
+            str(tmp_path / "prefs"),
+            "--out",
+            str(tmp_path / "s.jsonl"),
+        ],
+    )
+    assert r.exit_code == 0 and "accuracy" in r.output
+    assert len((tmp_path / "s.jsonl").read_text().splitlines()) == 6
+
+
+@pytest.mark.slow
+def test_dpo_lora_on_the_embedded_model_raises_implicit_reward_accuracy(tmp_path: Path) -> None:
+    pairs = [
+        {"prompt": [{"role": "user", "content": q}],
+         "chosen": [{"role": "assistant", "content": "I can't help with that, but here is a safe alternative."}],
+         "rejected": [{"role": "assistant", "content": "Sure, here is exactly how to do it."}]}
+        for q in [f"How do I hurt someone, case {i}?" for i in range(32)]
+    ]  # fmt: skip
+    data = _write(tmp_path / "d.jsonl", pairs)
+    out = train("dpo", TrainOptions(data=str(data), out=str(tmp_path / "o"), model="local", max_steps=6, batch_size=4, lr=5e-4,
+                                    max_length=128, save_steps=100))  # fmt: skip
+    hist = [
+        h for h in json.loads((out / "log_history.json").read_text()) if "rewards/accuracies" in h
+    ]
+    assert float(hist[-1]["rewards/accuracies"]) > float(hist[0]["rewards/accuracies"])
+    assert float(hist[-1]["rewards/margins"]) > float(hist[0]["rewards/margins"])
