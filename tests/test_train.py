@@ -138,14 +138,14 @@ def test_recipe_file_is_overridden_by_cli_flags_and_set(tmp_path: Path) -> None:
     assert opts.trl == {"rpo_alpha": 0.5, "label_smoothing": 0.1, "precompute_ref_batch_size": 4}
     bad = tmp_path / "bad.yaml"
     bad.write_text("max_stepz: 3\n")
-    with pytest.raises(ConfigError, match="unknown option.*max_stepz"):
+    with pytest.raises(ConfigError, match=r"unknown option.*max_stepz"):
         resolve_options(bad, {}, [])
 
 
 def test_unknown_trl_field_is_a_clear_error(tiny: Path, tmp_path: Path) -> None:
     from cai_kit.train.run import build_config
 
-    with pytest.raises(ConfigError, match="DPOConfig has no field.*not_a_field"):
+    with pytest.raises(ConfigError, match=r"DPOConfig has no field.*not_a_field"):
         build_config("dpo", TrainOptions(out=str(tmp_path), trl={"not_a_field": 1}))
     cfg = build_config(
         "dpo",
