@@ -83,7 +83,9 @@ def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modu
     )
 
 
-def tiny_model(out_dir: Path, *, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
+def tiny_model(
+    out_dir: Path, *, hidden: int = 32, layers: int = 2, seed: int = 0, init_range: float = 0.02
+) -> Path:
     """A tiny Llama-config model with the embedded tokenizer, saved to out_dir (for tests)."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
@@ -98,7 +100,7 @@ def tiny_model(out_dir: Path, *, hidden: int = 32, layers: int = 2, seed: int = 
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=True, initializer_range=init_range,
     )  # fmt: skip
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(out_dir, safe_serialization=True)

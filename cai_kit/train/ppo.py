@@ -1,0 +1,354 @@
+"""PPO for language models, written out in one file (TRL 1.16 no longer ships PPO).
+
+The classic RLHF recipe (Ziegler et al. 2019; Ouyang et al. 2022), read top to bottom:
+
+    for each step:
+        responses   = policy.generate(queries)                        # rollouts
+        scores      = reward(queries, responses)                      # one number per response
+        logp, V     = policy(query + response)      (no grad, "old")  # [B, T] each
+        ref_logp    = reference(query + response)   (no grad)         # adapters off under LoRA
+        r_t         = -kl_coef * (logp - ref_logp) on every response token, + score on the last
+        A, returns  = GAE(r, V, gamma, lam)                           # [B, T]
+        for ppo_epochs x mini-batches:
+            ratio   = exp(new_logp - logp)
+            L_pg    = max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))
+            L_vf    = 0.5 * max((V_new - R)^2, (clip(V_new, V +- eps_v) - R)^2)
+            step on L_pg + vf_coef * L_vf (grad-norm clipped)
+        kl_coef     = adaptive controller(mean KL, target_kl)
+
+Use it with your own rewards, the classic way:
+
+    trainer = PPOTrainer(PPOConfig(), model, tokenizer)
+    responses = trainer.generate(queries)                  # lists of token-id tensors
+    stats = trainer.step(queries, responses, rewards)       # rewards: one float per response
+
+Shapes: B = rollouts in the batch, L = padded query+response length, T = L - 1 (log-probs
+and values are aligned to the token they predict), V = vocabulary size.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class PPOConfig:
+    learning_rate: float = 1.4e-5
+    batch_size: int = 8  # rollouts per PPO step
+    mini_batch_size: int = 4
+    ppo_epochs: int = 4
+    gradient_accumulation_steps: int = 1
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    init_kl_coef: float = 0.05
+    adaptive_kl: bool = True
+    target_kl: float = 6.0  # nats per sequence
+    horizon: float = 10000.0
+    max_grad_norm: float = 1.0
+    whiten_advantages: bool = True
+    normalize_rewards: bool = False  # running mean/std of scores
+    reward_clip: float | None = None
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+
+
+class AdaptiveKLController:
+    """Ziegler et al.: nudge the KL coefficient so the per-sequence KL tracks `target`."""
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: float) -> None:
+        self.value, self.target, self.horizon = init_kl_coef, target, horizon
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        proportional_error = max(-0.2, min(0.2, current_kl / self.target - 1.0))
+        self.value *= 1.0 + proportional_error * n_steps / self.horizon
+
+
+class FixedKLController:
+    def __init__(self, kl_coef: float) -> None:
+        self.value = kl_coef
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        pass
+
+
+def compute_gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over [B, T]; positions outside `mask` count as 0.
+
+    delta_t = r_t + gamma * V_{t+1} - V_t ;  A_t = delta_t + gamma * lam * A_{t+1}
+    """
+    rewards, values = rewards * mask, values * mask
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros(rewards.shape[0], device=rewards.device)
+    T = rewards.shape[1]
+    for t in reversed(range(T)):
+        next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = delta + gamma * lam * last
+        advantages[:, t] = last
+    returns = advantages + values
+    return advantages * mask, returns * mask
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + 1e-8) * mask
+
+
+class PolicyWithValue(nn.Module):
+    """A causal LM plus a scalar value head on its last hidden state."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        hidden = model.config.hidden_size
+        self.value_head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
+        )
+        values = self.value_head(out.hidden_states[-1].float()).squeeze(-1)  # [B, L]
+        return out.logits, values
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """log p(token_t | tokens_<t) for t = 1..L-1: [B, L, V] x [B, L] -> [B, T]."""
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    return torch.gather(logp, 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+class PPOTrainer:
+    def __init__(self, config: PPOConfig, model: nn.Module, tokenizer: Any, ref_model: nn.Module | None = None,
+                 peft_config: Any = None) -> None:  # fmt: skip
+        from accelerate import Accelerator
+
+        torch.manual_seed(config.seed)
+        self.config, self.tokenizer = config, tokenizer
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            cpu=not torch.cuda.is_available(),
+        )
+        self.use_peft = peft_config is not None
+        if self.use_peft:
+            from peft import get_peft_model
+
+            model = get_peft_model(
+                model, peft_config
+            )  # reference = the same weights, adapters disabled
+            self.ref_model = None
+        else:
+            self.ref_model = ref_model or copy.deepcopy(model)
+            self.ref_model.eval().requires_grad_(False)
+        self.policy = PolicyWithValue(model)
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate)
+        self.policy, self.optimizer = self.accelerator.prepare(self.policy, self.optimizer)
+        if self.ref_model is not None:
+            self.ref_model = self.ref_model.to(self.accelerator.device)
+        self.kl_ctl = (AdaptiveKLController(config.init_kl_coef, config.target_kl, config.horizon)
+                       if config.adaptive_kl else FixedKLController(config.init_kl_coef))  # fmt: skip
+        self._score_stats = [0.0, 1.0, 0]  # running mean, var, count (for normalize_rewards)
+        self.history: list[dict[str, float]] = []
+
+    @property
+    def _lm(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.policy).model
+
+    # --- rollouts ---------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, queries: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Sample one response per query (token ids without the query)."""
+        tok, cfg, device = self.tokenizer, self.config, self.accelerator.device
+        pad = tok.pad_token_id
+        L = max(len(q) for q in queries)
+        ids = torch.full((len(queries), L), pad, dtype=torch.long)
+        att = torch.zeros((len(queries), L), dtype=torch.long)
+        for i, q in enumerate(queries):  # left padding for generation
+            ids[i, L - len(q) :], att[i, L - len(q) :] = q, 1
+        out = self._lm.generate(
+            input_ids=ids.to(device), attention_mask=att.to(device), max_new_tokens=cfg.max_new_tokens,
+            do_sample=True, temperature=cfg.temperature, top_k=cfg.top_k, top_p=1.0,  # top_k=0: the full distribution
+            pad_token_id=pad, eos_token_id=tok.eos_token_id,
+        )  # fmt: skip
+        responses = []
+        for row in out[:, L:].cpu():
+            ends = (row == tok.eos_token_id).nonzero()
+            n = (
+                int(ends[0]) + 1 if len(ends) else len(row)
+            )  # keep the EOS token: it was sampled too
+            responses.append(row[: max(n, 1)])
+        return responses
+
+    # --- one PPO step -------------------------------------------------------------------
+    def _batch(
+        self, queries: list[torch.Tensor], responses: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Right-padded query+response ids [B, L], attention [B, L], response mask [B, T]."""
+        L = max(len(q) + len(r) for q, r in zip(queries, responses, strict=True))
+        B = len(queries)
+        ids = torch.full((B, L), self.tokenizer.pad_token_id, dtype=torch.long)
+        att = torch.zeros((B, L), dtype=torch.long)
+        mask = torch.zeros((B, L - 1))
+        for i, (q, r) in enumerate(zip(queries, responses, strict=True)):
+            n = len(q) + len(r)
+            ids[i, :n], att[i, :n] = torch.cat([q, r]), 1
+            mask[i, len(q) - 1 : n - 1] = 1  # log-prob index t predicts token t + 1
+        d = self.accelerator.device
+        return ids.to(d), att.to(d), mask.to(d)
+
+    @torch.no_grad()
+    def _reference_logprobs(self, ids: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+        if self.use_peft:
+            with self._lm.disable_adapter():
+                return token_logprobs(self._lm(input_ids=ids, attention_mask=att).logits, ids)
+        return token_logprobs(self.ref_model(input_ids=ids, attention_mask=att).logits, ids)  # type: ignore[misc]
+
+    def _prepare_scores(self, rewards: list[float] | torch.Tensor) -> torch.Tensor:
+        scores = torch.as_tensor(
+            rewards, dtype=torch.float32, device=self.accelerator.device
+        ).flatten()
+        cfg = self.config
+        if cfg.normalize_rewards:
+            mean, var, n = self._score_stats
+            bm, bv, bn = scores.mean().item(), scores.var(unbiased=False).item(), scores.numel()
+            tot = n + bn
+            delta = bm - mean
+            mean += delta * bn / tot
+            var = (var * n + bv * bn + delta**2 * n * bn / tot) / tot
+            self._score_stats = [mean, var, tot]
+            scores = (scores - mean) / math.sqrt(var + 1e-8)
+        if cfg.reward_clip is not None:
+            scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
+        return scores
+
+    def step(
+        self,
+        queries: list[torch.Tensor],
+        responses: list[torch.Tensor],
+        rewards: list[float] | torch.Tensor,
+    ) -> dict[str, float]:
+        """One PPO update from (query, response, reward) triples; returns the step's stats."""
+        cfg = self.config
+        scores = self._prepare_scores(rewards)  # [B]
+        ids, att, mask = self._batch(queries, responses)  # [B, L], [B, L], [B, T]
+        self.policy.eval()
+        with torch.no_grad():
+            logits, values = self.policy(ids, att)
+            old_logp = token_logprobs(logits, ids)  # [B, T]
+            old_values = values[:, :-1] * mask  # [B, T]
+            ref_logp = self._reference_logprobs(ids, att)  # [B, T]
+            kl = (old_logp - ref_logp) * mask  # per-token KL estimate
+            token_rewards = -self.kl_ctl.value * kl
+            last = mask.cumsum(1).argmax(1)  # index of each response's last token
+            token_rewards[torch.arange(len(last)), last] += scores
+            advantages, returns = compute_gae(token_rewards, old_values, mask, cfg.gamma, cfg.lam)
+            if cfg.whiten_advantages:
+                advantages = masked_whiten(advantages, mask)
+        stats: dict[str, list[float]] = {
+            k: [] for k in ("policy_loss", "value_loss", "clipfrac", "approx_kl", "entropy")
+        }
+        self.policy.train()
+        B = ids.shape[0]
+        for _ in range(cfg.ppo_epochs):
+            for idx in torch.randperm(B).split(cfg.mini_batch_size):
+                with self.accelerator.accumulate(self.policy):
+                    m = mask[idx]
+                    logits, values = self.policy(ids[idx], att[idx])
+                    logp = token_logprobs(logits, ids[idx])
+                    v = values[:, :-1]
+                    ratio = torch.exp(logp - old_logp[idx])
+                    adv = advantages[idx]
+                    pg = torch.max(
+                        -adv * ratio, -adv * ratio.clamp(1 - cfg.cliprange, 1 + cfg.cliprange)
+                    )
+                    policy_loss = masked_mean(pg, m)
+                    v_clipped = old_values[idx] + (v - old_values[idx]).clamp(
+                        -cfg.cliprange_value, cfg.cliprange_value
+                    )
+                    vf = torch.max((v - returns[idx]) ** 2, (v_clipped - returns[idx]) ** 2)
+                    value_loss = 0.5 * masked_mean(vf, m)
+                    loss = policy_loss + cfg.vf_coef * value_loss
+                    self.accelerator.backward(loss)
+                    if self.accelerator.sync_gradients:
+                        self.accelerator.clip_grad_norm_(
+                            self.policy.parameters(), cfg.max_grad_norm
+                        )
+                    self.optimizer.step()
+                    self.optimizer.zero_grad()
+                with torch.no_grad():
+                    probs = F.softmax(logits[:, :-1].float(), dim=-1)
+                    entropy = -(probs * torch.log(probs + 1e-12)).sum(-1)
+                    stats["policy_loss"].append(policy_loss.item())
+                    stats["value_loss"].append(value_loss.item())
+                    stats["clipfrac"].append(
+                        masked_mean(((ratio - 1).abs() > cfg.cliprange).float(), m).item()
+                    )
+                    stats["approx_kl"].append(
+                        masked_mean(0.5 * (logp - old_logp[idx]) ** 2, m).item()
+                    )
+                    stats["entropy"].append(masked_mean(entropy, m).item())
+        mean_kl = kl.sum(1).mean().item()  # nats per sequence
+        self.kl_ctl.update(mean_kl, B)
+        out = {k: sum(v) / len(v) for k, v in stats.items()}
+        out.update(reward=float(torch.as_tensor(rewards, dtype=torch.float32).mean()), kl=mean_kl, kl_coef=self.kl_ctl.value,
+                   response_length=float(mask.sum(1).mean()))  # fmt: skip
+        self.history.append(out)
+        return out
+
+    def train(self, prompts: list[str], reward_fn: Callable[[list[str], list[str]], list[float]], steps: int,
+              log: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:  # fmt: skip
+        """The whole loop for text prompts: sample a batch, generate, score, step."""
+        import random
+
+        rng = random.Random(self.config.seed)
+        for step in range(steps):
+            batch = [rng.choice(prompts) for _ in range(self.config.batch_size)]
+            queries = [self._encode(p) for p in batch]
+            responses = self.generate(queries)
+            texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+            stats = self.step(queries, responses, reward_fn(batch, texts))
+            if log:
+                log(step, stats)
+        return self.history
+
+    def _encode(self, prompt: str) -> torch.Tensor:
+        tok = self.tokenizer
+        if getattr(tok, "chat_template", None):
+            text = tok.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+            return torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
+        return torch.tensor(tok(prompt)["input_ids"])
+
+    def save(self, out: str) -> None:
+        lm = self._lm
+        lm.save_pretrained(out, safe_serialization=True)
+        self.tokenizer.save_pretrained(out)
+        torch.save(
+            self.accelerator.unwrap_model(self.policy).value_head.state_dict(),
+            f"{out}/value_head.pt",
+        )
