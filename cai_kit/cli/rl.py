@@ -1,0 +1,133 @@
+"""`cai-kit train ppo` and `cai-kit train spin` (our own PPO; SPIN over TRL's DPO)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def ppo(
+    prompts: Annotated[str, typer.Argument(help="Prompt file (as for revise).")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Output directory (model, value head, stats, curves)."),
+    ],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Policy: local, hf:PATH or a Hub id.")
+    ] = "local",
+    reward_model: Annotated[
+        Path | None,
+        typer.Option("--reward-model", help="A `cai-kit train reward` output directory."),
+    ] = None,
+    reward_judge: Annotated[
+        str | None,
+        typer.Option(
+            "--reward-judge", help="A judge model string scoring each response (d-RLAIF)."
+        ),
+    ] = None,
+    judge_api_base: Annotated[
+        str | None, typer.Option("--judge-api-base", help="Base URL for --reward-judge.")
+    ] = None,
+    constitution: Annotated[
+        str, typer.Option("--constitution", "-c", help="Principles for --reward-judge.")
+    ] = "harmless",
+    steps: Annotated[int, typer.Option("--steps", help="PPO steps.")] = 20,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Rollouts per step.")] = 8,
+    mini_batch_size: Annotated[
+        int, typer.Option("--mini-batch-size", help="Rollouts per gradient step.")
+    ] = 4,
+    ppo_epochs: Annotated[int, typer.Option("--ppo-epochs", help="Passes over each batch.")] = 4,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 1.4e-5,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Response length.")] = 48,
+    init_kl_coef: Annotated[
+        float, typer.Option("--init-kl-coef", help="Initial KL penalty coefficient.")
+    ] = 0.05,
+    target_kl: Annotated[
+        float,
+        typer.Option("--target-kl", help="Target KL (nats/sequence) for the adaptive controller."),
+    ] = 6.0,
+    full: Annotated[
+        bool, typer.Option("--full/--lora", help="Full fine-tuning instead of LoRA.")
+    ] = False,
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+) -> None:
+    """PPO with a reward model or an AI judge as the reward (our own implementation)."""
+    import json
+
+    from cai_kit.cli.common import fail
+    from cai_kit.constitution import load_constitution
+    from cai_kit.prompts import load_prompts
+    from cai_kit.train.common import load_model, load_tokenizer, lora_config, resolve_model
+    from cai_kit.train.ppo import PPOConfig, PPOTrainer
+    from cai_kit.train.report import plot_curves
+    from cai_kit.train.rewards import JudgeScorer, RewardModelScorer
+
+    if (reward_model is None) == (reward_judge is None):
+        fail("Give exactly one reward source: --reward-model DIR or --reward-judge MODEL.")
+    reward_fn = (
+        RewardModelScorer(reward_model)
+        if reward_model
+        else JudgeScorer(reward_judge, load_constitution(constitution), judge_api_base)
+    )  # type: ignore[arg-type]
+    texts = [r.prompt_text for r in load_prompts(prompts, limit=limit).records]
+    base = resolve_model(model)
+    cfg = PPOConfig(learning_rate=lr, batch_size=batch_size, mini_batch_size=mini_batch_size, ppo_epochs=ppo_epochs,
+                    max_new_tokens=max_new_tokens, init_kl_coef=init_kl_coef, target_kl=target_kl, seed=seed)  # fmt: skip
+    trainer = PPOTrainer(
+        cfg, load_model(base), load_tokenizer(base), peft_config=None if full else lora_config()
+    )
+
+    def log(step: int, s: dict[str, float]) -> None:
+        typer.echo(f"step {step + 1}/{steps}: reward {s['reward']:.3f}  kl {s['kl']:.3f}  entropy {s['entropy']:.2f}  "
+                   f"clipfrac {s['clipfrac']:.3f}  value_loss {s['value_loss']:.4f}")  # fmt: skip
+
+    history = trainer.train(texts, reward_fn, steps, log)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer.save(str(out))
+    (out / "ppo_history.json").write_text(json.dumps(history, indent=1))
+    plot_curves([{"step": i + 1, "loss": h["policy_loss"], "rewards/margins": h["reward"], "rewards/accuracies": h["kl"]} for i, h in enumerate(history)],
+                out / "training_curves.png", "ppo (loss=policy loss, margins=reward, accuracies=KL)")  # fmt: skip
+    typer.echo(f"Saved to {out}")
+
+
+def spin(
+    data: Annotated[
+        Path, typer.Argument(help="SFT data: `messages` rows (e.g. `cai-kit export sft` output).")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output directory: iter_k/{data,model}.")
+    ],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="The SFT model to start from (hf:PATH or local).")
+    ] = "local",
+    iterations: Annotated[int, typer.Option("--iterations", help="Self-play iterations.")] = 2,
+    max_steps: Annotated[int, typer.Option("--max-steps", help="DPO steps per iteration.")] = 20,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Per-device batch size.")] = 4,
+    lr: Annotated[float, typer.Option("--lr", help="DPO learning rate.")] = 5e-5,
+    beta: Annotated[float, typer.Option("--beta", help="DPO beta.")] = 0.1,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", help="Length of the model's own answers.")
+    ] = 128,
+) -> None:
+    """SPIN: the model's own answers are rejected, SFT targets chosen; DPO per iteration."""
+    from cai_kit.train.spin import run_spin
+
+    models = run_spin(
+        data,
+        model,
+        out,
+        iterations,
+        {"max_steps": max_steps, "batch_size": batch_size, "lr": lr, "beta": beta},
+        max_new_tokens,
+    )
+    typer.echo("Iterations: " + ", ".join(str(m) for m in models))
+
+
+def register(app: typer.Typer) -> None:
+    from cai_kit.cli.train import train_app
+
+    train_app.command("ppo")(ppo)
+    train_app.command("spin")(spin)

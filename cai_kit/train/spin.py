@@ -1,0 +1,95 @@
+"""SPIN (Self-Play fIne-tuNing, Chen et al. 2024) over TRL's DPO.
+
+For each iteration k: the current model answers the SFT prompts (its answers are
+`rejected`), the SFT targets are `chosen`, and DPO trains the model against the previous
+iteration (LoRA: the adapter-free weights are the previous iteration; the result is merged
+so the next iteration starts from it). Everything is kept: OUT/iter_k/{data,model}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from cai_kit.train.data import data_files, read_rows
+from cai_kit.train.run import TrainOptions, train
+
+
+def sft_pairs(path: Path) -> list[tuple[list[dict[str, str]], str]]:
+    """(prompt turns, target) from `messages` rows (the last assistant turn is the target)."""
+    from cai_kit.errors import DataError
+
+    out = []
+    for row in read_rows(data_files(path)["train"]):
+        msgs = row.get("messages")
+        if not msgs or msgs[-1].get("role") != "assistant":
+            raise DataError(
+                f"{path}: SPIN needs SFT rows with `messages` ending in an assistant turn (`cai-kit export sft`)."
+            )
+        out.append((msgs[:-1], msgs[-1]["content"]))
+    return out
+
+
+def _generate(
+    model_dir: str, prompts: list[list[dict[str, str]]], max_new_tokens: int
+) -> list[str]:
+    from cai_kit.llm.base import GenParams
+    from cai_kit.llm.registry import get_backend
+
+    async def go() -> list[str]:
+        b = get_backend(f"hf:{model_dir}")
+        try:
+            params = GenParams(
+                temperature=1.0, max_tokens=max_new_tokens, seed=0
+            )  # sampled, as in the paper
+            return [c.text for c in await asyncio.gather(*(b.chat(p, params) for p in prompts))]
+        finally:
+            await b.aclose()
+
+    return asyncio.run(go())
+
+
+def run_spin(
+    data: Path,
+    model: str,
+    out: Path,
+    iterations: int,
+    opts: dict[str, Any],
+    max_new_tokens: int = 128,
+) -> list[Path]:
+    """Returns the model directory of each iteration."""
+    from cai_kit.train.common import resolve_model
+
+    pairs = sft_pairs(data)
+    current = resolve_model(model)
+    models = []
+    for k in range(1, iterations + 1):
+        it = out / f"iter_{k}"
+        responses = _generate(current, [p for p, _ in pairs], max_new_tokens)
+        (it / "data").mkdir(parents=True, exist_ok=True)
+        rows = [{"prompt": p, "chosen": [{"role": "assistant", "content": t}], "rejected": [{"role": "assistant", "content": r}]}
+                for (p, t), r in zip(pairs, responses, strict=True) if r.strip() and r.strip() != t.strip()]  # fmt: skip
+        if not rows:
+            from cai_kit.errors import DataError
+
+            raise DataError(
+                f"SPIN iteration {k}: every answer was empty or equal to its target; nothing to train on."
+            )
+        (it / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        trained = train(
+            "dpo",
+            TrainOptions(
+                **{
+                    **opts,
+                    "data": str(it / "data"),
+                    "out": str(it / "model"),
+                    "model": f"hf:{current}",
+                    "merge": True,
+                }
+            ),
+        )
+        current = str(trained)
+        models.append(trained)
+    return models

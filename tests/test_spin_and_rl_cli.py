@@ -1,0 +1,92 @@
+"""SPIN iterations on a tiny model, and `cai-kit train ppo` with an AI judge as the reward."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import tests.fixtures.fault_server as fs
+from cai_kit.cli.main import app
+from tests.fixtures.fault_server import FaultServer
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cai_kit.train.common import tiny_model
+
+    return tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def _pair_margin(model_dir: Path, rows: list[dict]) -> float:
+    """Mean log p(chosen) - log p(rejected) under a model (the DPO quantity SPIN pushes up)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cai_kit.train.common import load_tokenizer
+
+    tok = load_tokenizer(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+
+    def logp(prompt: list[dict], completion: list[dict]) -> float:
+        p = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        full = tok.apply_chat_template(prompt + completion, tokenize=False)
+        ids = tok(full, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        n = len(tok(p, add_special_tokens=False)["input_ids"])
+        with torch.no_grad():
+            lp = torch.log_softmax(model(ids).logits[0, :-1], -1).gather(1, ids[0, 1:, None])[:, 0]
+        return float(lp[n - 1 :].sum())
+
+    return sum(
+        logp(r["prompt"], r["chosen"]) - logp(r["prompt"], r["rejected"]) for r in rows
+    ) / len(rows)
+
+
+@pytest.mark.slow
+def test_spin_iterations_chain_and_the_margin_grows(tiny: Path, tmp_path: Path) -> None:
+    data = tmp_path / "sft.jsonl"
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Greet person {i}."},
+                {"role": "assistant", "content": "Hello! Nice to meet you."},
+            ]
+        }
+        for i in range(8)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "spin"
+    r = CliRunner().invoke(app, ["train", "spin", str(data), "--model", f"hf:{tiny}", "--out", str(out), "--iterations", "2",
+                                 "--max-steps", "3", "--lr", "5e-3", "--max-new-tokens", "8"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    cfg2 = yaml.safe_load((out / "iter_2" / "model" / "train_config.yaml").read_text())
+    assert (
+        Path(cfg2["base_model"]) == out / "iter_1" / "model"
+    )  # iteration 2 starts from iteration 1
+    it1 = [
+        json.loads(x) for x in (out / "iter_1" / "data" / "train.jsonl").read_text().splitlines()
+    ]
+    assert _pair_margin(out / "iter_1" / "model", it1) > _pair_margin(tiny, it1)
+
+
+@pytest.mark.slow
+def test_train_ppo_cli_with_a_judge_as_the_reward(
+    tiny: Path, tmp_path: Path, fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers = iter(["Yes", "No"] * 100)
+    monkeypatch.setattr(fs, "reply_text", lambda body: next(answers))
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Say hi\nSay bye\n")
+    out = tmp_path / "ppo"
+    r = CliRunner().invoke(app, ["train", "ppo", str(prompts), "--model", f"hf:{tiny}", "--reward-judge", "j",
+                                 "--judge-api-base", fault_server.base_url, "--out", str(out), "--steps", "2",
+                                 "--batch-size", "4", "--mini-batch-size", "2", "--max-new-tokens", "4"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    history = json.loads((out / "ppo_history.json").read_text())
+    assert len(history) == 2 and history[0]["reward"] == pytest.approx(0.5)  # 2 Yes + 2 No
+    assert fault_server.paid == 8 and (out / "value_head.pt").is_file()
+    r = CliRunner().invoke(app, ["train", "ppo", str(prompts), "--out", str(out)])
+    assert r.exit_code == 1 and "exactly one reward source" in r.output
