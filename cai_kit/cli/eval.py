@@ -1,0 +1,106 @@
+"""`cai-kit eval winrate | reward`: did alignment work?"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+eval_app = typer.Typer(
+    help="Evaluate models: win rate against a baseline, reward-model accuracy.",
+    no_args_is_help=True,
+)
+
+
+@eval_app.command("winrate")
+def winrate(
+    prompts: Annotated[
+        str,
+        typer.Option(
+            "--prompts", help="Prompt file (a `category` column gives per-category results)."
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Output directory (report.md, winrate.png, prefs.jsonl)."),
+    ],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="The model to evaluate (e.g. hf:runs/dpo_model).")
+    ] = "local",
+    baseline: Annotated[
+        str, typer.Option("--baseline", "-b", help="The model to compare against.")
+    ] = "local",
+    judge: Annotated[str, typer.Option("--judge", "-j", help="The judge model.")] = "local",
+    api_base: Annotated[
+        str | None,
+        typer.Option("--api-base", help="OpenAI-compatible base URL for all three models."),
+    ] = None,
+    constitution: Annotated[
+        str, typer.Option("--constitution", "-c", help="Principles the judge applies.")
+    ] = "harmless",
+    mode: Annotated[
+        str, typer.Option("--mode", help="Judge mode: logprobs | letter | cot | votes.")
+    ] = "logprobs",
+    principles: Annotated[str, typer.Option("--principles", help="one | all | sample:N.")] = "one",
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
+    temperature: Annotated[
+        float, typer.Option("--temperature", help="Generation temperature.")
+    ] = 0.7,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Max tokens per answer.")] = 256,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed (generation, principle sampling, bootstrap).")
+    ] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Generate from a model and a baseline, judge each pair in both orders, report the win rate."""
+    from cai_kit.cli.common import engine_config, replay_argv
+    from cai_kit.constitution import load_constitution
+    from cai_kit.eval import run_winrate
+    from cai_kit.judge import JudgeConfig
+    from cai_kit.llm.base import GenParams
+    from cai_kit.llm.registry import get_backend
+    from cai_kit.prompts import load_prompts
+
+    backends: dict[str, object] = {}
+
+    def backend(name: str):  # type: ignore[no-untyped-def]
+        if name not in backends:
+            backends[name] = get_backend(name, api_base=api_base)
+        return backends[name]
+
+    _, rep = run_winrate(
+        load_prompts(prompts, limit=limit).records, model=backend(model), baseline=backend(baseline), judge=backend(judge),
+        models={"model": model, "baseline": baseline, "judge": judge}, constitution=load_constitution(constitution),
+        cfg=JudgeConfig(mode=mode, principles=principles, seed=seed),  # type: ignore[arg-type]
+        params=GenParams(temperature=temperature, max_tokens=max_tokens, seed=seed), out_dir=out,
+        engine_config=engine_config(quiet=quiet), argv=replay_argv("eval"),
+    )  # fmt: skip
+    typer.echo(f"win rate {rep.win_rate:.3f} (95% CI {rep.ci[0]:.3f}-{rep.ci[1]:.3f}); {rep.wins} wins, {rep.ties} ties, "
+               f"{rep.losses} losses, {rep.failed} failed. Report: {out / 'report.md'}")  # fmt: skip
+
+
+@eval_app.command("reward")
+def reward(
+    model: Annotated[Path, typer.Option("--model", "-m", help="A reward model directory.")],
+    pairs: Annotated[
+        Path, typer.Option("--pairs", help="Held-out pairs (chosen/rejected JSONL or export dir).")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output directory (report.md, scores.jsonl).")
+    ],
+) -> None:
+    """Reward-model accuracy on held-out pairs (share with r(chosen) > r(rejected))."""
+    from cai_kit.train.reward_score import score_pairs
+
+    out.mkdir(parents=True, exist_ok=True)
+    res = score_pairs(model, pairs, out / "scores.jsonl")
+    (out / "report.md").write_text(f"# Reward model accuracy\n\n`{model}` on `{pairs}`: {res['pairs']} pairs, accuracy "
+                                   f"{res['accuracy']:.3f}, mean margin {res['mean_margin']:.4f}.\n")  # fmt: skip
+    typer.echo(
+        f"accuracy {res['accuracy']:.3f} on {res['pairs']} pairs; report: {out / 'report.md'}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(eval_app, name="eval")
