@@ -215,15 +215,16 @@ def test_kill_9_mid_run_then_resume_gives_exact_output_and_no_extra_paid_calls(
     cmd = [sys.executable, "-m", "cai_kit", "generate", str(prompts), "--model", "m", "--api-base", fault_server.base_url,
            "--out", str(out), "--cache-path", str(tmp_path / "c.sqlite"), "--concurrency", "4", "-q"]  # fmt: skip
     env = {**os.environ, "CAI_KIT_CACHE_DIR": str(tmp_path / "cc")}
+    fault_server.hold_after = 10  # after 10 answers the server holds the rest: none is in transit
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
-    while time.time() < deadline:
-        if fault_server.paid >= 10:
-            break
+    while time.time() < deadline and fault_server.paid < 10:
         time.sleep(0.02)
+    time.sleep(1.0)  # the client has stored every answer it received; 4 requests are held
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert fault_server.paid < n, "the job finished before it could be killed"
+    fault_server.hold_after = None
+    assert fault_server.paid == 10, "the job finished before it could be killed"
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = _lines(out / "generations.jsonl")
     assert sorted(r["id"] for r in rows) == sorted({r["id"] for r in rows}) and len(rows) == n

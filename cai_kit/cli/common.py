@@ -121,6 +121,25 @@ def engine_config(
     )
 
 
+ENGINE_KEYS = (
+    "concurrency",
+    "rpm",
+    "tpm",
+    "max_retries",
+    "timeout",
+    "max_cost",
+    "no_cache",
+    "cache_path",
+    "quiet",
+    "dry_run",
+)
+
+
+def engine_config_from(values: dict):  # type: ignore[no-untyped-def,type-arg]
+    """EngineConfig from a command's locals(): every job command names its options the same way."""
+    return engine_config(**{k: values[k] for k in ENGINE_KEYS if k in values})
+
+
 def replay_argv(command: str) -> list[str]:
     """This invocation's command line, for the manifest and `retry-failed` (flags only: keys
     come from the environment). Empty when not run from a shell (e.g. a test runner)."""

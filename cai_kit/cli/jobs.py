@@ -79,7 +79,7 @@ def generate(
     quiet: QuietOpt = False,
 ) -> None:
     """Sample responses to each prompt (one call per row), resumable and cached."""
-    from cai_kit.cli.common import engine_config, parse_shard, replay_argv
+    from cai_kit.cli.common import engine_config_from, parse_shard, replay_argv
     from cai_kit.generate import run_generate
     from cai_kit.llm.base import GenParams
     from cai_kit.llm.registry import get_backend
@@ -94,8 +94,7 @@ def generate(
         params=GenParams(temperature=temperature, max_tokens=max_tokens, seed=seed),
         samples=samples,
         out_dir=out,
-        engine_config=engine_config(concurrency=concurrency, rpm=rpm, tpm=tpm, max_retries=max_retries, timeout=timeout,
-                                    max_cost=max_cost, no_cache=no_cache, cache_path=cache_path, quiet=quiet, dry_run=dry_run),
+        engine_config=engine_config_from(locals()),
         shard=parse_shard(shard),
         argv=replay_argv("generate"),
     )  # fmt: skip

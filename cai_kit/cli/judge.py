@@ -23,7 +23,7 @@ from cai_kit.cli.common import (
     TemperatureOpt,
     TimeoutOpt,
     TpmOpt,
-    engine_config,
+    engine_config_from,
     parse_shard,
     replay_argv,
 )
@@ -113,18 +113,7 @@ def prefs(
         if (judge_model, judge_api_base) == (policy_model, api_base)
         else get_backend(judge_model, api_base=judge_api_base, timeout_s=timeout)
     )
-    ec = engine_config(
-        concurrency=concurrency,
-        rpm=rpm,
-        tpm=tpm,
-        max_retries=max_retries,
-        timeout=timeout,
-        max_cost=max_cost,
-        no_cache=no_cache,
-        cache_path=cache_path,
-        quiet=quiet,
-        dry_run=dry_run,
-    )
+    ec = engine_config_from(locals())
     sampled, judged = run_prefs(
         pset.records,
         policy=policy,
@@ -167,18 +156,7 @@ def judge(
     from cai_kit.prefs import load_pairs, run_judge_file
 
     cfg = _judge_cfg(mode, samples, principles, tie_margin, seed)
-    ec = engine_config(
-        concurrency=concurrency,
-        rpm=rpm,
-        tpm=tpm,
-        max_retries=max_retries,
-        timeout=timeout,
-        max_cost=max_cost,
-        no_cache=no_cache,
-        cache_path=cache_path,
-        quiet=quiet,
-        dry_run=dry_run,
-    )
+    ec = engine_config_from(locals())
     summary = run_judge_file(
         load_pairs(pairs_file),
         judge=get_backend(judge_model, api_base=api_base, timeout_s=timeout),

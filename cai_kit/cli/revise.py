@@ -24,7 +24,7 @@ from cai_kit.cli.common import (
     TemperatureOpt,
     TimeoutOpt,
     TpmOpt,
-    engine_config,
+    engine_config_from,
     parse_shard,
     replay_argv,
 )
@@ -146,8 +146,7 @@ def revise(
         responder=responder, critic=critic,
         models={"responder": model, "critic": critic_model},
         out_dir=out,
-        engine_config=engine_config(concurrency=concurrency, rpm=rpm, tpm=tpm, max_retries=max_retries, timeout=timeout,
-                                    max_cost=max_cost, no_cache=no_cache, cache_path=cache_path, quiet=quiet, dry_run=dry_run),
+        engine_config=engine_config_from(locals()),
         shard=parse_shard(shard),
         argv=replay_argv("revise"),
         inputs={"prompts": prompts, "prompt_report": pset.summary()},
