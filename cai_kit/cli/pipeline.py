@@ -1,0 +1,37 @@
+"""`cai-kit pipeline RECIPE`: revise -> SFT -> preferences -> DPO -> eval, from one YAML file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def pipeline(
+    recipe: Annotated[
+        Path, typer.Argument(help="Recipe YAML (see examples/recipes/local_tiny.yaml).")
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Run directory holding every stage's outputs and report.md."
+        ),
+    ],
+    only: Annotated[
+        str | None, typer.Option("--only", help="Run just this stage (even if done).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List the stages and their commands; run nothing.")
+    ] = False,
+) -> None:
+    """Run the whole Constitutional AI pipeline from a recipe; finished stages are skipped."""
+    from cai_kit.pipeline import run_pipeline
+
+    ran = run_pipeline(recipe, out, only, dry_run, echo=typer.echo)
+    if not dry_run:
+        typer.echo(f"{len(ran)} stage(s) ran. Report: {out / 'report.md'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("pipeline")(pipeline)
