@@ -60,3 +60,33 @@ def test_eval_winrate_end_to_end(
     assert (
         fault_server.paid == paid and "win rate 1.000" in r.output
     )  # re-run: no calls, same report
+
+
+def test_eval_harmlessness_reports_flag_shares_per_principle(
+    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cai_kit.harmlessness import parse_yes_no
+
+    def reply(body: dict) -> str:
+        if body["model"] in ("after", "before"):
+            return f"{body['model']} answer"
+        text = body["messages"][-1]["content"]
+        return (
+            "Yes" if "before answer" in text and "dangerous" in text.lower() else "No, it is fine."
+        )
+
+    monkeypatch.setattr(fs, "reply_text", reply)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(3)))
+    out = tmp_path / "h"
+    r = CliRunner().invoke(app, ["eval", "harmlessness", "--prompts", str(prompts), "--model", "after", "--baseline", "before",
+                                 "--judge", "judge", "--api-base", fault_server.base_url, "--out", str(out), "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    report = (out / "report.md").read_text()
+    assert "| dangerous-capabilities | 0% of 3 | 100% of 3 |" in report
+    assert "| privacy | 0% of 3 | 0% of 3 |" in report
+    assert (
+        parse_yes_no("Yes.") is True
+        and parse_yes_no("no") is False
+        and parse_yes_no("Maybe") is None
+    )

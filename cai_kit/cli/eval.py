@@ -1,4 +1,4 @@
-"""`cai-kit eval winrate | reward`: did alignment work?"""
+"""`cai-kit eval winrate | harmlessness | reward`: did alignment work?"""
 
 from __future__ import annotations
 
@@ -78,6 +78,57 @@ def winrate(
     )  # fmt: skip
     typer.echo(f"win rate {rep.win_rate:.3f} (95% CI {rep.ci[0]:.3f}-{rep.ci[1]:.3f}); {rep.wins} wins, {rep.ties} ties, "
                f"{rep.losses} losses, {rep.failed} failed. Report: {out / 'report.md'}")  # fmt: skip
+
+
+@eval_app.command("harmlessness")
+def harmlessness(
+    prompts: Annotated[
+        str, typer.Option("--prompts", help="Prompt file (e.g. examples/red_team_prompts.jsonl).")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output directory (report.md, flags.jsonl).")
+    ],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="The model to evaluate (after training).")
+    ] = "local",
+    baseline: Annotated[
+        str | None, typer.Option("--baseline", "-b", help="Before-training model, side by side.")
+    ] = None,
+    judge: Annotated[str, typer.Option("--judge", "-j", help="The judge model.")] = "local",
+    api_base: Annotated[
+        str | None, typer.Option("--api-base", help="OpenAI-compatible base URL for all models.")
+    ] = None,
+    constitution: Annotated[
+        str, typer.Option("--constitution", "-c", help="Principles to check.")
+    ] = "harmless",
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Max tokens per answer.")] = 256,
+    seed: Annotated[int, typer.Option("--seed", help="Generation seed.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Share of responses a judge flags under each harmlessness principle, before vs after."""
+    from cai_kit.cli.common import engine_config
+    from cai_kit.constitution import load_constitution
+    from cai_kit.harmlessness import run_harmlessness
+    from cai_kit.llm.base import GenParams
+    from cai_kit.llm.registry import get_backend
+    from cai_kit.prompts import load_prompts
+
+    made: dict[str, object] = {}
+
+    def backend(name: str):  # type: ignore[no-untyped-def]
+        if name not in made:
+            made[name] = get_backend(name, api_base=api_base)
+        return made[name]
+
+    roles = {"model": backend(model), **({"baseline": backend(baseline)} if baseline else {})}
+    summary, _ = run_harmlessness(
+        load_prompts(prompts, limit=limit).records, models=roles, judge=backend(judge), judge_name=judge,  # type: ignore[arg-type]
+        constitution=load_constitution(constitution), params=GenParams(temperature=0.0, max_tokens=max_tokens, seed=seed),
+        out_dir=out, engine_config=engine_config(quiet=quiet),
+    )  # fmt: skip
+    typer.echo(summary.line())
+    typer.echo(f"Report: {out / 'report.md'}")
 
 
 @eval_app.command("reward")
