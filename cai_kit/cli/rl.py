@@ -126,8 +126,67 @@ def spin(
     typer.echo("Iterations: " + ", ".join(str(m) for m in models))
 
 
+def grpo(
+    prompts: Annotated[str, typer.Argument(help="Prompt file (as for revise).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Policy: local, hf:PATH or a Hub id.")
+    ] = "local",
+    reward_model: Annotated[
+        Path | None,
+        typer.Option("--reward-model", help="A `cai-kit train reward` output directory."),
+    ] = None,
+    reward_judge: Annotated[
+        str | None, typer.Option("--reward-judge", help="A judge model string (d-RLAIF).")
+    ] = None,
+    judge_api_base: Annotated[
+        str | None, typer.Option("--judge-api-base", help="Base URL for --reward-judge.")
+    ] = None,
+    constitution: Annotated[
+        str, typer.Option("--constitution", "-c", help="Principles for --reward-judge.")
+    ] = "harmless",
+    max_steps: Annotated[int, typer.Option("--max-steps", help="Optimiser steps.")] = 10,
+    num_generations: Annotated[
+        int, typer.Option("--num-generations", help="Completions per prompt (the group).")
+    ] = 4,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size", help="Completions per device batch (a multiple of the group)."
+        ),
+    ] = 4,
+    max_completion_length: Annotated[
+        int, typer.Option("--max-completion-length", help="Tokens per completion.")
+    ] = 64,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 1e-5,
+    full: Annotated[
+        bool, typer.Option("--full/--lora", help="Full fine-tuning instead of LoRA.")
+    ] = False,
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
+) -> None:
+    """Online RLAIF with TRL's GRPO: our judge or reward model scores each sampled completion."""
+    from cai_kit.cli.common import fail
+    from cai_kit.constitution import load_constitution
+    from cai_kit.prompts import load_prompts
+    from cai_kit.train.online import train_grpo
+    from cai_kit.train.rewards import JudgeScorer, RewardModelScorer
+
+    if (reward_model is None) == (reward_judge is None):
+        fail("Give exactly one reward source: --reward-model DIR or --reward-judge MODEL.")
+    scorer = (
+        RewardModelScorer(reward_model)
+        if reward_model
+        else JudgeScorer(reward_judge, load_constitution(constitution), judge_api_base)
+    )  # type: ignore[arg-type]
+    texts = [r.prompt_text for r in load_prompts(prompts, limit=limit).records]
+    path = train_grpo(texts, model, out, scorer, max_steps=max_steps, num_generations=num_generations, batch_size=batch_size,
+                      max_completion_length=max_completion_length, lr=lr, full=full)  # fmt: skip
+    typer.echo(f"Saved to {path}")
+
+
 def register(app: typer.Typer) -> None:
     from cai_kit.cli.train import train_app
 
     train_app.command("ppo")(ppo)
     train_app.command("spin")(spin)
+    train_app.command("grpo")(grpo)

@@ -1,0 +1,53 @@
+"""Online RLAIF without a preference dataset: TRL's GRPO with our judge or reward model as reward.
+
+GRPO samples `num_generations` completions per prompt and uses their rewards relative to
+each other as advantages (no value model). `reward_funcs` accepts callables, so the AI judge
+(d-RLAIF: P(acceptable) under the constitution) or a trained reward model plugs in directly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cai_kit.train.common import has_cuda, load_model, load_tokenizer, lora_config, resolve_model
+
+
+def _text(x: Any) -> str:
+    if isinstance(x, list):  # conversational: a list of messages
+        return " ".join(m.get("content", "") for m in x if isinstance(m, dict))
+    return str(x)
+
+
+def as_trl_reward(scorer: Any) -> Any:
+    """Wrap a `(prompts, responses) -> floats` scorer into TRL's reward_funcs signature."""
+
+    def reward(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
+        user = [_text(p[-1:] if isinstance(p, list) else p) for p in prompts]
+        return list(scorer(user, [_text(c) for c in completions]))
+
+    reward.__name__ = type(scorer).__name__
+    return reward
+
+
+def train_grpo(prompts: list[str], model: str, out: Path, scorer: Any, *, max_steps: int = 10, num_generations: int = 4,
+               batch_size: int = 4, max_completion_length: int = 64, lr: float = 1e-5, full: bool = False, seed: int = 0) -> Path:  # fmt: skip
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    base = resolve_model(model)
+    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
+    args = GRPOConfig(
+        output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=batch_size, num_generations=num_generations,
+        max_completion_length=max_completion_length, learning_rate=lr, bf16=has_cuda(), use_cpu=not has_cuda(),
+        report_to=[], logging_steps=1, save_strategy="no", seed=seed,
+    )  # fmt: skip
+    trainer = GRPOTrainer(model=load_model(base), reward_funcs=as_trl_reward(scorer), args=args, train_dataset=ds,
+                          processing_class=load_tokenizer(base), peft_config=None if full else lora_config())  # fmt: skip
+    trainer.train()
+    trainer.model.save_pretrained(out, safe_serialization=True)
+    trainer.processing_class.save_pretrained(out)
+    import json
+
+    (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    return out
