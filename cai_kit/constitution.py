@@ -187,6 +187,28 @@ def _line_index(node: yaml.Node, prefix: tuple[Any, ...] = ()) -> dict[tuple[Any
     return index
 
 
+def _duplicate_keys(node: yaml.Node, display: str, prefix: str = "") -> list[Problem]:
+    """Keys given twice in one mapping: safe_load keeps the last silently, so say so."""
+    found: list[Problem] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            line = key_node.start_mark.line + 1
+            field = f"{prefix}.{key}" if prefix else key
+            if key in first:
+                found.append(
+                    Problem(display, line, field, f"duplicate key (first at line {first[key]})")
+                )
+            else:
+                first[key] = line
+            found.extend(_duplicate_keys(value_node, display, field))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found.extend(_duplicate_keys(item, display, f"{prefix}[{i}]"))
+    return found
+
+
 def _line_for(index: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
     while loc not in index and loc:
         loc = loc[:-1]
@@ -212,8 +234,11 @@ def parse_constitution(text: str, display: str = "<string>") -> Constitution:
     index = _line_index(node)
     problems: list[Problem] = []
 
+    problems.extend(_duplicate_keys(node, display))
+
     seen: dict[str, int] = {}
-    for i, p in enumerate(data.get("principles") or []):
+    raw_principles = data.get("principles")
+    for i, p in enumerate(raw_principles if isinstance(raw_principles, list) else []):
         pid = p.get("id") if isinstance(p, dict) else None
         if isinstance(pid, str):
             if pid in seen:

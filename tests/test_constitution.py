@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from cai_kit.cli.main import app
 from cai_kit.constitution import (
     ConstitutionError,
     list_constitutions,
@@ -35,6 +32,7 @@ def test_shipped_constitutions_load_by_name() -> None:
     assert {"harmless", "helpful-honest", "harmless-ko"} <= set(names)
     assert len(load_constitution("harmless").principles) >= 12
     ko = load_constitution("harmless-ko")
+    assert len(ko.principles) >= 8
     assert any("\uac00" <= ch <= "\ud7a3" for ch in ko.principles[0].critique)  # Hangul
 
 
@@ -90,25 +88,33 @@ def test_hash_is_stable_and_content_sensitive() -> None:
     assert changed.content_hash != parse_constitution(GOOD).content_hash
 
 
-def test_cli_validate_reports_problems_and_exits_nonzero(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(
-        "name: x\nprinciples:\n  - id: a\n    critique: c\n    revision: r\n    oops: 1\n"
+def test_duplicate_yaml_keys_and_wrong_types_are_reported_not_crashed() -> None:
+    problems = _problems("name: x\nname: y\nprinciples: 5\n")
+    assert "c.yaml:2: name: duplicate key (first at line 1)" in problems
+    assert any(p.startswith("c.yaml:3: principles: ") for p in problems)
+    problems = _problems(
+        "name: x\nprinciples:\n  - 3\n  - {id: a, critique: c, revision: r, tags: t}\n"
     )
-    result = CliRunner().invoke(app, ["constitution", "validate", str(bad)])
-    assert result.exit_code == 1
-    assert f"{bad}:6: principles[0].oops: unknown key" in result.output
-    assert "Traceback" not in result.output
+    assert any(p.startswith("c.yaml:3: principles[0]: ") for p in problems)
+    assert any(p.startswith("c.yaml:4: principles[1].tags: ") for p in problems)
 
 
-def test_cli_validate_list_and_show_on_good_input(tmp_path: Path) -> None:
-    good = tmp_path / "good.yaml"
-    good.write_text(GOOD)
-    runner = CliRunner()
-    assert runner.invoke(app, ["constitution", "validate", str(good)]).output.startswith("OK: mini")
-    assert "harmless-ko" in runner.invoke(app, ["constitution", "list"]).output
-    shown = runner.invoke(app, ["constitution", "show", "harmless"])
-    assert shown.exit_code == 0 and "dangerous-capabilities" in shown.output
+def test_empty_file_and_non_mapping_are_one_problem_each() -> None:
+    assert _problems("") == ["c.yaml:1: file: expected a mapping with name and principles"]
+    assert _problems("- a\n") == ["c.yaml:1: file: expected a mapping with name and principles"]
+
+
+def test_few_shot_examples_are_validated_too() -> None:
+    problems = _problems(GOOD + "few_shot:\n  - {prompt: p, response: r, critique: c}\n")
+    assert problems == ["c.yaml:12: few_shot[0].revision: required field is missing"]
+
+
+def test_every_shipped_constitution_has_judge_questions_and_few_shot() -> None:
+    for name in list_constitutions():
+        c = load_constitution(name)
+        assert len(c.principles) >= 6, name
+        assert all(p.judge for p in c.principles), name
+        assert c.few_shot, name
 
 
 def test_unknown_constitution_name_is_one_clear_sentence() -> None:
