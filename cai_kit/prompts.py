@@ -68,6 +68,8 @@ def _rows(spec: str, column: str | None, split: str | None) -> Iterator[tuple[st
             raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}).") from None  # type: ignore[attr-defined]
         if isinstance(data, dict):
             data = data.get("data") or data.get("prompts") or [data]
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of objects or strings.")
         for i, row in enumerate(data):
             yield f"{path}[{i}]", row
     elif suffix == ".csv":
@@ -87,6 +89,16 @@ def _rows(spec: str, column: str | None, split: str | None) -> Iterator[tuple[st
         raise DataError(
             f"{path}: unknown prompt file type {suffix!r}; use .jsonl, .json, .csv, .parquet or .txt."
         )
+
+
+def _checked_rows(spec: str, column: str | None, split: str | None) -> Iterator[tuple[str, Any]]:
+    """`_rows`, with undecodable files turned into one clear DataError."""
+    try:
+        yield from _rows(spec, column, split)
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{spec}: not UTF-8 text (byte {exc.start}); re-save the file as UTF-8."
+        ) from None
 
 
 def _hf_rows(spec: str, column: str | None, split: str | None) -> Iterator[tuple[str, Any]]:
@@ -112,6 +124,8 @@ def _parse(
     if not isinstance(row, dict):
         raise ValueError(f"expected an object or a string, got {type(row).__name__}")
     row = dict(row)
+    if None in row:  # csv.DictReader puts fields beyond the header under the key None
+        raise ValueError("more fields than the header has columns")
     response = row.pop("response", None)
     rid = row.pop("id", None)
     if column:
@@ -155,7 +169,7 @@ def load_prompts(
     if str(spec).startswith("hf:") and column is None:
         parts = str(spec).split(":")
         column = parts[3] if len(parts) > 3 and parts[3] else None
-    for where, row in _rows(str(spec), column, split):
+    for where, row in _checked_rows(str(spec), column, split):
         try:
             if isinstance(row, Exception):
                 raise ValueError(str(row))

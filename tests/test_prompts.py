@@ -78,3 +78,56 @@ def test_red_team_example_has_50_prompts_across_categories() -> None:
     pset = load_prompts(str(EXAMPLES / "red_team_prompts.jsonl"))
     cats = {r.metadata["category"] for r in pset.records}
     assert len(pset.records) >= 50 and "harmless" in cats and len(cats) >= 8
+
+
+def test_csv_row_with_extra_fields_is_a_bad_row_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    path.write_text("prompt,category\nfine?,a\ntoo,many,fields\n")
+    pset = load_prompts(str(path), on_bad_row="skip")
+    assert [r.prompt_text for r in pset.records] == ["fine?"]
+    assert pset.bad_rows == [f"{path}:3: more fields than the header has columns"]
+
+
+def test_json_list_of_strings_and_non_list_json(tmp_path: Path) -> None:
+    good = tmp_path / "p.json"
+    good.write_text(json.dumps(["one?", "two?", "one?"]))
+    pset = load_prompts(str(good))
+    assert [r.prompt_text for r in pset.records] == ["one?", "two?"]
+    assert pset.duplicates == [f"{good}[2] duplicates {good}[0]"]
+    bad = tmp_path / "n.json"
+    bad.write_text("42")
+    with pytest.raises(DataError, match="expected a JSON list"):
+        load_prompts(str(bad))
+
+
+def test_messages_must_end_with_a_user_turn_and_ids_depend_on_all_turns(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    rows = [
+        {"messages": turns},
+        {"messages": [*turns, {"role": "user", "content": "and?"}]},
+        {"messages": [{"role": "user", "content": "and?"}]},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pset = load_prompts(str(path), on_bad_row="skip")
+    assert pset.bad_rows == [f"{path}:1: 'messages' must end with a user turn"]
+    assert len(pset.records) == 2 and pset.records[0].id != pset.records[1].id
+    assert len(pset.records[0].messages) == 3
+
+
+def test_non_utf8_file_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "p.txt"
+    path.write_bytes("caf\u00e9?\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8"):
+        load_prompts(str(path))
+
+
+def test_unknown_extension_and_all_empty_file_are_clear_errors(tmp_path: Path) -> None:
+    odd = tmp_path / "p.xlsx"
+    odd.write_text("x")
+    with pytest.raises(DataError, match="unknown prompt file type"):
+        load_prompts(str(odd))
+    blank = tmp_path / "b.txt"
+    blank.write_text("\n  \n")
+    with pytest.raises(DataError, match=r"No usable prompts.*2 empty skipped"):
+        load_prompts(str(blank))
