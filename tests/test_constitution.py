@@ -120,3 +120,13 @@ def test_every_shipped_constitution_has_judge_questions_and_few_shot() -> None:
 def test_unknown_constitution_name_is_one_clear_sentence() -> None:
     with pytest.raises(Exception, match="not a shipped name"):
         load_constitution("no-such-thing")
+
+
+def test_annotated_example_in_the_docs_is_a_valid_constitution() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "constitutions.md").read_text()
+    block = doc.split("## The format, annotated")[1].split("```yaml\n")[1].split("```")[0]
+    c = parse_constitution(block, "docs/constitutions.md")
+    assert [p.id for p in c.principles] == ["harmful-content", "privacy"]
+    assert c.get("privacy").judge_question.startswith("Which response is better")
