@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -123,10 +124,43 @@ def test_unknown_constitution_name_is_one_clear_sentence() -> None:
 
 
 def test_annotated_example_in_the_docs_is_a_valid_constitution() -> None:
-    from pathlib import Path
-
     doc = (Path(__file__).parent.parent / "docs" / "constitutions.md").read_text()
     block = doc.split("## The format, annotated")[1].split("```yaml\n")[1].split("```")[0]
     c = parse_constitution(block, "docs/constitutions.md")
     assert [p.id for p in c.principles] == ["harmful-content", "privacy"]
     assert c.get("privacy").judge_question.startswith("Which response is better")
+
+
+@pytest.mark.slow
+def test_shipped_constitutions_load_from_a_built_wheel(tmp_path: Path) -> None:
+    # Build from a copy so the shared working tree gets no build/ or egg-info, then import the
+    # unpacked wheel from a directory that is not the repo: package data must be in the wheel.
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    repo = Path(__file__).parent.parent
+    src = tmp_path / "src"
+    shutil.copytree(repo / "cai_kit", src / "cai_kit", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, src / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path / "dist"), str(src)],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    (wheel,) = (tmp_path / "dist").glob("cai_kit-*.whl")
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    code = (
+        "import cai_kit.constitution as m; print(m.__file__);"
+        "print(','.join(m.list_constitutions()));"
+        "print(len(m.load_constitution('harmless-ko').principles))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site"),
+         "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.splitlines()  # fmt: skip
+    assert out[0].startswith(str(tmp_path / "site"))
+    assert out[1] == ",".join(list_constitutions())
+    assert int(out[2]) == len(load_constitution("harmless-ko").principles)
