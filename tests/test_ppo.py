@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
+import tests.fixtures.fault_server as fs
+from cai_kit.cli.main import app
 from cai_kit.train.ppo import AdaptiveKLController, PPOConfig, PPOTrainer, compute_gae
+from tests.fixtures.fault_server import FaultServer
 
 
 def test_gae_matches_hand_computation() -> None:
@@ -109,3 +114,30 @@ def test_ppo_with_lora_uses_the_adapter_free_base_as_reference(tiny: Path) -> No
     queries = [torch.tensor(tok("Hi")["input_ids"])] * 4
     stats = trainer.step(queries, trainer.generate(queries), [1.0, 0.0, 1.0, 0.0])
     assert stats["kl"] == pytest.approx(0.0, abs=1e-4)  # before the update, policy == reference
+
+
+@pytest.fixture(scope="module")
+def plain_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cai_kit.train.common import tiny_model
+
+    return tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.mark.slow
+def test_train_ppo_cli_with_a_judge_as_the_reward(
+    plain_tiny: Path, tmp_path: Path, fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers = iter(["Yes", "No"] * 100)
+    monkeypatch.setattr(fs, "reply_text", lambda body: next(answers))
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Say hi\nSay bye\n")
+    out = tmp_path / "ppo"
+    r = CliRunner().invoke(app, ["train", "ppo", str(prompts), "--model", f"hf:{plain_tiny}", "--reward-judge", "j",
+                                 "--judge-api-base", fault_server.base_url, "--out", str(out), "--steps", "2",
+                                 "--batch-size", "4", "--mini-batch-size", "2", "--max-new-tokens", "4"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    history = json.loads((out / "ppo_history.json").read_text())
+    assert len(history) == 2 and history[0]["reward"] == pytest.approx(0.5)  # 2 Yes + 2 No
+    assert fault_server.paid == 8 and (out / "value_head.pt").is_file()
+    r = CliRunner().invoke(app, ["train", "ppo", str(prompts), "--out", str(out)])
+    assert r.exit_code == 1 and "exactly one reward source" in r.output
