@@ -67,11 +67,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("data", nargs="?", help=argparse.SUPPRESS)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cai-dpo-bench-"))
     data = tmp / "pairs.jsonl"
     if args.one:
-        print(json.dumps(one(args.one, args.steps, args.batch, Path(sys.argv[-1]), tmp / "out")))
+        print(json.dumps(one(args.one, args.steps, args.batch, Path(args.data), tmp / "out")))
         return
     data.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
     configs = ["plain-trl", "ours-lora", "ours-lora-precomputed", "ours-full"]
