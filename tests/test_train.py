@@ -255,3 +255,23 @@ def test_dpo_lora_on_the_embedded_model_raises_implicit_reward_accuracy(tmp_path
     ]
     assert float(hist[-1]["rewards/accuracies"]) > float(hist[0]["rewards/accuracies"])
     assert float(hist[-1]["rewards/margins"]) > float(hist[0]["rewards/margins"])
+
+
+@pytest.mark.slow
+def test_dpo_runs_as_two_ddp_processes_on_cpu_and_rank_0_writes_the_outputs(
+    tiny: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    data = _write(tmp_path / "d.jsonl", CONVO_PAIRS)
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "cai_kit", "train", "dpo", str(data),
+           "--model", f"hf:{tiny}", "--out", str(out), "--max-steps", "2", "--batch-size", "2"]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("Saved to") == 1  # only rank 0 writes
+    hist = [h for h in json.loads((out / "log_history.json").read_text()) if "loss" in h]
+    assert float(hist[0]["epoch"]) == pytest.approx(
+        0.5
+    )  # 2 ranks x batch 2 = 4 of 8 pairs per step

@@ -79,6 +79,10 @@ def _run(kind: str, data, out, model, config, sets, **flags) -> None:  # type: i
 
     opts = resolve_options(config, {"data": data, "out": out, "model": model, **flags}, sets or [])
     path = train(kind, opts)
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # distributed: rank 0 speaks for the job
+        return
     typer.echo(f"Saved to {path} (model card: {path / 'README.md'}, curves: {path / 'training_curves.png'}). "
                f"Try: cai-kit chat \"Hello\" --model hf:{path}")  # fmt: skip
 

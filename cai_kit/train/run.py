@@ -180,7 +180,10 @@ def train(kind: str, opts: TrainOptions) -> Path:
     trainer.train(resume_from_checkpoint=True if resume else None)
     if "test" in ds:
         trainer.log(trainer.evaluate())
-    final = trainer.model
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():  # under accelerate/torchrun only rank 0 writes outputs
+        return out
+    final = trainer.accelerator.unwrap_model(trainer.model)
     if peft_config is not None and opts.merge:
         final = final.merge_and_unload()
     final.save_pretrained(out, safe_serialization=True)
