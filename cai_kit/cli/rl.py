@@ -8,6 +8,24 @@ from typing import Annotated
 import typer
 
 
+def reward_source(
+    reward_model: Path | None,
+    reward_judge: str | None,
+    judge_api_base: str | None,
+    constitution: str,
+):  # type: ignore[no-untyped-def]
+    """The one reward callable from --reward-model or --reward-judge (exactly one must be given)."""
+    from cai_kit.cli.common import fail
+    from cai_kit.constitution import load_constitution
+    from cai_kit.train.rewards import JudgeScorer, RewardModelScorer
+
+    if (reward_model is None) == (reward_judge is None):
+        fail("Give exactly one reward source: --reward-model DIR or --reward-judge MODEL.")
+    if reward_model is not None:
+        return RewardModelScorer(reward_model)
+    return JudgeScorer(reward_judge, load_constitution(constitution), judge_api_base)  # type: ignore[arg-type]
+
+
 def ppo(
     prompts: Annotated[str, typer.Argument(help="Prompt file (as for revise).")],
     out: Annotated[
@@ -57,21 +75,12 @@ def ppo(
     """PPO with a reward model or an AI judge as the reward (our own implementation)."""
     import json
 
-    from cai_kit.cli.common import fail
-    from cai_kit.constitution import load_constitution
     from cai_kit.prompts import load_prompts
     from cai_kit.train.common import load_model, load_tokenizer, lora_config, resolve_model
     from cai_kit.train.ppo import PPOConfig, PPOTrainer
     from cai_kit.train.report import plot_curves
-    from cai_kit.train.rewards import JudgeScorer, RewardModelScorer
 
-    if (reward_model is None) == (reward_judge is None):
-        fail("Give exactly one reward source: --reward-model DIR or --reward-judge MODEL.")
-    reward_fn = (
-        RewardModelScorer(reward_model)
-        if reward_model
-        else JudgeScorer(reward_judge, load_constitution(constitution), judge_api_base)
-    )  # type: ignore[arg-type]
+    reward_fn = reward_source(reward_model, reward_judge, judge_api_base, constitution)
     texts = [r.prompt_text for r in load_prompts(prompts, limit=limit).records]
     base = resolve_model(model)
     cfg = PPOConfig(learning_rate=lr, batch_size=batch_size, mini_batch_size=mini_batch_size, ppo_epochs=ppo_epochs,
@@ -165,19 +174,10 @@ def grpo(
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
 ) -> None:
     """Online RLAIF with TRL's GRPO: our judge or reward model scores each sampled completion."""
-    from cai_kit.cli.common import fail
-    from cai_kit.constitution import load_constitution
     from cai_kit.prompts import load_prompts
     from cai_kit.train.online import train_grpo
-    from cai_kit.train.rewards import JudgeScorer, RewardModelScorer
 
-    if (reward_model is None) == (reward_judge is None):
-        fail("Give exactly one reward source: --reward-model DIR or --reward-judge MODEL.")
-    scorer = (
-        RewardModelScorer(reward_model)
-        if reward_model
-        else JudgeScorer(reward_judge, load_constitution(constitution), judge_api_base)
-    )  # type: ignore[arg-type]
+    scorer = reward_source(reward_model, reward_judge, judge_api_base, constitution)
     texts = [r.prompt_text for r in load_prompts(prompts, limit=limit).records]
     path = train_grpo(texts, model, out, scorer, max_steps=max_steps, num_generations=num_generations, batch_size=batch_size,
                       max_completion_length=max_completion_length, lr=lr, full=full)  # fmt: skip
