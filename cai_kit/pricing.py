@@ -1,0 +1,103 @@
+"""Prices: what a call costs before and after it is made.
+
+One place answers "how much per million tokens?" for every user of prices: the budget cap
+(`--max-cost` reserves the worst case of each call before sending it), cost previews
+(`--dry-run`, `pipeline --dry-run`) and Batch API jobs (about half the synchronous price).
+
+Where a price comes from, first match wins:
+  1. `--price IN,OUT` (USD per million input / output tokens) given by the user;
+  2. litellm's bundled cost map (read offline: LITELLM_LOCAL_MODEL_COST_MAP=True), looked up
+     by the model string with and without its provider prefix;
+  3. nothing: the backend is free (local models: price 0) or its price is unknown (None).
+
+    >>> p = parse_price("0.15,0.60")
+    >>> round(p.cost(1_000_000, 1_000_000), 2)
+    0.75
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from cai_kit.errors import ConfigError
+
+BATCH_DISCOUNT = 0.5  # OpenAI, Anthropic, Together, Groq: batch jobs cost about half
+FREE_KINDS = ("local", "hf")  # backends that run on this machine
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per million tokens, and where the figure came from."""
+
+    input_per_m: float
+    output_per_m: float
+    source: str = "--price"
+    batch_input_per_m: float | None = None  # when the provider publishes a batch price
+    batch_output_per_m: float | None = None
+
+    def cost(self, prompt_tokens: int, completion_tokens: int, *, batch: bool = False) -> float:
+        i, o = self.input_per_m, self.output_per_m
+        if batch:
+            i = self.batch_input_per_m if self.batch_input_per_m is not None else i * BATCH_DISCOUNT
+            o = (
+                self.batch_output_per_m
+                if self.batch_output_per_m is not None
+                else o * BATCH_DISCOUNT
+            )
+        return (prompt_tokens * i + completion_tokens * o) / 1_000_000
+
+
+FREE = Price(0.0, 0.0, source="runs locally", batch_input_per_m=0.0, batch_output_per_m=0.0)
+
+
+def parse_price(value: str) -> Price:
+    """`--price IN,OUT` in USD per million input and output tokens, e.g. `0.15,0.60`."""
+    try:
+        i, o = (float(x) for x in value.split(","))
+    except ValueError:
+        raise ConfigError(
+            f"--price takes two numbers, USD per million input and output tokens, such as "
+            f"0.15,0.60; not {value!r}."
+        ) from None
+    if i < 0 or o < 0:
+        raise ConfigError(f"--price {value}: prices cannot be negative.")
+    return Price(i, o, source="--price")
+
+
+@lru_cache(maxsize=256)
+def _from_cost_map(model: str) -> Price | None:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch a price list
+    try:
+        import litellm
+    except ImportError:
+        return None
+    table: dict[str, Any] = litellm.model_cost
+    name = model.removeprefix("litellm:")
+    for key in (name, name.split("/", 1)[-1]):
+        entry = table.get(key)
+        if not entry or entry.get("input_cost_per_token") is None:
+            continue
+        per_m = 1_000_000
+        bi = entry.get("input_cost_per_token_batches")
+        bo = entry.get("output_cost_per_token_batches")
+        return Price(
+            float(entry["input_cost_per_token"]) * per_m,
+            float(entry.get("output_cost_per_token") or 0.0) * per_m,
+            source="litellm cost map",
+            batch_input_per_m=float(bi) * per_m if bi is not None else None,
+            batch_output_per_m=float(bo) * per_m if bo is not None else None,
+        )
+    return None
+
+
+def price_for(model: str, backend_kind: str, explicit: Price | None = None) -> Price | None:
+    """The price of one model: `explicit` (from --price) wins; local backends are free;
+    else litellm's cost map; None when unknown (say so to the user when a cap depends on it)."""
+    if explicit is not None:
+        return explicit
+    if backend_kind in FREE_KINDS:
+        return FREE
+    return _from_cost_map(model)
