@@ -7,6 +7,7 @@
   4. waits for our own rpm/tpm token buckets and a concurrency slot,
   5. calls the backend with retries: exponential backoff with jitter on 429/5xx/timeouts/
      dropped connections, honouring Retry-After up to a cap; fatal 4xx fail at once.
+With --batch-api, step 3 onwards is a provider Batch API job instead (`cai_kit.batch`).
 
 `run_job` runs one record per input item on top of it: resume by record id (finished
 records are skipped, failed ones retried), deterministic sharding, one crash-safe writer,
@@ -19,10 +20,11 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -30,6 +32,9 @@ from cai_kit.cache import CallCache, cache_key
 from cai_kit.errors import BackendError, BudgetExceeded, CaiKitError, redact
 from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams
 from cai_kit.records import RunManifest, stable_hash
+
+if TYPE_CHECKING:
+    from cai_kit.batch import BatchCollector
 
 
 class CallFailed(CaiKitError):
@@ -50,6 +55,7 @@ class EngineConfig:
     cache_path: Path | None = None
     quiet: bool = False
     dry_run: bool = False
+    batch_api: bool = False  # send calls as provider Batch API jobs (cai_kit.batch)
 
 
 @dataclass
@@ -114,6 +120,7 @@ class Engine:
         self._in_flight = 0  # calls sent and not answered yet (for the budget check)
         self._rpm = TokenBucket(self.config.rpm) if self.config.rpm else None
         self._tpm = TokenBucket(self.config.tpm) if self.config.tpm else None
+        self.batch: BatchCollector | None = None  # set by run_job for --batch-api
 
     def _semaphore(self, backend: Backend) -> asyncio.Semaphore:
         if id(backend) not in self._semaphores:
@@ -128,6 +135,8 @@ class Engine:
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             self.stats.cache_hits += 1
             return hit
+        if self.batch is not None and self.batch.accepts(backend):  # --batch-api: in a wave
+            return await self.batch.call(key, backend, messages, params)
         if key in self._inflight:  # an identical call is on its way: share its answer
             self.stats.cache_hits += 1
             return await asyncio.shield(self._inflight[key])
@@ -201,7 +210,13 @@ class Engine:
             self.stats.retries += 1
             await asyncio.sleep(min(delay, cfg.retry_after_cap_s))
 
+    def item_scope(self) -> AbstractContextManager[None]:
+        """Marks one job item as running (a Batch API wave goes out when all of them wait)."""
+        return self.batch.item_scope() if self.batch is not None else nullcontext()
+
     async def aclose(self) -> None:
+        if self.batch is not None:
+            await self.batch.aclose()
         if self.cache is not None:
             self.cache.close()
 
@@ -222,6 +237,8 @@ class JobSpec:
     run_dir: Path
     manifest: dict[str, Any] = field(default_factory=dict)
     estimate: Callable[[Any], int] | None = None  # approx calls per item, for --dry-run
+    # --dry-run cost preview: per item, (backend, prompt tokens, completion tokens) of each call
+    estimate_tokens: Callable[[Any], list[tuple[Backend, int, int]]] | None = None
     shard: tuple[int, int] | None = None
     backends: list[Backend] = field(default_factory=list)  # closed when the job ends
 
@@ -235,12 +252,14 @@ class JobSummary:
     stopped: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     estimated_calls: int | None = None
+    cost_preview: str | None = None  # tokens and price (synchronous and Batch API), dry run
 
     def line(self) -> str:
         s = self.stats
         parts = [f"{self.done} done", f"{self.failed} failed", f"{self.already_done} already done"]
         if self.estimated_calls is not None:
-            return f"dry run: {self.total} rows to do, about {self.estimated_calls} calls; nothing was called."
+            cost = f"; {self.cost_preview}" if self.cost_preview else ""
+            return f"dry run: {self.total} rows to do, about {self.estimated_calls} calls{cost}; nothing was called."
         parts.append(
             f"{s.get('calls', 0)} calls, {s.get('cache_hits', 0)} cache hits, {s.get('retries', 0)} retries"
         )
@@ -309,9 +328,20 @@ def run_job(spec: JobSpec, config: EngineConfig) -> JobSummary:
         summary.estimated_calls = (
             sum(spec.estimate(it) for it in pending) if spec.estimate else len(pending)
         )
+        if spec.estimate_tokens is not None:
+            from cai_kit.cost_preview import CostPreview
+
+            calls = (c for it in pending for c in spec.estimate_tokens(it))
+            preview = CostPreview.of(calls, batch_api=config.batch_api,
+                                     price=getattr(config, "price", None))  # fmt: skip
+            summary.cost_preview = preview.line()
         return summary
 
     engine = Engine(config)
+    if config.batch_api:
+        from cai_kit.batch import BatchCollector
+
+        engine.batch = BatchCollector(engine, spec.run_dir)
     _write_manifest(spec, summary, started, "running")
     status = "finished"
     try:
@@ -343,6 +373,8 @@ async def _run_items(
         )
         * 2,
     )
+    if engine.batch is not None:  # --batch-api: every item in flight, so a wave holds them all
+        width = max(1, len(pending))
     slots = asyncio.Semaphore(width)  # items in flight: enough to keep every call slot busy
     stop = asyncio.Event()
     progress = Progress(
@@ -363,7 +395,8 @@ async def _run_items(
             if stop.is_set():
                 return
             try:
-                record = await spec.process(item, engine)
+                with engine.item_scope():
+                    record = await spec.process(item, engine)
             except BudgetExceeded as exc:
                 summary.stopped = str(exc)
                 stop.set()

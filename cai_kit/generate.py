@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cai_kit.cost_preview import prompt_tokens
 from cai_kit.engine import CallFailed, Engine, EngineConfig, JobSpec, JobSummary, run_job
 from cai_kit.llm.base import Backend, GenParams
 from cai_kit.records import GenerationRecord, PromptRecord, Provenance, stable_hash
@@ -70,6 +71,9 @@ def run_generate(
             "provenance": {"models": {"policy": model}, "params": params.to_dict()},
         },
         estimate=lambda it: 1,
+        estimate_tokens=lambda it: [
+            (backend, prompt_tokens([m.model_dump() for m in it[0].messages]), params.max_tokens)
+        ],
         shard=shard,
         backends=[backend],
     )

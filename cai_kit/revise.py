@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from cai_kit.constitution import Constitution, FewShotExample, Principle
+from cai_kit.cost_preview import prompt_tokens
 from cai_kit.engine import CallFailed, Engine, EngineConfig, JobSpec, JobSummary, run_job
 from cai_kit.llm.base import Backend, GenParams
 from cai_kit.records import (
@@ -190,6 +191,34 @@ async def revise_one(
     return record
 
 
+def estimate_calls(
+    prompt: PromptRecord, cfg: ReviseConfig, responder: Backend, critic: Backend
+) -> list[tuple[Backend, int, int]]:
+    """(backend, prompt tokens, completion tokens) of each call, every answer at max_tokens:
+    the worst case, for the --dry-run cost preview."""
+    base = [m.model_dump() for m in prompt.messages]
+    calls: list[tuple[Backend, int, int]] = []
+    if prompt.response is None:
+        calls.append((responder, prompt_tokens(base), cfg.response_params.max_tokens))
+        answer = cfg.response_params.max_tokens
+    else:
+        answer = len(prompt.response) // 4
+    principles = principles_for(prompt, cfg)
+    shots = (
+        few_shot_turns(cfg.constitution.few_shot, principles[0])
+        if cfg.few_shot and principles
+        else []
+    )
+    context = prompt_tokens(shots + base) + answer
+    for p in principles:
+        context += len(CRITIQUE_PREFIX + p.critique) // 4 + 4
+        calls.append((critic, context, cfg.critique_params.max_tokens))
+        context += cfg.critique_params.max_tokens + len(REVISION_PREFIX + p.revision) // 4 + 4
+        calls.append((critic, context, cfg.revision_params.max_tokens))
+        context += cfg.revision_params.max_tokens
+    return calls
+
+
 def run_revise(
     prompts: list[PromptRecord],
     cfg: ReviseConfig,
@@ -230,6 +259,7 @@ def run_revise(
             "inputs": inputs or {},
         },
         estimate=lambda p: calls_per_prompt + (0 if p.response is not None else 1),
+        estimate_tokens=lambda p: estimate_calls(p, cfg, responder, critic),
         shard=shard,
         backends=[responder] if responder is critic else [responder, critic],
     )

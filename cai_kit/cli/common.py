@@ -73,6 +73,15 @@ CachePathOpt = Annotated[
 DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="Print the number of calls to make, call nothing.")
 ]
+BatchApiOpt = Annotated[
+    bool,
+    typer.Option(
+        "--batch-api",
+        help="Send the calls as provider Batch API jobs (OpenAI-compatible, Anthropic): about "
+        "half the price, answers within 24 h; resumable (re-run to collect). Local models run "
+        "as usual.",
+    ),
+]
 ShardOpt = Annotated[
     str | None,
     typer.Option("--shard", help="Process shard I of N (e.g. 2/8); results merge by record id."),
@@ -103,6 +112,7 @@ def engine_config(
     cache_path: Path | None = None,
     quiet: bool = False,
     dry_run: bool = False,
+    batch_api: bool = False,
 ):  # type: ignore[no-untyped-def]
     """Build an EngineConfig from the shared CLI options."""
     from cai_kit.engine import EngineConfig
@@ -118,6 +128,7 @@ def engine_config(
         cache_path=cache_path,
         quiet=quiet,
         dry_run=dry_run,
+        batch_api=batch_api,
     )
 
 
@@ -132,6 +143,7 @@ ENGINE_KEYS = (
     "cache_path",
     "quiet",
     "dry_run",
+    "batch_api",
 )
 
 

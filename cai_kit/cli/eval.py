@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from cai_kit.cli.common import BatchApiOpt
+
 eval_app = typer.Typer(
     help="Evaluate models: win rate against a baseline, reward-model accuracy.",
     no_args_is_help=True,
@@ -52,6 +54,7 @@ def winrate(
         int, typer.Option("--seed", help="Seed (generation, principle sampling, bootstrap).")
     ] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    batch_api: BatchApiOpt = False,
 ) -> None:
     """Generate from a model and a baseline, judge each pair in both orders, report the win rate."""
     from cai_kit.cli.common import engine_config, replay_argv
@@ -74,7 +77,7 @@ def winrate(
         models={"model": model, "baseline": baseline, "judge": judge}, constitution=load_constitution(constitution),
         cfg=JudgeConfig(mode=mode, principles=principles, seed=seed),  # type: ignore[arg-type]
         params=GenParams(temperature=temperature, max_tokens=max_tokens, seed=seed), out_dir=out,
-        engine_config=engine_config(quiet=quiet), argv=replay_argv("eval"),
+        engine_config=engine_config(quiet=quiet, batch_api=batch_api), argv=replay_argv("eval"),
     )  # fmt: skip
     typer.echo(f"win rate {rep.win_rate:.3f} (95% CI {rep.ci[0]:.3f}-{rep.ci[1]:.3f}); {rep.wins} wins, {rep.ties} ties, "
                f"{rep.losses} losses, {rep.failed} failed. Report: {out / 'report.md'}")  # fmt: skip
@@ -105,6 +108,7 @@ def harmlessness(
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Max tokens per answer.")] = 256,
     seed: Annotated[int, typer.Option("--seed", help="Generation seed.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    batch_api: BatchApiOpt = False,
 ) -> None:
     """Share of responses a judge flags under each harmlessness principle, before vs after."""
     from cai_kit.cli.common import engine_config
@@ -125,7 +129,7 @@ def harmlessness(
     summary, _ = run_harmlessness(
         load_prompts(prompts, limit=limit).records, models=roles, judge=backend(judge), judge_name=judge,  # type: ignore[arg-type]
         constitution=load_constitution(constitution), params=GenParams(temperature=0.0, max_tokens=max_tokens, seed=seed),
-        out_dir=out, engine_config=engine_config(quiet=quiet),
+        out_dir=out, engine_config=engine_config(quiet=quiet, batch_api=batch_api),
     )  # fmt: skip
     typer.echo(summary.line())
     typer.echo(f"Report: {out / 'report.md'}")

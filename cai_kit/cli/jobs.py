@@ -9,6 +9,7 @@ import typer
 
 from cai_kit.cli.common import (
     ApiBaseOpt,
+    BatchApiOpt,
     CachePathOpt,
     ConcurrencyOpt,
     DryRunOpt,
@@ -75,6 +76,7 @@ def generate(
     no_cache: NoCacheOpt = False,
     cache_path: CachePathOpt = None,
     dry_run: DryRunOpt = False,
+    batch_api: BatchApiOpt = False,
     shard: ShardOpt = None,
     quiet: QuietOpt = False,
 ) -> None:

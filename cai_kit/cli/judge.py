@@ -9,6 +9,7 @@ import typer
 
 from cai_kit.cli.common import (
     ApiBaseOpt,
+    BatchApiOpt,
     CachePathOpt,
     ConcurrencyOpt,
     DryRunOpt,
@@ -94,6 +95,7 @@ def prefs(
     concurrency: ConcurrencyOpt = None, rpm: RpmOpt = None, tpm: TpmOpt = None, max_retries: MaxRetriesOpt = 5,
     timeout: TimeoutOpt = 120.0, max_cost: MaxCostOpt = None, no_cache: NoCacheOpt = False, cache_path: CachePathOpt = None,
     dry_run: DryRunOpt = False, shard: ShardOpt = None, quiet: QuietOpt = False,
+    batch_api: BatchApiOpt = False,
 ) -> None:  # fmt: skip
     """Sample k responses per prompt and label pairs with the AI judge (both orders)."""
     from cai_kit.constitution import load_constitution
@@ -149,6 +151,7 @@ def judge(
     concurrency: ConcurrencyOpt = None, rpm: RpmOpt = None, tpm: TpmOpt = None, max_retries: MaxRetriesOpt = 5,
     timeout: TimeoutOpt = 120.0, max_cost: MaxCostOpt = None, no_cache: NoCacheOpt = False, cache_path: CachePathOpt = None,
     dry_run: DryRunOpt = False, shard: ShardOpt = None, quiet: QuietOpt = False,
+    batch_api: BatchApiOpt = False,
 ) -> None:  # fmt: skip
     """Label existing pairs with the AI judge (e.g. revision vs initial from `revise`)."""
     from cai_kit.constitution import load_constitution

@@ -9,6 +9,7 @@ import typer
 
 from cai_kit.cli.common import (
     ApiBaseOpt,
+    BatchApiOpt,
     CachePathOpt,
     ConcurrencyOpt,
     DryRunOpt,
@@ -103,6 +104,7 @@ def revise(
     no_cache: NoCacheOpt = False,
     cache_path: CachePathOpt = None,
     dry_run: DryRunOpt = False,
+    batch_api: BatchApiOpt = False,
     shard: ShardOpt = None,
     quiet: QuietOpt = False,
 ) -> None:

@@ -72,21 +72,7 @@ class OpenAICompatBackend(Backend):
         return self._session
 
     def _body(self, messages: ChatMessages, params: GenParams) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": messages,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-            "max_tokens": params.max_tokens,
-        }
-        if params.seed is not None:
-            body["seed"] = params.seed
-        if params.stop:
-            body["stop"] = list(params.stop)
-        if params.top_logprobs > 0:
-            body["logprobs"] = True
-            body["top_logprobs"] = min(params.top_logprobs, 20)
-        return body
+        return chat_body(self.model, messages, params)
 
     async def chat(self, messages: ChatMessages, params: GenParams) -> Completion:
         import aiohttp
@@ -118,30 +104,54 @@ class OpenAICompatBackend(Backend):
             raise _status_error(status, raw, self.api_base, self.model, retry_after)
         try:
             data = json.loads(raw)
-            choice = data["choices"][0]
-            text = choice["message"]["content"] or ""
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise RetryableError(
-                f"The server at {self.api_base} sent a malformed response body."
-            ) from None
-        usage = data.get("usage") or {}
-        return Completion(
-            text=text,
-            logprobs=_parse_openai_logprobs(choice.get("logprobs")),
-            usage=Usage(
-                int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-            ),
-            cost=float(usage["cost"])
-            if isinstance(usage.get("cost"), int | float)
-            else None,  # gateways that report it
-            model=data.get("model") or self.model,
-            finish_reason=choice.get("finish_reason"),
-        )
+        except ValueError:
+            data = None
+        return parse_chat_completion(data, self.api_base, self.model)
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def chat_body(model: str, messages: ChatMessages, params: GenParams) -> dict[str, Any]:
+    """The `/chat/completions` request body (also each line of a Batch API job)."""
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "max_tokens": params.max_tokens,
+    }
+    if params.seed is not None:
+        body["seed"] = params.seed
+    if params.stop:
+        body["stop"] = list(params.stop)
+    if params.top_logprobs > 0:
+        body["logprobs"] = True
+        body["top_logprobs"] = min(params.top_logprobs, 20)
+    return body
+
+
+def parse_chat_completion(data: Any, api_base: str, model: str) -> Completion:
+    """An OpenAI `chat.completion` body -> Completion. Shared by the synchronous call and the
+    Batch API (`cai_kit.batch`), so both paths read an answer the same way."""
+    try:
+        choice = data["choices"][0]
+        text = choice["message"]["content"] or ""
+    except (KeyError, IndexError, TypeError):
+        raise RetryableError(f"The server at {api_base} sent a malformed response body.") from None
+    usage = data.get("usage") or {}
+    return Completion(
+        text=text,
+        logprobs=_parse_openai_logprobs(choice.get("logprobs")),
+        usage=Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
+        cost=float(usage["cost"])
+        if isinstance(usage.get("cost"), int | float)
+        else None,  # gateways that report it
+        model=data.get("model") or model,
+        finish_reason=choice.get("finish_reason"),
+    )
 
 
 def _status_error(

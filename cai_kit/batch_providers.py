@@ -1,0 +1,265 @@
+"""Provider Batch APIs behind one small interface, used by `cai_kit.batch`.
+
+    client = batch_client_for(backend)            # None: this backend has no Batch API
+    line = client.line(key, messages, params)     # one JSONL line; custom_id = the cache key
+    batch_id = await client.submit(path, tag)     # upload + create (tag goes into metadata)
+    state = await client.poll(batch_id)           # BatchState(status, done, ...)
+    async for key, result in client.results(state):  # Completion, or an error sentence
+
+- OpenAI-compatible providers (OpenAI, Together, Groq, vLLM's batch runner, any `--api-base`
+  server that implements `/v1/files` and `/v1/batches`) go through the official `openai` SDK.
+  Each line's body is exactly the body of the synchronous call (`chat_body`), and answers are
+  read by the same parser (`parse_chat_completion`), so both paths give the same records.
+- Anthropic's Message Batches API is spoken over plain HTTP (aiohttp) from its documented
+  shape (POST /v1/messages/batches, GET .../{id}, the `results_url` JSONL); it is implemented
+  from the documentation and has not been run against Anthropic itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cai_kit.errors import BackendError
+from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams, Usage
+from cai_kit.llm.openai_compat import chat_body, parse_chat_completion
+
+# provider prefix of a litellm model string -> its OpenAI-compatible base URL and key variable
+OPENAI_COMPATIBLE = {
+    "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
+    "together_ai": ("https://api.together.xyz/v1", "TOGETHERAI_API_KEY"),
+    "groq": ("https://api.groq.com/openai/v1", "GROQ_API_KEY"),
+}
+TERMINAL = ("completed", "failed", "expired", "cancelled", "ended")
+
+
+@dataclass
+class BatchState:
+    batch_id: str
+    status: str  # the provider's word: validating, in_progress, completed, expired, ...
+    done: bool = False
+    counts: dict[str, int] = field(default_factory=dict)
+    files: tuple[str | None, ...] = ()  # where the answers are (output and error files, a URL)
+    errors: str = ""  # why a whole batch failed
+
+
+class BatchClient:
+    """One provider's Batch API. `max_requests` / `max_bytes`: its limits per batch."""
+
+    name = "batch"
+    max_requests = 50_000
+    max_bytes = 190 * 1024**2
+
+    def line(self, key: str, messages: ChatMessages, params: GenParams) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def submit(self, path: Path, tag: str) -> str:
+        raise NotImplementedError
+
+    async def find(self, tag: str) -> str | None:
+        """The batch created for `tag` before a crash, if the provider lists it."""
+        return None
+
+    async def poll(self, batch_id: str) -> BatchState:
+        raise NotImplementedError
+
+    def results(self, state: BatchState) -> AsyncIterator[tuple[str, Completion | str]]:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        pass
+
+
+class OpenAIBatchClient(BatchClient):
+    """OpenAI's files + batches endpoints through the `openai` SDK."""
+
+    def __init__(self, model: str, base_url: str, api_key: str | None) -> None:
+        self.model, self.base_url, self.name = model, base_url.rstrip("/"), base_url
+        self._api_key = api_key or "sk-none"  # loopback servers take any key
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from openai import AsyncOpenAI
+
+            self._client = AsyncOpenAI(base_url=self.base_url, api_key=self._api_key)
+        return self._client
+
+    def line(self, key: str, messages: ChatMessages, params: GenParams) -> dict[str, Any]:
+        body = chat_body(self.model, messages, params)
+        return {"custom_id": key, "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+    async def submit(self, path: Path, tag: str) -> str:
+        try:
+            with path.open("rb") as fh:
+                upload = await self.client.files.create(file=(path.name, fh), purpose="batch")
+            batch = await self.client.batches.create(
+                input_file_id=upload.id,
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+                metadata={"cai_kit_wave": tag},
+            )
+        except Exception as exc:
+            raise _sdk_error(exc, self.base_url) from None
+        return str(batch.id)
+
+    async def find(self, tag: str) -> str | None:
+        try:
+            page = await self.client.batches.list(limit=100)
+        except Exception:
+            return None
+        for b in page.data:
+            if (b.metadata or {}).get("cai_kit_wave") == tag and b.status != "cancelled":
+                return str(b.id)
+        return None
+
+    async def poll(self, batch_id: str) -> BatchState:
+        try:
+            b = await self.client.batches.retrieve(batch_id)
+        except Exception as exc:
+            raise _sdk_error(exc, self.base_url) from None
+        counts = b.request_counts.model_dump() if b.request_counts else {}
+        errors = "; ".join(e.message or "" for e in (b.errors.data or [])) if b.errors else ""
+        return BatchState(batch_id, b.status, b.status in TERMINAL, counts,
+                          (b.output_file_id, b.error_file_id), errors)  # fmt: skip
+
+    async def results(self, state: BatchState) -> AsyncIterator[tuple[str, Completion | str]]:
+        for file_id in state.files:
+            if not file_id:
+                continue
+            async with self.client.files.with_streaming_response.content(file_id) as resp:
+                async for raw in resp.iter_lines():
+                    if raw.strip():
+                        yield self._result(json.loads(raw))
+
+    def _result(self, row: dict[str, Any]) -> tuple[str, Completion | str]:
+        key, resp, err = row["custom_id"], row.get("response") or {}, row.get("error")
+        if err:
+            return key, f"{err.get('code') or 'error'}: {err.get('message') or ''}".strip()
+        if resp.get("status_code") != 200:
+            detail = ((resp.get("body") or {}).get("error") or {}).get("message", "")
+            return key, f"the provider answered {resp.get('status_code')}: {detail}".strip()
+        try:
+            return key, parse_chat_completion(resp.get("body"), self.base_url, self.model)
+        except BackendError as exc:
+            return key, str(exc)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+
+class AnthropicBatchClient(BatchClient):
+    """Anthropic's Message Batches API (documented shape; not run against Anthropic here)."""
+
+    name = "Anthropic Message Batches"
+    max_requests = 100_000
+    max_bytes = 250 * 1024**2
+    url = "https://api.anthropic.com/v1/messages/batches"
+
+    def __init__(self, model: str) -> None:
+        self.model = model.split("/", 1)[-1]
+        self._session: Any = None
+
+    def _headers(self) -> dict[str, str]:
+        return {"x-api-key": os.environ.get("ANTHROPIC_API_KEY", ""),
+                "anthropic-version": "2023-06-01", "content-type": "application/json"}  # fmt: skip
+
+    async def _http(self, method: str, url: str, **kw: Any) -> Any:
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(headers=self._headers())
+        async with self._session.request(method, url, **kw) as resp:
+            text = await resp.text()
+            if resp.status != 200:
+                raise BackendError(f"{self.name} answered {resp.status}: {text[:300]}")
+            return text
+
+    def line(self, key: str, messages: ChatMessages, params: GenParams) -> dict[str, Any]:
+        system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+        req: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": params.max_tokens,
+            "messages": [m for m in messages if m["role"] != "system"],
+            "temperature": min(params.temperature, 1.0),  # Anthropic's range is 0..1
+            "top_p": params.top_p,
+        }
+        if system:
+            req["system"] = system
+        if params.stop:
+            req["stop_sequences"] = list(params.stop)
+        return {"custom_id": key, "params": req}  # custom_id: 64 hex chars, within its limit
+
+    async def submit(self, path: Path, tag: str) -> str:
+        requests = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x]
+        text = await self._http("POST", self.url, json={"requests": requests})
+        return str(json.loads(text)["id"])
+
+    async def poll(self, batch_id: str) -> BatchState:
+        b = json.loads(await self._http("GET", f"{self.url}/{batch_id}"))
+        status = b["processing_status"]  # in_progress | canceling | ended
+        return BatchState(batch_id, status, status == "ended", b.get("request_counts") or {},
+                          (b.get("results_url"),))  # fmt: skip
+
+    async def results(self, state: BatchState) -> AsyncIterator[tuple[str, Completion | str]]:
+        url = state.files[0] if state.files else None
+        if not url:
+            return
+        for raw in (await self._http("GET", url)).splitlines():
+            if not raw.strip():
+                continue
+            row = json.loads(raw)
+            result = row.get("result") or {}
+            if result.get("type") != "succeeded":
+                err = (result.get("error") or {}).get("error") or result.get("error") or {}
+                yield row["custom_id"], f"{result.get('type')}: {err.get('message', '')}".strip()
+                continue
+            msg = result["message"]
+            text = "".join(c.get("text", "") for c in msg.get("content", []) if c["type"] == "text")
+            usage = msg.get("usage") or {}
+            yield row["custom_id"], Completion(
+                text=text, usage=Usage(usage.get("input_tokens", 0), usage.get("output_tokens", 0)),
+                model=self.model, finish_reason=msg.get("stop_reason"),
+            )  # fmt: skip
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def batch_client_for(backend: Backend) -> BatchClient | None:
+    """The Batch API that serves this backend, or None (local models, unknown providers)."""
+    api_base = getattr(backend, "api_base", None)
+    if backend.kind == "openai-compat" and api_base:
+        key = os.environ.get("CAI_KIT_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        return OpenAIBatchClient(backend.model, api_base, key)
+    if backend.kind != "litellm":
+        return None
+    provider, _, name = backend.model.partition("/")
+    if api_base:  # litellm pointed at an OpenAI-compatible server
+        return OpenAIBatchClient(name or provider, api_base, os.environ.get("OPENAI_API_KEY"))
+    if provider in OPENAI_COMPATIBLE:
+        url, var = OPENAI_COMPATIBLE[provider]
+        if provider == "openai":
+            url = os.environ.get("OPENAI_BASE_URL") or url
+        return OpenAIBatchClient(name, url, os.environ.get(var))
+    if provider == "anthropic":
+        return AnthropicBatchClient(backend.model)
+    return None
+
+
+def _sdk_error(exc: Exception, where: str) -> BackendError:
+    status = getattr(exc, "status_code", None)
+    if status in (401, 403):
+        return BackendError(f"{where} refused the credentials for its Batch API ({status}).")
+    if status == 404:
+        return BackendError(
+            f"{where} has no Batch API (404 on /files or /batches): run without --batch-api."
+        )
+    return BackendError(f"The Batch API at {where} failed ({type(exc).__name__}): {exc}"[:300])

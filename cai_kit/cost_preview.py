@@ -1,0 +1,68 @@
+"""`--dry-run` cost preview: tokens and price of a job's calls, synchronous and by Batch API.
+
+    preview = CostPreview.of(calls, batch_api=True)   # calls: (backend, prompt, completion tokens)
+    print(preview.line())   # "about 1,200 tokens in, 2,560 out: $0.0017 with --batch-api ..."
+
+Token counts are estimates (characters / 4 for prompts, `max_tokens` for every answer: the
+worst case). Prices come from `cai_kit.pricing` (the batch price where the backend has a
+Batch API, else the synchronous one); a model without a known price is named, never guessed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cai_kit.llm.base import Backend
+
+
+@dataclass
+class CostPreview:
+    batch_api: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    sync_cost: float = 0.0
+    batch_cost: float = 0.0
+    unknown: set[str] = field(default_factory=set)  # models whose price is unknown
+
+    @classmethod
+    def of(
+        cls, calls: Iterable[tuple[Backend, int, int]], *, batch_api: bool, price: Any = None
+    ) -> CostPreview:
+        from cai_kit.batch_providers import batch_client_for
+        from cai_kit.pricing import price_for
+
+        out = cls(batch_api=batch_api)
+        prices: dict[int, tuple[Any, bool]] = {}
+        for backend, p, c in calls:
+            if id(backend) not in prices:
+                prices[id(backend)] = (
+                    price_for(backend.model, backend.kind, price),
+                    batch_client_for(backend) is not None,
+                )
+            bprice, batchable = prices[id(backend)]
+            out.prompt_tokens += p
+            out.completion_tokens += c
+            if bprice is None:
+                out.unknown.add(backend.model)
+                continue
+            out.sync_cost += bprice.cost(p, c)
+            out.batch_cost += bprice.cost(p, c, batch=batchable)
+        return out
+
+    def line(self) -> str:
+        text = f"about {self.prompt_tokens:,} tokens in, {self.completion_tokens:,} out"
+        sync, batch = f"${self.sync_cost:.4f}", f"${self.batch_cost:.4f}"
+        if self.batch_api:
+            text += f": {batch} with --batch-api (synchronous: {sync})"
+        else:
+            text += f": {sync} (with --batch-api: {batch})"
+        if self.unknown:
+            text += f"; price unknown for {', '.join(sorted(self.unknown))}"
+        return text
+
+
+def prompt_tokens(messages: list[dict[str, str]]) -> int:
+    """Characters / 4, plus a few tokens per message for the chat template."""
+    return sum(len(str(m.get("content", ""))) // 4 + 4 for m in messages)
