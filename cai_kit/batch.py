@@ -69,8 +69,8 @@ class BatchCollector:
         self.dir = Path(run_dir) / "batches"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ledger = self.dir / "ledger.jsonl"
-        self.cache = engine.cache or CallCache(self.dir / "results.sqlite")
-        self._own_cache = engine.cache is None
+        self._own_cache = engine.cache is None  # --no-cache: answers still kept for a re-run
+        self.cache = CallCache(self.dir / "results.sqlite") if engine.cache is None else engine.cache
         self._clients: dict[str, BatchClient | None] = {}
         self._pending: dict[str, list[tuple[str, dict[str, Any], asyncio.Future[Completion]]]] = {}
         self._waves: dict[str, _Wave] = {}  # open batches by tag

@@ -1,0 +1,206 @@
+"""`--batch-api` against the scripted server's files + batches endpoints (a real HTTP server).
+
+The server answers each batch line exactly as its synchronous endpoint answers the same body,
+so a batch run and a synchronous run of a seeded job must write the same records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+import tests.fixtures.fault_server as fs
+from cai_kit.cli.main import app
+from tests.fixtures.fault_server import FaultServer
+
+
+def _prompts(path: Path, n: int) -> Path:
+    path.write_text("".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(n)))
+    return path
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _cli(*args: str) -> Any:
+    r = CliRunner().invoke(app, [*args, "-q"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    return r
+
+
+def _ledger(run: Path) -> list[dict[str, Any]]:
+    return _rows(run / "batches" / "ledger.jsonl")
+
+
+def test_batch_api_revise_writes_the_same_records_as_a_synchronous_run(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    prompts = _prompts(tmp_path / "p.jsonl", 4)
+    common = ["revise", str(prompts), "--model", "m", "--api-base", fault_server.base_url,
+              "--rounds", "1", "--seed", "7"]  # fmt: skip
+    _cli(*common, "--out", str(tmp_path / "b"), "--batch-api", "--cache-path", str(tmp_path / "cb"))
+    batch_paid = fault_server.paid
+    assert fault_server.batches_created == 3  # response, critique, revision: one wave each
+    assert [e["event"] for e in _ledger(tmp_path / "b")].count("finished") == 3
+    _cli(*common, "--out", str(tmp_path / "s"), "--cache-path", str(tmp_path / "cs"))
+    batch = sorted((tmp_path / "b" / "revisions.jsonl").read_text().splitlines())
+    sync = sorted((tmp_path / "s" / "revisions.jsonl").read_text().splitlines())
+    assert batch == sync and len(batch) == 4
+    assert all(r["status"] == "ok" for r in map(json.loads, batch))
+    assert batch_paid == 12 and fault_server.paid == 24
+    # the batch answers are in the call cache: a synchronous re-run is all cache hits
+    r = _cli(*common, "--out", str(tmp_path / "again"), "--cache-path", str(tmp_path / "cb"))
+    assert fault_server.paid == 24 and "0 calls, 12 cache hits" in r.output
+
+
+def test_batch_api_judge_sends_the_two_orders_as_waves_and_agrees_with_synchronous(
+    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def judge(body: dict[str, Any]) -> str:
+        first = re.findall(r"<<<RESPONSE-A-\w+>>>\n(.*?)\n<<<END", body["messages"][-1]["content"])
+        return "A" if first and first[0].startswith("GOOD") else "B"
+
+    monkeypatch.setattr(fs, "reply_text", judge)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"q{i}", "response_a": f"GOOD {i}",
+                                         "response_b": f"BAD {i}"}) + "\n" for i in range(3)))  # fmt: skip
+    common = ["judge", str(pairs), "--judge-model", "j", "--api-base", fault_server.base_url,
+              "--mode", "letter"]  # fmt: skip
+    _cli(*common, "--out", str(tmp_path / "b"), "--batch-api", "--cache-path", str(tmp_path / "cb"))
+    assert fault_server.batches_created == 2  # both orders, one wave each
+    _cli(*common, "--out", str(tmp_path / "s"), "--cache-path", str(tmp_path / "cs"))
+    batch = _rows(tmp_path / "b" / "prefs.jsonl")
+    sync = _rows(tmp_path / "s" / "prefs.jsonl")
+    assert sorted(map(json.dumps, batch)) == sorted(map(json.dumps, sync))
+    assert len(batch) == 3 and all(r["chosen"].startswith("GOOD") for r in batch)
+
+
+def test_per_request_errors_become_failed_records_and_a_rerun_redoes_only_them(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    prompts = _prompts(tmp_path / "p.jsonl", 4)
+    cmd = ["generate", str(prompts), "--model", "m", "--api-base", fault_server.base_url,
+           "--out", str(tmp_path / "o"), "--batch-api", "--cache-path", str(tmp_path / "c")]  # fmt: skip
+    fault_server.script = ["ok", "500", "ok", "404"]  # one action per batch line
+    r = _cli(*cmd)
+    rows = _rows(tmp_path / "o" / "generations.jsonl")
+    failed = [x for x in rows if x["status"] == "failed"]
+    assert len(failed) == 2 and "2 failed" in r.output
+    assert any("500" in x["error"] for x in failed) and any("404" in x["error"] for x in failed)
+    assert fault_server.paid == 2
+    r = _cli(*cmd)  # what `retry-failed` replays: only the two failed calls, as a new batch
+    assert fault_server.batches_created == 2 and fault_server.paid == 4
+    assert "2 done; 0 failed; 2 already done" in r.output
+    last = fault_server.files[fault_server.batches["batch_2"]["input_file_id"]]["data"]
+    assert len(last.splitlines()) == 2
+
+
+def test_an_expired_batch_is_reported_and_its_calls_are_failed_records(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    prompts = _prompts(tmp_path / "p.jsonl", 3)
+    cmd = ["generate", str(prompts), "--model", "m", "--api-base", fault_server.base_url,
+           "--out", str(tmp_path / "o"), "--batch-api", "--cache-path", str(tmp_path / "c")]  # fmt: skip
+    fault_server.batch_outcome = "expired"
+    r = CliRunner().invoke(app, [*cmd, "-q"])
+    assert "batch_1 expired before all its requests ran" in r.output
+    assert "3 failed" in r.output
+    rows = _rows(tmp_path / "o" / "generations.jsonl")
+    assert all(x["status"] == "failed" and "expired" in x["error"] for x in rows)
+    assert fault_server.paid == 0
+    fault_server.batch_outcome = "completed"
+    _cli(*cmd)
+    rows = _rows(tmp_path / "o" / "generations.jsonl")
+    assert fault_server.batches_created == 2 and fault_server.paid == 3
+    assert {x["id"] for x in rows if x["status"] == "ok"} == {x["id"] for x in rows}
+
+
+def test_kill_9_while_polling_then_rerun_collects_the_same_batch_and_pays_nothing_twice(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    n = 6
+    prompts = _prompts(tmp_path / "p.jsonl", n)
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "cai_kit", "generate", str(prompts), "--model", "m",
+           "--api-base", fault_server.base_url, "--out", str(out), "--batch-api",
+           "--cache-path", str(tmp_path / "c.sqlite"), "-q"]  # fmt: skip
+    env = {**os.environ, "CAI_KIT_CACHE_DIR": str(tmp_path / "cc")}
+    fault_server.batch_hold = True  # the batch stays in progress: the client polls
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and fault_server.batch_polls < 3:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert fault_server.batches_created == 1 and fault_server.paid == 0
+    assert [e["event"] for e in _ledger(out)] == ["submitting", "submitted"]
+    fault_server.batch_hold = False
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows = _rows(out / "generations.jsonl")
+    assert len(rows) == n and all(r["status"] == "ok" for r in rows)
+    assert fault_server.batches_created == 1  # the re-run polled the same batch
+    assert fault_server.paid == n  # each call paid once
+    assert _ledger(out)[-1]["event"] == "finished"
+
+
+def test_a_wave_killed_before_its_batch_id_was_recorded_is_found_by_its_tag(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """The window between `create` and the ledger line: the batch carries the wave's tag in
+    its metadata, so a re-run adopts it instead of paying for it again."""
+    prompts = _prompts(tmp_path / "p.jsonl", 3)
+    cmd = ["generate", str(prompts), "--model", "m", "--api-base", fault_server.base_url,
+           "--out", str(tmp_path / "o"), "--batch-api", "--cache-path", str(tmp_path / "c")]  # fmt: skip
+    _cli(*cmd)
+    ledger = tmp_path / "o" / "batches" / "ledger.jsonl"
+    events = _rows(ledger)
+    # as if killed right after the provider created the batch: only "submitting" was written
+    ledger.write_text(json.dumps(events[0]) + "\n")
+    (tmp_path / "o" / "generations.jsonl").unlink()
+    (tmp_path / "c").unlink()
+    _cli(*cmd)
+    assert fault_server.batches_created == 1 and fault_server.paid == 3
+    assert len(_rows(tmp_path / "o" / "generations.jsonl")) == 3
+
+
+def test_dry_run_previews_the_batch_price_at_half_the_synchronous_one(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    prompts = _prompts(tmp_path / "p.jsonl", 40)
+    cmd = ["revise", str(prompts), "--model", "gpt-4o-mini", "--api-base", fault_server.base_url,
+           "--out", str(tmp_path / "o"), "--dry-run"]  # fmt: skip
+    r = _cli(*cmd, "--batch-api")
+    m = re.search(r"\$([\d.]+) with --batch-api \(synchronous: \$([\d.]+)\)", r.output)
+    assert m, r.output
+    batch, sync = float(m[1]), float(m[2])
+    assert sync > 0.01 and batch == pytest.approx(sync / 2, abs=1e-4)  # shown to 4 decimals
+    r = _cli(*cmd)
+    assert f"${sync:.4f} (with --batch-api: ${batch:.4f})" in r.output
+    assert fault_server.requests == 0
+
+
+def test_max_cost_holds_a_batch_to_the_cap_at_the_batch_price(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    prompts = _prompts(tmp_path / "p.jsonl", 10)
+    # gpt-4o-mini at the batch price: $0.30 per million output tokens; 1000 max tokens per call
+    # is a worst case of ~$0.0003 a call, so a $0.001 cap lets 3 of the 10 calls go out.
+    r = CliRunner().invoke(app, ["generate", str(prompts), "--model", "gpt-4o-mini",
+                                 "--api-base", fault_server.base_url, "--out", str(tmp_path / "o"),
+                                 "--batch-api", "--max-tokens", "1000", "--max-cost", "0.001",
+                                 "--cache-path", str(tmp_path / "c"), "-q"])  # fmt: skip
+    assert r.exit_code == 2 and "Stopped before exceeding --max-cost $0.001" in r.output
+    assert fault_server.batches_created == 1 and fault_server.paid == 3
+    rows = _rows(tmp_path / "o" / "generations.jsonl")
+    assert len(rows) == 3 and all(x["status"] == "ok" for x in rows)
