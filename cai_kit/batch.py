@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from cai_kit.batch_providers import BatchClient, BatchState, batch_client_for
 from cai_kit.cache import CallCache
-from cai_kit.errors import BackendError, BudgetExceeded
+from cai_kit.errors import BackendError, BudgetExceeded, redact
 from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams
 
 if TYPE_CHECKING:
@@ -70,7 +70,9 @@ class BatchCollector:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ledger = self.dir / "ledger.jsonl"
         self._own_cache = engine.cache is None  # --no-cache: answers still kept for a re-run
-        self.cache = CallCache(self.dir / "results.sqlite") if engine.cache is None else engine.cache
+        self.cache = (
+            CallCache(self.dir / "results.sqlite") if engine.cache is None else engine.cache
+        )
         self._clients: dict[str, BatchClient | None] = {}
         self._pending: dict[str, list[tuple[str, dict[str, Any], asyncio.Future[Completion]]]] = {}
         self._waves: dict[str, _Wave] = {}  # open batches by tag
@@ -202,7 +204,7 @@ class BatchCollector:
                         seen.add(key)
                         fh.write(json.dumps(line, ensure_ascii=False) + "\n")
             (self.dir / f"{tag}.keys").write_text("\n".join(keys) + "\n", encoding="utf-8")
-            self._log(event="submitting", tag=tag, provider=client.name, requests=len(keys))
+            self._log(event="submitting", tag=tag, provider=redact(client.name), requests=len(keys))
             wave.batch_id = await client.submit(path, tag)
             self._log(event="submitted", tag=tag, batch_id=wave.batch_id)
             path.unlink(missing_ok=True)
@@ -268,7 +270,7 @@ class BatchCollector:
         ok = failed = 0
         for key, result in answers.items():
             if isinstance(result, Completion):
-                if result.cost is None and self._prices_costs():
+                if result.cost is None and (wave.client.priced or self._prices_costs()):
                     price = price or self._price(wave.client)
                     if price is not None:
                         result.cost = price.cost(result.usage.prompt_tokens,
@@ -295,6 +297,7 @@ class BatchCollector:
                     reason = result or why or "the batch returned no answer for this call"
                     fut.set_exception(CallFailed(f"Batch API: {reason}"))
         if final and wave.batch_id is not None:
+            (self.dir / f"{wave.tag}.keys").unlink(missing_ok=True)
             self._log(event="finished", tag=wave.tag, batch_id=wave.batch_id, ok=ok,
                       failed=failed + len(wave.keys - answers.keys()), status=why or "completed")  # fmt: skip
         if why:

@@ -51,6 +51,7 @@ class BatchClient:
     """One provider's Batch API. `max_requests` / `max_bytes`: its limits per batch."""
 
     name = "batch"
+    priced = False  # price answers from the price list (a litellm backend prices its calls)
     max_requests = 50_000
     max_bytes = 190 * 1024**2
 
@@ -160,10 +161,11 @@ class AnthropicBatchClient(BatchClient):
     name = "Anthropic Message Batches"
     max_requests = 100_000
     max_bytes = 250 * 1024**2
-    url = "https://api.anthropic.com/v1/messages/batches"
 
     def __init__(self, model: str) -> None:
         self.model = model.split("/", 1)[-1]
+        base = os.environ.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com"  # as its SDK
+        self.url = f"{base.rstrip('/')}/v1/messages/batches"
         self._session: Any = None
 
     def _headers(self) -> dict[str, str]:
@@ -241,6 +243,13 @@ def batch_client_for(backend: Backend) -> BatchClient | None:
         return OpenAIBatchClient(backend.model, api_base, key)
     if backend.kind != "litellm":
         return None
+    client = _litellm_client(backend, api_base)
+    if client is not None:
+        client.priced = True
+    return client
+
+
+def _litellm_client(backend: Backend, api_base: str | None) -> BatchClient | None:
     provider, _, name = backend.model.partition("/")
     if api_base:  # litellm pointed at an OpenAI-compatible server
         return OpenAIBatchClient(name or provider, api_base, os.environ.get("OPENAI_API_KEY"))

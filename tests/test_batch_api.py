@@ -167,6 +167,8 @@ def test_a_wave_killed_before_its_batch_id_was_recorded_is_found_by_its_tag(
     events = _rows(ledger)
     # as if killed right after the provider created the batch: only "submitting" was written
     ledger.write_text(json.dumps(events[0]) + "\n")
+    sent = [json.loads(x)["custom_id"] for x in fault_server.files["file-1"]["data"].splitlines()]
+    (ledger.parent / f"{events[0]['tag']}.keys").write_text("\n".join(sorted(sent)) + "\n")
     (tmp_path / "o" / "generations.jsonl").unlink()
     (tmp_path / "c").unlink()
     _cli(*cmd)
@@ -204,3 +206,30 @@ def test_max_cost_holds_a_batch_to_the_cap_at_the_batch_price(
     assert fault_server.batches_created == 1 and fault_server.paid == 3
     rows = _rows(tmp_path / "o" / "generations.jsonl")
     assert len(rows) == 3 and all(x["status"] == "ok" for x in rows)
+
+
+def test_anthropic_message_batches_are_sent_collected_and_errors_recorded(
+    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anthropic's documented Message Batches shape, served by the scripted server (the real
+    API is not reachable from the tests): system prompt apart, text blocks, errored results."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", fault_server.base_url.removesuffix("/v1"))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"messages": [{"role": "system", "content": "Be brief."},
+                                                        {"role": "user", "content": f"q {i}"}]})
+                               + "\n" for i in range(3)))  # fmt: skip
+    fault_server.script = ["ok", "500", "ok"]
+    r = CliRunner().invoke(app, ["generate", str(prompts), "--model", "anthropic/claude-test",
+                                 "--out", str(tmp_path / "o"), "--batch-api", "--temperature", "0",
+                                 "--cache-path", str(tmp_path / "c"), "-q"])  # fmt: skip
+    assert "2 done; 1 failed" in r.output, r.output
+    assert fault_server.batches_created == 1 and fault_server.seen_auth == ["sk-ant-test"]
+    sent = [json.loads(x) for x in fault_server.files["file-1"]["data"].splitlines()]
+    assert sent[0]["params"]["system"] == "Be brief."
+    assert [m["role"] for m in sent[0]["params"]["messages"]] == ["user"]
+    rows = _rows(tmp_path / "o" / "generations.jsonl")
+    ok = [x for x in rows if x["status"] == "ok"]
+    failed = [x for x in rows if x["status"] == "failed"]
+    assert all(x["response"].startswith("echo ") for x in ok)
+    assert "errored" in failed[0]["error"] and "error 500" in failed[0]["error"]
