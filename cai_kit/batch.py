@@ -175,38 +175,61 @@ class BatchCollector:
         for ident, calls in pending.items():
             client = self._clients[ident]
             assert client is not None
-            for chunk in _chunks(calls, client):
-                self._spawn(self._send(client, chunk))
+            for wave, path in self._write_waves(client, self._within_budget(client, calls)):
+                wave.task = self._spawn(self._send(wave, path))
+
+    def _write_waves(
+        self, client: BatchClient, calls: list[tuple[str, dict[str, Any], Any, float]]
+    ) -> Iterator[tuple[_Wave, Path]]:
+        """Stream the calls into batch input files (each line serialised once, identical calls
+        sent once), split at the provider's limits; each file is one wave, opened at once so
+        that later identical calls join it."""
+        waiters: dict[str, list[asyncio.Future[Completion]]] = {}
+        chunk: list[str] = []
+        size, reserved = 0, 0.0
+        tmp = self.dir / "wave.input.tmp"
+        fh = None
+
+        def close() -> tuple[_Wave, Path]:
+            assert fh is not None
+            fh.close()
+            keys = sorted(chunk)
+            tag = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+            path = self.dir / f"{tag}.input.jsonl"
+            tmp.replace(path)
+            (self.dir / f"{tag}.keys").write_text("\n".join(keys) + "\n", encoding="utf-8")
+            wave = _Wave(tag, client, set(keys), {k: waiters[k] for k in keys}, reserved=reserved)
+            self._open(wave)
+            return wave, path
+
+        for key, line, fut, worst in calls:
+            if key in waiters:  # an identical call: one request, both answered
+                waiters[key].append(fut)
+                continue
+            text = json.dumps(line, ensure_ascii=False) + "\n"
+            n = len(text.encode())
+            if chunk and (len(chunk) >= client.max_requests or size + n > client.max_bytes):
+                yield close()
+                chunk, size, reserved = [], 0, 0.0
+                fh = None
+            if fh is None:
+                fh = tmp.open("w", encoding="utf-8")
+            fh.write(text)
+            waiters[key] = [fut]
+            chunk.append(key)
+            size += n
+            reserved += worst
+        if chunk:
+            yield close()
 
     # --- one wave: budget, ledger, submit, poll, download -------------------------------
 
-    async def _send(
-        self,
-        client: BatchClient,
-        calls: list[tuple[str, dict[str, Any], asyncio.Future[Completion]]],
-    ) -> None:
-        calls, reserved = self._within_budget(client, calls)
-        if not calls:
-            return
-        keys = sorted({k for k, _, _ in calls})
-        tag = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
-        wave = _Wave(tag, client, set(keys), reserved=reserved)
-        wave.task = asyncio.current_task()  # type: ignore[assignment]
-        for key, _, fut in calls:
-            wave.waiters.setdefault(key, []).append(fut)
-        self._open(wave)
-        path = self.dir / f"{tag}.input.jsonl"
+    async def _send(self, wave: _Wave, path: Path) -> None:
         try:
-            with path.open("w", encoding="utf-8") as fh:
-                seen: set[str] = set()
-                for key, line, _ in calls:
-                    if key not in seen:  # identical calls are one request
-                        seen.add(key)
-                        fh.write(json.dumps(line, ensure_ascii=False) + "\n")
-            (self.dir / f"{tag}.keys").write_text("\n".join(keys) + "\n", encoding="utf-8")
-            self._log(event="submitting", tag=tag, provider=redact(client.name), requests=len(keys))
-            wave.batch_id = await client.submit(path, tag)
-            self._log(event="submitted", tag=tag, batch_id=wave.batch_id)
+            self._log(event="submitting", tag=wave.tag, provider=redact(wave.client.name),
+                      requests=len(wave.keys))  # fmt: skip
+            wave.batch_id = await wave.client.submit(path, wave.tag)
+            self._log(event="submitted", tag=wave.tag, batch_id=wave.batch_id)
             path.unlink(missing_ok=True)
         except BackendError as exc:  # maybe created anyway: a re-run looks for it by its tag
             self._finish(wave, {}, f"the batch could not be sent: {exc}", final=False)
@@ -307,20 +330,19 @@ class BatchCollector:
         self._close(wave)
 
     def _within_budget(
-        self,
-        client: BatchClient,
-        calls: list[tuple[str, dict[str, Any], asyncio.Future[Completion]]],
-    ) -> tuple[list[tuple[str, dict[str, Any], asyncio.Future[Completion]]], float]:
-        """--max-cost: send only the calls whose worst case (every answer at max_tokens, at the
-        batch price), with the batches still running, fits under the cap; stop the others."""
+        self, client: BatchClient, calls: list[tuple[str, dict[str, Any], Any]]
+    ) -> list[tuple[str, dict[str, Any], Any, float]]:
+        """--max-cost: keep the calls whose worst case (every answer at max_tokens, at the
+        batch price), with the batches still running, fits under the cap; stop the others.
+        Each kept call carries its worst case, reserved until its batch ends."""
         cap = self.engine.config.max_cost
         if cap is None:
-            return calls, 0.0
+            return [(*call, 0.0) for call in calls]
         price = self._price(client)
         spent = self.engine.stats.cost
         keep, total = [], spent + self._reserved
-        for call in calls:
-            worst = _worst_case(call[1], price)
+        for key, line, fut in calls:
+            worst = _worst_case(line, price)
             if worst is None or total + worst > cap:
                 reason = (
                     f"--max-cost ${cap:g}: the price of {getattr(client, 'model', client.name)} "
@@ -329,13 +351,12 @@ class BatchCollector:
                     else f"Stopped before exceeding --max-cost ${cap:g} (spent ${spent:.4f}); "
                     "finished work is kept. Raise the cap and re-run to continue."
                 )
-                call[2].set_exception(BudgetExceeded(reason))
+                fut.set_exception(BudgetExceeded(reason))
                 continue
             total += worst
-            keep.append(call)
-        reserved = total - spent - self._reserved
-        self._reserved += reserved
-        return keep, reserved
+            keep.append((key, line, fut, worst))
+        self._reserved = total - spent
+        return keep
 
     def _prices_costs(self) -> bool:
         """Costs are priced (batch rate) when a cap or a price asks for them: the price list
@@ -404,22 +425,6 @@ class _Resend(Exception):
 
 def _ident(backend: Backend) -> str:
     return json.dumps(backend.identity(), sort_keys=True)
-
-
-def _chunks(
-    calls: list[tuple[str, dict[str, Any], asyncio.Future[Completion]]], client: BatchClient
-) -> Iterator[list[tuple[str, dict[str, Any], asyncio.Future[Completion]]]]:
-    chunk: list[tuple[str, dict[str, Any], asyncio.Future[Completion]]] = []
-    size = 0
-    for call in calls:
-        n = len(json.dumps(call[1], ensure_ascii=False).encode()) + 1
-        if chunk and (len(chunk) >= client.max_requests or size + n > client.max_bytes):
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(call)
-        size += n
-    if chunk:
-        yield chunk
 
 
 def _worst_case(line: dict[str, Any], price: Any) -> float | None:

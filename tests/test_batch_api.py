@@ -233,3 +233,18 @@ def test_anthropic_message_batches_are_sent_collected_and_errors_recorded(
     failed = [x for x in rows if x["status"] == "failed"]
     assert all(x["response"].startswith("echo ") for x in ok)
     assert "errored" in failed[0]["error"] and "error 500" in failed[0]["error"]
+
+
+def test_a_wave_larger_than_the_provider_limit_is_split_into_batches(
+    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cai_kit.batch_providers import OpenAIBatchClient
+
+    monkeypatch.setattr(OpenAIBatchClient, "max_requests", 2)
+    prompts = _prompts(tmp_path / "p.jsonl", 5)
+    r = _cli("generate", str(prompts), "--model", "m", "--api-base", fault_server.base_url,
+             "--out", str(tmp_path / "o"), "--batch-api", "--cache-path", str(tmp_path / "c"))  # fmt: skip
+    assert "5 done; 0 failed" in r.output
+    assert fault_server.batches_created == 3 and fault_server.paid == 5
+    sizes = sorted(b["request_counts"]["total"] for b in fault_server.batches.values())
+    assert sizes == [1, 2, 2]
