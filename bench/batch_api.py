@@ -1,6 +1,6 @@
 """Benchmark: a 10,000-call `revise --rounds 1 --batch-api` job against the loopback batch server.
 
-    python bench/batch_api.py [--calls 10000] [--processing 30]
+    python bench/batch_api.py [--calls 10000] [--processing 60]
 
 The test suite's scripted server (files + batches endpoints) runs in this process; each batch
 takes `--processing` seconds of simulated provider time from creation to completion. The job
@@ -52,7 +52,7 @@ def run_job(url: str, prompts: Path, out: Path, *extra: str) -> tuple[float, int
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=10_000)
-    ap.add_argument("--processing", type=float, default=30.0, help="simulated s per batch")
+    ap.add_argument("--processing", type=float, default=60.0, help="simulated s per batch")
     args = ap.parse_args()
 
     from tests.fixtures.fault_server import FaultServer, start_fault_server

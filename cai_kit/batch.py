@@ -46,8 +46,8 @@ _ITEM: contextvars.ContextVar[object | None] = contextvars.ContextVar(
     "cai_batch_item", default=None
 )
 IDLE_S = 0.5  # without item tracking: send a wave when no call came for this long
-POLL_FRACTION = 0.02  # poll again after 2% of the time waited so far...
-POLL_MIN_S, POLL_MAX_S = 0.05, 30.0  # ...within these bounds
+POLL_FRACTION = 0.01  # poll again after 1% of the time waited so far...
+POLL_MIN_S, POLL_MAX_S = 0.1, 30.0  # ...within these bounds
 
 
 @dataclass
@@ -61,6 +61,7 @@ class _Wave:
     batch_id: str | None = None
     task: asyncio.Task[None] | None = None
     reserved: float = 0.0  # --max-cost: the worst case held for this batch until it ends
+    settled: bool = False
 
 
 class BatchCollector:
@@ -148,7 +149,7 @@ class BatchCollector:
                     wave.waiters.setdefault(key, []).append(future)
                     if wave.task is None:  # sent by an earlier run: resume it
                         wave.client = client
-                        wave.task = self._spawn(self._resume(wave))
+                        wave.task = self._spawn(wave, self._resume(wave))
                 else:
                     line = client.line(key, messages, params)
                     self._pending.setdefault(_ident(backend), []).append((key, line, future))
@@ -161,8 +162,17 @@ class BatchCollector:
                 if not self._waiting[item]:
                     del self._waiting[item]
 
-    def _spawn(self, coro: Any) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coro)
+    def _spawn(self, wave: _Wave, coro: Any) -> asyncio.Task[None]:
+        async def guarded() -> None:
+            try:
+                await coro
+            except Exception as exc:  # never leave a call waiting; the batch stays open
+                why = (
+                    f"batch {wave.batch_id or wave.tag} is still open ({type(exc).__name__}: {exc})"
+                )
+                self._finish(wave, {}, why, final=False)
+
+        task = asyncio.get_running_loop().create_task(guarded())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -176,7 +186,7 @@ class BatchCollector:
             client = self._clients[ident]
             assert client is not None
             for wave, path in self._write_waves(client, self._within_budget(client, calls)):
-                wave.task = self._spawn(self._send(wave, path))
+                wave.task = self._spawn(wave, self._send(wave, path))
 
     def _write_waves(
         self, client: BatchClient, calls: list[tuple[str, dict[str, Any], Any, float]]
@@ -289,6 +299,9 @@ class BatchCollector:
         """Cache every answer, then settle the waiting calls: answer, CallFailed or resend."""
         from cai_kit.engine import CallFailed
 
+        if wave.settled:
+            return
+        wave.settled = True
         stats, price = self.engine.stats, None
         ok = failed = 0
         for key, result in answers.items():

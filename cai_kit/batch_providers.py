@@ -133,10 +133,15 @@ class OpenAIBatchClient(BatchClient):
         for file_id in state.files:
             if not file_id:
                 continue
-            async with self.client.files.with_streaming_response.content(file_id) as resp:
-                async for raw in resp.iter_lines():
-                    if raw.strip():
-                        yield self._result(json.loads(raw))
+            try:
+                async with self.client.files.with_streaming_response.content(file_id) as resp:
+                    async for raw in resp.iter_lines():
+                        if raw.strip():
+                            yield self._result(json.loads(raw))
+            except BackendError:
+                raise
+            except Exception as exc:
+                raise _sdk_error(exc, self.base_url) from None
 
     def _result(self, row: dict[str, Any]) -> tuple[str, Completion | str]:
         key, resp, err = row["custom_id"], row.get("response") or {}, row.get("error")
@@ -177,11 +182,14 @@ class AnthropicBatchClient(BatchClient):
 
         if self._session is None:
             self._session = aiohttp.ClientSession(headers=self._headers())
-        async with self._session.request(method, url, **kw) as resp:
-            text = await resp.text()
-            if resp.status != 200:
-                raise BackendError(f"{self.name} answered {resp.status}: {text[:300]}")
-            return text
+        try:
+            async with self._session.request(method, url, **kw) as resp:
+                text = await resp.text()
+        except (aiohttp.ClientError, OSError) as exc:
+            raise BackendError(f"{self.name} is unreachable ({type(exc).__name__}).") from None
+        if resp.status != 200:
+            raise BackendError(f"{self.name} answered {resp.status}: {text[:300]}")
+        return text
 
     def line(self, key: str, messages: ChatMessages, params: GenParams) -> dict[str, Any]:
         system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")

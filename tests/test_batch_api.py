@@ -248,3 +248,17 @@ def test_a_wave_larger_than_the_provider_limit_is_split_into_batches(
     assert fault_server.batches_created == 3 and fault_server.paid == 5
     sizes = sorted(b["request_counts"]["total"] for b in fault_server.batches.values())
     assert sizes == [1, 2, 2]
+
+
+def test_a_server_without_a_batch_api_fails_the_calls_with_one_clear_sentence(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    prompts = _prompts(tmp_path / "p.jsonl", 2)
+    r = CliRunner().invoke(app, ["generate", str(prompts), "--model", "m", "--api-base",
+                                 fault_server.base_url + "/no-batches", "--out", str(tmp_path / "o"),
+                                 "--batch-api", "--cache-path", str(tmp_path / "c"), "-q"])  # fmt: skip
+    assert "0 done; 2 failed" in r.output, r.output
+    rows = _rows(tmp_path / "o" / "generations.jsonl")
+    assert all(
+        "has no Batch API" in x["error"] and "without --batch-api" in x["error"] for x in rows
+    )
