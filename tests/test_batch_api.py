@@ -262,3 +262,24 @@ def test_a_server_without_a_batch_api_fails_the_calls_with_one_clear_sentence(
     assert all(
         "has no Batch API" in x["error"] and "without --batch-api" in x["error"] for x in rows
     )
+
+
+def test_retry_failed_redoes_batch_failures_synchronously_or_as_a_new_batch(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    prompts = _prompts(tmp_path / "p.jsonl", 4)
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "cai_kit", "generate", str(prompts), "--model", "m",
+           "--api-base", fault_server.base_url, "--out", str(out), "--batch-api",
+           "--cache-path", str(tmp_path / "c.sqlite"), "-q"]  # fmt: skip
+    fault_server.script = ["500", "ok", "503", "ok"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    assert fault_server.paid == 2 and fault_server.batches_created == 1
+    fault_server.script = ["500"]  # the first retried call fails again: a new batch...
+    r = CliRunner().invoke(app, ["retry-failed", str(out)])
+    assert r.exit_code == 0 and fault_server.batches_created == 2 and fault_server.paid == 3
+    r = CliRunner().invoke(app, ["retry-failed", str(out), "--sync"])  # ...then synchronously
+    assert r.exit_code == 0 and fault_server.batches_created == 2 and fault_server.paid == 4
+    rows = _rows(out / "generations.jsonl")
+    latest = {x["id"]: x for x in rows}
+    assert len(latest) == 4 and all(x["status"] == "ok" for x in latest.values())

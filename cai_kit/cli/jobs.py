@@ -30,6 +30,14 @@ from cai_kit.cli.common import (
 
 def retry_failed(
     run_dir: Annotated[Path, typer.Argument(help="A run directory holding manifest.json.")],
+    batch_api: Annotated[
+        bool | None,
+        typer.Option(
+            "--batch-api/--sync",
+            help="Redo the failed calls as a new Batch API job, or synchronously "
+            "(default: as the run did).",
+        ),
+    ] = None,
 ) -> None:
     """Retry only the failed or missing rows of a run (finished rows are cache hits or skipped)."""
     import json
@@ -46,6 +54,8 @@ def retry_failed(
         fail(
             f"The manifest in {run_dir} has no replayable command line; re-run the original command."
         )
+    if batch_api is not None:
+        argv = [a for a in argv if a != "--batch-api"] + (["--batch-api"] if batch_api else [])
     typer.echo("Re-running: " + " ".join(argv), err=True)
     raise typer.Exit(subprocess.call([sys.executable, "-m", "cai_kit", *argv[1:]]))
 
