@@ -330,7 +330,7 @@ class BatchCollector:
                     fut.set_exception(_Resend())
                 else:
                     stats.failures += 1
-                    reason = result or why or "the batch returned no answer for this call"
+                    reason = " ".join(x for x in (why, result) if x) or "no answer in the batch"
                     fut.set_exception(CallFailed(f"Batch API: {reason}"))
         if final and wave.batch_id is not None:
             (self.dir / f"{wave.tag}.keys").unlink(missing_ok=True)

@@ -106,18 +106,23 @@ def test_per_request_errors_become_failed_records_and_a_rerun_redoes_only_them(
     assert len(last.splitlines()) == 2
 
 
-def test_an_expired_batch_is_reported_and_its_calls_are_failed_records(
-    fault_server: FaultServer, tmp_path: Path
+@pytest.mark.parametrize(
+    ("outcome", "said"),
+    [("expired", "batch_1 expired before all its requests ran"),
+     ("cancelled", "batch_1 was cancelled"),
+     ("failed", "batch_1 failed as a whole: scripted failure")],
+)  # fmt: skip
+def test_an_expired_cancelled_or_failed_batch_is_reported_and_its_calls_are_failed_records(
+    fault_server: FaultServer, tmp_path: Path, outcome: str, said: str
 ) -> None:
     prompts = _prompts(tmp_path / "p.jsonl", 3)
     cmd = ["generate", str(prompts), "--model", "m", "--api-base", fault_server.base_url,
            "--out", str(tmp_path / "o"), "--batch-api", "--cache-path", str(tmp_path / "c")]  # fmt: skip
-    fault_server.batch_outcome = "expired"
+    fault_server.batch_outcome = outcome
     r = CliRunner().invoke(app, [*cmd, "-q"])
-    assert "batch_1 expired before all its requests ran" in r.output
-    assert "3 failed" in r.output
+    assert said in r.output and "3 failed" in r.output
     rows = _rows(tmp_path / "o" / "generations.jsonl")
-    assert all(x["status"] == "failed" and "expired" in x["error"] for x in rows)
+    assert all(x["status"] == "failed" and said in x["error"] for x in rows)
     assert fault_server.paid == 0
     fault_server.batch_outcome = "completed"
     _cli(*cmd)
