@@ -76,11 +76,13 @@ def main() -> None:
         wall, rss, out = run_job(server.base_url, prompts(rows), work / "full", "--batch-api")
         waves = server.batches_created
         simulated = waves * args.processing
-        overhead = wall - simulated
+        provider = server.batch_compute_s  # the server answering the lines, once time is up
+        overhead = wall - simulated - provider
         print(f"job: {rows} prompts, {server.paid} calls in {waves} batches; {out.strip()}")
         print(f"wall {wall:.1f} s vs simulated processing {simulated:.1f} s "
-              f"({waves} x {args.processing:g} s): overhead {overhead:.1f} s = "
-              f"{100 * overhead / simulated:.1f}% (goal <= 5%)")  # fmt: skip
+              f"({waves} x {args.processing:g} s) + the server answering {provider:.1f} s: "
+              f"cai-kit overhead {overhead:.1f} s = {100 * overhead / simulated:.1f}% "
+              "(goal <= 5%)")  # fmt: skip
 
         # 2. peak memory vs row count
         server.reset()

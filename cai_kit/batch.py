@@ -304,6 +304,7 @@ class BatchCollector:
         wave.settled = True
         stats, price = self.engine.stats, None
         ok = failed = 0
+        answered: list[tuple[str, Completion]] = []
         for key, result in answers.items():
             if isinstance(result, Completion):
                 if result.cost is None and (wave.client.priced or self._prices_costs()):
@@ -311,7 +312,7 @@ class BatchCollector:
                     if price is not None:
                         result.cost = price.cost(result.usage.prompt_tokens,
                                                  result.usage.completion_tokens, batch=True)  # fmt: skip
-                self.cache.put(key, result)
+                answered.append((key, result))
                 ok += 1
                 stats.calls += 1
                 stats.prompt_tokens += result.usage.prompt_tokens
@@ -319,6 +320,7 @@ class BatchCollector:
                 stats.cost += result.cost or 0.0
             else:
                 failed += 1
+        self.cache.put_many(answered)  # before anything is answered: a crash keeps them all
         for key, futures in wave.waiters.items():
             result = answers.get(key)
             for fut in futures:
@@ -436,8 +438,15 @@ class _Resend(Exception):
     """A call recorded in a batch that was never created: the engine sends it again."""
 
 
+_IDENTS: dict[int, tuple[Backend, str]] = {}
+
+
 def _ident(backend: Backend) -> str:
-    return json.dumps(backend.identity(), sort_keys=True)
+    """The backend's identity as a dict key (memoised: asked once per call)."""
+    hit = _IDENTS.get(id(backend))
+    if hit is None or hit[0] is not backend:
+        hit = _IDENTS[id(backend)] = (backend, json.dumps(backend.identity(), sort_keys=True))
+    return hit[1]
 
 
 def _worst_case(line: dict[str, Any], price: Any) -> float | None:

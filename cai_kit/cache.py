@@ -60,6 +60,18 @@ class CallCache:
                 "INSERT OR REPLACE INTO calls (key, completion) VALUES (?, ?)", (key, blob)
             )
 
+    def put_many(self, items: list[tuple[str, Completion]]) -> None:
+        """Many answers in one transaction (a Batch API job's results)."""
+        rows = [(k, json.dumps(c.to_dict(), ensure_ascii=False)) for k, c in items]
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO calls (key, completion) VALUES (?, ?)", rows
+                )
+            finally:
+                self._db.execute("COMMIT")
+
     def __len__(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0])

@@ -288,3 +288,18 @@ def test_retry_failed_redoes_batch_failures_synchronously_or_as_a_new_batch(
     rows = _rows(out / "generations.jsonl")
     latest = {x["id"]: x for x in rows}
     assert len(latest) == 4 and all(x["status"] == "ok" for x in latest.values())
+
+
+def test_completion_cache_form_is_unchanged_by_the_fast_serialiser() -> None:
+    """Batch results are cached in bulk through `Completion.to_dict`; it must keep the exact
+    form `dataclasses.asdict` gave, or older caches would stop matching."""
+    from dataclasses import asdict
+
+    from cai_kit.llm.base import Completion, TokenLogprob, Usage
+
+    for c in (Completion("hi"), Completion("A", [TokenLogprob("A", -0.1, {"A": -0.1, "B": -2.3})],
+                                           Usage(3, 4), 0.5, "m", "stop", cached=True)):  # fmt: skip
+        expected = asdict(c)
+        expected.pop("cached")
+        assert c.to_dict() == expected
+        assert Completion.from_dict(c.to_dict()).to_dict() == expected
