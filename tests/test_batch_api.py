@@ -303,3 +303,15 @@ def test_completion_cache_form_is_unchanged_by_the_fast_serialiser() -> None:
         expected.pop("cached")
         assert c.to_dict() == expected
         assert Completion.from_dict(c.to_dict()).to_dict() == expected
+
+
+def test_max_cost_refuses_a_batch_whose_price_is_unknown(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    prompts = _prompts(tmp_path / "p.jsonl", 2)
+    r = CliRunner().invoke(app, ["generate", str(prompts), "--model", "no-such-priced-model",
+                                 "--api-base", fault_server.base_url, "--out", str(tmp_path / "o"),
+                                 "--batch-api", "--max-cost", "1", "--cache-path",
+                                 str(tmp_path / "c"), "-q"])  # fmt: skip
+    assert r.exit_code == 2 and "price of no-such-priced-model is unknown" in r.output
+    assert fault_server.batches_created == 0 and fault_server.requests == 0
