@@ -139,10 +139,12 @@ class TransformersBackend(Backend):
         self._load_lock = threading.Lock()
 
     def identity(self) -> dict[str, Any]:
-        # The path alone would serve stale cache entries after retraining into the same dir.
-        weights = sorted(self.path.glob("*.safetensors"))
-        stamp = [(w.name, w.stat().st_size, int(w.stat().st_mtime)) for w in weights]
-        return {"kind": self.kind, "model": str(self.path.resolve()), "weights": stamp}
+        # A fingerprint of the files' contents (weights, adapter, configs, tokenizer): new
+        # weights in the same directory never reuse old results, whatever their mtime or size.
+        from cai_kit.llm.fingerprint import Fingerprinter
+
+        fp = self.__dict__.setdefault("_fingerprinter", Fingerprinter())
+        return {"kind": self.kind, "weights": fp(self.path)}
 
     def _load(self) -> None:
         with self._load_lock:
