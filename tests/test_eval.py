@@ -180,3 +180,33 @@ def test_eval_harmlessness_takes_the_job_flags_and_counts_unparseable_answers_fa
     r = CliRunner().invoke(app, [*args, "--no-cache"])
     assert "2 done; 0 failed" in r.output, r.output
     assert "| privacy | 0% of 2 |" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_eval_winrate_with_the_embedded_model_answering_and_a_scripted_judge(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """The model under test is the real embedded SmolLM2 (llama.cpp); baseline and judge are
+    scripted: the judge prefers whichever answer is not the baseline's."""
+
+    def reply(body: dict, rng: object) -> str:
+        if body["model"] == "base":
+            return "BASELINE"
+        first = re.findall(r"<<<RESPONSE-A-\w+>>>\n(.*?)\n<<<END", body["messages"][-1]["content"], re.DOTALL)[0]  # fmt: skip
+        return "B" if first == "BASELINE" else "A"
+
+    fault_server.responder = reply
+    prompts = _prompts(tmp_path, 2)
+    out = tmp_path / "ev"
+    r = CliRunner().invoke(app, ["eval", "winrate", "--prompts", str(prompts), "--model", "local", "--baseline", "base",
+                                 "--judge", "judge", "--api-base", fault_server.base_url, "--mode", "letter",
+                                 "--max-tokens", "16", "--out", str(out), "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "2 done; 0 failed" in r.output and "win rate 1.000" in r.output
+    recs = [json.loads(x) for x in (out / "prefs.jsonl").read_text().splitlines()]
+    answers = [x["response_a"] for x in recs]
+    assert all(a.strip() and a != "BASELINE" for a in answers)  # written by the embedded model
+    judged = [b for b in fault_server.bodies if b["model"] == "judge"]
+    assert len(judged) == 4 and all(
+        any(a in b["messages"][-1]["content"] for a in answers) for b in judged
+    )
