@@ -139,7 +139,9 @@ def build_rows(
 
 def left_out(skipped: dict[str, int]) -> str:
     """`3 failed, 2 tie, 1 identical responses`: what an export left out and why."""
-    return ", ".join(f"{n} {why}" for why, n in sorted(skipped.items(), key=lambda kv: -kv[1]))
+    return ", ".join(
+        f"{n} {why}" for why, n in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))
+    )
 
 
 def _card(

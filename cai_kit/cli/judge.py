@@ -176,7 +176,8 @@ def judge_report(
     gold: Annotated[
         Path | None,
         typer.Option(
-            "--gold", help="Human-labelled pairs (prompt, response_a, response_b, label A|B)."
+            "--gold",
+            help="Human-labelled pairs: prompt + response_a, response_b, label A|B, or TRL prompt/chosen/rejected.",
         ),
     ] = None,
 ) -> None:
