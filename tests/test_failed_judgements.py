@@ -108,3 +108,28 @@ def test_a_record_written_before_status_existed_reads_failed_when_its_verdict_fa
     assert rec.status == "failed" and rec.error == "HTTP 401"
     ok = PreferenceRecord.model_validate({**old, "verdict": {"label": "A", "p_a": 1.0}})
     assert ok.status == "ok"
+
+
+def test_best_worst_with_one_failed_judgement_is_a_failed_record(
+    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "question"}) + "\n")
+    sampled = judged = 0
+
+    def reply(body: dict[str, Any], rng: Any) -> str:
+        nonlocal sampled, judged
+        if body["model"] == "pol":
+            sampled += 1
+            return f"answer number {sampled}"
+        judged += 1
+        return "I cannot say." if judged == 3 else "A"  # pair 2 of 3, first order: unreadable
+
+    fault_server.responder = reply
+    run = tmp_path / "bw"
+    r = _invoke(monkeypatch, ["prefs", str(prompts), "--policy-model", "pol", "--judge-model", "judge", "--api-base",
+                              fault_server.base_url, "--k", "3", "--pairs", "best-worst", "--mode", "letter",
+                              "--out", str(run), "-q"])  # fmt: skip
+    assert "judging:  0 done; 1 failed" in r.output, r.output
+    (rec,) = latest_by_id(run / "prefs.jsonl", PreferenceRecord).values()
+    assert rec.status == "failed" and "1 of 3 judgements failed" in (rec.error or "")
