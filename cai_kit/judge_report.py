@@ -159,6 +159,26 @@ def build_report(run_dir: Path, gold: Path | None = None) -> JudgeReport:
     return rep
 
 
+def warnings(rep: JudgeReport, threshold: float = 0.85, min_decisive: int = 5) -> list[str]:
+    """Sentences for the biases that dominate a judge's decisive verdicts."""
+    notes = []
+    longer, first = rep.longer_share, rep.first_shown_share
+    if longer is not None and rep.longer_decisive >= min_decisive and longer >= threshold:
+        notes.append(
+            f"the longer response won {100 * longer:.0f}% of {rep.longer_decisive} decisive "
+            "verdicts: this judge may reward length rather than the constitution."
+        )
+    top = None if first is None else max(first, 1 - first)
+    if top is not None and rep.first_shown_decisive >= min_decisive and top >= threshold:
+        side = "first" if (first or 0) >= 0.5 else "second"
+        notes.append(
+            f"the {side}-shown response won {100 * top:.0f}% of decisive comparisons: this "
+            "judge follows position more than content (both orders are averaged, so its labels "
+            "come out as ties)."
+        )
+    return notes
+
+
 def render(rep: JudgeReport) -> str:
     from io import StringIO
 
@@ -188,6 +208,8 @@ def render(rep: JudgeReport) -> str:
     for r in rows:
         t.add_row(*r)
     con.print(t)
+    for note in warnings(rep):
+        con.print(f"[yellow]Warning:[/yellow] {note}")
     pt = Table(title="Per principle")
     for col in ("principle", "pairs", "failed", "ties", "consistent", "mean margin"):
         pt.add_column(col)

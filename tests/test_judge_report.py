@@ -54,6 +54,7 @@ def test_a_judge_that_always_picks_the_longer_answer_shows_a_100_percent_longer_
     assert rep["position_consistency"] == 1.0  # consistent, and still length-biased
     assert "won by the longer response" in r.output and "100.0% of 6" in r.output
     assert "68%" in r.output  # the reference value is printed next to it
+    assert "may reward length" in " ".join(r.output.split())
 
 
 def test_a_judge_that_always_answers_a_shows_a_100_percent_first_shown_share(
@@ -61,9 +62,10 @@ def test_a_judge_that_always_answers_a_shows_a_100_percent_first_shown_share(
 ) -> None:
     fault_server.responder = lambda body, rng: "A"
     out = _judge_run(fault_server, tmp_path, ROWS)
-    CliRunner().invoke(app, ["judge-report", str(out)])
+    r = CliRunner().invoke(app, ["judge-report", str(out)])
     rep = json.loads((out / "judge_report.json").read_text())
     assert rep["first_shown_share"] == 1.0 and rep["longer_share"] is None  # all ties
+    assert "first-shown response won 100%" in " ".join(r.output.split())
 
 
 @pytest.mark.parametrize("conversational", [False, True])
