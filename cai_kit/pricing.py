@@ -26,6 +26,9 @@ from cai_kit.errors import ConfigError
 
 BATCH_DISCOUNT = 0.5  # OpenAI, Anthropic, Together, Groq: batch jobs cost about half
 FREE_KINDS = ("local", "hf")  # backends that run on this machine
+# Output tokens cost up to ~5x input tokens at hosted providers (gpt-4o-mini 4x, Claude 5x):
+# the bound used when a price must be inferred from a reported cost alone.
+OUTPUT_RATIO_BOUND = 5.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,23 @@ class Price:
                 else o * BATCH_DISCOUNT
             )
         return (prompt_tokens * i + completion_tokens * o) / 1_000_000
+
+
+def implied_price(cost: float, prompt_tokens: int, completion_tokens: int) -> Price | None:
+    """A cautious price inferred from one answer's reported cost: the split between input and
+    output is unknown, so output tokens are assumed to cost OUTPUT_RATIO_BOUND x input ones
+    (which over-states output when they cost less). None when the answer had no token counts."""
+    weighted = prompt_tokens + OUTPUT_RATIO_BOUND * completion_tokens
+    if cost < 0 or weighted <= 0:
+        return None
+    i = cost / weighted * 1_000_000
+    return Price(i, i * OUTPUT_RATIO_BOUND, source="inferred from reported costs")
+
+
+def prompt_tokens_upper(messages: list[dict[str, Any]]) -> int:
+    """A generous estimate of a conversation's prompt tokens without a tokenizer: UTF-8 bytes / 3
+    (English runs ~4 bytes a token, CJK ~3) plus the chat template's few tokens per message."""
+    return sum(len(str(m.get("content") or "").encode()) // 3 + 8 for m in messages)
 
 
 FREE = Price(0.0, 0.0, source="runs locally", batch_input_per_m=0.0, batch_output_per_m=0.0)
@@ -101,3 +121,19 @@ def price_for(model: str, backend_kind: str, explicit: Price | None = None) -> P
     if backend_kind in FREE_KINDS:
         return FREE
     return _from_cost_map(model)
+
+
+def price_for_backend(backend: Any, explicit: Price | None = None) -> Price | None:
+    """The price of a built backend. A server reached by a user's --api-base (vLLM, Ollama, a
+    gateway) has no list price: its model name says nothing about what it costs, so only
+    `--price` or a cost the server reports can count. Hosted providers are looked up by their
+    full model string (`price_model`, e.g. openai/gpt-4o-mini)."""
+    if explicit is not None:
+        return explicit
+    kind = getattr(backend, "kind", "")
+    if kind in FREE_KINDS:
+        return FREE
+    model = getattr(backend, "price_model", None)
+    if model is None and kind == "openai-compat":
+        return None
+    return _from_cost_map(model or backend.model)
