@@ -329,7 +329,9 @@ class Engine:
         reserved = self._check_budget(state, messages, params)
         self._in_flight += 1
         try:
-            completion = await asyncio.wait_for(backend.chat(messages, params), self.config.timeout_s)
+            completion = await asyncio.wait_for(
+                backend.chat(messages, params), self.config.timeout_s
+            )
         except asyncio.TimeoutError:
             self._reserved -= reserved
             return Completion(text=""), RetryableError(

@@ -66,7 +66,9 @@ def test_max_cost_at_concurrency_64_holds_in_the_first_wave_and_states_the_real_
     assert spent == pytest.approx(provider_server.paid * 0.01)  # every paid call is counted
     in_flight_at_cap = summary.stats.get("in_flight_at_cap") or 0
     assert spent <= 0.05 + 0.01 * in_flight_at_cap + 1e-9
-    assert provider_server.paid <= 8, "the first wave opened all 64 slots before any price was known"
+    assert provider_server.paid <= 8, (
+        "the first wave opened all 64 slots before any price was known"
+    )
     assert summary.stopped and f"spent ${spent:.4f}" in summary.stopped  # the true spend
     rows = _rows(tmp_path)
     assert len(rows) == summary.done + summary.failed and summary.done == provider_server.paid
@@ -163,13 +165,17 @@ def test_an_empty_or_null_reply_is_a_retried_failure_never_a_cached_answer(
     assert second.done == 2 and provider_server.paid == 6
 
 
-def test_one_empty_reply_then_an_answer_succeeds(provider_server: FaultServer, tmp_path: Path) -> None:
+def test_one_empty_reply_then_an_answer_succeeds(
+    provider_server: FaultServer, tmp_path: Path
+) -> None:
     provider_server.script = ["null"]
     summary = _run(provider_server, tmp_path, 1)
     assert summary.done == 1 and summary.stats["retries"] == 1 and _rows(tmp_path)[0]["response"]
 
 
-def test_empty_reply_through_litellm_is_a_failure_too(provider_server: FaultServer, tmp_path: Path) -> None:
+def test_empty_reply_through_litellm_is_a_failure_too(
+    provider_server: FaultServer, tmp_path: Path
+) -> None:
     provider_server.default = "null"
 
     async def go() -> None:

@@ -89,7 +89,9 @@ def test_missing_provider_key_names_the_variable(monkeypatch: pytest.MonkeyPatch
         get_backend("together_ai/meta-llama/Llama-3-8b-chat-hf")
 
 
-@pytest.mark.parametrize(("action", "words"), [("401", "OPENAI_API_KEY"), ("404", "does not exist")])
+@pytest.mark.parametrize(
+    ("action", "words"), [("401", "OPENAI_API_KEY"), ("404", "does not exist")]
+)
 def test_provider_401_and_404_fail_fast_with_a_clear_sentence(
     provider_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     action: str, words: str,

@@ -13,6 +13,7 @@ from typing import Any
 from cai_kit.errors import ConfigError, FatalBackendError, RetryableError
 from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams, TokenLogprob, Usage
 
+
 def make_litellm_backend(model: str, api_base: str | None = None, **options: Any) -> Backend:
     from cai_kit.llm import providers
 
