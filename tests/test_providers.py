@@ -194,3 +194,14 @@ def test_key_goes_to_loopback_and_https_without_a_word(capfd: pytest.CaptureFixt
                  "https://gpu-box.lan/v1"):  # fmt: skip
         assert providers_mod.key_allowed(base)
     assert capfd.readouterr().err == ""
+
+
+def test_constitution_show_prints_bracketed_text_as_text(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "name: brackets\nversion: 1\ndescription: Needs the [local] extra.\nprinciples:\n"
+        "  - id: a\n    critique: 'Quote [bold]the harm[/bold] and [PROMPT].'\n"
+        "    revision: Remove it.\n"
+    )
+    out = CliRunner().invoke(app, ["constitution", "show", str(path)]).output
+    assert "[local] extra" in out and "[bold]the harm[/bold] and [PROMPT]" in out
