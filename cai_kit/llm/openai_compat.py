@@ -168,8 +168,9 @@ class OpenAICompatBackend(Backend):
             ) from None
         if status != 200:
             raise _status_error(
-                status, raw, self.api_base, self.model, retry_after, self._key_hint()
-            )
+                status, raw, self.api_base, self.model, retry_after, self._key_hint(),
+                hosted=self.provider is not None,
+            )  # fmt: skip
         try:
             data = json.loads(raw)
             choice = data["choices"][0]
@@ -210,6 +211,8 @@ def _status_error(
     model: str,
     retry_after: float | None,
     key_hint: str = "set OPENAI_API_KEY (or CAI_KIT_API_KEY) to a valid key",
+    *,
+    hosted: bool = False,
 ) -> Exception:
     detail = raw[:300].decode("utf-8", "replace").strip()
     if status == 429:
@@ -226,9 +229,10 @@ def _status_error(
             status=status,
         )
     if status == 404:
+        check = "the model string" if hosted else "the model name and that --api-base ends in /v1"
         return FatalBackendError(
             f"The server at {api_base} says model {model!r} or the endpoint does not exist (404): "
-            "check the model name and that --api-base ends in /v1.",
+            f"check {check}.",
             status=status,
         )
     return FatalBackendError(
