@@ -250,3 +250,22 @@ def test_hf_timeouts_through_the_engine_are_retried_and_the_job_finishes(tmp_pat
             await engine.aclose()
 
     assert asyncio.run(go()) == [f"answer to q{i}" for i in range(4)]
+
+
+def test_empty_reply_from_the_batched_local_backend_is_a_failure(tmp_path: Path) -> None:
+    class _Silent(_SlowTransformers):  # a model that used all its tokens on nothing visible
+        def _generate(self, group: list[_Pending]) -> list[Completion]:
+            return [Completion(text="  ", usage=Usage(3, 8), finish_reason="length") for _ in group]
+
+    backend = _Silent(delay=0.0)
+
+    async def go() -> None:
+        engine = Engine(_cfg(tmp_path))
+        try:
+            await engine.call(backend, [{"role": "user", "content": "q"}], PARAMS)
+        finally:
+            await backend.aclose()
+            await engine.aclose()
+
+    with pytest.raises(CallFailed, match=r"empty reply \(finish_reason: length\)"):
+        asyncio.run(go())
