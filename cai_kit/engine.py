@@ -148,7 +148,9 @@ class _Budget:
             return
         u = completion.usage
         p = implied_price(completion.cost, u.prompt_tokens, u.completion_tokens)
-        if p is None:
+        if p is None and completion.cost == 0:  # reported free, without token counts
+            self.implied = self.implied or Price(0.0, 0.0, source="reported as free")
+        elif p is None:
             self.flat = max(self.flat, completion.cost)
         elif self.implied is None or p.input_per_m > self.implied.input_per_m:
             self.implied = p
