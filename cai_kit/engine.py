@@ -304,7 +304,8 @@ class Engine:
                 finally:
                     if probing:
                         state.probe.release()
-            if error is None and not completion.text.strip():
+            # whitespace that carries log-probs can still be a judge's soft label: kept
+            if error is None and not completion.text.strip() and not completion.logprobs:
                 empty_replies += 1
                 error = RetryableError(
                     f"{backend.model} sent an empty reply (finish_reason: "
