@@ -16,6 +16,7 @@ from cai_kit.cli.common import (
     MaxRetriesOpt,
     MaxTokensOpt,
     NoCacheOpt,
+    PriceOpt,
     QuietOpt,
     RpmOpt,
     SeedOpt,
@@ -92,7 +93,7 @@ def prefs(
     max_tokens: MaxTokensOpt = 256,
     seed: SeedOpt = 0,
     concurrency: ConcurrencyOpt = None, rpm: RpmOpt = None, tpm: TpmOpt = None, max_retries: MaxRetriesOpt = 5,
-    timeout: TimeoutOpt = 120.0, max_cost: MaxCostOpt = None, no_cache: NoCacheOpt = False, cache_path: CachePathOpt = None,
+    timeout: TimeoutOpt = 120.0, max_cost: MaxCostOpt = None, price: PriceOpt = None, no_cache: NoCacheOpt = False, cache_path: CachePathOpt = None,
     dry_run: DryRunOpt = False, shard: ShardOpt = None, quiet: QuietOpt = False,
 ) -> None:  # fmt: skip
     """Sample k responses per prompt and label pairs with the AI judge (both orders)."""
@@ -147,7 +148,7 @@ def judge(
     tie_margin: TieMargin = 0.05,
     seed: SeedOpt = 0,
     concurrency: ConcurrencyOpt = None, rpm: RpmOpt = None, tpm: TpmOpt = None, max_retries: MaxRetriesOpt = 5,
-    timeout: TimeoutOpt = 120.0, max_cost: MaxCostOpt = None, no_cache: NoCacheOpt = False, cache_path: CachePathOpt = None,
+    timeout: TimeoutOpt = 120.0, max_cost: MaxCostOpt = None, price: PriceOpt = None, no_cache: NoCacheOpt = False, cache_path: CachePathOpt = None,
     dry_run: DryRunOpt = False, shard: ShardOpt = None, quiet: QuietOpt = False,
 ) -> None:  # fmt: skip
     """Label existing pairs with the AI judge (e.g. revision vs initial from `revise`)."""

@@ -200,16 +200,19 @@ class TransformersBackend(Backend):
                     break
             groups: dict[GenParams, list[_Pending]] = {}
             for p in batch:  # one generate per distinct parameter set
-                groups.setdefault(p.params.replace(seed=None), []).append(p)
+                if not p.future.done():  # a caller that timed out while queued: skip it
+                    groups.setdefault(p.params.replace(seed=None), []).append(p)
             for group in groups.values():
                 try:
                     results = await asyncio.to_thread(self._generate, group)
-                    for p, r in zip(group, results, strict=True):
-                        p.future.set_result(r)
-                except Exception as exc:  # hand the error to every caller in the batch
+                except Exception as exc:  # hand the error to every caller still waiting
                     for p in group:
                         if not p.future.done():
                             p.future.set_exception(exc)
+                    continue
+                for p, r in zip(group, results, strict=True):
+                    if not p.future.done():  # a caller that timed out mid-batch is gone
+                        p.future.set_result(r)
 
     def _generate(self, group: list[_Pending]) -> list[Completion]:
         import torch
