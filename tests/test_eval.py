@@ -121,7 +121,7 @@ def test_eval_winrate_takes_the_job_flags_and_dry_run_calls_nothing(
     assert r.exit_code == 0, r.output
     assert "dry run: 4 rows to do, about 16 calls" in r.output and fault_server.paid == 0
     flags = ["--concurrency", "2", "--rpm", "6000", "--tpm", "10000000", "--max-retries", "1", "--timeout", "10",
-             "--max-cost", "5", "--no-cache", "--cache-path", str(tmp_path / "c.sqlite")]  # fmt: skip
+             "--max-cost", "5", "--price", "1,2", "--no-cache", "--cache-path", str(tmp_path / "c.sqlite")]  # fmt: skip
     r = _winrate(fault_server, prompts, out, *flags)
     assert r.exit_code == 0, r.output
     assert "4 done; 0 failed" in r.output and "win rate 1.000" in r.output
