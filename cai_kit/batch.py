@@ -38,6 +38,7 @@ from cai_kit.batch_providers import BatchClient, BatchState, batch_client_for
 from cai_kit.cache import CallCache
 from cai_kit.errors import BackendError, BudgetExceeded, redact
 from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams
+from cai_kit.pricing import price_for_backend
 
 if TYPE_CHECKING:
     from cai_kit.engine import Engine
@@ -91,8 +92,10 @@ class BatchCollector:
     def client(self, backend: Backend) -> BatchClient | None:
         ident = _ident(backend)
         if ident not in self._clients:
-            self._clients[ident] = batch_client_for(backend)
-            if self._clients[ident] is None:
+            self._clients[ident] = client = batch_client_for(backend)
+            if client is not None:
+                client.price = price_for_backend(backend, self.engine.config.price)
+            else:
                 print(f"--batch-api: {backend.model} ({backend.kind}) has no Batch API; its "
                       "calls run synchronously.", file=sys.stderr)  # fmt: skip
         return self._clients[ident]
@@ -302,16 +305,21 @@ class BatchCollector:
         if wave.settled:
             return
         wave.settled = True
-        stats, price = self.engine.stats, None
+        stats, price = self.engine.stats, wave.client.price
         ok = failed = 0
         answered: list[tuple[str, Completion]] = []
         for key, result in answers.items():
+            if isinstance(result, Completion) and not result.text.strip() and not result.logprobs:
+                # paid, but like a synchronous empty reply never kept as an answer
+                answers[key] = (f"{result.model or 'the model'} sent an empty reply (finish_reason:"
+                                f" {result.finish_reason}); it is not kept as an answer.")  # fmt: skip
+                stats.calls += 1
+                failed += 1
+                continue
             if isinstance(result, Completion):
-                if result.cost is None and (wave.client.priced or self._prices_costs()):
-                    price = price or self._price(wave.client)
-                    if price is not None:
-                        result.cost = price.cost(result.usage.prompt_tokens,
-                                                 result.usage.completion_tokens, batch=True)  # fmt: skip
+                if result.cost is None and price is not None:  # at the batch price
+                    u = result.usage
+                    result.cost = price.cost(u.prompt_tokens, u.completion_tokens, batch=True)
                 answered.append((key, result))
                 ok += 1
                 stats.calls += 1
@@ -353,7 +361,7 @@ class BatchCollector:
         cap = self.engine.config.max_cost
         if cap is None:
             return [(*call, 0.0) for call in calls]
-        price = self._price(client)
+        price = client.price
         spent = self.engine.stats.cost
         keep, total = [], spent + self._reserved
         for key, line, fut in calls:
@@ -361,7 +369,8 @@ class BatchCollector:
             if worst is None or total + worst > cap:
                 reason = (
                     f"--max-cost ${cap:g}: the price of {getattr(client, 'model', client.name)} "
-                    "is unknown, so its batch can't be capped; drop --max-cost to send it."
+                    "is unknown, so its batch can't be capped: pass --price IN,OUT (USD per "
+                    "million tokens) or drop --max-cost."
                     if worst is None
                     else f"Stopped before exceeding --max-cost ${cap:g} (spent ${spent:.4f}); "
                     "finished work is kept. Raise the cap and re-run to continue."
@@ -372,18 +381,6 @@ class BatchCollector:
             keep.append((key, line, fut, worst))
         self._reserved = total - spent
         return keep
-
-    def _prices_costs(self) -> bool:
-        """Costs are priced (batch rate) when a cap or a price asks for them: the price list
-        lives in litellm, whose import takes seconds."""
-        cfg = self.engine.config
-        return cfg.max_cost is not None or getattr(cfg, "price", None) is not None
-
-    def _price(self, client: BatchClient) -> Any:
-        from cai_kit.pricing import price_for
-
-        model = getattr(client, "model", "")
-        return price_for(model, "batch", getattr(self.engine.config, "price", None))
 
     # --- the ledger ----------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +28,10 @@ from cai_kit.errors import BackendError
 from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams, Usage
 from cai_kit.llm.openai_compat import chat_body, parse_chat_completion
 
-# provider prefix of a litellm model string -> its OpenAI-compatible base URL and key variable
-OPENAI_COMPATIBLE = {
-    "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
-    "together_ai": ("https://api.together.xyz/v1", "TOGETHERAI_API_KEY"),
-    "groq": ("https://api.groq.com/openai/v1", "GROQ_API_KEY"),
-}
+BodyFn = Callable[[ChatMessages, GenParams], dict[str, Any]]
+
+# hosted providers (cai_kit.llm.providers) that take OpenAI-format batch jobs at /v1/batches
+BATCH_PROVIDERS = ("openai", "together_ai", "groq")
 TERMINAL = ("completed", "failed", "expired", "cancelled", "ended")
 
 
@@ -51,7 +49,7 @@ class BatchClient:
     """One provider's Batch API. `max_requests` / `max_bytes`: its limits per batch."""
 
     name = "batch"
-    priced = False  # price answers from the price list (a litellm backend prices its calls)
+    price: Any = None  # the backend's price (cai_kit.pricing), set by the collector
     max_requests = 50_000
     max_bytes = 190 * 1024**2
 
@@ -78,9 +76,12 @@ class BatchClient:
 class OpenAIBatchClient(BatchClient):
     """OpenAI's files + batches endpoints through the `openai` SDK."""
 
-    def __init__(self, model: str, base_url: str, api_key: str | None) -> None:
+    def __init__(
+        self, model: str, base_url: str, api_key: str | None, body: BodyFn | None = None
+    ) -> None:
         self.model, self.base_url, self.name = model, base_url.rstrip("/"), base_url
         self._api_key = api_key or "sk-none"  # loopback servers take any key
+        self._body = body or (lambda messages, params: chat_body(model, messages, params))
         self._client: Any = None
 
     @property
@@ -92,7 +93,7 @@ class OpenAIBatchClient(BatchClient):
         return self._client
 
     def line(self, key: str, messages: ChatMessages, params: GenParams) -> dict[str, Any]:
-        body = chat_body(self.model, messages, params)
+        body = self._body(messages, params)  # the synchronous call's body, byte for byte
         return {"custom_id": key, "method": "POST", "url": "/v1/chat/completions", "body": body}
 
     async def submit(self, path: Path, tag: str) -> str:
@@ -167,9 +168,14 @@ class AnthropicBatchClient(BatchClient):
     max_requests = 100_000
     max_bytes = 250 * 1024**2
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, api_base: str | None = None) -> None:
         self.model = model.split("/", 1)[-1]
-        base = os.environ.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com"  # as its SDK
+        base = (
+            api_base
+            or os.environ.get("ANTHROPIC_BASE_URL")  # the anthropic SDK's variable
+            or os.environ.get("ANTHROPIC_API_BASE")  # litellm's
+            or "https://api.anthropic.com"
+        )
         self.url = f"{base.rstrip('/')}/v1/messages/batches"
         self._session: Any = None
 
@@ -244,31 +250,29 @@ class AnthropicBatchClient(BatchClient):
 
 
 def batch_client_for(backend: Backend) -> BatchClient | None:
-    """The Batch API that serves this backend, or None (local models, unknown providers)."""
+    """The Batch API that serves this backend, or None (local models, providers without one)."""
     api_base = getattr(backend, "api_base", None)
     if backend.kind == "openai-compat" and api_base:
-        key = os.environ.get("CAI_KIT_API_KEY") or os.environ.get("OPENAI_API_KEY")
-        return OpenAIBatchClient(backend.model, api_base, key)
+        provider = getattr(backend, "provider", None)  # None: a server at the user's --api-base
+        if provider is not None and provider.name not in BATCH_PROVIDERS:
+            return None
+        key = getattr(backend, "_key", None)  # as the backend sends it (never over plain http)
+        return OpenAIBatchClient(backend.model, api_base, key, body=getattr(backend, "_body", None))
     if backend.kind != "litellm":
         return None
-    client = _litellm_client(backend, api_base)
-    if client is not None:
-        client.priced = True
-    return client
-
-
-def _litellm_client(backend: Backend, api_base: str | None) -> BatchClient | None:
-    provider, _, name = backend.model.partition("/")
+    name = backend.model.removeprefix("litellm:")
+    prefix, _, bare = name.partition("/")
+    if prefix == "anthropic":
+        return AnthropicBatchClient(name, api_base)
     if api_base:  # litellm pointed at an OpenAI-compatible server
-        return OpenAIBatchClient(name or provider, api_base, os.environ.get("OPENAI_API_KEY"))
-    if provider in OPENAI_COMPATIBLE:
-        url, var = OPENAI_COMPATIBLE[provider]
-        if provider == "openai":
-            url = os.environ.get("OPENAI_BASE_URL") or url
-        return OpenAIBatchClient(name, url, os.environ.get(var))
-    if provider == "anthropic":
-        return AnthropicBatchClient(backend.model)
-    return None
+        return OpenAIBatchClient(bare or name, api_base, os.environ.get("OPENAI_API_KEY"))
+    from cai_kit.llm.providers import lookup
+
+    provider = lookup(name)
+    url = provider.resolved_base_url() if provider is not None else None
+    if provider is None or provider.name not in BATCH_PROVIDERS or not url:
+        return None
+    return OpenAIBatchClient(bare, url, provider.key()[1])
 
 
 def _sdk_error(exc: Exception, where: str) -> BackendError:

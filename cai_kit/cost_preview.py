@@ -31,14 +31,14 @@ class CostPreview:
         cls, calls: Iterable[tuple[Backend, int, int]], *, batch_api: bool, price: Any = None
     ) -> CostPreview:
         from cai_kit.batch_providers import batch_client_for
-        from cai_kit.pricing import price_for
+        from cai_kit.pricing import price_for_backend
 
         out = cls(batch_api=batch_api)
         prices: dict[int, tuple[Any, bool]] = {}
         for backend, p, c in calls:
             if id(backend) not in prices:
                 prices[id(backend)] = (
-                    price_for(backend.model, backend.kind, price),
+                    price_for_backend(backend, price),
                     batch_client_for(backend) is not None,
                 )
             bprice, batchable = prices[id(backend)]

@@ -3,11 +3,13 @@
 `Engine.call` is the only way cai-kit calls a model. In order, it
   1. serves the call from the content-addressed cache (never pay twice),
   2. joins an identical call already in flight (duplicates in the input are called once),
-  3. stops cleanly before the next call would exceed --max-cost,
-  4. waits for our own rpm/tpm token buckets and a concurrency slot,
+  3. waits for our own rpm/tpm token buckets and a concurrency slot,
+  4. reserves the call's worst-case cost against --max-cost, or stops cleanly (see `_Budget`),
   5. calls the backend with retries: exponential backoff with jitter on 429/5xx/timeouts/
-     dropped connections, honouring Retry-After up to a cap; fatal 4xx fail at once.
-With --batch-api, step 3 onwards is a provider Batch API job instead (`cai_kit.batch`).
+     dropped connections, honouring Retry-After up to a cap; fatal 4xx fail at once. An empty
+     or null reply (content filter, a reasoning model out of tokens) is paid but never cached:
+     it is retried once, then a failure that a re-run retries.
+With --batch-api, steps 2 onwards are a provider Batch API job instead (`cai_kit.batch`).
 
 `run_job` runs one record per input item on top of it: resume by record id (finished
 records are skipped, failed ones retried), deterministic sharding, one crash-safe writer,
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -29,8 +32,9 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from cai_kit.cache import CallCache, cache_key
-from cai_kit.errors import BackendError, BudgetExceeded, CaiKitError, redact
+from cai_kit.errors import BackendError, BudgetExceeded, CaiKitError, RetryableError, redact
 from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams
+from cai_kit.pricing import Price, implied_price, price_for_backend, prompt_tokens_upper
 from cai_kit.records import RunManifest, stable_hash
 
 if TYPE_CHECKING:
@@ -51,6 +55,7 @@ class EngineConfig:
     retry_after_cap_s: float = 60.0
     backoff_base_s: float = 0.5
     max_cost: float | None = None
+    price: Price | None = None  # --price IN,OUT: USD per million tokens, wins over any list price
     use_cache: bool = True
     cache_path: Path | None = None
     quiet: bool = False
@@ -67,6 +72,7 @@ class EngineStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
+    in_flight_at_cap: int | None = None  # calls in flight when spending first reached --max-cost
     started: float = field(default_factory=time.monotonic)
 
     def as_dict(self) -> dict[str, Any]:
@@ -78,30 +84,82 @@ class EngineStats:
 
 
 class TokenBucket:
-    """Refills `rate_per_min` units per minute, up to one minute's worth."""
+    """Refills `rate_per_min` units per minute; bursts up to one second's worth.
 
-    def __init__(self, rate_per_min: float) -> None:
-        self.capacity = max(1.0, rate_per_min / 60.0)  # at most one second's worth in a burst
+    A request larger than a burst waits for a full bucket and then leaves it in debt, which is
+    paid back before anything else passes: over any window of W seconds at most
+    rate·W + max(one second's worth, the largest request) units go through. `clock` and
+    `sleep` can be replaced (tests use a fake clock).
+    """
+
+    def __init__(
+        self,
+        rate_per_min: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self.capacity = max(1.0, rate_per_min / 60.0)
         self.tokens = self.capacity
         self.rate = rate_per_min / 60.0
-        self.stamp = time.monotonic()
+        self._clock, self._sleep = clock, sleep
+        self.stamp = clock()
         self._lock = asyncio.Lock()
 
     async def take(self, amount: float = 1.0) -> None:
-        amount = min(amount, self.capacity)  # a request bigger than a burst waits for a full bucket
+        need = min(amount, self.capacity)  # what must be in the bucket before this one passes
         async with self._lock:
             while True:
-                now = time.monotonic()
+                now = self._clock()
                 self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
                 self.stamp = now
-                if self.tokens >= amount:
-                    self.tokens -= amount
+                if self.tokens >= need - 1e-9:
+                    self.tokens -= amount  # may go below zero: the debt delays the next request
                     return
-                await asyncio.sleep((amount - self.tokens) / self.rate)
+                await self._sleep((need - self.tokens) / self.rate)
 
 
 def _estimate_tokens(messages: ChatMessages, params: GenParams) -> int:
-    return sum(len(m.get("content", "")) for m in messages) // 4 + params.max_tokens
+    return prompt_tokens_upper(messages) + params.max_tokens
+
+
+@dataclass
+class _Budget:
+    """What --max-cost knows about one backend's prices.
+
+    A call is sent only once its worst case (price × (estimated prompt + max_tokens)) fits
+    under the cap next to what is spent and what the calls in flight have reserved. The price is
+    `--price`, the backend's list price, or free for local backends; when none is known, the
+    first call goes alone (a probe) and the cost the server reports gives an implied price.
+    A server that reports no cost then stops the run: the cap could not be enforced.
+    """
+
+    price: Price | None
+    implied: Price | None = None
+    flat: float = 0.0  # largest reported cost of an answer that had no token counts
+    unenforceable: bool = False
+    probe: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def known(self) -> bool:
+        return self.price is not None or self.implied is not None or self.flat > 0
+
+    def worst_case(self, messages: ChatMessages, params: GenParams) -> float:
+        price = self.price or self.implied
+        worst = price.cost(prompt_tokens_upper(messages), params.max_tokens) if price else 0.0
+        return max(worst, 2 * self.flat)
+
+    def learn(self, completion: Completion) -> None:
+        if self.price is not None or completion.cost is None:
+            return
+        u = completion.usage
+        p = implied_price(completion.cost, u.prompt_tokens, u.completion_tokens)
+        if p is None and completion.cost == 0:  # reported free, without token counts
+            self.implied = self.implied or Price(0.0, 0.0, source="reported as free")
+        elif p is None:
+            self.flat = max(self.flat, completion.cost)
+        elif self.implied is None or p.input_per_m > self.implied.input_per_m:
+            self.implied = p
 
 
 class Engine:
@@ -117,7 +175,11 @@ class Engine:
         )
         self._semaphores: dict[int, asyncio.Semaphore] = {}
         self._inflight: dict[str, asyncio.Future[Completion]] = {}
-        self._in_flight = 0  # calls sent and not answered yet (for the budget check)
+        self._in_flight = 0  # calls sent and not answered yet
+        self._reserved = 0.0  # worst-case cost of the calls in flight (for --max-cost)
+        self._budgets: dict[int, _Budget] = {}
+        self.budget_stop: str | None = None  # why --max-cost stopped the run, when it did
+        self.notices: list[str] = []  # one-time notes printed to stderr (kept for tests)
         self._rpm = TokenBucket(self.config.rpm) if self.config.rpm else None
         self._tpm = TokenBucket(self.config.tpm) if self.config.tpm else None
         self.batch: BatchCollector | None = None  # set by run_job for --batch-api
@@ -155,51 +217,113 @@ class Engine:
         finally:
             del self._inflight[key]
 
-    def _check_budget(self) -> None:
-        """Stop before the next call could push spending past --max-cost, counting the calls
-        already in flight at the average cost per call so far."""
+    def _notice(self, text: str) -> None:
+        self.notices.append(text)
+        print(f"Note: {text}", file=sys.stderr)
+
+    def _budget(self, backend: Backend) -> _Budget:
+        if id(backend) not in self._budgets:
+            state = _Budget(price_for_backend(backend, self.config.price))
+            self._budgets[id(backend)] = state
+            if self.config.max_cost is not None and state.price is None:
+                self._notice(
+                    f"no price is known for {backend.model}, so --max-cost can count only the "
+                    "cost the server reports; its first call goes alone to see whether it does. "
+                    "Pass --price IN,OUT (USD per million input/output tokens) to set one."
+                )
+        return self._budgets[id(backend)]
+
+    def _check_budget(self, state: _Budget, messages: ChatMessages, params: GenParams) -> float:
+        """Reserve this call's worst-case cost, or stop (BudgetExceeded) if it might not fit
+        under --max-cost next to what is spent and reserved. Returns the amount reserved."""
         cap = self.config.max_cost
         if cap is None:
-            return
-        per_call = self.stats.cost / self.stats.calls if self.stats.calls else 0.0
-        if self.stats.cost + (self._in_flight + 1) * per_call > cap:
-            raise BudgetExceeded(
-                f"Stopped before exceeding --max-cost ${cap:g} (spent ${self.stats.cost:.4f}); "
-                "finished work is kept. Raise the cap and re-run to continue."
+            return 0.0
+        if state.unenforceable:
+            self._stop(
+                "the server reported no cost and no price is known, so --max-cost cannot be "
+                "enforced: pass --price IN,OUT (USD per million input/output tokens), or drop "
+                "--max-cost"
             )
+        worst = state.worst_case(messages, params)
+        spent = self.stats.cost
+        if spent + self._reserved + worst > cap + 1e-12 or (not state.known and spent >= cap):
+            self._stop(f"the next call could cost up to ${worst:.4f}")
+        self._reserved += worst
+        return worst
+
+    def _stop(self, why: str) -> None:
+        if self.budget_stop is None:
+            self.budget_stop = why
+        raise BudgetExceeded(self.budget_message())
+
+    def budget_message(self) -> str:
+        """The stop line, with what was really spent (call it again once the run has ended:
+        the calls that were in flight are paid too)."""
+        s = self.stats
+        at_cap = (
+            f"; {s.in_flight_at_cap} call(s) were in flight when the cap was reached"
+            if s.in_flight_at_cap
+            else ""
+        )
+        return (
+            f"--max-cost ${self.config.max_cost:g} reached: spent ${s.cost:.4f} on {s.calls} "
+            f"calls{at_cap} ({self.budget_stop}). Finished work is kept; raise the cap and "
+            "re-run to continue."
+        )
+
+    def _account(self, state: _Budget, completion: Completion, reserved: float) -> None:
+        """Swap a call's reservation for what it really cost (reported, or price × usage)."""
+        self._reserved -= reserved
+        if completion.cost is None and state.price is not None:
+            u = completion.usage
+            completion.cost = state.price.cost(u.prompt_tokens, u.completion_tokens)
+        state.learn(completion)
+        s = self.stats
+        s.calls += 1
+        s.prompt_tokens += completion.usage.prompt_tokens
+        s.completion_tokens += completion.usage.completion_tokens
+        s.cost += completion.cost or 0.0
+        cap = self.config.max_cost
+        if cap is not None and s.in_flight_at_cap is None and s.cost >= cap - 1e-12:
+            s.in_flight_at_cap = self._in_flight
 
     async def _call_uncached(
         self, backend: Backend, messages: ChatMessages, params: GenParams
     ) -> Completion:
         cfg = self.config
-        attempt = 0
+        attempt = empty_replies = 0
         while True:
             if self._rpm:
                 await self._rpm.take(1)
             if self._tpm:
                 await self._tpm.take(_estimate_tokens(messages, params))
             async with self._semaphore(backend):
-                self._check_budget()
-                self._in_flight += 1
+                state = self._budget(backend)
+                probing = cfg.max_cost is not None and not state.known
+                if probing:  # price unknown: one call at a time until an answer shows it
+                    await state.probe.acquire()
+                    probing = not state.known
+                    if not probing:
+                        state.probe.release()
                 try:
-                    completion = await asyncio.wait_for(
-                        backend.chat(messages, params), cfg.timeout_s
-                    )
-                    error: BackendError | None = None
-                except asyncio.TimeoutError:
-                    error = BackendError(f"No answer within {cfg.timeout_s:g} s.")
-                    error.retryable = True
-                except BackendError as exc:
-                    error = exc
+                    completion, error = await self._send(backend, messages, params, state)
+                    if probing and error is None and completion.cost is None:
+                        state.unenforceable = True
                 finally:
-                    self._in_flight -= 1
+                    if probing:
+                        state.probe.release()
+            # whitespace that carries log-probs can still be a judge's soft label: kept
+            if error is None and not completion.text.strip() and not completion.logprobs:
+                empty_replies += 1
+                error = RetryableError(
+                    f"{backend.model} sent an empty reply (finish_reason: "
+                    f"{completion.finish_reason}); it is not kept as an answer."
+                )
             if error is None:
-                self.stats.calls += 1
-                self.stats.prompt_tokens += completion.usage.prompt_tokens
-                self.stats.completion_tokens += completion.usage.completion_tokens
-                self.stats.cost += completion.cost or 0.0
                 return completion
-            if not error.retryable or attempt >= cfg.max_retries:
+            # an empty reply is retried once: the same prompt is likely filtered again
+            if not error.retryable or attempt >= cfg.max_retries or empty_replies > 1:
                 self.stats.failures += 1
                 tries = f" after {attempt + 1} attempts" if error.retryable else ""
                 raise CallFailed(f"{error}{tries}") from None
@@ -209,6 +333,32 @@ class Engine:
             attempt += 1
             self.stats.retries += 1
             await asyncio.sleep(min(delay, cfg.retry_after_cap_s))
+
+    async def _send(
+        self, backend: Backend, messages: ChatMessages, params: GenParams, state: _Budget
+    ) -> tuple[Completion, BackendError | None]:
+        """One attempt: reserve, call, account. Returns the completion or the error."""
+        reserved = self._check_budget(state, messages, params)
+        self._in_flight += 1
+        try:
+            completion = await asyncio.wait_for(
+                backend.chat(messages, params), self.config.timeout_s
+            )
+        except asyncio.TimeoutError:
+            self._reserved -= reserved
+            return Completion(text=""), RetryableError(
+                f"No answer within {self.config.timeout_s:g} s."
+            )
+        except BackendError as exc:
+            self._reserved -= reserved
+            return Completion(text=""), exc
+        except BaseException:
+            self._reserved -= reserved
+            raise
+        finally:
+            self._in_flight -= 1
+        self._account(state, completion, reserved)
+        return completion, None
 
     def item_scope(self) -> AbstractContextManager[None]:
         """Marks one job item as running (a Batch API wave goes out when all of them wait)."""
@@ -346,6 +496,8 @@ def run_job(spec: JobSpec, config: EngineConfig) -> JobSummary:
     status = "finished"
     try:
         asyncio.run(_run_items(spec, engine, pending, summary))
+        if engine.budget_stop:  # state the spend after the calls in flight were paid too
+            summary.stopped = engine.budget_message()
         if summary.stopped:
             status = "stopped"
     except KeyboardInterrupt:

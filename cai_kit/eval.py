@@ -4,6 +4,11 @@
 resumable), judges each pair with `judge.judge_pair` (the model's answer is A; both orders
 are always asked), and reports win/tie/loss with a 95% bootstrap confidence interval, per
 principle and per prompt category, as report.md + winrate.png + comparisons in prefs.jsonl.
+
+A record's id hashes the backends' identities (for `hf:` the weights' fingerprint), so new
+weights in the same directory are evaluated anew. A failed generation or judgement is a
+`failed` record: counted as failed (never as a tie), left out of the win rate, and retried
+by a re-run or `cai-kit retry-failed`. A model and baseline with the same identity are refused.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 
 from cai_kit.constitution import Constitution
 from cai_kit.engine import CallFailed, Engine, EngineConfig, JobSpec, JobSummary, run_job
+from cai_kit.errors import ConfigError
 from cai_kit.io import latest_by_id
 from cai_kit.judge import JudgeConfig, PairInput, judge_pair
 from cai_kit.llm.base import Backend, GenParams
@@ -66,7 +72,7 @@ def summarise(records: list[PreferenceRecord], seed: int = 0) -> WinRateReport:
     outcomes = []
     for r in records:
         label = r.verdict.label
-        if label == "failed":
+        if r.status != "ok" or label == "failed":
             rep.failed += 1
             continue
         o = OUTCOME[label]
@@ -95,9 +101,27 @@ def run_winrate(
     constitution: Constitution, cfg: JudgeConfig, params: GenParams, out_dir: Path, engine_config: EngineConfig,
     argv: list[str] | None = None,
 ) -> tuple[JobSummary, WinRateReport]:  # fmt: skip
+    if model.identity() == baseline.identity():
+        raise ConfigError(
+            f"--model {models.get('model')!r} and --baseline {models.get('baseline')!r} are the "
+            "same model (same backend and weights): a win rate against itself says nothing. "
+            "Pass a different --baseline."
+        )
+    identities = {
+        "model": model.identity(),
+        "baseline": baseline.identity(),
+        "judge": judge.identity(),
+    }
+
     def item_id(p: PromptRecord) -> str:
         return stable_hash(
-            "winrate", p.id, models, params.to_dict(), constitution.content_hash, cfg.__dict__
+            "winrate",
+            p.id,
+            models,
+            identities,
+            params.to_dict(),
+            constitution.content_hash,
+            cfg.__dict__,
         )
 
     async def process(p: PromptRecord, engine: Engine) -> PreferenceRecord:
@@ -126,6 +150,8 @@ def run_winrate(
                              "constitution_hash": constitution.content_hash}},
                    estimate=lambda _: 2 + 2 * (cfg.samples if cfg.mode == "votes" else 1), backends=list({id(b): b for b in (model, baseline, judge)}.values()))  # fmt: skip
     summary = run_job(spec, engine_config)
+    if engine_config.dry_run:
+        return summary, WinRateReport()
     ids = {item_id(p) for p in prompts}
     records = [
         r for i, r in latest_by_id(out_dir / "prefs.jsonl", PreferenceRecord).items() if i in ids
@@ -157,6 +183,9 @@ def write_report(rep: WinRateReport, out_dir: Path, models: dict[str, str]) -> N
         "| pairs | wins | ties | losses | failed | win rate | 95% CI (bootstrap) |", "|---|---|---|---|---|---|---|",
         f"| {rep.n} | {rep.wins} | {rep.ties} | {rep.losses} | {rep.failed} | {rep.win_rate:.3f} | [{rep.ci[0]:.3f}, {rep.ci[1]:.3f}] |", "",
     ]  # fmt: skip
+    if rep.failed:
+        lines += [f"{rep.failed} pairs failed (generation or judgement) and are left out of the win "
+                  "rate; re-run the command or `cai-kit retry-failed` to retry them.", ""]  # fmt: skip
     for title, table in (("principle", rep.by_principle), ("category", rep.by_category)):
         lines += [f"## By {title}", "", f"| {title} | n | win rate | 95% CI |", "|---|---|---|---|"]
         lines += [f"| {k} | {v['n']} | {v['win_rate']} | {v['ci']} |" for k, v in table.items()]

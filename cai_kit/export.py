@@ -3,7 +3,8 @@
 - `sft`    from revisions.jsonl: conversational `messages` (prompt turns + final revision).
 - `prefs`  from revisions.jsonl: prompt/chosen/rejected, chosen = final revision, rejected =
            initial response (the Hugging Face CAI recipe's construction).
-- `dpo`    from prefs.jsonl (judged pairs): prompt/chosen/rejected, ties and failures left out.
+- `dpo`    from prefs.jsonl (judged pairs): prompt/chosen/rejected; failed judgements, ties,
+           pairs below --min-margin and pairs of identical responses are left out, and counted.
 - `kto`    from prefs.jsonl: unpaired prompt/completion/label rows.
 - `reward` from prefs.jsonl: chosen/rejected with a `margin` column (the judge's confidence).
 
@@ -46,7 +47,7 @@ def _revisions(run_dir: Path) -> list[RevisionRecord]:
         raise DataError(
             f"No revisions.jsonl in {run_dir}: run `cai-kit revise ... --out {run_dir}` first."
         )
-    return [r for r in latest_by_id(path, RevisionRecord).values() if r.status == "ok"]
+    return list(latest_by_id(path, RevisionRecord).values())
 
 
 def _preferences(run_dir: Path) -> list[PreferenceRecord]:
@@ -65,7 +66,9 @@ def build_rows(
     min_margin: float = 0.0,
     include_ties: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """The rows of one export and counts of what was left out and why."""
+    """The rows of one export and counts of the records left out, by reason (`failed`, `tie`,
+    `below --min-margin M`, `identical responses`, ...). Every record is either exported or
+    counted under exactly one reason."""
     rows: list[dict[str, Any]] = []
     skipped: dict[str, int] = {}
 
@@ -74,6 +77,9 @@ def build_rows(
 
     if kind in ("sft", "prefs"):
         for r in _revisions(run_dir):
+            if r.status != "ok":
+                skip("failed")
+                continue
             final, initial = (r.final_response or "").strip(), (r.initial_response or "").strip()
             if not final:
                 skip("empty final response")
@@ -93,14 +99,17 @@ def build_rows(
 
     for p in _preferences(run_dir):
         label, margin = p.verdict.label, p.verdict.margin or 0.0
-        if label == "failed":
-            skip("judge failed")
+        if p.status != "ok":
+            skip("failed")
+            continue
+        if p.response_a.strip() == p.response_b.strip():
+            skip("identical responses")
             continue
         if label == "tie" and not include_ties:
             skip("tie")
             continue
         if margin < min_margin:
-            skip(f"margin below {min_margin:g}")
+            skip(f"below --min-margin {min_margin:g}")
             continue
         if label == "tie":
             chosen, rejected = p.response_a, p.response_b
@@ -108,9 +117,6 @@ def build_rows(
             chosen, rejected = (
                 (p.response_a, p.response_b) if label == "A" else (p.response_b, p.response_a)
             )
-        if chosen.strip() == rejected.strip():
-            skip("chosen equals rejected")
-            continue
         prompt = _prompt(p.messages, fmt)
         if kind == "dpo":
             rows.append(
@@ -131,6 +137,13 @@ def build_rows(
     return rows, skipped
 
 
+def left_out(skipped: dict[str, int]) -> str:
+    """`3 failed, 2 tie, 1 identical responses`: what an export left out and why."""
+    return ", ".join(
+        f"{n} {why}" for why, n in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))
+    )
+
+
 def _card(
     kind: Kind, run_dir: Path, n_train: int, n_test: int, skipped: dict[str, int], fmt: Format
 ) -> str:
@@ -148,7 +161,7 @@ def _card(
         f"- cai-kit version: {prov.get('cai_kit_version')}",
     ]  # fmt: skip
     if skipped:
-        lines.append("- left out: " + ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())))
+        lines.append(f"- left out: {left_out(skipped)}")
     lines += ["", "Load with:", "", "```python", "from datasets import load_dataset",
               'ds = load_dataset("json", data_files={"train": "train.jsonl"})', "```", ""]  # fmt: skip
     return "\n".join(lines)
@@ -167,7 +180,7 @@ def export(
     """Write OUT/train.jsonl (+ test.jsonl) and OUT/README.md; returns counts."""
     rows, skipped = build_rows(run_dir, kind, fmt, min_margin, include_ties)
     if not rows:
-        left = ", ".join(f"{n} {why}" for why, n in skipped.items()) or "no records"
+        left = f"left out: {left_out(skipped)}" if skipped else "no records"
         raise DataError(f"Nothing to export from {run_dir} as {kind} ({left}).")
     random.Random(seed).shuffle(rows)
     n_test = int(len(rows) * eval_fraction)

@@ -3,6 +3,18 @@
 Position-consistency rate, tie rate, label distribution, per-principle breakdown, failures,
 tokens and cost per labelled pair, and, given a gold file of human-labelled pairs, agreement
 with it (the RLAIF paper's "AI labeler alignment"). A text table plus a PNG plot.
+
+Two known judge biases are measured next to position consistency (described for GPT-4 by
+Zheng et al. 2023, "Judging LLM-as-a-judge with MT-Bench and Chatbot Arena"; a study of
+GPT-4 verdicts on MT-Bench found 52.6% won by the first-shown and 68% by the longer answer,
+the reference values the report prints): `first_shown_share`, the share of decisive single-order
+comparisons won by the response shown first (0.5 is unbiased), and `longer_share`, the
+share of decisive verdicts (A or B) won by the longer of two responses of different length.
+A judge that rewards length rather than the constitution shows a longer share near 100%.
+
+`build_report(run_dir, gold=None)` -> JudgeReport; `render(report)` -> text; `plot(report, png)`.
+A gold file has `prompt` (or `messages`) and either `response_a`/`response_b`/`label` (A|B)
+or TRL's `chosen`/`rejected` (strings or conversational lists of messages).
 """
 
 from __future__ import annotations
@@ -23,6 +35,10 @@ class JudgeReport:
     pairs: int = 0
     labels: dict[str, int] = field(default_factory=dict)
     position_consistency: float | None = None
+    first_shown_share: float | None = None  # decisive comparisons won by the first-shown response
+    first_shown_decisive: int = 0
+    longer_share: float | None = None  # decisive verdicts won by the longer response
+    longer_decisive: int = 0
     tie_rate: float = 0.0
     failures: int = 0
     per_principle: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -39,6 +55,42 @@ def _pair_key(messages: list[dict[str, str]], a: str, b: str) -> str:
     return stable_hash([{"role": m["role"], "content": m["content"]} for m in messages], a, b)
 
 
+def _bias_shares(rep: JudgeReport, judged: list[PreferenceRecord]) -> None:
+    """First-shown and longer-response shares over decisive comparisons / verdicts."""
+    first_wins = decisive = 0
+    for r in judged:
+        for c in r.verdict.comparisons:
+            if c.p_first is not None and c.p_first != 0.5:
+                decisive += 1
+                first_wins += c.p_first > 0.5
+    rep.first_shown_decisive = decisive
+    rep.first_shown_share = first_wins / decisive if decisive else None
+    longer_wins = decisive = 0
+    for r in judged:
+        la, lb = len(r.response_a.strip()), len(r.response_b.strip())
+        if r.verdict.label in ("A", "B") and la != lb:
+            decisive += 1
+            longer_wins += (r.verdict.label == "A") == (la > lb)
+    rep.longer_decisive = decisive
+    rep.longer_share = longer_wins / decisive if decisive else None
+
+
+def _text(value: Any) -> Any:
+    """A completion as a string: TRL's conversational form is a list of messages."""
+    if isinstance(value, list) and value and isinstance(value[-1], dict):
+        return value[-1].get("content")
+    return value
+
+
+def _gold_row(row: dict[str, Any]) -> tuple[list[dict[str, str]], Any, Any, Any]:
+    """(messages, response_a, response_b, label) from either gold layout."""
+    prompt = row.get("messages") or row.get("prompt", "")
+    msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    if "chosen" in row and "rejected" in row and "response_a" not in row:
+        return msgs, _text(row["chosen"]), _text(row["rejected"]), "A"
+    return msgs, row.get("response_a"), row.get("response_b"), row.get("label")
+
+
 def build_report(run_dir: Path, gold: Path | None = None) -> JudgeReport:
     path = run_dir / "prefs.jsonl"
     if not path.is_file():
@@ -49,19 +101,20 @@ def build_report(run_dir: Path, gold: Path | None = None) -> JudgeReport:
     rep = JudgeReport(pairs=len(records))
     labels = Counter(r.verdict.label for r in records)
     rep.labels = dict(labels)
-    rep.failures = labels.get("failed", 0)
-    judged = [r for r in records if r.verdict.label != "failed"]
+    judged = [r for r in records if r.status == "ok"]
+    rep.failures = len(records) - len(judged)
     if judged:
-        rep.tie_rate = labels.get("tie", 0) / len(judged)
+        rep.tie_rate = sum(r.verdict.label == "tie" for r in judged) / len(judged)
         rep.position_consistency = sum(bool(r.verdict.position_consistent) for r in judged) / len(
             judged
         )
+    _bias_shares(rep, judged)
     by_p: dict[str, list[PreferenceRecord]] = defaultdict(list)
     for r in records:
         for pid in r.verdict.principle_ids or ["(none)"]:
             by_p[pid].append(r)
     for pid, rs in sorted(by_p.items()):
-        ok = [r for r in rs if r.verdict.label != "failed"]
+        ok = [r for r in rs if r.status == "ok"]
         rep.per_principle[pid] = {
             "pairs": len(rs),
             "failed": len(rs) - len(ok),
@@ -91,11 +144,11 @@ def build_report(run_dir: Path, gold: Path | None = None) -> JudgeReport:
             )
         agree = total = 0
         for line, row in read_jsonl(gold):
-            msgs = row.get("messages") or [{"role": "user", "content": row.get("prompt", "")}]
-            a, b, label = row.get("response_a"), row.get("response_b"), row.get("label")
+            msgs, a, b, label = _gold_row(row)
             if label not in ("A", "B") or not isinstance(a, str) or not isinstance(b, str):
                 raise DataError(
-                    f"{gold}:{line}: a gold row needs prompt, response_a, response_b and label A or B."
+                    f"{gold}:{line}: a gold row needs prompt (or messages) and either response_a, "
+                    "response_b and label A or B, or TRL's chosen and rejected."
                 )
             got = ai.get(_pair_key(msgs, a, b))
             if got in ("A", "B"):
@@ -104,6 +157,26 @@ def build_report(run_dir: Path, gold: Path | None = None) -> JudgeReport:
         rep.gold_matched = total
         rep.gold_agreement = agree / total if total else None
     return rep
+
+
+def warnings(rep: JudgeReport, threshold: float = 0.85, min_decisive: int = 5) -> list[str]:
+    """Sentences for the biases that dominate a judge's decisive verdicts."""
+    notes = []
+    longer, first = rep.longer_share, rep.first_shown_share
+    if longer is not None and rep.longer_decisive >= min_decisive and longer >= threshold:
+        notes.append(
+            f"the longer response won {100 * longer:.0f}% of {rep.longer_decisive} decisive "
+            "verdicts: this judge may reward length rather than the constitution."
+        )
+    top = None if first is None else max(first, 1 - first)
+    if top is not None and rep.first_shown_decisive >= min_decisive and top >= threshold:
+        side = "first" if (first or 0) >= 0.5 else "second"
+        notes.append(
+            f"the {side}-shown response won {100 * top:.0f}% of decisive comparisons: this "
+            "judge follows position more than content (both orders are averaged, so its labels "
+            "come out as ties)."
+        )
+    return notes
 
 
 def render(rep: JudgeReport) -> str:
@@ -119,7 +192,10 @@ def render(rep: JudgeReport) -> str:
     t.add_column("value")
     pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
     rows = [("pairs", str(rep.pairs)), ("labels", ", ".join(f"{k}={v}" for k, v in sorted(rep.labels.items()))),
-            ("position consistency", pct(rep.position_consistency)), ("tie rate", pct(rep.tie_rate)),
+            ("position consistency", pct(rep.position_consistency)),
+            ("won by the first-shown response", f"{pct(rep.first_shown_share)} of {rep.first_shown_decisive} decisive comparisons (MT-Bench, GPT-4: 52.6%)"),
+            ("won by the longer response", f"{pct(rep.longer_share)} of {rep.longer_decisive} decisive verdicts (MT-Bench, GPT-4: 68%)"),
+            ("tie rate", pct(rep.tie_rate)),
             ("failures", str(rep.failures)), ("tokens / labelled pair", str(rep.tokens_per_labelled_pair)),
             ("cost / labelled pair (USD)", str(rep.cost_per_labelled_pair))]  # fmt: skip
     if rep.gold_agreement is not None or rep.gold_matched:
@@ -132,6 +208,8 @@ def render(rep: JudgeReport) -> str:
     for r in rows:
         t.add_row(*r)
     con.print(t)
+    for note in warnings(rep):
+        con.print(f"[yellow]Warning:[/yellow] {note}")
     pt = Table(title="Per principle")
     for col in ("principle", "pairs", "failed", "ties", "consistent", "mean margin"):
         pt.add_column(col)

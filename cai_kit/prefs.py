@@ -164,7 +164,13 @@ def run_prefs(
             resp[j],
             {**p.metadata, "samples": [i, j], "scores": [round(s, 4) for s in score]},
         )
-        return preference_record(pair, verdicts[(i, j)], constitution, cfg, models, item_id(item))
+        rec = preference_record(pair, verdicts[(i, j)], constitution, cfg, models, item_id(item))
+        if failed := [v.error or "failed" for v in verdicts.values() if v.label == "failed"]:
+            rec.status, rec.error = (
+                "failed",
+                f"{len(failed)} of {len(verdicts)} judgements failed: {failed[0]}",
+            )
+        return rec
 
     manifest = {"command": "prefs", "argv": argv or [], "provenance": _provenance(constitution, cfg, models).model_dump(),
                 "inputs": {"k": k, "pairs": pairs}}  # fmt: skip

@@ -17,15 +17,22 @@ Where a price comes from, first match wins:
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from cai_kit.errors import ConfigError
 
 BATCH_DISCOUNT = 0.5  # OpenAI, Anthropic, Together, Groq: batch jobs cost about half
 FREE_KINDS = ("local", "hf")  # backends that run on this machine
+# Output tokens cost up to ~5x input tokens at hosted providers (gpt-4o-mini 4x, Claude 5x):
+# the bound used when a price must be inferred from a reported cost alone.
+OUTPUT_RATIO_BOUND = 5.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,23 @@ class Price:
         return (prompt_tokens * i + completion_tokens * o) / 1_000_000
 
 
+def implied_price(cost: float, prompt_tokens: int, completion_tokens: int) -> Price | None:
+    """A cautious price inferred from one answer's reported cost: the split between input and
+    output is unknown, so output tokens are assumed to cost OUTPUT_RATIO_BOUND x input ones
+    (which over-states output when they cost less). None when the answer had no token counts."""
+    weighted = prompt_tokens + OUTPUT_RATIO_BOUND * completion_tokens
+    if cost < 0 or weighted <= 0:
+        return None
+    i = cost / weighted * 1_000_000
+    return Price(i, i * OUTPUT_RATIO_BOUND, source="inferred from reported costs")
+
+
+def prompt_tokens_upper(messages: list[dict[str, Any]]) -> int:
+    """A generous estimate of a conversation's prompt tokens without a tokenizer: UTF-8 bytes / 3
+    (English runs ~4 bytes a token, CJK ~3) plus the chat template's few tokens per message."""
+    return sum(len(str(m.get("content") or "").encode()) // 3 + 8 for m in messages)
+
+
 FREE = Price(0.0, 0.0, source="runs locally", batch_input_per_m=0.0, batch_output_per_m=0.0)
 
 
@@ -67,14 +91,32 @@ def parse_price(value: str) -> Price:
     return Price(i, o, source="--price")
 
 
+@lru_cache(maxsize=1)
+def _bundled_cost_map() -> dict[str, Any]:
+    """litellm's bundled price file, read as JSON: ~0.1 s, where importing litellm takes seconds
+    (and would stall the event loop of a job's first call)."""
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or spec.origin is None:
+        return {}
+    path = Path(spec.origin).parent / "model_prices_and_context_window_backup.json"
+    if path.is_file():
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch a price list
+    import litellm
+
+    return dict(litellm.model_cost)
+
+
+def _cost_table() -> dict[str, Any]:
+    litellm = sys.modules.get("litellm")  # already imported: its map may hold registered models
+    if litellm is not None and isinstance(getattr(litellm, "model_cost", None), dict):
+        return litellm.model_cost
+    return _bundled_cost_map()
+
+
 @lru_cache(maxsize=256)
 def _from_cost_map(model: str) -> Price | None:
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch a price list
-    try:
-        import litellm
-    except ImportError:
-        return None
-    table: dict[str, Any] = litellm.model_cost
+    table = _cost_table()
     name = model.removeprefix("litellm:")
     for key in (name, name.split("/", 1)[-1]):
         entry = table.get(key)
@@ -101,3 +143,19 @@ def price_for(model: str, backend_kind: str, explicit: Price | None = None) -> P
     if backend_kind in FREE_KINDS:
         return FREE
     return _from_cost_map(model)
+
+
+def price_for_backend(backend: Any, explicit: Price | None = None) -> Price | None:
+    """The price of a built backend. A server reached by a user's --api-base (vLLM, Ollama, a
+    gateway) has no list price: its model name says nothing about what it costs, so only
+    `--price` or a cost the server reports can count. Hosted providers are looked up by their
+    full model string (`price_model`, e.g. openai/gpt-4o-mini)."""
+    if explicit is not None:
+        return explicit
+    kind = getattr(backend, "kind", "")
+    if kind in FREE_KINDS:
+        return FREE
+    model = getattr(backend, "price_model", None)
+    if model is None and kind == "openai-compat":
+        return None
+    return _from_cost_map(model or backend.model)

@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cai_kit._version import __version__
 
@@ -135,7 +135,8 @@ class JudgeVerdict(_Record):
 
 
 class PreferenceRecord(_Record):
-    """A judged pair (RLAIF preference data)."""
+    """A judged pair (RLAIF preference data). `status` is `failed` whenever the verdict failed
+    (HTTP error, retries exhausted, unparseable answer): such a record is never usable data."""
 
     schema_version: int = SCHEMA_VERSION
     id: str
@@ -146,8 +147,18 @@ class PreferenceRecord(_Record):
     response_a: str
     response_b: str
     verdict: JudgeVerdict
+    status: Literal["ok", "failed"] = "ok"
+    error: str | None = None
     provenance: Provenance = Field(default_factory=Provenance)
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _failed_verdict_is_a_failed_record(self) -> PreferenceRecord:
+        # Also reads records written before `status` existed: a failed verdict was a failure.
+        if self.verdict.label == "failed":
+            self.status = "failed"
+            self.error = self.error or self.verdict.error or "the judgement failed"
+        return self
 
 
 class GenerationRecord(_Record):

@@ -182,10 +182,13 @@ def test_a_wave_killed_before_its_batch_id_was_recorded_is_found_by_its_tag(
 
 
 def test_dry_run_previews_the_batch_price_at_half_the_synchronous_one(
-    fault_server: FaultServer, tmp_path: Path
+    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # a hosted string (its list price and published batch price) pointed at the loopback server
+    monkeypatch.setenv("OPENAI_BASE_URL", fault_server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     prompts = _prompts(tmp_path / "p.jsonl", 40)
-    cmd = ["revise", str(prompts), "--model", "gpt-4o-mini", "--api-base", fault_server.base_url,
+    cmd = ["revise", str(prompts), "--model", "openai/gpt-4o-mini",
            "--out", str(tmp_path / "o"), "--dry-run"]  # fmt: skip
     r = _cli(*cmd, "--batch-api")
     m = re.search(r"\$([\d.]+) with --batch-api \(synchronous: \$([\d.]+)\)", r.output)
@@ -201,9 +204,9 @@ def test_max_cost_holds_a_batch_to_the_cap_at_the_batch_price(
     fault_server: FaultServer, tmp_path: Path
 ) -> None:
     prompts = _prompts(tmp_path / "p.jsonl", 10)
-    # gpt-4o-mini at the batch price: $0.30 per million output tokens; 1000 max tokens per call
-    # is a worst case of ~$0.0003 a call, so a $0.001 cap lets 3 of the 10 calls go out.
-    r = CliRunner().invoke(app, ["generate", str(prompts), "--model", "gpt-4o-mini",
+    # --price 0.15,0.60 is $0.30 per million output tokens at the batch price; 1000 max tokens
+    # a call is a worst case of ~$0.0003, so a $0.001 cap lets 3 of the 10 calls go out.
+    r = CliRunner().invoke(app, ["generate", str(prompts), "--model", "m", "--price", "0.15,0.60",
                                  "--api-base", fault_server.base_url, "--out", str(tmp_path / "o"),
                                  "--batch-api", "--max-tokens", "1000", "--max-cost", "0.001",
                                  "--cache-path", str(tmp_path / "c"), "-q"])  # fmt: skip
@@ -315,3 +318,23 @@ def test_max_cost_refuses_a_batch_whose_price_is_unknown(
                                  str(tmp_path / "c"), "-q"])  # fmt: skip
     assert r.exit_code == 2 and "price of no-such-priced-model is unknown" in r.output
     assert fault_server.batches_created == 0 and fault_server.requests == 0
+
+
+def test_a_hosted_string_batches_with_its_own_request_body_and_matches_synchronous(
+    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`openai/...` on the fast client: the batch lines carry the body the synchronous call
+    sends (the provider's seed field and extras), so the records match."""
+    monkeypatch.setenv("OPENAI_BASE_URL", fault_server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    prompts = _prompts(tmp_path / "p.jsonl", 3)
+    common = ["generate", str(prompts), "--model", "openai/fault-model", "--samples", "2",
+              "--seed", "5", "--temperature", "0.9"]  # fmt: skip
+    _cli(*common, "--out", str(tmp_path / "b"), "--batch-api", "--cache-path", str(tmp_path / "cb"))
+    sent = [json.loads(x)["body"] for x in fault_server.files["file-1"]["data"].splitlines()]
+    _cli(*common, "--out", str(tmp_path / "s"), "--cache-path", str(tmp_path / "cs"))
+    assert sent == fault_server.bodies[6:]  # the synchronous bodies, in the same order
+    assert fault_server.seen_auth[-1] == "Bearer sk-test"
+    batch = sorted((tmp_path / "b" / "generations.jsonl").read_text().splitlines())
+    sync = sorted((tmp_path / "s" / "generations.jsonl").read_text().splitlines())
+    assert batch == sync and len(batch) == 6

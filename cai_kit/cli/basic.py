@@ -6,22 +6,50 @@ from typing import Annotated
 
 import typer
 
-from cai_kit.cli.common import ApiBaseOpt, MaxTokensOpt, ModelOpt, SeedOpt, TemperatureOpt
+from cai_kit.cli.common import ApiBaseOpt, MaxTokensOpt, ModelOpt, SeedOpt, TemperatureOpt, fail
 
 
-def models() -> None:
-    """List the model backends, what each needs, and an example model string."""
+def models(
+    model: Annotated[
+        str | None, typer.Argument(help="A model string: say which path it takes.")
+    ] = None,
+    api_base: ApiBaseOpt = None,
+) -> None:
+    """List the model backends and hosted providers, or say which path one model string takes."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    from cai_kit.llm.providers import PROVIDERS, route
     from cai_kit.llm.registry import list_backends
 
+    console = Console()
+    if model is not None:
+        from cai_kit.errors import ConfigError
+
+        try:
+            console.print(escape(route(model.strip(), api_base)), soft_wrap=True)
+        except ConfigError as exc:
+            fail(str(exc))
+        return
     table = Table(title="cai-kit backends (first match wins)")
     for col in ("backend", "example model string", "needs", "what it is"):
         table.add_column(col, overflow="fold")
-    for spec in list_backends():
-        table.add_row(spec.name, spec.example, spec.needs, spec.description)
-    Console().print(table)
+    for spec in list_backends():  # texts may hold brackets ("the [local] extra"): not markup
+        table.add_row(*(escape(t) for t in (spec.name, spec.example, spec.needs, spec.description)))
+    console.print(table)
+    hosted = Table(title="hosted providers (PROVIDER/MODEL)")
+    for col in ("provider", "path", "key variable", "base URL", "log-probs", "price"):
+        hosted.add_column(col, overflow="fold")
+    for p in PROVIDERS.values():
+        base = p.base_url or "-"
+        if p.base_vars:
+            base += f" ({p.base_vars[0]} overrides)"
+        hosted.add_row(*(escape(t) for t in (
+            p.name, "fast client" if p.fast else "litellm", " or ".join(p.key_vars), base,
+            "yes" if p.logprobs else "no", p.price,
+        )))  # fmt: skip
+    console.print(hosted)
 
 
 def chat(

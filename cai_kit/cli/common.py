@@ -63,6 +63,14 @@ MaxCostOpt = Annotated[
     float | None,
     typer.Option("--max-cost", help="Stop cleanly before spending more than this (USD)."),
 ]
+PriceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--price",
+        help="IN,OUT: USD per million input and output tokens (e.g. 0.15,0.60), for --max-cost "
+        "and cost figures where the provider's price is not known (vLLM, Ollama, gateways).",
+    ),
+]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Bypass the call cache.")]
 CachePathOpt = Annotated[
     Path | None,
@@ -108,6 +116,7 @@ def engine_config(
     max_retries: int = 5,
     timeout: float = 120.0,
     max_cost: float | None = None,
+    price: str | None = None,
     no_cache: bool = False,
     cache_path: Path | None = None,
     quiet: bool = False,
@@ -116,7 +125,13 @@ def engine_config(
 ):  # type: ignore[no-untyped-def]
     """Build an EngineConfig from the shared CLI options."""
     from cai_kit.engine import EngineConfig
+    from cai_kit.errors import ConfigError
+    from cai_kit.pricing import parse_price
 
+    try:
+        parsed_price = parse_price(price) if price is not None else None
+    except ConfigError as exc:
+        fail(str(exc))
     return EngineConfig(
         concurrency=concurrency,
         rpm=rpm,
@@ -124,6 +139,7 @@ def engine_config(
         max_retries=max_retries,
         timeout_s=timeout,
         max_cost=max_cost,
+        price=parsed_price,
         use_cache=not no_cache,
         cache_path=cache_path,
         quiet=quiet,
@@ -139,6 +155,7 @@ ENGINE_KEYS = (
     "max_retries",
     "timeout",
     "max_cost",
+    "price",
     "no_cache",
     "cache_path",
     "quiet",

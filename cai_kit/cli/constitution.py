@@ -15,6 +15,7 @@ constitution_app = typer.Typer(
 def list_() -> None:
     """List the constitutions shipped with cai-kit (usable by name)."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from cai_kit.constitution import list_constitutions, load_constitution
@@ -24,7 +25,8 @@ def list_() -> None:
         table.add_column(col, overflow="fold")
     for name in list_constitutions():
         c = load_constitution(name)
-        table.add_row(c.name, c.version, str(len(c.principles)), c.description)
+        row = (c.name, c.version, str(len(c.principles)), c.description)
+        table.add_row(*(escape(t) for t in row))  # "[...]" in a text is text, not markup
     Console().print(table)
 
 
@@ -34,19 +36,20 @@ def show(
 ) -> None:
     """Print a constitution's principles, few-shot examples and content hash."""
     from rich.console import Console
+    from rich.markup import escape as e  # user text may hold "[...]": print it, not as markup
 
     from cai_kit.constitution import load_constitution
 
     c = load_constitution(name)
     con = Console()
-    con.print(f"[bold]{c.name}[/bold] v{c.version}  hash={c.content_hash}")
+    con.print(f"[bold]{e(c.name)}[/bold] v{e(c.version)}  hash={c.content_hash}")
     if c.description:
-        con.print(c.description)
+        con.print(e(c.description))
     for p in c.principles:
-        con.print(f"\n[bold cyan]{p.id}[/bold cyan]")
-        con.print(f"  critique: {p.critique}")
-        con.print(f"  revision: {p.revision}")
-        con.print(f"  judge:    {p.judge_question}")
+        con.print(f"\n[bold cyan]{e(p.id)}[/bold cyan]")
+        con.print(f"  critique: {e(p.critique)}")
+        con.print(f"  revision: {e(p.revision)}")
+        con.print(f"  judge:    {e(p.judge_question)}")
     if c.few_shot:
         con.print(f"\n{len(c.few_shot)} few-shot example(s)")
 

@@ -1,4 +1,8 @@
-"""`cai-kit eval winrate | harmlessness | reward`: did alignment work?"""
+"""`cai-kit eval winrate | harmlessness | reward`: did alignment work?
+
+`winrate` and `harmlessness` are job commands: they take the engine flags every job command
+takes (declared once in `cai_kit.cli.common`) and the judge flags of `cai-kit judge`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,22 @@ from typing import Annotated
 
 import typer
 
-from cai_kit.cli.common import BatchApiOpt
+from cai_kit.cli.common import (
+    BatchApiOpt,
+    CachePathOpt,
+    ConcurrencyOpt,
+    DryRunOpt,
+    MaxCostOpt,
+    MaxRetriesOpt,
+    MaxTokensOpt,
+    NoCacheOpt,
+    PriceOpt,
+    QuietOpt,
+    RpmOpt,
+    TimeoutOpt,
+    TpmOpt,
+)
+from cai_kit.cli.judge import Mode, Principles, Samples, TieMargin
 
 eval_app = typer.Typer(
     help="Evaluate models: win rate against a baseline, reward-model accuracy.",
@@ -29,7 +48,7 @@ def winrate(
     ],
     model: Annotated[
         str, typer.Option("--model", "-m", help="The model to evaluate (e.g. hf:runs/dpo_model).")
-    ] = "local",
+    ],
     baseline: Annotated[
         str, typer.Option("--baseline", "-b", help="The model to compare against.")
     ] = "local",
@@ -41,46 +60,58 @@ def winrate(
     constitution: Annotated[
         str, typer.Option("--constitution", "-c", help="Principles the judge applies.")
     ] = "harmless",
-    mode: Annotated[
-        str, typer.Option("--mode", help="Judge mode: logprobs | letter | cot | votes.")
-    ] = "logprobs",
-    principles: Annotated[str, typer.Option("--principles", help="one | all | sample:N.")] = "one",
+    mode: Mode = "logprobs",
+    samples: Samples = 5,
+    principles: Principles = "one",
+    tie_margin: TieMargin = 0.05,
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
     temperature: Annotated[
         float, typer.Option("--temperature", help="Generation temperature.")
     ] = 0.7,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Max tokens per answer.")] = 256,
+    max_tokens: MaxTokensOpt = 256,
     seed: Annotated[
         int, typer.Option("--seed", help="Seed (generation, principle sampling, bootstrap).")
     ] = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    concurrency: ConcurrencyOpt = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    max_retries: MaxRetriesOpt = 5,
+    timeout: TimeoutOpt = 120.0,
+    max_cost: MaxCostOpt = None,
+    price: PriceOpt = None,
+    no_cache: NoCacheOpt = False,
+    cache_path: CachePathOpt = None,
+    dry_run: DryRunOpt = False,
+    quiet: QuietOpt = False,
     batch_api: BatchApiOpt = False,
 ) -> None:
     """Generate from a model and a baseline, judge each pair in both orders, report the win rate."""
-    from cai_kit.cli.common import engine_config, replay_argv
+    from cai_kit.cli.common import engine_config_from, replay_argv
+    from cai_kit.cli.judge import _judge_cfg
     from cai_kit.constitution import load_constitution
     from cai_kit.eval import run_winrate
-    from cai_kit.judge import JudgeConfig
     from cai_kit.llm.base import GenParams
-    from cai_kit.llm.registry import get_backend
     from cai_kit.prompts import load_prompts
 
-    backends: dict[str, object] = {}
-
-    def backend(name: str):  # type: ignore[no-untyped-def]
-        if name not in backends:
-            backends[name] = get_backend(name, api_base=api_base)
-        return backends[name]
-
-    _, rep = run_winrate(
+    cfg = _judge_cfg(mode, samples, principles, tie_margin, seed)
+    backend = _backends(api_base, timeout)
+    summary, rep = run_winrate(
         load_prompts(prompts, limit=limit).records, model=backend(model), baseline=backend(baseline), judge=backend(judge),
         models={"model": model, "baseline": baseline, "judge": judge}, constitution=load_constitution(constitution),
-        cfg=JudgeConfig(mode=mode, principles=principles, seed=seed),  # type: ignore[arg-type]
-        params=GenParams(temperature=temperature, max_tokens=max_tokens, seed=seed), out_dir=out,
-        engine_config=engine_config(quiet=quiet, batch_api=batch_api), argv=replay_argv("eval"),
+        cfg=cfg, params=GenParams(temperature=temperature, max_tokens=max_tokens, seed=seed), out_dir=out,
+        engine_config=engine_config_from(locals()), argv=replay_argv("eval"),
     )  # fmt: skip
-    typer.echo(f"win rate {rep.win_rate:.3f} (95% CI {rep.ci[0]:.3f}-{rep.ci[1]:.3f}); {rep.wins} wins, {rep.ties} ties, "
-               f"{rep.losses} losses, {rep.failed} failed. Report: {out / 'report.md'}")  # fmt: skip
+    typer.echo(summary.line())
+    if not dry_run:
+        rate = (
+            "n/a (no pair was judged)"
+            if rep.n == rep.failed
+            else f"{rep.win_rate:.3f} (95% CI {rep.ci[0]:.3f}-{rep.ci[1]:.3f})"
+        )
+        typer.echo(f"win rate {rate}; {rep.wins} wins, {rep.ties} ties, {rep.losses} losses, {rep.failed} failed. "
+                   f"Report: {out / 'report.md'}")  # fmt: skip
+    if summary.stopped:
+        raise typer.Exit(2)
 
 
 @eval_app.command("harmlessness")
@@ -105,34 +136,54 @@ def harmlessness(
         str, typer.Option("--constitution", "-c", help="Principles to check.")
     ] = "harmless",
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Max tokens per answer.")] = 256,
+    max_tokens: MaxTokensOpt = 256,
     seed: Annotated[int, typer.Option("--seed", help="Generation seed.")] = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    concurrency: ConcurrencyOpt = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    max_retries: MaxRetriesOpt = 5,
+    timeout: TimeoutOpt = 120.0,
+    max_cost: MaxCostOpt = None,
+    price: PriceOpt = None,
+    no_cache: NoCacheOpt = False,
+    cache_path: CachePathOpt = None,
+    dry_run: DryRunOpt = False,
+    quiet: QuietOpt = False,
     batch_api: BatchApiOpt = False,
 ) -> None:
     """Share of responses a judge flags under each harmlessness principle, before vs after."""
-    from cai_kit.cli.common import engine_config
+    from cai_kit.cli.common import engine_config_from, replay_argv
     from cai_kit.constitution import load_constitution
     from cai_kit.harmlessness import run_harmlessness
     from cai_kit.llm.base import GenParams
-    from cai_kit.llm.registry import get_backend
     from cai_kit.prompts import load_prompts
+
+    backend = _backends(api_base, timeout)
+    roles = {"model": backend(model), **({"baseline": backend(baseline)} if baseline else {})}
+    summary, _ = run_harmlessness(
+        load_prompts(prompts, limit=limit).records, models=roles, judge=backend(judge), judge_name=judge,  # type: ignore[arg-type]
+        constitution=load_constitution(constitution), params=GenParams(temperature=0.0, max_tokens=max_tokens, seed=seed),
+        out_dir=out, engine_config=engine_config_from(locals()), argv=replay_argv("eval"),
+    )  # fmt: skip
+    typer.echo(summary.line())
+    if not dry_run:
+        typer.echo(f"Report: {out / 'report.md'}")
+    if summary.stopped:
+        raise typer.Exit(2)
+
+
+def _backends(api_base: str | None, timeout: float):  # type: ignore[no-untyped-def]
+    """get_backend, once per model string: the same string is the same backend object."""
+    from cai_kit.llm.registry import get_backend
 
     made: dict[str, object] = {}
 
     def backend(name: str):  # type: ignore[no-untyped-def]
         if name not in made:
-            made[name] = get_backend(name, api_base=api_base)
+            made[name] = get_backend(name, api_base=api_base, timeout_s=timeout)
         return made[name]
 
-    roles = {"model": backend(model), **({"baseline": backend(baseline)} if baseline else {})}
-    summary, _ = run_harmlessness(
-        load_prompts(prompts, limit=limit).records, models=roles, judge=backend(judge), judge_name=judge,  # type: ignore[arg-type]
-        constitution=load_constitution(constitution), params=GenParams(temperature=0.0, max_tokens=max_tokens, seed=seed),
-        out_dir=out, engine_config=engine_config(quiet=quiet, batch_api=batch_api),
-    )  # fmt: skip
-    typer.echo(summary.line())
-    typer.echo(f"Report: {out / 'report.md'}")
+    return backend
 
 
 @eval_app.command("reward")

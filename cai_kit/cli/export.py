@@ -36,15 +36,15 @@ PushToHub = Annotated[
 def _run(kind: str, run_dir: Path, out: Path, fmt: str, eval_fraction: float, min_margin: float = 0.0,
          include_ties: bool = False, push_to_hub: str | None = None) -> None:  # fmt: skip
     from cai_kit.cli.common import fail
-    from cai_kit.export import export
+    from cai_kit.export import export, left_out
 
     if fmt not in ("conversational", "standard"):
         fail(f"--format must be conversational or standard, not {fmt!r}.")
     counts = export(run_dir, out, kind, fmt, min_margin, include_ties, eval_fraction)  # type: ignore[arg-type]
-    left = ", ".join(f"{n} {why}" for why, n in counts["skipped"].items())
+    skipped = counts["skipped"]
     typer.echo(
         f"Wrote {counts['train']} train / {counts['test']} test rows to {out}"
-        + (f" (left out: {left})" if left else "")
+        + (f"; left out {sum(skipped.values())} records: {left_out(skipped)}" if skipped else "")
     )
     if push_to_hub:
         from datasets import load_dataset

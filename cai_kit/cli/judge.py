@@ -17,6 +17,7 @@ from cai_kit.cli.common import (
     MaxRetriesOpt,
     MaxTokensOpt,
     NoCacheOpt,
+    PriceOpt,
     QuietOpt,
     RpmOpt,
     SeedOpt,
@@ -93,7 +94,7 @@ def prefs(
     max_tokens: MaxTokensOpt = 256,
     seed: SeedOpt = 0,
     concurrency: ConcurrencyOpt = None, rpm: RpmOpt = None, tpm: TpmOpt = None, max_retries: MaxRetriesOpt = 5,
-    timeout: TimeoutOpt = 120.0, max_cost: MaxCostOpt = None, no_cache: NoCacheOpt = False, cache_path: CachePathOpt = None,
+    timeout: TimeoutOpt = 120.0, max_cost: MaxCostOpt = None, price: PriceOpt = None, no_cache: NoCacheOpt = False, cache_path: CachePathOpt = None,
     dry_run: DryRunOpt = False, shard: ShardOpt = None, quiet: QuietOpt = False,
     batch_api: BatchApiOpt = False,
 ) -> None:  # fmt: skip
@@ -149,7 +150,7 @@ def judge(
     tie_margin: TieMargin = 0.05,
     seed: SeedOpt = 0,
     concurrency: ConcurrencyOpt = None, rpm: RpmOpt = None, tpm: TpmOpt = None, max_retries: MaxRetriesOpt = 5,
-    timeout: TimeoutOpt = 120.0, max_cost: MaxCostOpt = None, no_cache: NoCacheOpt = False, cache_path: CachePathOpt = None,
+    timeout: TimeoutOpt = 120.0, max_cost: MaxCostOpt = None, price: PriceOpt = None, no_cache: NoCacheOpt = False, cache_path: CachePathOpt = None,
     dry_run: DryRunOpt = False, shard: ShardOpt = None, quiet: QuietOpt = False,
     batch_api: BatchApiOpt = False,
 ) -> None:  # fmt: skip
@@ -179,7 +180,8 @@ def judge_report(
     gold: Annotated[
         Path | None,
         typer.Option(
-            "--gold", help="Human-labelled pairs (prompt, response_a, response_b, label A|B)."
+            "--gold",
+            help="Human-labelled pairs: prompt + response_a, response_b, label A|B, or TRL prompt/chosen/rejected.",
         ),
     ] = None,
 ) -> None:

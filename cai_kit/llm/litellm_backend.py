@@ -13,30 +13,23 @@ from typing import Any
 from cai_kit.errors import ConfigError, FatalBackendError, RetryableError
 from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams, TokenLogprob, Usage
 
-# provider prefix -> the env var that holds its key (checked before the first call)
-KEY_VARS = {
-    "openai": "OPENAI_API_KEY",
-    "anthropic": "ANTHROPIC_API_KEY",
-    "gemini": "GEMINI_API_KEY",
-    "mistral": "MISTRAL_API_KEY",
-    "groq": "GROQ_API_KEY",
-    "together_ai": "TOGETHERAI_API_KEY",
-    "cohere": "COHERE_API_KEY",
-    "deepseek": "DEEPSEEK_API_KEY",
-    "openrouter": "OPENROUTER_API_KEY",
-    "fireworks_ai": "FIREWORKS_AI_API_KEY",
-}
-
 
 def make_litellm_backend(model: str, api_base: str | None = None, **options: Any) -> Backend:
+    from cai_kit.llm import providers
+
     name = model.removeprefix("litellm:")
-    provider = name.split("/", 1)[0]
-    var = KEY_VARS.get(provider)
-    if var and not os.environ.get(var) and api_base is None:
+    provider = providers.lookup(name)
+    if provider is not None and api_base is None and provider.key()[1] is None:
         raise ConfigError(
-            f"Set {var} to use {name} (or pass --api-base for a local OpenAI-compatible server)."
+            f"Set {provider.key_vars[0]} to use {name} (or pass --api-base for a local "
+            "OpenAI-compatible server)."
         )
-    return LiteLLMBackend(name, api_base=api_base, **options)
+    api_key = None
+    if api_base is not None:  # a server the user named: the generic key, where it may go
+        api_key = os.environ.get("CAI_KIT_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        if api_key and not providers.key_allowed(api_base):
+            api_key = None
+    return LiteLLMBackend(name, api_base=api_base, api_key=api_key, **options)
 
 
 def _import_litellm() -> Any:
@@ -54,11 +47,18 @@ class LiteLLMBackend(Backend):
     supports_logprobs = True
 
     def __init__(
-        self, model: str, api_base: str | None = None, timeout_s: float = 120.0, **_: Any
+        self,
+        model: str,
+        api_base: str | None = None,
+        timeout_s: float = 120.0,
+        *,
+        api_key: str | None = None,
+        **_: Any,
     ) -> None:
         super().__init__(model)
         self.api_base = api_base
         self.timeout_s = timeout_s
+        self._key = api_key  # only for a user-named --api-base; never in identity or repr
 
     def identity(self) -> dict[str, Any]:
         return {"kind": self.kind, "model": self.model, "api_base": self.api_base}
@@ -77,7 +77,7 @@ class LiteLLMBackend(Backend):
         }
         if self.api_base:
             kwargs["api_base"] = self.api_base
-            kwargs.setdefault("api_key", os.environ.get("OPENAI_API_KEY") or "sk-none")
+            kwargs["api_key"] = self._key or "sk-none"  # litellm insists on one
         if params.seed is not None:
             kwargs["seed"] = params.seed
         if params.stop:

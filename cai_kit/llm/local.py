@@ -139,10 +139,12 @@ class TransformersBackend(Backend):
         self._load_lock = threading.Lock()
 
     def identity(self) -> dict[str, Any]:
-        # The path alone would serve stale cache entries after retraining into the same dir.
-        weights = sorted(self.path.glob("*.safetensors"))
-        stamp = [(w.name, w.stat().st_size, int(w.stat().st_mtime)) for w in weights]
-        return {"kind": self.kind, "model": str(self.path.resolve()), "weights": stamp}
+        # A fingerprint of the files' contents (weights, adapter, configs, tokenizer): new
+        # weights in the same directory never reuse old results, whatever their mtime or size.
+        from cai_kit.llm.fingerprint import Fingerprinter
+
+        fp = self.__dict__.setdefault("_fingerprinter", Fingerprinter())
+        return {"kind": self.kind, "weights": fp(self.path)}
 
     def _load(self) -> None:
         with self._load_lock:
@@ -198,16 +200,19 @@ class TransformersBackend(Backend):
                     break
             groups: dict[GenParams, list[_Pending]] = {}
             for p in batch:  # one generate per distinct parameter set
-                groups.setdefault(p.params.replace(seed=None), []).append(p)
+                if not p.future.done():  # a caller that timed out while queued: skip it
+                    groups.setdefault(p.params.replace(seed=None), []).append(p)
             for group in groups.values():
                 try:
                     results = await asyncio.to_thread(self._generate, group)
-                    for p, r in zip(group, results, strict=True):
-                        p.future.set_result(r)
-                except Exception as exc:  # hand the error to every caller in the batch
+                except Exception as exc:  # hand the error to every caller still waiting
                     for p in group:
                         if not p.future.done():
                             p.future.set_exception(exc)
+                    continue
+                for p, r in zip(group, results, strict=True):
+                    if not p.future.done():  # a caller that timed out mid-batch is gone
+                        p.future.set_result(r)
 
     def _generate(self, group: list[_Pending]) -> list[Completion]:
         import torch

@@ -1,11 +1,14 @@
-"""Any OpenAI-compatible `/chat/completions` server (vLLM, llama.cpp server, Ollama, gateways).
+"""Any OpenAI-compatible `/chat/completions` server: vLLM, llama.cpp server, Ollama, gateways
+(`NAME --api-base URL`), and the hosted providers that speak the same protocol
+(`openai/gpt-4o-mini`, `groq/...`, `together_ai/...`: see `providers.py`).
 
 An aiohttp client: measured here it is 2-5x faster than httpx- or litellm-based clients at
 high concurrency. It has no retries of its own (the engine retries) and maps HTTP status to
 `RetryableError` (429 + Retry-After, 5xx, timeouts, dropped connections, malformed bodies)
 or `FatalBackendError` (400/401/403/404), each with one sentence saying what to do.
-A key, if needed, comes from OPENAI_API_KEY or CAI_KIT_API_KEY; it is sent in a header and
-never logged or cached.
+A key comes from the environment (the provider's variable; for --api-base CAI_KIT_API_KEY or
+OPENAI_API_KEY), is sent in a header only where `providers.key_allowed` permits, and is never
+logged or cached.
 """
 
 from __future__ import annotations
@@ -17,14 +20,46 @@ import os
 import time
 from typing import Any
 
-from cai_kit.errors import FatalBackendError, RetryableError
+from cai_kit.errors import ConfigError, FatalBackendError, RetryableError
+from cai_kit.llm import providers
 from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams, Usage
 from cai_kit.llm.local import _parse_openai_logprobs
 
+GENERIC_KEY_VARS = ("CAI_KIT_API_KEY", "OPENAI_API_KEY")  # for a server given by --api-base
+
 
 def make_openai_compat_backend(model: str, api_base: str | None = None, **options: Any) -> Backend:
+    """`NAME --api-base URL`: a server the user runs or picked (no list price)."""
     assert api_base is not None
-    return OpenAICompatBackend(model.removeprefix("openai/"), api_base, **options)
+    key = next((os.environ[v] for v in GENERIC_KEY_VARS if os.environ.get(v)), None)
+    if key and not providers.key_allowed(api_base):
+        key = None
+    return OpenAICompatBackend(model.removeprefix("openai/"), api_base, api_key=key, **options)
+
+
+def make_provider_backend(model: str, api_base: str | None = None, **options: Any) -> Backend:
+    """`PROVIDER/MODEL` for a provider in the OpenAI-compatible table, at its base URL (or the
+    one its base-URL variable names, e.g. OPENAI_BASE_URL) with its usual key variable."""
+    provider = providers.lookup(model)
+    assert provider is not None and provider.fast
+    var, key = provider.key()
+    if key is None:
+        raise ConfigError(
+            f"Set {var} to use {model} (or pass --api-base for a local OpenAI-compatible server)."
+        )
+    base = api_base or provider.resolved_base_url()
+    assert base is not None
+    if not providers.key_allowed(base):
+        key = None
+    return OpenAICompatBackend(
+        model.split("/", 1)[1],
+        base,
+        api_key=key,
+        key_var=var,
+        provider=provider,
+        price_model=model,
+        **options,
+    )
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -47,10 +82,26 @@ class OpenAICompatBackend(Backend):
     default_concurrency = 64
     supports_logprobs = True
 
-    def __init__(self, model: str, api_base: str, timeout_s: float = 120.0, **_: Any) -> None:
+    def __init__(
+        self,
+        model: str,
+        api_base: str,
+        timeout_s: float = 120.0,
+        *,
+        api_key: str | None = None,
+        key_var: str = "OPENAI_API_KEY (or CAI_KIT_API_KEY)",
+        provider: providers.Provider | None = None,
+        price_model: str | None = None,
+        **_: Any,
+    ) -> None:
         super().__init__(model)
         self.api_base = api_base.rstrip("/")
         self.timeout_s = timeout_s
+        self.provider = provider
+        self.price_model = price_model  # the model string a list price is looked up by
+        self.supports_logprobs = provider.logprobs if provider else True
+        self._key = api_key  # kept in memory for the header only: never in identity or repr
+        self._key_var = key_var
         self._session: Any = None
 
     def identity(self) -> dict[str, Any]:
@@ -58,9 +109,8 @@ class OpenAICompatBackend(Backend):
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
-        key = os.environ.get("CAI_KIT_API_KEY") or os.environ.get("OPENAI_API_KEY")
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
         return headers
 
     async def _get_session(self) -> Any:
@@ -72,7 +122,23 @@ class OpenAICompatBackend(Backend):
         return self._session
 
     def _body(self, messages: ChatMessages, params: GenParams) -> dict[str, Any]:
-        return chat_body(self.model, messages, params)
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_tokens": params.max_tokens,
+        }
+        if params.seed is not None:
+            body[self.provider.seed_field if self.provider else "seed"] = params.seed
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if params.top_logprobs > 0 and self.supports_logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = min(params.top_logprobs, 20)
+        if self.provider:
+            body.update(self.provider.extra_body)
+        return body
 
     async def chat(self, messages: ChatMessages, params: GenParams) -> Completion:
         import aiohttp
@@ -101,12 +167,20 @@ class OpenAICompatBackend(Backend):
                 f"The connection to {self.api_base} dropped ({type(exc).__name__})."
             ) from None
         if status != 200:
-            raise _status_error(status, raw, self.api_base, self.model, retry_after)
+            raise _status_error(
+                status, raw, self.api_base, self.model, retry_after, self._key_hint(),
+                hosted=self.provider is not None,
+            )  # fmt: skip
         try:
             data = json.loads(raw)
         except ValueError:
             data = None
         return parse_chat_completion(data, self.api_base, self.model)
+
+    def _key_hint(self) -> str:
+        if self._key is None and os.environ.get(self._key_var.split(" ")[0]):
+            return f"{self._key_var} is set but was not sent (plain http://, see the warning above)"
+        return f"set {self._key_var} to a valid key"
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -115,7 +189,8 @@ class OpenAICompatBackend(Backend):
 
 
 def chat_body(model: str, messages: ChatMessages, params: GenParams) -> dict[str, Any]:
-    """The `/chat/completions` request body (also each line of a Batch API job)."""
+    """A plain OpenAI `/chat/completions` body (Batch API lines for `litellm:` strings; the
+    backend's own `_body` adds a provider's seed field and extra fields)."""
     body: dict[str, Any] = {
         "model": model,
         "messages": messages,
@@ -155,7 +230,14 @@ def parse_chat_completion(data: Any, api_base: str, model: str) -> Completion:
 
 
 def _status_error(
-    status: int, raw: bytes, api_base: str, model: str, retry_after: float | None
+    status: int,
+    raw: bytes,
+    api_base: str,
+    model: str,
+    retry_after: float | None,
+    key_hint: str = "set OPENAI_API_KEY (or CAI_KIT_API_KEY) to a valid key",
+    *,
+    hosted: bool = False,
 ) -> Exception:
     detail = raw[:300].decode("utf-8", "replace").strip()
     if status == 429:
@@ -168,14 +250,14 @@ def _status_error(
         )
     if status in (401, 403):
         return FatalBackendError(
-            f"The server at {api_base} refused the credentials ({status}): set OPENAI_API_KEY "
-            "(or CAI_KIT_API_KEY) to a valid key.",
+            f"The server at {api_base} refused the credentials ({status}): {key_hint}.",
             status=status,
         )
     if status == 404:
+        check = "the model string" if hosted else "the model name and that --api-base ends in /v1"
         return FatalBackendError(
             f"The server at {api_base} says model {model!r} or the endpoint does not exist (404): "
-            "check the model name and that --api-base ends in /v1.",
+            f"check {check}.",
             status=status,
         )
     return FatalBackendError(

@@ -11,7 +11,9 @@ Resolution order for a model string (first match wins):
   litellm:PROVIDER/MODEL                      force litellm (any provider it knows)
   NAME with --api-base                        any OpenAI-compatible server (aiohttp)
   openai/NAME with --api-base                 the same; the prefix is dropped
-  PROVIDER/MODEL                              litellm (openai/, anthropic/, gemini/, ...)
+  PROVIDER/MODEL, OpenAI-compatible provider  the same client at the provider's base URL
+                                              (openai/, groq/, together_ai/, ...: providers.py)
+  PROVIDER/MODEL, any other                   litellm (anthropic/, gemini/, bedrock/, ...)
 """
 
 from __future__ import annotations

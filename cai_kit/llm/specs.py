@@ -21,6 +21,13 @@ def _is_openai_compat(model: str, api_base: str | None) -> bool:
     return api_base is not None
 
 
+def _is_fast_provider(model: str, api_base: str | None) -> bool:
+    from cai_kit.llm.providers import lookup
+
+    provider = lookup(model)
+    return api_base is None and provider is not None and provider.fast
+
+
 def _is_litellm(model: str, api_base: str | None) -> bool:
     provider, sep, name = model.partition("/")
     return bool(sep and provider and name)
@@ -64,9 +71,21 @@ BUILTINS = [
         priority=40,
     ),
     BackendSpec(
+        name="provider",
+        description="Hosted OpenAI-compatible providers on the fast client (openai/, openrouter/, "
+        "together_ai/, groq/, fireworks_ai/, deepseek/, mistral/, ...).",
+        needs="the provider's key env var (OPENAI_API_KEY, GROQ_API_KEY, ...); OPENAI_BASE_URL "
+        "overrides OpenAI's address",
+        example="openai/gpt-4o-mini",
+        factory="cai_kit.llm.openai_compat:make_provider_backend",
+        claims=_is_fast_provider,
+        priority=45,
+    ),
+    BackendSpec(
         name="hosted",
-        description="Hosted providers through litellm (openai/, anthropic/, gemini/, mistral/, ...).",
-        needs="the provider's key env var: OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY, ...",
+        description="Other hosted providers through litellm (anthropic/, gemini/, bedrock/, "
+        "vertex_ai/, ...).",
+        needs="the provider's key env var: ANTHROPIC_API_KEY, GEMINI_API_KEY, ...",
         example="anthropic/claude-3-5-haiku-latest",
         factory="cai_kit.llm.litellm_backend:make_litellm_backend",
         claims=_is_litellm,

@@ -1,0 +1,162 @@
+"""Hosted providers: the one table of where each `PROVIDER/MODEL` string goes.
+
+Providers whose API speaks OpenAI's `/chat/completions` (OpenAI, OpenRouter, Together, Groq,
+Fireworks, DeepSeek, Mistral, xAI, ...) are called with cai-kit's own aiohttp client
+(`openai_compat.py`), at several times litellm's throughput. The others (Anthropic's native
+API, Gemini, Bedrock, Vertex, Cohere, Azure deployments) and any `litellm:` string go through
+litellm. Either way litellm's bundled cost map can supply prices (`cai_kit.pricing`).
+
+    >>> p = lookup("groq/llama-3.1-8b-instant")
+    >>> (p.name, p.base_url, p.logprobs)
+    ('groq', 'https://api.groq.com/openai/v1', False)
+
+Keys come from the environment only. `key_allowed(api_base)` decides whether a key may be sent
+to a base URL: https anywhere, plain http only to this machine (loopback) unless the user opts
+in with CAI_KIT_ALLOW_HTTP_KEY=1; either case is said once on stderr.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+ALLOW_HTTP_KEY_VAR = "CAI_KIT_ALLOW_HTTP_KEY"
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str  # the model-string prefix: openai/gpt-4o-mini -> openai
+    key_vars: tuple[str, ...]  # where its key is read from, the usual one first
+    base_url: str | None = None  # None: not OpenAI-compatible, litellm handles it
+    base_vars: tuple[str, ...] = ()  # env vars that override base_url (like the openai SDK)
+    logprobs: bool = False  # returns OpenAI-style top log-probs (the judge's soft labels)
+    price: str = "litellm cost map"  # where --max-cost and cost figures get the price
+    seed_field: str = "seed"  # the request field that takes a sampling seed
+    extra_body: dict[str, Any] = field(default_factory=dict)  # sent with every request
+
+    @property
+    def fast(self) -> bool:
+        """Called with cai-kit's aiohttp client (else through litellm)."""
+        return self.base_url is not None
+
+    def key(self) -> tuple[str, str | None]:
+        """(the variable the key came from, or should come from; the key or None)."""
+        for var in self.key_vars:
+            if os.environ.get(var):
+                return var, os.environ[var]
+        return self.key_vars[0], None
+
+    def resolved_base_url(self) -> str | None:
+        for var in self.base_vars:
+            if os.environ.get(var):
+                return os.environ[var].rstrip("/")
+        return self.base_url
+
+
+PROVIDERS: dict[str, Provider] = {
+    p.name: p
+    for p in [
+        # OpenAI-compatible: the fast client
+        Provider("openai", ("OPENAI_API_KEY",), "https://api.openai.com/v1",
+                 ("OPENAI_BASE_URL",), logprobs=True),
+        Provider("openrouter", ("OPENROUTER_API_KEY",), "https://openrouter.ai/api/v1",
+                 ("OPENROUTER_BASE_URL",), logprobs=True,
+                 price="reported per call (usage.cost), else litellm cost map",
+                 extra_body={"usage": {"include": True}}),
+        Provider("together_ai", ("TOGETHERAI_API_KEY", "TOGETHER_API_KEY"),
+                 "https://api.together.xyz/v1", ("TOGETHER_BASE_URL",)),
+        Provider("groq", ("GROQ_API_KEY",), "https://api.groq.com/openai/v1",
+                 ("GROQ_BASE_URL",)),
+        Provider("fireworks_ai", ("FIREWORKS_AI_API_KEY", "FIREWORKS_API_KEY"),
+                 "https://api.fireworks.ai/inference/v1", ("FIREWORKS_BASE_URL",), logprobs=True),
+        Provider("deepseek", ("DEEPSEEK_API_KEY",), "https://api.deepseek.com/v1",
+                 ("DEEPSEEK_BASE_URL",), logprobs=True),
+        Provider("mistral", ("MISTRAL_API_KEY",), "https://api.mistral.ai/v1",
+                 ("MISTRAL_BASE_URL",), seed_field="random_seed"),
+        Provider("xai", ("XAI_API_KEY",), "https://api.x.ai/v1", ("XAI_BASE_URL",),
+                 logprobs=True),
+        Provider("deepinfra", ("DEEPINFRA_API_KEY",), "https://api.deepinfra.com/v1/openai",
+                 ("DEEPINFRA_BASE_URL",)),
+        Provider("cerebras", ("CEREBRAS_API_KEY",), "https://api.cerebras.ai/v1",
+                 ("CEREBRAS_BASE_URL",)),
+        # Not OpenAI-compatible (or not without per-deployment setup): litellm
+        Provider("anthropic", ("ANTHROPIC_API_KEY",), logprobs=False),
+        Provider("gemini", ("GEMINI_API_KEY",), logprobs=True),
+        Provider("cohere", ("COHERE_API_KEY",)),
+        Provider("azure", ("AZURE_API_KEY",), logprobs=True),
+        Provider("bedrock", ("AWS_ACCESS_KEY_ID",)),
+        Provider("vertex_ai", ("GOOGLE_APPLICATION_CREDENTIALS",), logprobs=True),
+    ]
+}  # fmt: skip
+
+
+def lookup(model: str) -> Provider | None:
+    """The provider of a `PROVIDER/MODEL` string (a `litellm:` prefix is ignored), or None."""
+    prefix, sep, rest = model.removeprefix("litellm:").partition("/")
+    return PROVIDERS.get(prefix) if sep and rest else None
+
+
+def route(model: str, api_base: str | None = None) -> str:
+    """One line saying which path a model string takes (for `cai-kit models MODEL`)."""
+    from cai_kit.llm.registry import resolve
+
+    spec = resolve(model, api_base)
+    provider = lookup(model)
+    if spec.name == "provider" and provider is not None:
+        var, key = provider.key()
+        return (
+            f"{model}: fast aiohttp client -> {provider.resolved_base_url()} "
+            f"(key {var}{'' if key else ', not set'}; log-probs {'yes' if provider.logprobs else 'no'}; "
+            f"price: {provider.price})"
+        )
+    if spec.name in ("hosted", "litellm"):
+        where = f" -> {api_base}" if api_base else ""
+        var = f" (key {provider.key_vars[0]})" if provider else ""
+        return f"{model}: litellm{where}{var}"
+    if spec.name == "openai-compat":
+        return f"{model}: fast aiohttp client -> {api_base} (price: --price, or usage.cost if reported)"
+    return f"{model}: {spec.name} backend ({spec.description})"
+
+
+def _is_loopback(api_base: str) -> bool:
+    host = (urlparse(api_base).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_SAID: set[str] = set()
+
+
+def _say_once(base: str, text: str) -> None:
+    if base not in _SAID:
+        _SAID.add(base)
+        print(f"Warning: {text}", file=sys.stderr)
+
+
+def key_allowed(api_base: str) -> bool:
+    """May an API key be sent to this base URL? https: yes; http to loopback: yes; other plain
+    http only with CAI_KIT_ALLOW_HTTP_KEY=1 (the key would cross the network readable)."""
+    if urlparse(api_base).scheme != "http" or _is_loopback(api_base):
+        return True
+    if os.environ.get(ALLOW_HTTP_KEY_VAR) == "1":
+        _say_once(
+            api_base,
+            f"sending the API key to {api_base} over plain http:// ({ALLOW_HTTP_KEY_VAR}=1): "
+            "anyone on the network path can read it.",
+        )
+        return True
+    _say_once(
+        api_base,
+        f"not sending the API key to {api_base}: it is plain http:// to another machine, where "
+        f"anyone on the network path could read it. Use https://, or set {ALLOW_HTTP_KEY_VAR}=1 "
+        "to send it anyway.",
+    )
+    return False

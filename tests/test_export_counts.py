@@ -1,0 +1,62 @@
+"""`cai-kit export` says how many records it left out and why, and every record is either a
+row or counted under exactly one reason (failed, tie, below --min-margin, identical responses)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from cai_kit.cli.main import app
+from cai_kit.records import JudgeVerdict, Message, PreferenceRecord, RevisionRecord
+
+Q = [Message(role="user", content="q")]
+
+
+def _pref(i: int, a: str, b: str, label: str, margin: float | None = None) -> dict:
+    v = JudgeVerdict(label=label, margin=margin, p_a=None if label == "failed" else 0.5)  # type: ignore[arg-type]
+    rec = PreferenceRecord(
+        id=f"r{i}", prompt_id="p", messages=Q, response_a=a, response_b=b, verdict=v
+    )
+    d = rec.model_dump()
+    if label == "failed":
+        d.pop("status", None), d.pop("error", None)  # as written before records had a status
+    return d
+
+
+def test_export_dpo_counts_every_record_it_leaves_out_by_reason(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    rows = [
+        _pref(0, "good", "bad", "A", 1.0),
+        _pref(1, "bad", "good", "B", 0.8),
+        _pref(2, "x", "y", "failed"),
+        _pref(3, "x", "y", "failed"),
+        _pref(4, "x", "y", "tie", 0.0),
+        _pref(5, "same", "same", "A", 1.0),
+        _pref(6, "meh", "meh!", "A", 0.1),
+    ]
+    run.mkdir()
+    (run / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = CliRunner().invoke(app, ["export", "dpo", str(run), "--out", str(tmp_path / "d"), "--min-margin", "0.5"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "Wrote 2 train / 0 test rows" in r.output
+    assert "left out 5 records: 2 failed" in r.output
+    for part in ("1 tie", "1 identical responses", "1 below --min-margin 0.5"):
+        assert part in r.output
+    card = (tmp_path / "d" / "README.md").read_text()
+    assert "2 failed" in card and "1 identical responses" in card
+    r = CliRunner().invoke(app, ["export", "kto", str(run), "--out", str(tmp_path / "k")])
+    assert "left out 4 records: 2 failed" in r.output and "Wrote 6 train" in r.output
+
+
+def test_export_sft_and_prefs_count_failed_revisions(tmp_path: Path) -> None:
+    run = tmp_path / "rv"
+    run.mkdir()
+    ok = RevisionRecord(
+        id="a", prompt_id="p", messages=Q, initial_response="bad", final_response="good"
+    )
+    bad = RevisionRecord(id="b", prompt_id="p", messages=Q, status="failed", error="HTTP 401")
+    (run / "revisions.jsonl").write_text(ok.model_dump_json() + "\n" + bad.model_dump_json() + "\n")
+    r = CliRunner().invoke(app, ["export", "sft", str(run), "--out", str(tmp_path / "s")])
+    assert r.exit_code == 0 and "Wrote 1 train" in r.output and "1 failed" in r.output, r.output
