@@ -10,8 +10,9 @@ revisions; one batch each). Printed:
      overhead (imports, writing and uploading the JSONL, polling, downloading, caching,
      writing records) <= 5% of the simulated time;
   2. peak memory of the job (ru_maxrss) at a quarter of the rows and at all of them;
-  3. the --dry-run cost preview with and without --batch-api (gpt-4o-mini's price from
-     litellm's cost map): the batch preview should be half the synchronous one.
+  3. the --dry-run cost preview with and without --batch-api (openai/gpt-4o-mini's list and
+     batch prices from litellm's cost map): the batch preview should be half the synchronous
+     one.
 """
 
 from __future__ import annotations
@@ -29,15 +30,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-MODEL = "gpt-4o-mini"  # served by the loopback server; priced from litellm's cost map
+MODEL = "openai/gpt-4o-mini"  # pointed at the loopback server; priced from litellm's cost map
 
 
 def run_job(url: str, prompts: Path, out: Path, *extra: str) -> tuple[float, int, str]:
     """(wall seconds, peak RSS in MiB, stdout) of one CLI run."""
     cmd = [sys.executable, "-m", "cai_kit", "revise", str(prompts), "--model", MODEL,
-           "--api-base", url, "--rounds", "1", "--out", str(out), "--max-tokens", "64",
+           "--rounds", "1", "--out", str(out), "--max-tokens", "64",
            "--cache-path", str(out.parent / f"{out.name}.sqlite"), "-q", *extra]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+           "OPENAI_BASE_URL": url, "OPENAI_API_KEY": "sk-bench"}  # fmt: skip
     start = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
