@@ -45,8 +45,8 @@ def _by_prompt(path: Path) -> dict[str, list[str]]:
     return out
 
 
-def _invoke(*args: str) -> str:
-    result = CliRunner().invoke(app, [*args, "--quiet"])
+def _invoke(*args: str, quiet: bool = True) -> str:
+    result = CliRunner().invoke(app, [*args, *(["--quiet"] if quiet else [])])
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -89,6 +89,24 @@ def test_k_samples_are_distinct_draws_on_a_seed_honouring_server(
     assert all(set(other[p]).isdisjoint(samples[p]) for p in samples)
 
 
+def test_k_samples_are_distinct_draws_through_litellm(
+    provider_server: FaultServer, tmp_path: Path
+) -> None:
+    prompts = _write_prompts(tmp_path / "p.jsonl", 2)
+    model = ["--model", "litellm:openai/m", "--api-base", provider_server.base_url]
+    _invoke("generate", str(prompts), "--out", str(tmp_path / "a"), "--samples", "4", *model)
+    samples = _by_prompt(tmp_path / "a" / "generations.jsonl")
+    assert [len(set(texts)) for texts in samples.values()] == [4, 4]
+
+
+def test_litellm_sends_a_seed_only_to_providers_that_take_one() -> None:
+    from cai_kit.llm.litellm_backend import _import_litellm, _takes_seed
+
+    litellm = _import_litellm()
+    assert _takes_seed(litellm, "openai/gpt-4o-mini")
+    assert not _takes_seed(litellm, "anthropic/claude-3-5-haiku-latest")  # litellm would refuse
+
+
 @pytest.mark.slow
 def test_k_samples_are_distinct_draws_on_the_embedded_model(tmp_path: Path) -> None:
     prompts = _write_prompts(tmp_path / "p.jsonl", 3)
@@ -98,6 +116,21 @@ def test_k_samples_are_distinct_draws_on_the_embedded_model(tmp_path: Path) -> N
     assert [len(set(texts)) for texts in samples.values()] == [4, 4, 4]
     _invoke("generate", str(prompts), "--out", str(tmp_path / "b"), *flags)
     assert _by_prompt(tmp_path / "b" / "generations.jsonl") == samples  # reproducible
+
+
+@pytest.mark.slow
+def test_k_samples_are_distinct_draws_on_a_real_llama_cpp_server(
+    llama_server,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    prompts = _write_prompts(tmp_path / "p.jsonl", 2)
+    flags = ["--samples", "4", "--max-tokens", "16", "--no-cache", "--model", llama_server.model,
+             "--api-base", llama_server.base_url]  # fmt: skip
+    _invoke("generate", str(prompts), "--out", str(tmp_path / "a"), *flags)
+    samples = _by_prompt(tmp_path / "a" / "generations.jsonl")
+    assert [len(set(texts)) for texts in samples.values()] == [4, 4]
+    _invoke("generate", str(prompts), "--out", str(tmp_path / "b"), *flags)
+    assert _by_prompt(tmp_path / "b" / "generations.jsonl") == samples  # the server honours seed
 
 
 @pytest.mark.slow
@@ -169,7 +202,9 @@ def test_prefs_with_an_oracle_judge_gives_exportable_pairs(
     assert all(r["verdict"]["position_consistent"] for r in records)
     for r in records:  # the oracle's preference, whatever the order it was shown in
         assert _oracle_score(r["chosen"]) > _oracle_score(r["rejected"])
-    exported = _invoke("export", "dpo", str(tmp_path / "pf"), "--out", str(tmp_path / "dpo"))
+    exported = _invoke(
+        "export", "dpo", str(tmp_path / "pf"), "--out", str(tmp_path / "dpo"), quiet=False
+    )
     assert "Wrote 102 train / 0 test rows" in exported
     assert len(_rows(tmp_path / "dpo" / "train.jsonl")) == 102
 
@@ -217,7 +252,9 @@ def test_revise_and_judge_shards_union_to_the_unsharded_run(
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(
         "".join(
-            json.dumps({"prompt": f"question {i % 6}", "response_a": f"a{i}", "response_b": f"b{i}"})
+            json.dumps(
+                {"prompt": f"question {i % 6}", "response_a": f"a{i}", "response_b": f"b{i}"}
+            )
             + "\n"
             for i in range(12)
         )
