@@ -140,24 +140,24 @@ def test_transformers_samples_differ_by_seed_and_do_not_depend_on_the_batch(
     """Each row of a micro-batch draws from its own seed: the batched run gives the same
     k samples as one call at a time, and the k samples differ."""
     messages = [{"role": "user", "content": "Name an animal and say why you like it."}]
-    params = GenParams(temperature=1.0, max_tokens=12, seed=3)
+    params = GenParams(temperature=1.0, max_tokens=8, seed=3)
 
     async def go() -> tuple[list[str], list[str]]:
         backend = get_backend("local:transformers")
         engine = Engine(EngineConfig(use_cache=False, quiet=True))
         try:
             batched = await asyncio.gather(
-                *(engine.call(backend, messages, params, sample_index=i) for i in range(4))
+                *(engine.call(backend, messages, params, sample_index=i) for i in range(3))
             )
             one_by_one = [
-                await engine.call(backend, messages, params, sample_index=i) for i in range(4)
+                await engine.call(backend, messages, params, sample_index=i) for i in range(3)
             ]
             return [c.text for c in batched], [c.text for c in one_by_one]
         finally:
             await backend.aclose()
 
     batched, sequential = asyncio.run(go())
-    assert len(set(batched)) == 4
+    assert len(set(batched)) == 3
     assert batched == sequential
 
 
