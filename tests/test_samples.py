@@ -89,6 +89,21 @@ def test_k_samples_are_distinct_draws_on_a_seed_honouring_server(
     assert all(set(other[p]).isdisjoint(samples[p]) for p in samples)
 
 
+def test_a_provider_that_ignores_seeds_gets_k_draws_and_the_cache_keeps_them(
+    provider_server: FaultServer, tmp_path: Path
+) -> None:
+    provider_server.honour_seed = False
+    prompts = _write_prompts(tmp_path / "p.jsonl", 2)
+    flags = ["--samples", "4", "--model", "m", "--api-base", provider_server.base_url]
+    _invoke("generate", str(prompts), "--out", str(tmp_path / "a"), *flags)
+    samples = _by_prompt(tmp_path / "a" / "generations.jsonl")
+    assert [len(set(texts)) for texts in samples.values()] == [4, 4]
+    paid = provider_server.paid
+    _invoke("generate", str(prompts), "--out", str(tmp_path / "b"), *flags)  # a new run dir
+    assert _by_prompt(tmp_path / "b" / "generations.jsonl") == samples  # from the call cache
+    assert provider_server.paid == paid
+
+
 def test_k_samples_are_distinct_draws_through_litellm(
     provider_server: FaultServer, tmp_path: Path
 ) -> None:
