@@ -12,7 +12,8 @@
 With --batch-api, steps 2 onwards are a provider Batch API job instead (`cai_kit.batch`).
 
 `run_job` runs one record per input item on top of it: resume by record id (finished
-records are skipped, failed ones retried), deterministic sharding, one crash-safe writer,
+records are skipped, failed ones retried), deterministic sharding by prompt (`JobSpec.shard_key`:
+the union of the N shards is exactly the unsharded run), one crash-safe writer,
 a progress bar, `manifest.json`, and a clean stop on Ctrl-C or budget with work kept.
 """
 
@@ -193,6 +194,7 @@ class Engine:
     async def call(
         self, backend: Backend, messages: ChatMessages, params: GenParams, *, sample_index: int = 0
     ) -> Completion:
+        params = params.for_sample(sample_index)  # sample i is its own draw (GenParams)
         key = cache_key(backend.identity(), messages, params.to_dict(), sample_index)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             self.stats.cache_hits += 1
@@ -390,6 +392,9 @@ class JobSpec:
     # --dry-run cost preview: per item, (backend, prompt tokens, completion tokens) of each call
     estimate_tokens: Callable[[Any], list[tuple[Backend, int, int]]] | None = None
     shard: tuple[int, int] | None = None
+    # What --shard splits by: the item's prompt id, so every sample and pair of a prompt
+    # lands in one shard. None: the item id (fine when an item is one whole prompt).
+    shard_key: Callable[[Any], str] | None = None
     backends: list[Backend] = field(default_factory=list)  # closed when the job ends
 
 
@@ -426,12 +431,12 @@ class JobSummary:
         return text
 
 
-def in_shard(item_id: str, shard: tuple[int, int] | None) -> bool:
-    """Deterministic 1/N split by record id (I is 1-based)."""
+def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
+    """Deterministic 1/N split by a key, the prompt id for every job (I is 1-based)."""
     if shard is None:
         return True
     i, n = shard
-    return int(stable_hash("shard", item_id), 16) % n == i - 1
+    return int(stable_hash("shard", key), 16) % n == i - 1
 
 
 def _write_manifest(spec: JobSpec, summary: JobSummary, started: str, status: str) -> None:
@@ -465,7 +470,8 @@ def run_job(spec: JobSpec, config: EngineConfig) -> JobSummary:
     todo, seen = [], set()
     for item in spec.items:
         iid = spec.item_id(item)
-        if iid in seen or not in_shard(iid, spec.shard):
+        key = spec.shard_key(item) if spec.shard_key else iid
+        if iid in seen or not in_shard(key, spec.shard):
             continue
         seen.add(iid)
         todo.append(item)

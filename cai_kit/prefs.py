@@ -4,6 +4,9 @@ Two resumable phases in one run directory:
   1. sampling: k responses per prompt from the policy -> OUT/samples/generations.jsonl
   2. judging: pairs chosen per prompt (`all`, `random:N`, or `best-worst`: judge all pairs,
      keep the most-preferred vs the least-preferred response) -> OUT/prefs.jsonl
+Both phases shard by prompt (`--shard I/N`): a prompt's k samples and all its pairs are in
+one shard, so the union of the N shards' records is exactly the unsharded run's. Record ids
+hash the policy's and the judge's backend identities, not only their model strings.
 `run_judge_file` judges pairs that already exist (a pairs JSONL with response_a/response_b or
 chosen/rejected, or a revisions.jsonl from `cai-kit revise`: final revision vs initial).
 """
@@ -15,7 +18,7 @@ import random
 from pathlib import Path
 
 from cai_kit.constitution import Constitution
-from cai_kit.engine import Engine, EngineConfig, JobSpec, JobSummary, run_job
+from cai_kit.engine import Engine, EngineConfig, JobSpec, JobSummary, in_shard, run_job
 from cai_kit.errors import DataError
 from cai_kit.generate import run_generate
 from cai_kit.io import latest_by_id, read_jsonl
@@ -61,11 +64,12 @@ def preference_record(
 
 def _judge_job(
     name: str, items: list, item_id, process, out_dir: Path, engine_config: EngineConfig, manifest: dict,  # type: ignore[no-untyped-def]
-    calls_per_item: int, judge: Backend, shard: tuple[int, int] | None,
+    calls_per_item: int, judge: Backend, shard: tuple[int, int] | None, shard_key,  # type: ignore[no-untyped-def]
 ) -> JobSummary:  # fmt: skip
     spec = JobSpec(name=name, items=items, item_id=item_id, process=process, output=out_dir / "prefs.jsonl",
                    record_type=PreferenceRecord, run_dir=out_dir, manifest=manifest,
-                   estimate=lambda _: calls_per_item, shard=shard, backends=[judge])  # fmt: skip
+                   estimate=lambda _: calls_per_item, shard=shard, shard_key=shard_key,
+                   backends=[judge])  # fmt: skip
     return run_job(spec, engine_config)
 
 
@@ -92,8 +96,9 @@ def run_prefs(
         per_prompt = {"all": k * (k - 1) // 2, "best-worst": k * (k - 1) // 2}.get(pairs) or int(
             pairs.split(":")[1]
         )
-        calls = len(prompts) * per_prompt * _calls_per_pair(constitution, cfg)
-        return sampled, JobSummary(total=len(prompts), estimated_calls=calls)
+        n_prompts = sum(in_shard(p.id, shard) for p in prompts)
+        calls = n_prompts * per_prompt * _calls_per_pair(constitution, cfg)
+        return sampled, JobSummary(total=n_prompts, estimated_calls=calls)
     by_prompt: dict[str, list[GenerationRecord]] = {}
     for g in latest_by_id(out_dir / "samples" / "generations.jsonl", GenerationRecord).values():
         if g.status == "ok" and g.response:
@@ -124,10 +129,19 @@ def run_prefs(
         for p in prompts
     }
 
+    identities = {"policy": policy.identity(), "judge": judge.identity()}
+
     def item_id(item: tuple[PromptRecord, tuple[int, int] | None]) -> str:
         p, ij = item
         return stable_hash(
-            "pref", p.id, ij, pairs, texts[p.id], constitution.content_hash, models, cfg.__dict__
+            "pref",
+            p.id,
+            ij,
+            pairs,
+            texts[p.id],
+            constitution.content_hash,
+            identities,
+            cfg.__dict__,
         )
 
     async def process(
@@ -178,8 +192,9 @@ def run_prefs(
         k * (k - 1) // 2 if pairs == "best-worst" else 1
     )
     judged = _judge_job(
-        "judge", items, item_id, process, out_dir, engine_config, manifest, per_item, judge, None
-    )
+        "judge", items, item_id, process, out_dir, engine_config, manifest, per_item, judge, shard,
+        lambda item: item[0].id,
+    )  # fmt: skip
     return sampled, judged
 
 
@@ -227,6 +242,8 @@ def run_judge_file(
     pairs: list[PairInput], *, judge: Backend, models: dict[str, str], constitution: Constitution, cfg: JudgeConfig,
     out_dir: Path, engine_config: EngineConfig, shard: tuple[int, int] | None = None, argv: list[str] | None = None,
 ) -> JobSummary:  # fmt: skip
+    identity = judge.identity()
+
     def item_id(pair: PairInput) -> str:
         return stable_hash(
             "judged",
@@ -234,7 +251,7 @@ def run_judge_file(
             pair.response_a,
             pair.response_b,
             constitution.content_hash,
-            models,
+            identity,
             cfg.__dict__,
         )
 
@@ -260,4 +277,5 @@ def run_judge_file(
         _calls_per_pair(constitution, cfg),
         judge,
         shard,
+        lambda pair: pair.prompt_id,
     )

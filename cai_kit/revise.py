@@ -69,19 +69,20 @@ class ReviseConfig:
         }
 
 
-def revision_record_id(prompt: PromptRecord, cfg: ReviseConfig, models: dict[str, str]) -> str:
-    """What decides whether this prompt's revision is done (resume, shards, merging)."""
+def backend_identities(responder: Backend, critic: Backend) -> dict[str, object]:
+    return {"responder": responder.identity(), "critic": critic.identity()}
+
+
+def revision_record_id(
+    prompt: PromptRecord, cfg: ReviseConfig, identities: dict[str, object]
+) -> str:
+    """What decides whether this prompt's revision is done (resume, merging). It hashes the
+    backends' identities (`backend_identities`), not only their model strings: new weights
+    never reuse old work."""
     c = cfg.constitution
     return stable_hash(
-        "revision",
-        prompt.id,
-        prompt.response,
-        c.name,
-        c.content_hash,
-        cfg.seed,
-        models,
-        cfg.describe(),
-    )
+        "revision", prompt.id, prompt.response, c.name, c.content_hash, cfg.seed, identities, cfg.describe()
+    )  # fmt: skip
 
 
 def principles_for(prompt: PromptRecord, cfg: ReviseConfig) -> list[Principle]:
@@ -121,9 +122,11 @@ async def revise_one(
     responder: Backend,
     critic: Backend,
     models: dict[str, str],
+    identities: dict[str, object] | None = None,
 ) -> RevisionRecord:
+    identities = identities or backend_identities(responder, critic)
     record = RevisionRecord(
-        id=revision_record_id(prompt, cfg, models),
+        id=revision_record_id(prompt, cfg, identities),
         prompt_id=prompt.id,
         messages=prompt.messages,
         provenance=Provenance(
@@ -235,13 +238,15 @@ def run_revise(
     """Run the loop over every prompt not done yet; writes OUT/revisions.jsonl + manifest."""
     calls_per_prompt = 2 * (len(cfg.constitution.principles) if cfg.mode == "all" else cfg.rounds)
 
+    identities = backend_identities(responder, critic)
+
     async def process(prompt: PromptRecord, engine: Engine) -> RevisionRecord:
-        return await revise_one(prompt, cfg, engine, responder, critic, models)
+        return await revise_one(prompt, cfg, engine, responder, critic, models, identities)
 
     spec = JobSpec(
         name="revise",
         items=prompts,
-        item_id=lambda p: revision_record_id(p, cfg, models),
+        item_id=lambda p: revision_record_id(p, cfg, identities),
         process=process,
         output=out_dir / "revisions.jsonl",
         record_type=RevisionRecord,
@@ -261,6 +266,7 @@ def run_revise(
         estimate=lambda p: calls_per_prompt + (0 if p.response is not None else 1),
         estimate_tokens=lambda p: estimate_calls(p, cfg, responder, critic),
         shard=shard,
+        shard_key=lambda p: p.id,  # the same prompts in shard I of revise, generate and prefs
         backends=[responder] if responder is critic else [responder, critic],
     )
     return run_job(spec, engine_config)

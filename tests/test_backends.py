@@ -105,12 +105,16 @@ def test_unreachable_server_says_so() -> None:
 
 
 @pytest.mark.slow
-def test_unknown_model_on_a_real_server_is_fatal_or_served(llama_server) -> None:  # type: ignore[no-untyped-def]
-    # llama.cpp's server serves its one model whatever the name; a 404 must be fatal elsewhere.
-    from cai_kit.llm.openai_compat import _status_error
-
-    err = _status_error(404, b"", llama_server.base_url, "nope", None)
-    assert isinstance(err, FatalBackendError) and "does not exist" in str(err)
+def test_real_llama_cpp_server_serves_any_model_name_and_a_wrong_path_is_a_fatal_404(
+    llama_server,  # type: ignore[no-untyped-def]
+) -> None:
+    # llama.cpp's server serves its one model whatever name it is asked for ...
+    c = asyncio.run(_chat("nope", api_base=llama_server.base_url))
+    assert c.text.strip() and c.usage.completion_tokens > 0
+    # ... and answers a path it doesn't have with a real 404: fatal at once, one sentence.
+    with pytest.raises(FatalBackendError, match="does not exist") as err:
+        asyncio.run(_chat(llama_server.model, api_base=llama_server.base_url + "/nope"))
+    assert err.value.status == 404
 
 
 def test_key_never_appears_in_error_messages(monkeypatch: pytest.MonkeyPatch) -> None:

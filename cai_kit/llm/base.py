@@ -7,6 +7,7 @@ the judge never care which kind they talk to.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -33,6 +34,19 @@ class GenParams:
 
     def replace(self, **changes: Any) -> GenParams:
         return GenParams(**{**asdict(self), **changes})
+
+    def for_sample(self, index: int) -> GenParams:
+        """The parameters of sample `index`: its own draw, reproducible for a fixed seed.
+
+        Sample 0 keeps `seed`; sample i > 0 gets a seed derived from (seed, i), so k samples
+        of one prompt are k different draws on every backend that honours seeds, and a re-run
+        with the same seed gives the same k samples. Without a seed the provider draws anew
+        and the call cache (whose key holds the index) keeps the samples apart.
+        """
+        if index == 0 or self.seed is None:
+            return self
+        digest = hashlib.sha256(f"cai-kit-sample:{self.seed}:{index}".encode()).hexdigest()
+        return self.replace(seed=int(digest[:8], 16) & 0x7FFFFFFF)  # 31 bits: every API takes it
 
 
 @dataclass

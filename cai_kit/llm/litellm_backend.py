@@ -2,7 +2,10 @@
 
 litellm's own retries are off (the engine retries, one layer only), its verbose logging is
 never enabled (it has leaked keys), and its price list is read from the installed package
-rather than fetched at import (LITELLM_LOCAL_MODEL_COST_MAP=True).
+rather than fetched at import (LITELLM_LOCAL_MODEL_COST_MAP=True). The per-sample `seed` is
+sent to providers that take one; to the others (e.g. Anthropic, where litellm would refuse
+the request) it is left out: they draw anew on every call, and the call cache, whose key
+holds the sample index, keeps the k samples apart.
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ class LiteLLMBackend(Backend):
         if self.api_base:
             kwargs["api_base"] = self.api_base
             kwargs["api_key"] = self._key or "sk-none"  # litellm insists on one
-        if params.seed is not None:
+        if params.seed is not None and _takes_seed(litellm, self.model):
             kwargs["seed"] = params.seed
         if params.stop:
             kwargs["stop"] = list(params.stop)
@@ -105,6 +108,23 @@ class LiteLLMBackend(Backend):
             model=self.model,
             finish_reason=getattr(choice, "finish_reason", None),
         )
+
+
+def _takes_seed(litellm: Any, model: str) -> bool:
+    """Whether litellm forwards `seed` for this model's provider (unknown: let it try)."""
+    if model not in _SEED_SUPPORT:
+        try:
+            name, provider, _, _ = litellm.get_llm_provider(model)
+            supported = litellm.get_supported_openai_params(
+                model=name, custom_llm_provider=provider
+            )
+        except Exception:  # an unmapped model: the provider decides
+            supported = None
+        _SEED_SUPPORT[model] = supported is None or "seed" in supported
+    return _SEED_SUPPORT[model]
+
+
+_SEED_SUPPORT: dict[str, bool] = {}
 
 
 def _logprobs(lp: Any) -> list[TokenLogprob] | None:

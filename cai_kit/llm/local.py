@@ -6,7 +6,8 @@
 - `local:transformers` and `hf:PATH`: a transformers checkpoint (the embedded model converted
   once, or e.g. a model you trained; PEFT adapter dirs load on their base). Concurrent
   `chat()` calls are micro-batched into one left-padded `generate`, so many prompts run
-  faster than one by one.
+  faster than one by one; each row samples from its own seed (`row_sampling.RowSampler`), so
+  a seed gives the same text whatever else shares the batch.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import json
 import math
 import os
+import random
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +78,8 @@ class LlamaCppBackend(Backend):
             "top_p": params.top_p,
             "max_tokens": params.max_tokens,
             "stop": list(params.stop) or None,
-            "seed": params.seed if params.seed is not None else 0,
+            # No seed: a fresh draw, as providers do (llama-cpp-python would chain its own seed).
+            "seed": params.seed if params.seed is not None else random.randrange(2**31),
         }
         if want_lp:
             kwargs.update(logprobs=True, top_logprobs=min(params.top_logprobs, 20))
@@ -225,20 +228,28 @@ class TransformersBackend(Backend):
             for p in group
         ]
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
         sample = params.temperature > 0
+        processors = None
+        if sample:  # each row draws from its own seed, whatever else shares the batch
+            from transformers import LogitsProcessorList
+
+            from cai_kit.llm.row_sampling import RowSampler
+
+            seeds = [p.params.seed for p in group]
+            processors = LogitsProcessorList([RowSampler(seeds, params.temperature, params.top_p)])
         with torch.no_grad():
             out = model.generate(
                 **enc,
                 max_new_tokens=params.max_tokens,
-                do_sample=sample,
-                temperature=params.temperature if sample else None,
-                top_p=params.top_p if sample else None,
+                do_sample=False,  # greedy over RowSampler's one-hot choice when sampling
+                temperature=None,
+                top_p=None,
                 top_k=None,
+                logits_processor=processors,
                 pad_token_id=tok.pad_token_id,
                 return_dict_in_generate=True,
-                output_scores=params.top_logprobs > 0,
+                output_scores=params.top_logprobs > 0 and not sample,
+                output_logits=params.top_logprobs > 0 and sample,  # scores are one-hot then
                 stop_strings=list(params.stop) or None,
                 tokenizer=tok if params.stop else None,
             )
@@ -253,7 +264,8 @@ class TransformersBackend(Backend):
             if params.top_logprobs > 0:
                 lps = []
                 for step in range(n):
-                    logp = torch.log_softmax(out.scores[step][i].float(), dim=-1)
+                    step_scores = out.logits if sample else out.scores
+                    logp = torch.log_softmax(step_scores[step][i].float(), dim=-1)
                     top = torch.topk(logp, min(params.top_logprobs, 20))
                     lps.append(
                         TokenLogprob(
