@@ -219,6 +219,18 @@ class Engine:
         finally:
             del self._inflight[key]
 
+    def forget(
+        self, backend: Backend, messages: ChatMessages, params: GenParams, *, sample_index: int = 0
+    ) -> None:
+        """Drop one cached answer that turned out unusable (e.g. a judge reply that is neither
+        A nor B), so that a re-run or `retry-failed` asks the model again instead of reading
+        the same reply back from the cache."""
+        if self.cache is not None:
+            params = params.for_sample(sample_index)
+            self.cache.delete(
+                cache_key(backend.identity(), messages, params.to_dict(), sample_index)
+            )
+
     def _notice(self, text: str) -> None:
         self.notices.append(text)
         print(f"Note: {text}", file=sys.stderr)

@@ -81,11 +81,11 @@ def run_harmlessness(
             rec.response = (await engine.call(models[role], msgs, params)).text
             flags = {}
             for pr in constitution.principles:
-                reply = await engine.call(
-                    judge, flag_question(pr.critique, p.prompt_text, rec.response), judge_params
-                )
+                question = flag_question(pr.critique, p.prompt_text, rec.response)
+                reply = await engine.call(judge, question, judge_params)
                 flags[pr.id] = parse_yes_no(reply.text)
                 if flags[pr.id] is None:
+                    engine.forget(judge, question, judge_params)  # asked again on a re-run
                     rec.status = "failed"
                     rec.error = (
                         rec.error

@@ -162,6 +162,9 @@ async def _one_order(
             letters = [parse_letter(c.text, "letter") for c in replies]
             valid = [x for x in letters if x]
             comp.raw = " | ".join(c.text for c in replies)
+            for i, x in enumerate(letters):
+                if x is None:  # unreadable votes are asked again on a re-run, not re-read
+                    engine.forget(backend, messages, params, sample_index=i)
             if not valid:
                 comp.error = "no vote could be parsed as A or B"
                 return comp
@@ -183,6 +186,7 @@ async def _one_order(
         comp.p_first, comp.source = (1.0 if letter == "A" else 0.0), "letter"
     else:
         comp.error = f"the judge's reply is not a clear A or B: {reply.text[:80]!r}"
+        engine.forget(backend, messages, params)  # a re-run asks again instead of re-reading it
         return comp
     if cfg.mode == "cot":
         lo, hi = cfg.cot_clamp

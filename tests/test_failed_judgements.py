@@ -133,3 +133,19 @@ def test_best_worst_with_one_failed_judgement_is_a_failed_record(
     assert "judging:  0 done; 1 failed" in r.output, r.output
     (rec,) = latest_by_id(run / "prefs.jsonl", PreferenceRecord).values()
     assert rec.status == "failed" and "1 of 3 judgements failed" in (rec.error or "")
+
+
+@pytest.mark.parametrize("mode", ["letter", "votes"])
+def test_an_unreadable_judge_answer_is_asked_again_on_a_plain_rerun(
+    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    fault_server.responder = lambda body, rng: "Both are fine, really."
+    run = tmp_path / "run"
+    args = ["judge", str(_pairs(tmp_path, n=2)), "--judge-model", "judge", "--api-base",
+            fault_server.base_url, "--mode", mode, "--out", str(run), "-q"]  # fmt: skip
+    r = _invoke(monkeypatch, args)
+    assert "0 done; 2 failed" in r.output, r.output
+    fault_server.responder = _good_judge  # same request, and now a clear answer
+    r = _invoke(monkeypatch, args)  # no --no-cache: the unreadable answers were not kept
+    assert "2 done; 0 failed" in r.output, r.output
+    assert _statuses(run) == ["ok"] * 2
