@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from cai_kit.cli.main import app
 from cai_kit.serve.feedback import kto_weights
 from cai_kit.serve.store import FeedbackStore
-from tests.fixtures.serve_server import ServeHandle
+from tests.fixtures.serve_server import ServeHandle, start_serve
 
 
 @pytest.mark.parametrize(("n_d", "n_u"), [(1, 10), (10, 1), (3, 2), (2, 3), (7, 7), (640, 13)])
@@ -153,3 +153,18 @@ def test_feedback_exports_train_with_train_kto_and_dpo_unchanged(
             h for h in json.loads((tmp_path / name / "log_history.json").read_text()) if "loss" in h
         ]
         assert len(steps) == 2
+    # The loop closes: the trained adapter is served again (hf:DIR with adapter_config.json).
+    import openai
+
+    h = start_serve(f"hf:{tmp_path / 'kto_model'}", db=db)
+    try:
+        client = openai.OpenAI(base_url=h.url + "/v1", api_key="unused")
+        msgs = [{"role": "user", "content": "How do I do thing 1?"}]
+        r = client.chat.completions.create(model="x", messages=msgs, max_tokens=8, seed=1)
+        chunks = list(client.chat.completions.create(model="x", messages=msgs, max_tokens=8,
+                                                     seed=1, stream=True))  # fmt: skip
+    finally:
+        h.stop()
+    assert r.model == f"hf:{tmp_path / 'kto_model'}" and r.usage.completion_tokens > 0
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == r.choices[0].message.content
+    assert FeedbackStore(db).counts()["completions"] == 8 * 2 + 3 + 2
