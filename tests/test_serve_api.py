@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cai_kit.cli.main import app
+from cai_kit.serve.protocol import Limits
 from tests.fixtures.fault_server import FaultServer
 from tests.fixtures.serve_server import ServeHandle, start_serve
 
@@ -58,14 +59,22 @@ def test_openai_sdk_streaming_matches_stored_completion(serve_upstream: ServeHan
     assert _rows(serve_upstream.db, "SELECT id, text FROM completions") == [(chunks[0].id, text)]
 
 
-def test_no_seed_means_a_fresh_draw_so_regenerate_differs(serve_upstream: ServeHandle) -> None:
+def test_no_seed_means_a_fresh_drawn_seed_so_regenerate_differs(
+    serve_upstream: ServeHandle, fault_server: FaultServer
+) -> None:
+    """A backend with a fixed default seed (llama.cpp: 0) would repeat itself on regenerate."""
     import openai
 
     client = openai.OpenAI(base_url=serve_upstream.url + "/v1", api_key="unused")
     msgs = [{"role": "user", "content": "Same question"}]
     texts = {client.chat.completions.create(model="m", messages=msgs).choices[0].message.content
              for _ in range(3)}  # fmt: skip
-    assert len(texts) == 3
+    seeds = [b.get("seed") for b in fault_server.bodies]
+    assert len(texts) == 3 and len(set(seeds)) == 3 and all(isinstance(x, int) for x in seeds)
+    stored = [
+        json.loads(p)["seed"] for (p,) in _rows(serve_upstream.db, "SELECT params FROM completions")
+    ]
+    assert sorted(stored) == sorted(seeds)  # the seed that made each reply is kept with it
 
 
 async def test_litellm_reaches_serve_streaming_and_not(serve_upstream: ServeHandle) -> None:
@@ -151,8 +160,8 @@ async def _call(
 async def test_bad_input_gets_a_clear_4xx(
     fault_server: FaultServer, tmp_path: Path, path: str, body: str, status: int, says: str
 ) -> None:
-    h = start_serve("openai/m", api_base=fault_server.base_url, db=tmp_path / "f.db",
-                    limits=__import__("cai_kit.serve.protocol").serve.protocol.Limits(max_tokens=64))  # fmt: skip
+    limits = Limits(max_tokens=64)
+    h = start_serve("openai/m", api_base=fault_server.base_url, db=tmp_path / "f.db", limits=limits)
     try:
         got, payload = await _call(h.url, path, body)
     finally:

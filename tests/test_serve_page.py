@@ -35,7 +35,7 @@ def browser() -> Iterator[Any]:
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM  # type: ignore[assignment]
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1000,760", "--force-device-scale-factor=1"):  # fmt: skip
+                "--window-size=1000,900", "--force-device-scale-factor=1"):  # fmt: skip
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)  # no driver download
     yield driver

@@ -108,7 +108,9 @@ class LlamaCppBackend(Backend):
     ) -> AsyncIterator[str | Completion]:
         """Text deltas as llama.cpp makes them, then the whole Completion (used by `serve`).
 
-        Closing the iterator early (the client left) stops generation at the next token.
+        Closing the iterator early (the client left) stops generation at the next token. The
+        Completion's usage counts the reply's tokens; llama.cpp's stream does not report the
+        prompt's, so `prompt_tokens` is 0.
         """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | Completion | BaseException] = asyncio.Queue()
@@ -129,6 +131,7 @@ class LlamaCppBackend(Backend):
                     )
                     for chunk in chunks:
                         if stop.is_set():
+                            chunks.close()  # the client left: stop decoding now
                             break
                         choice = chunk["choices"][0]
                         if delta := choice["delta"].get("content"):

@@ -25,6 +25,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any
@@ -59,6 +60,13 @@ _CSP = "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline
 CONFIG = web.AppKey("config", ServeConfig)
 BACKEND = web.AppKey("backend", Backend)
 STORE = web.AppKey("store", FeedbackStore)
+# Store writes get their own thread: in the default pool they would queue behind model calls
+# that wait for the (one-at-a-time) local model, adding a whole generation to a reply's latency.
+DB_POOL = web.AppKey("db_pool", ThreadPoolExecutor)
+
+
+async def _in_db(request: web.Request, fn: Any, *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(request.app[DB_POOL], fn, *args)
 
 
 def _error(status: int, message: str, type_: str = "invalid_request_error") -> web.Response:
@@ -167,7 +175,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         c = await backend.chat(req.messages, req.params)
     except BackendError as exc:
         raise _backend_error(exc) from None
-    await asyncio.to_thread(_record, request, cid, req, c)
+    await _in_db(request, _record, request, cid, req, c)
     return web.json_response(completion_body(cid, cfg.model, req, c))
 
 
@@ -213,7 +221,7 @@ async def _stream(request: web.Request, cid: str, req: ChatRequest) -> web.Strea
         while not isinstance(item, Completion):
             await send(chunk_body(cid, cfg.model, created, {"content": item}))
             item = await anext(items)
-        await asyncio.to_thread(_record, request, cid, req, item)  # stored before [DONE]
+        await _in_db(request, _record, request, cid, req, item)  # stored before [DONE]
         await send(chunk_body(cid, cfg.model, created, finish_reason=item.finish_reason or "stop"))
         if req.include_usage:
             await send(chunk_body(cid, cfg.model, created, usage=item))
@@ -243,7 +251,7 @@ async def feedback(request: web.Request) -> web.Response:
         raise ApiError(400, "comment must be a string.")
     if comment and len(comment) > cfg.max_comment_chars:
         raise ApiError(400, f"comment is longer than {cfg.max_comment_chars} characters.")
-    if not await asyncio.to_thread(store.rate, cid, int(rating), comment or None):
+    if not await _in_db(request, store.rate, cid, int(rating), comment or None):
         raise ApiError(404, f"No completion with id {cid!r} was served into {store.path}.")
     return web.json_response({"ok": True, "completion_id": cid, "rating": rating})
 
@@ -251,6 +259,7 @@ async def feedback(request: web.Request) -> web.Response:
 def create_app(backend: Backend, store: FeedbackStore, config: ServeConfig) -> web.Application:
     app = web.Application(middlewares=[_errors, _auth], client_max_size=config.max_body_bytes)
     app[CONFIG], app[BACKEND], app[STORE] = config, backend, store
+    app[DB_POOL] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cai-kit-feedback-db")
     app.router.add_get("/", page)
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", chat_completions)
@@ -258,6 +267,7 @@ def create_app(backend: Backend, store: FeedbackStore, config: ServeConfig) -> w
 
     async def close(_: web.Application) -> None:
         await backend.aclose()
+        app[DB_POOL].shutdown(wait=True)
 
     app.on_cleanup.append(close)
     return app
