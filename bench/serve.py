@@ -1,6 +1,6 @@
 """Benchmark: `cai-kit serve` on the embedded model vs the same backend called directly.
 
-    python bench/serve.py [--requests 16] [--max-tokens 32] [--rounds 2]
+    python bench/serve.py [--requests 8] [--max-tokens 32] [--rounds 4]
 
 For 1, 4 and 16 concurrent clients, the same requests (same prompts, same seeds, so the same
 tokens are generated) go (a) straight to the `local` backend in this process and (b) over
@@ -142,9 +142,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--requests", type=int, default=16)
+    ap.add_argument("--requests", type=int, default=8, help="requests per round and side")
     ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=4, help="direct/serve alternations per level")
     asyncio.run(main_async(ap.parse_args()))
 
 

@@ -195,7 +195,8 @@ async def test_api_key_is_required_on_every_api_endpoint(
         async with aiohttp.ClientSession() as s:
             for method, path, data in [("GET", "/v1/models", None),
                                        ("POST", "/v1/chat/completions", chat),
-                                       ("POST", "/v1/feedback", "{}")]:  # fmt: skip
+                                       ("POST", "/v1/feedback", "{}"),
+                                       ("GET", "/v1/no-such-route", None)]:  # fmt: skip
                 for headers in [{}, {"Authorization": "Bearer wrong"}]:
                     async with s.request(method, h.url + path, data=data, headers=headers) as r:
                         assert r.status == 401, (path, headers)

@@ -72,8 +72,12 @@ async def test_kill_9_during_writes_keeps_every_acknowledged_rating(
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         clients = [asyncio.create_task(until_killed(w)) for w in range(16)]
-        while len(acked) < 60:
-            await asyncio.sleep(0.01)
+
+        async def sixty_acked() -> None:
+            while len(acked) < 60:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(sixty_acked(), 120)
         os.kill(proc.pid, signal.SIGKILL)  # mid-stream: 16 clients are still asking and rating
         proc.wait(10)
         await asyncio.wait_for(asyncio.gather(*clients), 30)

@@ -48,8 +48,8 @@ def serve(
             "--api-key",
             envvar=SERVE_KEY_ENV,
             show_envvar=True,
-            help="Require 'Authorization: Bearer KEY' on /v1/*; prefer the env var "
-            "(a flag lands in shell history). Needed beyond loopback.",
+            help="Require 'Authorization: Bearer KEY' on every route but the static page; "
+            "prefer the env var (a flag lands in shell history). Needed beyond loopback.",
         ),
     ] = None,
     max_tokens: MaxTokensOpt = 256,

@@ -4,7 +4,8 @@
     runner = await start(app, "127.0.0.1", 8000)        # -> (runner, port actually bound)
 
 Routes:
-  GET  /                       the chat page (static HTML; it asks for the key if one is set)
+  GET  /                       the chat page (static HTML; it asks for the key if one is set;
+                               every other route needs the key when one is set)
   GET  /v1/models              the one model served
   POST /v1/chat/completions    OpenAI chat completions; `"stream": true` for SSE
   POST /v1/feedback            {"completion_id": ID, "rating": 1 | -1, "comment": "..."}
@@ -50,7 +51,7 @@ log = logging.getLogger("cai_kit.serve")
 @dataclass(frozen=True)
 class ServeConfig:
     model: str  # the model string served; reported as the model id
-    api_key: str | None = None  # when set, /v1/* needs "Authorization: Bearer KEY"
+    api_key: str | None = None  # when set, all but / need "Authorization: Bearer KEY"
     max_body_bytes: int = 1024 * 1024
     limits: Limits = field(default_factory=Limits)
     max_comment_chars: int = 4000
@@ -102,7 +103,7 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
 @web.middleware
 async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
     key = request.app[CONFIG].api_key
-    if key and request.path.startswith("/v1/"):
+    if key and request.path != "/":  # everything but the static page, which holds no data
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
             raise ApiError(
