@@ -195,3 +195,24 @@ def export(
         _card(kind, run_dir, len(train), len(test), skipped, fmt), encoding="utf-8"
     )
     return {"train": len(train), "test": len(test), "skipped": skipped}
+
+
+def write_rows(
+    rows: list[dict[str, Any]], out_dir: Path, eval_fraction: float = 0.0, seed: int = 0
+) -> tuple[int, int]:
+    """Shuffle (seeded), split off `eval_fraction` as test, write OUT/train.jsonl (+ test.jsonl).
+
+    Returns (train rows, test rows). Shared by every exporter (run records, served feedback).
+    """
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    n_test = int(len(rows) * eval_fraction)
+    test, train = rows[:n_test], rows[n_test:]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, part in (("train", train), ("test", test)):
+        (out_dir / f"{name}.jsonl").unlink(missing_ok=True)  # no stale split from an older export
+        if part:
+            with open(out_dir / f"{name}.jsonl", "w", encoding="utf-8") as fh:
+                for row in part:
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return len(train), len(test)

@@ -28,6 +28,7 @@ os.environ.setdefault(
 pytest_plugins = [
     "tests.fixtures.llama_server",
     "tests.fixtures.fault_server",
+    "tests.fixtures.serve_server",
 ]
 
 

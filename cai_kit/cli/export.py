@@ -56,6 +56,40 @@ def _run(kind: str, run_dir: Path, out: Path, fmt: str, eval_fraction: float, mi
         typer.echo(f"Pushed to {push_to_hub}")
 
 
+RunDirOrDb = Annotated[
+    Path,
+    typer.Argument(
+        help="Run directory (from revise, prefs or judge), or a feedback DB from `serve`."
+    ),
+]
+
+
+def _feedback(kind: str, source: Path, out: Path, fmt: str, eval_fraction: float) -> bool:
+    """Export served 👍/👎 feedback when SOURCE is a feedback DB; False for a run directory."""
+    from cai_kit.serve.store import is_feedback_db
+
+    if not is_feedback_db(source):
+        return False
+    from cai_kit.cli.common import fail
+    from cai_kit.serve.feedback import export_feedback
+
+    if fmt not in ("conversational", "standard"):
+        fail(f"--format must be conversational or standard, not {fmt!r}.")
+    counts = export_feedback(source, out, kind, fmt, eval_fraction)  # type: ignore[arg-type]
+    left = ", ".join(f"{n} {why}" for why, n in counts["skipped"].items())
+    typer.echo(
+        f"Wrote {counts['train']} train / {counts['test']} test rows to {out}"
+        + (f" (left out: {left})" if left else "")
+    )
+    if kind == "kto":
+        (w_d, w_u) = counts["weights"]
+        typer.echo(
+            f"{counts['desirable']} desirable, {counts['undesirable']} undesirable; balance with: "
+            f"cai-kit train kto {out} --set desirable_weight={w_d} --set undesirable_weight={w_u}"
+        )
+    return True
+
+
 @export_app.command("sft")
 def sft(
     run_dir: RunDir, out: Out, eval_fraction: EvalFrac = 0.0, push_to_hub: PushToHub = None
@@ -66,13 +100,16 @@ def sft(
 
 @export_app.command("prefs")
 def prefs(
-    run_dir: RunDir,
+    run_dir: RunDirOrDb,
     out: Out,
     fmt: Fmt = "conversational",
     eval_fraction: EvalFrac = 0.0,
     push_to_hub: PushToHub = None,
 ) -> None:
-    """Pairs from revise: final revision as chosen, initial response as rejected."""
+    """Pairs from revise (revision chosen, initial rejected), or from a feedback DB (👍 vs 👎
+    responses to the same turn)."""
+    if _feedback("prefs", run_dir, out, fmt, eval_fraction):
+        return
     _run("prefs", run_dir, out, fmt, eval_fraction, push_to_hub=push_to_hub)
 
 
@@ -84,9 +121,11 @@ def dpo(run_dir: RunDir, out: Out, fmt: Fmt = "conversational", eval_fraction: E
 
 
 @export_app.command("kto")
-def kto(run_dir: RunDir, out: Out, fmt: Fmt = "conversational", eval_fraction: EvalFrac = 0.0, min_margin: MinMargin = 0.0,
+def kto(run_dir: RunDirOrDb, out: Out, fmt: Fmt = "conversational", eval_fraction: EvalFrac = 0.0, min_margin: MinMargin = 0.0,
         push_to_hub: PushToHub = None) -> None:  # fmt: skip
-    """Judged pairs as unpaired prompt/completion/label rows for KTO."""
+    """Judged pairs, or a feedback DB's 👍/👎 ratings, as unpaired prompt/completion/label rows for KTO."""
+    if _feedback("kto", run_dir, out, fmt, eval_fraction):
+        return
     _run("kto", run_dir, out, fmt, eval_fraction, min_margin, False, push_to_hub)
 
 

@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "rl",  # train ppo | spin | online-dpo (adds to the train group)
     "eval",  # eval winrate | harmlessness | reward
     "pipeline",  # pipeline RECIPE
+    "serve",  # serve MODEL (OpenAI-compatible API + feedback page)
 )
 
 

@@ -18,6 +18,7 @@ import math
 import os
 import random
 import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,9 +72,9 @@ class LlamaCppBackend(Backend):
             )
         return self._llms[logits_all]
 
-    def _chat_sync(self, messages: ChatMessages, params: GenParams) -> Completion:
-        want_lp = params.top_logprobs > 0
-        kwargs: dict[str, Any] = {
+    @staticmethod
+    def _kwargs(params: GenParams) -> dict[str, Any]:
+        return {
             "temperature": params.temperature,
             "top_p": params.top_p,
             "max_tokens": params.max_tokens,
@@ -81,6 +82,10 @@ class LlamaCppBackend(Backend):
             # No seed: a fresh draw, as providers do (llama-cpp-python would chain its own seed).
             "seed": params.seed if params.seed is not None else random.randrange(2**31),
         }
+
+    def _chat_sync(self, messages: ChatMessages, params: GenParams) -> Completion:
+        want_lp = params.top_logprobs > 0
+        kwargs = self._kwargs(params)
         if want_lp:
             kwargs.update(logprobs=True, top_logprobs=min(params.top_logprobs, 20))
         with self._lock:
@@ -100,6 +105,63 @@ class LlamaCppBackend(Backend):
 
     async def chat(self, messages: ChatMessages, params: GenParams) -> Completion:
         return await asyncio.to_thread(self._chat_sync, messages, params)
+
+    async def chat_stream(
+        self, messages: ChatMessages, params: GenParams
+    ) -> AsyncIterator[str | Completion]:
+        """Text deltas as llama.cpp makes them, then the whole Completion (used by `serve`).
+
+        Closing the iterator early (the client left) stops generation at the next token. The
+        Completion's usage counts the reply's tokens; llama.cpp's stream does not report the
+        prompt's, so `prompt_tokens` is 0.
+        """
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[str | Completion | BaseException] = asyncio.Queue()
+        stop = threading.Event()
+
+        def put(item: str | Completion | BaseException) -> None:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def work() -> None:
+            parts: list[str] = []
+            finish = None
+            try:
+                with self._lock:
+                    llm = self._llm(False)
+                    chunks = llm.create_chat_completion(
+                        messages=messages, stream=True, **self._kwargs(params)
+                    )
+                    for chunk in chunks:
+                        if stop.is_set():
+                            chunks.close()  # the client left: stop decoding now
+                            break
+                        choice = chunk["choices"][0]
+                        if delta := choice["delta"].get("content"):
+                            parts.append(delta)
+                            put(delta)
+                        finish = choice.get("finish_reason") or finish
+                    text = "".join(parts)
+                    n_out = len(llm.tokenize(text.encode(), add_bos=False)) if text else 0
+                put(Completion(text=text, usage=Usage(0, n_out), cost=0.0, model=self.model,
+                               finish_reason=finish))  # fmt: skip
+            except ValueError as exc:  # e.g. the prompt exceeds the context window
+                put(FatalBackendError(f"The local model refused the request: {exc}"))
+            except BaseException as exc:  # handed to the awaiting side, which re-raises it
+                put(exc)
+
+        worker = loop.run_in_executor(None, work)
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, Completion):
+                    break
+        finally:
+            stop.set()
+            await asyncio.shield(worker)
 
 
 def _parse_openai_logprobs(lp: dict[str, Any] | None) -> list[TokenLogprob] | None:
