@@ -27,7 +27,9 @@ class GenParams:
     top_logprobs: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        # Not dataclasses.asdict, which deep-copies: this runs several times per call on the
+        # engine's hot path (cache key, record ids). Every field is a plain value but `stop`.
+        d = {name: getattr(self, name) for name in self.__dataclass_fields__}
         d["stop"] = list(self.stop)
         return d
 
@@ -63,8 +65,16 @@ class Completion:
     cached: bool = False  # served from the call cache (no model call was paid)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("cached")
+        # Not dataclasses.asdict (deep copies, slow): every answered call is cached.
+        d = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "cached"}
+        d["usage"] = {
+            "prompt_tokens": self.usage.prompt_tokens,
+            "completion_tokens": self.usage.completion_tokens,
+        }
+        if self.logprobs is not None:
+            d["logprobs"] = [
+                {"token": t.token, "logprob": t.logprob, "top": dict(t.top)} for t in self.logprobs
+            ]
         return d
 
     @classmethod
