@@ -307,15 +307,16 @@ def run_job(spec: JobSpec, config: EngineConfig) -> JobSummary:
 
     existing = latest_by_id(spec.output, spec.record_type)
     done_ids = {i for i, r in existing.items() if getattr(r, "status", "ok") == "ok"}
-    todo, seen = [], set()
+    todo, seen, pending = [], set(), []
     for item in spec.items:
         iid = spec.item_id(item)
         if iid in seen or not in_shard(iid, spec.shard):
             continue
         seen.add(iid)
+        if iid not in done_ids:  # (the id is computed once per item: a re-run is mostly this)
+            pending.append(item)
         todo.append(item)
     summary = JobSummary(total=len(todo))
-    pending = [it for it in todo if spec.item_id(it) not in done_ids]
     summary.already_done = len(todo) - len(pending)
     started = datetime.now(timezone.utc).isoformat()
     if config.dry_run:
