@@ -104,11 +104,10 @@ def distilabel_job(url: str, n: int, in_flight: int) -> str:
                 data=[{"instruction": f"row {i} distilabel"} for i in range(n)],
                 batch_size=in_flight,
             )
-            gen = TextGeneration(
-                llm=OpenAILLM(model="m", base_url=url, api_key="sk-bench",
-                              generation_kwargs={"max_new_tokens": 8}),  # fmt: skip
-                input_batch_size=in_flight,
+            llm = OpenAILLM(
+                model="m", base_url=url, api_key="sk-bench", generation_kwargs={"max_new_tokens": 8}
             )
+            gen = TextGeneration(llm=llm, input_batch_size=in_flight)
             load >> gen
         start = time.perf_counter()
         pipe.run(use_cache=False)
@@ -156,7 +155,9 @@ def main() -> None:
         os.environ.update(hosted_env)  # so path_label sees what the subprocess sees
         rows = [("openai/fake-model", None, "openai/fake-model + OPENAI_BASE_URL"),
                 ("litellm:openai/fake-model", url, "litellm:openai/fake-model --api-base")]  # fmt: skip
-        print(f"{'in flight':>9}{'rows':>7}{'bare':>9}  {'model string (path taken)':<58}{'calls/s':>9}{'/bare':>7}")
+        print(
+            f"{'in flight':>9}{'rows':>7}{'bare':>9}  {'model string (path taken)':<58}{'calls/s':>9}{'/bare':>7}"
+        )
         for level in (int(x) for x in args.hosted_levels.split(",")):
             n = min(args.max_rows, max(20, int(level / args.latency * args.seconds)))
             bare = asyncio.run(bare_loop(url, n, level))
@@ -164,7 +165,9 @@ def main() -> None:
                 run = tmp / f"hosted-{model.replace('/', '_').replace(':', '_')}-{level}"
                 try:
                     rate, done, _ = cli_job(base, n, level, run, model=model, env=hosted_env)
-                    fig = f"{rate:>9.1f}{rate / bare:>7.2f}" + ("" if done == n else f" ({done}/{n} done)")
+                    fig = f"{rate:>9.1f}{rate / bare:>7.2f}" + (
+                        "" if done == n else f" ({done}/{n} done)"
+                    )
                 except RuntimeError as exc:
                     fig = f"  failed: {str(exc)[-60:]}"
                 name = f"{label} ({path_label(model, base)})"
