@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cai_kit.errors import ConfigError, FatalBackendError
+from cai_kit.errors import ConfigError, FatalBackendError, RetryableError
 from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams, TokenLogprob, Usage
 from cai_kit.llm.embedded import gguf_path
 
@@ -117,10 +117,16 @@ class LlamaCppBackend(Backend):
         if self.parallel <= 1:
             return await asyncio.to_thread(self._chat_sync, messages, params)
         engine = await asyncio.to_thread(self._engine)
-        prompt, stop = engine.prompt_tokens(messages)
+        try:
+            prompt, stop = engine.prompt_tokens(messages)
+        except Exception as exc:  # e.g. a message the chat template cannot render
+            raise FatalBackendError(f"The local model refused the request: {exc}") from None
         if not engine.fits(len(prompt), params):  # longer than a batched slot: the big context
             return await asyncio.to_thread(self._chat_sync, messages, params)
-        completion = await asyncio.wrap_future(engine.submit(prompt, stop, params))
+        try:
+            completion = await asyncio.wrap_future(engine.submit(prompt, stop, params))
+        except RuntimeError as exc:  # llama_decode failed (e.g. no room): the engine retries
+            raise RetryableError(f"The local model failed this step: {exc}") from None
         completion.model = self.model
         return completion
 
