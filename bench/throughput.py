@@ -14,6 +14,8 @@ Then the hosted-string rows (issue 16): `openai/fake-model` with OPENAI_BASE_URL
 the server, and `litellm:openai/fake-model --api-base URL`, each labelled with the path the
 registry picks for it. Last, a finished 10,000-row job is re-run (goal: <= 3 s, 0 calls).
 Ratios compare figures from the same run only; the load average is printed with them.
+`job/bare` is wall-clock (what a user waits); `engine/bare` uses the job's own clock
+(manifest `elapsed_s`: without interpreter start-up and input loading).
 """
 
 from __future__ import annotations
@@ -66,8 +68,9 @@ def write_prompts(path: Path, n: int) -> Path:
 
 def cli_job(
     url: str | None, n: int, in_flight: int, run: Path, model: str = "m", env: dict | None = None
-) -> tuple[float, int, int]:
-    """Run `cai-kit generate` in a subprocess; returns (rows/s wall-clock, done, calls)."""
+) -> tuple[float, int, int, float]:
+    """Run `cai-kit generate` in a subprocess; returns (rows/s wall-clock, done, calls, rows/s
+    on the job's own clock, i.e. without interpreter start-up and input loading)."""
     prompts = run / "prompts.jsonl"
     if not prompts.is_file():
         write_prompts(prompts, n)
@@ -84,7 +87,8 @@ def cli_job(
     if proc.returncode not in (0, 2):
         raise RuntimeError(f"cai-kit failed ({proc.returncode}): {proc.stderr[-800:]}")
     stats = json.loads((run / "out" / "manifest.json").read_text())["stats"]
-    return n / elapsed, int(stats["done"]), int(stats["calls"])
+    engine_rate = int(stats["done"]) / max(float(stats.get("elapsed_s") or 0), 1e-9)
+    return n / elapsed, int(stats["done"]), int(stats["calls"]), engine_rate
 
 
 def distilabel_job(url: str, n: int, in_flight: int) -> str:
@@ -139,16 +143,16 @@ def main() -> None:
         print(f"load average at start: {os.getloadavg()[0]:.2f} (cores: {os.cpu_count()})")
         print(f"server latency {args.latency * 1000:.0f} ms; ideal calls/s = in-flight / latency")
         print(f"{'in flight':>9}{'rows':>7}{'ideal':>8}{'bare aiohttp':>14}{'cai-kit job':>13}"
-              f"{'job/bare':>10}{'job/ideal':>11}{'distilabel':>12}")  # fmt: skip
+              f"{'job/bare':>10}{'job/ideal':>11}{'engine/bare':>13}{'distilabel':>12}")  # fmt: skip
         for level in (int(x) for x in args.levels.split(",")):
             ideal = level / args.latency
             n = min(args.max_rows, max(20, int(ideal * args.seconds)))
             bare = asyncio.run(bare_loop(url, n, level))
-            job, done, _ = cli_job(url, n, level, tmp / f"job{level}")
+            job, done, _, engine = cli_job(url, n, level, tmp / f"job{level}")
             assert done == n, f"{done} of {n} rows done"
             dist = distilabel_job(url, n, level)
             print(f"{level:>9}{n:>7}{ideal:>8.0f}{bare:>14.1f}{job:>13.1f}{job / bare:>10.2f}"
-                  f"{job / ideal:>11.2f}{dist:>12}")  # fmt: skip
+                  f"{job / ideal:>11.2f}{engine / bare:>13.2f}{dist:>12}")  # fmt: skip
 
         print("\nhosted model strings through the CLI (OPENAI_BASE_URL / --api-base -> loopback)")
         hosted_env = {"OPENAI_BASE_URL": url, "OPENAI_API_KEY": "sk-bench"}
@@ -164,7 +168,7 @@ def main() -> None:
             for model, base, label in rows:
                 run = tmp / f"hosted-{model.replace('/', '_').replace(':', '_')}-{level}"
                 try:
-                    rate, done, _ = cli_job(base, n, level, run, model=model, env=hosted_env)
+                    rate, done, _, _ = cli_job(base, n, level, run, model=model, env=hosted_env)
                     fig = f"{rate:>9.1f}{rate / bare:>7.2f}" + (
                         "" if done == n else f" ({done}/{n} done)"
                     )
@@ -176,7 +180,7 @@ def main() -> None:
         run = tmp / "rerun"
         cli_job(url, args.rerun_rows, 256, run)
         start = time.perf_counter()
-        _, done, calls = cli_job(url, args.rerun_rows, 256, run)
+        _, done, calls, _ = cli_job(url, args.rerun_rows, 256, run)
         print(f"\nre-run of a finished {args.rerun_rows:,}-row job through the CLI: "
               f"{time.perf_counter() - start:.2f} s, {calls} calls ({done} rows newly done)")  # fmt: skip
         print(f"load average at end: {os.getloadavg()[0]:.2f}")
