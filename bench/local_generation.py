@@ -1,92 +1,86 @@
-"""Benchmark: tokens/s of the embedded model for 16 prompts, batched vs one at a time.
+"""Benchmark: a 16-prompt, 1-round `revise` on the embedded model, batched vs one at a time.
 
-    python bench/local_generation.py [--prompts 16] [--max-tokens 64]
+    python bench/local_generation.py [--prompts 16] [--max-tokens 48] [--threads N]
 
-Measured in one run: llama.cpp (the default `local` backend; calls serialise in one thread)
-and transformers (`local:transformers`; concurrent calls are micro-batched into one
-`generate`), each one prompt at a time and all 16 submitted at once. Ratios are against
-transformers one-at-a-time measured in the same run.
+Measured in one run, on the same prompts, each path from a clean call cache:
+  - today's path: `local` with parallel=1, llama.cpp answering one call at a time (Q4_1);
+  - the batched path jobs now take on `local`: concurrent calls decoded together in one
+    llama.cpp context (up to 16 conversations per step, on the Q8_0 copy, with KV-cache
+    prefix reuse across a row's calls).
+Each line prints the job's wall-clock seconds (model load included), the tokens generated,
+and the speed-up of the batched path over today's. Ratios count only within one run; the
+load average is printed with them (this machine is shared).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import os
+import sys
+import tempfile
 import time
+from pathlib import Path
 
-from cai_kit.llm import GenParams, get_backend
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-async def _measure(
-    model: str, prompts: list[list[dict[str, str]]], params: GenParams, batched: bool
-) -> tuple[float, int]:
-    backend = get_backend(model)
-    try:
-        await backend.chat(prompts[0], params.replace(max_tokens=4))  # load + warm up
-        start = time.perf_counter()
-        if batched:
-            outs = await asyncio.gather(*(backend.chat(p, params) for p in prompts))
-        else:
-            outs = [await backend.chat(p, params) for p in prompts]
-        elapsed = time.perf_counter() - start
-        return elapsed, sum(o.usage.completion_tokens for o in outs)
-    finally:
-        await backend.aclose()
+def revise_once(
+    parallel: int, n_prompts: int, max_tokens: int, out: Path
+) -> tuple[float, int, int]:
+    from cai_kit.constitution import load_constitution
+    from cai_kit.engine import EngineConfig
+    from cai_kit.llm.base import GenParams
+    from cai_kit.llm.embedded import gguf_path
+    from cai_kit.llm.local import LlamaCppBackend
+    from cai_kit.prompts import load_prompts
+    from cai_kit.revise import ReviseConfig, run_revise
+
+    root = Path(__file__).resolve().parent.parent
+    prompts = load_prompts(str(root / "examples" / "red_team_prompts.jsonl"), limit=n_prompts)
+    cfg = ReviseConfig(
+        constitution=load_constitution("harmless"),
+        rounds=1,
+        response_params=GenParams(max_tokens=max_tokens),
+        critique_params=GenParams(temperature=0.3, max_tokens=max_tokens),
+        revision_params=GenParams(temperature=0.3, max_tokens=max_tokens),
+    )
+    backend = LlamaCppBackend(gguf_path(), parallel=parallel)
+    start = time.perf_counter()
+    s = run_revise(prompts.records, cfg, responder=backend, critic=backend,
+                   models={"policy": "local", "critic": "local"}, out_dir=out,
+                   engine_config=EngineConfig(use_cache=False, quiet=True))  # fmt: skip
+    elapsed = time.perf_counter() - start
+    return elapsed, s.done, s.stats["completion_tokens"]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--prompts", type=int, default=16)
-    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: cores)")
     args = ap.parse_args()
-    topics = [
-        "tea",
-        "rain",
-        "maps",
-        "bees",
-        "clocks",
-        "salt",
-        "owls",
-        "kites",
-        "glass",
-        "moss",
-        "trains",
-        "ink",
-        "wolves",
-        "bread",
-        "tides",
-        "stars",
-    ]
-    prompts = [
-        [{"role": "user", "content": f"Write three sentences about {topics[i % len(topics)]}."}]
-        for i in range(args.prompts)
-    ]
-    # min_tokens is not a portable knob: ignore EOS effects by reporting tokens actually generated
-    params = GenParams(temperature=0.0, max_tokens=args.max_tokens, seed=0)
-    rows = []
-    for model in ("local:transformers", "local"):
-        for batched in (False, True):
-            elapsed, tokens = asyncio.run(_measure(model, prompts, params, batched))
-            rows.append(
-                (
-                    model,
-                    "batched" if batched else "one at a time",
-                    tokens,
-                    elapsed,
-                    tokens / elapsed,
-                )
-            )
-    base = rows[0][4]
-    print(f"{args.prompts} prompts, up to {args.max_tokens} new tokens each, greedy")
-    print(
-        f"{'backend':<20}{'mode':<16}{'tokens':>8}{'seconds':>10}{'tok/s':>9}{'vs hf 1-by-1':>14}"
-    )
-    for model, mode, tokens, elapsed, tps in rows:
-        print(f"{model:<20}{mode:<16}{tokens:>8}{elapsed:>10.2f}{tps:>9.1f}{tps / base:>13.2f}x")
-    hf_ratio = rows[1][4] / rows[0][4]
-    print(
-        f"transformers batched / one-at-a-time: {hf_ratio:.2f}x; llama.cpp / transformers batched: {rows[2][4] / rows[1][4]:.2f}x"
-    )
+    if args.threads:
+        os.environ["CAI_KIT_LLAMA_THREADS"] = str(args.threads)
+    from cai_kit.llm.embedded import batch_gguf
+
+    batch_gguf()  # the one-off Q8_0 conversion is not part of the timing
+    tmp = Path(tempfile.mkdtemp(prefix="cai-bench-local-"))
+    print(f"load average at start: {os.getloadavg()[0]:.2f} (cores: {os.cpu_count()})")
+    print(f"revise, {args.prompts} prompts, 1 round, up to {args.max_tokens} new tokens per call")
+    print(f"{'path':<40}{'rows':>6}{'tokens':>8}{'seconds':>10}{'tok/s':>8}{'speed-up':>10}")
+    base = None
+    for label, parallel in (
+        ("one at a time (today: parallel=1)", 1),
+        ("batched (jobs now: parallel=16)", 16),
+    ):
+        elapsed, done, tokens = revise_once(
+            parallel, args.prompts, args.max_tokens, tmp / str(parallel)
+        )
+        base = base or elapsed
+        print(
+            f"{label:<40}{done:>6}{tokens:>8}{elapsed:>10.1f}{tokens / elapsed:>8.1f}{base / elapsed:>9.2f}x"
+        )
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ a progress bar, `manifest.json`, and a clean stop on Ctrl-C or budget with work 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import sys
 import time
@@ -473,22 +474,36 @@ def _write_manifest(spec: JobSpec, summary: JobSummary, started: str, status: st
     tmp.replace(spec.run_dir / "manifest.json")
 
 
+def run_async(coro: Awaitable[Any]) -> Any:
+    """`asyncio.run`, on uvloop when it is installed (a faster loop and sockets for the same
+    code; CAI_KIT_UVLOOP=0 turns it off)."""
+    if os.environ.get("CAI_KIT_UVLOOP", "1") != "0":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.run(coro)  # type: ignore[arg-type]
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
 def run_job(spec: JobSpec, config: EngineConfig) -> JobSummary:
     """Run the items that are not done yet; see the module docstring."""
     from cai_kit.io import latest_by_id
 
     existing = latest_by_id(spec.output, spec.record_type)
     done_ids = {i for i, r in existing.items() if getattr(r, "status", "ok") == "ok"}
-    todo, seen = [], set()
+    todo, seen, pending = [], set(), []
     for item in spec.items:
         iid = spec.item_id(item)
         key = spec.shard_key(item) if spec.shard_key else iid
         if iid in seen or not in_shard(key, spec.shard):
             continue
         seen.add(iid)
+        if iid not in done_ids:  # (the id is computed once per item: a re-run is mostly this)
+            pending.append(item)
         todo.append(item)
     summary = JobSummary(total=len(todo))
-    pending = [it for it in todo if spec.item_id(it) not in done_ids]
     summary.already_done = len(todo) - len(pending)
     started = datetime.now(timezone.utc).isoformat()
     if config.dry_run:
@@ -513,7 +528,7 @@ def run_job(spec: JobSpec, config: EngineConfig) -> JobSummary:
     _write_manifest(spec, summary, started, "running")
     status = "finished"
     try:
-        asyncio.run(_run_items(spec, engine, pending, summary))
+        run_async(_run_items(spec, engine, pending, summary))
         if engine.budget_stop:  # state the spend after the calls in flight were paid too
             summary.stopped = engine.budget_message()
         if summary.stopped:
@@ -526,6 +541,29 @@ def run_job(spec: JobSpec, config: EngineConfig) -> JobSummary:
         summary.stats = engine.stats.as_dict()
         _write_manifest(spec, summary, started, status)
     return summary
+
+
+class _InfoColumn:
+    """The progress bar's live figures, computed when the bar is drawn (10 times a second),
+    not once per finished row."""
+
+    def __init__(self, engine: Engine, summary: JobSummary) -> None:
+        from rich.progress import ProgressColumn
+        from rich.text import Text
+
+        outer = self
+
+        class Column(ProgressColumn):
+            def render(self, task: Any) -> Text:
+                return Text(outer.text())
+
+        self.engine, self.summary, self.column = engine, summary, Column()
+
+    def text(self) -> str:
+        s = self.engine.stats
+        rate = s.calls / max(time.monotonic() - s.started, 1e-6)
+        tokens = s.prompt_tokens + s.completion_tokens
+        return f"failed {self.summary.failed} | {rate:.1f} calls/s | {tokens} tok | ${s.cost:.4f}"
 
 
 async def _run_items(
@@ -549,16 +587,11 @@ async def _run_items(
     stop = asyncio.Event()
     progress = Progress(
         TextColumn(f"[bold]{spec.name}[/bold]"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+        _InfoColumn(engine, summary).column, TimeElapsedColumn(),
         disable=engine.config.quiet, transient=False,
     )  # fmt: skip
-    task = progress.add_task(spec.name, total=len(pending), info="")
-
-    def info() -> str:
-        s = engine.stats
-        rate = s.calls / max(time.monotonic() - s.started, 1e-6)
-        tokens = s.prompt_tokens + s.completion_tokens
-        return f"failed {summary.failed} | {rate:.1f} calls/s | {tokens} tok | ${s.cost:.4f}"
+    task = progress.add_task(spec.name, total=len(pending))
+    advance = (lambda: None) if engine.config.quiet else (lambda: progress.advance(task))
 
     async def one(item: Any, writer: JsonlWriter) -> None:
         async with slots:
@@ -573,14 +606,14 @@ async def _run_items(
                 return
             except CallFailed:  # a process that did not record its own failure: retried on re-run
                 summary.failed += 1
-                progress.update(task, advance=1, info=info())
+                advance()
                 return
             writer.write(record)
             if getattr(record, "status", "ok") == "ok":
                 summary.done += 1
             else:
                 summary.failed += 1
-            progress.update(task, advance=1, info=info())
+            advance()
 
     with progress, JsonlWriter(spec.output) as writer:
         try:

@@ -1,18 +1,28 @@
 """JSONL in and out, crash-safe.
 
-Outputs are append-only and written by one writer that flushes and fsyncs in small batches,
-so a crash loses at most the records of the last batch and never corrupts earlier ones. A
-torn last line (the process died mid-write) is detected on read and dropped; a malformed
-line anywhere else is an error that names the file and line.
+Outputs are append-only and written by one writer, `JsonlWriter`, in batches: finished
+records leave the process (a kill -9 cannot lose them) every `batch` records or at most
+`interval_s` after the first record of a batch, whichever comes first, a timer writing a batch
+that stops growing; each written batch is then fsync'd (a power cut cannot lose it) in a
+background thread inside an event loop, so the job's loop never waits for the disk; `close()`
+writes and fsyncs everything before it returns. Earlier records are never corrupted. A torn
+last line (the process died mid-write) is detected on read and dropped; a malformed line
+anywhere else is an error that names the file and line.
+
+    with JsonlWriter(path) as w:
+        w.write(record)      # a pydantic model or a dict
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import threading
 import time
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -25,39 +35,87 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class JsonlWriter:
-    """Append records to a JSONL file; flush+fsync every `batch` records or `interval_s`."""
+    """Append records to a JSONL file; see the module docstring for when they are durable."""
 
-    def __init__(self, path: Path, batch: int = 64, interval_s: float = 0.5) -> None:
+    def __init__(self, path: Path, batch: int = 256, interval_s: float = 0.25) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         repair_torn_tail(self.path)
-        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        self._pending = 0
+        self._fh = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+        self._lines: list[str] = []
         self._batch = batch
         self._interval = interval_s
-        self._last = time.monotonic()
+        self._first = 0.0  # when the oldest unwritten line was added
+        self._timer: asyncio.TimerHandle | None = None
+        self._fsyncer: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._unsynced = False  # written to the OS, not fsync'd yet
+        self._syncing = False  # the fsync thread is at work
 
     def write(self, record: BaseModel | dict[str, Any]) -> None:
         if isinstance(record, BaseModel):
             line = record.model_dump_json()
         else:
             line = json.dumps(record, ensure_ascii=False)
-        self._fh.write(line + "\n")
-        self._pending += 1
-        if self._pending >= self._batch or time.monotonic() - self._last >= self._interval:
+        self._lines.append(line)
+        if len(self._lines) == 1:
+            self._first = time.monotonic()
+        if len(self._lines) >= self._batch or time.monotonic() - self._first >= self._interval:
             self.flush()
+        elif len(self._lines) == 1:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # plain code: the batch size, the interval or close() writes it
+            self._timer = loop.call_later(self._interval, self.flush)
 
     def flush(self) -> None:
-        if self._pending:
+        """Hand the pending lines to the OS now and fsync them (off the loop, inside one)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._lines and not self._fh.closed:
+            self._fh.write(("\n".join(self._lines) + "\n").encode("utf-8"))
             self._fh.flush()
+            self._lines.clear()
+            with self._lock:
+                self._unsynced = True
+        if self._fh.closed:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # plain code: fsync here
+            with self._lock:
+                unsynced, self._unsynced = self._unsynced, False
+            if unsynced:
+                os.fsync(self._fh.fileno())
+            return
+        with self._lock:
+            if not self._unsynced or self._syncing:  # a running fsync picks it up
+                return
+            self._syncing = True
+        if self._fsyncer is None:
+            self._fsyncer = ThreadPoolExecutor(1, thread_name_prefix="cai-kit-fsync")
+        self._fsyncer.submit(self._fsync_until_clean)
+
+    def _fsync_until_clean(self) -> None:  # in the fsync thread
+        while True:
+            with self._lock:
+                if not self._unsynced:
+                    self._syncing = False
+                    return
+                self._unsynced = False
             os.fsync(self._fh.fileno())
-            self._pending = 0
-        self._last = time.monotonic()
 
     def close(self) -> None:
-        if not self._fh.closed:
-            self.flush()
-            self._fh.close()
+        if self._fh.closed:
+            return
+        self.flush()
+        if self._fsyncer is not None:
+            self._fsyncer.shutdown(wait=True)
+            self._fsyncer = None
+        os.fsync(self._fh.fileno())
+        self._fh.close()
 
     def __enter__(self) -> JsonlWriter:
         return self
@@ -106,6 +164,22 @@ def repair_torn_tail(path: Path) -> bool:
             return True
 
 
+def _parse_line(path: Path, i: int, line: str, last: bool) -> dict[str, Any] | None:
+    """One line -> object; None for a torn last line (warned); DataError naming file:line."""
+    try:
+        obj = json.loads(line)
+    except ValueError as exc:
+        if last and not line.endswith("\n"):
+            warnings.warn(f"{path}:{i}: skipped a torn last line.", stacklevel=3)
+            return None
+        raise DataError(
+            f"{path}:{i}: not valid JSON ({exc.msg}); fix or remove that line."
+        ) from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}.")
+    return obj
+
+
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object). A torn last line is skipped; other bad lines raise."""
     path = Path(path)
@@ -114,30 +188,41 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     for i, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except ValueError as exc:
-            if i == len(lines) and not line.endswith("\n"):
-                warnings.warn(f"{path}:{i}: skipped a torn last line.", stacklevel=2)
-                return
-            raise DataError(
-                f"{path}:{i}: not valid JSON ({exc.msg}); fix or remove that line."
-            ) from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}.")
+        obj = _parse_line(path, i, line, last=i == len(lines))
+        if obj is None:
+            return
         yield i, obj
 
 
 def read_records(path: Path, model: type[M]) -> Iterator[M]:
-    for line, obj in read_jsonl(path):
+    """Yield validated records, each line parsed and validated in one pass by pydantic (a
+    resumed 10,000-row job reads its output in well under a second); a line that fails is
+    read again the plain way for the error that names file, line and field."""
+    path = Path(path)
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.readlines()
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
         try:
-            yield model.model_validate(obj)
+            record: M | None = model.model_validate_json(line)
+        except ValidationError:
+            record = None
+        if record is not None:
+            yield record
+            continue
+        obj = _parse_line(path, i, line, last=i == len(lines))
+        if obj is None:
+            return
+        try:
+            record = model.model_validate(obj)
         except ValidationError as exc:
             err = exc.errors()[0]
             field = ".".join(str(x) for x in err["loc"])
             raise DataError(
-                f"{path}:{line}: {field}: {err['msg']} (not a {model.__name__})."
+                f"{path}:{i}: {field}: {err['msg']} (not a {model.__name__})."
             ) from None
+        yield record
 
 
 def latest_by_id(path: Path, model: type[M]) -> dict[str, M]:

@@ -72,7 +72,9 @@ def chat(
     params = GenParams(temperature=temperature, max_tokens=max_tokens, seed=seed)
 
     async def _go() -> str:
-        backend = get_backend(model, api_base=api_base)
+        # one call: the embedded model's low-latency one-at-a-time path, not the batched one
+        one = {"parallel": 1} if model.strip() in ("local", "local:llama") else {}
+        backend = get_backend(model, api_base=api_base, **one)
         try:
             return (await backend.chat(messages, params)).text
         finally:

@@ -28,7 +28,9 @@ class GenParams:
     top_logprobs: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        # Not dataclasses.asdict, which deep-copies: this runs several times per call on the
+        # engine's hot path (cache key, record ids). Every field is a plain value but `stop`.
+        d = {name: getattr(self, name) for name in self.__dataclass_fields__}
         d["stop"] = list(self.stop)
         return d
 

@@ -1,0 +1,109 @@
+"""The embedded model in jobs: concurrent calls on `local` are decoded together by llama.cpp
+(`cai_kit.llm.llama_batch`), each draw seeded by its own request, and a job uses that path."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from cai_kit.llm import GenParams
+from cai_kit.llm.embedded import gguf_path
+from cai_kit.llm.local import LlamaCppBackend
+
+pytestmark = pytest.mark.slow
+
+TOPICS = ["tea", "rain", "maps", "bees"]
+
+
+def _msgs(topic: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"Write one sentence about {topic}."}]
+
+
+async def _together(backend: LlamaCppBackend, jobs: list[tuple[str, GenParams]]) -> list[str]:
+    try:
+        outs = await asyncio.gather(*(backend.chat(_msgs(t), p) for t, p in jobs))
+        return [o.text for o in outs]
+    finally:
+        await backend.aclose()
+
+
+def test_concurrent_calls_are_decoded_in_one_batch_with_per_request_seeds() -> None:
+    sampled = [GenParams(temperature=0.9, max_tokens=10, seed=s) for s in (1, 2, 1)]
+    jobs = [("tea", p) for p in sampled] + [
+        (t, GenParams(temperature=0, max_tokens=10)) for t in TOPICS
+    ]
+    backend = LlamaCppBackend(gguf_path(), parallel=8)
+    texts = asyncio.run(_together(backend, jobs))
+    assert backend.default_concurrency == 8  # a job keeps every slot busy
+    assert all(t.strip() for t in texts)
+    assert texts[0] == texts[2], "the same seed must give the same text"
+    assert texts[0] != texts[1], "another seed must give another draw"
+    again = asyncio.run(_together(LlamaCppBackend(gguf_path(), parallel=8), jobs))
+    assert again == texts  # a re-run (a resumed job) gets the same answers
+
+
+def test_the_batched_engine_really_runs_conversations_side_by_side() -> None:
+    backend = LlamaCppBackend(gguf_path(), parallel=4)
+
+    async def go() -> int:
+        await asyncio.gather(*(backend.chat(_msgs(t), GenParams(max_tokens=6)) for t in TOPICS))
+        peak = backend._batched.max_active
+        await backend.aclose()
+        return peak
+
+    assert asyncio.run(go()) > 1  # on the one-at-a-time path nothing ever ran beside another
+
+
+def test_a_request_longer_than_a_batched_slot_takes_the_big_context() -> None:
+    backend = LlamaCppBackend(gguf_path(), parallel=4, n_ctx_seq=32)  # a 32-token slot
+    long = GenParams(temperature=0, max_tokens=40)
+    texts = asyncio.run(_together(backend, [("tea", long), ("rain", GenParams(max_tokens=4))]))
+    assert texts[0].strip() and texts[1].strip()
+
+
+def test_top_logprobs_on_the_batched_path() -> None:
+    backend = LlamaCppBackend(gguf_path(), parallel=4)
+
+    async def go():  # type: ignore[no-untyped-def]
+        try:
+            return await asyncio.gather(
+                *(
+                    backend.chat(_msgs(t), GenParams(temperature=0, max_tokens=3, top_logprobs=5))
+                    for t in TOPICS[:2]
+                )
+            )
+        finally:
+            await backend.aclose()
+
+    for c in asyncio.run(go()):
+        assert c.logprobs and len(c.logprobs) == c.usage.completion_tokens
+        first = c.logprobs[0]
+        assert len(first.top) == 5 and first.logprob <= 0
+        assert first.logprob == pytest.approx(
+            max(first.top.values()), abs=1e-4
+        )  # greedy: the top one
+
+
+def test_a_revise_job_on_local_uses_the_batched_path(tmp_path: Path) -> None:
+    from cai_kit.constitution import load_constitution
+    from cai_kit.engine import EngineConfig
+    from cai_kit.llm import get_backend
+    from cai_kit.records import Message, PromptRecord
+    from cai_kit.revise import ReviseConfig, run_revise
+
+    backend = get_backend("local")
+    assert isinstance(backend, LlamaCppBackend) and backend.parallel > 1
+    assert backend.identity()["decode"] == "batched-q8_0"  # its own call-cache entries
+    prompts = []
+    for t in TOPICS:
+        msgs = [Message(role="user", content=f"Tell me about {t}.")]
+        prompts.append(PromptRecord(id=PromptRecord.make_id(msgs), messages=msgs))
+    short = GenParams(max_tokens=6)
+    cfg = ReviseConfig(constitution=load_constitution("harmless"), response_params=short,
+                       critique_params=short, revision_params=short)  # fmt: skip
+    s = run_revise(prompts, cfg, responder=backend, critic=backend, models={"policy": "local"},
+                   out_dir=tmp_path / "run", engine_config=EngineConfig(quiet=True, cache_path=tmp_path / "c.sqlite"))  # fmt: skip
+    assert s.done == len(TOPICS) and s.failed == 0
+    assert backend._batched is None  # closed by the job
