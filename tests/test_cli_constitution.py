@@ -109,11 +109,15 @@ def test_new_refuses_to_overwrite_and_rejects_a_bad_name(tmp_path: Path) -> None
     target.write_text("keep me")
     again = runner.invoke(app, ["constitution", "new", "mine", "--out", str(target)])
     assert again.exit_code == 1 and "exists" in again.output and target.read_text() == "keep me"
-    bad = runner.invoke(app, ["constitution", "new", "no spaces/please", "--out", str(tmp_path / "x.yaml")])
+    bad = runner.invoke(
+        app, ["constitution", "new", "no spaces/please", "--out", str(tmp_path / "x.yaml")]
+    )
     assert bad.exit_code == 1 and "name" in bad.output.lower() and "Traceback" not in bad.output
 
 
-def test_new_defaults_to_name_dot_yaml_in_the_current_directory(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_new_defaults_to_name_dot_yaml_in_the_current_directory(
+    tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.chdir(tmp_path)
     made = runner.invoke(app, ["constitution", "new", "team-rules"])
     assert made.exit_code == 0, made.output

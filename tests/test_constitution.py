@@ -32,7 +32,9 @@ REPO = Path(__file__).parent.parent
 
 
 def test_shipped_constitutions_live_in_the_top_level_folder_users_edit() -> None:
-    top = sorted(f.stem for f in (REPO / "constitutions").glob("*.yaml") if not f.stem.startswith("_"))
+    top = sorted(
+        f.stem for f in (REPO / "constitutions").glob("*.yaml") if not f.stem.startswith("_")
+    )
     assert top == list_constitutions()
     assert not (REPO / "cai_kit" / "constitutions").exists()
     assert (REPO / "constitutions" / "_template.yaml").is_file()
