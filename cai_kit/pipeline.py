@@ -227,14 +227,25 @@ def _result(log: Path) -> str:
     return ""
 
 
-def run_stage(stage: Stage, run: Path, out: TextIO) -> float:
-    """Run one stage with its output in RUN/logs/NAME.log; one live line on a terminal."""
+def _children_cpu() -> float:
+    """CPU seconds used by finished child processes (0 where the OS does not say: Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return 0.0
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_stage(stage: Stage, run: Path, out: TextIO) -> tuple[float, float]:
+    """Run one stage with its output in RUN/logs/NAME.log; one live line on a terminal.
+    Returns (wall seconds, CPU seconds of the stage's process: comparable across machine loads)."""
     logs = run / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{stage.name}.log"
     env = {**os.environ, **QUIET_ENV, **stage.env}
     live = out.isatty()
-    start = time.monotonic()
+    start, cpu_start = time.monotonic(), _children_cpu()
     with open(log, "w", encoding="utf-8") as fh:
         fh.write(f"$ {stage.command()}\n")
         fh.flush()
@@ -250,7 +261,7 @@ def run_stage(stage: Stage, run: Path, out: TextIO) -> float:
             proc.terminate()
             proc.wait()
             raise
-    seconds = time.monotonic() - start
+    seconds, cpu = time.monotonic() - start, _children_cpu() - cpu_start
     if live:
         out.write("\r\033[K")
     if proc.returncode != 0:
@@ -263,7 +274,7 @@ def run_stage(stage: Stage, run: Path, out: TextIO) -> float:
     done = _result(log) or _progress(stage, log)  # the stage's own counts win over ours
     out.write(f"  {stage.name:<16} done in {seconds:5.1f} s{': ' + done if done else ''}\n")
     out.flush()
-    return seconds
+    return seconds, cpu
 
 
 def run_pipeline(
@@ -301,9 +312,9 @@ def run_pipeline(
         if marker.exists() and only is None:
             out.write(f"  skip {s.name} (done)\n")
             continue
-        seconds = run_stage(s, run, out)
+        seconds, cpu = run_stage(s, run, out)
         markers.mkdir(parents=True, exist_ok=True)
-        marker.write_text(f"{seconds:.1f} s\n")
+        marker.write_text(f"{seconds:.1f} s wall, {cpu:.1f} s cpu\n")
         ran.append(s.name)
     from cai_kit.pipeline_report import write_report
 

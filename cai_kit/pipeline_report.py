@@ -11,6 +11,8 @@ accuracy of the DPO and SFT models on held-out pairs (`cai_kit.implicit_reward`)
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,16 +72,34 @@ def _prompts(split: Split) -> list[str]:
     return lines
 
 
+def stage_seconds(marker: Path) -> tuple[float, float | None]:
+    """(wall, cpu) seconds from a stage marker ("12.3 s wall, 20.1 s cpu"; older: "12.3 s")."""
+    nums = [float(x) for x in re.findall(r"[\d.]+(?= s)", marker.read_text())]
+    return nums[0], nums[1] if len(nums) > 1 else None
+
+
 def _stages(run: Path, names: list[str]) -> list[str]:
-    lines = ["| stage | status | seconds |", "|---|---|---:|"]
-    total = 0.0
+    lines = ["| stage | status | seconds (wall) | CPU seconds |", "|---|---|---:|---:|"]
+    wall = cpu = 0.0
     for n in names:
         m = run / ".stages" / f"{n}.done"
-        secs = m.read_text().strip().removesuffix(" s") if m.exists() else ""
-        total += float(secs or 0)
-        lines.append(f"| {n} | {'done' if m.exists() else 'not run'} | {secs} |")
-    lines.append(f"| **total** | | {total:.1f} |")
+        if not m.exists():
+            lines.append(f"| {n} | not run | | |")
+            continue
+        w, c = stage_seconds(m)
+        wall, cpu = wall + w, cpu + (c or 0.0)
+        lines.append(f"| {n} | done | {w:.1f} | {'' if c is None else f'{c:.1f}'} |")
+    lines.append(f"| **total** | | {wall:.1f} | {cpu:.1f} |")
+    lines += ["", f"Measured with load average {_load()} on {os.cpu_count()} CPU(s) at the end of the "
+              "run: on a shared machine wall time grows with the load, CPU seconds do not."]  # fmt: skip
     return lines
+
+
+def _load() -> str:
+    try:
+        return " / ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1/5/15 min)"
+    except OSError:
+        return "unknown"
 
 
 def _implicit(run: Path) -> list[str]:
