@@ -78,10 +78,10 @@ def split_prompts(r: Recipe) -> Split:
             else ""
         )
     else:
-        ranked = sorted(pool, key=lambda p: stable_hash("heldout", r.seed, _key(p)))
+        ranked = sorted(range(len(pool)), key=lambda i: stable_hash("heldout", r.seed, _key(pool[i])))  # fmt: skip
         n_eval = min(len(pool) - 1, max(1, math.ceil(len(pool) * r.eval_fraction)))
-        held, train = ranked[:n_eval], ranked[n_eval:]
-        train.sort(key=lambda p: pool.index(p))  # keep the file's order for training
+        held = [pool[i] for i in ranked[:n_eval]]
+        train = [pool[i] for i in sorted(ranked[n_eval:])]  # the file's order for training
         note = (
             f"a seeded held-out split of `{r.prompts}` (eval_fraction {r.eval_fraction:g}, "
             f"seed {r.seed}: {len(held)} of {len(pool)} prompts held out)"
