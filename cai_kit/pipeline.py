@@ -201,7 +201,7 @@ def _progress(stage: Stage, log: Path) -> str:
     if stage.steps is not None or stage.name.startswith("train"):
         losses = [float(m.group(1)) for line in _tail(log) if (m := _LOSS.match(line))]
         of = f"/{stage.steps}" if stage.steps else ""
-        loss = f", loss {losses[0]:.3g} → {losses[-1]:.3g}" if losses else ""
+        loss = f", loss {losses[0]:.3f} → {losses[-1]:.3f}" if losses else ""
         return f"{len(losses)}{of} steps{loss}"
     if stage.rows is not None:
         path, total = stage.rows
