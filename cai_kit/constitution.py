@@ -13,7 +13,9 @@ A constitution file looks like::
     few_shot:                                                             # optional
       - {prompt: ..., response: ..., critique: ..., revision: ...}
 
-`load_constitution("harmless")` loads a shipped one by name; any other string is a path.
+`load_constitution("harmless")` loads a shipped one by name (the files in the repository's
+top-level `constitutions/` folder, installed inside the package); any other string is a path.
+`template_text()` is the annotated `constitutions/_template.yaml` (`cai-kit constitution new`).
 Validation collects every problem with its `file:line: field: message` before failing.
 """
 
@@ -23,13 +25,16 @@ import random
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cai_kit.errors import CaiKitError
 from cai_kit.records import stable_hash
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 SampleMode = Literal["random", "sequence", "all"]
 
@@ -152,16 +157,37 @@ class Constitution(_Strict):
 # --- loading ----------------------------------------------------------------------------
 
 
+TEMPLATE = "_template"  # the annotated starting point for `cai-kit constitution new`
+
+
+def shipped_dir() -> Traversable:
+    """Where the shipped constitutions are: inside the installed wheel (`cai_kit/constitutions`,
+    mapped there from the repository's top-level `constitutions/` at build time), or that
+    top-level folder itself in a source checkout or editable install."""
+    packaged = resources.files("cai_kit").joinpath("constitutions")
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "constitutions"
+
+
 def list_constitutions() -> list[str]:
-    """Names of the constitutions shipped with the package."""
-    files = resources.files("cai_kit").joinpath("constitutions").iterdir()
-    return sorted(f.name[: -len(".yaml")] for f in files if f.name.endswith(".yaml"))
+    """Names of the constitutions shipped with the package (the template is not one)."""
+    folder = shipped_dir()
+    if not folder.is_dir():
+        return []
+    names = (f.name[: -len(".yaml")] for f in folder.iterdir() if f.name.endswith(".yaml"))
+    return sorted(n for n in names if not n.startswith("_"))
+
+
+def template_text() -> str:
+    """The annotated template (`constitutions/_template.yaml`) as text."""
+    return shipped_dir().joinpath(f"{TEMPLATE}.yaml").read_text(encoding="utf-8")
 
 
 def _read(name_or_path: str) -> tuple[str, str]:
     """(display path, text) for a shipped name or a file path."""
     if name_or_path in list_constitutions():
-        res = resources.files("cai_kit").joinpath("constitutions", f"{name_or_path}.yaml")
+        res = shipped_dir().joinpath(f"{name_or_path}.yaml")
         return f"{name_or_path}.yaml", res.read_text(encoding="utf-8")
     path = Path(name_or_path)
     if not path.is_file():
@@ -172,22 +198,22 @@ def _read(name_or_path: str) -> tuple[str, str]:
     return str(path), path.read_text(encoding="utf-8")
 
 
-def _line_index(node: yaml.Node, prefix: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
+def yaml_line_index(node: yaml.Node, prefix: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
     """Map each path in the YAML tree (keys and list indexes) to its 1-based line."""
     index = {prefix: node.start_mark.line + 1}
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = key_node.value
             index[(*prefix, key)] = key_node.start_mark.line + 1
-            for sub, line in _line_index(value_node, (*prefix, key)).items():
+            for sub, line in yaml_line_index(value_node, (*prefix, key)).items():
                 index.setdefault(sub, line)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            index.update(_line_index(item, (*prefix, i)))
+            index.update(yaml_line_index(item, (*prefix, i)))
     return index
 
 
-def _duplicate_keys(node: yaml.Node, display: str, prefix: str = "") -> list[Problem]:
+def duplicate_keys(node: yaml.Node, display: str, prefix: str = "") -> list[Problem]:
     """Keys given twice in one mapping: safe_load keeps the last silently, so say so."""
     found: list[Problem] = []
     if isinstance(node, yaml.MappingNode):
@@ -202,14 +228,14 @@ def _duplicate_keys(node: yaml.Node, display: str, prefix: str = "") -> list[Pro
                 )
             else:
                 first[key] = line
-            found.extend(_duplicate_keys(value_node, display, field))
+            found.extend(duplicate_keys(value_node, display, field))
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            found.extend(_duplicate_keys(item, display, f"{prefix}[{i}]"))
+            found.extend(duplicate_keys(item, display, f"{prefix}[{i}]"))
     return found
 
 
-def _line_for(index: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
+def line_for(index: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
     while loc not in index and loc:
         loc = loc[:-1]
     return index.get(loc)
@@ -231,10 +257,10 @@ def parse_constitution(text: str, display: str = "<string>") -> Constitution:
         raise ConstitutionError(
             display, [Problem(display, 1, "file", "expected a mapping with name and principles")]
         )
-    index = _line_index(node)
+    index = yaml_line_index(node)
     problems: list[Problem] = []
 
-    problems.extend(_duplicate_keys(node, display))
+    problems.extend(duplicate_keys(node, display))
 
     seen: dict[str, int] = {}
     raw_principles = data.get("principles")
@@ -245,13 +271,13 @@ def parse_constitution(text: str, display: str = "<string>") -> Constitution:
                 problems.append(
                     Problem(
                         display,
-                        _line_for(index, ("principles", i, "id")),
+                        line_for(index, ("principles", i, "id")),
                         f"principles[{i}].id",
                         f"duplicate id {pid!r} (first defined at line {seen[pid]})",
                     )
                 )
             else:
-                seen[pid] = _line_for(index, ("principles", i, "id")) or 0
+                seen[pid] = line_for(index, ("principles", i, "id")) or 0
     try:
         constitution = Constitution.model_validate(data)
     except ValidationError as exc:
@@ -263,7 +289,7 @@ def parse_constitution(text: str, display: str = "<string>") -> Constitution:
                 msg = "unknown key"
             elif err["type"] == "missing":
                 msg = "required field is missing"
-            problems.append(Problem(display, _line_for(index, loc), field or "file", msg))
+            problems.append(Problem(display, line_for(index, loc), field or "file", msg))
         constitution = None
     if problems:
         problems.sort(key=lambda p: (p.line or 0, p.field))

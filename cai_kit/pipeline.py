@@ -1,188 +1,322 @@
 """`cai-kit pipeline RECIPE.yaml`: the whole Constitutional AI pipeline from one recipe.
 
-Stages, each the same CLI command a user would run (in a subprocess, so stages stay
-isolated and a crash in one never corrupts another):
+    run = run_pipeline(Path("examples/recipes/local_tiny.yaml"), Path("runs/tiny"))
+
+First the prompts are split: training prompts (`RUN/prompts/train.jsonl`) feed revise, SFT
+and DPO; held-out prompts (`RUN/prompts/eval.jsonl`: the recipe's `eval_prompts` file, or a
+seeded split of `prompts`) are only ever evaluated on. Then the stages, each the same CLI
+command a user would run, in a subprocess (a crash in one never corrupts another), with its
+output in `RUN/logs/NAME.log` and one progress line on screen:
 
     revise -> export sft -> train sft -> preference pairs -> train dpo -> eval winrate
+           -> revise the held-out prompts -> implicit-reward accuracy of DPO and SFT
 
 Preference pairs come from the AI judge on the SFT model's samples (`preferences: judge`,
-RLAIF) or from the revisions themselves (`preferences: revisions`: revision as chosen,
-initial response as rejected, the Hugging Face CAI recipe; the default for tiny local
-judges, whose labels are mostly ties). A stage is skipped when its marker
-`RUN/.stages/NAME.done` exists; each stage is itself resumable, so an interrupted run
-continues where it stopped.
+RLAIF) or from the revisions (`preferences: revisions`: revision as chosen, initial response
+as rejected, the Hugging Face CAI recipe). A stage is skipped when `RUN/.stages/NAME.done`
+exists; each stage is itself resumable. `RUN/report.md` gives per-stage seconds, the eval
+prompts used, the win rate (and whether the judge's ties leave it meaningless) and the
+implicit-reward accuracies (`cai_kit.pipeline_report`).
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from typing import Any, TextIO
 
 from cai_kit.errors import ConfigError
+from cai_kit.recipe import Recipe, load_recipe
+from cai_kit.records import PromptRecord, stable_hash
+
+# Child processes: no loading bars, no library chatter, output as it happens (for progress).
+QUIET_ENV = {
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONWARNINGS": "ignore",
+    "TQDM_DISABLE": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+@dataclass
+class Split:
+    """Training and held-out prompts, and a sentence saying where the held-out ones came from."""
+
+    train: list[PromptRecord]
+    eval: list[PromptRecord]
+    note: str
 
 
-class ReviseStage(_Section):
-    rounds: int = 1
-    principles: Literal["random", "sequence", "all"] = "random"
-    max_tokens: int = 256
-    temperature: float = 0.7
+def _key(p: PromptRecord) -> str:
+    return PromptRecord.make_id(p.messages)  # by content: the same prompt under another id
 
 
-class TrainStage(_Section):
-    max_steps: int = 50
-    batch_size: int = 4
-    lr: float | None = None
-    max_length: int = 512
-    beta: float | None = None
-    loss: str | None = None
+def split_prompts(r: Recipe) -> Split:
+    """Training and eval prompts, disjoint by content; deterministic for a recipe and seed."""
+    from cai_kit.prompts import load_prompts
 
-
-class PrefsStage(_Section):
-    k: int = 2
-    pairs: str = "best-worst"
-    mode: Literal["logprobs", "letter", "cot", "votes"] = "logprobs"
-    max_tokens: int = 256
-    min_margin: float = 0.0
-
-
-class EvalStage(_Section):
-    limit: int | None = None
-    max_tokens: int = 256
-    mode: Literal["logprobs", "letter", "cot", "votes"] = "logprobs"
-
-
-class Recipe(_Section):
-    name: str
-    prompts: str
-    constitution: str = "harmless"
-    base_model: str = "local"
-    judge_model: str = "local"
-    api_base: str | None = None  # for API-served base/judge models
-    limit: int | None = None
-    seed: int = 0
-    preferences: Literal["judge", "revisions"] = "revisions"
-    revise: ReviseStage = ReviseStage()
-    sft: TrainStage = TrainStage()
-    prefs: PrefsStage = PrefsStage()
-    dpo: TrainStage = TrainStage()
-    eval: EvalStage = EvalStage()
-
-
-def load_recipe(path: Path) -> Recipe:
-    if not path.is_file():
-        raise ConfigError(f"No recipe at {path}.")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    try:
-        return Recipe.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
+    pool = load_prompts(r.prompts).records
+    if r.eval_prompts:
+        held = load_prompts(r.eval_prompts).records
+        keys = {_key(p) for p in held}
+        train = [p for p in pool if _key(p) not in keys]
+        dropped = len(pool) - len(train)
+        note = f"the recipe's eval_prompts file `{r.eval_prompts}`" + (
+            f" ({dropped} of its prompts were also in `{r.prompts}` and were left out of training)"
+            if dropped
+            else ""
         )
-        raise ConfigError(f"{path}: {problems}") from None
+    else:
+        ranked = sorted(range(len(pool)), key=lambda i: stable_hash("heldout", r.seed, _key(pool[i])))  # fmt: skip
+        n_eval = min(len(pool) - 1, max(1, math.ceil(len(pool) * r.eval_fraction)))
+        held = [pool[i] for i in ranked[:n_eval]]
+        train = [pool[i] for i in sorted(ranked[n_eval:])]  # the file's order for training
+        note = (
+            f"a seeded held-out split of `{r.prompts}` (eval_fraction {r.eval_fraction:g}, "
+            f"seed {r.seed}: {len(held)} of {len(pool)} prompts held out)"
+        )
+    if r.limit is not None:
+        train = train[: r.limit]
+    if r.eval.limit is not None:
+        held = held[: r.eval.limit]
+    if not train or not held:
+        raise ConfigError(
+            f"{r.prompts}: {len(train)} training and {len(held)} eval prompts; the pipeline "
+            "needs both (give more prompts, or an eval_prompts file)."
+        )
+    return Split(train, held, note)
+
+
+def write_prompts(records: list[PromptRecord], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for p in records:
+            row: dict[str, Any] = {**p.metadata, "id": p.id, "messages": [m.model_dump() for m in p.messages]}  # fmt: skip
+            if p.response is not None:
+                row["response"] = p.response
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+@dataclass
+class Stage:
+    """One step: `python -m MODULE ARGV`; `steps` (training) or `rows` (records file, total)
+    drive its progress line."""
+
+    name: str
+    argv: list[str]
+    module: str = "cai_kit"
+    steps: int | None = None
+    rows: tuple[Path, int] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def command(self) -> str:
+        prog = "cai-kit" if self.module == "cai_kit" else f"python -m {self.module}"
+        return " ".join([prog, *self.argv])
 
 
 def _opt(flag: str, value: Any) -> list[str]:
     return [] if value is None else [flag, str(value)]
 
 
-def stages(r: Recipe, run: Path) -> list[tuple[str, list[str]]]:
-    """(name, cai-kit argv) for every stage, in order."""
-    api = _opt("--api-base", r.api_base)
-    limit = _opt("--limit", r.limit)
+def stages(r: Recipe, run: Path, n_train: int, n_eval: int) -> list[Stage]:
+    """Every stage of the recipe, in order."""
+    train_p, eval_p = run / "prompts" / "train.jsonl", run / "prompts" / "eval.jsonl"
     sft_model, dpo_model = run / "sft_model", run / "dpo_model"
-    train_flags = lambda t: [*_opt("--max-steps", t.max_steps), *_opt("--batch-size", t.batch_size), *_opt("--lr", t.lr),  # noqa: E731
-                             *_opt("--max-length", t.max_length), "--seed", str(r.seed), "--merge"]  # fmt: skip
-    out: list[tuple[str, list[str]]] = [
-        ("revise", ["revise", r.prompts, "--out", str(run / "revise"), "--constitution", r.constitution, "--model", r.base_model,
-                    *api, "--rounds", str(r.revise.rounds), "--principles", r.revise.principles, "--max-tokens", str(r.revise.max_tokens),
-                    "--temperature", str(r.revise.temperature), "--seed", str(r.seed), *limit, "-q"]),
-        ("export-sft", ["export", "sft", str(run / "revise"), "--out", str(run / "sft_data")]),
-        ("train-sft", ["train", "sft", str(run / "sft_data"), "--model", r.base_model, "--out", str(sft_model), *train_flags(r.sft)]),
+    student = r.student.model
+    batch = ["--batch-api"] if r.teacher is not None and r.teacher.batch_api else []
+
+    def revise(prompts: Path, out: str) -> list[str]:
+        resp, resp_base = r.served_by("responses")
+        critic, critic_base = r.served_by("critiques")
+        return ["revise", str(prompts), "--out", str(run / out), "--constitution", r.constitution,
+                "--model", resp, *_opt("--api-base", resp_base), "--critic-model", critic,
+                *_opt("--critic-api-base", critic_base), "--rounds", str(r.revise.rounds),
+                "--principles", r.revise.principles, "--max-tokens", str(r.revise.max_tokens),
+                "--temperature", str(r.revise.temperature), "--seed", str(r.seed), *batch, "-q"]  # fmt: skip
+
+    def train(kind: str, data: str, model: str, out: Path, t: Any) -> list[str]:
+        return ["train", kind, str(run / data), "--model", model, "--out", str(out),
+                *_opt("--max-steps", t.max_steps), *_opt("--batch-size", t.batch_size), *_opt("--lr", t.lr),
+                *_opt("--max-length", t.max_length), "--seed", str(r.seed), "--merge",
+                "--set", "disable_tqdm=true", *(_opt("--beta", t.beta) + _opt("--loss", t.loss) if kind == "dpo" else [])]  # fmt: skip
+
+    def steps(t: Any) -> int | None:
+        return t.max_steps if t.max_steps and t.max_steps > 0 else None
+
+    out = [
+        Stage("revise", revise(train_p, "revise"), rows=(run / "revise" / "revisions.jsonl", n_train)),
+        Stage("export-sft", ["export", "sft", str(run / "revise"), "--out", str(run / "sft_data")]),
+        Stage("train-sft", train("sft", "sft_data", student, sft_model, r.sft), steps=steps(r.sft)),
     ]  # fmt: skip
     if r.preferences == "judge":
+        judge, judge_base = r.served_by("judging")
         out += [
-            ("prefs", ["prefs", r.prompts, "--out", str(run / "prefs"), "--policy-model", f"hf:{sft_model}", "--judge-model", r.judge_model,
-                       *_opt("--judge-api-base", r.api_base), "--constitution", r.constitution, "--k", str(r.prefs.k), "--pairs", r.prefs.pairs,
-                       "--mode", r.prefs.mode, "--max-tokens", str(r.prefs.max_tokens), "--seed", str(r.seed), *limit, "-q"]),
-            ("export-dpo", ["export", "dpo", str(run / "prefs"), "--out", str(run / "dpo_data"), "--min-margin", str(r.prefs.min_margin)]),
+            Stage("prefs", ["prefs", str(train_p), "--out", str(run / "prefs"), "--policy-model", f"hf:{sft_model}",
+                            "--judge-model", judge, *_opt("--judge-api-base", judge_base), "--constitution", r.constitution,
+                            "--k", str(r.prefs.k), "--pairs", r.prefs.pairs, "--mode", r.prefs.mode,
+                            "--max-tokens", str(r.prefs.max_tokens), "--seed", str(r.seed), *batch, "-q"]),
+            Stage("export-dpo", ["export", "dpo", str(run / "prefs"), "--out", str(run / "dpo_data"),
+                                 "--min-margin", str(r.prefs.min_margin)]),
         ]  # fmt: skip
     else:
-        out.append(
-            (
-                "export-prefs",
-                ["export", "prefs", str(run / "revise"), "--out", str(run / "dpo_data")],
-            )
-        )
+        out.append(Stage("export-prefs", ["export", "prefs", str(run / "revise"), "--out", str(run / "dpo_data")]))  # fmt: skip
+    judge, judge_base = r.served_by("eval_judging")
     out += [
-        ("train-dpo", ["train", "dpo", str(run / "dpo_data"), "--model", f"hf:{sft_model}", "--out", str(dpo_model), *train_flags(r.dpo),
-                       *_opt("--beta", r.dpo.beta), *_opt("--loss", r.dpo.loss)]),
-        ("eval", ["eval", "winrate", "--prompts", r.prompts, "--model", f"hf:{dpo_model}", "--baseline", r.base_model, "--judge", r.judge_model,
-                  *api, "--constitution", r.constitution, "--mode", r.eval.mode, "--max-tokens", str(r.eval.max_tokens),
-                  *_opt("--limit", r.eval.limit if r.eval.limit is not None else r.limit), "--seed", str(r.seed), "--out", str(run / "eval"), "-q"]),
+        Stage("train-dpo", train("dpo", "dpo_data", f"hf:{sft_model}", dpo_model, r.dpo), steps=steps(r.dpo)),
+        Stage("eval", ["eval", "winrate", "--prompts", str(eval_p), "--model", f"hf:{dpo_model}", "--baseline", student,
+                       "--judge", judge, *_opt("--api-base", judge_base), "--constitution", r.constitution,
+                       "--mode", r.eval.mode, "--max-tokens", str(r.eval.max_tokens), "--seed", str(r.seed),
+                       "--out", str(run / "eval"), "-q"], rows=(run / "eval" / "prefs.jsonl", n_eval)),
     ]  # fmt: skip
+    if r.eval.implicit_reward:
+        beta = r.dpo.beta if r.dpo.beta is not None else 0.1  # TRL's DPOConfig default
+        out += [
+            Stage("revise-heldout", revise(eval_p, "heldout_revise"), rows=(run / "heldout_revise" / "revisions.jsonl", n_eval)),
+            Stage("export-heldout", ["export", "prefs", str(run / "heldout_revise"), "--out", str(run / "heldout_pairs")]),
+            Stage("implicit-reward", ["--pairs", str(run / "heldout_pairs"), "--base", student, "--sft", str(sft_model),
+                                      "--dpo", str(dpo_model), "--beta", str(beta), "--max-length", str(r.dpo.max_length),
+                                      "--out", str(run / "implicit_reward")], module="cai_kit.implicit_reward"),
+        ]  # fmt: skip
     return out
 
 
+# --- running --------------------------------------------------------------------------------
+
+_LOSS = re.compile(r"^\{'loss': '?([-0-9.eE+naif]+)")
+
+
+def _progress(stage: Stage, log: Path) -> str:
+    """What the stage has done so far, from its log (training) or its records file (jobs)."""
+    if stage.steps is not None or stage.name.startswith("train"):
+        losses = [float(m.group(1)) for line in _tail(log) if (m := _LOSS.match(line))]
+        of = f"/{stage.steps}" if stage.steps else ""
+        loss = f", loss {losses[0]:.3f} → {losses[-1]:.3f}" if losses else ""
+        return f"{len(losses)}{of} steps{loss}"
+    if stage.rows is not None:
+        path, total = stage.rows
+        ids = set()
+        for line in _tail(path):
+            try:
+                ids.add(json.loads(line)["id"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a line being written right now
+        return f"{len(ids)}/{total} records"
+    return ""
+
+
+def _tail(log: Path) -> list[str]:
+    return log.read_text(encoding="utf-8", errors="replace").splitlines() if log.is_file() else []
+
+
+def _result(log: Path) -> str:
+    """The stage's own summary line (engine counts, win rate, accuracy), if it printed one."""
+    for line in reversed(_tail(log)):
+        if re.match(r"(\d+ done[;,] \d+ failed|win rate|implicit reward|\d+ pairs)", line):
+            return line.strip()
+    return ""
+
+
+def _children_cpu() -> float:
+    """CPU seconds used by finished child processes (0 where the OS does not say: Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return 0.0
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_stage(stage: Stage, run: Path, out: TextIO) -> tuple[float, float]:
+    """Run one stage with its output in RUN/logs/NAME.log; one live line on a terminal.
+    Returns (wall seconds, CPU seconds of the stage's process: comparable across machine loads)."""
+    logs = run / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"{stage.name}.log"
+    env = {**os.environ, **QUIET_ENV, **stage.env}
+    live = out.isatty()
+    start, cpu_start = time.monotonic(), _children_cpu()
+    with open(log, "w", encoding="utf-8") as fh:
+        fh.write(f"$ {stage.command()}\n")
+        fh.flush()
+        proc = subprocess.Popen([sys.executable, "-m", stage.module, *stage.argv], stdout=fh,
+                                stderr=subprocess.STDOUT, env=env)  # fmt: skip
+        try:
+            while proc.poll() is None:
+                if live:
+                    out.write(f"\r  {stage.name:<16} {_progress(stage, log):<40} {time.monotonic() - start:6.0f} s")  # fmt: skip
+                    out.flush()
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            proc.terminate()
+            proc.wait()
+            raise
+    seconds, cpu = time.monotonic() - start, _children_cpu() - cpu_start
+    if live:
+        out.write("\r\033[K")
+    if proc.returncode != 0:
+        tail = "\n".join(f"    {line}" for line in _tail(log)[-15:])
+        out.write(f"  {stage.name:<16} FAILED after {seconds:.0f} s; the end of {log}:\n{tail}\n")
+        raise ConfigError(
+            f"Stage {stage.name} failed (exit {proc.returncode}; log: {log}); fix it and re-run "
+            "the pipeline: finished stages are skipped."
+        )
+    done = _result(log) or _progress(stage, log)  # the stage's own counts win over ours
+    out.write(f"  {stage.name:<16} done in {seconds:5.1f} s{': ' + done if done else ''}\n")
+    out.flush()
+    return seconds, cpu
+
+
 def run_pipeline(
-    recipe_path: Path, run: Path, only: str | None = None, dry_run: bool = False, echo: Any = print
+    recipe_path: Path,
+    run: Path,
+    only: str | None = None,
+    dry_run: bool = False,
+    out: TextIO | None = None,
 ) -> list[str]:
-    """Run (or list) the stages; returns the names of the stages that ran."""
+    """Run (or with dry_run, plan and price) the stages; returns the names of those that ran."""
+    out = out or sys.stdout
     recipe = load_recipe(recipe_path)
-    plan = stages(recipe, run)
-    names = [n for n, _ in plan]
+    split = split_prompts(recipe)
+    plan = stages(recipe, run, len(split.train), len(split.eval))
+    names = [s.name for s in plan]
     if only is not None and only not in names:
         raise ConfigError(f"--only {only!r}: stages are {', '.join(names)}.")
     markers = run / ".stages"
+    if dry_run:
+        from cai_kit.pipeline_estimate import estimate, format_estimates
+
+        out.write(f"Training prompts: {len(split.train)}; eval prompts: {len(split.eval)}, from {split.note}.\n")  # fmt: skip
+        for s in plan:
+            state = "done" if (markers / f"{s.name}.done").exists() else "todo"
+            out.write(f"[{state}] {s.name}: {s.command()}\n")
+        out.write("\n" + format_estimates(estimate(recipe, split)) + "\n")
+        return []
+    write_prompts(split.train, run / "prompts" / "train.jsonl")
+    write_prompts(split.eval, run / "prompts" / "eval.jsonl")
     ran = []
-    for name, argv in plan:
-        if only is not None and name != only:
+    for s in plan:
+        if only is not None and s.name != only:
             continue
-        marker = markers / f"{name}.done"
-        if dry_run:
-            echo(f"[{'done' if marker.exists() else 'todo'}] {name}: cai-kit {' '.join(argv)}")
-            continue
+        marker = markers / f"{s.name}.done"
         if marker.exists() and only is None:
-            echo(f"skip {name} (done)")
+            out.write(f"  skip {s.name} (done)\n")
             continue
-        echo(f"run  {name}: cai-kit {' '.join(argv)}")
-        start = time.monotonic()
-        code = subprocess.call([sys.executable, "-m", "cai_kit", *argv])
-        if code != 0:
-            raise ConfigError(
-                f"Stage {name} failed (exit {code}); fix it and re-run the pipeline: finished stages are skipped."
-            )
+        seconds, cpu = run_stage(s, run, out)
         markers.mkdir(parents=True, exist_ok=True)
-        marker.write_text(f"{time.monotonic() - start:.1f} s\n")
-        ran.append(name)
-    if not dry_run:
-        _report(recipe, run, names)
+        marker.write_text(f"{seconds:.1f} s wall, {cpu:.1f} s cpu\n")
+        ran.append(s.name)
+    from cai_kit.pipeline_report import write_report
+
+    write_report(recipe, run, names, split)
     return ran
-
-
-def _report(recipe: Recipe, run: Path, names: list[str]) -> None:
-    lines = [f"# Pipeline `{recipe.name}`", "", f"Constitution `{recipe.constitution}`, base model `{recipe.base_model}`, judge `{recipe.judge_model}`, "
-             f"preferences from {recipe.preferences}.", "", "| stage | status | seconds |", "|---|---|---|"]  # fmt: skip
-    for n in names:
-        m = run / ".stages" / f"{n}.done"
-        lines.append(
-            f"| {n} | {'done' if m.exists() else 'not run'} | {m.read_text().strip() if m.exists() else ''} |"
-        )
-    lines += [
-        "",
-        "Outputs: `revise/revisions.jsonl`, `sft_data/`, `sft_model/`, `dpo_data/`, `dpo_model/`, `eval/report.md`.",
-        "",
-    ]
-    ev = run / "eval" / "report.md"
-    if ev.is_file():
-        lines += ["## Evaluation", "", ev.read_text().split("\n", 1)[1]]
-    (run / "report.md").write_text("\n".join(lines), encoding="utf-8")

@@ -87,6 +87,38 @@ def test_show_prints_principles_and_content_hash(tmp_path: Path) -> None:
 
 
 def test_every_constitution_command_has_help() -> None:
-    for cmd in ("list", "show", "validate"):
+    for cmd in ("list", "show", "validate", "new"):
         result = runner.invoke(app, ["constitution", cmd, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_new_writes_a_valid_copy_of_the_template_named_as_asked(tmp_path: Path) -> None:
+    target = tmp_path / "kind.yaml"
+    made = runner.invoke(app, ["constitution", "new", "kind", "--out", str(target)])
+    assert made.exit_code == 0, made.output
+    assert str(target) in made.output and "validate" in made.output
+    c = load_constitution(str(target))
+    assert c.name == "kind"
+    assert "#" in target.read_text()  # the annotations come along
+    checked = runner.invoke(app, ["constitution", "validate", str(target)])
+    assert checked.exit_code == 0 and checked.output.startswith("OK: kind v")
+
+
+def test_new_refuses_to_overwrite_and_rejects_a_bad_name(tmp_path: Path) -> None:
+    target = tmp_path / "mine.yaml"
+    target.write_text("keep me")
+    again = runner.invoke(app, ["constitution", "new", "mine", "--out", str(target)])
+    assert again.exit_code == 1 and "exists" in again.output and target.read_text() == "keep me"
+    bad = runner.invoke(
+        app, ["constitution", "new", "no spaces/please", "--out", str(tmp_path / "x.yaml")]
+    )
+    assert bad.exit_code == 1 and "name" in bad.output.lower() and "Traceback" not in bad.output
+
+
+def test_new_defaults_to_name_dot_yaml_in_the_current_directory(
+    tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    made = runner.invoke(app, ["constitution", "new", "team-rules"])
+    assert made.exit_code == 0, made.output
+    assert load_constitution(str(tmp_path / "team-rules.yaml")).name == "team-rules"

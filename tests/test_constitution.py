@@ -28,9 +28,38 @@ principles:
 """
 
 
+REPO = Path(__file__).parent.parent
+
+
+def test_shipped_constitutions_live_in_the_top_level_folder_users_edit() -> None:
+    top = sorted(
+        f.stem for f in (REPO / "constitutions").glob("*.yaml") if not f.stem.startswith("_")
+    )
+    assert top == list_constitutions()
+    assert not (REPO / "cai_kit" / "constitutions").exists()
+    assert (REPO / "constitutions" / "_template.yaml").is_file()
+    assert "_template" not in list_constitutions()  # a starting point, not a constitution to use
+
+
+def test_annotated_template_is_valid_and_commented() -> None:
+    text = (REPO / "constitutions" / "_template.yaml").read_text()
+    c = parse_constitution(text, "_template.yaml")
+    assert c.principles and c.few_shot
+    assert sum(line.lstrip().startswith("#") or " # " in line for line in text.splitlines()) >= 10
+
+
+def test_balance_constitution_asks_both_less_harmful_and_less_evasive() -> None:
+    c = load_constitution("helpful-harmless")
+    questions = [p.judge_question.lower() for p in c.principles]
+    assert any("less harmful" in q for q in questions)
+    assert any("less evasive" in q for q in questions)
+    refusal = [p for p in c.principles if "evasive" in p.judge_question.lower()]
+    assert any("refus" in (p.critique + p.revision).lower() for p in refusal)
+
+
 def test_shipped_constitutions_load_by_name() -> None:
     names = list_constitutions()
-    assert {"harmless", "helpful-honest", "harmless-ko"} <= set(names)
+    assert {"harmless", "helpful-honest", "harmless-ko", "helpful-harmless"} <= set(names)
     assert len(load_constitution("harmless").principles) >= 12
     ko = load_constitution("harmless-ko")
     assert len(ko.principles) >= 8
@@ -142,8 +171,9 @@ def test_shipped_constitutions_load_from_a_built_wheel(tmp_path: Path) -> None:
 
     repo = Path(__file__).parent.parent
     src = tmp_path / "src"
-    shutil.copytree(repo / "cai_kit", src / "cai_kit", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
+    for folder in ("cai_kit", "constitutions"):
+        shutil.copytree(repo / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(repo / name, src / name)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
@@ -155,7 +185,8 @@ def test_shipped_constitutions_load_from_a_built_wheel(tmp_path: Path) -> None:
     code = (
         "import cai_kit.constitution as m; print(m.__file__);"
         "print(','.join(m.list_constitutions()));"
-        "print(len(m.load_constitution('harmless-ko').principles))"
+        "print(len(m.load_constitution('harmless-ko').principles));"
+        "from cai_kit.constitution import template_text; print(len(template_text()))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site"),
@@ -164,3 +195,4 @@ def test_shipped_constitutions_load_from_a_built_wheel(tmp_path: Path) -> None:
     assert out[0].startswith(str(tmp_path / "site"))
     assert out[1] == ",".join(list_constitutions())
     assert int(out[2]) == len(load_constitution("harmless-ko").principles)
+    assert int(out[3]) > 100  # the template ships too: `constitution new` works after pip install

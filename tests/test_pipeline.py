@@ -1,58 +1,231 @@
-"""The whole pipeline from one recipe, in miniature, on the embedded model."""
+"""The whole pipeline from one recipe: validation, held-out split, dry-run costs, and (slow) a
+miniature run on the embedded model."""
 
 from __future__ import annotations
 
+import json
+import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from cai_kit.cli.main import app
+from cai_kit.errors import ConfigError
+from cai_kit.pipeline import split_prompts, stages
+from cai_kit.pipeline_report import tie_warning
+from cai_kit.pricing import price_for
+from cai_kit.prompts import load_prompts
+from cai_kit.recipe import load_recipe, parse_recipe
+from cai_kit.records import PromptRecord
 
 ROOT = Path(__file__).parent.parent
+PROMPTS = ROOT / "examples" / "red_team_prompts.jsonl"
+RECIPES = ROOT / "examples" / "recipes"
 
 
-def test_bad_recipe_names_the_field(tmp_path: Path) -> None:
+def _invoke(*args: str):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(app, ["pipeline", *args])
+
+
+def _problems(text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_recipe(text, "r.yaml")
+    return str(info.value)
+
+
+def test_bad_recipe_names_the_field_and_line(tmp_path: Path) -> None:
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("name: x\nprompts: p.jsonl\nsft: {max_stepz: 3}\n")
-    r = CliRunner().invoke(app, ["pipeline", str(recipe), "--out", str(tmp_path / "run")])
-    assert r.exit_code == 1 and "sft.max_stepz" in r.output
+    recipe.write_text(f"name: x\nprompts: {PROMPTS}\nsft: {{max_stepz: 3}}\n")
+    r = _invoke(str(recipe), "--out", str(tmp_path / "run"))
+    assert r.exit_code == 1 and f"{recipe}:3: sft.max_stepz: unknown key" in r.output
 
 
-def test_shipped_recipes_are_valid_and_dry_run_lists_every_stage(tmp_path: Path) -> None:
-    for name in ("local_tiny.yaml", "api.yaml"):
-        r = CliRunner().invoke(
-            app,
-            [
-                "pipeline",
-                str(ROOT / "examples" / "recipes" / name),
-                "--out",
-                str(tmp_path / name),
-                "--dry-run",
-            ],
-        )
-        assert r.exit_code == 0, r.output
-        assert r.output.count("[todo]") >= 6 and "eval winrate" in r.output
+def test_teacher_mistakes_are_named_by_field_and_line() -> None:
+    text = (
+        "name: x\nprompts: p.jsonl\nteacher:\n  model: openai/gpt-4o-mini\n"
+        "  api_base: localhost:8000\n  serves: [responses, judgeing]\n  price: cheap\n"
+    )
+    msg = _problems(text)
+    assert "r.yaml:5: teacher.api_base: must be an http:// or https:// URL" in msg
+    assert "r.yaml:6: teacher.serves[1]: Input should be 'responses', 'critiques'" in msg
+    assert "r.yaml:7: teacher.price: price takes two numbers" in msg
+    assert "3 problem(s)" in msg
+    assert "r.yaml:3: teacher.model: required field is missing" in _problems(
+        "name: x\nprompts: p.jsonl\nteacher:\n  serves: [judging]\n"
+    )
+
+
+def test_student_must_be_servable_here() -> None:
+    msg = _problems("name: x\nprompts: p.jsonl\nstudent: {model: meta-llama/Llama-3.1-8B}\n")
+    assert "r.yaml:3: student.model: the student is trained and served on this machine" in msg
+
+
+def test_old_recipe_keys_get_a_migration_message_not_a_guess() -> None:
+    msg = _problems(
+        "name: x\nprompts: p.jsonl\nbase_model: local\njudge_model: openai/gpt-4o-mini\n"
+        "api_base: http://h/v1\n"
+    )
+    assert "r.yaml:3: base_model: renamed: write `student: {model: local}`" in msg
+    assert "r.yaml:4: judge_model: moved: write `teacher: {model: openai/gpt-4o-mini, serves: [judging, eval_judging]}`" in msg  # fmt: skip
+    assert "r.yaml:5: api_base: moved: the server belongs to the teacher" in msg
+
+
+def test_teacher_serves_only_the_stages_it_is_given(tmp_path: Path) -> None:
+    r = parse_recipe(
+        f"name: x\nprompts: {PROMPTS}\npreferences: judge\nteacher:\n  model: openai/gpt-4o\n"
+        "  api_base: http://127.0.0.1:9/v1\n  serves: [critiques, eval_judging]\n"
+    )
+    plan = {s.name: s.argv for s in stages(r, tmp_path, 4, 2)}
+
+    def flag(stage: str, name: str) -> str:
+        argv = plan[stage]
+        return argv[argv.index(name) + 1]
+
+    assert flag("revise", "--model") == "local" and "--api-base" not in plan["revise"]
+    assert flag("revise", "--critic-model") == "openai/gpt-4o"
+    assert flag("revise", "--critic-api-base") == "http://127.0.0.1:9/v1"
+    assert flag("prefs", "--judge-model") == "local"  # judging was not given to the teacher
+    assert flag("eval", "--judge") == "openai/gpt-4o" and flag("eval", "--baseline") == "local"
+
+
+def test_eval_prompts_never_overlap_training_prompts(tmp_path: Path) -> None:
+    r = parse_recipe(f"name: x\nprompts: {PROMPTS}\neval_fraction: 0.3\nseed: 3\n")
+    split = split_prompts(r)
+    train = {PromptRecord.make_id(p.messages) for p in split.train}
+    held = {PromptRecord.make_id(p.messages) for p in split.eval}
+    total = len(load_prompts(str(PROMPTS)).records)
+    assert not train & held and len(train) + len(held) == total
+    assert len(held) == -(-total * 3 // 10)  # ceil(0.3 * total)
+    assert "seeded held-out split" in split.note and "seed 3" in split.note
+    again = split_prompts(r)
+    assert [p.id for p in again.eval] == [p.id for p in split.eval]  # reproducible
+    other = split_prompts(r.model_copy(update={"seed": 4}))
+    assert {p.id for p in other.eval} != {p.id for p in split.eval}
+    # an eval_prompts file: its prompts leave the training set even when both files hold them
+    rows = [json.loads(line) for line in PROMPTS.read_text().splitlines()[:5]]
+    ev = tmp_path / "eval.jsonl"
+    ev.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    r2 = parse_recipe(f"name: x\nprompts: {PROMPTS}\neval_prompts: {ev}\n")
+    s2 = split_prompts(r2)
+    assert [p.prompt_text for p in s2.eval] == [row["prompt"] for row in rows]
+    assert not {p.prompt_text for p in s2.train} & {row["prompt"] for row in rows}
+    assert "5 of its prompts were also in" in s2.note
+
+
+def test_stages_train_on_training_prompts_and_evaluate_on_held_out_ones(tmp_path: Path) -> None:
+    r = load_recipe(RECIPES / "local_tiny.yaml")
+    plan = {s.name: s.argv for s in stages(r, tmp_path, 16, 8)}
+    train_file, eval_file = str(tmp_path / "prompts" / "train.jsonl"), str(tmp_path / "prompts" / "eval.jsonl")  # fmt: skip
+    assert plan["revise"][1] == train_file
+    assert plan["eval"][plan["eval"].index("--prompts") + 1] == eval_file
+    assert plan["revise-heldout"][1] == eval_file
+    assert all(eval_file not in argv for name, argv in plan.items() if name in ("revise", "export-sft", "train-sft", "export-prefs", "train-dpo"))  # fmt: skip
+
+
+def _dry(recipe: Path, tmp_path: Path) -> str:
+    r = _invoke(str(recipe), "--out", str(tmp_path / recipe.stem), "--dry-run")
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+def _row(output: str, stage: str, role: str) -> list[str]:
+    line = next(x for x in output.splitlines() if re.match(rf"{re.escape(stage)}\s+{re.escape(role)}\s", x))  # fmt: skip
+    return re.split(r"\s{2,}", line.strip())
+
+
+def test_dry_run_prices_every_stage_of_a_hosted_teacher_recipe(tmp_path: Path) -> None:
+    out = _dry(RECIPES / "hosted_teacher.yaml", tmp_path)
+    r = load_recipe(RECIPES / "hosted_teacher.yaml")
+    split = split_prompts(r)
+    n, e = len(split.train), len(split.eval)
+    assert out.count("[todo]") == 10 and "eval winrate" in out and "implicit_reward" in out
+    model, calls, tin, tout, cost, batch = _row(out, "revise", "critiques+revisions")[2:8]
+    assert model == "openai/gpt-4o-mini" and int(calls.replace(",", "")) == 2 * 2 * n  # 2 rounds
+    assert int(tout.replace(",", "")) == 2 * 2 * n * 256
+    price = price_for("openai/gpt-4o-mini", "hosted")
+    assert price is not None
+    expected = price.cost(int(tin.replace(",", "")), int(tout.replace(",", "")))
+    assert cost == f"${expected:,.4f}" and batch == f"${price.cost(int(tin.replace(',', '')), int(tout.replace(',', '')), batch=True):,.4f}"  # fmt: skip
+    judge = _row(out, "prefs", "judge")
+    assert int(judge[3].replace(",", "")) == n * 6 * 2  # k=4: 6 pairs, both orders
+    assert int(_row(out, "eval", "judge")[3]) == 2 * e
+    assert _row(out, "train-sft", "training")[2] == "local"
+    total = next(x for x in out.splitlines() if x.startswith("total:"))
+    sync, bat = (float(x) for x in re.findall(r"\$([\d.]+)", total))
+    assert sync > 0 and bat == pytest.approx(sync / 2, rel=0.01)
+
+
+def test_dry_run_of_the_offline_recipe_costs_nothing_and_names_local_models(tmp_path: Path) -> None:
+    out = _dry(RECIPES / "local_tiny.yaml", tmp_path)
+    assert "Training prompts: 16; eval prompts: 8" in out
+    assert _row(out, "revise", "responses")[2] == "local"
+    assert "cost $0.0000 synchronous, $0.0000 as Batch API jobs" in out
+
+
+def test_dry_run_says_when_a_teacher_price_is_unknown_and_uses_a_given_one(tmp_path: Path) -> None:
+    out = _dry(RECIPES / "server_teacher.yaml", tmp_path)  # price: "0,0"
+    assert (
+        "unknown" not in out and _row(out, "revise", "responses")[2] == "Qwen/Qwen2.5-7B-Instruct"
+    )
+    text = (RECIPES / "server_teacher.yaml").read_text().replace('  price: "0,0"', "  # no price")
+    recipe = tmp_path / "noprice.yaml"
+    recipe.write_text(text)
+    out = _dry(recipe, tmp_path)
+    assert "unknown price of Qwen/Qwen2.5-7B-Instruct" in out and "price: IN,OUT" in out
+
+
+def test_tie_warning_speaks_only_when_ties_dominate() -> None:
+    assert tie_warning(Counter({"tie": 16})) is not None
+    assert "16 of 16" in (tie_warning(Counter({"tie": 16})) or "")
+    assert tie_warning(Counter({"A": 9, "B": 5, "tie": 2})) is None
+    assert tie_warning(Counter({"failed": 3})) is None
 
 
 @pytest.mark.slow
-def test_miniature_local_pipeline_runs_every_stage_then_skips_them_all(tmp_path: Path) -> None:
+def test_miniature_local_pipeline_is_held_out_and_reports_implicit_reward(tmp_path: Path) -> None:
     recipe = tmp_path / "mini.yaml"
     recipe.write_text(
-        f"name: mini\nprompts: {ROOT / 'examples' / 'red_team_prompts.jsonl'}\nlimit: 3\n"
+        f"name: mini\nprompts: {PROMPTS}\nlimit: 3\n"
         "revise: {rounds: 1, max_tokens: 24}\nsft: {max_steps: 2, batch_size: 2, max_length: 256}\n"
-        "dpo: {max_steps: 2, batch_size: 2, max_length: 256}\neval: {limit: 2, max_tokens: 16, mode: letter}\n"
+        "dpo: {max_steps: 2, batch_size: 2, max_length: 256}\n"
+        "eval: {limit: 2, max_tokens: 16, mode: letter}\n"
     )
     run = tmp_path / "run"
-    r = CliRunner().invoke(app, ["pipeline", str(recipe), "--out", str(run)])
+    r = _invoke(str(recipe), "--out", str(run))
     assert r.exit_code == 0, r.output
     for path in ("revise/revisions.jsonl", "sft_data/train.jsonl", "sft_model/config.json", "dpo_data/train.jsonl",
-                 "dpo_model/config.json", "eval/report.md", "report.md"):  # fmt: skip
+                 "dpo_model/config.json", "eval/report.md", "heldout_pairs/train.jsonl",
+                 "implicit_reward/implicit_reward.json", "logs/train-dpo.log", "report.md"):  # fmt: skip
         assert (run / path).is_file(), path
-    assert "win rate" in (run / "report.md").read_text().lower()
-    again = CliRunner().invoke(app, ["pipeline", str(recipe), "--out", str(run)])
+    # one clean line per stage, no library loading bars
+    assert re.search(r"train-sft\s+done in\s+[\d.]+ s: 2/2 steps, loss", r.output), r.output
+    assert "it/s]" not in r.output and "Map:" not in r.output
+
+    # held out: nothing evaluated was trained on (by content, through every stage's records)
+    def texts(path: Path, key: str) -> set[str]:
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        return {json.dumps(row[key], sort_keys=True) for row in rows}
+
+    trained = texts(run / "revise" / "revisions.jsonl", "messages")
+    evaluated = texts(run / "eval" / "prefs.jsonl", "messages")
+    assert len(trained) == 3 and len(evaluated) == 2 and not trained & evaluated
+    dpo_prompts = {json.dumps(row["prompt"], sort_keys=True) for row in map(json.loads, (run / "dpo_data" / "train.jsonl").read_text().splitlines())}  # fmt: skip
+    assert not dpo_prompts & evaluated
+    report = (run / "report.md").read_text()
+    print(report)  # shown when an assertion below fails
     assert (
-        again.exit_code == 0
-        and "0 stage(s) ran" in again.output
-        and again.output.count("skip ") == 6
+        "2 held-out prompts" in report and "None of them was used for revise, SFT or DPO" in report
     )
+    assert "win rate" in report.lower()
+    assert re.search(r"\| DPO model \| β·log π_dpo/π_sft \| [01]\.\d{3} \|", report)
+    assert re.search(r"\| SFT model \| β·log π_sft/π_base \| [01]\.\d{3} \|", report)
+    assert re.search(r"\| train-dpo \| done \| [\d.]+ \|", report)
+    again = _invoke(str(recipe), "--out", str(run))
+    n_stages = len(list((run / ".stages").glob("*.done")))
+    assert (
+        n_stages == 9
+    )  # revise, export-sft, train-sft, export-prefs, train-dpo, eval, + 3 held-out
+    assert again.exit_code == 0 and "0 stage(s) ran" in again.output
+    assert again.output.count("skip ") == n_stages

@@ -1,13 +1,16 @@
-"""`cai-kit constitution list | show | validate`: inspect and check constitutions."""
+"""`cai-kit constitution list | show | validate | new`: inspect, check and start constitutions."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 constitution_app = typer.Typer(
-    help="List, show and validate constitutions (YAML principles).", no_args_is_help=True
+    help="List, show, validate and start constitutions (YAML principles).",
+    no_args_is_help=True,
 )
 
 
@@ -69,6 +72,34 @@ def validate(
         typer.secho(f"{len(exc.problems)} problem(s) found.", fg="red", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"OK: {c.name} v{c.version}, {len(c.principles)} principles, hash {c.content_hash}")
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+@constitution_app.command("new")
+def new(
+    name: Annotated[str, typer.Argument(help="Name of the new constitution, e.g. team-rules.")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="File to write (default: NAME.yaml here)."),
+    ] = None,
+) -> None:
+    """Write a copy of the annotated template (constitutions/_template.yaml) to edit."""
+    from cai_kit.cli.common import fail
+    from cai_kit.constitution import template_text
+
+    if not _NAME.fullmatch(name):
+        fail(
+            f"Name {name!r}: use letters, digits, '-', '_' or '.', starting with a letter or digit."
+        )
+    target = out or Path(f"{name}.yaml")
+    if target.exists():
+        fail(f"{target} exists; pick another --out or remove it first.")
+    text = re.sub(r"(?m)^name: \S+", f"name: {name}", template_text(), count=1)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text, encoding="utf-8")
+    typer.echo(f"Wrote {target}. Edit it, then check it: cai-kit constitution validate {target}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,4 @@
-"""`cai-kit pipeline RECIPE`: revise -> SFT -> preferences -> DPO -> eval, from one YAML file."""
+"""`cai-kit pipeline RECIPE`: revise -> SFT -> preferences -> DPO -> held-out eval, from one YAML file."""
 
 from __future__ import annotations
 
@@ -22,13 +22,18 @@ def pipeline(
         str | None, typer.Option("--only", help="Run just this stage (even if done).")
     ] = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="List the stages and their commands; run nothing.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="List the stages with their models, calls, tokens and cost (synchronous and "
+            "Batch API); run nothing.",
+        ),
     ] = False,
 ) -> None:
     """Run the whole Constitutional AI pipeline from a recipe; finished stages are skipped."""
     from cai_kit.pipeline import run_pipeline
 
-    ran = run_pipeline(recipe, out, only, dry_run, echo=typer.echo)
+    ran = run_pipeline(recipe, out, only, dry_run)
     if not dry_run:
         typer.echo(f"{len(ran)} stage(s) ran. Report: {out / 'report.md'}")
 

@@ -1,0 +1,177 @@
+"""What a recipe will cost before it runs: `cai-kit pipeline RECIPE --dry-run`.
+
+    rows = estimate(recipe, split_prompts(recipe)); print(format_estimates(rows))
+
+For every stage and every model it calls: the number of calls, input and output tokens and the
+cost, synchronous and as a provider Batch job (`cai_kit.pricing`: `--price`-style `price:` in the
+teacher section, litellm's cost map, free for local models). Input tokens are counted (about 4
+characters a token) on the real prompts inside the real templates (revise's critique/revision
+turns with the constitution's few-shot examples, the judge's prompt); every answer is assumed to
+use its whole `max_tokens`, so token and cost figures are upper bounds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cai_kit.pricing import Price, parse_price, price_for
+
+if TYPE_CHECKING:
+    from cai_kit.pipeline import Split
+    from cai_kit.recipe import Recipe
+    from cai_kit.records import PromptRecord
+
+Msgs = list[dict[str, str]]
+
+
+def _tokens(messages: Msgs) -> int:
+    return sum(len(m["content"]) // 4 + 4 for m in messages)  # ~4 chars a token, + role overhead
+
+
+def _filler(tokens: int) -> str:
+    return "word " * max(tokens - 1, 0)  # a stand-in answer of `tokens` tokens (5 chars ≈ 1 token)
+
+
+@dataclass
+class StageEstimate:
+    stage: str
+    role: str
+    model: str
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    price: Price | None  # None: unknown (not in litellm's cost map and no `price:` given)
+    note: str = ""
+
+    def cost(self, batch: bool = False) -> float | None:
+        if self.price is None:
+            return None
+        return self.price.cost(self.input_tokens, self.output_tokens, batch=batch)
+
+
+def _price(r: Recipe, model: str, api_base: str | None) -> Price | None:
+    from cai_kit.llm.registry import resolve
+
+    explicit = None
+    if r.teacher is not None and model == r.teacher.model and r.teacher.price:
+        explicit = parse_price(r.teacher.price)
+    try:
+        kind = resolve(model, api_base).name
+    except Exception:  # an unknown model string: the stage itself will say so
+        kind = "unknown"
+    return price_for(model, kind, explicit)
+
+
+def _revise(r: Recipe, stage: str, prompts: list[PromptRecord]) -> list[StageEstimate]:
+    from cai_kit.constitution import load_constitution
+    from cai_kit.revise import CRITIQUE_PREFIX, REVISION_PREFIX, few_shot_turns
+
+    const = load_constitution(r.constitution)
+    m = r.revise.max_tokens
+    rounds = len(const.principles) if r.revise.principles == "all" else r.revise.rounds
+    avg_crit = sum(len(p.critique) for p in const.principles) // len(const.principles)
+    avg_rev = sum(len(p.revision) for p in const.principles) // len(const.principles)
+    shots = few_shot_turns(const.few_shot, const.principles[0])
+    resp_calls = resp_in = crit_calls = crit_in = 0
+    for p in prompts:
+        base = [mm.model_dump() for mm in p.messages]
+        if p.response is None:
+            resp_calls += 1
+            resp_in += _tokens(base)
+        convo = [*shots, *base, {"role": "assistant", "content": _filler(m)}]
+        for _ in range(rounds):
+            convo += [{"role": "user", "content": CRITIQUE_PREFIX + "x" * avg_crit}]
+            crit_in += _tokens(convo)
+            convo += [{"role": "assistant", "content": _filler(m)},
+                      {"role": "user", "content": REVISION_PREFIX + "x" * avg_rev}]  # fmt: skip
+            crit_in += _tokens(convo)
+            convo += [{"role": "assistant", "content": _filler(m)}]
+            crit_calls += 2
+    resp, resp_base = r.served_by("responses")
+    critic, critic_base = r.served_by("critiques")
+    return [
+        StageEstimate(stage, "responses", resp, resp_calls, resp_in, resp_calls * m, _price(r, resp, resp_base)),
+        StageEstimate(stage, "critiques+revisions", critic, crit_calls, crit_in, crit_calls * m,
+                      _price(r, critic, critic_base), f"{rounds} round(s)"),
+    ]  # fmt: skip
+
+
+def _judge_calls(r: Recipe, stage: str, role: str, prompts: list[PromptRecord], pairs_per_prompt: int,
+                 answer_tokens: int, mode: str) -> StageEstimate:  # fmt: skip
+    from cai_kit.constitution import load_constitution
+    from cai_kit.judge import build_messages
+
+    const = load_constitution(r.constitution)
+    per_order = 5 if mode == "votes" else 1  # JudgeConfig.samples votes per order
+    out_tokens = 384 if mode == "cot" else 4  # JudgeConfig.cot_max_tokens / max_tokens
+    calls = in_tok = 0
+    for p in prompts:
+        msgs = build_messages(const, const.principles[0], [mm.model_dump() for mm in p.messages],
+                              _filler(answer_tokens), _filler(answer_tokens), mode, "0123abcd")  # type: ignore[arg-type]  # fmt: skip
+        n = pairs_per_prompt * 2 * per_order  # both orders, always
+        calls += n
+        in_tok += n * _tokens(msgs)
+    model, base = r.served_by(role)  # type: ignore[arg-type]
+    note = "both orders" + (f", {per_order} votes each" if per_order > 1 else "")
+    return StageEstimate(stage, "judge", model, calls, in_tok, calls * out_tokens, _price(r, model, base), note)  # fmt: skip
+
+
+def _local(stage: str, role: str, model: str, calls: int, in_tok: int, out_tok: int, note: str = "") -> StageEstimate:  # fmt: skip
+    from cai_kit.pricing import FREE
+
+    return StageEstimate(stage, role, model, calls, in_tok, out_tok, FREE, note)
+
+
+def estimate(r: Recipe, split: Split) -> list[StageEstimate]:
+    """One row per (stage, model) with its calls, tokens and price; training rows have no calls."""
+    train, held = split.train, split.eval
+    rows = _revise(r, "revise", train)
+    rows.append(
+        _local("train-sft", "training", r.student.model, 0, 0, 0, f"{r.sft.max_steps} steps")
+    )
+    if r.preferences == "judge":
+        k, pairs = r.prefs.k, r.prefs.pairs
+        n_pairs = k * (k - 1) // 2 if pairs in ("all", "best-worst") else int(pairs.split(":")[1])
+        in_tok = sum(_tokens([mm.model_dump() for mm in p.messages]) for p in train) * k
+        rows.append(_local("prefs", "samples", "hf:sft_model", len(train) * k, in_tok, len(train) * k * r.prefs.max_tokens))  # fmt: skip
+        rows.append(_judge_calls(r, "prefs", "judging", train, n_pairs, r.prefs.max_tokens, r.prefs.mode))  # fmt: skip
+    rows.append(
+        _local("train-dpo", "training", "hf:sft_model", 0, 0, 0, f"{r.dpo.max_steps} steps")
+    )
+    in_tok = sum(_tokens([mm.model_dump() for mm in p.messages]) for p in held)
+    rows.append(_local("eval", "answers", f"hf:dpo_model + {r.student.model}", 2 * len(held), 2 * in_tok,
+                       2 * len(held) * r.eval.max_tokens, "model and baseline"))  # fmt: skip
+    rows.append(_judge_calls(r, "eval", "eval_judging", held, 1, r.eval.max_tokens, r.eval.mode))
+    if r.eval.implicit_reward:
+        rows += _revise(r, "revise-heldout", held)
+        rows.append(_local("implicit-reward", "log-probs", "base, SFT, DPO", 0, 0, 0, "local forward passes"))  # fmt: skip
+    return rows
+
+
+def _money(x: float | None) -> str:
+    return "unknown" if x is None else f"${x:,.4f}"
+
+
+def format_estimates(rows: list[StageEstimate]) -> str:
+    """A plain-text table and a total line (synchronous and Batch API)."""
+    head = ("stage", "role", "model", "calls", "in tokens", "out tokens", "cost", "batch cost", "")
+    table = [head] + [
+        (e.stage, e.role, e.model, f"{e.calls:,}", f"{e.input_tokens:,}", f"{e.output_tokens:,}",
+         _money(e.cost()), _money(e.cost(batch=True)), e.note)
+        for e in rows
+    ]  # fmt: skip
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    right = {3, 4, 5, 6, 7}
+    lines = ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+             for row in table]  # fmt: skip
+    calls = sum(e.calls for e in rows)
+    tokens = sum(e.input_tokens + e.output_tokens for e in rows)
+    unknown = sorted({e.model for e in rows if e.price is None and e.calls})
+    sync = sum(e.cost() or 0.0 for e in rows)
+    batch = sum(e.cost(batch=True) or 0.0 for e in rows)
+    total = f"total: {calls:,} calls, {tokens:,} tokens (upper bound); cost {_money(sync)} synchronous, {_money(batch)} as Batch API jobs"  # fmt: skip
+    if unknown:
+        total += (f"; plus the unknown price of {', '.join(unknown)} (add `price: IN,OUT` in USD per "
+                  "million tokens to the teacher section)")  # fmt: skip
+    return "\n".join([*lines, total])

@@ -1,0 +1,140 @@
+"""RUN/report.md for `cai-kit pipeline`: what ran, on which prompts, and what the numbers mean.
+
+    write_report(recipe, run, stage_names, split)
+
+Sections: models (student, teacher and the stages it serves), prompts (how many trained on,
+which held-out prompts were evaluated and where they came from), per-stage seconds, the win
+rate with a warning when the judge's ties make it meaningless, and the implicit-reward
+accuracy of the DPO and SFT models on held-out pairs (`cai_kit.implicit_reward`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cai_kit.pipeline import Split
+    from cai_kit.recipe import Recipe
+
+TIE_RATE_MEANINGLESS = (
+    0.5  # at least half the verdicts ties: the win rate is mostly 0.5 by construction
+)
+
+
+def judge_outcomes(eval_dir: Path) -> Counter[str]:
+    """Verdict labels (A = model wins, B = baseline wins, tie, failed) of the eval comparisons."""
+    from cai_kit.io import latest_by_id
+    from cai_kit.records import PreferenceRecord
+
+    path = eval_dir / "prefs.jsonl"
+    if not path.is_file():
+        return Counter()
+    return Counter(r.verdict.label for r in latest_by_id(path, PreferenceRecord).values())
+
+
+def tie_warning(counts: Counter[str]) -> str | None:
+    """A sentence when ties dominate the judged comparisons; None when the win rate can speak."""
+    judged = counts["A"] + counts["B"] + counts["tie"]
+    if not judged or counts["tie"] / judged < TIE_RATE_MEANINGLESS:
+        return None
+    return (f"**The judge tied on {counts['tie']} of {judged} comparisons ({counts['tie'] / judged:.0%}), so "
+            "this win rate says nothing about the models**: a tie counts as half a win, and a judge "
+            "that ties on everything gives 0.500 whatever the models do. Use a stronger judge "
+            "(a `teacher` serving `eval_judging`), or read the implicit-reward accuracy below, which "
+            "comes from the models' own log-probabilities.")  # fmt: skip
+
+
+def _models(r: Recipe) -> list[str]:
+    lines = [f"- Student (trained here): `{r.student.model}`"]
+    if r.teacher is None:
+        lines.append("- Teacher: none; the student writes responses, critiques and revisions and judges.")  # fmt: skip
+    else:
+        at = f" at {r.teacher.api_base}" if r.teacher.api_base else ""
+        lines.append(f"- Teacher: `{r.teacher.model}`{at}, serving {', '.join(r.teacher.serves)}")
+    lines.append(f"- Constitution `{r.constitution}`; preference pairs from {r.preferences}.")
+    return lines
+
+
+def _prompts(split: Split) -> list[str]:
+    lines = [f"- Training (revise, SFT, DPO): {len(split.train)} prompts, `prompts/train.jsonl`.",
+             f"- Evaluation: {len(split.eval)} held-out prompts, `prompts/eval.jsonl`, from {split.note}. "
+             "None of them was used for revise, SFT or DPO.", "", "Eval prompts:", ""]  # fmt: skip
+    for p in split.eval[:20]:
+        text = " ".join(p.prompt_text.split())
+        lines.append(f"- {text[:100]}{'…' if len(text) > 100 else ''}")
+    if len(split.eval) > 20:
+        lines.append(f"- … and {len(split.eval) - 20} more (see `prompts/eval.jsonl`).")
+    return lines
+
+
+def stage_seconds(marker: Path) -> tuple[float, float | None]:
+    """(wall, cpu) seconds from a stage marker ("12.3 s wall, 20.1 s cpu"; older: "12.3 s")."""
+    nums = [float(x) for x in re.findall(r"[\d.]+(?= s)", marker.read_text())]
+    return nums[0], nums[1] if len(nums) > 1 else None
+
+
+def _stages(run: Path, names: list[str]) -> list[str]:
+    lines = ["| stage | status | seconds (wall) | CPU seconds |", "|---|---|---:|---:|"]
+    wall = cpu = 0.0
+    for n in names:
+        m = run / ".stages" / f"{n}.done"
+        if not m.exists():
+            lines.append(f"| {n} | not run | | |")
+            continue
+        w, c = stage_seconds(m)
+        wall, cpu = wall + w, cpu + (c or 0.0)
+        lines.append(f"| {n} | done | {w:.1f} | {'' if c is None else f'{c:.1f}'} |")
+    lines.append(f"| **total** | | {wall:.1f} | {cpu:.1f} |")
+    lines += ["", f"Measured with load average {_load()} on {os.cpu_count()} CPU(s) at the end of the "
+              "run: on a shared machine wall time grows with the load, CPU seconds do not."]  # fmt: skip
+    return lines
+
+
+def _load() -> str:
+    try:
+        return " / ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1/5/15 min)"
+    except OSError:
+        return "unknown"
+
+
+def _implicit(run: Path) -> list[str]:
+    path = run / "implicit_reward" / "implicit_reward.json"
+    if not path.is_file():
+        return ["Not measured (stage `implicit-reward` has not run, or `eval: {implicit_reward: false}`)."]  # fmt: skip
+    res: dict[str, Any] = json.loads(path.read_text())
+    beta = res["beta"]
+    lines = [f"On {res['dpo']['pairs']} held-out pairs (revision = chosen, initial response = rejected, "
+             "on the eval prompts; `heldout_pairs/`), with r(x, y) = β·(log π(y|x) − log π_ref(y|x)), "
+             f"β = {beta:g}. Accuracy is the share of pairs with r(chosen) > r(rejected).", "",
+             "| model | implicit reward | accuracy | ties | mean margin |", "|---|---|---:|---:|---:|"]  # fmt: skip
+    for key, label, formula in (("dpo", "DPO model", "β·log π_dpo/π_sft"), ("sft", "SFT model", "β·log π_sft/π_base"),
+                                ("dpo_vs_base", "DPO model vs base", "β·log π_dpo/π_base")):  # fmt: skip
+        s = res.get(key)
+        if s:
+            lines.append(f"| {label} | {formula} | {s['accuracy']:.3f} | {s['ties']} | {s['mean_margin']:+.4f} |")  # fmt: skip
+    return lines
+
+
+def write_report(r: Recipe, run: Path, names: list[str], split: Split) -> Path:
+    ev = run / "eval" / "report.md"
+    lines = [f"# Pipeline `{r.name}`", "", "## Models", "", *_models(r), "", "## Prompts", "",
+             *_prompts(split), "", "## Stages", "", *_stages(run, names), "",
+             "Outputs: `revise/revisions.jsonl`, `sft_data/`, `sft_model/`, `dpo_data/`, `dpo_model/`, "
+             "`eval/report.md`, `implicit_reward/implicit_reward.json`; stage logs in `logs/`.", "",
+             "## Evaluation: win rate of the DPO model against the student before training", ""]  # fmt: skip
+    if ev.is_file():
+        warning = tie_warning(judge_outcomes(run / "eval"))
+        if warning:
+            lines += [warning, ""]
+        lines += [ev.read_text(encoding="utf-8").split("\n", 1)[1].strip(), ""]
+    else:
+        lines += ["Not measured yet (stage `eval` has not run).", ""]
+    lines += ["## Implicit reward accuracy (held out)", "", *_implicit(run), ""]
+    path = run / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
