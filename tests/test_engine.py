@@ -157,9 +157,7 @@ def test_rpm_limit_spaces_calls(fault_server: FaultServer, tmp_path: Path) -> No
 def test_max_cost_stops_cleanly_and_keeps_finished_work(
     fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tests.fixtures.fault_server as fs
-
-    monkeypatch.setattr(fs, "USAGE_COST", 0.01)  # the server reports $0.01 per call in `usage`
+    fault_server.report_cost = 0.01  # the server reports $0.01 per call in `usage`
     summary = _run(fault_server, tmp_path, 20, max_cost=0.05, concurrency=2)
     rows = _lines(tmp_path / "run" / "generations.jsonl")
     assert summary.stopped and "max-cost" in summary.stopped

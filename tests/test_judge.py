@@ -65,7 +65,7 @@ def test_always_a_judge_yields_a_position_inconsistent_tie(
     fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(fs, "reply_text", lambda body: "A")
-    monkeypatch.setattr(fs, "REPLY_LOGPROBS", lambda body: _lp(A=0.9, B=0.1))
+    fault_server.logprobs = lambda body, rng: _lp(A=0.9, B=0.1)
     for mode in ("logprobs", "letter"):
         v = _judge(fault_server, tmp_path, mode=mode)
         assert v.label == "tie" and v.position_consistent is False and v.p_a == pytest.approx(0.5)
@@ -77,10 +77,8 @@ def test_a_judge_that_prefers_good_labels_it_in_both_orders(
 ) -> None:
     pick = lambda body: "A" if _shown(body)[0].startswith("GOOD") else "B"  # noqa: E731
     monkeypatch.setattr(fs, "reply_text", pick)
-    monkeypatch.setattr(
-        fs,
-        "REPLY_LOGPROBS",
-        lambda body: _lp(A=0.8, B=0.2) if pick(body) == "A" else _lp(B=0.8, A=0.2),
+    fault_server.logprobs = lambda body, rng: (
+        _lp(A=0.8, B=0.2) if pick(body) == "A" else _lp(B=0.8, A=0.2)
     )
     v = _judge(fault_server, tmp_path)
     assert v.label == "A" and v.position_consistent and v.p_a == pytest.approx(0.8)
