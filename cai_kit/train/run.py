@@ -180,6 +180,9 @@ def train(kind: str, opts: TrainOptions) -> Path:
                                   peft_config=peft_config)  # fmt: skip
     if "test" in ds:
         kwargs["eval_dataset"] = ds["test"]
+    if kind in ("dpo", "kto") and opts.full and common.adapter_base(base) is not None:
+        # TRL would load the reference from config._name_or_path: the bare base under the adapter
+        kwargs["ref_model"] = common.load_model(base)
     # DPO + LoRA: the reference is the starting model with the new adapter off (a starting
     # adapter was merged into the weights by load_model, so it stays in the reference)
     trainer = trainer_cls(**kwargs)
