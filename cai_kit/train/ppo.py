@@ -157,13 +157,15 @@ def token_logprobs(
 
 
 def disable_dropout(model: nn.Module) -> None:
-    """p = 0 in every dropout layer (LoRA's included): the rollout and the update then see the
-    same function, whatever train()/eval() mode the model is in."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-        elif isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = 0.0  # functional dropout inside attention (Llama & co.)
+    """No dropout anywhere (LoRA's included): the rollout and the update then see the same
+    function, whatever train()/eval() mode the model is in. Dropout layers become Identity
+    (what PEFT itself uses for lora_dropout=0), so they cost nothing either."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Dropout):
+                setattr(parent, name, nn.Identity())
+        if isinstance(getattr(parent, "attention_dropout", None), float):
+            parent.attention_dropout = 0.0  # functional dropout inside attention (Llama & co.)
 
 
 class PPOTrainer:
@@ -222,11 +224,21 @@ class PPOTrainer:
         att = torch.zeros((len(queries), L), dtype=torch.long)
         for i, q in enumerate(queries):  # left padding for generation
             ids[i, L - len(q) :], att[i, L - len(q) :] = q, 1
-        out = self._lm.generate(
-            input_ids=ids.to(device), attention_mask=att.to(device), max_new_tokens=cfg.max_new_tokens,
-            do_sample=True, temperature=cfg.temperature, top_k=cfg.top_k, top_p=1.0,  # top_k=0: the full distribution
-            pad_token_id=pad, eos_token_id=tok.eos_token_id,
-        )  # fmt: skip
+        lm = self._lm
+        # LoRA merged into the weights while sampling: one matmul per layer instead of three
+        # (the update unmerges first; TRL does the same when it syncs weights to vLLM)
+        merge = self.use_peft and hasattr(lm, "merge_adapter")
+        if merge:
+            lm.merge_adapter()
+        try:
+            out = lm.generate(
+                input_ids=ids.to(device), attention_mask=att.to(device), max_new_tokens=cfg.max_new_tokens,
+                do_sample=True, temperature=cfg.temperature, top_k=cfg.top_k, top_p=1.0,  # top_k=0: the full distribution
+                pad_token_id=pad, eos_token_id=tok.eos_token_id,
+            )  # fmt: skip
+        finally:
+            if merge:
+                lm.unmerge_adapter()
         responses = []
         for row in out[:, L:].cpu():
             ends = (row == tok.eos_token_id).nonzero()
