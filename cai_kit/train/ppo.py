@@ -173,12 +173,14 @@ class PPOTrainer:
                  peft_config: Any = None) -> None:  # fmt: skip
         from accelerate import Accelerator
 
-        torch.manual_seed(config.seed)  # the same on every rank: identical initial weights
         self.config, self.tokenizer = config, tokenizer
         self.accelerator = Accelerator(
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             cpu=not torch.cuda.is_available(),
         )
+        # each rank samples its own draws; the initial weights still agree, since DDP (in
+        # accelerator.prepare) broadcasts rank 0's parameters, the LoRA and value head included
+        torch.manual_seed(config.seed + self.accelerator.process_index)
         self.use_peft = peft_config is not None
         if self.use_peft:
             from peft import get_peft_model
@@ -202,8 +204,6 @@ class PPOTrainer:
                        if config.adaptive_kl else FixedKLController(config.init_kl_coef))  # fmt: skip
         self._score_stats = [0.0, 1.0, 0]  # running mean, var, count (for normalize_rewards)
         self.history: list[dict[str, float]] = []
-        # sampling differs per rank (its own draws), initial weights did not (seeded above)
-        torch.manual_seed(config.seed + self.accelerator.process_index)
 
     @property
     def is_main_process(self) -> bool:
