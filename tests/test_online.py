@@ -41,3 +41,118 @@ def test_train_grpo_with_a_judge_reward_runs_and_saves(
     history = json.loads((out / "log_history.json").read_text())
     assert any("reward" in h for h in history) and fault_server.paid >= 8
     assert (out / "adapter_model.safetensors").is_file()
+
+
+# --- the judge as a reward: failures, one engine, d-RLAIF's expected score ----------------
+
+
+def _scorer(server: FaultServer, **kw):  # type: ignore[no-untyped-def]
+    from cai_kit.constitution import load_constitution
+    from cai_kit.engine import EngineConfig
+    from cai_kit.train.rewards import JudgeScorer
+
+    engine = kw.pop("engine", {})
+    cfg = EngineConfig(quiet=True, max_retries=0, backoff_base_s=0.01, **engine)
+    return JudgeScorer("j", load_constitution("harmless"), server.base_url, engine_config=cfg, **kw)
+
+
+def test_a_dead_judge_is_counted_and_stops_training_instead_of_giving_0_5(
+    fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cai_kit.train.rewards import JudgeFailed
+
+    monkeypatch.setattr(fs, "reply_text", lambda body: "Yes")
+    scorer = _scorer(fault_server)
+    try:
+        fault_server.script = ["401"]  # 1 of 20 fails: counted, filled with the others' mean
+        scores = scorer(["q"] * 20, [f"response {i}" for i in range(20)])
+        assert scorer.last_failed == 1 and scores == [1.0] * 20
+        scorer.check_failures(1, 20)  # 5% <= 10%: training goes on
+        fault_server.default = "401"
+        scores = scorer(["q"] * 4, [f"other {i}" for i in range(4)])
+        assert scorer.last_failed == 4 and scorer.failed == 5
+        with pytest.raises(JudgeFailed, match=r"4 of 4 judge scorings failed"):
+            scorer.check_failures(4, 4)
+    finally:
+        scorer.close()
+
+
+def test_one_engine_serves_every_step_so_max_cost_holds_across_steps(
+    fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cai_kit.errors import BudgetExceeded
+
+    monkeypatch.setattr(fs, "reply_text", lambda body: "Yes")
+    fault_server.report_cost = 0.01
+    scorer = _scorer(fault_server, engine={"max_cost": 0.035, "concurrency": 1})
+    try:
+        scorer(["q", "q"], ["a", "b"])
+        assert scorer.engine is not None and scorer.engine.stats.calls == 2
+        with pytest.raises(BudgetExceeded):
+            for step in range(5):  # each step is a new call: the budget must still add up
+                scorer(["q", "q"], [f"c{step}", f"d{step}"])
+        assert scorer.engine.stats.cost <= 0.035 + 1e-9 and fault_server.paid == 3
+    finally:
+        scorer.close()
+
+
+def _top_logprobs(pairs: list[tuple[str, float]]):  # type: ignore[no-untyped-def]
+    import math
+
+    top = [{"token": t, "logprob": math.log(p)} for t, p in pairs]
+    return lambda body, rng: [
+        {"token": pairs[0][0], "logprob": top[0]["logprob"], "top_logprobs": top}
+    ]
+
+
+def test_expected_score_reward_is_the_mean_rating_under_the_judges_logprobs(
+    fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fs, "reply_text", lambda body: "7")
+    fault_server.logprobs = _top_logprobs([("7", 0.5), ("9", 0.3), ("10", 0.1), (".", 0.1)])
+    scorer = _scorer(fault_server, reward="expected-score")
+    try:
+        # E = (7*.5 + 9*.3 + 10*.1) / .9 = 8.0 ; reward = (8 - 1) / 9
+        assert scorer(["q"], ["r"]) == [pytest.approx(7 / 9)]
+        assert (
+            "1 (breaks the principles badly) to 10"
+            in fault_server.bodies[-1]["messages"][-1]["content"]
+        )
+        fault_server.logprobs = None  # no log-probs: the number itself
+        assert scorer(["q"], ["r2"]) == [pytest.approx(6 / 9)]
+        monkeypatch.setattr(fs, "reply_text", lambda body: "I'd say great")
+        scorer(["q"], ["r3"])
+        assert scorer.last_failed == 1  # unparseable: a failure, not a middling score
+    finally:
+        scorer.close()
+
+
+def test_p_yes_reward_from_logprobs_and_unparseable_is_a_failure(
+    fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fs, "reply_text", lambda body: "Yes")
+    fault_server.logprobs = _top_logprobs([("Yes", 0.6), (" No", 0.2), ("Maybe", 0.2)])
+    scorer = _scorer(fault_server)
+    try:
+        assert scorer(["q"], ["r"]) == [pytest.approx(0.75)]
+        fault_server.logprobs = None
+        monkeypatch.setattr(fs, "reply_text", lambda body: "Hmm")
+        scorer(["q"], ["r2"])
+        assert scorer.last_failed == 1
+    finally:
+        scorer.close()
+
+
+@pytest.mark.slow
+def test_train_grpo_stops_on_a_dead_judge_and_takes_the_engine_flags(
+    tiny: Path, tmp_path: Path, fault_server: FaultServer
+) -> None:
+    fault_server.default = "500"
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Say hi\nSay bye\n")
+    r = CliRunner().invoke(app, ["train", "grpo", str(prompts), "--model", f"hf:{tiny}", "--reward-judge", "j",
+                                 "--judge-api-base", fault_server.base_url, "--out", str(tmp_path / "g"), "--max-steps", "2",
+                                 "--num-generations", "4", "--batch-size", "4", "--max-completion-length", "4",
+                                 "--max-retries", "0", "--concurrency", "2", "--no-cache"])  # fmt: skip
+    assert r.exit_code == 1 and "4 of 4 judge scorings failed" in r.output, r.output
+    assert fault_server.requests == 4  # --max-retries 0 reached the engine

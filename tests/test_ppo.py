@@ -101,19 +101,85 @@ def test_a_step_raises_the_likelihood_of_rewarded_responses_only(tiny: Path) -> 
     assert delta[:8].mean() > 0 > delta[8:].mean()
 
 
+def _perturb_lora(trainer: PPOTrainer, scale: float = 0.5) -> None:
+    """LoRA B starts at zero (adapter == no adapter): move it so the adapter changes outputs."""
+    with torch.no_grad():
+        for name, p in trainer._lm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, scale)
+
+
 @pytest.mark.slow
 def test_ppo_with_lora_uses_the_adapter_free_base_as_reference(tiny: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     from cai_kit.train.common import load_tokenizer, lora_config
+    from cai_kit.train.ppo import token_logprobs
 
     tok = load_tokenizer(str(tiny))
-    trainer = PPOTrainer(PPOConfig(batch_size=4, mini_batch_size=2, max_new_tokens=6, ppo_epochs=1),
+    trainer = PPOTrainer(PPOConfig(batch_size=4, mini_batch_size=2, max_new_tokens=6, ppo_epochs=1, learning_rate=0.0),
                          AutoModelForCausalLM.from_pretrained(tiny), tok, peft_config=lora_config(r=4, alpha=8))  # fmt: skip
     assert trainer.ref_model is None
+    _perturb_lora(trainer)  # now policy != base: a reference that kept the adapter would show KL 0
     queries = [torch.tensor(tok("Hi")["input_ids"])] * 4
-    stats = trainer.step(queries, trainer.generate(queries), [1.0, 0.0, 1.0, 0.0])
-    assert stats["kl"] == pytest.approx(0.0, abs=1e-4)  # before the update, policy == reference
+    responses = trainer.generate(queries)
+    ids, att, mask = trainer._batch(queries, responses)
+    base = AutoModelForCausalLM.from_pretrained(tiny).eval()
+    with torch.no_grad():
+        base_logp = token_logprobs(base(input_ids=ids, attention_mask=att).logits, ids)
+    ref_logp = trainer.reference_logprobs(ids, att)
+    assert torch.allclose(ref_logp * mask, base_logp * mask, atol=1e-5)
+    policy_logp, _ = trainer.policy_logprobs(ids, att)
+    assert ((policy_logp - base_logp).abs() * mask).max() > 0.1
+    stats = trainer.step(queries, responses, [1.0, 0.0, 1.0, 0.0])
+    expected_kl = float(((policy_logp - base_logp) * mask).sum(1).mean())
+    assert stats["kl"] == pytest.approx(expected_kl, rel=1e-4) and abs(stats["kl"]) > 0.1
+
+
+@pytest.mark.slow
+def test_first_minibatch_ratio_is_one_with_zero_lr_despite_lora_dropout(tiny: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from cai_kit.train.common import load_tokenizer, lora_config
+
+    tok = load_tokenizer(str(tiny))
+    cfg = PPOConfig(
+        batch_size=8, mini_batch_size=4, ppo_epochs=1, max_new_tokens=6, learning_rate=0.0
+    )
+    trainer = PPOTrainer(cfg, AutoModelForCausalLM.from_pretrained(tiny), tok,
+                         peft_config=lora_config(r=4, alpha=8, dropout=0.3))  # fmt: skip
+    _perturb_lora(trainer)  # with B == 0, dropout before A could not show
+    queries = [torch.tensor(tok(f"Q{i}")["input_ids"]) for i in range(8)]
+    stats = trainer.step(queries, trainer.generate(queries), [1.0, 0.0] * 4)
+    assert stats["clipfrac"] == 0.0
+    assert stats["approx_kl"] < 1e-10  # ratio == 1 on every token
+
+
+@pytest.mark.slow
+def test_logprobs_use_the_sampling_temperature(tiny: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from cai_kit.train.common import load_tokenizer, lora_config
+
+    tok = load_tokenizer(str(tiny))
+    cfg = PPOConfig(batch_size=1, mini_batch_size=1, max_new_tokens=5, temperature=0.7)
+    trainer = PPOTrainer(
+        cfg, AutoModelForCausalLM.from_pretrained(tiny), tok, peft_config=lora_config(r=4, alpha=8)
+    )
+    query = torch.tensor(tok("Tell me")["input_ids"])
+    out = trainer._lm.generate(input_ids=query[None], attention_mask=torch.ones_like(query)[None], do_sample=True,
+                               temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=5, min_new_tokens=5,
+                               output_scores=True, return_dict_in_generate=True, pad_token_id=tok.pad_token_id)  # fmt: skip
+    response = out.sequences[0, len(query) :]
+    # what the sampler drew from: the processed scores (logits / 0.7)
+    sampled = torch.stack(
+        [torch.log_softmax(s[0], -1)[t] for s, t in zip(out.scores, response, strict=True)]
+    )
+    ids, att, _ = trainer._batch([query], [response])
+    n = len(query) - 1
+    policy_logp, _ = trainer.policy_logprobs(ids, att)
+    assert torch.allclose(policy_logp[0, n : n + 5], sampled, atol=1e-4)
+    assert torch.allclose(trainer.reference_logprobs(ids, att)[0, n : n + 5], sampled, atol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +207,64 @@ def test_train_ppo_cli_with_a_judge_as_the_reward(
     assert fault_server.paid == 8 and (out / "value_head.pt").is_file()
     r = CliRunner().invoke(app, ["train", "ppo", str(prompts), "--out", str(out)])
     assert r.exit_code == 1 and "exactly one reward source" in r.output
+
+
+@pytest.mark.slow
+def test_train_ppo_stops_on_a_dead_judge_or_max_cost_and_keeps_finished_steps(
+    plain_tiny: Path, tmp_path: Path, fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Say hi\nSay bye\n")
+    base = ["train", "ppo", str(prompts), "--model", f"hf:{plain_tiny}", "--reward-judge", "j",
+            "--judge-api-base", fault_server.base_url, "--steps", "3", "--batch-size", "4",
+            "--mini-batch-size", "2", "--max-new-tokens", "3", "--max-retries", "0"]  # fmt: skip
+    fault_server.default = "401"  # a dead judge (bad key): not a constant reward of 0.5
+    r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "dead")])
+    assert r.exit_code == 1 and "4 of 4 judge scorings failed" in r.output, r.output
+    assert not (tmp_path / "dead" / "ppo_history.json").exists()  # no step was made
+
+    fault_server.default = "ok"
+    monkeypatch.setattr(fs, "reply_text", lambda body: "Yes")
+    fault_server.report_cost = 0.01  # $0.04 a step: --max-cost 0.055 allows one step, not two
+    out = tmp_path / "capped"
+    r = CliRunner().invoke(
+        app, [*base, "--out", str(out), "--max-cost", "0.055", "--concurrency", "1", "--no-cache"]
+    )
+    assert (
+        r.exit_code == 1 and "max-cost" in r.output and "1 finished step(s) are saved" in r.output
+    ), r.output
+    history = json.loads((out / "ppo_history.json").read_text())
+    assert len(history) == 1 and history[0]["judge_failed"] == 0.0
+    assert fault_server.paid == 5 and (out / "value_head.pt").is_file()
+
+
+@pytest.mark.slow
+def test_ppo_as_two_processes_splits_prompts_reduces_stats_and_rank_0_saves(
+    plain_tiny: Path, tmp_path: Path, fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import sys
+
+    # the judge likes answers to "Say hi" only: rank 0 gets "Say hi", rank 1 "Say bye"
+    monkeypatch.setattr(
+        fs,
+        "reply_text",
+        lambda body: "Yes" if "Say hi" in body["messages"][-1]["content"] else "No",
+    )
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Say hi\nSay bye\n")
+    out = tmp_path / "ppo"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "cai_kit", "train", "ppo",
+           str(prompts), "--model", f"hf:{plain_tiny}", "--reward-judge", "j", "--judge-api-base", fault_server.base_url,
+           "--out", str(out), "--steps", "2", "--batch-size", "4", "--mini-batch-size", "2", "--max-new-tokens", "4",
+           "--no-cache"]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("Saved to") == 1 and result.stdout.count("step 1/2") == 1
+    history = json.loads((out / "ppo_history.json").read_text())
+    # every rank's own prompt: 4 rollouts of "Say hi" (reward 1) + 4 of "Say bye" (reward 0)
+    assert [h["reward"] for h in history] == [pytest.approx(0.5)] * 2
+    assert all(h["rollouts"] == 8 for h in history)
+    judged = [json.dumps(b["messages"]) for b in fault_server.bodies]
+    assert len(judged) == 16 and sum("Say hi" in j for j in judged) == 8
+    assert (out / "value_head.pt").is_file()

@@ -275,3 +275,46 @@ def test_dpo_runs_as_two_ddp_processes_on_cpu_and_rank_0_writes_the_outputs(
     assert float(hist[0]["epoch"]) == pytest.approx(
         0.5
     )  # 2 ranks x batch 2 = 4 of 8 pairs per step
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("full", [False, True], ids=["lora", "full"])
+def test_dpo_from_an_sft_adapter_uses_the_sft_model_as_reference(
+    full: bool, tiny: Path, tmp_path: Path
+) -> None:
+    """`train sft` -> `train dpo --model hf:SFT_ADAPTER`: policy and reference both start as the
+    SFT model (not the bare base under the adapter), so step 1 shows reward 0 and the same
+    log-probs as DPO from the same SFT model saved merged."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from cai_kit.train.common import load_tokenizer, lora_config
+
+    sft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny), lora_config(r=4, alpha=8))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in sft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)  # B == 0 would make the adapter a no-op
+    adapter, merged = tmp_path / "sft_adapter", tmp_path / "sft_merged"
+    sft.save_pretrained(adapter)
+    sft.merge_and_unload().save_pretrained(merged)
+    for d in (adapter, merged):
+        load_tokenizer(str(tiny)).save_pretrained(d)
+    data = _write(tmp_path / "d.jsonl", CONVO_PAIRS)
+
+    def first_log(start: Path, name: str) -> dict:
+        out = train("dpo", TrainOptions(data=str(data), out=str(tmp_path / name), model=f"hf:{start}", max_steps=1,
+                                        batch_size=8, save_steps=100, full=full))  # fmt: skip
+        return json.loads((out / "log_history.json").read_text())[0]
+
+    from_adapter, from_merged = first_log(adapter, "a"), first_log(merged, "m")
+    assert abs(from_merged["logps/chosen"] - from_adapter["logps/chosen"]) < 1e-3
+    assert abs(from_merged["logps/rejected"] - from_adapter["logps/rejected"]) < 1e-3
+    assert (
+        abs(from_adapter["rewards/chosen"]) < 1e-4 and abs(from_adapter["rewards/rejected"]) < 1e-4
+    )
+    # the new adapter sits on the merged SFT model: saved merged, so `hf:OUT` loads what was trained
+    assert (tmp_path / "a" / "model.safetensors").is_file()
+    assert not (tmp_path / "a" / "adapter_config.json").exists()

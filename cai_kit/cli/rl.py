@@ -7,15 +7,45 @@ from typing import Annotated
 
 import typer
 
+from cai_kit.cli.common import (
+    CachePathOpt,
+    ConcurrencyOpt,
+    MaxCostOpt,
+    MaxRetriesOpt,
+    NoCacheOpt,
+    RpmOpt,
+    TimeoutOpt,
+    TpmOpt,
+)
+
+JudgeReward = Annotated[
+    str,
+    typer.Option(
+        "--judge-reward",
+        help="p-yes: P(Yes) to 'is it acceptable?' | expected-score: the d-RLAIF paper's "
+        "expected 1-10 rating, scaled to [0, 1].",
+    ),
+]
+MaxJudgeFailures = Annotated[
+    float,
+    typer.Option(
+        "--max-judge-failures",
+        help="Stop when more than this share of a step's judge scorings fail.",
+    ),
+]
+
 
 def reward_source(
     reward_model: Path | None,
     reward_judge: str | None,
     judge_api_base: str | None,
     constitution: str,
+    options: dict | None = None,  # type: ignore[type-arg]
 ):  # type: ignore[no-untyped-def]
-    """The one reward callable from --reward-model or --reward-judge (exactly one must be given)."""
-    from cai_kit.cli.common import fail
+    """The one reward callable from --reward-model or --reward-judge (exactly one must be given).
+
+    `options`: the command's locals(): the engine flags and --judge-reward/--max-judge-failures."""
+    from cai_kit.cli.common import engine_config_from, fail
     from cai_kit.constitution import load_constitution
     from cai_kit.train.rewards import JudgeScorer, RewardModelScorer
 
@@ -23,7 +53,15 @@ def reward_source(
         fail("Give exactly one reward source: --reward-model DIR or --reward-judge MODEL.")
     if reward_model is not None:
         return RewardModelScorer(reward_model)
-    return JudgeScorer(reward_judge, load_constitution(constitution), judge_api_base)  # type: ignore[arg-type]
+    opts = {**(options or {}), "quiet": True}
+    return JudgeScorer(reward_judge, load_constitution(constitution), judge_api_base,  # type: ignore[arg-type]
+                       engine_config=engine_config_from(opts), reward=opts.get("judge_reward", "p-yes"),
+                       max_failed_share=opts.get("max_judge_failures", 0.1))  # fmt: skip
+
+
+def _close(scorer) -> None:  # type: ignore[no-untyped-def]
+    if hasattr(scorer, "close"):
+        scorer.close()
 
 
 def ppo(
@@ -70,36 +108,73 @@ def ppo(
         bool, typer.Option("--full/--lora", help="Full fine-tuning instead of LoRA.")
     ] = False,
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Random seed (rank r of several uses seed + r).")
+    ] = 0,
+    temperature: Annotated[
+        float, typer.Option("--temperature", help="Sampling temperature (log-probs use it too).")
+    ] = 1.0,
+    judge_reward: JudgeReward = "p-yes",
+    max_judge_failures: MaxJudgeFailures = 0.1,
+    concurrency: ConcurrencyOpt = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    max_retries: MaxRetriesOpt = 5,
+    timeout: TimeoutOpt = 120.0,
+    max_cost: MaxCostOpt = None,
+    no_cache: NoCacheOpt = False,
+    cache_path: CachePathOpt = None,
 ) -> None:
-    """PPO with a reward model or an AI judge as the reward (our own implementation)."""
+    """PPO with a reward model or an AI judge as the reward (our own implementation).
+
+    Runs unchanged under torchrun / accelerate launch: each rank samples its own slice of the
+    prompts with its own seed, statistics are averaged over ranks, rank 0 writes OUT."""
     import json
 
+    from cai_kit.errors import CaiKitError
     from cai_kit.prompts import load_prompts
     from cai_kit.train.common import load_model, load_tokenizer, lora_config, resolve_model
     from cai_kit.train.ppo import PPOConfig, PPOTrainer
     from cai_kit.train.report import plot_curves
 
-    reward_fn = reward_source(reward_model, reward_judge, judge_api_base, constitution)
+    reward_fn = reward_source(reward_model, reward_judge, judge_api_base, constitution, locals())
     texts = [r.prompt_text for r in load_prompts(prompts, limit=limit).records]
     base = resolve_model(model)
     cfg = PPOConfig(learning_rate=lr, batch_size=batch_size, mini_batch_size=mini_batch_size, ppo_epochs=ppo_epochs,
-                    max_new_tokens=max_new_tokens, init_kl_coef=init_kl_coef, target_kl=target_kl, seed=seed)  # fmt: skip
+                    max_new_tokens=max_new_tokens, init_kl_coef=init_kl_coef, target_kl=target_kl, seed=seed,
+                    temperature=temperature)  # fmt: skip
     trainer = PPOTrainer(
         cfg, load_model(base), load_tokenizer(base), peft_config=None if full else lora_config()
     )
 
     def log(step: int, s: dict[str, float]) -> None:
+        failed = f"  judge_failed {s['judge_failed']:.0f}" if "judge_failed" in s else ""
         typer.echo(f"step {step + 1}/{steps}: reward {s['reward']:.3f}  kl {s['kl']:.3f}  entropy {s['entropy']:.2f}  "
-                   f"clipfrac {s['clipfrac']:.3f}  value_loss {s['value_loss']:.4f}")  # fmt: skip
+                   f"clipfrac {s['clipfrac']:.3f}  value_loss {s['value_loss']:.4f}{failed}")  # fmt: skip
 
-    history = trainer.train(texts, reward_fn, steps, log)
-    out.mkdir(parents=True, exist_ok=True)
-    trainer.save(str(out))
-    (out / "ppo_history.json").write_text(json.dumps(history, indent=1))
-    plot_curves([{"step": i + 1, "loss": h["policy_loss"], "rewards/margins": h["reward"], "rewards/accuracies": h["kl"]} for i, h in enumerate(history)],
-                out / "training_curves.png", "ppo (loss=policy loss, margins=reward, accuracies=KL)")  # fmt: skip
-    typer.echo(f"Saved to {out}")
+    stopped: CaiKitError | None = None
+    try:
+        trainer.train(texts, reward_fn, steps, log)
+    except CaiKitError as exc:  # a dead judge or --max-cost: keep the steps already made
+        stopped = exc
+    finally:
+        _close(reward_fn)
+    history = trainer.history
+    if history:
+        trainer.save(str(out))
+    if history and trainer.is_main_process:
+        (out / "ppo_history.json").write_text(json.dumps(history, indent=1))
+        plot_curves([{"step": i + 1, "loss": h["policy_loss"], "rewards/margins": h["reward"], "rewards/accuracies": h["kl"]} for i, h in enumerate(history)],
+                    out / "training_curves.png", "ppo (loss=policy loss, margins=reward, accuracies=KL)")  # fmt: skip
+    if stopped is not None:
+        kept = (
+            f"The {len(history)} finished step(s) are saved in {out}."
+            if history
+            else "No step was finished."
+        )
+        raise CaiKitError(f"{stopped} {kept}")
+    if trainer.is_main_process:
+        typer.echo(f"Saved to {out}")
 
 
 def spin(
@@ -172,15 +247,28 @@ def grpo(
         bool, typer.Option("--full/--lora", help="Full fine-tuning instead of LoRA.")
     ] = False,
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
+    judge_reward: JudgeReward = "p-yes",
+    max_judge_failures: MaxJudgeFailures = 0.1,
+    concurrency: ConcurrencyOpt = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    max_retries: MaxRetriesOpt = 5,
+    timeout: TimeoutOpt = 120.0,
+    max_cost: MaxCostOpt = None,
+    no_cache: NoCacheOpt = False,
+    cache_path: CachePathOpt = None,
 ) -> None:
     """Online RLAIF with TRL's GRPO: our judge or reward model scores each sampled completion."""
     from cai_kit.prompts import load_prompts
     from cai_kit.train.online import train_grpo
 
-    scorer = reward_source(reward_model, reward_judge, judge_api_base, constitution)
+    scorer = reward_source(reward_model, reward_judge, judge_api_base, constitution, locals())
     texts = [r.prompt_text for r in load_prompts(prompts, limit=limit).records]
-    path = train_grpo(texts, model, out, scorer, max_steps=max_steps, num_generations=num_generations, batch_size=batch_size,
-                      max_completion_length=max_completion_length, lr=lr, full=full)  # fmt: skip
+    try:
+        path = train_grpo(texts, model, out, scorer, max_steps=max_steps, num_generations=num_generations,
+                          batch_size=batch_size, max_completion_length=max_completion_length, lr=lr, full=full)  # fmt: skip
+    finally:
+        _close(scorer)
     typer.echo(f"Saved to {path}")
 
 

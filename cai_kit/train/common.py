@@ -62,11 +62,33 @@ def load_model(path: str, *, for_reward: bool = False, load_in_4bit: bool = Fals
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16
         )
+    adapter = adapter_base(path)
+    if adapter is not None:
+        # Start from the adapter's model, merged: a LoRA on top then has "adapters off" = this
+        # model (the SFT model for `train sft` -> `train dpo`), not the bare base underneath.
+        from peft import PeftModel
+
+        if load_in_4bit:
+            raise ConfigError(
+                f"{path} is a LoRA adapter: --load-in-4bit needs a full model to start from."
+            )
+        base = load_model(adapter, for_reward=for_reward)  # the base may be an adapter itself
+        return PeftModel.from_pretrained(base, path).merge_and_unload()
     if for_reward:
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     return model
+
+
+def adapter_base(path: str) -> str | None:
+    """The base model of a LoRA adapter directory (None when `path` is a full model)."""
+    import json
+
+    cfg = Path(path) / "adapter_config.json"
+    if not cfg.is_file():
+        return None
+    return str(json.loads(cfg.read_text())["base_model_name_or_path"])
 
 
 def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: str = "all-linear",

@@ -24,10 +24,28 @@ def as_trl_reward(scorer: Any) -> Any:
 
     def reward(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
         user = [_text(p[-1:] if isinstance(p, list) else p) for p in prompts]
-        return list(scorer(user, [_text(c) for c in completions]))
+        scores = list(scorer(user, [_text(c) for c in completions]))
+        if hasattr(scorer, "check_failures"):  # the judge: a dead judge stops training
+            scorer.check_failures(scorer.last_failed, len(scores))
+        return scores
 
     reward.__name__ = type(scorer).__name__
     return reward
+
+
+def _JudgeFailures(scorer: Any) -> Any:
+    """Adds `judge_failed` (failed judge scorings since the last log) to each logged step."""
+    from transformers import TrainerCallback
+
+    class JudgeFailures(TrainerCallback):
+        seen = 0
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            if state.log_history and "loss" in state.log_history[-1]:
+                state.log_history[-1]["judge_failed"] = scorer.failed - self.seen
+                self.seen = scorer.failed
+
+    return JudgeFailures()
 
 
 def train_grpo(prompts: list[str], model: str, out: Path, scorer: Any, *, max_steps: int = 10, num_generations: int = 4,
@@ -44,6 +62,8 @@ def train_grpo(prompts: list[str], model: str, out: Path, scorer: Any, *, max_st
     )  # fmt: skip
     trainer = GRPOTrainer(model=load_model(base), reward_funcs=as_trl_reward(scorer), args=args, train_dataset=ds,
                           processing_class=load_tokenizer(base), peft_config=None if full else lora_config())  # fmt: skip
+    if hasattr(scorer, "failed"):
+        trainer.add_callback(_JudgeFailures(scorer))
     trainer.train()
     trainer.model.save_pretrained(out, safe_serialization=True)
     trainer.processing_class.save_pretrained(out)

@@ -24,12 +24,22 @@ Use it with your own rewards, the classic way:
 
 Shapes: B = rollouts in the batch, L = padded query+response length, T = L - 1 (log-probs
 and values are aligned to the token they predict), V = vocabulary size.
+
+What it guarantees (each pinned by a test in tests/test_ppo.py):
+- No dropout anywhere in the policy, value head or reference (as TRL and OpenRLHF do), so with
+  identical weights the probability ratio is exactly 1 on the first mini-batch.
+- Every log-prob of a sampled token (rollout, reference, update, entropy) is taken from the
+  logits divided by the sampling temperature: the distribution the tokens were drawn from.
+- Under `torchrun`/`accelerate launch` each rank draws from its own slice of the prompts with
+  its own seed, statistics (and the KL controller) use the mean over all ranks, and only
+  rank 0 writes outputs.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -135,10 +145,27 @@ class PolicyWithValue(nn.Module):
         return out.logits, values
 
 
-def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """log p(token_t | tokens_<t) for t = 1..L-1: [B, L, V] x [B, L] -> [B, T]."""
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    return torch.gather(logp, 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+def token_logprobs(
+    logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """log p(token_t | tokens_<t) for t = 1..L-1 under softmax(logits / temperature):
+    [B, L, V] x [B, L] -> [B, T]. Use the sampling temperature: that is the distribution the
+    response tokens were drawn from."""
+    logits = logits[:, :-1].float() / temperature
+    picked = torch.gather(logits, 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)  # = log_softmax, without a [B, T, V] copy
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """No dropout anywhere (LoRA's included): the rollout and the update then see the same
+    function, whatever train()/eval() mode the model is in. Dropout layers become Identity
+    (what PEFT itself uses for lora_dropout=0), so they cost nothing either."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Dropout):
+                setattr(parent, name, nn.Identity())
+        if isinstance(getattr(parent, "attention_dropout", None), float):
+            parent.attention_dropout = 0.0  # functional dropout inside attention (Llama & co.)
 
 
 class PPOTrainer:
@@ -146,12 +173,14 @@ class PPOTrainer:
                  peft_config: Any = None) -> None:  # fmt: skip
         from accelerate import Accelerator
 
-        torch.manual_seed(config.seed)
         self.config, self.tokenizer = config, tokenizer
         self.accelerator = Accelerator(
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             cpu=not torch.cuda.is_available(),
         )
+        # each rank samples its own draws; the initial weights still agree, since DDP (in
+        # accelerator.prepare) broadcasts rank 0's parameters, the LoRA and value head included
+        torch.manual_seed(config.seed + self.accelerator.process_index)
         self.use_peft = peft_config is not None
         if self.use_peft:
             from peft import get_peft_model
@@ -163,6 +192,8 @@ class PPOTrainer:
         else:
             self.ref_model = ref_model or copy.deepcopy(model)
             self.ref_model.eval().requires_grad_(False)
+            disable_dropout(self.ref_model)
+        disable_dropout(model)
         self.policy = PolicyWithValue(model)
         params = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate)
@@ -173,6 +204,10 @@ class PPOTrainer:
                        if config.adaptive_kl else FixedKLController(config.init_kl_coef))  # fmt: skip
         self._score_stats = [0.0, 1.0, 0]  # running mean, var, count (for normalize_rewards)
         self.history: list[dict[str, float]] = []
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.accelerator.is_main_process
 
     @property
     def _lm(self) -> nn.Module:
@@ -189,11 +224,21 @@ class PPOTrainer:
         att = torch.zeros((len(queries), L), dtype=torch.long)
         for i, q in enumerate(queries):  # left padding for generation
             ids[i, L - len(q) :], att[i, L - len(q) :] = q, 1
-        out = self._lm.generate(
-            input_ids=ids.to(device), attention_mask=att.to(device), max_new_tokens=cfg.max_new_tokens,
-            do_sample=True, temperature=cfg.temperature, top_k=cfg.top_k, top_p=1.0,  # top_k=0: the full distribution
-            pad_token_id=pad, eos_token_id=tok.eos_token_id,
-        )  # fmt: skip
+        lm = self._lm
+        # LoRA merged into the weights while sampling: one matmul per layer instead of three
+        # (the update unmerges first; TRL does the same when it syncs weights to vLLM)
+        merge = self.use_peft and hasattr(lm, "merge_adapter")
+        if merge:
+            lm.merge_adapter()
+        try:
+            out = lm.generate(
+                input_ids=ids.to(device), attention_mask=att.to(device), max_new_tokens=cfg.max_new_tokens,
+                do_sample=True, temperature=cfg.temperature, top_k=cfg.top_k, top_p=1.0,  # top_k=0: the full distribution
+                pad_token_id=pad, eos_token_id=tok.eos_token_id,
+            )  # fmt: skip
+        finally:
+            if merge:
+                lm.unmerge_adapter()
         responses = []
         for row in out[:, L:].cpu():
             ends = (row == tok.eos_token_id).nonzero()
@@ -221,11 +266,21 @@ class PPOTrainer:
         return ids.to(d), att.to(d), mask.to(d)
 
     @torch.no_grad()
-    def _reference_logprobs(self, ids: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+    def reference_logprobs(self, ids: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+        """[B, T] log-probs under the reference (LoRA: the same weights with adapters off)."""
+        t = self.config.temperature
         if self.use_peft:
             with self._lm.disable_adapter():
-                return token_logprobs(self._lm(input_ids=ids, attention_mask=att).logits, ids)
-        return token_logprobs(self.ref_model(input_ids=ids, attention_mask=att).logits, ids)  # type: ignore[misc]
+                return token_logprobs(self._lm(input_ids=ids, attention_mask=att).logits, ids, t)
+        return token_logprobs(self.ref_model(input_ids=ids, attention_mask=att).logits, ids, t)  # type: ignore[misc]
+
+    @torch.no_grad()
+    def policy_logprobs(
+        self, ids: torch.Tensor, att: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, T] log-probs of the tokens in `ids` under the policy, and [B, L] values."""
+        logits, values = self.policy(ids, att)
+        return token_logprobs(logits, ids, self.config.temperature), values
 
     def _prepare_scores(self, rewards: list[float] | torch.Tensor) -> torch.Tensor:
         scores = torch.as_tensor(
@@ -234,7 +289,8 @@ class PPOTrainer:
         cfg = self.config
         if cfg.normalize_rewards:
             mean, var, n = self._score_stats
-            bm, bv, bn = scores.mean().item(), scores.var(unbiased=False).item(), scores.numel()
+            every = self.accelerator.gather(scores)  # the same running statistics on every rank
+            bm, bv, bn = every.mean().item(), every.var(unbiased=False).item(), every.numel()
             tot = n + bn
             delta = bm - mean
             mean += delta * bn / tot
@@ -255,12 +311,12 @@ class PPOTrainer:
         cfg = self.config
         scores = self._prepare_scores(rewards)  # [B]
         ids, att, mask = self._batch(queries, responses)  # [B, L], [B, L], [B, T]
-        self.policy.eval()
+        self.policy.train()  # one mode throughout (and no dropout): ratio == 1 at the start
+        t0 = time.perf_counter()
         with torch.no_grad():
-            logits, values = self.policy(ids, att)
-            old_logp = token_logprobs(logits, ids)  # [B, T]
+            old_logp, values = self.policy_logprobs(ids, att)  # [B, T], [B, L]
             old_values = values[:, :-1] * mask  # [B, T]
-            ref_logp = self._reference_logprobs(ids, att)  # [B, T]
+            ref_logp = self.reference_logprobs(ids, att)  # [B, T]
             kl = (old_logp - ref_logp) * mask  # per-token KL estimate
             token_rewards = -self.kl_ctl.value * kl
             last = mask.cumsum(1).argmax(1)  # index of each response's last token
@@ -271,14 +327,14 @@ class PPOTrainer:
         stats: dict[str, list[float]] = {
             k: [] for k in ("policy_loss", "value_loss", "clipfrac", "approx_kl", "entropy")
         }
-        self.policy.train()
+        t1 = time.perf_counter()
         B = ids.shape[0]
         for _ in range(cfg.ppo_epochs):
             for idx in torch.randperm(B).split(cfg.mini_batch_size):
                 with self.accelerator.accumulate(self.policy):
                     m = mask[idx]
                     logits, values = self.policy(ids[idx], att[idx])
-                    logp = token_logprobs(logits, ids[idx])
+                    logp = token_logprobs(logits, ids[idx], cfg.temperature)
                     v = values[:, :-1]
                     ratio = torch.exp(logp - old_logp[idx])
                     adv = advantages[idx]
@@ -300,8 +356,8 @@ class PPOTrainer:
                     self.optimizer.step()
                     self.optimizer.zero_grad()
                 with torch.no_grad():
-                    probs = F.softmax(logits[:, :-1].float(), dim=-1)
-                    entropy = -(probs * torch.log(probs + 1e-12)).sum(-1)
+                    logp_all = F.log_softmax(logits[:, :-1].float() / cfg.temperature, dim=-1)
+                    entropy = -(logp_all.exp() * logp_all).sum(-1)
                     stats["policy_loss"].append(policy_loss.item())
                     stats["value_loss"].append(value_loss.item())
                     stats["clipfrac"].append(
@@ -311,27 +367,61 @@ class PPOTrainer:
                         masked_mean(0.5 * (logp - old_logp[idx]) ** 2, m).item()
                     )
                     stats["entropy"].append(masked_mean(entropy, m).item())
-        mean_kl = kl.sum(1).mean().item()  # nats per sequence
-        self.kl_ctl.update(mean_kl, B)
+        t2 = time.perf_counter()
         out = {k: sum(v) / len(v) for k, v in stats.items()}
-        out.update(reward=float(torch.as_tensor(rewards, dtype=torch.float32).mean()), kl=mean_kl, kl_coef=self.kl_ctl.value,
-                   response_length=float(mask.sum(1).mean()))  # fmt: skip
+        out.update(reward=float(torch.as_tensor(rewards, dtype=torch.float32).mean()), kl=kl.sum(1).mean().item(),
+                   response_length=float(mask.sum(1).mean()), time_forward=t1 - t0, time_update=t2 - t1)  # fmt: skip
+        out = self._mean_over_ranks(out)
+        world = self.accelerator.num_processes
+        self.kl_ctl.update(out["kl"], B * world)  # kl: nats per sequence, mean over all ranks
+        out.update(kl_coef=self.kl_ctl.value, rollouts=float(B * world))
         self.history.append(out)
         return out
 
+    def _mean_over_ranks(self, stats: dict[str, float]) -> dict[str, float]:
+        """Every rank gets the same numbers: the mean over ranks (equal batch sizes)."""
+        if self.accelerator.num_processes == 1:
+            return stats
+        v = torch.tensor(list(stats.values()), dtype=torch.float64, device=self.accelerator.device)
+        v = self.accelerator.reduce(v, reduction="mean")
+        return dict(zip(stats, v.tolist(), strict=True))
+
     def train(self, prompts: list[str], reward_fn: Callable[[list[str], list[str]], list[float]], steps: int,
               log: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:  # fmt: skip
-        """The whole loop for text prompts: sample a batch, generate, score, step."""
+        """The whole loop for text prompts: sample a batch, generate, score, step.
+
+        Under several processes, rank r draws from prompts[r::world] with seed + r, so the
+        ranks' rollouts are distinct; `log` runs on rank 0 only. A reward function that
+        exposes `last_failed` (the AI judge) gets it logged as `judge_failed` (all ranks)."""
         import random
 
-        rng = random.Random(self.config.seed)
+        acc = self.accelerator
+        mine = prompts[acc.process_index :: acc.num_processes]
+        if not mine:
+            from cai_kit.errors import ConfigError
+
+            raise ConfigError(f"{len(prompts)} prompt(s) for {acc.num_processes} processes: "
+                              "give at least one prompt per process.")  # fmt: skip
+        rng = random.Random(self.config.seed + acc.process_index)
         for step in range(steps):
-            batch = [rng.choice(prompts) for _ in range(self.config.batch_size)]
+            batch = [rng.choice(mine) for _ in range(self.config.batch_size)]
             queries = [self._encode(p) for p in batch]
+            t0 = time.perf_counter()
             responses = self.generate(queries)
             texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
-            stats = self.step(queries, responses, reward_fn(batch, texts))
-            if log:
+            t1 = time.perf_counter()
+            rewards = reward_fn(batch, texts)
+            t2 = time.perf_counter()
+            failed = None
+            if hasattr(reward_fn, "last_failed"):  # the judge: count failures over all ranks
+                n = torch.tensor(float(reward_fn.last_failed), device=acc.device)
+                failed = int(acc.reduce(n, reduction="sum"))
+                reward_fn.check_failures(failed, len(batch) * acc.num_processes)
+            stats = self.step(queries, responses, rewards)
+            stats.update(time_generate=t1 - t0, time_reward=t2 - t1)
+            if failed is not None:
+                stats["judge_failed"] = float(failed)
+            if log and acc.is_main_process:
                 log(step, stats)
         return self.history
 
@@ -345,6 +435,10 @@ class PPOTrainer:
         return torch.tensor(tok(prompt)["input_ids"])
 
     def save(self, out: str) -> None:
+        """The model (adapter under LoRA), tokenizer and value head; rank 0 alone writes."""
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return
         lm = self._lm
         lm.save_pretrained(out, safe_serialization=True)
         self.tokenizer.save_pretrained(out)

@@ -161,6 +161,11 @@ def train(kind: str, opts: TrainOptions) -> Path:
         kind, Path(opts.data), opts.eval_fraction, opts.seed, opts.max_length
     )  # data errors first
     base = common.resolve_model(opts.model)
+    if not opts.full and common.adapter_base(base) is not None:
+        # Started from an adapter (e.g. `train sft` output): it is merged into the weights on
+        # load, and the new adapter sits on that merged model, which no directory holds; so
+        # the output is saved merged (an adapter on an adapter would not load as `hf:OUT`).
+        opts.merge = True
     tokenizer = common.load_tokenizer(base)
     model = common.load_model(base, for_reward=kind == "reward", load_in_4bit=opts.load_in_4bit)
     if kind == "reward" and model.config.pad_token_id is None:
@@ -175,7 +180,12 @@ def train(kind: str, opts: TrainOptions) -> Path:
                                   peft_config=peft_config)  # fmt: skip
     if "test" in ds:
         kwargs["eval_dataset"] = ds["test"]
-    trainer = trainer_cls(**kwargs)  # DPO + LoRA: the reference is the base with adapters off
+    if kind in ("dpo", "kto") and opts.full and common.adapter_base(base) is not None:
+        # TRL would load the reference from config._name_or_path: the bare base under the adapter
+        kwargs["ref_model"] = common.load_model(base)
+    # DPO + LoRA: the reference is the starting model with the new adapter off (a starting
+    # adapter was merged into the weights by load_model, so it stays in the reference)
+    trainer = trainer_cls(**kwargs)
     resume = opts.resume and any(out.glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)
     if "test" in ds:
@@ -184,11 +194,12 @@ def train(kind: str, opts: TrainOptions) -> Path:
     if not trainer.is_world_process_zero():  # under accelerate/torchrun only rank 0 writes outputs
         return out
     final = trainer.accelerator.unwrap_model(trainer.model)
-    if peft_config is not None and opts.merge:
+    merge = peft_config is not None and opts.merge
+    if merge:
         final = final.merge_and_unload()
     final.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    if peft_config is not None and not opts.merge:  # the adapter must find its base on load
+    if peft_config is not None and not merge:  # the adapter must find its base on load
         cfg_path = out / "adapter_config.json"
         cfg = json.loads(cfg_path.read_text())
         cfg["base_model_name_or_path"] = base
