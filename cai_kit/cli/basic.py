@@ -65,16 +65,14 @@ def chat(
     import asyncio
 
     from cai_kit.llm.base import GenParams
-    from cai_kit.llm.registry import get_backend
+    from cai_kit.llm.registry import get_interactive_backend
 
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": prompt})
     params = GenParams(temperature=temperature, max_tokens=max_tokens, seed=seed)
 
     async def _go() -> str:
-        # one call: the embedded model's low-latency one-at-a-time path, not the batched one
-        one = {"parallel": 1} if model.strip() in ("local", "local:llama") else {}
-        backend = get_backend(model, api_base=api_base, **one)
+        backend = get_interactive_backend(model, api_base=api_base)
         try:
             return (await backend.chat(messages, params)).text
         finally:

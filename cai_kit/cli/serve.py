@@ -70,7 +70,7 @@ def serve(
     import signal
 
     from cai_kit.cli.common import fail
-    from cai_kit.llm.registry import get_backend
+    from cai_kit.llm.registry import get_interactive_backend
     from cai_kit.paths import cache_dir
     from cai_kit.serve.app import ServeConfig, create_app, start
     from cai_kit.serve.protocol import Limits
@@ -85,7 +85,7 @@ def serve(
         fail(f"--max-tokens {max_tokens} must be from 1 to --max-tokens-limit {max_tokens_limit}.")
     db_path = feedback_db or cache_dir() / "feedback.db"
     store = FeedbackStore(db_path)
-    backend = get_backend(model, api_base=api_base)
+    backend = get_interactive_backend(model, api_base=api_base)
     config = ServeConfig(
         model=model,
         api_key=api_key or None,

@@ -89,3 +89,12 @@ def get_backend(model: str | None = None, api_base: str | None = None, **options
     """Build the backend for a model string (default: the embedded local model)."""
     model = (model or "local").strip()
     return resolve(model, api_base).build(model, api_base=api_base, **options)
+
+
+def get_interactive_backend(model: str | None = None, api_base: str | None = None) -> Backend:
+    """The backend for a person waiting on each answer (`chat`, `serve`): for the embedded
+    model, the low-latency one-at-a-time llama.cpp path (jobs take the batched one). It is the
+    path `serve` streams from, so a seed gives the same text streamed or not."""
+    model = (model or "local").strip()
+    one = {"parallel": 1} if model in ("local", "local:llama") else {}
+    return get_backend(model, api_base=api_base, **one)
