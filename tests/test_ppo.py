@@ -226,9 +226,22 @@ def test_train_ppo_stops_on_a_dead_judge_or_max_cost_and_keeps_finished_steps(
     fault_server.default = "ok"
     monkeypatch.setattr(fs, "reply_text", lambda body: "Yes")
     fault_server.report_cost = 0.01  # $0.04 a step: --max-cost 0.055 allows one step, not two
+    # (--price 0,5000: a 2-token judge call's worst case is the server's real $0.01)
     out = tmp_path / "capped"
     r = CliRunner().invoke(
-        app, [*base, "--out", str(out), "--max-cost", "0.055", "--concurrency", "1", "--no-cache"]
+        app,
+        [
+            *base,
+            "--out",
+            str(out),
+            "--max-cost",
+            "0.055",
+            "--price",
+            "0,5000",
+            "--concurrency",
+            "1",
+            "--no-cache",
+        ],
     )
     assert (
         r.exit_code == 1 and "max-cost" in r.output and "1 finished step(s) are saved" in r.output

@@ -13,6 +13,7 @@ from cai_kit.cli.common import (
     MaxCostOpt,
     MaxRetriesOpt,
     NoCacheOpt,
+    PriceOpt,
     RpmOpt,
     TimeoutOpt,
     TpmOpt,
@@ -122,6 +123,7 @@ def ppo(
     max_retries: MaxRetriesOpt = 5,
     timeout: TimeoutOpt = 120.0,
     max_cost: MaxCostOpt = None,
+    price: PriceOpt = None,
     no_cache: NoCacheOpt = False,
     cache_path: CachePathOpt = None,
 ) -> None:
@@ -255,6 +257,7 @@ def grpo(
     max_retries: MaxRetriesOpt = 5,
     timeout: TimeoutOpt = 120.0,
     max_cost: MaxCostOpt = None,
+    price: PriceOpt = None,
     no_cache: NoCacheOpt = False,
     cache_path: CachePathOpt = None,
 ) -> None:
