@@ -1,0 +1,45 @@
+"""The job flags are declared once (`cai_kit.cli.common`) and no job command drifts from them:
+every command that takes one engine flag takes them all (eval once lacked them, and `train
+ppo|grpo` lacked `--price`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from cai_kit.cli.common import ENGINE_KEYS
+from cai_kit.cli.main import app
+
+# Commands that call a model outside a job and so take a deliberate subset.
+PARTIAL = {"chat", "serve"}
+# Flags that only make sense where calls can go to a provider's Batch API.
+BATCH_ONLY = {"batch_api"}
+# Trainers call a judge through the engine but are no data job: no dry run, and their own output.
+TRAINER_EXEMPT = {"dry_run", "quiet"}
+
+
+def _commands(group: Any, prefix: str = "") -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    if hasattr(group, "commands"):  # a group (typer's own click types: no isinstance check)
+        for name, sub in group.commands.items():
+            found.update(_commands(sub, f"{prefix} {name}".strip()))
+    else:
+        found[prefix] = group
+    return found
+
+
+def test_every_job_command_takes_every_engine_flag() -> None:
+    commands = _commands(typer.main.get_command(app))
+    jobs = {
+        name: {p.name for p in cmd.params}
+        for name, cmd in commands.items()
+        if name not in PARTIAL and {p.name for p in cmd.params} & {"max_cost", "concurrency"}
+    }
+    assert {"generate", "revise", "prefs", "judge", "eval winrate", "eval harmlessness"} <= set(
+        jobs
+    )
+    missing = {
+        name: sorted(set(ENGINE_KEYS) - BATCH_ONLY - params) for name, params in jobs.items()
+    }
+    assert not {k: v for k, v in missing.items() if v}, missing
