@@ -27,7 +27,8 @@ from pathlib import Path
 
 import aiohttp
 
-from cai_kit.llm import GenParams, get_backend
+from cai_kit.llm import GenParams
+from cai_kit.llm.registry import get_interactive_backend
 
 TOPICS = ["tea", "rain", "maps", "bees", "clocks", "salt", "owls", "kites",
           "glass", "moss", "trains", "ink", "wolves", "bread", "tides", "stars"]  # fmt: skip
@@ -92,7 +93,7 @@ def _pct(xs: list[float], q: float) -> float:
 
 async def main_async(args: argparse.Namespace) -> None:
     reqs = _requests(args.requests, args.max_tokens)
-    backend = get_backend("local")
+    backend = get_interactive_backend("local")  # the backend `cai-kit serve local` uses
 
     async def direct(req: dict) -> str:
         params = GenParams(
