@@ -189,7 +189,7 @@ async def test_api_key_is_required_on_every_api_endpoint(
     fault_server: FaultServer, tmp_path: Path
 ) -> None:
     h = start_serve("openai/m", api_base=fault_server.base_url, db=tmp_path / "f.db",
-                    api_key="s3cret-serve-key")  # fmt: skip
+                    api_key="test-key")  # fmt: skip
     chat = json.dumps({"messages": [{"role": "user", "content": "hi"}]})
     try:
         async with aiohttp.ClientSession() as s:
@@ -201,7 +201,7 @@ async def test_api_key_is_required_on_every_api_endpoint(
                     async with s.request(method, h.url + path, data=data, headers=headers) as r:
                         assert r.status == 401, (path, headers)
                         assert "API key" in (await r.json())["error"]["message"]
-            good = {"Authorization": "Bearer s3cret-serve-key"}
+            good = {"Authorization": "Bearer test-key"}
             async with s.post(h.url + "/v1/chat/completions", data=chat, headers=good) as r:
                 assert r.status == 200
             async with s.get(h.url + "/") as r:  # the page itself is static; it asks for the key
