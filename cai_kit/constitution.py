@@ -241,6 +241,24 @@ def line_for(index: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | N
     return index.get(loc)
 
 
+def problems_from(
+    exc: ValidationError, index: dict[tuple[Any, ...], int], display: str, root: str
+) -> list[Problem]:
+    """A pydantic error as `file:line: field: message` problems (`index` maps a YAML key path to
+    its line; `root` names a problem with no field). Shared by constitutions and recipes."""
+    out = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        field = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in loc).lstrip(".")
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        out.append(Problem(display, line_for(index, loc), field or root, msg))
+    return out
+
+
 def parse_constitution(text: str, display: str = "<string>") -> Constitution:
     """Parse and validate YAML text, raising ConstitutionError with every problem."""
     try:
@@ -281,15 +299,7 @@ def parse_constitution(text: str, display: str = "<string>") -> Constitution:
     try:
         constitution = Constitution.model_validate(data)
     except ValidationError as exc:
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            field = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in loc).lstrip(".")
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            elif err["type"] == "missing":
-                msg = "required field is missing"
-            problems.append(Problem(display, line_for(index, loc), field or "file", msg))
+        problems += problems_from(exc, index, display, root="file")
         constitution = None
     if problems:
         problems.sort(key=lambda p: (p.line or 0, p.field))

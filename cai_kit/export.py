@@ -137,6 +137,11 @@ def build_rows(
     return rows, skipped
 
 
+# The last lines of every dataset card: how to load the export.
+LOAD_WITH = ["", "Load with:", "", "```python", "from datasets import load_dataset",
+             'ds = load_dataset("json", data_files={"train": "train.jsonl"})', "```", ""]  # fmt: skip
+
+
 def left_out(skipped: dict[str, int]) -> str:
     """`3 failed, 2 tie, 1 identical responses`: what an export left out and why."""
     return ", ".join(
@@ -162,8 +167,7 @@ def _card(
     ]  # fmt: skip
     if skipped:
         lines.append(f"- left out: {left_out(skipped)}")
-    lines += ["", "Load with:", "", "```python", "from datasets import load_dataset",
-              'ds = load_dataset("json", data_files={"train": "train.jsonl"})', "```", ""]  # fmt: skip
+    lines += LOAD_WITH
     return "\n".join(lines)
 
 
@@ -182,19 +186,11 @@ def export(
     if not rows:
         left = f"left out: {left_out(skipped)}" if skipped else "no records"
         raise DataError(f"Nothing to export from {run_dir} as {kind} ({left}).")
-    random.Random(seed).shuffle(rows)
-    n_test = int(len(rows) * eval_fraction)
-    test, train = rows[:n_test], rows[n_test:]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, part in (("train", train), ("test", test)):
-        if part:
-            with open(out_dir / f"{name}.jsonl", "w", encoding="utf-8") as fh:
-                for row in part:
-                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    n_train, n_test = write_rows(rows, out_dir, eval_fraction, seed)
     (out_dir / "README.md").write_text(
-        _card(kind, run_dir, len(train), len(test), skipped, fmt), encoding="utf-8"
+        _card(kind, run_dir, n_train, n_test, skipped, fmt), encoding="utf-8"
     )
-    return {"train": len(train), "test": len(test), "skipped": skipped}
+    return {"train": n_train, "test": n_test, "skipped": skipped}
 
 
 def write_rows(

@@ -22,12 +22,12 @@ split (`base_model`, `judge_model`, `api_base`) get a message saying what to wri
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cai_kit.constitution import Problem, duplicate_keys, line_for, yaml_line_index
+from cai_kit.constitution import Problem, duplicate_keys, problems_from, yaml_line_index
 from cai_kit.errors import ConfigError
 
 Serves = Literal["responses", "critiques", "judging", "eval_judging"]
@@ -167,20 +167,6 @@ _MIGRATION = {
 }
 
 
-def _problems_from(exc: ValidationError, index: dict[tuple[Any, ...], int], display: str) -> list[Problem]:  # fmt: skip
-    out = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        field = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in loc).lstrip(".")
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif err["type"] == "missing":
-            msg = "required field is missing"
-        out.append(Problem(display, line_for(index, loc), field or "recipe", msg))
-    return out
-
-
 def parse_recipe(text: str, display: str = "<recipe>") -> Recipe:
     """Validate recipe YAML text; a ConfigError lists every problem as file:line: field: msg."""
     try:
@@ -201,7 +187,7 @@ def parse_recipe(text: str, display: str = "<recipe>") -> Recipe:
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        problems += _problems_from(exc, index, display)
+        problems += problems_from(exc, index, display, root="recipe")
         recipe = None
     if problems:
         problems.sort(key=lambda p: (p.line or 0, p.field))

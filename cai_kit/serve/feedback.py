@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cai_kit.errors import DataError
-from cai_kit.export import Format, _completion, _prompt, write_rows
+from cai_kit.export import LOAD_WITH, Format, _completion, _prompt, write_rows
 from cai_kit.records import Message
 from cai_kit.serve.store import FeedbackStore, RatedCompletion, is_feedback_db
 
@@ -106,8 +106,7 @@ def _card(
         ]  # fmt: skip
     else:
         lines += ["", "Train with:", "", "```bash", f"cai-kit train dpo {out_dir}", "```"]
-    lines += ["", "Load with:", "", "```python", "from datasets import load_dataset",
-              'ds = load_dataset("json", data_files={"train": "train.jsonl"})', "```", ""]  # fmt: skip
+    lines += LOAD_WITH
     return "\n".join(lines)
 
 
