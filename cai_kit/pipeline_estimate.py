@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cai_kit.cost_preview import prompt_tokens
 from cai_kit.pricing import Price, parse_price, price_for
 
 if TYPE_CHECKING:
@@ -23,10 +24,6 @@ if TYPE_CHECKING:
     from cai_kit.records import PromptRecord
 
 Msgs = list[dict[str, str]]
-
-
-def _tokens(messages: Msgs) -> int:
-    return sum(len(m["content"]) // 4 + 4 for m in messages)  # ~4 chars a token, + role overhead
 
 
 def _filler(tokens: int) -> str:
@@ -78,14 +75,14 @@ def _revise(r: Recipe, stage: str, prompts: list[PromptRecord]) -> list[StageEst
         base = [mm.model_dump() for mm in p.messages]
         if p.response is None:
             resp_calls += 1
-            resp_in += _tokens(base)
+            resp_in += prompt_tokens(base)
         convo = [*shots, *base, {"role": "assistant", "content": _filler(m)}]
         for _ in range(rounds):
             convo += [{"role": "user", "content": CRITIQUE_PREFIX + "x" * avg_crit}]
-            crit_in += _tokens(convo)
+            crit_in += prompt_tokens(convo)
             convo += [{"role": "assistant", "content": _filler(m)},
                       {"role": "user", "content": REVISION_PREFIX + "x" * avg_rev}]  # fmt: skip
-            crit_in += _tokens(convo)
+            crit_in += prompt_tokens(convo)
             convo += [{"role": "assistant", "content": _filler(m)}]
             crit_calls += 2
     resp, resp_base = r.served_by("responses")
@@ -111,7 +108,7 @@ def _judge_calls(r: Recipe, stage: str, role: str, prompts: list[PromptRecord], 
                               _filler(answer_tokens), _filler(answer_tokens), mode, "0123abcd")  # type: ignore[arg-type]  # fmt: skip
         n = pairs_per_prompt * 2 * per_order  # both orders, always
         calls += n
-        in_tok += n * _tokens(msgs)
+        in_tok += n * prompt_tokens(msgs)
     model, base = r.served_by(role)  # type: ignore[arg-type]
     note = "both orders" + (f", {per_order} votes each" if per_order > 1 else "")
     return StageEstimate(stage, "judge", model, calls, in_tok, calls * out_tokens, _price(r, model, base), note)  # fmt: skip
@@ -133,13 +130,13 @@ def estimate(r: Recipe, split: Split) -> list[StageEstimate]:
     if r.preferences == "judge":
         k, pairs = r.prefs.k, r.prefs.pairs
         n_pairs = k * (k - 1) // 2 if pairs in ("all", "best-worst") else int(pairs.split(":")[1])
-        in_tok = sum(_tokens([mm.model_dump() for mm in p.messages]) for p in train) * k
+        in_tok = sum(prompt_tokens([mm.model_dump() for mm in p.messages]) for p in train) * k
         rows.append(_local("prefs", "samples", "hf:sft_model", len(train) * k, in_tok, len(train) * k * r.prefs.max_tokens))  # fmt: skip
         rows.append(_judge_calls(r, "prefs", "judging", train, n_pairs, r.prefs.max_tokens, r.prefs.mode))  # fmt: skip
     rows.append(
         _local("train-dpo", "training", "hf:sft_model", 0, 0, 0, f"{r.dpo.max_steps} steps")
     )
-    in_tok = sum(_tokens([mm.model_dump() for mm in p.messages]) for p in held)
+    in_tok = sum(prompt_tokens([mm.model_dump() for mm in p.messages]) for p in held)
     rows.append(_local("eval", "answers", f"hf:dpo_model + {r.student.model}", 2 * len(held), 2 * in_tok,
                        2 * len(held) * r.eval.max_tokens, "model and baseline"))  # fmt: skip
     rows.append(_judge_calls(r, "eval", "eval_judging", held, 1, r.eval.max_tokens, r.eval.mode))
