@@ -6,8 +6,11 @@ they never land in shell history or in a run's manifest.
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -94,6 +97,55 @@ ShardOpt = Annotated[
     str | None,
     typer.Option("--shard", help="Process shard I of N (e.g. 2/8); results merge by record id."),
 ]
+
+
+# Every job flag once: name -> (option type, default). `job_flags` puts them on a command.
+JOB_FLAGS: dict[str, tuple[Any, Any]] = {
+    "concurrency": (ConcurrencyOpt, None),
+    "rpm": (RpmOpt, None),
+    "tpm": (TpmOpt, None),
+    "max_retries": (MaxRetriesOpt, 5),
+    "timeout": (TimeoutOpt, 120.0),
+    "max_cost": (MaxCostOpt, None),
+    "price": (PriceOpt, None),
+    "no_cache": (NoCacheOpt, False),
+    "cache_path": (CachePathOpt, None),
+    "dry_run": (DryRunOpt, False),
+    "batch_api": (BatchApiOpt, False),
+    "quiet": (QuietOpt, False),
+}
+TRAINER_WITHOUT = ("dry_run", "quiet", "batch_api")  # trainers call a judge, but run no data job
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def job_flags(*, without: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """Give a command the job flags (`JOB_FLAGS`, minus `without`), declared only here.
+
+    The command takes them as `**flags` and builds its engine with `engine_config_from(flags)`:
+
+        @job_flags()
+        def generate(prompts: ..., **flags: Any) -> None: ...
+    """
+
+    def add(func: F) -> F:
+        sig = inspect.signature(func, eval_str=True)  # typer reads objects, not strings
+        own = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        kw = inspect.Parameter.KEYWORD_ONLY
+        extra = [
+            inspect.Parameter(name, kw, default=default, annotation=option)
+            for name, (option, default) in JOB_FLAGS.items()
+            if name not in without
+        ]
+
+        @functools.wraps(func)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            return func(*args, **kwargs)
+
+        command.__signature__ = sig.replace(parameters=own + extra)  # type: ignore[attr-defined]
+        return command  # type: ignore[return-value]
+
+    return add
 
 
 def parse_shard(value: str | None) -> tuple[int, int] | None:

@@ -7,24 +7,13 @@ takes (declared once in `cai_kit.cli.common`) and the judge flags of `cai-kit ju
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from cai_kit.cli.common import (
-    BatchApiOpt,
-    CachePathOpt,
-    ConcurrencyOpt,
-    DryRunOpt,
-    MaxCostOpt,
-    MaxRetriesOpt,
     MaxTokensOpt,
-    NoCacheOpt,
-    PriceOpt,
-    QuietOpt,
-    RpmOpt,
-    TimeoutOpt,
-    TpmOpt,
+    job_flags,
 )
 from cai_kit.cli.judge import Mode, Principles, Samples, TieMargin
 
@@ -35,6 +24,7 @@ eval_app = typer.Typer(
 
 
 @eval_app.command("winrate")
+@job_flags()
 def winrate(
     prompts: Annotated[
         str,
@@ -72,18 +62,7 @@ def winrate(
     seed: Annotated[
         int, typer.Option("--seed", help="Seed (generation, principle sampling, bootstrap).")
     ] = 0,
-    concurrency: ConcurrencyOpt = None,
-    rpm: RpmOpt = None,
-    tpm: TpmOpt = None,
-    max_retries: MaxRetriesOpt = 5,
-    timeout: TimeoutOpt = 120.0,
-    max_cost: MaxCostOpt = None,
-    price: PriceOpt = None,
-    no_cache: NoCacheOpt = False,
-    cache_path: CachePathOpt = None,
-    dry_run: DryRunOpt = False,
-    quiet: QuietOpt = False,
-    batch_api: BatchApiOpt = False,
+    **flags: Any,
 ) -> None:
     """Generate from a model and a baseline, judge each pair in both orders, report the win rate."""
     from cai_kit.cli.common import engine_config_from, replay_argv
@@ -94,15 +73,15 @@ def winrate(
     from cai_kit.prompts import load_prompts
 
     cfg = _judge_cfg(mode, samples, principles, tie_margin, seed)
-    backend = _backends(api_base, timeout)
+    backend = _backends(api_base, flags["timeout"])
     summary, rep = run_winrate(
         load_prompts(prompts, limit=limit).records, model=backend(model), baseline=backend(baseline), judge=backend(judge),
         models={"model": model, "baseline": baseline, "judge": judge}, constitution=load_constitution(constitution),
         cfg=cfg, params=GenParams(temperature=temperature, max_tokens=max_tokens, seed=seed), out_dir=out,
-        engine_config=engine_config_from(locals()), argv=replay_argv("eval"),
+        engine_config=engine_config_from(flags), argv=replay_argv("eval"),
     )  # fmt: skip
     typer.echo(summary.line())
-    if not dry_run:
+    if not flags["dry_run"]:
         rate = (
             "n/a (no pair was judged)"
             if rep.n == rep.failed
@@ -115,6 +94,7 @@ def winrate(
 
 
 @eval_app.command("harmlessness")
+@job_flags()
 def harmlessness(
     prompts: Annotated[
         str, typer.Option("--prompts", help="Prompt file (e.g. examples/red_team_prompts.jsonl).")
@@ -138,18 +118,7 @@ def harmlessness(
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
     max_tokens: MaxTokensOpt = 256,
     seed: Annotated[int, typer.Option("--seed", help="Generation seed.")] = 0,
-    concurrency: ConcurrencyOpt = None,
-    rpm: RpmOpt = None,
-    tpm: TpmOpt = None,
-    max_retries: MaxRetriesOpt = 5,
-    timeout: TimeoutOpt = 120.0,
-    max_cost: MaxCostOpt = None,
-    price: PriceOpt = None,
-    no_cache: NoCacheOpt = False,
-    cache_path: CachePathOpt = None,
-    dry_run: DryRunOpt = False,
-    quiet: QuietOpt = False,
-    batch_api: BatchApiOpt = False,
+    **flags: Any,
 ) -> None:
     """Share of responses a judge flags under each harmlessness principle, before vs after."""
     from cai_kit.cli.common import engine_config_from, replay_argv
@@ -158,15 +127,15 @@ def harmlessness(
     from cai_kit.llm.base import GenParams
     from cai_kit.prompts import load_prompts
 
-    backend = _backends(api_base, timeout)
+    backend = _backends(api_base, flags["timeout"])
     roles = {"model": backend(model), **({"baseline": backend(baseline)} if baseline else {})}
     summary, _ = run_harmlessness(
         load_prompts(prompts, limit=limit).records, models=roles, judge=backend(judge), judge_name=judge,  # type: ignore[arg-type]
         constitution=load_constitution(constitution), params=GenParams(temperature=0.0, max_tokens=max_tokens, seed=seed),
-        out_dir=out, engine_config=engine_config_from(locals()), argv=replay_argv("eval"),
+        out_dir=out, engine_config=engine_config_from(flags), argv=replay_argv("eval"),
     )  # fmt: skip
     typer.echo(summary.line())
-    if not dry_run:
+    if not flags["dry_run"]:
         typer.echo(f"Report: {out / 'report.md'}")
     if summary.stopped:
         raise typer.Exit(2)

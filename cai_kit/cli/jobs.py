@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from cai_kit.cli.common import (
     ApiBaseOpt,
-    BatchApiOpt,
-    CachePathOpt,
-    ConcurrencyOpt,
-    DryRunOpt,
-    MaxCostOpt,
-    MaxRetriesOpt,
     MaxTokensOpt,
     ModelOpt,
-    NoCacheOpt,
-    PriceOpt,
-    QuietOpt,
-    RpmOpt,
     SeedOpt,
     ShardOpt,
     TemperatureOpt,
-    TimeoutOpt,
-    TpmOpt,
+    job_flags,
 )
 
 
@@ -61,6 +50,7 @@ def retry_failed(
     raise typer.Exit(subprocess.call([sys.executable, "-m", "cai_kit", *argv[1:]]))
 
 
+@job_flags()
 def generate(
     prompts: Annotated[
         str, typer.Argument(help="Prompt file (.jsonl/.json/.csv/.parquet/.txt) or hf:NAME.")
@@ -78,19 +68,8 @@ def generate(
     temperature: TemperatureOpt = 0.7,
     max_tokens: MaxTokensOpt = 256,
     seed: SeedOpt = 0,
-    concurrency: ConcurrencyOpt = None,
-    rpm: RpmOpt = None,
-    tpm: TpmOpt = None,
-    max_retries: MaxRetriesOpt = 5,
-    timeout: TimeoutOpt = 120.0,
-    max_cost: MaxCostOpt = None,
-    price: PriceOpt = None,
-    no_cache: NoCacheOpt = False,
-    cache_path: CachePathOpt = None,
-    dry_run: DryRunOpt = False,
-    batch_api: BatchApiOpt = False,
     shard: ShardOpt = None,
-    quiet: QuietOpt = False,
+    **flags: Any,
 ) -> None:
     """Sample responses to each prompt (one call per row), resumable and cached."""
     from cai_kit.cli.common import engine_config_from, parse_shard, replay_argv
@@ -103,12 +82,12 @@ def generate(
     typer.echo(f"{prompts}: {pset.summary()}", err=True)
     summary = run_generate(
         pset.records,
-        backend=get_backend(model, api_base=api_base, timeout_s=timeout),
+        backend=get_backend(model, api_base=api_base, timeout_s=flags["timeout"]),
         model=model,
         params=GenParams(temperature=temperature, max_tokens=max_tokens, seed=seed),
         samples=samples,
         out_dir=out,
-        engine_config=engine_config_from(locals()),
+        engine_config=engine_config_from(flags),
         shard=parse_shard(shard),
         argv=replay_argv("generate"),
     )  # fmt: skip

@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from cai_kit.cli.common import (
     ApiBaseOpt,
-    BatchApiOpt,
-    CachePathOpt,
-    ConcurrencyOpt,
-    DryRunOpt,
-    MaxCostOpt,
-    MaxRetriesOpt,
     MaxTokensOpt,
-    NoCacheOpt,
-    PriceOpt,
-    QuietOpt,
-    RpmOpt,
     SeedOpt,
     ShardOpt,
     TemperatureOpt,
-    TimeoutOpt,
-    TpmOpt,
     engine_config_from,
+    job_flags,
     parse_shard,
     replay_argv,
 )
@@ -74,6 +63,7 @@ def _judge_cfg(mode: str, samples: int, principles: str, tie_margin: float, seed
     )  # type: ignore[arg-type]
 
 
+@job_flags()
 def prefs(
     prompts: Annotated[str, typer.Argument(help="Prompt file or hf:NAME[:split][:column].")],
     out: Out,
@@ -93,10 +83,8 @@ def prefs(
     temperature: TemperatureOpt = 0.9,
     max_tokens: MaxTokensOpt = 256,
     seed: SeedOpt = 0,
-    concurrency: ConcurrencyOpt = None, rpm: RpmOpt = None, tpm: TpmOpt = None, max_retries: MaxRetriesOpt = 5,
-    timeout: TimeoutOpt = 120.0, max_cost: MaxCostOpt = None, price: PriceOpt = None, no_cache: NoCacheOpt = False, cache_path: CachePathOpt = None,
-    dry_run: DryRunOpt = False, shard: ShardOpt = None, quiet: QuietOpt = False,
-    batch_api: BatchApiOpt = False,
+    shard: ShardOpt = None,
+    **flags: Any,
 ) -> None:  # fmt: skip
     """Sample k responses per prompt and label pairs with the AI judge (both orders)."""
     from cai_kit.constitution import load_constitution
@@ -110,13 +98,13 @@ def prefs(
     pset = load_prompts(prompts, on_bad_row=on_bad_row, limit=limit)  # type: ignore[arg-type]
     typer.echo(f"{prompts}: {pset.summary()}", err=True)
     judge_api_base = judge_api_base or api_base
-    policy = get_backend(policy_model, api_base=api_base, timeout_s=timeout)
+    policy = get_backend(policy_model, api_base=api_base, timeout_s=flags["timeout"])
     judge = (
         policy
         if (judge_model, judge_api_base) == (policy_model, api_base)
-        else get_backend(judge_model, api_base=judge_api_base, timeout_s=timeout)
+        else get_backend(judge_model, api_base=judge_api_base, timeout_s=flags["timeout"])
     )
-    ec = engine_config_from(locals())
+    ec = engine_config_from(flags)
     sampled, judged = run_prefs(
         pset.records,
         policy=policy,
@@ -134,10 +122,11 @@ def prefs(
     )
     typer.echo(f"sampling: {sampled.line()}")
     typer.echo(f"judging:  {judged.line()}")
-    if not dry_run:
+    if not flags["dry_run"]:
         typer.echo(f"Wrote {out / 'prefs.jsonl'}; see `cai-kit judge-report {out}`")
 
 
+@job_flags()
 def judge(
     pairs_file: Annotated[Path, typer.Argument(help="JSONL of pairs (prompt + response_a/response_b or chosen/rejected), or a revisions.jsonl.")],
     out: Out,
@@ -149,10 +138,8 @@ def judge(
     principles: Principles = "one",
     tie_margin: TieMargin = 0.05,
     seed: SeedOpt = 0,
-    concurrency: ConcurrencyOpt = None, rpm: RpmOpt = None, tpm: TpmOpt = None, max_retries: MaxRetriesOpt = 5,
-    timeout: TimeoutOpt = 120.0, max_cost: MaxCostOpt = None, price: PriceOpt = None, no_cache: NoCacheOpt = False, cache_path: CachePathOpt = None,
-    dry_run: DryRunOpt = False, shard: ShardOpt = None, quiet: QuietOpt = False,
-    batch_api: BatchApiOpt = False,
+    shard: ShardOpt = None,
+    **flags: Any,
 ) -> None:  # fmt: skip
     """Label existing pairs with the AI judge (e.g. revision vs initial from `revise`)."""
     from cai_kit.constitution import load_constitution
@@ -160,10 +147,10 @@ def judge(
     from cai_kit.prefs import load_pairs, run_judge_file
 
     cfg = _judge_cfg(mode, samples, principles, tie_margin, seed)
-    ec = engine_config_from(locals())
+    ec = engine_config_from(flags)
     summary = run_judge_file(
         load_pairs(pairs_file),
-        judge=get_backend(judge_model, api_base=api_base, timeout_s=timeout),
+        judge=get_backend(judge_model, api_base=api_base, timeout_s=flags["timeout"]),
         models={"judge": judge_model},
         constitution=load_constitution(constitution),
         cfg=cfg,

@@ -3,35 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from cai_kit.cli.common import (
     ApiBaseOpt,
-    BatchApiOpt,
-    CachePathOpt,
-    ConcurrencyOpt,
-    DryRunOpt,
-    MaxCostOpt,
-    MaxRetriesOpt,
     MaxTokensOpt,
     ModelOpt,
-    NoCacheOpt,
-    PriceOpt,
-    QuietOpt,
-    RpmOpt,
     SeedOpt,
     ShardOpt,
     TemperatureOpt,
-    TimeoutOpt,
-    TpmOpt,
     engine_config_from,
+    job_flags,
     parse_shard,
     replay_argv,
 )
 
 
+@job_flags()
 def revise(
     prompts: Annotated[
         str,
@@ -96,19 +86,8 @@ def revise(
     temperature: TemperatureOpt = 0.7,
     max_tokens: MaxTokensOpt = 256,
     seed: SeedOpt = 0,
-    concurrency: ConcurrencyOpt = None,
-    rpm: RpmOpt = None,
-    tpm: TpmOpt = None,
-    max_retries: MaxRetriesOpt = 5,
-    timeout: TimeoutOpt = 120.0,
-    max_cost: MaxCostOpt = None,
-    price: PriceOpt = None,
-    no_cache: NoCacheOpt = False,
-    cache_path: CachePathOpt = None,
-    dry_run: DryRunOpt = False,
-    batch_api: BatchApiOpt = False,
     shard: ShardOpt = None,
-    quiet: QuietOpt = False,
+    **flags: Any,
 ) -> None:
     """Critique and revise responses to each prompt under a constitution (SFT data)."""
     from cai_kit.cli.common import fail
@@ -128,11 +107,11 @@ def revise(
     typer.echo(f"{prompts}: {pset.summary()}", err=True)
     critic_model = critic_model or model
     critic_api_base = critic_api_base or api_base
-    responder = get_backend(model, api_base=api_base, timeout_s=timeout)
+    responder = get_backend(model, api_base=api_base, timeout_s=flags["timeout"])
     critic = (
         responder
         if (critic_model, critic_api_base) == (model, api_base)
-        else get_backend(critic_model, api_base=critic_api_base, timeout_s=timeout)
+        else get_backend(critic_model, api_base=critic_api_base, timeout_s=flags["timeout"])
     )
     cfg = ReviseConfig(
         constitution=const,
@@ -150,13 +129,13 @@ def revise(
         responder=responder, critic=critic,
         models={"responder": model, "critic": critic_model},
         out_dir=out,
-        engine_config=engine_config_from(locals()),
+        engine_config=engine_config_from(flags),
         shard=parse_shard(shard),
         argv=replay_argv("revise"),
         inputs={"prompts": prompts, "prompt_report": pset.summary()},
     )  # fmt: skip
     typer.echo(summary.line())
-    if not dry_run:
+    if not flags["dry_run"]:
         typer.echo(f"Wrote {out / 'revisions.jsonl'}")
     if summary.stopped:
         raise typer.Exit(2)

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from cai_kit.cli.common import (
-    CachePathOpt,
-    ConcurrencyOpt,
-    MaxCostOpt,
-    MaxRetriesOpt,
-    NoCacheOpt,
-    PriceOpt,
-    RpmOpt,
-    TimeoutOpt,
-    TpmOpt,
+    TRAINER_WITHOUT,
+    job_flags,
 )
 
 JudgeReward = Annotated[
@@ -65,6 +58,7 @@ def _close(scorer) -> None:  # type: ignore[no-untyped-def]
         scorer.close()
 
 
+@job_flags(without=TRAINER_WITHOUT)
 def ppo(
     prompts: Annotated[str, typer.Argument(help="Prompt file (as for revise).")],
     out: Annotated[
@@ -117,15 +111,7 @@ def ppo(
     ] = 1.0,
     judge_reward: JudgeReward = "p-yes",
     max_judge_failures: MaxJudgeFailures = 0.1,
-    concurrency: ConcurrencyOpt = None,
-    rpm: RpmOpt = None,
-    tpm: TpmOpt = None,
-    max_retries: MaxRetriesOpt = 5,
-    timeout: TimeoutOpt = 120.0,
-    max_cost: MaxCostOpt = None,
-    price: PriceOpt = None,
-    no_cache: NoCacheOpt = False,
-    cache_path: CachePathOpt = None,
+    **flags: Any,
 ) -> None:
     """PPO with a reward model or an AI judge as the reward (our own implementation).
 
@@ -139,7 +125,9 @@ def ppo(
     from cai_kit.train.ppo import PPOConfig, PPOTrainer
     from cai_kit.train.report import plot_curves
 
-    reward_fn = reward_source(reward_model, reward_judge, judge_api_base, constitution, locals())
+    reward_fn = reward_source(
+        reward_model, reward_judge, judge_api_base, constitution, {**locals(), **flags}
+    )
     texts = [r.prompt_text for r in load_prompts(prompts, limit=limit).records]
     base = resolve_model(model)
     cfg = PPOConfig(learning_rate=lr, batch_size=batch_size, mini_batch_size=mini_batch_size, ppo_epochs=ppo_epochs,
@@ -212,6 +200,7 @@ def spin(
     typer.echo("Iterations: " + ", ".join(str(m) for m in models))
 
 
+@job_flags(without=TRAINER_WITHOUT)
 def grpo(
     prompts: Annotated[str, typer.Argument(help="Prompt file (as for revise).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
@@ -251,21 +240,15 @@ def grpo(
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
     judge_reward: JudgeReward = "p-yes",
     max_judge_failures: MaxJudgeFailures = 0.1,
-    concurrency: ConcurrencyOpt = None,
-    rpm: RpmOpt = None,
-    tpm: TpmOpt = None,
-    max_retries: MaxRetriesOpt = 5,
-    timeout: TimeoutOpt = 120.0,
-    max_cost: MaxCostOpt = None,
-    price: PriceOpt = None,
-    no_cache: NoCacheOpt = False,
-    cache_path: CachePathOpt = None,
+    **flags: Any,
 ) -> None:
     """Online RLAIF with TRL's GRPO: our judge or reward model scores each sampled completion."""
     from cai_kit.prompts import load_prompts
     from cai_kit.train.online import train_grpo
 
-    scorer = reward_source(reward_model, reward_judge, judge_api_base, constitution, locals())
+    scorer = reward_source(
+        reward_model, reward_judge, judge_api_base, constitution, {**locals(), **flags}
+    )
     texts = [r.prompt_text for r in load_prompts(prompts, limit=limit).records]
     try:
         path = train_grpo(texts, model, out, scorer, max_steps=max_steps, num_generations=num_generations,
