@@ -9,7 +9,9 @@ revisions; one batch each). Printed:
   1. wall time vs the server's simulated processing time (waves x processing); goal: the
      overhead (imports, writing and uploading the JSONL, polling, downloading, caching,
      writing records) <= 5% of the simulated time;
-  2. peak memory of the job (ru_maxrss) at a quarter of the rows and at all of them;
+  2. peak memory of the job (ru_maxrss) at a quarter of the rows, all of them and --memory-x
+     times as many (1 s batches): beyond the rows held at once (CAI_KIT_BATCH_ROWS, 1024), it
+     should stay flat (goal: well under 1 KiB per extra prompt; the input itself is kept);
   3. the --dry-run cost preview with and without --batch-api (openai/gpt-4o-mini's list and
      batch prices from litellm's cost map): the batch preview should be half the synchronous
      one.
@@ -18,6 +20,7 @@ revisions; one batch each). Printed:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -55,6 +58,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=10_000)
     ap.add_argument("--processing", type=float, default=60.0, help="simulated s per batch")
+    ap.add_argument("--memory-x", type=int, default=4, help="the largest memory run, x rows")
     args = ap.parse_args()
 
     from tests.fixtures.fault_server import FaultServer, start_fault_server
@@ -89,11 +93,14 @@ def main() -> None:
         # 2. peak memory vs row count
         server.reset()
         server.batch_processing_s = 1.0
-        _, rss_small, _ = run_job(server.base_url, prompts(rows // 4), work / "small",
-                                  "--batch-api")  # fmt: skip
-        print(f"peak RSS: {rss_small} MiB at {rows // 4} prompts, {rss} MiB at {rows} prompts "
-              f"({1024 * (rss - rss_small) / max(1, rows - rows // 4):.1f} KiB per extra "
-              "prompt)")  # fmt: skip
+        sizes = [rows // 4, rows, rows * args.memory_x]
+        peaks = {rows: rss}
+        for n in (sizes[0], sizes[2]):
+            _, peaks[n], _ = run_job(server.base_url, prompts(n), work / f"m{n}", "--batch-api")
+        print("peak RSS: " + ", ".join(f"{peaks[n]} MiB at {n} prompts" for n in sizes))
+        for a, b in itertools.pairwise(sizes):
+            print(f"  {a} -> {b} prompts: {1024 * (peaks[b] - peaks[a]) / (b - a):.2f} KiB per "
+                  "extra prompt")  # fmt: skip
 
         # 3. cost preview
         _, _, sync = run_job(server.base_url, prompts(rows), work / "dry", "--dry-run")

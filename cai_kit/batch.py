@@ -1,20 +1,31 @@
-"""`--batch-api`: the engine's calls go out as provider Batch API jobs, in waves, resumably.
+"""`--batch-api`: the engine's calls go out as provider Batch API jobs, in waves, resumably,
+in memory that does not grow with the number of rows.
 
-The engine hands every uncached call of a batchable backend to a `BatchCollector` instead of
-calling the backend (`Engine.call`, one branch). The collector holds the call until every
-running item waits on one (`item_scope()` marks an item as running; without items, a short
-idle window), then sends all held calls as one wave: one batch per provider (split at the
-provider's size limits). Multi-step work (revise's critique -> revision rounds, judging both
-orders) thus runs as successive waves, each one batch.
+How a job runs (`run_job` drives it, pass after pass):
+  1. A pass runs the rows that are not done, a bounded number at a time (`ROWS_IN_FLIGHT`).
+     The engine hands every uncached call of a batchable backend to the collector (`call`),
+     which appends it to the wave's batch input file (one line, `custom_id` = the call's cache
+     key; identical calls once) and blocks the row. When every running row is blocked, the
+     blocked rows are *deferred*: `_Deferred` unwinds them and frees their memory, and the
+     next rows start. A row that makes no new call finishes and is written as usual.
+  2. At the end of the pass (`end_pass`) the wave's input files are submitted as batches (one
+     per provider, split at its size limits; a full file goes out at once), polled, and their
+     answers streamed into the call cache.
+  3. The next pass runs the deferred rows again from the start: the calls answered so far are
+     now cache hits (not counted as hits: they are this run's own calls being replayed), so
+     each row goes on to its next step. Multi-step work (revise's critique -> revision rounds,
+     judging both orders) thus runs as successive waves, each one batch per provider.
+Only the input (the prompts) and a set of small hashes of the calls answered in this run stay
+in memory for the whole job; rows, requests and answers live on disk between waves.
 
 Resumable, never paying twice. Before anything waits on a batch, `RUN_DIR/batches/ledger.jsonl`
-records it (an fsync'ed line per event) with the cache keys of its calls (`<tag>.keys`); the
-call's cache key is the line's `custom_id`. A re-run after `kill -9` finds its calls in an open
-batch and polls that batch instead of submitting again; a wave killed between "submitting" and
-"submitted" is found again by its tag in the batch's metadata. Answers go into the call cache
-(or `RUN_DIR/batches/results.sqlite` with --no-cache), so a later synchronous re-run is all
-cache hits. Per-request errors, and calls of an expired, cancelled or failed batch, raise
-`CallFailed`: the record is `failed`, and a re-run (or `retry-failed`) sends it again.
+records it (an fsync'ed line per event) with the cache keys of its calls (`<tag>.keys`). A
+re-run after `kill -9` finds a row's call in an open batch and polls that batch instead of
+submitting again; a wave killed between "submitting" and "submitted" is found again by its tag
+in the batch's metadata. Answers go into the call cache (or `RUN_DIR/batches/results.sqlite`
+with --no-cache) in one transaction per batch, so a later synchronous re-run is all cache hits.
+Per-request errors, and calls of an expired, cancelled or failed batch, raise `CallFailed` in
+the next pass: the record is `failed`, and a re-run (or `retry-failed`) sends it again.
 
     engine.batch = BatchCollector(engine, run_dir)   # run_job does this for --batch-api
 """
@@ -30,13 +41,14 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from cai_kit.batch_providers import BatchClient, BatchState, batch_client_for
 from cai_kit.cache import CallCache
-from cai_kit.errors import BackendError, BudgetExceeded, redact
+from cai_kit.engine import CallFailed, Deferred
+from cai_kit.errors import BackendError, BudgetExceeded, CaiKitError, redact
 from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams
 from cai_kit.pricing import price_for_backend
 
@@ -46,23 +58,37 @@ if TYPE_CHECKING:
 _ITEM: contextvars.ContextVar[object | None] = contextvars.ContextVar(
     "cai_batch_item", default=None
 )
-IDLE_S = 0.5  # without item tracking: send a wave when no call came for this long
+# rows run at once in a pass (their calls are written out, then they are let go)
+ROWS_IN_FLIGHT = int(os.environ.get("CAI_KIT_BATCH_ROWS", "1024"))
 POLL_FRACTION = 0.01  # poll again after 1% of the time waited so far...
 POLL_MIN_S, POLL_MAX_S = 0.1, 30.0  # ...within these bounds
 
 
 @dataclass
+class _Input:
+    """The batch input file being written for one provider in this wave."""
+
+    client: BatchClient
+    path: Path
+    fh: IO[str]
+    keys: IO[str]
+    digest: Any
+    requests: int = 0
+    size: int = 0
+    reserved: float = 0.0
+
+
+@dataclass
 class _Wave:
-    """One batch: its calls' keys and the futures of the calls waiting for it."""
+    """One batch: sent by this run (`requests` lines) or an open one found in the ledger."""
 
     tag: str
     client: BatchClient
-    keys: set[str]
-    waiters: dict[str, list[asyncio.Future[Completion]]] = field(default_factory=dict)
+    requests: int = 0
     batch_id: str | None = None
-    task: asyncio.Task[None] | None = None
     reserved: float = 0.0  # --max-cost: the worst case held for this batch until it ends
-    settled: bool = False
+    task: asyncio.Task[None] | None = None
+    keys: frozenset[str] = frozenset()  # an earlier run's open batch: its calls
 
 
 class BatchCollector:
@@ -75,14 +101,21 @@ class BatchCollector:
         self.cache = (
             CallCache(self.dir / "results.sqlite") if engine.cache is None else engine.cache
         )
+        self.rows_in_flight = max(1, ROWS_IN_FLIGHT)
+        self.waves = 0  # waves sent by this run
         self._clients: dict[str, BatchClient | None] = {}
-        self._pending: dict[str, list[tuple[str, dict[str, Any], asyncio.Future[Completion]]]] = {}
-        self._waves: dict[str, _Wave] = {}  # open batches by tag
-        self._wave_of: dict[str, str] = {}  # cache key -> tag of the open batch that holds it
+        self._inputs: dict[str, _Input] = {}  # by backend: this wave's input files
+        self._written: set[int] = set()  # hash(key) of the calls in this wave's files
+        self._n_inputs = 0
+        self._sent: list[_Wave] = []  # this wave's batches (sent, or resumed from the ledger)
+        self._open: dict[str, _Wave] = {}  # earlier runs' open batches by tag
+        self._wave_of: dict[str, str] = {}  # cache key -> tag of such a batch
+        self._answered: set[int] = set()  # hash(key): calls answered, or counted as hits, in this run
+        self._failed: dict[str, str] = {}  # cache key -> why no batch answered it (this run)
+        self._blocked: list[asyncio.Future[Completion]] = []
         self._running = 0
         self._waiting: dict[object, int] = {}
         self._check_handle: asyncio.Handle | None = None
-        self._idle_handle: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._reserved = 0.0
         self._load_ledger()
@@ -103,7 +136,16 @@ class BatchCollector:
     def accepts(self, backend: Backend) -> bool:
         return self.client(backend) is not None
 
-    # --- items: a wave goes out when every running item waits on a call ------------------
+    def replayed(self, key: str) -> bool:
+        """Whether a cache hit is a deferred row meeting a call again that this run has paid
+        or already counted as a hit (it is not a new hit for the summary)."""
+        h = hash(key)
+        if h in self._answered:
+            return True
+        self._answered.add(h)
+        return False
+
+    # --- rows: they are deferred when every running one is blocked on a batched call ------
 
     @contextmanager
     def item_scope(self) -> Iterator[None]:
@@ -122,278 +164,279 @@ class BatchCollector:
 
     def _check(self) -> None:
         self._check_handle = None
-        if not self._pending:
-            return
-        if self._running and len(self._waiting) >= self._running:
-            self._flush()
-        elif not self._running:  # calls made outside run_job: a short idle window
-            if self._idle_handle is not None:
-                self._idle_handle.cancel()
-            self._idle_handle = asyncio.get_running_loop().call_later(IDLE_S, self._flush)
+        if self._blocked and len(self._waiting) >= self._running:
+            blocked, self._blocked = self._blocked, []
+            for fut in blocked:
+                if not fut.done():
+                    fut.set_exception(Deferred())
 
     # --- the call ------------------------------------------------------------------------
 
     async def call(
         self, key: str, backend: Backend, messages: ChatMessages, params: GenParams
     ) -> Completion:
-        """The answer to one call, through a batch (cached by the collector itself)."""
+        """The answer to one call if a batch has given it; otherwise the call joins this
+        wave's batch and the row is deferred (`Deferred`) until the wave has ended."""
         if self._own_cache and (hit := self.cache.get(key)) is not None:
+            if not self.replayed(key):
+                self.engine.stats.cache_hits += 1
             return hit
+        if (why := self._failed.get(key)) is not None:
+            self.engine.stats.failures += 1
+            raise CallFailed(f"Batch API: {why}")
+        item = _ITEM.get()
+        if item is None:
+            raise CaiKitError("--batch-api calls are made by job rows (run_job), not alone.")
         client = self.client(backend)
         assert client is not None
-        while True:
-            future: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
-            item = _ITEM.get()
-            self._waiting[item] = self._waiting.get(item, 0) + 1
-            try:
-                tag = self._wave_of.get(key)
-                if tag is not None:  # in a batch already (maybe an earlier run's): never resend
-                    wave = self._waves[tag]
-                    wave.waiters.setdefault(key, []).append(future)
-                    if wave.task is None:  # sent by an earlier run: resume it
-                        wave.client = client
-                        wave.task = self._spawn(wave, self._resume(wave))
-                else:
-                    line = client.line(key, messages, params)
-                    self._pending.setdefault(_ident(backend), []).append((key, line, future))
-                self._schedule_check()
-                return await future
-            except _Resend:
-                continue
-            finally:
-                self._waiting[item] -= 1
-                if not self._waiting[item]:
-                    del self._waiting[item]
+        if (tag := self._wave_of.get(key)) is not None:  # an earlier run sent it: never resend
+            self._resume(self._open[tag], client)
+        else:
+            self._write(client, _ident(backend), key, messages, params)
+        future: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
+        self._blocked.append(future)
+        self._waiting[item] = self._waiting.get(item, 0) + 1
+        try:
+            self._schedule_check()
+            return await future
+        finally:
+            self._waiting[item] -= 1
+            if not self._waiting[item]:
+                del self._waiting[item]
+
+    def _write(
+        self, client: BatchClient, ident: str, key: str, messages: ChatMessages, params: GenParams
+    ) -> None:
+        """Append the call to this wave's input file for its provider (once per identical
+        call); a file at the provider's limits is submitted at once and a new one begun."""
+        h = hash(key)
+        if h in self._written:
+            return
+        line = client.line(key, messages, params)
+        text = json.dumps(line, ensure_ascii=False) + "\n"
+        n = len(text.encode())
+        inp = self._inputs.get(ident)
+        if inp is not None and (inp.requests >= client.max_requests
+                                or inp.size + n > client.max_bytes):  # fmt: skip
+            self._submit(self._inputs.pop(ident))
+            inp = None
+        worst = self._reserve(client, line)  # may stop the row: BudgetExceeded
+        if inp is None:
+            self._n_inputs += 1
+            path = self.dir / f"wave-{os.getpid()}-{self._n_inputs}.input.tmp"
+            inp = self._inputs[ident] = _Input(
+                client, path, path.open("w", encoding="utf-8"),
+                path.with_suffix(".keys.tmp").open("w", encoding="utf-8"),
+                hashlib.sha256(os.urandom(16)),
+            )  # fmt: skip
+        inp.fh.write(text)
+        inp.keys.write(key + "\n")
+        inp.digest.update(key.encode())
+        inp.requests += 1
+        inp.size += n
+        inp.reserved += worst
+        self._written.add(h)
+
+    def _reserve(self, client: BatchClient, line: dict[str, Any]) -> float:
+        """--max-cost: hold the call's worst case (every token of max_tokens answered, at the
+        batch price) until its batch ends, or stop the row if it might not fit under the cap."""
+        cap = self.engine.config.max_cost
+        if cap is None:
+            return 0.0
+        worst = _worst_case(line, client.price)
+        if worst is None:
+            raise BudgetExceeded(
+                f"--max-cost ${cap:g}: the price of {getattr(client, 'model', client.name)} is "
+                "unknown, so its batch can't be capped: pass --price IN,OUT (USD per million "
+                "tokens) or drop --max-cost."
+            )
+        spent = self.engine.stats.cost
+        if spent + self._reserved + worst > cap + 1e-12:
+            raise BudgetExceeded(
+                f"Stopped before exceeding --max-cost ${cap:g} (spent ${spent:.4f}); finished "
+                "work is kept. Raise the cap and re-run to continue."
+            )
+        self._reserved += worst
+        return worst
+
+    # --- a wave: submit, poll, collect ----------------------------------------------------
+
+    async def end_pass(self) -> bool:
+        """Send this wave's batches and wait for all of them (and for the earlier runs'
+        batches its rows met). False when there was nothing to wait for."""
+        for ident in list(self._inputs):
+            self._submit(self._inputs.pop(ident))
+        self._written.clear()
+        sent, self._sent = self._sent, []
+        if not sent:
+            return False
+        self.waves += 1
+        if not self.engine.config.quiet:
+            n = sum(w.requests for w in sent)
+            print(f"--batch-api: wave {self.waves}: {len(sent)} batch(es)"
+                  + (f", {n} requests" if n else "") + "; waiting for the provider.",
+                  file=sys.stderr)  # fmt: skip
+        await asyncio.gather(*(w.task for w in sent if w.task is not None))
+        return True
+
+    def _submit(self, inp: _Input) -> None:
+        inp.fh.close()
+        inp.keys.close()
+        tag = inp.digest.hexdigest()[:16]
+        path = self.dir / f"{tag}.input.jsonl"
+        inp.path.with_suffix(".keys.tmp").replace(self.dir / f"{tag}.keys")
+        inp.path.replace(path)
+        wave = _Wave(tag, inp.client, inp.requests, reserved=inp.reserved)
+        wave.task = self._spawn(wave, self._send(wave, path))
+        self._sent.append(wave)
+
+    def _resume(self, wave: _Wave, client: BatchClient) -> None:
+        if wave.task is None:  # the first row to meet it: wait for it in this wave
+            wave.client = client
+            wave.task = self._spawn(wave, self._find_and_wait(wave))
+            self._sent.append(wave)
 
     def _spawn(self, wave: _Wave, coro: Any) -> asyncio.Task[None]:
         async def guarded() -> None:
             try:
                 await coro
-            except Exception as exc:  # never leave a call waiting; the batch stays open
+            except Exception as exc:  # never leave a row waiting; the batch stays open
                 why = (
                     f"batch {wave.batch_id or wave.tag} is still open ({type(exc).__name__}: {exc})"
                 )
-                self._finish(wave, {}, why, final=False)
+                self._settle(wave, why, final=False)
 
         task = asyncio.get_running_loop().create_task(guarded())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _flush(self) -> None:
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
-        pending, self._pending = self._pending, {}
-        for ident, calls in pending.items():
-            client = self._clients[ident]
-            assert client is not None
-            for wave, path in self._write_waves(client, self._within_budget(client, calls)):
-                wave.task = self._spawn(wave, self._send(wave, path))
-
-    def _write_waves(
-        self, client: BatchClient, calls: list[tuple[str, dict[str, Any], Any, float]]
-    ) -> Iterator[tuple[_Wave, Path]]:
-        """Stream the calls into batch input files (each line serialised once, identical calls
-        sent once), split at the provider's limits; each file is one wave, opened at once so
-        that later identical calls join it."""
-        waiters: dict[str, list[asyncio.Future[Completion]]] = {}
-        chunk: list[str] = []
-        size, reserved = 0, 0.0
-        tmp = self.dir / "wave.input.tmp"
-        fh = None
-
-        def close() -> tuple[_Wave, Path]:
-            assert fh is not None
-            fh.close()
-            keys = sorted(chunk)
-            tag = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
-            path = self.dir / f"{tag}.input.jsonl"
-            tmp.replace(path)
-            (self.dir / f"{tag}.keys").write_text("\n".join(keys) + "\n", encoding="utf-8")
-            wave = _Wave(tag, client, set(keys), {k: waiters[k] for k in keys}, reserved=reserved)
-            self._open(wave)
-            return wave, path
-
-        for key, line, fut, worst in calls:
-            if key in waiters:  # an identical call: one request, both answered
-                waiters[key].append(fut)
-                continue
-            text = json.dumps(line, ensure_ascii=False) + "\n"
-            n = len(text.encode())
-            if chunk and (len(chunk) >= client.max_requests or size + n > client.max_bytes):
-                yield close()
-                chunk, size, reserved = [], 0, 0.0
-                fh = None
-            if fh is None:
-                fh = tmp.open("w", encoding="utf-8")
-            fh.write(text)
-            waiters[key] = [fut]
-            chunk.append(key)
-            size += n
-            reserved += worst
-        if chunk:
-            yield close()
-
-    # --- one wave: budget, ledger, submit, poll, download -------------------------------
-
     async def _send(self, wave: _Wave, path: Path) -> None:
         try:
             self._log(event="submitting", tag=wave.tag, provider=redact(wave.client.name),
-                      requests=len(wave.keys))  # fmt: skip
+                      requests=wave.requests)  # fmt: skip
             wave.batch_id = await wave.client.submit(path, wave.tag)
             self._log(event="submitted", tag=wave.tag, batch_id=wave.batch_id)
             path.unlink(missing_ok=True)
         except BackendError as exc:  # maybe created anyway: a re-run looks for it by its tag
-            self._finish(wave, {}, f"the batch could not be sent: {exc}", final=False)
+            self._settle(wave, f"the batch could not be sent: {exc}", final=False)
             return
         await self._wait(wave)
 
-    async def _resume(self, wave: _Wave) -> None:
+    async def _find_and_wait(self, wave: _Wave) -> None:
         """Wait for a batch sent by an earlier run (or find the one a crash left unrecorded)."""
         if wave.batch_id is None:
             wave.batch_id = await wave.client.find(wave.tag)
-            if wave.batch_id is None:  # never created: send these calls in a new wave
+            if wave.batch_id is None:  # never created: the next pass sends its calls again
                 self._log(event="finished", tag=wave.tag, batch_id=None, status="never created")
-                self._finish(wave, {}, None, resend=True)
+                (self.dir / f"{wave.tag}.keys").unlink(missing_ok=True)
+                self._forget_open(wave)
                 return
             self._log(event="submitted", tag=wave.tag, batch_id=wave.batch_id)
         await self._wait(wave)
 
     async def _wait(self, wave: _Wave) -> None:
-        """Poll until the batch ends, download its answers, settle its calls. A provider that
-        can't be reached fails the calls but leaves the batch open for a re-run to collect."""
+        """Poll until the batch ends, then collect it. A provider that can't be reached fails
+        the calls but leaves the batch open for a re-run to collect."""
         assert wave.batch_id is not None
         started, errors = time.monotonic(), 0
         cfg = self.engine.config
-        try:
-            while True:
-                try:
-                    state = await wave.client.poll(wave.batch_id)
-                    errors = 0
-                except BackendError:
-                    errors += 1
-                    if errors > cfg.max_retries:
-                        raise
-                    await asyncio.sleep(min(cfg.backoff_base_s * 2**errors, POLL_MAX_S))
-                    continue
-                if state.done:
-                    break
-                waited = time.monotonic() - started
-                await asyncio.sleep(min(POLL_MAX_S, max(POLL_MIN_S, waited * POLL_FRACTION)))
-            answers: dict[str, Completion | str] = {}
-            async for key, result in wave.client.results(state):
-                answers[key] = result
+        while True:
+            try:
+                state = await wave.client.poll(wave.batch_id)
+                errors = 0
+            except BackendError as exc:
+                errors += 1
+                if errors > cfg.max_retries:
+                    self._settle(wave, f"batch {wave.batch_id} is still open ({exc})", final=False)
+                    return
+                await asyncio.sleep(min(cfg.backoff_base_s * 2**errors, POLL_MAX_S))
+                continue
+            if state.done:
+                break
+            waited = time.monotonic() - started
+            await asyncio.sleep(min(POLL_MAX_S, max(POLL_MIN_S, waited * POLL_FRACTION)))
+        spool = self.dir / f"{wave.tag}.output.tmp"
+        try:  # downloaded whole before anything is kept: a broken download keeps nothing
+            with spool.open("w", encoding="utf-8") as fh:
+                async for key, result in wave.client.results(state):
+                    body = result.to_dict() if isinstance(result, Completion) else result
+                    fh.write(json.dumps([key, body], ensure_ascii=False) + "\n")
         except BackendError as exc:
-            self._finish(wave, {}, f"batch {wave.batch_id} is still open ({exc})", final=False)
+            spool.unlink(missing_ok=True)
+            self._settle(wave, f"batch {wave.batch_id} is still open ({exc})", final=False)
             return
         why = None if state.status in ("completed", "ended") else _why(state)
-        self._finish(wave, answers, why)
+        self._settle(wave, why, spool=spool)
 
-    def _finish(
-        self,
-        wave: _Wave,
-        answers: dict[str, Completion | str],
-        why: str | None,
-        *,
-        resend: bool = False,
-        final: bool = True,
+    def _settle(
+        self, wave: _Wave, why: str | None, *, spool: Path | None = None, final: bool = True
     ) -> None:
-        """Cache every answer, then settle the waiting calls: answer, CallFailed or resend."""
-        from cai_kit.engine import CallFailed
-
-        if wave.settled:
-            return
-        wave.settled = True
+        """Put a batch's answers into the cache (one transaction) and note every call it did
+        not answer as failed for this run, with the reason; close the batch in the ledger."""
         stats, price = self.engine.stats, wave.client.price
         ok = failed = 0
-        answered: list[tuple[str, Completion]] = []
-        for key, result in answers.items():
-            if isinstance(result, Completion) and not result.text.strip() and not result.logprobs:
-                # paid, but like a synchronous empty reply never kept as an answer
-                answers[key] = (f"{result.model or 'the model'} sent an empty reply (finish_reason:"
-                                f" {result.finish_reason}); it is not kept as an answer.")  # fmt: skip
-                stats.calls += 1
-                failed += 1
-                continue
-            if isinstance(result, Completion):
-                if result.cost is None and price is not None:  # at the batch price
-                    u = result.usage
-                    result.cost = price.cost(u.prompt_tokens, u.completion_tokens, batch=True)
-                answered.append((key, result))
-                ok += 1
-                stats.calls += 1
-                stats.prompt_tokens += result.usage.prompt_tokens
-                stats.completion_tokens += result.usage.completion_tokens
-                stats.cost += result.cost or 0.0
-            else:
-                failed += 1
-        self.cache.put_many(answered)  # before anything is answered: a crash keeps them all
-        for key, futures in wave.waiters.items():
-            result = answers.get(key)
-            for fut in futures:
-                if fut.done():
-                    continue
-                if isinstance(result, Completion):
-                    fut.set_result(result)
-                elif resend:
-                    fut.set_exception(_Resend())
-                else:
-                    stats.failures += 1
-                    reason = " ".join(x for x in (why, result) if x) or "no answer in the batch"
-                    fut.set_exception(CallFailed(f"Batch API: {reason}"))
+        answered: list[int] = []
+
+        def answers() -> Iterator[tuple[str, Completion]]:
+            nonlocal ok, failed
+            with spool.open(encoding="utf-8") as fh:  # type: ignore[union-attr]
+                for raw in fh:
+                    key, body = json.loads(raw)
+                    if isinstance(body, str):  # the request's own error, after the batch's
+                        self._failed[key] = f"{why} {body}" if why else body
+                        failed += 1
+                        continue
+                    c = Completion.from_dict(body)
+                    stats.calls += 1  # paid, answered or not
+                    if not c.text.strip() and not c.logprobs:  # never kept, as when synchronous
+                        self._failed[key] = (f"{c.model or 'the model'} sent an empty reply "
+                                             f"(finish_reason: {c.finish_reason}); it is not "
+                                             "kept as an answer.")  # fmt: skip
+                        failed += 1
+                        continue
+                    if c.cost is None and price is not None:  # at the batch price
+                        c.cost = price.cost(c.usage.prompt_tokens, c.usage.completion_tokens,
+                                            batch=True)  # fmt: skip
+                    stats.prompt_tokens += c.usage.prompt_tokens
+                    stats.completion_tokens += c.usage.completion_tokens
+                    stats.cost += c.cost or 0.0
+                    answered.append(hash(key))
+                    ok += 1
+                    yield key, c
+
+        if spool is not None:
+            self.cache.put_stream(answers())
+            spool.unlink(missing_ok=True)
+        self._answered.update(answered)
+        keys_file = self.dir / f"{wave.tag}.keys"
+        missing = 0
+        if keys_file.is_file():
+            done = set(answered)
+            with keys_file.open(encoding="utf-8") as fh:
+                for line in fh:
+                    key = line.strip()
+                    if key and hash(key) not in done and key not in self._failed:
+                        self._failed[key] = why or "no answer in the batch"
+                        missing += 1
         if final and wave.batch_id is not None:
-            (self.dir / f"{wave.tag}.keys").unlink(missing_ok=True)
+            keys_file.unlink(missing_ok=True)
             self._log(event="finished", tag=wave.tag, batch_id=wave.batch_id, ok=ok,
-                      failed=failed + len(wave.keys - answers.keys()), status=why or "completed")  # fmt: skip
+                      failed=failed + missing, status=why or "completed")  # fmt: skip
         if why:
             print(f"--batch-api: {why} Re-run (or `cai-kit retry-failed RUN_DIR`) to send the "
                   "unanswered calls again.", file=sys.stderr)  # fmt: skip
         self._reserved -= wave.reserved
-        self._close(wave)
-
-    def _within_budget(
-        self, client: BatchClient, calls: list[tuple[str, dict[str, Any], Any]]
-    ) -> list[tuple[str, dict[str, Any], Any, float]]:
-        """--max-cost: keep the calls whose worst case (every answer at max_tokens, at the
-        batch price), with the batches still running, fits under the cap; stop the others.
-        Each kept call carries its worst case, reserved until its batch ends."""
-        cap = self.engine.config.max_cost
-        if cap is None:
-            return [(*call, 0.0) for call in calls]
-        price = client.price
-        spent = self.engine.stats.cost
-        keep, total = [], spent + self._reserved
-        for key, line, fut in calls:
-            worst = _worst_case(line, price)
-            if worst is None or total + worst > cap:
-                reason = (
-                    f"--max-cost ${cap:g}: the price of {getattr(client, 'model', client.name)} "
-                    "is unknown, so its batch can't be capped: pass --price IN,OUT (USD per "
-                    "million tokens) or drop --max-cost."
-                    if worst is None
-                    else f"Stopped before exceeding --max-cost ${cap:g} (spent ${spent:.4f}); "
-                    "finished work is kept. Raise the cap and re-run to continue."
-                )
-                fut.set_exception(BudgetExceeded(reason))
-                continue
-            total += worst
-            keep.append((key, line, fut, worst))
-        self._reserved = total - spent
-        return keep
+        wave.reserved = 0.0
+        self._forget_open(wave)
 
     # --- the ledger ----------------------------------------------------------------------
 
-    def _open(self, wave: _Wave) -> None:
-        self._waves[wave.tag] = wave
-        for key in wave.keys:
-            self._wave_of[key] = wave.tag
-
-    def _close(self, wave: _Wave) -> None:
-        self._waves.pop(wave.tag, None)
-        for key in wave.keys:
-            if self._wave_of.get(key) == wave.tag:
-                del self._wave_of[key]
+    def _forget_open(self, wave: _Wave) -> None:
+        if self._open.pop(wave.tag, None) is not None:
+            for key in wave.keys:
+                if self._wave_of.get(key) == wave.tag:
+                    del self._wave_of[key]
 
     def _log(self, **event: Any) -> None:
         with self.ledger.open("a", encoding="utf-8") as fh:
@@ -417,22 +460,25 @@ class BatchCollector:
             keys_file = self.dir / f"{tag}.keys"
             if "finished" in entry or not keys_file.is_file():
                 continue
-            keys = set(keys_file.read_text(encoding="utf-8").split())
+            keys = frozenset(keys_file.read_text(encoding="utf-8").split())
             batch_id = entry.get("submitted", {}).get("batch_id")
-            self._open(_Wave(tag, BatchClient(), keys, batch_id=batch_id))
+            self._open[tag] = _Wave(tag, BatchClient(), len(keys), batch_id, keys=keys)
+            for key in keys:
+                self._wave_of[key] = tag
 
     async def aclose(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        for inp in self._inputs.values():  # a stopped pass: its unsent calls are not kept
+            inp.fh.close()
+            inp.keys.close()
+            inp.path.unlink(missing_ok=True)
+            inp.path.with_suffix(".keys.tmp").unlink(missing_ok=True)
         for client in self._clients.values():
             if client is not None:
                 await client.aclose()
         if self._own_cache:
             self.cache.close()
-
-
-class _Resend(Exception):
-    """A call recorded in a batch that was never created: the engine sends it again."""
 
 
 _IDENTS: dict[int, tuple[Backend, str]] = {}

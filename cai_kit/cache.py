@@ -7,7 +7,7 @@ Durability: every answer is committed (SQLite WAL, synchronous=NORMAL) before `p
 so before the caller sees it. A WAL commit survives a killed process (the OS holds the
 write), so a run killed with kill -9 pays again only the calls that were in flight. It costs
 about 50 us per answer here (8 us batched): ~5% of the event loop at 1,000 calls/s, the price
-of that promise. A Batch API job's results go in one transaction (`put_many`).
+of that promise. A Batch API job's results go in one transaction (`put_stream`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import hashlib
 import json
 import sqlite3
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -66,17 +67,20 @@ class CallCache:
                 "INSERT OR REPLACE INTO calls (key, completion) VALUES (?, ?)", (key, blob)
             )
 
-    def put_many(self, items: list[tuple[str, Completion]]) -> None:
-        """Many answers in one transaction (a Batch API job's results)."""
-        rows = [(k, json.dumps(c.to_dict(), ensure_ascii=False)) for k, c in items]
+    def put_stream(self, items: Iterable[tuple[str, Completion]]) -> None:
+        """Many answers (a Batch API job's results, read lazily) in one transaction: all of
+        them are kept, or none."""
+        rows = ((k, json.dumps(c.to_dict(), ensure_ascii=False)) for k, c in items)
         with self._lock:
             self._db.execute("BEGIN")
             try:
                 self._db.executemany(
                     "INSERT OR REPLACE INTO calls (key, completion) VALUES (?, ?)", rows
                 )
-            finally:
-                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def delete(self, key: str) -> None:
         with self._lock:

@@ -14,7 +14,9 @@ With --batch-api, steps 2 onwards are a provider Batch API job instead (`cai_kit
 `run_job` runs one record per input item on top of it: resume by record id (finished
 records are skipped, failed ones retried), deterministic sharding by prompt (`JobSpec.shard_key`:
 the union of the N shards is exactly the unsharded run), one crash-safe writer,
-a progress bar, `manifest.json`, and a clean stop on Ctrl-C or budget with work kept.
+a progress bar, `manifest.json`, and a clean stop on Ctrl-C or budget with work kept. A fixed
+number of workers takes the items one after another, so memory does not grow with the input;
+with --batch-api the items run in passes, one provider batch wave each (`cai_kit.batch`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,12 @@ if TYPE_CHECKING:
 
 class CallFailed(CaiKitError):
     """A model call that failed after its retries, or at once on a fatal error."""
+
+
+class Deferred(BaseException):
+    """--batch-api: raised into a row whose call went into this wave's batch; `run_job` runs
+    the row again after the wave, when its answered calls are cache hits (`cai_kit.batch`).
+    A BaseException, so that job code's `except Exception` never takes it for a failure."""
 
 
 @dataclass
@@ -198,7 +206,8 @@ class Engine:
         params = params.for_sample(sample_index)  # sample i is its own draw (GenParams)
         key = cache_key(backend.identity(), messages, params.to_dict(), sample_index)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
-            self.stats.cache_hits += 1
+            if self.batch is None or not self.batch.replayed(key):  # (a replay is no hit)
+                self.stats.cache_hits += 1
             return hit
         if self.batch is not None and self.batch.accepts(backend):  # --batch-api: in a wave
             return await self.batch.call(key, backend, messages, params)
@@ -580,10 +589,9 @@ async def _run_items(
             or max((b.default_concurrency for b in spec.backends), default=8)
         )
         * 2,
-    )
-    if engine.batch is not None:  # --batch-api: every item in flight, so a wave holds them all
-        width = max(1, len(pending))
-    slots = asyncio.Semaphore(width)  # items in flight: enough to keep every call slot busy
+    )  # items in flight: enough to keep every call slot busy
+    if engine.batch is not None:  # --batch-api: rows are written out and let go, many at once
+        width = engine.batch.rows_in_flight
     stop = asyncio.Event()
     progress = Progress(
         TextColumn(f"[bold]{spec.name}[/bold]"), BarColumn(), MofNCompleteColumn(),
@@ -593,31 +601,47 @@ async def _run_items(
     task = progress.add_task(spec.name, total=len(pending))
     advance = (lambda: None) if engine.config.quiet else (lambda: progress.advance(task))
 
-    async def one(item: Any, writer: JsonlWriter) -> None:
-        async with slots:
-            if stop.is_set():
-                return
-            try:
-                with engine.item_scope():
-                    record = await spec.process(item, engine)
-            except BudgetExceeded as exc:
-                summary.stopped = str(exc)
-                stop.set()
-                return
-            except CallFailed:  # a process that did not record its own failure: retried on re-run
-                summary.failed += 1
-                advance()
-                return
-            writer.write(record)
-            if getattr(record, "status", "ok") == "ok":
-                summary.done += 1
-            else:
-                summary.failed += 1
+    async def one(item: Any, writer: JsonlWriter, deferred: list[Any]) -> None:
+        try:
+            with engine.item_scope():
+                record = await spec.process(item, engine)
+        except Deferred:  # --batch-api: its call is in this wave's batch; run again after it
+            deferred.append(item)
+            return
+        except BudgetExceeded as exc:
+            summary.stopped = str(exc)
+            stop.set()
+            return
+        except CallFailed:  # a process that did not record its own failure: retried on re-run
+            summary.failed += 1
             advance()
+            return
+        writer.write(record)
+        if getattr(record, "status", "ok") == "ok":
+            summary.done += 1
+        else:
+            summary.failed += 1
+        advance()
+
+    async def run_pass(items: list[Any], writer: JsonlWriter) -> list[Any]:
+        deferred: list[Any] = []
+        queue = iter(items)
+
+        async def worker() -> None:
+            for item in queue:  # shared by the workers: each item is taken once
+                if stop.is_set():
+                    return
+                await one(item, writer, deferred)
+
+        await asyncio.gather(*(worker() for _ in range(min(width, len(items)))))
+        return deferred
 
     with progress, JsonlWriter(spec.output) as writer:
         try:
-            await asyncio.gather(*(one(it, writer) for it in pending))
+            rows = await run_pass(pending, writer)
+            while engine.batch is not None and await engine.batch.end_pass() and rows:
+                stop.clear()  # after a budget stop, rows whose answers came can still finish
+                rows = await run_pass(rows, writer)
         finally:
             for b in spec.backends:
                 await b.aclose()

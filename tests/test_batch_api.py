@@ -339,3 +339,58 @@ def test_a_hosted_string_batches_with_its_own_request_body_and_matches_synchrono
     batch = sorted((tmp_path / "b" / "generations.jsonl").read_text().splitlines())
     sync = sorted((tmp_path / "s" / "generations.jsonl").read_text().splitlines())
     assert batch == sync and len(batch) == 6
+
+
+def test_rows_beyond_those_held_at_once_still_make_one_wave_per_step(
+    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory stays flat because only `ROWS_IN_FLIGHT` rows run at once: the others wait on
+    disk. That must not cost extra waves (each up to 24 h), nor count a row meeting its own
+    answered call again as a cache hit."""
+    import cai_kit.batch
+
+    monkeypatch.setattr(cai_kit.batch, "ROWS_IN_FLIGHT", 3)
+    prompts = _prompts(tmp_path / "p.jsonl", 8)
+    common = ["revise", str(prompts), "--model", "m", "--api-base", fault_server.base_url,
+              "--rounds", "1", "--seed", "3"]  # fmt: skip
+    r = _cli(
+        *common, "--out", str(tmp_path / "b"), "--batch-api", "--cache-path", str(tmp_path / "cb")
+    )
+    assert fault_server.batches_created == 3 and fault_server.paid == 24
+    assert "8 done; 0 failed" in r.output and "24 calls, 0 cache hits" in r.output
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["stats"]["calls"] == 24 and manifest["stats"]["cache_hits"] == 0
+    _cli(*common, "--out", str(tmp_path / "s"), "--cache-path", str(tmp_path / "cs"))
+    batch = sorted((tmp_path / "b" / "revisions.jsonl").read_text().splitlines())
+    assert batch == sorted((tmp_path / "s" / "revisions.jsonl").read_text().splitlines())
+    assert not list((tmp_path / "b" / "batches").glob("*.tmp"))  # nothing left half-written
+
+
+def test_kill_9_in_a_later_wave_then_rerun_resumes_that_wave_and_pays_nothing_twice(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """Killed while the critique wave is out: the re-run reads the responses from the cache,
+    meets the critiques in the open batch, waits for it, and sends only the revisions."""
+    prompts = _prompts(tmp_path / "p.jsonl", 4)
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "cai_kit", "revise", str(prompts), "--model", "m",
+           "--api-base", fault_server.base_url, "--rounds", "1", "--seed", "1", "--out", str(out),
+           "--batch-api", "--cache-path", str(tmp_path / "c.sqlite"), "-q"]  # fmt: skip
+    fault_server.batch_processing_s = 1.0
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and fault_server.batches_created < 2:
+        time.sleep(0.01)
+    fault_server.batch_hold = True  # the critique wave stays in progress
+    polls = fault_server.batch_polls
+    while time.time() < deadline and fault_server.batch_polls < polls + 2:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert fault_server.batches_created == 2 and fault_server.paid == 4
+    fault_server.batch_hold, fault_server.batch_processing_s = False, 0.0
+    r = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    assert "4 done; 0 failed; 0 already done; 8 calls, 4 cache hits" in r.stdout + r.stderr
+    assert fault_server.batches_created == 3 and fault_server.paid == 12
+    rows = _rows(out / "revisions.jsonl")
+    assert len(rows) == 4 and all(x["status"] == "ok" for x in rows)
