@@ -98,3 +98,14 @@ def test_dry_run_previews_exactly_the_calls_the_run_makes_and_their_price(
     assert fault_server.paid == fault_server.requests == calls
     again = SYNC.findall(_cli(*cmd, "--dry-run"))  # finished: nothing left to call or pay
     assert [(c, s) for c, s, _ in again] == [("0", "0.0000")] * len(dry)
+
+
+def test_the_shards_dry_runs_add_up_to_the_unsharded_one(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    cmd = _command("prefs best-worst, votes, sample:2", tmp_path, fault_server.base_url)
+    whole = SYNC.findall(_cli(*cmd, "--dry-run"))
+    shards = [SYNC.findall(_cli(*cmd, "--dry-run", "--shard", f"{i}/2")) for i in (1, 2)]
+    for phase in range(2):  # sampling, judging
+        assert int(whole[phase][0]) == sum(int(s[phase][0]) for s in shards)
+    assert fault_server.requests == 0
