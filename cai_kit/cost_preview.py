@@ -1,8 +1,11 @@
 """`--dry-run` cost preview: tokens and price of a job's calls, synchronous and by Batch API.
 
     preview = CostPreview.of(calls, batch_api=True)   # calls: (backend, prompt, completion tokens)
-    print(preview.line())   # "about 1,200 tokens in, 2,560 out: $0.0017 with --batch-api ..."
+    print(preview.calls, preview.line())   # 12 "about 1,200 tokens in, 2,560 out: $0.0017 ..."
 
+A job gives its calls per item through `JobSpec.estimate_tokens`, built with the same prompt
+builders the job sends (`prompt_tokens(messages)`); an answer that does not exist yet (it is
+made earlier in the same job) is sized by `stand_in(max_tokens)` inside those prompts.
 Token counts are estimates (characters / 4 for prompts, `max_tokens` for every answer: the
 worst case). Prices come from `cai_kit.pricing` (the batch price where the backend has a
 Batch API, else the synchronous one); a model without a known price is named, never guessed.
@@ -20,6 +23,7 @@ from cai_kit.llm.base import Backend
 @dataclass
 class CostPreview:
     batch_api: bool = False
+    calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     sync_cost: float = 0.0
@@ -42,6 +46,7 @@ class CostPreview:
                     batch_client_for(backend) is not None,
                 )
             bprice, batchable = prices[id(backend)]
+            out.calls += 1
             out.prompt_tokens += p
             out.completion_tokens += c
             if bprice is None:
@@ -66,3 +71,9 @@ class CostPreview:
 def prompt_tokens(messages: list[dict[str, str]]) -> int:
     """Characters / 4, plus a few tokens per message for the chat template."""
     return sum(len(str(m.get("content", ""))) // 4 + 4 for m in messages)
+
+
+def stand_in(tokens: int) -> str:
+    """A stand-in answer of about `tokens` tokens (5 characters a word), to size a prompt that
+    will embed an answer not written yet (e.g. a judge prompt over two responses)."""
+    return "word " * max(tokens - 1, 0)

@@ -410,8 +410,9 @@ class JobSpec:
     record_type: type[BaseModel]
     run_dir: Path
     manifest: dict[str, Any] = field(default_factory=dict)
-    estimate: Callable[[Any], int] | None = None  # approx calls per item, for --dry-run
-    # --dry-run cost preview: per item, (backend, prompt tokens, completion tokens) of each call
+    estimate: Callable[[Any], int] | None = None  # calls per item, only without estimate_tokens
+    # --dry-run preview: per item, (backend, prompt tokens, completion tokens) of each call the
+    # item makes (cai_kit.cost_preview); the call count shown is the number of these tuples
     estimate_tokens: Callable[[Any], list[tuple[Backend, int, int]]] | None = None
     shard: tuple[int, int] | None = None
     # What --shard splits by: the item's prompt id, so every sample and pair of a prompt
@@ -517,16 +518,16 @@ def run_job(spec: JobSpec, config: EngineConfig) -> JobSummary:
     started = datetime.now(timezone.utc).isoformat()
     if config.dry_run:
         summary.total = len(pending)
-        summary.estimated_calls = (
-            sum(spec.estimate(it) for it in pending) if spec.estimate else len(pending)
-        )
-        if spec.estimate_tokens is not None:
+        if spec.estimate_tokens is not None:  # the calls themselves: their count and price
             from cai_kit.cost_preview import CostPreview
 
             calls = (c for it in pending for c in spec.estimate_tokens(it))
-            preview = CostPreview.of(calls, batch_api=config.batch_api,
-                                     price=getattr(config, "price", None))  # fmt: skip
-            summary.cost_preview = preview.line()
+            preview = CostPreview.of(calls, batch_api=config.batch_api, price=config.price)
+            summary.estimated_calls, summary.cost_preview = preview.calls, preview.line()
+        else:
+            summary.estimated_calls = (
+                sum(spec.estimate(it) for it in pending) if spec.estimate else len(pending)
+            )
         return summary
 
     engine = Engine(config)

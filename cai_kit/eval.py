@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from cai_kit.constitution import Constitution
+from cai_kit.cost_preview import prompt_tokens, stand_in
 from cai_kit.engine import CallFailed, Engine, EngineConfig, JobSpec, JobSummary, run_job
 from cai_kit.errors import ConfigError
 from cai_kit.io import latest_by_id
-from cai_kit.judge import JudgeConfig, PairInput, judge_pair
+from cai_kit.judge import JudgeConfig, PairInput, judge_calls, judge_pair
 from cai_kit.llm.base import Backend, GenParams
 from cai_kit.prefs import preference_record
 from cai_kit.records import JudgeVerdict, PreferenceRecord, PromptRecord, stable_hash
@@ -144,11 +145,18 @@ def run_winrate(
             item_id(p),
         )
 
+    def calls(p: PromptRecord) -> list[tuple[Backend, int, int]]:
+        """The two answers, then the judge over answers of max_tokens (for --dry-run)."""
+        msgs, answer = [m.model_dump() for m in p.messages], stand_in(params.max_tokens)
+        asked = (prompt_tokens(msgs), params.max_tokens)
+        judged = judge_calls(msgs, answer, answer, constitution, cfg, judge)
+        return [(model, *asked), (baseline, *asked), *judged]
+
     spec = JobSpec(name="eval winrate", items=prompts, item_id=item_id, process=process, output=out_dir / "prefs.jsonl",
                    record_type=PreferenceRecord, run_dir=out_dir,
                    manifest={"command": "eval winrate", "argv": argv or [], "provenance": {"models": models, "constitution": constitution.name,
                              "constitution_hash": constitution.content_hash}},
-                   estimate=lambda _: 2 + 2 * (cfg.samples if cfg.mode == "votes" else 1), backends=list({id(b): b for b in (model, baseline, judge)}.values()))  # fmt: skip
+                   estimate_tokens=calls, backends=list({id(b): b for b in (model, baseline, judge)}.values()))  # fmt: skip
     summary = run_job(spec, engine_config)
     if engine_config.dry_run:
         return summary, WinRateReport()

@@ -81,7 +81,6 @@ def run_generate(
             "argv": argv or [],
             "provenance": {"models": {"policy": model}, "params": params.to_dict()},
         },
-        estimate=lambda it: 1,
         estimate_tokens=lambda it: [
             (backend, prompt_tokens([m.model_dump() for m in it[0].messages]), params.max_tokens)
         ],

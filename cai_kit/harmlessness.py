@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cai_kit.constitution import Constitution
+from cai_kit.cost_preview import prompt_tokens, stand_in
 from cai_kit.engine import CallFailed, Engine, EngineConfig, JobSpec, JobSummary, run_job
 from cai_kit.errors import ConfigError
 from cai_kit.io import latest_by_id
@@ -96,9 +97,20 @@ def run_harmlessness(
             rec.status, rec.error = "failed", str(exc)
         return rec
 
+    def calls(item: tuple[str, PromptRecord]) -> list[tuple[Backend, int, int]]:
+        """The answer, then one question per principle over an answer of max_tokens."""
+        role, p = item
+        answer = stand_in(params.max_tokens)
+        asked = prompt_tokens([m.model_dump() for m in p.messages])
+        questions = [
+            flag_question(pr.critique, p.prompt_text, answer) for pr in constitution.principles
+        ]
+        return [(models[role], asked, params.max_tokens),
+                *((judge, prompt_tokens(q), judge_params.max_tokens) for q in questions)]  # fmt: skip
+
     spec = JobSpec(name="eval harmlessness", items=items, item_id=item_id, process=process, output=out_dir / "flags.jsonl",
                    record_type=GenerationRecord, run_dir=out_dir, manifest={"command": "eval harmlessness", "argv": argv or []},
-                   estimate=lambda _: 1 + len(constitution.principles), backends=list({id(b): b for b in [*models.values(), judge]}.values()))  # fmt: skip
+                   estimate_tokens=calls, backends=list({id(b): b for b in [*models.values(), judge]}.values()))  # fmt: skip
     summary = run_job(spec, engine_config)
     if engine_config.dry_run:
         return summary, {}

@@ -13,6 +13,9 @@ The constitution's instruction and the judging rules come first in every prompt 
 prefix, so provider prefix caching applies); the candidate responses follow, wrapped in
 per-call delimiters that no response can forge: any delimiter-like text inside a response
 is neutralised before it is embedded.
+
+`judge_calls(conversation, a, b, constitution, cfg, backend)` lists the calls `judge_pair` makes
+for a pair (from the same prompts, `judge_prompts`), for a job's --dry-run cost preview.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from cai_kit.llm.base import Backend, Completion, GenParams, TokenLogprob
 from cai_kit.records import Comparison, JudgeVerdict, stable_hash
 
 Mode = Literal["logprobs", "letter", "cot", "votes"]
+Order = Literal["ab", "ba"]
 
 RULES = (
     "You are an impartial judge comparing two responses from an AI assistant to the same "
@@ -148,7 +152,7 @@ def letter_probability(logprobs: list[TokenLogprob] | None) -> float | None:
 
 
 async def _one_order(
-    order: Literal["ab", "ba"], messages: list[dict[str, str]], principle: Principle, cfg: JudgeConfig,
+    order: Order, messages: list[dict[str, str]], principle: Principle, cfg: JudgeConfig,
     engine: Engine, backend: Backend,
 ) -> Comparison:  # fmt: skip
     comp = Comparison(order=order, principle_id=principle.id)
@@ -194,29 +198,61 @@ async def _one_order(
     return comp
 
 
+def judge_prompts(
+    conversation: list[dict[str, str]], response_a: str, response_b: str, constitution: Constitution,
+    cfg: JudgeConfig, principles: list[Principle] | None = None,
+) -> list[tuple[Principle, list[tuple[Order, list[dict[str, str]]]]]]:  # fmt: skip
+    """The judge prompts of one pair: per principle, the messages of both orders."""
+    key = stable_hash(conversation, response_a, response_b)
+    principles = principles or choose_principles(constitution, cfg.principles, key, cfg.seed)
+    out: list[tuple[Principle, list[tuple[Order, list[dict[str, str]]]]]] = []
+    for principle in principles:
+        orders: list[tuple[Order, list[dict[str, str]]]] = []
+        for order, first, second in (
+            ("ab", response_a, response_b),
+            ("ba", response_b, response_a),
+        ):
+            tag = stable_hash("delim", key, principle.id, order, cfg.seed, length=10)  # unguessable
+            msgs = build_messages(
+                constitution, principle, conversation, first, second, cfg.mode, tag
+            )
+            orders.append((order, msgs))  # type: ignore[arg-type]
+        out.append((principle, orders))
+    return out
+
+
+def judge_calls(
+    conversation: list[dict[str, str]], response_a: str, response_b: str, constitution: Constitution,
+    cfg: JudgeConfig, backend: Backend,
+) -> list[tuple[Backend, int, int]]:  # fmt: skip
+    """(backend, prompt tokens, completion tokens) of every call `judge_pair` makes for this
+    pair (each principle, both orders, `votes`' samples per order), for the --dry-run preview.
+    Size responses that are not written yet with `cost_preview.stand_in(max_tokens)`."""
+    from cai_kit.cost_preview import prompt_tokens
+
+    per_order = cfg.samples if cfg.mode == "votes" else 1
+    answer = cfg.params().max_tokens
+    return [
+        (backend, prompt_tokens(msgs), answer)
+        for _, orders in judge_prompts(conversation, response_a, response_b, constitution, cfg)
+        for _, msgs in orders
+        for _ in range(per_order)
+    ]
+
+
 async def judge_pair(
     conversation: list[dict[str, str]], response_a: str, response_b: str, constitution: Constitution,
     cfg: JudgeConfig, engine: Engine, backend: Backend, principles: list[Principle] | None = None,
 ) -> JudgeVerdict:  # fmt: skip
     """Judge a pair in both orders under one or more principles; see the module docstring."""
-    key = stable_hash(conversation, response_a, response_b)
-    principles = principles or choose_principles(constitution, cfg.principles, key, cfg.seed)
+    prompts = judge_prompts(conversation, response_a, response_b, constitution, cfg, principles)
     comparisons: list[Comparison] = []
     per_principle: list[float] = []
     consistent: list[bool] = []
-    for principle in principles:
+    for principle, orders in prompts:
         pair: dict[str, Comparison] = {}
-        for order, first, second in (
-            ("ab", response_a, response_b),
-            ("ba", response_b, response_a),
-        ):
-            tag = stable_hash(
-                "delim", key, principle.id, order, cfg.seed, length=10
-            )  # unguessable per call
-            msgs = build_messages(
-                constitution, principle, conversation, first, second, cfg.mode, tag
-            )
-            pair[order] = await _one_order(order, msgs, principle, cfg, engine, backend)  # type: ignore[arg-type]
+        for order, msgs in orders:
+            pair[order] = await _one_order(order, msgs, principle, cfg, engine, backend)
         comparisons += pair.values()
         ab, ba = pair["ab"].p_first, pair["ba"].p_first
         if ab is None or ba is None:
@@ -224,7 +260,7 @@ async def judge_pair(
         per_principle.append((ab + (1.0 - ba)) / 2)  # P(a better), averaged over both orders
         consistent.append((ab > 0.5) == (ba < 0.5) and ab != 0.5 and ba != 0.5)
     verdict = JudgeVerdict(
-        label="failed", comparisons=comparisons, principle_ids=[p.id for p in principles]
+        label="failed", comparisons=comparisons, principle_ids=[p.id for p, _ in prompts]
     )
     if not per_principle:
         verdict.error = (

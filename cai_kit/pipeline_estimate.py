@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cai_kit.cost_preview import prompt_tokens
+from cai_kit.cost_preview import stand_in as _filler
 from cai_kit.pricing import Price, parse_price, price_for
 
 if TYPE_CHECKING:
@@ -24,10 +25,6 @@ if TYPE_CHECKING:
     from cai_kit.records import PromptRecord
 
 Msgs = list[dict[str, str]]
-
-
-def _filler(tokens: int) -> str:
-    return "word " * max(tokens - 1, 0)  # a stand-in answer of `tokens` tokens (5 chars ≈ 1 token)
 
 
 @dataclass

@@ -18,11 +18,12 @@ import random
 from pathlib import Path
 
 from cai_kit.constitution import Constitution
-from cai_kit.engine import Engine, EngineConfig, JobSpec, JobSummary, in_shard, run_job
+from cai_kit.cost_preview import stand_in
+from cai_kit.engine import Engine, EngineConfig, JobSpec, JobSummary, run_job
 from cai_kit.errors import DataError
 from cai_kit.generate import run_generate
 from cai_kit.io import latest_by_id, read_jsonl
-from cai_kit.judge import JudgeConfig, PairInput, judge_pair
+from cai_kit.judge import JudgeConfig, PairInput, judge_calls, judge_pair
 from cai_kit.llm.base import Backend, GenParams
 from cai_kit.records import (
     GenerationRecord,
@@ -64,22 +65,13 @@ def preference_record(
 
 def _judge_job(
     name: str, items: list, item_id, process, out_dir: Path, engine_config: EngineConfig, manifest: dict,  # type: ignore[no-untyped-def]
-    calls_per_item: int, judge: Backend, shard: tuple[int, int] | None, shard_key,  # type: ignore[no-untyped-def]
+    estimate_tokens, judge: Backend, shard: tuple[int, int] | None, shard_key,  # type: ignore[no-untyped-def]
 ) -> JobSummary:  # fmt: skip
     spec = JobSpec(name=name, items=items, item_id=item_id, process=process, output=out_dir / "prefs.jsonl",
                    record_type=PreferenceRecord, run_dir=out_dir, manifest=manifest,
-                   estimate=lambda _: calls_per_item, shard=shard, shard_key=shard_key,
+                   estimate_tokens=estimate_tokens, shard=shard, shard_key=shard_key,
                    backends=[judge])  # fmt: skip
     return run_job(spec, engine_config)
-
-
-def _calls_per_pair(constitution: Constitution, cfg: JudgeConfig) -> int:
-    n_pr = (
-        len(constitution.principles)
-        if cfg.principles == "all"
-        else (int(cfg.principles.split(":")[1]) if cfg.principles.startswith("sample:") else 1)
-    )
-    return 2 * n_pr * (cfg.samples if cfg.mode == "votes" else 1)
 
 
 def run_prefs(
@@ -87,26 +79,28 @@ def run_prefs(
     cfg: JudgeConfig, k: int, pairs: str, policy_params: GenParams, out_dir: Path, engine_config: EngineConfig,
     shard: tuple[int, int] | None = None, argv: list[str] | None = None,
 ) -> tuple[JobSummary, JobSummary]:  # fmt: skip
-    """Phase 1 (sampling) then phase 2 (judging); returns both summaries."""
+    """Phase 1 (sampling) then phase 2 (judging); returns both summaries. A dry run previews
+    the judging of samples not drawn yet as k answers of `max_tokens` each."""
     if k < 2:
         raise DataError("--k must be at least 2 to make pairs.")
     sampled = run_generate(prompts, backend=policy, model=models["policy"], params=policy_params, samples=k,
                            out_dir=out_dir / "samples", engine_config=engine_config, shard=shard, argv=argv)  # fmt: skip
-    if engine_config.dry_run:
-        per_prompt = {"all": k * (k - 1) // 2, "best-worst": k * (k - 1) // 2}.get(pairs) or int(
-            pairs.split(":")[1]
-        )
-        n_prompts = sum(in_shard(p.id, shard) for p in prompts)
-        calls = n_prompts * per_prompt * _calls_per_pair(constitution, cfg)
-        return sampled, JobSummary(total=n_prompts, estimated_calls=calls)
     by_prompt: dict[str, list[GenerationRecord]] = {}
     for g in latest_by_id(out_dir / "samples" / "generations.jsonl", GenerationRecord).values():
         if g.status == "ok" and g.response:
             by_prompt.setdefault(g.prompt_id, []).append(g)
+    texts = {
+        p.id: [
+            g.response or "" for g in sorted(by_prompt.get(p.id, []), key=lambda g: g.sample_index)
+        ]
+        for p in prompts
+    }
+    if engine_config.dry_run:  # what sampling has still to draw, as answers of max_tokens
+        unseen = stand_in(policy_params.max_tokens)
+        texts = {pid: t if len(t) >= k else [unseen] * k for pid, t in texts.items()}
     items: list[tuple[PromptRecord, tuple[int, int] | None]] = []
     for p in prompts:
-        gens = sorted(by_prompt.get(p.id, []), key=lambda g: g.sample_index)
-        n = len(gens)
+        n = len(texts[p.id])
         if n < 2:
             continue
         all_pairs = list(itertools.combinations(range(n), 2))
@@ -122,12 +116,6 @@ def run_prefs(
             ]
         else:
             raise DataError(f"--pairs must be best-worst, all or random:N, not {pairs!r}.")
-    texts = {
-        p.id: [
-            g.response or "" for g in sorted(by_prompt.get(p.id, []), key=lambda g: g.sample_index)
-        ]
-        for p in prompts
-    }
 
     identities = {"policy": policy.identity(), "judge": judge.identity()}
 
@@ -186,13 +174,20 @@ def run_prefs(
             )
         return rec
 
+    def calls(item: tuple[PromptRecord, tuple[int, int] | None]) -> list[tuple[Backend, int, int]]:
+        p, ij = item  # best-worst (ij None) judges every pair of the prompt's responses
+        msgs, resp = [m.model_dump() for m in p.messages], texts[p.id]
+        pairs_ = [ij] if ij is not None else itertools.combinations(range(len(resp)), 2)
+        return [
+            c
+            for i, j in pairs_
+            for c in judge_calls(msgs, resp[i], resp[j], constitution, cfg, judge)
+        ]
+
     manifest = {"command": "prefs", "argv": argv or [], "provenance": _provenance(constitution, cfg, models).model_dump(),
                 "inputs": {"k": k, "pairs": pairs}}  # fmt: skip
-    per_item = _calls_per_pair(constitution, cfg) * (
-        k * (k - 1) // 2 if pairs == "best-worst" else 1
-    )
     judged = _judge_job(
-        "judge", items, item_id, process, out_dir, engine_config, manifest, per_item, judge, shard,
+        "judge", items, item_id, process, out_dir, engine_config, manifest, calls, judge, shard,
         lambda item: item[0].id,
     )  # fmt: skip
     return sampled, judged
@@ -274,7 +269,9 @@ def run_judge_file(
         out_dir,
         engine_config,
         manifest,
-        _calls_per_pair(constitution, cfg),
+        lambda pair: judge_calls(
+            pair.messages, pair.response_a, pair.response_b, constitution, cfg, judge
+        ),
         judge,
         shard,
         lambda pair: pair.prompt_id,

@@ -236,8 +236,6 @@ def run_revise(
     inputs: dict[str, object] | None = None,
 ) -> JobSummary:
     """Run the loop over every prompt not done yet; writes OUT/revisions.jsonl + manifest."""
-    calls_per_prompt = 2 * (len(cfg.constitution.principles) if cfg.mode == "all" else cfg.rounds)
-
     identities = backend_identities(responder, critic)
 
     async def process(prompt: PromptRecord, engine: Engine) -> RevisionRecord:
@@ -263,7 +261,6 @@ def run_revise(
             },
             "inputs": inputs or {},
         },
-        estimate=lambda p: calls_per_prompt + (0 if p.response is not None else 1),
         estimate_tokens=lambda p: estimate_calls(p, cfg, responder, critic),
         shard=shard,
         shard_key=lambda p: p.id,  # the same prompts in shard I of revise, generate and prefs
