@@ -24,7 +24,7 @@ import math
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 from cai_kit.constitution import Constitution, Principle
 from cai_kit.engine import CallFailed, Engine
@@ -32,6 +32,7 @@ from cai_kit.llm.base import Backend, Completion, GenParams, TokenLogprob
 from cai_kit.records import Comparison, JudgeVerdict, stable_hash
 
 Mode = Literal["logprobs", "letter", "cot", "votes"]
+B = TypeVar("B")  # whatever names the model: a Backend, or a model string in pipeline estimates
 Order = Literal["ab", "ba"]
 
 RULES = (
@@ -223,8 +224,8 @@ def judge_prompts(
 
 def judge_calls(
     conversation: list[dict[str, str]], response_a: str, response_b: str, constitution: Constitution,
-    cfg: JudgeConfig, backend: Backend,
-) -> list[tuple[Backend, int, int]]:  # fmt: skip
+    cfg: JudgeConfig, backend: B,
+) -> list[tuple[B, int, int]]:  # fmt: skip
     """(backend, prompt tokens, completion tokens) of every call `judge_pair` makes for this
     pair (each principle, both orders, `votes`' samples per order), for the --dry-run preview.
     Size responses that are not written yet with `cost_preview.stand_in(max_tokens)`."""

@@ -94,21 +94,22 @@ def _revise(r: Recipe, stage: str, prompts: list[PromptRecord]) -> list[StageEst
 def _judge_calls(r: Recipe, stage: str, role: str, prompts: list[PromptRecord], pairs_per_prompt: int,
                  answer_tokens: int, mode: str) -> StageEstimate:  # fmt: skip
     from cai_kit.constitution import load_constitution
-    from cai_kit.judge import build_messages
+    from cai_kit.judge import JudgeConfig, judge_calls
 
     const = load_constitution(r.constitution)
-    per_order = 5 if mode == "votes" else 1  # JudgeConfig.samples votes per order
-    out_tokens = 384 if mode == "cot" else 4  # JudgeConfig.cot_max_tokens / max_tokens
-    calls = in_tok = 0
-    for p in prompts:
-        msgs = build_messages(const, const.principles[0], [mm.model_dump() for mm in p.messages],
-                              _filler(answer_tokens), _filler(answer_tokens), mode, "0123abcd")  # type: ignore[arg-type]  # fmt: skip
-        n = pairs_per_prompt * 2 * per_order  # both orders, always
-        calls += n
-        in_tok += n * prompt_tokens(msgs)
+    cfg = JudgeConfig(mode=mode)  # type: ignore[arg-type]  # the stage runs with the defaults
     model, base = r.served_by(role)  # type: ignore[arg-type]
-    note = "both orders" + (f", {per_order} votes each" if per_order > 1 else "")
-    return StageEstimate(stage, "judge", model, calls, in_tok, calls * out_tokens, _price(r, model, base), note)  # fmt: skip
+    calls = in_tok = out_tok = 0
+    for p in prompts:
+        answer = _filler(answer_tokens)
+        pair = judge_calls(
+            [mm.model_dump() for mm in p.messages], answer, answer, const, cfg, model
+        )
+        calls += pairs_per_prompt * len(pair)
+        in_tok += pairs_per_prompt * sum(t for _, t, _ in pair)
+        out_tok += pairs_per_prompt * sum(t for _, _, t in pair)
+    votes = f", {cfg.samples} votes each" if mode == "votes" else ""
+    return StageEstimate(stage, "judge", model, calls, in_tok, out_tok, _price(r, model, base), f"both orders{votes}")  # fmt: skip
 
 
 def _local(stage: str, role: str, model: str, calls: int, in_tok: int, out_tok: int, note: str = "") -> StageEstimate:  # fmt: skip
