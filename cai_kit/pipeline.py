@@ -280,7 +280,9 @@ def run_stage(stage: Stage, run: Path, out: TextIO) -> tuple[float, float]:
 
 def describe_inputs(r: Recipe, recipe_path: Path, run: Path) -> str:
     """Where everything is read from and written to, as absolute paths (printed first)."""
-    eval_from = r.eval_prompts or f"none (a seeded split of prompts, eval_fraction {r.eval_fraction:g})"
+    eval_from = (
+        r.eval_prompts or f"none (a seeded split of prompts, eval_fraction {r.eval_fraction:g})"
+    )
     shipped = " (shipped)" if r.constitution in list_constitutions() else ""
     lines = [
         f"Recipe: {os.path.abspath(recipe_path)} (its relative paths are read from its folder)",

@@ -48,7 +48,7 @@ def looks_like_path(value: str) -> bool:
     )
 
 
-def _missing(value: str, base: Path, kind: str = "file") -> str:
+def _missing(value: str, base: Path, kind: str = "file", prefix: str = "") -> str:
     """The message for a path that names nothing, with the path to write when the file sits
     where the current directory would have found it (how recipes were read before)."""
     msg = f"no {kind} at {resolve(value, base)}"
@@ -56,9 +56,13 @@ def _missing(value: str, base: Path, kind: str = "file") -> str:
         return msg
     old = Path(value).absolute()
     if old.exists():
-        near = Path(os.path.commonpath([old, base])) != Path(old.anchor)  # one tree: a relative fix
+        try:  # in one tree: a relative fix; else (or another drive) the absolute path
+            near = Path(os.path.commonpath([old, base])) != Path(old.anchor)
+        except ValueError:
+            near = False
         fix = Path(os.path.relpath(old, base)).as_posix() if near else str(old)
-        return f"{msg} ({_HINT}; `{value}` is there from the current directory: write {fix})"
+        was = f"`{prefix}{value}` is there from the current directory"
+        return f"{msg} ({_HINT}; {was}: write {prefix}{fix})"
     return f"{msg} ({_HINT})"
 
 
@@ -69,7 +73,7 @@ def _prompts(value: str, base: Path) -> tuple[str, str | None]:
         local = resolve(name, base)
         if name.startswith((".", "~")) or Path(name).is_absolute():  # ./data, ../x, /abs, ~/x
             if not local.is_dir():
-                return value, _missing(name, base, "dataset folder")
+                return value, _missing(name, base, "dataset folder", "hf:")
         elif not local.is_dir():
             return value, None  # a Hub dataset name
         return f"hf:{local}{sep}{rest}", None
@@ -94,7 +98,7 @@ def _model(value: str, base: Path) -> tuple[str, str | None]:
         return value, None
     path = resolve(value.removeprefix("hf:"), base)
     if not path.is_dir():
-        return value, _missing(value.removeprefix("hf:"), base, "checkpoint folder")
+        return value, _missing(value.removeprefix("hf:"), base, "checkpoint folder", "hf:")
     return f"hf:{path}", None
 
 
