@@ -89,7 +89,9 @@ def _constitution(value: str, base: Path) -> tuple[str, str | None]:
     if path.is_file():
         return str(path), None
     if looks_like_path(value):
-        return value, _missing(value, base)
+        named = Path(value).stem if Path(value).stem in shipped else None
+        also = f"; the shipped one is written `{named}`" if named else ""
+        return value, _missing(value, base) + also
     return value, f"not a shipped name ({', '.join(shipped)}) and {_missing(value, base)}"
 
 

@@ -151,6 +151,10 @@ def test_a_misspelt_constitution_name_lists_the_shipped_ones(
     assert r.exit_code == 1
     assert f"{recipe}:3: constitution: not a shipped name (" in r.output
     assert "harmless" in r.output and f"no file at {project / 'harmles'}" in r.output
+    recipe.write_text("name: x\nprompts: prompts.jsonl\nconstitution: harmless.yaml\n")
+    r = _pipeline(str(recipe), "--out", "run", "--dry-run")
+    assert f"{recipe}:3: constitution: no file at {project / 'harmless.yaml'}" in r.output
+    assert "the shipped one is written `harmless`" in r.output
 
 
 @pytest.mark.parametrize("name", ["local_tiny", "hosted_teacher", "server_teacher"])
