@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from cai_kit.constitution import list_constitutions
 from cai_kit.errors import ConfigError
 from cai_kit.recipe import Recipe, load_recipe
 from cai_kit.records import PromptRecord, stable_hash
@@ -277,6 +278,23 @@ def run_stage(stage: Stage, run: Path, out: TextIO) -> tuple[float, float]:
     return seconds, cpu
 
 
+def describe_inputs(r: Recipe, recipe_path: Path, run: Path) -> str:
+    """Where everything is read from and written to, as absolute paths (printed first)."""
+    eval_from = (
+        r.eval_prompts or f"none (a seeded split of prompts, eval_fraction {r.eval_fraction:g})"
+    )
+    shipped = " (shipped)" if r.constitution in list_constitutions() else ""
+    lines = [
+        f"Recipe: {os.path.abspath(recipe_path)} (its relative paths are read from its folder)",
+        f"  prompts: {r.prompts}",
+        f"  eval_prompts: {eval_from}",
+        f"  constitution: {r.constitution}{shipped}",
+        f"  student: {r.student.model}",
+        f"  run directory: {os.path.abspath(run)} (--out, from the current directory)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def run_pipeline(
     recipe_path: Path,
     run: Path,
@@ -293,6 +311,7 @@ def run_pipeline(
     if only is not None and only not in names:
         raise ConfigError(f"--only {only!r}: stages are {', '.join(names)}.")
     markers = run / ".stages"
+    out.write(describe_inputs(recipe, recipe_path, run))
     if dry_run:
         from cai_kit.pipeline_estimate import estimate, format_estimates
 

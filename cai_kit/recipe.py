@@ -6,13 +6,17 @@ listed in `serves`; every other stage uses the student. Without a teacher everyt
 the student (with `local`, fully offline)::
 
     name: hosted
-    prompts: examples/red_team_prompts.jsonl
+    prompts: ../red_team_prompts.jsonl          # from the recipe's folder
     student: {model: local}                     # trained here
     teacher:
       model: openai/gpt-4o-mini                 # any cai-kit model string
       api_base: null                            # an OpenAI-compatible server (vLLM, llama.cpp)
       serves: [responses, critiques, judging, eval_judging]
       price: "0.15,0.60"                        # USD per M tokens, for --dry-run if unknown
+
+Relative paths in a recipe (`prompts`, `eval_prompts`, a constitution file, `hf:PATH` models)
+are read from the recipe's folder; a shipped constitution name stays the shipped one
+(`cai_kit.recipe_paths`). The run directory is not in the recipe (`--out`, current directory).
 
 `load_recipe(path)` validates with pydantic and reports every problem as
 `file:line: field: message` (one `ConfigError`); recipes written before the teacher/student
@@ -167,8 +171,11 @@ _MIGRATION = {
 }
 
 
-def parse_recipe(text: str, display: str = "<recipe>") -> Recipe:
-    """Validate recipe YAML text; a ConfigError lists every problem as file:line: field: msg."""
+def parse_recipe(text: str, display: str = "<recipe>", base: Path | None = None) -> Recipe:
+    """Validate recipe YAML text; a ConfigError lists every problem as file:line: field: msg.
+
+    With `base` (the recipe's folder) the path fields are resolved against it and must exist
+    (`cai_kit.recipe_paths`); without it they are kept exactly as written."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -184,6 +191,10 @@ def parse_recipe(text: str, display: str = "<recipe>") -> Recipe:
         if key in data:
             value = data.pop(key)
             problems.append(Problem(display, index.get((key,)), key, how.replace("VALUE", str(value))))  # fmt: skip
+    if base is not None:
+        from cai_kit.recipe_paths import resolve_recipe_paths
+
+        problems += resolve_recipe_paths(data, base, display, index)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
@@ -198,7 +209,8 @@ def parse_recipe(text: str, display: str = "<recipe>") -> Recipe:
 
 
 def load_recipe(path: Path) -> Recipe:
-    """Read and validate a recipe file (see `parse_recipe`)."""
+    """Read and validate a recipe file (see `parse_recipe`); its relative paths are read from
+    its folder, whatever the current directory."""
     if not path.is_file():
         raise ConfigError(f"No recipe at {path}.")
-    return parse_recipe(path.read_text(encoding="utf-8"), str(path))
+    return parse_recipe(path.read_text(encoding="utf-8"), str(path), base=path.parent)

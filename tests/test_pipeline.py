@@ -170,6 +170,7 @@ def test_dry_run_says_when_a_teacher_price_is_unknown_and_uses_a_given_one(tmp_p
         "unknown" not in out and _row(out, "revise", "responses")[2] == "Qwen/Qwen2.5-7B-Instruct"
     )
     text = (RECIPES / "server_teacher.yaml").read_text().replace('  price: "0,0"', "  # no price")
+    text = text.replace("prompts: ../red_team_prompts.jsonl", f"prompts: {PROMPTS}")  # copied away
     recipe = tmp_path / "noprice.yaml"
     recipe.write_text(text)
     out = _dry(recipe, tmp_path)

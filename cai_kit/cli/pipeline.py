@@ -10,12 +10,21 @@ import typer
 
 def pipeline(
     recipe: Annotated[
-        Path, typer.Argument(help="Recipe YAML (see examples/recipes/local_tiny.yaml).")
+        Path,
+        typer.Argument(
+            help="Recipe YAML (see examples/recipes/local_tiny.yaml). Relative paths inside it "
+            "(prompts, eval_prompts, a constitution file, hf:PATH models) are read from the "
+            "recipe's folder, not the current directory; a shipped constitution name stays "
+            "the shipped one."
+        ),
     ],
     out: Annotated[
         Path,
         typer.Option(
-            "--out", "-o", help="Run directory holding every stage's outputs and report.md."
+            "--out",
+            "-o",
+            help="Run directory holding every stage's outputs and report.md; like every "
+            "command-line path it is relative to the current directory.",
         ),
     ],
     only: Annotated[
