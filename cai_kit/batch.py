@@ -97,10 +97,11 @@ class BatchCollector:
         self.dir = Path(run_dir) / "batches"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ledger = self.dir / "ledger.jsonl"
-        self._own_cache = engine.cache is None  # --no-cache: answers still kept for a re-run
-        self.cache = (
-            CallCache(self.dir / "results.sqlite") if engine.cache is None else engine.cache
-        )
+        if engine.cache is None:  # --no-cache: this run directory's own cache. Rows are replayed
+            # from the cache pass after pass, so every answer (batched or not) must be kept.
+            engine.cache = CallCache(self.dir / "results.sqlite")
+        self.cache = engine.cache
+        self._forget: set[str] = set()  # answers to drop once no row replays them
         self.rows_in_flight = max(1, ROWS_IN_FLIGHT)
         self.waves = 0  # waves sent by this run
         self._clients: dict[str, BatchClient | None] = {}
@@ -110,7 +111,9 @@ class BatchCollector:
         self._sent: list[_Wave] = []  # this wave's batches (sent, or resumed from the ledger)
         self._open: dict[str, _Wave] = {}  # earlier runs' open batches by tag
         self._wave_of: dict[str, str] = {}  # cache key -> tag of such a batch
-        self._answered: set[int] = set()  # hash(key): calls answered, or counted as hits, in this run
+        self._answered: set[int] = (
+            set()
+        )  # hash(key): calls answered, or counted as hits, in this run
         self._failed: dict[str, str] = {}  # cache key -> why no batch answered it (this run)
         self._blocked: list[asyncio.Future[Completion]] = []
         self._running = 0
@@ -135,6 +138,11 @@ class BatchCollector:
 
     def accepts(self, backend: Backend) -> bool:
         return self.client(backend) is not None
+
+    def forget(self, key: str) -> None:
+        """`Engine.forget` (an unusable answer, asked again by a re-run): done at the end of
+        the job, so that the row reads the same answer in every pass of this run."""
+        self._forget.add(key)
 
     def replayed(self, key: str) -> bool:
         """Whether a cache hit is a deferred row meeting a call again that this run has paid
@@ -177,10 +185,6 @@ class BatchCollector:
     ) -> Completion:
         """The answer to one call if a batch has given it; otherwise the call joins this
         wave's batch and the row is deferred (`Deferred`) until the wave has ended."""
-        if self._own_cache and (hit := self.cache.get(key)) is not None:
-            if not self.replayed(key):
-                self.engine.stats.cache_hits += 1
-            return hit
         if (why := self._failed.get(key)) is not None:
             self.engine.stats.failures += 1
             raise CallFailed(f"Batch API: {why}")
@@ -477,8 +481,8 @@ class BatchCollector:
         for client in self._clients.values():
             if client is not None:
                 await client.aclose()
-        if self._own_cache:
-            self.cache.close()
+        for key in self._forget:
+            self.cache.delete(key)
 
 
 _IDENTS: dict[int, tuple[Backend, str]] = {}

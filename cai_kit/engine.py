@@ -237,9 +237,11 @@ class Engine:
         the same reply back from the cache."""
         if self.cache is not None:
             params = params.for_sample(sample_index)
-            self.cache.delete(
-                cache_key(backend.identity(), messages, params.to_dict(), sample_index)
-            )
+            key = cache_key(backend.identity(), messages, params.to_dict(), sample_index)
+            if self.batch is not None:  # rows are replayed: forget it when the job ends
+                self.batch.forget(key)
+            else:
+                self.cache.delete(key)
 
     def _notice(self, text: str) -> None:
         self.notices.append(text)

@@ -394,3 +394,48 @@ def test_kill_9_in_a_later_wave_then_rerun_resumes_that_wave_and_pays_nothing_tw
     assert fault_server.batches_created == 3 and fault_server.paid == 12
     rows = _rows(out / "revisions.jsonl")
     assert len(rows) == 4 and all(x["status"] == "ok" for x in rows)
+
+
+def test_no_cache_with_an_unbatched_model_that_ignores_seeds_still_ends_in_three_waves(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """A row runs again after each wave. Its unbatched calls (here the responder, on a provider
+    without a Batch API that ignores `seed`, like many real ones) must be read back, not drawn
+    anew: a new response would mean new critiques, a new wave, and so on without end. With
+    --no-cache they are kept in the run directory's own cache."""
+    fault_server.honour_seed = False
+    prompts = _prompts(tmp_path / "p.jsonl", 3)
+    env = {**os.environ, "OPENROUTER_BASE_URL": fault_server.base_url, "OPENROUTER_API_KEY": "x",
+           "OPENAI_BASE_URL": fault_server.base_url, "OPENAI_API_KEY": "x"}  # fmt: skip
+    cmd = [sys.executable, "-m", "cai_kit", "revise", str(prompts), "--model",
+           "openrouter/responder", "--critic-model", "openai/critic", "--rounds", "1",
+           "--temperature", "0.9", "--out", str(tmp_path / "o"), "--batch-api", "--no-cache", "-q"]  # fmt: skip
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert "3 done; 0 failed" in r.stdout, r.stdout + r.stderr
+    assert fault_server.batches_created == 2, r.stderr  # critiques, revisions (responses: sync)
+    assert fault_server.paid == 9  # 3 responses, 3 critiques, 3 revisions: nothing twice
+
+
+def test_an_unreadable_batch_judge_answer_is_read_alike_in_every_pass_and_asked_again_later(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """`Engine.forget` drops an unusable answer so that a re-run asks again; within a batch
+    run it waits for the end, or a row replayed in a later pass would ask again mid-run."""
+    seen: list[int] = []
+
+    def judge(body: dict[str, Any], rng: object) -> str:
+        seen.append(1)
+        return "Both are fine, really." if len(seen) <= 2 else "A"
+
+    fault_server.responder = judge
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"q{i}", "response_a": f"x {i}",
+                                         "response_b": f"y {i}"}) + "\n" for i in range(2)))  # fmt: skip
+    args = ["judge", str(pairs), "--judge-model", "judge", "--api-base", fault_server.base_url,
+            "--mode", "letter", "--out", str(tmp_path / "o"), "--batch-api",
+            "--cache-path", str(tmp_path / "c")]  # fmt: skip
+    r = CliRunner().invoke(app, [*args, "-q"])
+    assert fault_server.paid == 4, r.output  # two orders of two pairs, each asked once
+    assert "0 done; 2 failed" in r.output
+    r = CliRunner().invoke(app, [*args, "-q"])  # the unreadable ones were not kept
+    assert fault_server.paid == 6 and "2 done; 0 failed" in r.output, r.output
