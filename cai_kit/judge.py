@@ -20,11 +20,13 @@ from __future__ import annotations
 import math
 import random
 import re
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from cai_kit.constitution import Constitution, Principle
 from cai_kit.engine import CallFailed, Engine
+from cai_kit.gather import in_order, raise_first, settle
 from cai_kit.llm.base import Backend, Completion, GenParams, TokenLogprob
 from cai_kit.records import Comparison, JudgeVerdict, stable_hash
 
@@ -154,17 +156,18 @@ async def _one_order(
     comp = Comparison(order=order, principle_id=principle.id)
     params = cfg.params()
     try:
-        if cfg.mode == "votes":
-            replies = [
-                await engine.call(backend, messages, params, sample_index=i)
-                for i in range(cfg.samples)
-            ]
+        if cfg.mode == "votes":  # the K votes together: one wave under --batch-api
+            settled = await settle(
+                engine.call(backend, messages, params, sample_index=i) for i in range(cfg.samples)
+            )
+            for i, c in enumerate(settled):
+                if isinstance(c, Completion) and parse_letter(c.text, "letter") is None:
+                    # unreadable votes are asked again on a re-run, not re-read
+                    engine.forget(backend, messages, params, sample_index=i)
+            replies = raise_first(settled)  # a failed vote fails the order, as it always did
             letters = [parse_letter(c.text, "letter") for c in replies]
             valid = [x for x in letters if x]
             comp.raw = " | ".join(c.text for c in replies)
-            for i, x in enumerate(letters):
-                if x is None:  # unreadable votes are asked again on a re-run, not re-read
-                    engine.forget(backend, messages, params, sample_index=i)
             if not valid:
                 comp.error = "no vote could be parsed as A or B"
                 return comp
@@ -201,11 +204,8 @@ async def judge_pair(
     """Judge a pair in both orders under one or more principles; see the module docstring."""
     key = stable_hash(conversation, response_a, response_b)
     principles = principles or choose_principles(constitution, cfg.principles, key, cfg.seed)
-    comparisons: list[Comparison] = []
-    per_principle: list[float] = []
-    consistent: list[bool] = []
+    asks: list[Awaitable[Comparison]] = []
     for principle in principles:
-        pair: dict[str, Comparison] = {}
         for order, first, second in (
             ("ab", response_a, response_b),
             ("ba", response_b, response_a),
@@ -216,9 +216,14 @@ async def judge_pair(
             msgs = build_messages(
                 constitution, principle, conversation, first, second, cfg.mode, tag
             )
-            pair[order] = await _one_order(order, msgs, principle, cfg, engine, backend)  # type: ignore[arg-type]
-        comparisons += pair.values()
-        ab, ba = pair["ab"].p_first, pair["ba"].p_first
+            asks.append(_one_order(order, msgs, principle, cfg, engine, backend))  # type: ignore[arg-type]
+    # every principle and order together: one wave under --batch-api (each records its own
+    # CallFailed; anything else is raised as the sequential loop raised it)
+    comparisons: list[Comparison] = await in_order(asks)
+    per_principle: list[float] = []
+    consistent: list[bool] = []
+    for n in range(len(principles)):
+        ab, ba = comparisons[2 * n].p_first, comparisons[2 * n + 1].p_first
         if ab is None or ba is None:
             continue
         per_principle.append((ab + (1.0 - ba)) / 2)  # P(a better), averaged over both orders
