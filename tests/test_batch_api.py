@@ -539,3 +539,74 @@ def test_harmlessness_a_failed_question_fails_the_record_as_before_and_keeps_the
     assert "1 done; 0 failed" in r.output and fault_server.paid == 15 + 2
     rec = _rows(tmp_path / "h" / "flags.jsonl")[-1]
     assert rec["status"] == "ok" and set(rec["metadata"]["flags"].values()) == {False}
+
+
+# --- Anthropic Message Batches as documented (the scripted server validates like Anthropic) ---
+
+
+def _anthropic_env(fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", fault_server.base_url.removesuffix("/v1"))
+
+
+def _anthropic_generate(tmp_path: Path, prompts: Path) -> Any:
+    return CliRunner().invoke(app, ["generate", str(prompts), "--model", "anthropic/claude-test",
+                                    "--out", str(tmp_path / "o"), "--batch-api",
+                                    "--cache-path", str(tmp_path / "c"), "-q"])  # fmt: skip
+
+
+def test_anthropic_batch_requests_do_not_send_top_p_next_to_temperature(
+    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claude Sonnet 4.5 and later refuse `temperature` together with `top_p`; cai-kit's
+    top_p is 1.0 (no nucleus cut) unless asked, so it is left out of the request."""
+    _anthropic_env(fault_server, monkeypatch)
+    fault_server.exclusive_sampling = True
+    r = _anthropic_generate(tmp_path, _prompts(tmp_path / "p.jsonl", 3))
+    assert "3 done; 0 failed" in r.output, r.output
+    sent = [json.loads(x)["params"] for x in fault_server.files["file-1"]["data"].splitlines()]
+    assert all("top_p" not in p and p["temperature"] == 0.7 for p in sent)
+
+
+def test_anthropic_batch_body_is_sent_as_counted_so_the_size_limit_holds(
+    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waves are split at the byte limit counted on UTF-8 lines; the body sent must be those
+    bytes (not re-encoded with \\u escapes, up to twice as large for non-Latin text)."""
+    from cai_kit.batch_providers import AnthropicBatchClient
+
+    _anthropic_env(fault_server, monkeypatch)
+    monkeypatch.setattr(AnthropicBatchClient, "max_bytes", 4000)
+    fault_server.anthropic_max_bytes = 4000 + 64  # the body's `{"requests": [...]}` frame
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"{i} " + "危险的问题" * 100},
+                                          ensure_ascii=False) + "\n" for i in range(4)),
+                       encoding="utf-8")  # fmt: skip
+    r = _anthropic_generate(tmp_path, prompts)
+    assert "4 done; 0 failed" in r.output, r.output
+    assert fault_server.batches_created == 2 and max(fault_server.anthropic_bodies) <= 4064
+
+
+@pytest.mark.parametrize(
+    ("outcome", "said"),
+    [("expired", "batch msgbatch_1 expired before all its requests ran"),
+     ("cancelled", "batch msgbatch_1 was cancelled")],
+)  # fmt: skip
+def test_an_expired_or_cancelled_anthropic_batch_is_reported_as_such(
+    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outcome: str,
+    said: str,
+) -> None:  # fmt: skip
+    """Anthropic ends such a batch as `ended` like any other; its request counts and each
+    result's type say what happened, and the run says it as it does for OpenAI's batches."""
+    _anthropic_env(fault_server, monkeypatch)
+    fault_server.batch_outcome = outcome
+    prompts = _prompts(tmp_path / "p.jsonl", 2)
+    r = _anthropic_generate(tmp_path, prompts)
+    assert said in r.output and "2 failed" in r.output, r.output
+    rows = _rows(tmp_path / "o" / "generations.jsonl")
+    assert all(x["status"] == "failed" and said in x["error"] for x in rows)
+    assert all(("expired" if outcome == "expired" else "canceled") in x["error"] for x in rows)
+    assert fault_server.paid == 0
+    fault_server.batch_outcome = "completed"
+    r = _anthropic_generate(tmp_path, prompts)
+    assert "2 done; 0 failed" in r.output and fault_server.paid == 2
