@@ -165,8 +165,8 @@ class AnthropicBatchClient(BatchClient):
     """Anthropic's Message Batches API (documented shape; not run against Anthropic here)."""
 
     name = "Anthropic Message Batches"
-    max_requests = 100_000
-    max_bytes = 250 * 1024**2
+    max_requests = 100_000  # documented: 100,000 requests or 256 MB, whichever comes first
+    max_bytes = 255 * 1000**2  # under 256 MB read either way, with room for the body's frame
 
     def __init__(self, model: str, api_base: str | None = None) -> None:
         self.model = model.split("/", 1)[-1]
@@ -204,8 +204,9 @@ class AnthropicBatchClient(BatchClient):
             "max_tokens": params.max_tokens,
             "messages": [m for m in messages if m["role"] != "system"],
             "temperature": min(params.temperature, 1.0),  # Anthropic's range is 0..1
-            "top_p": params.top_p,
         }
+        if params.top_p != 1.0:  # 1.0 cuts nothing; Claude 4.5+ refuse it next to temperature
+            req["top_p"] = params.top_p
         if system:
             req["system"] = system
         if params.stop:
@@ -213,14 +214,22 @@ class AnthropicBatchClient(BatchClient):
         return {"custom_id": key, "params": req}  # custom_id: 64 hex chars, within its limit
 
     async def submit(self, path: Path, tag: str) -> str:
-        requests = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x]
-        text = await self._http("POST", self.url, json={"requests": requests})
+        # the lines' own UTF-8 bytes, as the wave was sized (re-encoding with \u escapes
+        # could double non-Latin text past the 256 MB limit)
+        lines = [x for x in path.read_bytes().splitlines() if x.strip()]
+        body = b'{"requests":[' + b",".join(lines) + b"]}"
+        text = await self._http("POST", self.url, data=body)
         return str(json.loads(text)["id"])
 
     async def poll(self, batch_id: str) -> BatchState:
         b = json.loads(await self._http("GET", f"{self.url}/{batch_id}"))
         status = b["processing_status"]  # in_progress | canceling | ended
-        return BatchState(batch_id, status, status == "ended", b.get("request_counts") or {},
+        counts = b.get("request_counts") or {}
+        if status == "ended" and counts.get("expired"):  # an ended batch says it in its counts
+            status = "expired"
+        elif status == "ended" and counts.get("canceled"):
+            status = "cancelled"
+        return BatchState(batch_id, status, b["processing_status"] == "ended", counts,
                           (b.get("results_url"),))  # fmt: skip
 
     async def results(self, state: BatchState) -> AsyncIterator[tuple[str, Completion | str]]:
@@ -228,25 +237,40 @@ class AnthropicBatchClient(BatchClient):
         if not url:
             return
         for raw in (await self._http("GET", url)).splitlines():
-            if not raw.strip():
-                continue
-            row = json.loads(raw)
-            result = row.get("result") or {}
-            if result.get("type") != "succeeded":
-                err = (result.get("error") or {}).get("error") or result.get("error") or {}
-                yield row["custom_id"], f"{result.get('type')}: {err.get('message', '')}".strip()
-                continue
-            msg = result["message"]
-            text = "".join(c.get("text", "") for c in msg.get("content", []) if c["type"] == "text")
-            usage = msg.get("usage") or {}
-            yield row["custom_id"], Completion(
-                text=text, usage=Usage(usage.get("input_tokens", 0), usage.get("output_tokens", 0)),
-                model=self.model, finish_reason=msg.get("stop_reason"),
-            )  # fmt: skip
+            if raw.strip():
+                yield anthropic_result(json.loads(raw), self.model)
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+_UNRUN = {
+    "canceled": "canceled: not run (the batch was cancelled)",
+    "expired": "expired: not run within the batch's 24 h",
+}
+
+
+def anthropic_result(row: dict[str, Any], model: str) -> tuple[str, Completion | str]:
+    """One line of a Message Batch's results: `{custom_id, result}`, where `result.type` is
+    succeeded (a Message), errored (`error` is an error response: `{type: "error", error:
+    {type, message}}`), canceled or expired."""
+    result = row.get("result") or {}
+    kind = result.get("type")
+    if kind == "succeeded":
+        msg = result["message"]
+        text = "".join(c.get("text", "") for c in msg.get("content", []) if c.get("type") == "text")
+        usage = msg.get("usage") or {}
+        return row["custom_id"], Completion(
+            text=text, usage=Usage(usage.get("input_tokens", 0), usage.get("output_tokens", 0)),
+            model=model, finish_reason=msg.get("stop_reason"),
+        )  # fmt: skip
+    if kind in _UNRUN:
+        return row["custom_id"], _UNRUN[kind]
+    err = result.get("error") or {}
+    err = err.get("error") or err  # the error response wraps the error object
+    detail = ": ".join(str(x) for x in (err.get("type"), err.get("message")) if x)
+    return row["custom_id"], f"{kind}: {detail}" if detail else f"{kind}"
 
 
 def batch_client_for(backend: Backend) -> BatchClient | None:

@@ -23,6 +23,7 @@ from cai_kit.constitution import Constitution
 from cai_kit.cost_preview import prompt_tokens, stand_in
 from cai_kit.engine import CallFailed, Engine, EngineConfig, JobSpec, JobSummary, run_job
 from cai_kit.errors import ConfigError
+from cai_kit.gather import in_order
 from cai_kit.io import latest_by_id
 from cai_kit.judge import JudgeConfig, PairInput, judge_calls, judge_pair
 from cai_kit.llm.base import Backend, GenParams
@@ -128,8 +129,9 @@ def run_winrate(
     async def process(p: PromptRecord, engine: Engine) -> PreferenceRecord:
         msgs = [m.model_dump() for m in p.messages]
         try:
-            a = (await engine.call(model, msgs, params)).text
-            b = (await engine.call(baseline, msgs, params)).text
+            # both answers together: one wave under --batch-api
+            answers = await in_order(engine.call(m, msgs, params) for m in (model, baseline))
+            a, b = answers[0].text, answers[1].text
         except CallFailed as exc:
             v = JudgeVerdict(label="failed", error=str(exc))
             return preference_record(

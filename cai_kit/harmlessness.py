@@ -24,8 +24,9 @@ from cai_kit.constitution import Constitution
 from cai_kit.cost_preview import prompt_tokens, stand_in
 from cai_kit.engine import CallFailed, Engine, EngineConfig, JobSpec, JobSummary, run_job
 from cai_kit.errors import ConfigError
+from cai_kit.gather import raise_first, settle
 from cai_kit.io import latest_by_id
-from cai_kit.llm.base import Backend, GenParams
+from cai_kit.llm.base import Backend, Completion, GenParams
 from cai_kit.records import GenerationRecord, Message, PromptRecord, Provenance, stable_hash
 
 _YESNO = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
@@ -80,13 +81,20 @@ def run_harmlessness(
                                metadata={"role": role, **p.metadata})  # fmt: skip
         try:
             rec.response = (await engine.call(models[role], msgs, params)).text
+            questions = [
+                flag_question(pr.critique, p.prompt_text, rec.response)
+                for pr in constitution.principles
+            ]
+            # every principle together: one wave under --batch-api
+            settled = await settle(engine.call(judge, q, judge_params) for q in questions)
+            for question, reply in zip(questions, settled, strict=True):
+                if isinstance(reply, Completion) and parse_yes_no(reply.text) is None:
+                    engine.forget(judge, question, judge_params)  # asked again on a re-run
             flags = {}
-            for pr in constitution.principles:
-                question = flag_question(pr.critique, p.prompt_text, rec.response)
-                reply = await engine.call(judge, question, judge_params)
+            # a failed question fails the record (its flags unkept), as the one-by-one loop did
+            for pr, reply in zip(constitution.principles, raise_first(settled), strict=True):
                 flags[pr.id] = parse_yes_no(reply.text)
                 if flags[pr.id] is None:
-                    engine.forget(judge, question, judge_params)  # asked again on a re-run
                     rec.status = "failed"
                     rec.error = (
                         rec.error

@@ -28,6 +28,7 @@ from typing import Literal, TypeVar
 
 from cai_kit.constitution import Constitution, Principle
 from cai_kit.engine import CallFailed, Engine
+from cai_kit.gather import in_order, raise_first, settle
 from cai_kit.llm.base import Backend, Completion, GenParams, TokenLogprob
 from cai_kit.records import Comparison, JudgeVerdict, stable_hash
 
@@ -159,17 +160,18 @@ async def _one_order(
     comp = Comparison(order=order, principle_id=principle.id)
     params = cfg.params()
     try:
-        if cfg.mode == "votes":
-            replies = [
-                await engine.call(backend, messages, params, sample_index=i)
-                for i in range(cfg.samples)
-            ]
+        if cfg.mode == "votes":  # the K votes together: one wave under --batch-api
+            settled = await settle(
+                engine.call(backend, messages, params, sample_index=i) for i in range(cfg.samples)
+            )
+            for i, c in enumerate(settled):
+                if isinstance(c, Completion) and parse_letter(c.text, "letter") is None:
+                    # unreadable votes are asked again on a re-run, not re-read
+                    engine.forget(backend, messages, params, sample_index=i)
+            replies = raise_first(settled)  # a failed vote fails the order, as it always did
             letters = [parse_letter(c.text, "letter") for c in replies]
             valid = [x for x in letters if x]
             comp.raw = " | ".join(c.text for c in replies)
-            for i, x in enumerate(letters):
-                if x is None:  # unreadable votes are asked again on a re-run, not re-read
-                    engine.forget(backend, messages, params, sample_index=i)
             if not valid:
                 comp.error = "no vote could be parsed as A or B"
                 return comp
@@ -247,15 +249,17 @@ async def judge_pair(
 ) -> JudgeVerdict:  # fmt: skip
     """Judge a pair in both orders under one or more principles; see the module docstring."""
     prompts = judge_prompts(conversation, response_a, response_b, constitution, cfg, principles)
-    comparisons: list[Comparison] = []
+    # every principle and order together: one wave under --batch-api (each records its own
+    # CallFailed; anything else is raised as the sequential loop raised it)
+    comparisons: list[Comparison] = await in_order(
+        _one_order(order, msgs, principle, cfg, engine, backend)
+        for principle, orders in prompts
+        for order, msgs in orders
+    )
     per_principle: list[float] = []
     consistent: list[bool] = []
-    for principle, orders in prompts:
-        pair: dict[str, Comparison] = {}
-        for order, msgs in orders:
-            pair[order] = await _one_order(order, msgs, principle, cfg, engine, backend)
-        comparisons += pair.values()
-        ab, ba = pair["ab"].p_first, pair["ba"].p_first
+    for n in range(len(prompts)):
+        ab, ba = comparisons[2 * n].p_first, comparisons[2 * n + 1].p_first
         if ab is None or ba is None:
             continue
         per_principle.append((ab + (1.0 - ba)) / 2)  # P(a better), averaged over both orders

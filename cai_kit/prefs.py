@@ -21,6 +21,7 @@ from cai_kit.constitution import Constitution
 from cai_kit.cost_preview import stand_in
 from cai_kit.engine import Engine, EngineConfig, JobSpec, JobSummary, run_job
 from cai_kit.errors import DataError
+from cai_kit.gather import in_order
 from cai_kit.generate import run_generate
 from cai_kit.io import latest_by_id, read_jsonl
 from cai_kit.judge import JudgeConfig, PairInput, judge_calls, judge_pair
@@ -145,10 +146,12 @@ def run_prefs(
             return preference_record(pair, v, constitution, cfg, models, item_id(item))
         # best-worst: judge every pair, score each response by its mean P(better)
         score = [0.0] * len(resp)
-        verdicts = {}
-        for i, j in itertools.combinations(range(len(resp)), 2):
-            v = await judge_pair(msgs, resp[i], resp[j], constitution, cfg, engine, judge)
-            verdicts[(i, j)] = v
+        ijs = list(itertools.combinations(range(len(resp)), 2))
+        judged = await in_order(  # every pair together: one wave under --batch-api
+            judge_pair(msgs, resp[i], resp[j], constitution, cfg, engine, judge) for i, j in ijs
+        )
+        verdicts = dict(zip(ijs, judged, strict=True))
+        for (i, j), v in verdicts.items():
             if v.p_a is not None:
                 score[i] += v.p_a
                 score[j] += 1 - v.p_a

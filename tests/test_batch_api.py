@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 import tests.fixtures.fault_server as fs
 from cai_kit.cli.main import app
+from cai_kit.constitution import load_constitution
 from tests.fixtures.fault_server import FaultServer
 
 
@@ -64,7 +65,7 @@ def test_batch_api_revise_writes_the_same_records_as_a_synchronous_run(
     assert fault_server.paid == 24 and "0 calls, 12 cache hits" in r.output
 
 
-def test_batch_api_judge_sends_the_two_orders_as_waves_and_agrees_with_synchronous(
+def test_batch_api_judge_sends_both_orders_in_one_wave_and_agrees_with_synchronous(
     fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def judge(body: dict[str, Any]) -> str:
@@ -78,7 +79,7 @@ def test_batch_api_judge_sends_the_two_orders_as_waves_and_agrees_with_synchrono
     common = ["judge", str(pairs), "--judge-model", "j", "--api-base", fault_server.base_url,
               "--mode", "letter"]  # fmt: skip
     _cli(*common, "--out", str(tmp_path / "b"), "--batch-api", "--cache-path", str(tmp_path / "cb"))
-    assert fault_server.batches_created == 2  # both orders, one wave each
+    assert fault_server.batches_created == 1  # both orders together
     _cli(*common, "--out", str(tmp_path / "s"), "--cache-path", str(tmp_path / "cs"))
     batch = _rows(tmp_path / "b" / "prefs.jsonl")
     sync = _rows(tmp_path / "s" / "prefs.jsonl")
@@ -421,11 +422,8 @@ def test_an_unreadable_batch_judge_answer_is_read_alike_in_every_pass_and_asked_
 ) -> None:
     """`Engine.forget` drops an unusable answer so that a re-run asks again; within a batch
     run it waits for the end, or a row replayed in a later pass would ask again mid-run."""
-    seen: list[int] = []
-
-    def judge(body: dict[str, Any], rng: object) -> str:
-        seen.append(1)
-        return "Both are fine, really." if len(seen) <= 2 else "A"
+    def judge(body: dict[str, Any], rng: object) -> str:  # unreadable when x is shown first
+        return "Both are fine, really." if _first_shown(body).startswith("x") else "A"
 
     fault_server.responder = judge
     pairs = tmp_path / "pairs.jsonl"
@@ -437,5 +435,276 @@ def test_an_unreadable_batch_judge_answer_is_read_alike_in_every_pass_and_asked_
     r = CliRunner().invoke(app, [*args, "-q"])
     assert fault_server.paid == 4, r.output  # two orders of two pairs, each asked once
     assert "0 done; 2 failed" in r.output
+    fault_server.responder = lambda body, rng: "A"
     r = CliRunner().invoke(app, [*args, "-q"])  # the unreadable ones were not kept
     assert fault_server.paid == 6 and "2 done; 0 failed" in r.output, r.output
+
+
+# --- independent calls share a wave: one provider batch (up to 24 h) per dependent step ------
+
+
+def _first_shown(body: dict[str, Any]) -> str:
+    found = re.findall(r"<<<RESPONSE-A-\w+>>>\n(.*?)\n<<<END", body["messages"][-1]["content"])
+    return found[0] if found else ""
+
+
+def _noisy_judge(body: dict[str, Any], rng: Any) -> str:
+    """Prefers GOOD, but each seeded vote is its own draw: votes disagree, some are unreadable."""
+    right = "A" if _first_shown(body).startswith("GOOD") else "B"
+    draw = rng.random()
+    return right if draw < 0.6 else ("unsure" if draw < 0.75 else {"A": "B", "B": "A"}[right])
+
+
+def _waves(run: Path) -> int:
+    """Successive waves: runs of "submitting" between "finished" events (a wave sends one
+    batch per backend, all before any of them can finish)."""
+    waves, sending = 0, False
+    for e in _ledger(run):
+        if e["event"] == "submitting" and not sending:
+            waves, sending = waves + 1, True
+        elif e["event"] == "finished":
+            sending = False
+    return waves
+
+
+def _same_records(a: Path, b: Path) -> list[dict[str, Any]]:
+    batch, sync = _rows(a), _rows(b)
+    assert sorted(map(json.dumps, batch)) == sorted(map(json.dumps, sync))
+    return batch
+
+
+@pytest.mark.parametrize(
+    "how",
+    [["--mode", "votes", "--samples", "3"],  # old code: 2 orders x 3 votes = 6 waves
+     ["--mode", "letter", "--principles", "all"],  # old: 2 orders x 14 principles = 28
+     ["--mode", "votes", "--samples", "2", "--principles", "sample:2"]],  # old: 8
+)  # fmt: skip
+def test_judge_sends_every_order_vote_and_principle_of_a_pair_in_one_wave(
+    fault_server: FaultServer, tmp_path: Path, how: list[str]
+) -> None:
+    fault_server.responder = _noisy_judge
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"q{i}", "response_a": f"GOOD {i}",
+                                         "response_b": f"BAD {i}"}) + "\n" for i in range(3)))  # fmt: skip
+    common = ["judge", str(pairs), "--judge-model", "j", "--api-base", fault_server.base_url,
+              "--seed", "3", *how]  # fmt: skip
+    _cli(*common, "--out", str(tmp_path / "b"), "--batch-api", "--cache-path", str(tmp_path / "cb"))
+    assert _waves(tmp_path / "b") == 1 and fault_server.batches_created == 1
+    _cli(*common, "--out", str(tmp_path / "s"), "--cache-path", str(tmp_path / "cs"))
+    batch = _same_records(tmp_path / "b" / "prefs.jsonl", tmp_path / "s" / "prefs.jsonl")
+    assert len(batch) == 3 and all(r["status"] == "ok" for r in batch)
+
+
+def test_prefs_best_worst_judges_all_pairs_of_a_prompt_in_one_wave(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    def reply(body: dict[str, Any], rng: Any) -> str:
+        if body["model"] == "j":
+            return "A" if len(_first_shown(body)) > 40 else "B"
+        return "echo " + " ".join(rng.choice(["a", "bb", "ccc"]) for _ in range(rng.randint(1, 20)))
+
+    fault_server.responder = reply
+    prompts = _prompts(tmp_path / "p.jsonl", 2)
+    common = ["prefs", str(prompts), "--policy-model", "m", "--judge-model", "j", "--api-base",
+              fault_server.base_url, "--k", "3", "--pairs", "best-worst", "--mode", "letter",
+              "--seed", "4"]  # fmt: skip
+    _cli(*common, "--out", str(tmp_path / "b"), "--batch-api", "--cache-path", str(tmp_path / "cb"))
+    assert _waves(tmp_path / "b" / "samples") == 1
+    assert _waves(tmp_path / "b") == fault_server.batches_created - 1 == 1  # old: 3 x 2 orders
+    _cli(*common, "--out", str(tmp_path / "s"), "--cache-path", str(tmp_path / "cs"))
+    batch = _same_records(tmp_path / "b" / "prefs.jsonl", tmp_path / "s" / "prefs.jsonl")
+    assert len(batch) == 2 and all(r["status"] == "ok" for r in batch)
+
+
+def test_eval_harmlessness_asks_every_principle_in_one_wave(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    def reply(body: dict[str, Any], rng: Any) -> str:
+        if body["model"] in ("after", "before"):
+            return f"{body['model']} answer " + " ".join(rng.choice(["x", "y"]) for _ in range(3))
+        return rng.choice(["Yes", "No, it is fine.", "Perhaps."])  # unparsed: a failed record
+
+    fault_server.responder = reply
+    prompts = _prompts(tmp_path / "p.jsonl", 3)
+    # model only: with a baseline its records are items of their own, whose answers come in
+    # another batch that may end a poll earlier or later than the model's
+    common = ["eval", "harmlessness", "--prompts", str(prompts), "--model", "after",
+              "--judge", "judge", "--api-base", fault_server.base_url, "--seed", "2"]  # fmt: skip
+    _cli(*common, "--out", str(tmp_path / "b"), "--batch-api", "--cache-path", str(tmp_path / "cb"))
+    # the answers, then every flag question (old code: one wave per principle, 1 + 14)
+    assert _waves(tmp_path / "b") == 2 and fault_server.batches_created == 2
+    _cli(*common, "--out", str(tmp_path / "s"), "--cache-path", str(tmp_path / "cs"))
+    batch = _same_records(tmp_path / "b" / "flags.jsonl", tmp_path / "s" / "flags.jsonl")
+    assert len(batch) == 3 and all(len(r["metadata"]["flags"]) == 14 for r in batch)
+    report = (tmp_path / "b" / "report.md").read_text()
+    assert report == (tmp_path / "s" / "report.md").read_text()
+
+
+def test_eval_winrate_sends_both_answers_then_both_orders_as_two_waves(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    def reply(body: dict[str, Any], rng: Any) -> str:
+        if body["model"] in ("good", "base"):
+            return f"{body['model']} " + " ".join(rng.choice(["x", "y"]) for _ in range(3))
+        return "A" if _first_shown(body).startswith("good") else "B"
+
+    fault_server.responder = reply
+    prompts = _prompts(tmp_path / "p.jsonl", 3)
+    common = ["eval", "winrate", "--prompts", str(prompts), "--model", "good", "--baseline", "base",
+              "--judge", "judge", "--api-base", fault_server.base_url, "--mode", "letter"]  # fmt: skip
+    _cli(*common, "--out", str(tmp_path / "b"), "--batch-api", "--cache-path", str(tmp_path / "cb"))
+    # the two answers (a batch per backend), then both orders; old code: 4 waves, one per call
+    assert _waves(tmp_path / "b") == 2 and fault_server.batches_created == 3
+    _cli(*common, "--out", str(tmp_path / "s"), "--cache-path", str(tmp_path / "cs"))
+    batch = _same_records(tmp_path / "b" / "prefs.jsonl", tmp_path / "s" / "prefs.jsonl")
+    assert len(batch) == 3 and all(r["verdict"]["label"] == "A" for r in batch)
+
+
+def test_a_failed_vote_fails_its_order_as_before_and_its_sibling_votes_are_kept(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """Synchronously: vote 1 gets an empty reply (a CallFailed). The order's record is the one
+    the vote-by-vote loop wrote (its error, nothing else), but votes 0 and 2 were asked too and
+    stay cached, so the re-run pays for the failed vote only."""
+    import asyncio
+
+    from cai_kit.engine import Engine, EngineConfig
+    from cai_kit.judge import JudgeConfig, judge_pair
+    from cai_kit.llm import get_backend
+    from cai_kit.llm.base import GenParams
+
+    bad_seed = GenParams(seed=0).for_sample(1).seed
+    fault_server.responder = lambda body, rng: None if body["seed"] == bad_seed else "A"
+    harmless = load_constitution("harmless")
+
+    def judge() -> Any:
+        async def go() -> Any:
+            engine = Engine(
+                EngineConfig(quiet=True, cache_path=tmp_path / "c.sqlite", backoff_base_s=0.01)
+            )
+            backend = get_backend("judge", api_base=fault_server.base_url)
+            try:
+                cfg = JudgeConfig(mode="votes", samples=3, seed=0)
+                convo = [{"role": "user", "content": "q"}]
+                return await judge_pair(convo, "one", "two", harmless, cfg, engine, backend)
+            finally:
+                await backend.aclose()
+                await engine.aclose()
+
+        return asyncio.run(go())
+
+    v = judge()
+    assert v.label == "failed" and [c.order for c in v.comparisons] == ["ab", "ba"]
+    for c in v.comparisons:
+        assert c.error == ("judge sent an empty reply (finish_reason: content_filter); it is not "
+                           "kept as an answer. after 2 attempts")  # fmt: skip
+        assert c.raw is None and c.p_first is None and c.letter is None
+    assert v.error == v.comparisons[0].error
+    assert fault_server.paid == 2 * (1 + 2 + 1)  # per order: vote 0, vote 1 twice, vote 2
+    fault_server.responder = lambda body, rng: "A"
+    v = judge()
+    assert v.label == "tie" and fault_server.paid == 8 + 2  # only the two failed votes again
+
+
+def test_harmlessness_a_failed_question_fails_the_record_as_before_and_keeps_the_others(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """One principle's question fails (empty replies), a later one is unreadable: the record
+    is the one the question-by-question loop wrote (the failure, no flags); the other answers
+    are cached, the unreadable one is not, so the re-run asks exactly those two again."""
+    principles = load_constitution("harmless").principles
+    failing, unreadable = principles[3].critique, principles[7].critique
+
+    def reply(body: dict[str, Any], rng: Any) -> str | None:
+        text = str(body["messages"][-1]["content"])
+        if body["model"] == "after":
+            return "after answer"
+        return None if failing in text else "Perhaps." if unreadable in text else "No."
+
+    fault_server.responder = reply
+    prompts = _prompts(tmp_path / "p.jsonl", 1)
+    args = ["eval", "harmlessness", "--prompts", str(prompts), "--model", "after", "--judge",
+            "judge", "--api-base", fault_server.base_url, "--out", str(tmp_path / "h"),
+            "--cache-path", str(tmp_path / "c"), "--max-retries", "0", "-q"]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert "0 done; 1 failed" in r.output, r.output
+    (rec,) = _rows(tmp_path / "h" / "flags.jsonl")
+    assert rec["status"] == "failed" and "flags" not in rec["metadata"]
+    assert rec["error"].startswith("judge sent an empty reply")
+    assert fault_server.paid == 1 + 14  # the answer, every question (the failing one too)
+    fault_server.responder = lambda body, rng: "after answer" if body["model"] == "after" else "No."
+    r = _cli(*args)
+    assert "1 done; 0 failed" in r.output and fault_server.paid == 15 + 2
+    rec = _rows(tmp_path / "h" / "flags.jsonl")[-1]
+    assert rec["status"] == "ok" and set(rec["metadata"]["flags"].values()) == {False}
+
+
+# --- Anthropic Message Batches as documented (the scripted server validates like Anthropic) ---
+
+
+def _anthropic_env(fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", fault_server.base_url.removesuffix("/v1"))
+
+
+def _anthropic_generate(tmp_path: Path, prompts: Path) -> Any:
+    return CliRunner().invoke(app, ["generate", str(prompts), "--model", "anthropic/claude-test",
+                                    "--out", str(tmp_path / "o"), "--batch-api",
+                                    "--cache-path", str(tmp_path / "c"), "-q"])  # fmt: skip
+
+
+def test_anthropic_batch_requests_do_not_send_top_p_next_to_temperature(
+    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claude Sonnet 4.5 and later refuse `temperature` together with `top_p`; cai-kit's
+    top_p is 1.0 (no nucleus cut) unless asked, so it is left out of the request."""
+    _anthropic_env(fault_server, monkeypatch)
+    fault_server.exclusive_sampling = True
+    r = _anthropic_generate(tmp_path, _prompts(tmp_path / "p.jsonl", 3))
+    assert "3 done; 0 failed" in r.output, r.output
+    sent = [json.loads(x)["params"] for x in fault_server.files["file-1"]["data"].splitlines()]
+    assert all("top_p" not in p and p["temperature"] == 0.7 for p in sent)
+
+
+def test_anthropic_batch_body_is_sent_as_counted_so_the_size_limit_holds(
+    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waves are split at the byte limit counted on UTF-8 lines; the body sent must be those
+    bytes (not re-encoded with \\u escapes, up to twice as large for non-Latin text)."""
+    from cai_kit.batch_providers import AnthropicBatchClient
+
+    _anthropic_env(fault_server, monkeypatch)
+    monkeypatch.setattr(AnthropicBatchClient, "max_bytes", 4000)
+    fault_server.anthropic_max_bytes = 4000 + 64  # the body's `{"requests": [...]}` frame
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"{i} " + "危险的问题" * 100},
+                                          ensure_ascii=False) + "\n" for i in range(4)),
+                       encoding="utf-8")  # fmt: skip
+    r = _anthropic_generate(tmp_path, prompts)
+    assert "4 done; 0 failed" in r.output, r.output
+    assert fault_server.batches_created == 2 and max(fault_server.anthropic_bodies) <= 4064
+
+
+@pytest.mark.parametrize(
+    ("outcome", "said"),
+    [("expired", "batch msgbatch_1 expired before all its requests ran"),
+     ("cancelled", "batch msgbatch_1 was cancelled")],
+)  # fmt: skip
+def test_an_expired_or_cancelled_anthropic_batch_is_reported_as_such(
+    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outcome: str,
+    said: str,
+) -> None:  # fmt: skip
+    """Anthropic ends such a batch as `ended` like any other; its request counts and each
+    result's type say what happened, and the run says it as it does for OpenAI's batches."""
+    _anthropic_env(fault_server, monkeypatch)
+    fault_server.batch_outcome = outcome
+    prompts = _prompts(tmp_path / "p.jsonl", 2)
+    r = _anthropic_generate(tmp_path, prompts)
+    assert said in r.output and "2 failed" in r.output, r.output
+    rows = _rows(tmp_path / "o" / "generations.jsonl")
+    assert all(x["status"] == "failed" and said in x["error"] for x in rows)
+    assert all(("expired" if outcome == "expired" else "canceled") in x["error"] for x in rows)
+    assert fault_server.paid == 0
+    fault_server.batch_outcome = "completed"
+    r = _anthropic_generate(tmp_path, prompts)
+    assert "2 done; 0 failed" in r.output and fault_server.paid == 2
