@@ -215,10 +215,23 @@ class AnthropicBatchClient(BatchClient):
 
     async def submit(self, path: Path, tag: str) -> str:
         # the lines' own UTF-8 bytes, as the wave was sized (re-encoding with \u escapes
-        # could double non-Latin text past the 256 MB limit)
-        lines = [x for x in path.read_bytes().splitlines() if x.strip()]
-        body = b'{"requests":[' + b",".join(lines) + b"]}"
-        text = await self._http("POST", self.url, data=body)
+        # could double non-Latin text past the 256 MB limit), streamed from the file
+        with path.open("rb") as fh:
+            sizes = [len(x.strip()) for x in fh if x.strip()]
+        length = len(b'{"requests":[]}') + sum(sizes) + max(0, len(sizes) - 1)
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b'{"requests":['
+            with path.open("rb") as fh:
+                first = True
+                for raw in fh:
+                    if raw.strip():
+                        yield (b"" if first else b",") + raw.strip()
+                        first = False
+            yield b"]}"
+
+        text = await self._http("POST", self.url, data=body(),
+                                headers={"content-length": str(length)})  # fmt: skip
         return str(json.loads(text)["id"])
 
     async def poll(self, batch_id: str) -> BatchState:
@@ -236,9 +249,25 @@ class AnthropicBatchClient(BatchClient):
         url = state.files[0] if state.files else None
         if not url:
             return
-        for raw in (await self._http("GET", url)).splitlines():
-            if raw.strip():
-                yield anthropic_result(json.loads(raw), self.model)
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(headers=self._headers())
+        try:  # line by line: a results file can be hundreds of MB
+            async with self._session.get(url) as resp:
+                if resp.status != 200:
+                    text = await resp.text()
+                    raise BackendError(f"{self.name} answered {resp.status}: {text[:300]}")
+                rest = b""
+                async for chunk in resp.content.iter_chunked(1 << 16):  # lines of any length
+                    *lines, rest = (rest + chunk).split(b"\n")
+                    for raw in lines:
+                        if raw.strip():
+                            yield anthropic_result(json.loads(raw), self.model)
+                if rest.strip():
+                    yield anthropic_result(json.loads(rest), self.model)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise BackendError(f"{self.name} is unreachable ({type(exc).__name__}).") from None
 
     async def aclose(self) -> None:
         if self._session is not None:

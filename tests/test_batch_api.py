@@ -526,16 +526,17 @@ def test_eval_harmlessness_asks_every_principle_in_one_wave(
 
     fault_server.responder = reply
     prompts = _prompts(tmp_path / "p.jsonl", 3)
-    # model only: with a baseline its records are items of their own, whose answers come in
-    # another batch that may end a poll earlier or later than the model's
+    # with a baseline: its answers are a batch of their own in the same wave, and the judge's
+    # questions wait for the wave to end (all batches of a wave end before the next is sent)
     common = ["eval", "harmlessness", "--prompts", str(prompts), "--model", "after",
-              "--judge", "judge", "--api-base", fault_server.base_url, "--seed", "2"]  # fmt: skip
+              "--baseline", "before", "--judge", "judge", "--api-base", fault_server.base_url,
+              "--seed", "2"]  # fmt: skip
     _cli(*common, "--out", str(tmp_path / "b"), "--batch-api", "--cache-path", str(tmp_path / "cb"))
     # the answers, then every flag question (old code: one wave per principle, 1 + 14)
-    assert _waves(tmp_path / "b") == 2 and fault_server.batches_created == 2
+    assert _waves(tmp_path / "b") == 2 and fault_server.batches_created == 3
     _cli(*common, "--out", str(tmp_path / "s"), "--cache-path", str(tmp_path / "cs"))
     batch = _same_records(tmp_path / "b" / "flags.jsonl", tmp_path / "s" / "flags.jsonl")
-    assert len(batch) == 3 and all(len(r["metadata"]["flags"]) == 14 for r in batch)
+    assert len(batch) == 6 and all(len(r["metadata"]["flags"]) == 14 for r in batch)
     report = (tmp_path / "b" / "report.md").read_text()
     assert report == (tmp_path / "s" / "report.md").read_text()
 
