@@ -422,6 +422,7 @@ def test_an_unreadable_batch_judge_answer_is_read_alike_in_every_pass_and_asked_
 ) -> None:
     """`Engine.forget` drops an unusable answer so that a re-run asks again; within a batch
     run it waits for the end, or a row replayed in a later pass would ask again mid-run."""
+
     def judge(body: dict[str, Any], rng: object) -> str:  # unreadable when x is shown first
         return "Both are fine, really." if _first_shown(body).startswith("x") else "A"
 
