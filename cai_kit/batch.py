@@ -88,7 +88,8 @@ class _Wave:
     batch_id: str | None = None
     reserved: float = 0.0  # --max-cost: the worst case held for this batch until it ends
     task: asyncio.Task[None] | None = None
-    keys: frozenset[str] = frozenset()  # an earlier run's open batch: its calls
+    keys: frozenset[str] = frozenset()  # an earlier run's open batch: its calls...
+    since: float | None = None  # ...and when it was being submitted
 
 
 class BatchCollector:
@@ -330,7 +331,7 @@ class BatchCollector:
     async def _find_and_wait(self, wave: _Wave) -> None:
         """Wait for a batch sent by an earlier run (or find the one a crash left unrecorded)."""
         if wave.batch_id is None:
-            wave.batch_id = await wave.client.find(wave.tag)
+            wave.batch_id = await wave.client.find(wave.tag, wave.since)
             if wave.batch_id is None:  # never created: the next pass sends its calls again
                 self._log(event="finished", tag=wave.tag, batch_id=None, status="never created")
                 (self.dir / f"{wave.tag}.keys").unlink(missing_ok=True)
@@ -466,7 +467,9 @@ class BatchCollector:
                 continue
             keys = frozenset(keys_file.read_text(encoding="utf-8").split())
             batch_id = entry.get("submitted", {}).get("batch_id")
-            self._open[tag] = _Wave(tag, BatchClient(), len(keys), batch_id, keys=keys)
+            since = entry.get("submitting", {}).get("at")
+            self._open[tag] = _Wave(tag, BatchClient(), len(keys), batch_id, keys=keys,
+                                    since=since)  # fmt: skip
             for key in keys:
                 self._wave_of[key] = tag
 

@@ -59,8 +59,10 @@ class BatchClient:
     async def submit(self, path: Path, tag: str) -> str:
         raise NotImplementedError
 
-    async def find(self, tag: str) -> str | None:
-        """The batch created for `tag` before a crash, if the provider lists it."""
+    async def find(self, tag: str, since: float | None = None) -> str | None:
+        """The batch created for `tag` (at or after `since`, a Unix time) before a crash, if
+        the provider lists it; None when it was never created. Raises BackendError when the
+        provider can't say (a listing that fails is not "never created": that would pay twice)."""
         return None
 
     async def poll(self, batch_id: str) -> BatchState:
@@ -110,14 +112,15 @@ class OpenAIBatchClient(BatchClient):
             raise _sdk_error(exc, self.base_url) from None
         return str(batch.id)
 
-    async def find(self, tag: str) -> str | None:
-        try:
-            page = await self.client.batches.list(limit=100)
-        except Exception:
-            return None
-        for b in page.data:
-            if (b.metadata or {}).get("cai_kit_wave") == tag and b.status != "cancelled":
-                return str(b.id)
+    async def find(self, tag: str, since: float | None = None) -> str | None:
+        try:  # newest first, page after page, back to the wave's time (a few minutes' slack)
+            async for b in self.client.batches.list(limit=100):
+                if (b.metadata or {}).get("cai_kit_wave") == tag and b.status != "cancelled":
+                    return str(b.id)
+                if since is not None and b.created_at < since - 600:
+                    return None
+        except Exception as exc:
+            raise _sdk_error(exc, self.base_url) from None
         return None
 
     async def poll(self, batch_id: str) -> BatchState:

@@ -40,6 +40,11 @@ def _cli(*args: str) -> Any:
     return r
 
 
+def latest(path: Path) -> list[dict[str, Any]]:
+    """The last record of each id (a re-run appends)."""
+    return list({x["id"]: x for x in _rows(path)}.values())
+
+
 def _ledger(run: Path) -> list[dict[str, Any]]:
     return _rows(run / "batches" / "ledger.jsonl")
 
@@ -177,9 +182,20 @@ def test_a_wave_killed_before_its_batch_id_was_recorded_is_found_by_its_tag(
     (ledger.parent / f"{events[0]['tag']}.keys").write_text("\n".join(sorted(sent)) + "\n")
     (tmp_path / "o" / "generations.jsonl").unlink()
     (tmp_path / "c").unlink()
+    # a busy account: 250 newer batches stand before it in the provider's list (3 pages)
+    real = next(iter(fault_server.batches.values()))
+    for i in range(250):
+        fault_server.batches[f"batch_other_{i}"] = {**real, "metadata": {"other": str(i)}}
+    fault_server.batch_list_fails = True  # first the listing fails: not "never created"
+    r = CliRunner().invoke(app, [*cmd, "-q"])
+    assert "3 failed" in r.output and "still open" in r.output, r.output
+    assert fault_server.batches_created == 1 and fault_server.paid == 3
+    fault_server.batch_list_fails = False
     _cli(*cmd)
     assert fault_server.batches_created == 1 and fault_server.paid == 3
-    assert len(_rows(tmp_path / "o" / "generations.jsonl")) == 3
+    assert fault_server.batch_list_pages == 3
+    rows = latest(tmp_path / "o" / "generations.jsonl")
+    assert len(rows) == 3 and all(x["status"] == "ok" for x in rows)
 
 
 def test_dry_run_previews_the_batch_price_at_half_the_synchronous_one(
