@@ -132,6 +132,20 @@ def test_anthropic_goes_through_litellm_to_a_messages_api(
     assert completion.usage.prompt_tokens == 10 and stats.cost > 0  # litellm's cost map
 
 
+def test_anthropic_through_litellm_sends_no_top_p_next_to_temperature(
+    provider_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claude Sonnet 4.5 and later refuse `temperature` and `top_p` together; top_p 1.0 (ours
+    unless asked) cuts nothing, so it is not sent: every synchronous call would fail."""
+    monkeypatch.setenv("ANTHROPIC_API_BASE", provider_server.base_url.removesuffix("/v1"))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+    provider_server.exclusive_sampling = True
+    backend = get_backend("anthropic/claude-sonnet-4-5")
+    completion, stats = asyncio.run(_call(backend, tmp_path, GenParams(temperature=0.7)))
+    assert completion.text.startswith("echo ") and stats.failures == 0
+    assert "top_p" not in provider_server.bodies[-1]
+
+
 def test_cli_models_shows_the_path_and_keeps_brackets() -> None:
     runner = CliRunner()
     table = runner.invoke(app, ["models"]).output

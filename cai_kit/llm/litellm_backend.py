@@ -72,12 +72,13 @@ class LiteLLMBackend(Backend):
             "model": self.model,
             "messages": messages,
             "temperature": params.temperature,
-            "top_p": params.top_p,
             "max_tokens": params.max_tokens,
             "num_retries": 0,
             "max_retries": 0,
             "timeout": self.timeout_s,
         }
+        if params.top_p != 1.0:  # 1.0 cuts nothing; Claude 4.5+ refuse it next to temperature
+            kwargs["top_p"] = params.top_p
         if self.api_base:
             kwargs["api_base"] = self.api_base
             kwargs["api_key"] = self._key or "sk-none"  # litellm insists on one
