@@ -112,9 +112,7 @@ class BatchCollector:
         self._sent: list[_Wave] = []  # this wave's batches (sent, or resumed from the ledger)
         self._open: dict[str, _Wave] = {}  # earlier runs' open batches by tag
         self._wave_of: dict[str, str] = {}  # cache key -> tag of such a batch
-        self._answered: set[int] = (
-            set()
-        )  # hash(key): calls answered, or counted as hits, in this run
+        self._answered: set[int] = set()  # hash(key): answered or counted as a hit, this run
         self._failed: dict[str, str] = {}  # cache key -> why no batch answered it (this run)
         self._blocked: list[asyncio.Future[Completion]] = []
         self._running = 0

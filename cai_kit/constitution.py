@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -126,9 +127,10 @@ class Constitution(_Strict):
             raise ValueError("needs at least one principle")
         return v
 
-    @property
+    @cached_property
     def content_hash(self) -> str:
-        """A stable hash of the content (not of the file's formatting)."""
+        """A stable hash of the content (not of the file's formatting); computed once (the
+        model is frozen), as it goes into the record id of every row."""
         return stable_hash("constitution", self.model_dump(mode="json"))
 
     def get(self, principle_id: str) -> Principle:

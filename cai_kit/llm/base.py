@@ -7,9 +7,10 @@ the judge never care which kind they talk to.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 ChatMessages = list[dict[str, str]]  # OpenAI shape: [{"role": "user", "content": "..."}]
@@ -35,7 +36,7 @@ class GenParams:
         return d
 
     def replace(self, **changes: Any) -> GenParams:
-        return GenParams(**{**asdict(self), **changes})
+        return dataclasses.replace(self, **changes)  # (not asdict: it deep-copies, per call)
 
     def for_sample(self, index: int) -> GenParams:
         """The parameters of sample `index`: its own draw, reproducible for a fixed seed.
