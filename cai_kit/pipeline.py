@@ -89,7 +89,8 @@ def split_prompts(r: Recipe) -> Split:
         )
     if r.limit is not None:
         train = train[: r.limit]
-    if r.eval.limit is not None:
+    if r.eval.limit is not None and r.eval.limit < len(held):
+        note += f"; eval.limit {r.eval.limit}: the first {r.eval.limit} of them are evaluated"
         held = held[: r.eval.limit]
     if not train or not held:
         raise ConfigError(
