@@ -120,6 +120,7 @@ class BatchCollector:
         self._check_handle: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._reserved = 0.0
+        self._known_ids: frozenset[str] = frozenset()  # batch ids the ledger names
         self._load_ledger()
 
     # --- which calls ---------------------------------------------------------------------
@@ -329,7 +330,8 @@ class BatchCollector:
     async def _find_and_wait(self, wave: _Wave) -> None:
         """Wait for a batch sent by an earlier run (or find the one a crash left unrecorded)."""
         if wave.batch_id is None:
-            wave.batch_id = await wave.client.find(wave.tag, wave.since)
+            wave.batch_id = await wave.client.find(wave.tag, wave.since, wave.requests,
+                                                   self._known_ids)  # fmt: skip
             if wave.batch_id is None:  # never created: the next pass sends its calls again
                 self._log(event="finished", tag=wave.tag, batch_id=None, status="never created")
                 (self.dir / f"{wave.tag}.keys").unlink(missing_ok=True)
@@ -459,6 +461,9 @@ class BatchCollector:
                 continue  # a torn last line from a crash
             entry = state.setdefault(ev["tag"], {})
             entry[ev["event"]] = ev
+        self._known_ids = frozenset(
+            e["submitted"]["batch_id"] for e in state.values() if e.get("submitted", {}).get("batch_id")
+        )  # fmt: skip
         for tag, entry in state.items():
             keys_file = self.dir / f"{tag}.keys"
             if "finished" in entry or not keys_file.is_file():

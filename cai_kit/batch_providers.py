@@ -59,10 +59,13 @@ class BatchClient:
     async def submit(self, path: Path, tag: str) -> str:
         raise NotImplementedError
 
-    async def find(self, tag: str, since: float | None = None) -> str | None:
-        """The batch created for `tag` (at or after `since`, a Unix time) before a crash, if
-        the provider lists it; None when it was never created. Raises BackendError when the
-        provider can't say (a listing that fails is not "never created": that would pay twice)."""
+    async def find(
+        self, tag: str, since: float | None = None, requests: int = 0, known: frozenset[str] = frozenset()
+    ) -> str | None:  # fmt: skip
+        """The batch created for the wave `tag` (of `requests` calls, submitted at `since`, a
+        Unix time) before a crash, if the provider lists it and it is none of the `known`
+        batch ids; None when it was never created. Raises BackendError when the provider
+        can't say (a listing that fails is not "never created": that would pay twice)."""
         return None
 
     async def poll(self, batch_id: str) -> BatchState:
@@ -112,7 +115,9 @@ class OpenAIBatchClient(BatchClient):
             raise _sdk_error(exc, self.base_url) from None
         return str(batch.id)
 
-    async def find(self, tag: str, since: float | None = None) -> str | None:
+    async def find(
+        self, tag: str, since: float | None = None, requests: int = 0, known: frozenset[str] = frozenset()
+    ) -> str | None:  # fmt: skip
         try:  # newest first, page after page, back to the wave's time (a few minutes' slack)
             async for b in self.client.batches.list(limit=100):
                 if (b.metadata or {}).get("cai_kit_wave") == tag and b.status != "cancelled":
@@ -237,6 +242,33 @@ class AnthropicBatchClient(BatchClient):
                                 headers={"content-length": str(length)})  # fmt: skip
         return str(json.loads(text)["id"])
 
+    async def find(
+        self, tag: str, since: float | None = None, requests: int = 0, known: frozenset[str] = frozenset()
+    ) -> str | None:  # fmt: skip
+        """Message Batches carry no metadata, so the wave's batch is found by its time and
+        size: created within minutes of `since` (clock skew and a long upload allowed), with
+        as many requests, and not a batch the ledger already names. Only a single such batch
+        is adopted; with none or several, the calls are sent again (paying twice rather than
+        taking another job's batch)."""
+        if since is None or not requests:
+            return None
+        found: list[str] = []
+        after = None
+        while True:
+            query = "?limit=1000" + (f"&after_id={after}" if after else "")
+            page = json.loads(await self._http("GET", self.url + query))
+            for b in page.get("data") or []:
+                created = _unix(b.get("created_at"))
+                if created is not None and created < since - _SKEW_S:
+                    return found[0] if len(found) == 1 else None  # newest first: no older one
+                size = sum((b.get("request_counts") or {}).values())
+                if created is not None and created <= since + _UPLOAD_S and size == requests \
+                        and b["id"] not in known:  # fmt: skip
+                    found.append(str(b["id"]))
+            if not page.get("has_more") or not page.get("last_id"):
+                return found[0] if len(found) == 1 else None
+            after = page["last_id"]
+
     async def poll(self, batch_id: str) -> BatchState:
         b = json.loads(await self._http("GET", f"{self.url}/{batch_id}"))
         status = b["processing_status"]  # in_progress | canceling | ended
@@ -275,6 +307,20 @@ class AnthropicBatchClient(BatchClient):
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+_SKEW_S = 300.0  # a found batch may look created this much before the wave (clock skew)...
+_UPLOAD_S = 900.0  # ...or this much after it (a 256 MB body takes a while to send)
+
+
+def _unix(stamp: Any) -> float | None:
+    """An RFC 3339 time (Anthropic's `created_at`) as Unix seconds."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 _UNRUN = {

@@ -726,3 +726,32 @@ def test_an_expired_or_cancelled_anthropic_batch_is_reported_as_such(
     fault_server.batch_outcome = "completed"
     r = _anthropic_generate(tmp_path, prompts)
     assert "2 done; 0 failed" in r.output and fault_server.paid == 2
+
+
+@pytest.mark.parametrize("same_size_decoy", [False, True])
+def test_an_anthropic_batch_created_before_its_id_was_recorded_is_found_by_time_and_size(
+    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    same_size_decoy: bool,
+) -> None:  # fmt: skip
+    """Message Batches carry no metadata to tag a wave with. A batch created just before a
+    crash (or whose create call timed out after the provider took it) is found by when it was
+    created and how many requests it holds; where two batches fit, cai-kit can't tell which
+    is its own and sends the calls again rather than take another job's answers."""
+    _anthropic_env(fault_server, monkeypatch)
+    prompts = _prompts(tmp_path / "p.jsonl", 3)
+    assert "3 done" in _anthropic_generate(tmp_path, prompts).output
+    ledger = tmp_path / "o" / "batches" / "ledger.jsonl"
+    events = _rows(ledger)
+    ledger.write_text(json.dumps(events[0]) + "\n")  # as if killed before "submitted"
+    sent = [json.loads(x)["custom_id"] for x in fault_server.files["file-1"]["data"].splitlines()]
+    (ledger.parent / f"{events[0]['tag']}.keys").write_text("\n".join(sorted(sent)) + "\n")
+    (tmp_path / "o" / "generations.jsonl").unlink()
+    (tmp_path / "c").unlink()
+    ours = fault_server.batches["msgbatch_1"]
+    other = {**ours, "counts": {**ours["counts"], "succeeded": 2 if not same_size_decoy else 3}}
+    fault_server.batches["msgbatch_other"] = other  # another job's batch, made at the same time
+    r = _anthropic_generate(tmp_path, prompts)
+    assert "3 done; 0 failed" in r.output, r.output
+    assert fault_server.batch_list_pages == 1
+    assert fault_server.batches_created == (2 if same_size_decoy else 1)
+    assert fault_server.paid == (6 if same_size_decoy else 3)
