@@ -484,8 +484,12 @@ def _waves(run: Path) -> int:
     return waves
 
 
-def _same_records(a: Path, b: Path) -> list[dict[str, Any]]:
-    batch, sync = _rows(a), _rows(b)
+def _batch_then_sync(tmp_path: Path, common: list[str], records: str) -> list[dict[str, Any]]:
+    """Run the command with --batch-api (into b/) and synchronously (into s/), each with its
+    own cache; the two runs' records must be the same. Returns the batch run's records."""
+    _cli(*common, "--out", str(tmp_path / "b"), "--batch-api", "--cache-path", str(tmp_path / "cb"))
+    _cli(*common, "--out", str(tmp_path / "s"), "--cache-path", str(tmp_path / "cs"))
+    batch, sync = _rows(tmp_path / "b" / records), _rows(tmp_path / "s" / records)
     assert sorted(map(json.dumps, batch)) == sorted(map(json.dumps, sync))
     return batch
 
@@ -505,10 +509,8 @@ def test_judge_sends_every_order_vote_and_principle_of_a_pair_in_one_wave(
                                          "response_b": f"BAD {i}"}) + "\n" for i in range(3)))  # fmt: skip
     common = ["judge", str(pairs), "--judge-model", "j", "--api-base", fault_server.base_url,
               "--seed", "3", *how]  # fmt: skip
-    _cli(*common, "--out", str(tmp_path / "b"), "--batch-api", "--cache-path", str(tmp_path / "cb"))
+    batch = _batch_then_sync(tmp_path, common, "prefs.jsonl")
     assert _waves(tmp_path / "b") == 1 and fault_server.batches_created == 1
-    _cli(*common, "--out", str(tmp_path / "s"), "--cache-path", str(tmp_path / "cs"))
-    batch = _same_records(tmp_path / "b" / "prefs.jsonl", tmp_path / "s" / "prefs.jsonl")
     assert len(batch) == 3 and all(r["status"] == "ok" for r in batch)
 
 
@@ -525,11 +527,9 @@ def test_prefs_best_worst_judges_all_pairs_of_a_prompt_in_one_wave(
     common = ["prefs", str(prompts), "--policy-model", "m", "--judge-model", "j", "--api-base",
               fault_server.base_url, "--k", "3", "--pairs", "best-worst", "--mode", "letter",
               "--seed", "4"]  # fmt: skip
-    _cli(*common, "--out", str(tmp_path / "b"), "--batch-api", "--cache-path", str(tmp_path / "cb"))
+    batch = _batch_then_sync(tmp_path, common, "prefs.jsonl")
     assert _waves(tmp_path / "b" / "samples") == 1
     assert _waves(tmp_path / "b") == fault_server.batches_created - 1 == 1  # old: 3 x 2 orders
-    _cli(*common, "--out", str(tmp_path / "s"), "--cache-path", str(tmp_path / "cs"))
-    batch = _same_records(tmp_path / "b" / "prefs.jsonl", tmp_path / "s" / "prefs.jsonl")
     assert len(batch) == 2 and all(r["status"] == "ok" for r in batch)
 
 
@@ -548,11 +548,9 @@ def test_eval_harmlessness_asks_every_principle_in_one_wave(
     common = ["eval", "harmlessness", "--prompts", str(prompts), "--model", "after",
               "--baseline", "before", "--judge", "judge", "--api-base", fault_server.base_url,
               "--seed", "2"]  # fmt: skip
-    _cli(*common, "--out", str(tmp_path / "b"), "--batch-api", "--cache-path", str(tmp_path / "cb"))
+    batch = _batch_then_sync(tmp_path, common, "flags.jsonl")
     # the answers, then every flag question (old code: one wave per principle, 1 + 14)
     assert _waves(tmp_path / "b") == 2 and fault_server.batches_created == 3
-    _cli(*common, "--out", str(tmp_path / "s"), "--cache-path", str(tmp_path / "cs"))
-    batch = _same_records(tmp_path / "b" / "flags.jsonl", tmp_path / "s" / "flags.jsonl")
     assert len(batch) == 6 and all(len(r["metadata"]["flags"]) == 14 for r in batch)
     report = (tmp_path / "b" / "report.md").read_text()
     assert report == (tmp_path / "s" / "report.md").read_text()
@@ -570,11 +568,9 @@ def test_eval_winrate_sends_both_answers_then_both_orders_as_two_waves(
     prompts = _prompts(tmp_path / "p.jsonl", 3)
     common = ["eval", "winrate", "--prompts", str(prompts), "--model", "good", "--baseline", "base",
               "--judge", "judge", "--api-base", fault_server.base_url, "--mode", "letter"]  # fmt: skip
-    _cli(*common, "--out", str(tmp_path / "b"), "--batch-api", "--cache-path", str(tmp_path / "cb"))
+    batch = _batch_then_sync(tmp_path, common, "prefs.jsonl")
     # the two answers (a batch per backend), then both orders; old code: 4 waves, one per call
     assert _waves(tmp_path / "b") == 2 and fault_server.batches_created == 3
-    _cli(*common, "--out", str(tmp_path / "s"), "--cache-path", str(tmp_path / "cs"))
-    batch = _same_records(tmp_path / "b" / "prefs.jsonl", tmp_path / "s" / "prefs.jsonl")
     assert len(batch) == 3 and all(r["verdict"]["label"] == "A" for r in batch)
 
 
