@@ -38,7 +38,13 @@ from pydantic import BaseModel
 from cai_kit.cache import CallCache, cache_key
 from cai_kit.errors import BackendError, BudgetExceeded, CaiKitError, RetryableError, redact
 from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams
-from cai_kit.pricing import Price, implied_price, price_for_backend, prompt_tokens_upper
+from cai_kit.pricing import (
+    FREE_KINDS,
+    Price,
+    implied_price,
+    price_for_backend,
+    prompt_tokens_upper,
+)
 from cai_kit.records import RunManifest, stable_hash
 
 if TYPE_CHECKING:
@@ -366,10 +372,11 @@ class Engine:
         """One attempt: reserve, call, account. Returns the completion or the error."""
         reserved = self._check_budget(state, messages, params)
         self._in_flight += 1
+        # --timeout is for servers; a model on this machine is waited for (loading, its turn,
+        # its batch): timing it out would fail the call, not stop the work already under way
+        timeout = None if backend.kind in FREE_KINDS else self.config.timeout_s
         try:
-            completion = await asyncio.wait_for(
-                backend.chat(messages, params), self.config.timeout_s
-            )
+            completion = await asyncio.wait_for(backend.chat(messages, params), timeout)
         except asyncio.TimeoutError:
             self._reserved -= reserved
             return Completion(text=""), RetryableError(

@@ -107,3 +107,27 @@ def test_a_revise_job_on_local_uses_the_batched_path(tmp_path: Path) -> None:
                    out_dir=tmp_path / "run", engine_config=EngineConfig(quiet=True, cache_path=tmp_path / "c.sqlite"))  # fmt: skip
     assert s.done == len(TOPICS) and s.failed == 0
     assert backend._batched is None  # closed by the job
+
+
+def test_a_local_call_is_not_timed_out_while_it_waits_for_the_model(tmp_path: Path) -> None:
+    """--timeout is for servers that may never answer. A call to the model on this machine
+    waits for loading, for its turn and for its batch mates: timing it out would only fail
+    it (and retry it behind the still-running original), never make it faster."""
+    from cai_kit.engine import EngineConfig, JobSpec, run_job
+    from cai_kit.llm import get_backend
+    from cai_kit.records import GenerationRecord
+
+    backend = get_backend("local")
+    params = GenParams(max_tokens=24, temperature=0.7, seed=1)
+
+    async def process(topic: str, engine: object) -> GenerationRecord:
+        c = await engine.call(backend, _msgs(topic), params)  # type: ignore[attr-defined]
+        return GenerationRecord(id=topic, prompt_id=topic, messages=_msgs(topic), response=c.text)
+
+    spec = JobSpec(name="gen", items=TOPICS, item_id=lambda t: t, process=process,
+                   output=tmp_path / "out.jsonl", record_type=GenerationRecord,
+                   run_dir=tmp_path, backends=[backend])  # fmt: skip
+    config = EngineConfig(quiet=True, timeout_s=0.05, max_retries=0, use_cache=False)
+    summary = run_job(spec, config)
+    assert summary.done == len(TOPICS) and summary.failed == 0, summary.line()
+    assert summary.stats["retries"] == 0

@@ -61,7 +61,13 @@ TpmOpt = Annotated[
 MaxRetriesOpt = Annotated[
     int, typer.Option("--max-retries", help="Retries per call on 429/5xx/timeouts.")
 ]
-TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds before a call times out.")]
+TimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        help="Seconds before a call to a server times out (a model on this machine is waited for).",
+    ),
+]
 MaxCostOpt = Annotated[
     float | None,
     typer.Option("--max-cost", help="Stop cleanly before spending more than this (USD)."),
