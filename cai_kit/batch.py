@@ -120,6 +120,7 @@ class BatchCollector:
         self._check_handle: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._reserved = 0.0
+        self._progress: dict[str, tuple[int, int]] = {}  # this wave's batches: (answered, of)
         self._known_ids: frozenset[str] = frozenset()  # batch ids the ledger names
         self._load_ledger()
 
@@ -143,6 +144,15 @@ class BatchCollector:
         """`Engine.forget` (an unusable answer, asked again by a re-run): done at the end of
         the job, so that the row reads the same answer in every pass of this run."""
         self._forget.add(key)
+
+    def status(self) -> str:
+        """The current wave at the provider, for the progress bar: requests answered so far
+        (from the last polls), or the last wave's once it has ended."""
+        if not self._progress:
+            return ""
+        done = sum(d for d, _ in self._progress.values())
+        total = sum(t for _, t in self._progress.values())
+        return f"wave {self.waves}: {done:,}/{total:,} requests answered"
 
     def replayed(self, key: str) -> bool:
         """Whether a cache hit is a deferred row meeting a call again that this run has paid
@@ -275,6 +285,7 @@ class BatchCollector:
         if not sent:
             return False
         self.waves += 1
+        self._progress = {w.tag: (0, w.requests) for w in sent}
         if not self.engine.config.quiet:
             n = sum(w.requests for w in sent)
             print(f"--batch-api: wave {self.waves}: {len(sent)} batch(es)"
@@ -357,6 +368,7 @@ class BatchCollector:
                     return
                 await asyncio.sleep(min(cfg.backoff_base_s * 2**errors, POLL_MAX_S))
                 continue
+            self._progress[wave.tag] = _answered_of(state.counts, wave.requests)
             if state.done:
                 break
             waited = time.monotonic() - started
@@ -508,6 +520,16 @@ def _worst_case(line: dict[str, Any], price: Any) -> float | None:
     body = line.get("body") or line.get("params") or {}
     chars = sum(len(str(m.get("content", ""))) for m in body.get("messages", []))
     return float(price.cost(chars // 4 + 1, int(body.get("max_tokens") or 0), batch=True))
+
+
+def _answered_of(counts: dict[str, int], requests: int) -> tuple[int, int]:
+    """(requests the provider has answered, of how many) from a poll's request counts:
+    OpenAI-style {total, completed, failed} or Anthropic's {processing, succeeded, ...}."""
+    if "processing" in counts:  # Anthropic: what is not processing any more has an answer
+        total = sum(counts.values()) or requests
+        return total - counts["processing"], total
+    total = counts.get("total") or requests
+    return counts.get("completed", 0) + counts.get("failed", 0), total
 
 
 def _why(state: BatchState) -> str:

@@ -582,7 +582,9 @@ class _InfoColumn:
         s = self.engine.stats
         rate = s.calls / max(time.monotonic() - s.started, 1e-6)
         tokens = s.prompt_tokens + s.completion_tokens
-        return f"failed {self.summary.failed} | {rate:.1f} calls/s | {tokens} tok | ${s.cost:.4f}"
+        text = f"failed {self.summary.failed} | {rate:.1f} calls/s | {tokens} tok | ${s.cost:.4f}"
+        batch = self.engine.batch.status() if self.engine.batch is not None else ""
+        return f"{text} | {batch}" if batch else text
 
 
 async def _run_items(

@@ -751,3 +751,17 @@ def test_an_anthropic_batch_created_before_its_id_was_recorded_is_found_by_time_
     assert fault_server.batch_list_pages == 1
     assert fault_server.batches_created == (2 if same_size_decoy else 1)
     assert fault_server.paid == (6 if same_size_decoy else 3)
+
+
+def test_the_progress_bar_shows_the_wave_at_the_provider(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """A wave can take hours with no row finishing: the bar says what the provider has
+    answered so far, and a line says when a wave goes out."""
+    prompts = _prompts(tmp_path / "p.jsonl", 3)
+    r = CliRunner().invoke(app, ["generate", str(prompts), "--model", "m", "--api-base",
+                                 fault_server.base_url, "--out", str(tmp_path / "o"),
+                                 "--batch-api", "--cache-path", str(tmp_path / "c")],
+                           env={"COLUMNS": "200"})  # fmt: skip
+    assert "--batch-api: wave 1: 1 batch(es), 3 requests; waiting for the provider." in r.output
+    assert "wave 1: 3/3 requests answered" in r.output, r.output
