@@ -508,10 +508,9 @@ def run_async(coro: Awaitable[Any]) -> Any:
 
 def run_job(spec: JobSpec, config: EngineConfig) -> JobSummary:
     """Run the items that are not done yet; see the module docstring."""
-    from cai_kit.io import latest_by_id
+    from cai_kit.io import latest_status
 
-    existing = latest_by_id(spec.output, spec.record_type)
-    done_ids = {i for i, r in existing.items() if getattr(r, "status", "ok") == "ok"}
+    done_ids = {i for i, s in latest_status(spec.output, spec.record_type).items() if s == "ok"}
     todo, seen, pending = [], set(), []
     for item in spec.items:
         iid = spec.item_id(item)

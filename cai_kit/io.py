@@ -181,17 +181,18 @@ def _parse_line(path: Path, i: int, line: str, last: bool) -> dict[str, Any] | N
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object). A torn last line is skipped; other bad lines raise."""
+    """Yield (line number, object), reading line by line. A torn last line is skipped; other
+    bad lines raise. (Only the last line of a file can lack its newline, so that tells a torn
+    last line without reading ahead.)"""
     path = Path(path)
     with open(path, encoding="utf-8") as fh:
-        lines = fh.readlines()
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        obj = _parse_line(path, i, line, last=i == len(lines))
-        if obj is None:
-            return
-        yield i, obj
+        for i, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            obj = _parse_line(path, i, line, last=not line.endswith("\n"))
+            if obj is None:
+                return
+            yield i, obj
 
 
 def read_records(path: Path, model: type[M]) -> Iterator[M]:
@@ -200,29 +201,28 @@ def read_records(path: Path, model: type[M]) -> Iterator[M]:
     read again the plain way for the error that names file, line and field."""
     path = Path(path)
     with open(path, encoding="utf-8") as fh:
-        lines = fh.readlines()
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record: M | None = model.model_validate_json(line)
-        except ValidationError:
-            record = None
-        if record is not None:
+        for i, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                record: M | None = model.model_validate_json(line)
+            except ValidationError:
+                record = None
+            if record is not None:
+                yield record
+                continue
+            obj = _parse_line(path, i, line, last=not line.endswith("\n"))
+            if obj is None:
+                return
+            try:
+                record = model.model_validate(obj)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                field = ".".join(str(x) for x in err["loc"])
+                raise DataError(
+                    f"{path}:{i}: {field}: {err['msg']} (not a {model.__name__})."
+                ) from None
             yield record
-            continue
-        obj = _parse_line(path, i, line, last=i == len(lines))
-        if obj is None:
-            return
-        try:
-            record = model.model_validate(obj)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(x) for x in err["loc"])
-            raise DataError(
-                f"{path}:{i}: {field}: {err['msg']} (not a {model.__name__})."
-            ) from None
-        yield record
 
 
 def latest_by_id(path: Path, model: type[M]) -> dict[str, M]:
@@ -230,3 +230,11 @@ def latest_by_id(path: Path, model: type[M]) -> dict[str, M]:
     if not Path(path).is_file():
         return {}
     return {r.id: r for r in read_records(path, model)}  # type: ignore[attr-defined]
+
+
+def latest_status(path: Path, model: type[M]) -> dict[str, str]:
+    """The status of the last record of each id, reading the records one at a time: what a
+    resumed job needs to know, in memory for ids only (not a 100,000-row file's records)."""
+    if not Path(path).is_file():
+        return {}
+    return {r.id: getattr(r, "status", "ok") for r in read_records(path, model)}  # type: ignore[attr-defined]
