@@ -122,15 +122,24 @@ class OpenAIBatchClient(BatchClient):
     async def find(
         self, tag: str, since: float | None = None, requests: int = 0, known: frozenset[str] = frozenset()
     ) -> str | None:  # fmt: skip
+        seen: set[str] = set()
         try:  # newest first, page after page, back to the wave's time (a few minutes' slack)
-            async for b in self.client.batches.list(limit=100):
-                if (b.metadata or {}).get("cai_kit_wave") == tag and b.status != "cancelled":
-                    return str(b.id)
-                if since is not None and b.created_at < since - 600:
+            page = await self.client.batches.list(limit=100)
+            while True:
+                fresh = [b for b in page.data if b.id not in seen]
+                for b in fresh:
+                    seen.add(b.id)
+                    if (b.metadata or {}).get("cai_kit_wave") == tag and b.status != "cancelled":
+                        return str(b.id)
+                    if since is not None and b.created_at < since - 600:
+                        return None
+                # a list without `has_more` that ignores `after` (Groq documents no paging)
+                # answers the same page again: nothing new means the list is done
+                if not fresh or not page.has_next_page():
                     return None
+                page = await page.get_next_page()
         except Exception as exc:
             raise _sdk_error(exc, self.base_url) from None
-        return None
 
     async def poll(self, batch_id: str) -> BatchState:
         try:

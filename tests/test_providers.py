@@ -5,6 +5,7 @@ reached through the provider's own base-URL variable (OPENAI_BASE_URL, ...)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -325,3 +326,59 @@ def test_batch_api_goes_to_deepinfra_and_not_to_together(
                                  str(tmp_path / "c"), "-q"])  # fmt: skip
     assert r.exit_code == 0, r.output
     assert provider_server.batches_created == 0 and provider_server.paid == 1
+
+
+def test_groq_batch_list_without_paging_is_read_once_not_forever(
+    provider_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Groq's batch list is {object, data}: no has_more, no documented `after`. Looking for a
+    wave's batch that was never created must end (the SDK would ask for the same page again)."""
+    from cai_kit.batch_providers import batch_client_for
+
+    monkeypatch.setenv("GROQ_BASE_URL", provider_server.base_url)
+    monkeypatch.setenv("GROQ_API_KEY", SECRET)
+    provider_server.batch_list_unpaged = True
+    client = batch_client_for(get_backend("groq/llama-3.1-8b-instant"))
+    assert client is not None
+    path = tmp_path / "wave.jsonl"
+    path.write_text(json.dumps(client.line("k" * 64, MSGS, GenParams(seed=1))) + "\n")
+
+    async def go() -> tuple[str, str | None, str | None]:
+        try:
+            made = await client.submit(path, "wave-a")
+            found = await asyncio.wait_for(client.find("wave-a", since=time.time()), 10)
+            never = await asyncio.wait_for(client.find("wave-b", since=time.time()), 10)
+            return made, found, never
+        finally:
+            await client.aclose()
+
+    made, found, never = asyncio.run(go())
+    assert found == made and never is None and provider_server.batch_list_pages <= 3
+
+
+@pytest.mark.parametrize(("name", "model"), [("CEREBRAS", "cerebras/llama3.1-8b"),
+                                             ("GROQ", "groq/llama-3.1-8b-instant")])  # fmt: skip
+def test_a_base_url_variable_naming_only_the_host_gets_the_api_path(
+    provider_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    name: str, model: str,
+) -> None:  # fmt: skip
+    """The Cerebras and Groq SDKs read CEREBRAS_BASE_URL / GROQ_BASE_URL as the bare host and
+    add /v1 or /openai/v1 themselves: the same value works here."""
+    monkeypatch.setenv(f"{name}_BASE_URL", provider_server.base_url.removesuffix("/v1"))
+    monkeypatch.setenv(f"{name}_API_KEY", SECRET)
+    completion, stats = asyncio.run(_call(get_backend(model), tmp_path, GenParams()))
+    assert stats.failures == 0 and completion.text and provider_server.paid == 1
+
+
+def test_cerebras_is_asked_for_openai_shaped_logprobs(
+    provider_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cerebras' chat API takes logprobs (bool) + top_logprobs (0..20) and answers OpenAI's
+    `logprobs.content`: the judge's soft labels come back."""
+    monkeypatch.setenv("CEREBRAS_BASE_URL", provider_server.base_url)
+    monkeypatch.setenv("CEREBRAS_API_KEY", SECRET)
+    provider_server.logprobs = _letters
+    backend = get_backend("cerebras/llama3.1-8b")
+    completion, _ = asyncio.run(_call(backend, tmp_path, GenParams(top_logprobs=10)))
+    assert provider_server.bodies[-1]["top_logprobs"] == 10
+    assert completion.logprobs and completion.logprobs[0].top == {"A": -0.1, "B": -2.4}

@@ -41,6 +41,9 @@ class Provider:
     max_top_logprobs: int = 20  # the most `top_logprobs` it accepts (OpenAI: 20)
     # (model-name regex, request fields its models refuse with an error): not sent to them
     refuses: tuple[tuple[str, frozenset[str]], ...] = ()
+    # the API path under the host: added to a base-URL variable that names only the host, as
+    # the provider's own SDK reads it (GROQ_BASE_URL=https://api.groq.com -> .../openai/v1)
+    base_path: str = "/v1"
 
     def refused(self, model: str) -> frozenset[str]:
         """The request fields this provider documents as an error for `model` (bare name)."""
@@ -77,7 +80,8 @@ class Provider:
     def resolved_base_url(self) -> str | None:
         for var in self.base_vars:
             if os.environ.get(var):
-                return os.environ[var].rstrip("/")
+                url = os.environ[var].rstrip("/")
+                return url + self.base_path if urlparse(url).path in ("", "/") else url
         return self.base_url
 
 
@@ -91,7 +95,7 @@ PROVIDERS: dict[str, Provider] = {
                  ("OPENAI_BASE_URL",), logprobs=True),
         # usage.cost comes back on every response (`usage: {include: true}` is deprecated)
         Provider("openrouter", ("OPENROUTER_API_KEY",), "https://openrouter.ai/api/v1",
-                 ("OPENROUTER_BASE_URL",), logprobs=True,
+                 ("OPENROUTER_BASE_URL",), logprobs=True, base_path="/api/v1",
                  price="reported per call (usage.cost), else litellm cost map"),
         # chat `logprobs` is an integer 0..20 with its own response shape (tokens /
         # token_logprobs), not OpenAI's boolean + top_logprobs: none are asked for
@@ -99,13 +103,13 @@ PROVIDERS: dict[str, Provider] = {
                  "https://api.together.xyz/v1", ("TOGETHER_BASE_URL",)),
         # logprobs, top_logprobs and n > 1 are refused with a 400
         Provider("groq", ("GROQ_API_KEY",), "https://api.groq.com/openai/v1",
-                 ("GROQ_BASE_URL",)),
+                 ("GROQ_BASE_URL",), base_path="/openai/v1"),
         Provider("fireworks_ai", ("FIREWORKS_API_KEY", "FIREWORKS_AI_API_KEY"),
                  "https://api.fireworks.ai/inference/v1", ("FIREWORKS_BASE_URL",), logprobs=True,
-                 max_top_logprobs=5),
+                 max_top_logprobs=5, base_path="/inference/v1"),
         # deepseek-reasoner: "setting logprobs, top_logprobs will trigger an error"
         Provider("deepseek", ("DEEPSEEK_API_KEY",), "https://api.deepseek.com",
-                 ("DEEPSEEK_BASE_URL",), logprobs=True,
+                 ("DEEPSEEK_BASE_URL",), logprobs=True, base_path="",
                  refuses=(("^deepseek-reasoner", frozenset({"logprobs", "top_logprobs"})),)),
         Provider("mistral", ("MISTRAL_API_KEY",), "https://api.mistral.ai/v1",
                  ("MISTRAL_BASE_URL",), seed_field="random_seed"),
@@ -116,9 +120,11 @@ PROVIDERS: dict[str, Provider] = {
                  refuses=((r"^grok-(3-mini|4|code-fast)(?!.*non-reasoning)",
                            frozenset({"stop"})),)),
         Provider("deepinfra", ("DEEPINFRA_API_KEY", "DEEPINFRA_TOKEN"),
-                 "https://api.deepinfra.com/v1/openai", ("DEEPINFRA_BASE_URL",)),
+                 "https://api.deepinfra.com/v1/openai", ("DEEPINFRA_BASE_URL",),
+                 base_path="/v1/openai"),
+        # OpenAI-shaped logprobs + top_logprobs (0..20); CEREBRAS_BASE_URL is the bare host
         Provider("cerebras", ("CEREBRAS_API_KEY",), "https://api.cerebras.ai/v1",
-                 ("CEREBRAS_BASE_URL",)),
+                 ("CEREBRAS_BASE_URL",), logprobs=True),
         # Not OpenAI-compatible (or not without per-deployment setup): litellm
         Provider("anthropic", ("ANTHROPIC_API_KEY",), logprobs=False),
         Provider("gemini", ("GEMINI_API_KEY",), logprobs=True),
