@@ -382,3 +382,20 @@ def test_cerebras_is_asked_for_openai_shaped_logprobs(
     completion, _ = asyncio.run(_call(backend, tmp_path, GenParams(top_logprobs=10)))
     assert provider_server.bodies[-1]["top_logprobs"] == 10
     assert completion.logprobs and completion.logprobs[0].top == {"A": -0.1, "B": -2.4}
+
+
+def test_a_batch_job_is_priced_at_the_providers_own_discount(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DeepInfra's batch jobs cost 20% less than synchronous calls, not half: --max-cost and
+    the dry run must not count them at half price."""
+    from cai_kit.pricing import price_for_backend
+
+    monkeypatch.setenv("DEEPINFRA_API_KEY", SECRET)
+    price = price_for_backend(get_backend("deepinfra/meta-llama/Meta-Llama-3.1-8B-Instruct"))
+    assert price is not None and price.cost(10**6, 10**6) > 0
+    assert price.cost(10**6, 10**6, batch=True) == pytest.approx(0.8 * price.cost(10**6, 10**6))
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    openai = price_for_backend(get_backend("openai/gpt-4o-mini"))
+    assert openai is not None  # the cost map's own batch price: half
+    assert openai.cost(10**6, 10**6, batch=True) == pytest.approx(0.5 * openai.cost(10**6, 10**6))
