@@ -6,8 +6,11 @@
     state = await client.poll(batch_id)           # BatchState(status, done, ...)
     async for key, result in client.results(state):  # Completion, or an error sentence
 
-- OpenAI-compatible providers (OpenAI, Together, Groq, vLLM's batch runner, any `--api-base`
+- OpenAI-compatible providers (OpenAI, Groq, DeepInfra, vLLM's batch runner, any `--api-base`
   server that implements `/v1/files` and `/v1/batches`) go through the official `openai` SDK.
+  Together, Fireworks, Mistral and xAI have batch APIs of other shapes (Together's create
+  answers `{job, warning}` with upper-case statuses; Mistral's is `/v1/batch/jobs`; Fireworks'
+  are batch inference jobs over datasets; xAI pages its own way): their calls run synchronously.
   Each line's body is exactly the body of the synchronous call (`chat_body`), and answers are
   read by the same parser (`parse_chat_completion`), so both paths give the same records.
 - Anthropic's Message Batches API is spoken over plain HTTP (aiohttp) from its documented
@@ -30,8 +33,9 @@ from cai_kit.llm.openai_compat import chat_body, parse_chat_completion
 
 BodyFn = Callable[[ChatMessages, GenParams], dict[str, Any]]
 
-# hosted providers (cai_kit.llm.providers) that take OpenAI-format batch jobs at /v1/batches
-BATCH_PROVIDERS = ("openai", "together_ai", "groq")
+# hosted providers (cai_kit.llm.providers) that take OpenAI-format batch jobs at /v1/batches,
+# with `metadata` (the wave tag): OpenAI, Groq, DeepInfra (documented OpenAI-compatible)
+BATCH_PROVIDERS = ("openai", "groq", "deepinfra")
 TERMINAL = ("completed", "failed", "expired", "cancelled", "ended")
 
 
@@ -118,15 +122,24 @@ class OpenAIBatchClient(BatchClient):
     async def find(
         self, tag: str, since: float | None = None, requests: int = 0, known: frozenset[str] = frozenset()
     ) -> str | None:  # fmt: skip
+        seen: set[str] = set()
         try:  # newest first, page after page, back to the wave's time (a few minutes' slack)
-            async for b in self.client.batches.list(limit=100):
-                if (b.metadata or {}).get("cai_kit_wave") == tag and b.status != "cancelled":
-                    return str(b.id)
-                if since is not None and b.created_at < since - 600:
+            page = await self.client.batches.list(limit=100)
+            while True:
+                fresh = [b for b in page.data if b.id not in seen]
+                for b in fresh:
+                    seen.add(b.id)
+                    if (b.metadata or {}).get("cai_kit_wave") == tag and b.status != "cancelled":
+                        return str(b.id)
+                    if since is not None and b.created_at < since - 600:
+                        return None
+                # a list without `has_more` that ignores `after` (Groq documents no paging)
+                # answers the same page again: nothing new means the list is done
+                if not fresh or not page.has_next_page():
                     return None
+                page = await page.get_next_page()
         except Exception as exc:
             raise _sdk_error(exc, self.base_url) from None
-        return None
 
     async def poll(self, batch_id: str) -> BatchState:
         try:

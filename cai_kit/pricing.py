@@ -17,6 +17,7 @@ Where a price comes from, first match wins:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -28,7 +29,7 @@ from typing import Any
 
 from cai_kit.errors import ConfigError
 
-BATCH_DISCOUNT = 0.5  # OpenAI, Anthropic, Together, Groq: batch jobs cost about half
+BATCH_DISCOUNT = 0.5  # OpenAI, Anthropic: batch jobs cost half (others: providers.batch_price)
 FREE_KINDS = ("local", "hf")  # backends that run on this machine
 # Output tokens cost up to ~5x input tokens at hosted providers (gpt-4o-mini 4x, Claude 5x):
 # the bound used when a price must be inferred from a reported cost alone.
@@ -158,4 +159,24 @@ def price_for_backend(backend: Any, explicit: Price | None = None) -> Price | No
     model = getattr(backend, "price_model", None)
     if model is None and kind == "openai-compat":
         return None
-    return _from_cost_map(model or backend.model)
+    return _with_batch_price(_from_cost_map(model or backend.model), model or backend.model)
+
+
+def _with_batch_price(price: Price | None, model: str) -> Price | None:
+    """A hosted provider's documented batch discount, where the cost map has no batch price
+    (Groq's batch jobs cost 75% of the synchronous price, DeepInfra's 80%, not half)."""
+    from cai_kit.llm.providers import lookup
+
+    provider = lookup(model)
+    if price is None or provider is None or provider.batch_price == BATCH_DISCOUNT:
+        return price
+    factor = provider.batch_price
+    return dataclasses.replace(
+        price,
+        batch_input_per_m=price.batch_input_per_m
+        if price.batch_input_per_m is not None
+        else price.input_per_m * factor,
+        batch_output_per_m=price.batch_output_per_m
+        if price.batch_output_per_m is not None
+        else price.output_per_m * factor,
+    )

@@ -5,6 +5,7 @@ reached through the provider's own base-URL variable (OPENAI_BASE_URL, ...)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -84,9 +85,11 @@ def test_mistral_gets_its_seed_field(
 
 
 def test_missing_provider_key_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The variable named is the one the provider's own SDK and docs use (Together's docs and
+    SDK read TOGETHER_API_KEY; litellm's TOGETHERAI_API_KEY is still read second)."""
     for var in ("TOGETHERAI_API_KEY", "TOGETHER_API_KEY"):
         monkeypatch.delenv(var, raising=False)
-    with pytest.raises(ConfigError, match="Set TOGETHERAI_API_KEY to use together_ai/"):
+    with pytest.raises(ConfigError, match="Set TOGETHER_API_KEY to use together_ai/"):
         get_backend("together_ai/meta-llama/Llama-3-8b-chat-hf")
 
 
@@ -220,3 +223,179 @@ def test_constitution_show_prints_bracketed_text_as_text(tmp_path: Path) -> None
     )
     out = CliRunner().invoke(app, ["constitution", "show", str(path)]).output
     assert "[local] extra" in out and "[bold]the harm[/bold] and [PROMPT]" in out
+
+
+# --- the provider table's documented differences (see docs/backends.md) ------------------------
+
+
+def test_fireworks_gets_at_most_its_five_top_logprobs(
+    provider_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fireworks documents top_logprobs 0..5: the judge's default 10 would fail every call."""
+    monkeypatch.setenv("FIREWORKS_BASE_URL", provider_server.base_url)
+    monkeypatch.setenv("FIREWORKS_API_KEY", SECRET)
+    provider_server.max_top_logprobs = 5  # as Fireworks validates the body
+    provider_server.logprobs = _letters
+    backend = get_backend("fireworks_ai/accounts/fireworks/models/llama-v3p1-8b-instruct")
+    completion, stats = asyncio.run(_call(backend, tmp_path, GenParams(top_logprobs=10)))
+    body = provider_server.bodies[-1]
+    assert provider_server.seen_auth == [f"Bearer {SECRET}"]  # FIREWORKS_API_KEY, the SDK's
+    assert body["logprobs"] is True and body["top_logprobs"] == 5 and stats.failures == 0
+    assert completion.logprobs and completion.logprobs[0].top == {"A": -0.1, "B": -2.4}
+
+
+def test_deepseek_reasoner_is_asked_for_no_logprobs_and_deepseek_chat_is(
+    provider_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DeepSeek: setting logprobs/top_logprobs on deepseek-reasoner is an error (documented)."""
+    monkeypatch.setenv("DEEPSEEK_BASE_URL", provider_server.base_url)
+    monkeypatch.setenv("DEEPSEEK_API_KEY", SECRET)
+    provider_server.refuses["deepseek-reasoner"] = {"logprobs", "top_logprobs"}
+    provider_server.logprobs = _letters
+    params = GenParams(temperature=0, max_tokens=1, top_logprobs=5)
+    reasoner = get_backend("deepseek/deepseek-reasoner")
+    assert not reasoner.supports_logprobs
+    completion, stats = asyncio.run(_call(reasoner, tmp_path, params))
+    assert stats.failures == 0 and "logprobs" not in provider_server.bodies[-1]
+    chat = get_backend("deepseek/deepseek-chat")
+    completion, _ = asyncio.run(_call(chat, tmp_path / "chat", params))
+    assert provider_server.bodies[-1]["top_logprobs"] == 5 and completion.logprobs
+    runner = CliRunner()
+    assert "log-probs no" in runner.invoke(app, ["models", "deepseek/deepseek-reasoner"]).output
+    assert "log-probs yes" in runner.invoke(app, ["models", "deepseek/deepseek-chat"]).output
+
+
+def test_xai_reasoning_model_gets_no_stop_and_its_text_is_cut_here(
+    provider_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """xAI: `stop` sent to a reasoning model (grok-3-mini, grok-4...) is an error; the stop
+    sequence is applied to the answer here instead. A non-reasoning model still gets it."""
+    monkeypatch.setenv("XAI_BASE_URL", provider_server.base_url)
+    monkeypatch.setenv("XAI_API_KEY", SECRET)
+    provider_server.refuses["grok-4"] = {"stop"}
+    provider_server.responder = lambda body, rng: "The answer is A. END and more words"
+    params = GenParams(stop=("END",))
+    completion, stats = asyncio.run(_call(get_backend("xai/grok-4"), tmp_path, params))
+    assert stats.failures == 0 and "stop" not in provider_server.bodies[-1]
+    assert completion.text == "The answer is A. " and completion.finish_reason == "stop"
+    asyncio.run(_call(get_backend("xai/grok-4-fast-non-reasoning"), tmp_path / "n", params))
+    assert provider_server.bodies[-1]["stop"] == ["END"]
+
+
+def test_openrouter_reports_cost_without_the_deprecated_usage_flag(
+    provider_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenRouter always returns usage.cost; `usage: {include: true}` is deprecated."""
+    monkeypatch.setenv("OPENROUTER_BASE_URL", provider_server.base_url)
+    monkeypatch.setenv("OPENROUTER_API_KEY", SECRET)
+    provider_server.report_cost = 0.0125
+    backend = get_backend("openrouter/meta-llama/llama-3.1-8b-instruct")
+    completion, stats = asyncio.run(_call(backend, tmp_path, GenParams(seed=3)))
+    body = provider_server.bodies[-1]
+    assert "usage" not in body and body["seed"] == 3
+    assert completion.cost == pytest.approx(0.0125) and stats.cost == pytest.approx(0.0125)
+
+
+def test_deepinfra_takes_the_deepinfra_token_its_docs_use(
+    provider_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEEPINFRA_BASE_URL", provider_server.base_url)
+    monkeypatch.delenv("DEEPINFRA_API_KEY", raising=False)
+    monkeypatch.setenv("DEEPINFRA_TOKEN", SECRET)
+    asyncio.run(_call(get_backend("deepinfra/meta-llama/Llama-3.3-70B"), tmp_path, GenParams()))
+    assert provider_server.seen_auth == [f"Bearer {SECRET}"]
+
+
+def test_batch_api_goes_to_deepinfra_and_not_to_together(
+    provider_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DeepInfra's Batch API is OpenAI's (files + batches, metadata); Together's is not (its
+    create answers {job, warning}, statuses are upper case, files use purpose batch-api), so a
+    together_ai/ job runs synchronously instead of driving an API it does not speak."""
+    from cai_kit.batch_providers import OpenAIBatchClient, batch_client_for
+
+    for prefix in ("DEEPINFRA", "TOGETHER"):
+        monkeypatch.setenv(f"{prefix}_BASE_URL", provider_server.base_url)
+        monkeypatch.setenv(f"{prefix}_API_KEY", SECRET)
+    assert isinstance(batch_client_for(get_backend("deepinfra/m")), OpenAIBatchClient)
+    assert batch_client_for(get_backend("together_ai/m")) is None
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "q"}\n')
+    r = CliRunner().invoke(app, ["generate", str(prompts), "--model", "together_ai/m", "--out",
+                                 str(tmp_path / "o"), "--batch-api", "--cache-path",
+                                 str(tmp_path / "c"), "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert provider_server.batches_created == 0 and provider_server.paid == 1
+
+
+def test_groq_batch_list_without_paging_is_read_once_not_forever(
+    provider_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Groq's batch list is {object, data}: no has_more, no documented `after`. Looking for a
+    wave's batch that was never created must end (the SDK would ask for the same page again)."""
+    from cai_kit.batch_providers import batch_client_for
+
+    monkeypatch.setenv("GROQ_BASE_URL", provider_server.base_url)
+    monkeypatch.setenv("GROQ_API_KEY", SECRET)
+    provider_server.batch_list_unpaged = True
+    client = batch_client_for(get_backend("groq/llama-3.1-8b-instant"))
+    assert client is not None
+    path = tmp_path / "wave.jsonl"
+    path.write_text(json.dumps(client.line("k" * 64, MSGS, GenParams(seed=1))) + "\n")
+
+    async def go() -> tuple[str, str | None, str | None]:
+        try:
+            made = await client.submit(path, "wave-a")
+            found = await asyncio.wait_for(client.find("wave-a", since=time.time()), 10)
+            never = await asyncio.wait_for(client.find("wave-b", since=time.time()), 10)
+            return made, found, never
+        finally:
+            await client.aclose()
+
+    made, found, never = asyncio.run(go())
+    assert found == made and never is None and provider_server.batch_list_pages <= 3
+
+
+@pytest.mark.parametrize(("name", "model"), [("CEREBRAS", "cerebras/llama3.1-8b"),
+                                             ("GROQ", "groq/llama-3.1-8b-instant")])  # fmt: skip
+def test_a_base_url_variable_naming_only_the_host_gets_the_api_path(
+    provider_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    name: str, model: str,
+) -> None:  # fmt: skip
+    """The Cerebras and Groq SDKs read CEREBRAS_BASE_URL / GROQ_BASE_URL as the bare host and
+    add /v1 or /openai/v1 themselves: the same value works here."""
+    monkeypatch.setenv(f"{name}_BASE_URL", provider_server.base_url.removesuffix("/v1"))
+    monkeypatch.setenv(f"{name}_API_KEY", SECRET)
+    completion, stats = asyncio.run(_call(get_backend(model), tmp_path, GenParams()))
+    assert stats.failures == 0 and completion.text and provider_server.paid == 1
+
+
+def test_cerebras_is_asked_for_openai_shaped_logprobs(
+    provider_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cerebras' chat API takes logprobs (bool) + top_logprobs (0..20) and answers OpenAI's
+    `logprobs.content`: the judge's soft labels come back."""
+    monkeypatch.setenv("CEREBRAS_BASE_URL", provider_server.base_url)
+    monkeypatch.setenv("CEREBRAS_API_KEY", SECRET)
+    provider_server.logprobs = _letters
+    backend = get_backend("cerebras/llama3.1-8b")
+    completion, _ = asyncio.run(_call(backend, tmp_path, GenParams(top_logprobs=10)))
+    assert provider_server.bodies[-1]["top_logprobs"] == 10
+    assert completion.logprobs and completion.logprobs[0].top == {"A": -0.1, "B": -2.4}
+
+
+def test_a_batch_job_is_priced_at_the_providers_own_discount(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DeepInfra's batch jobs cost 20% less than synchronous calls, not half: --max-cost and
+    the dry run must not count them at half price."""
+    from cai_kit.pricing import price_for_backend
+
+    monkeypatch.setenv("DEEPINFRA_API_KEY", SECRET)
+    price = price_for_backend(get_backend("deepinfra/meta-llama/Meta-Llama-3.1-8B-Instruct"))
+    assert price is not None and price.cost(10**6, 10**6) > 0
+    assert price.cost(10**6, 10**6, batch=True) == pytest.approx(0.8 * price.cost(10**6, 10**6))
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    openai = price_for_backend(get_backend("openai/gpt-4o-mini"))
+    assert openai is not None  # the cost map's own batch price: half
+    assert openai.cost(10**6, 10**6, batch=True) == pytest.approx(0.5 * openai.cost(10**6, 10**6))

@@ -47,7 +47,7 @@ def models(
             base += f" ({p.base_vars[0]} overrides)"
         hosted.add_row(*(escape(t) for t in (
             p.name, "fast client" if p.fast else "litellm", " or ".join(p.key_vars), base,
-            "yes" if p.logprobs else "no", p.price,
+            p.logprobs_note(), p.price,
         )))  # fmt: skip
     console.print(hosted)
 

@@ -99,7 +99,10 @@ class OpenAICompatBackend(Backend):
         self.timeout_s = timeout_s
         self.provider = provider
         self.price_model = price_model  # the model string a list price is looked up by
-        self.supports_logprobs = provider.logprobs if provider else True
+        self.supports_logprobs = provider.logprobs_for(model) if provider else True
+        # request fields the provider documents as an error for this model: not sent
+        self._refused = provider.refused(model) if provider else frozenset()
+        self._max_top = provider.max_top_logprobs if provider else 20
         self._key = api_key  # kept in memory for the header only: never in identity or repr
         self._key_var = key_var
         self._session: Any = None
@@ -131,11 +134,11 @@ class OpenAICompatBackend(Backend):
         }
         if params.seed is not None:
             body[self.provider.seed_field if self.provider else "seed"] = params.seed
-        if params.stop:
+        if params.stop and "stop" not in self._refused:  # else cut here (`_apply_stop`)
             body["stop"] = list(params.stop)
         if params.top_logprobs > 0 and self.supports_logprobs:
             body["logprobs"] = True
-            body["top_logprobs"] = min(params.top_logprobs, 20)
+            body["top_logprobs"] = min(params.top_logprobs, self._max_top)
         if self.provider:
             body.update(self.provider.extra_body)
         return body
@@ -175,7 +178,10 @@ class OpenAICompatBackend(Backend):
             data = json.loads(raw)
         except ValueError:
             data = None
-        return parse_chat_completion(data, self.api_base, self.model)
+        completion = parse_chat_completion(data, self.api_base, self.model)
+        if params.stop and "stop" in self._refused:
+            _apply_stop(completion, params.stop)
+        return completion
 
     def _key_hint(self) -> str:
         if self._key is None and os.environ.get(self._key_var.split(" ")[0]):
@@ -186,6 +192,15 @@ class OpenAICompatBackend(Backend):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _apply_stop(completion: Completion, stop: tuple[str, ...]) -> None:
+    """Cut the text at the first stop sequence, as the server would have (for models that
+    refuse `stop`): the text before it, without it, finish_reason "stop"."""
+    cuts = [i for i in (completion.text.find(s) for s in stop if s) if i >= 0]
+    if cuts:
+        completion.text = completion.text[: min(cuts)]
+        completion.finish_reason = "stop"
 
 
 def chat_body(model: str, messages: ChatMessages, params: GenParams) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,35 @@ class Provider:
     price: str = "litellm cost map"  # where --max-cost and cost figures get the price
     seed_field: str = "seed"  # the request field that takes a sampling seed
     extra_body: dict[str, Any] = field(default_factory=dict)  # sent with every request
+    max_top_logprobs: int = 20  # the most `top_logprobs` it accepts (OpenAI: 20)
+    # (model-name regex, request fields its models refuse with an error): not sent to them
+    refuses: tuple[tuple[str, frozenset[str]], ...] = ()
+    # the API path under the host: added to a base-URL variable that names only the host, as
+    # the provider's own SDK reads it (GROQ_BASE_URL=https://api.groq.com -> .../openai/v1)
+    base_path: str = "/v1"
+    # a Batch API job's price as a fraction of the synchronous one, where the cost map has no
+    # batch price (OpenAI, Anthropic: half; Groq documents 25% off, DeepInfra 20% off)
+    batch_price: float = 0.5
+
+    def refused(self, model: str) -> frozenset[str]:
+        """The request fields this provider documents as an error for `model` (bare name)."""
+        out: frozenset[str] = frozenset()
+        for pattern, fields in self.refuses:
+            if re.match(pattern, model):
+                out |= fields
+        return out
+
+    def logprobs_for(self, model: str) -> bool:
+        """Whether top log-probs are asked for (and come back) for this model."""
+        return self.logprobs and not {"logprobs", "top_logprobs"} & self.refused(model)
+
+    def logprobs_note(self) -> str:
+        """The table's log-probs column: yes / no, with a provider's limits."""
+        if not self.logprobs:
+            return "no"
+        notes = [f"top {self.max_top_logprobs}"] if self.max_top_logprobs < 20 else []
+        notes += [f"not {p.strip('^$')}" for p, f in self.refuses if {"logprobs"} & f]
+        return "yes" + (f" ({'; '.join(notes)})" if notes else "")
 
     @property
     def fast(self) -> bool:
@@ -53,36 +83,51 @@ class Provider:
     def resolved_base_url(self) -> str | None:
         for var in self.base_vars:
             if os.environ.get(var):
-                return os.environ[var].rstrip("/")
+                url = os.environ[var].rstrip("/")
+                return url + self.base_path if urlparse(url).path in ("", "/") else url
         return self.base_url
 
 
 PROVIDERS: dict[str, Provider] = {
     p.name: p
     for p in [
-        # OpenAI-compatible: the fast client
+        # OpenAI-compatible: the fast client. Each fact is from the provider's own API reference
+        # (docs/backends.md lists them with their sources); keys: the provider's SDK's variable
+        # first, litellm's name second.
         Provider("openai", ("OPENAI_API_KEY",), "https://api.openai.com/v1",
                  ("OPENAI_BASE_URL",), logprobs=True),
+        # usage.cost comes back on every response (`usage: {include: true}` is deprecated)
         Provider("openrouter", ("OPENROUTER_API_KEY",), "https://openrouter.ai/api/v1",
-                 ("OPENROUTER_BASE_URL",), logprobs=True,
-                 price="reported per call (usage.cost), else litellm cost map",
-                 extra_body={"usage": {"include": True}}),
-        Provider("together_ai", ("TOGETHERAI_API_KEY", "TOGETHER_API_KEY"),
+                 ("OPENROUTER_BASE_URL",), logprobs=True, base_path="/api/v1",
+                 price="reported per call (usage.cost), else litellm cost map"),
+        # chat `logprobs` is an integer 0..20 with its own response shape (tokens /
+        # token_logprobs), not OpenAI's boolean + top_logprobs: none are asked for
+        Provider("together_ai", ("TOGETHER_API_KEY", "TOGETHERAI_API_KEY"),
                  "https://api.together.xyz/v1", ("TOGETHER_BASE_URL",)),
+        # logprobs, top_logprobs and n > 1 are refused with a 400
         Provider("groq", ("GROQ_API_KEY",), "https://api.groq.com/openai/v1",
-                 ("GROQ_BASE_URL",)),
-        Provider("fireworks_ai", ("FIREWORKS_AI_API_KEY", "FIREWORKS_API_KEY"),
-                 "https://api.fireworks.ai/inference/v1", ("FIREWORKS_BASE_URL",), logprobs=True),
-        Provider("deepseek", ("DEEPSEEK_API_KEY",), "https://api.deepseek.com/v1",
-                 ("DEEPSEEK_BASE_URL",), logprobs=True),
+                 ("GROQ_BASE_URL",), base_path="/openai/v1", batch_price=0.75),
+        Provider("fireworks_ai", ("FIREWORKS_API_KEY", "FIREWORKS_AI_API_KEY"),
+                 "https://api.fireworks.ai/inference/v1", ("FIREWORKS_BASE_URL",), logprobs=True,
+                 max_top_logprobs=5, base_path="/inference/v1"),
+        # deepseek-reasoner: "setting logprobs, top_logprobs will trigger an error"
+        Provider("deepseek", ("DEEPSEEK_API_KEY",), "https://api.deepseek.com",
+                 ("DEEPSEEK_BASE_URL",), logprobs=True, base_path="",
+                 refuses=(("^deepseek-reasoner", frozenset({"logprobs", "top_logprobs"})),)),
         Provider("mistral", ("MISTRAL_API_KEY",), "https://api.mistral.ai/v1",
                  ("MISTRAL_BASE_URL",), seed_field="random_seed"),
+        # reasoning models (grok-3-mini, grok-4*, grok-code-fast*): `stop` is an error; the stop
+        # sequences are applied to their answers here instead
         Provider("xai", ("XAI_API_KEY",), "https://api.x.ai/v1", ("XAI_BASE_URL",),
-                 logprobs=True),
-        Provider("deepinfra", ("DEEPINFRA_API_KEY",), "https://api.deepinfra.com/v1/openai",
-                 ("DEEPINFRA_BASE_URL",)),
+                 logprobs=True,
+                 refuses=((r"^grok-(3-mini|4|code-fast)(?!.*non-reasoning)",
+                           frozenset({"stop"})),)),
+        Provider("deepinfra", ("DEEPINFRA_API_KEY", "DEEPINFRA_TOKEN"),
+                 "https://api.deepinfra.com/v1/openai", ("DEEPINFRA_BASE_URL",),
+                 base_path="/v1/openai", batch_price=0.8),
+        # OpenAI-shaped logprobs + top_logprobs (0..20); CEREBRAS_BASE_URL is the bare host
         Provider("cerebras", ("CEREBRAS_API_KEY",), "https://api.cerebras.ai/v1",
-                 ("CEREBRAS_BASE_URL",)),
+                 ("CEREBRAS_BASE_URL",), logprobs=True),
         # Not OpenAI-compatible (or not without per-deployment setup): litellm
         Provider("anthropic", ("ANTHROPIC_API_KEY",), logprobs=False),
         Provider("gemini", ("GEMINI_API_KEY",), logprobs=True),
@@ -110,7 +155,8 @@ def route(model: str, api_base: str | None = None) -> str:
         var, key = provider.key()
         return (
             f"{model}: fast aiohttp client -> {provider.resolved_base_url()} "
-            f"(key {var}{'' if key else ', not set'}; log-probs {'yes' if provider.logprobs else 'no'}; "
+            f"(key {var}{'' if key else ', not set'}; "
+            f"log-probs {'yes' if provider.logprobs_for(model.split('/', 1)[1]) else 'no'}; "
             f"price: {provider.price})"
         )
     if spec.name in ("hosted", "litellm"):
