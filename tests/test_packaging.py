@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -81,3 +84,27 @@ def test_every_command_has_help_with_a_description(path: tuple[str, ...]) -> Non
     assert (cmd.help or cmd.short_help or "").strip(), (
         f"`cai-kit {' '.join(path)}` has no description"
     )
+
+
+@pytest.mark.slow
+def test_the_readmes_first_command_runs_the_main_job_on_the_embedded_model(
+    tmp_path: Path,
+) -> None:
+    """The first command a newcomer copies: after its install, the job it names must run on
+    the embedded model and write usable records (shortened here: 1 prompt, 8 tokens)."""
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    line = next(
+        x
+        for x in readme.splitlines()
+        if x.startswith('pip install -c constraints.txt ".[local]" && ')
+    )
+    argv = shlex.split(line.split(" && ", 1)[1])
+    assert argv[:2] == ["cai-kit", "revise"] and "--model" in argv and "local" in argv
+    out = tmp_path / "first"
+    r = subprocess.run([sys.executable, "-m", "cai_kit", *argv[1:], "--limit", "1", "--max-tokens", "8",
+                        "--out", str(out), "-q"], cwd=root, capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 done; 0 failed" in r.stdout
+    rows = [json.loads(x) for x in (out / "revisions.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["final_response"]
