@@ -281,3 +281,40 @@ def test_ppo_as_two_processes_splits_prompts_reduces_stats_and_rank_0_saves(
     judged = [json.dumps(b["messages"]) for b in fault_server.bodies]
     assert len(judged) == 16 and sum("Say hi" in j for j in judged) == 8
     assert (out / "value_head.pt").is_file()
+
+
+@pytest.mark.slow
+def test_ppo_as_two_processes_shares_max_cost_and_stops_every_rank_at_the_same_step(
+    plain_tiny: Path, tmp_path: Path, fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--max-cost is one cap for the run, not one per process: each of N processes may spend
+    cap/N. A rank that reaches its share stops, and so does every other rank at that step
+    (else they would wait forever in the next collective); the finished steps are saved."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(fs, "reply_text", lambda body: "Yes")
+    # rank 1 ("Say bye") is judged at $0.02 a call, rank 0 ("Say hi") at $0.01: rank 1 reaches
+    # its $0.10 share in step 2 (--price 0,10000 makes a 2-token call's worst case $0.02)
+    fault_server.report_cost = lambda body: 0.02 if "Say bye" in json.dumps(body) else 0.01
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Say hi\nSay bye\n")
+    out = tmp_path / "ppo"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "cai_kit", "train", "ppo",
+           str(prompts), "--model", f"hf:{plain_tiny}", "--reward-judge", "j", "--judge-api-base", fault_server.base_url,
+           "--out", str(out), "--steps", "3", "--batch-size", "4", "--mini-batch-size", "2", "--max-new-tokens", "3",
+           "--max-cost", "0.2", "--price", "0,10000", "--concurrency", "1", "--no-cache"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        output, _ = proc.communicate(timeout=180)  # the old code hung here: ranks out of step
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the workers too
+            proc.wait()
+    assert proc.returncode != 0 and "1 finished step(s) are saved" in output, output[-3000:]
+    spent = sum(0.02 if "Say bye" in json.dumps(b) else 0.01 for b in fault_server.bodies)
+    assert spent <= 0.2 + 1e-9  # the run's cap, all ranks together
+    assert len(json.loads((out / "ppo_history.json").read_text())) == 1

@@ -23,8 +23,16 @@ def as_trl_reward(scorer: Any) -> Any:
     """Wrap a `(prompts, responses) -> floats` scorer into TRL's reward_funcs signature."""
 
     def reward(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
+        from cai_kit.errors import BudgetExceeded
+        from cai_kit.train.rewards import stop_together
+
         user = [_text(p[-1:] if isinstance(p, list) else p) for p in prompts]
-        scores = list(scorer(user, [_text(c) for c in completions]))
+        stop = None
+        try:
+            scores = list(scorer(user, [_text(c) for c in completions]))
+        except BudgetExceeded as exc:  # this rank's share of --max-cost is spent
+            scores, stop = [], exc
+        stop_together(stop)  # every rank calls the reward at the same point of a step
         if hasattr(scorer, "check_failures"):  # the judge: a dead judge stops training
             scorer.check_failures(scorer.last_failed, len(scores))
         return scores

@@ -48,6 +48,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cai_kit.errors import BudgetExceeded
+from cai_kit.train.rewards import stop_together
+
 
 @dataclass
 class PPOConfig:
@@ -410,7 +413,12 @@ class PPOTrainer:
             responses = self.generate(queries)
             texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
             t1 = time.perf_counter()
-            rewards = reward_fn(batch, texts)
+            stop = None
+            try:
+                rewards = reward_fn(batch, texts)
+            except BudgetExceeded as exc:  # this rank's share of --max-cost is spent
+                rewards, stop = [], exc
+            stop_together(stop)  # all ranks stop at this step, or none
             t2 = time.perf_counter()
             failed = None
             if hasattr(reward_fn, "last_failed"):  # the judge: count failures over all ranks

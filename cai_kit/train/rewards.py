@@ -7,13 +7,16 @@ TRL's GRPO `reward_funcs` expect, so any Python function works the same way.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
+import os
 import re
+import sys
 from pathlib import Path
 
 from cai_kit.constitution import Constitution
 from cai_kit.engine import CallFailed, Engine, EngineConfig
-from cai_kit.errors import CaiKitError, ConfigError
+from cai_kit.errors import BudgetExceeded, CaiKitError, ConfigError
 from cai_kit.llm.base import Backend, Completion, GenParams
 from cai_kit.llm.registry import get_backend
 
@@ -58,6 +61,45 @@ class JudgeFailed(CaiKitError):
 JUDGE_REWARDS = ("p-yes", "expected-score")
 
 
+def _share_of_the_cap(config: EngineConfig) -> EngineConfig:
+    """--max-cost is one cap for the whole run: under N processes (accelerate, torchrun), each
+    rank's own engine may spend cap/N, so that all of them together stay under it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if config.max_cost is None or world <= 1:
+        return config
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"Note: --max-cost ${config.max_cost:g} is shared by {world} processes: "
+              f"${config.max_cost / world:g} each.", file=sys.stderr)  # fmt: skip
+    return dataclasses.replace(config, max_cost=config.max_cost / world)
+
+
+def stop_together(stop: BudgetExceeded | None) -> None:
+    """Raise if this process or any other (torch.distributed) reached its share of --max-cost,
+    so that every rank stops at the same step: a rank that stopped alone would leave the others
+    waiting forever in the next collective. Every rank calls it at the same point of a step."""
+    stopped = stop is not None
+    try:
+        import torch
+        import torch.distributed as dist
+    except ImportError:
+        dist = None  # type: ignore[assignment]
+    if (
+        dist is not None
+        and dist.is_available()
+        and dist.is_initialized()
+        and dist.get_world_size() > 1
+    ):
+        on_gpu = dist.get_backend() == "nccl"
+        flag = torch.tensor([float(stopped)], device="cuda" if on_gpu else "cpu")
+        dist.all_reduce(flag)
+        stopped = flag.item() > 0
+    if stop is not None:
+        raise stop
+    if stopped:
+        raise BudgetExceeded("another process reached its share of --max-cost, so every "
+                             "process stops at this step")  # fmt: skip
+
+
 class JudgeScorer:
     """d-RLAIF (Lee et al. 2023): an AI judge scores each response under the constitution.
 
@@ -90,7 +132,7 @@ class JudgeScorer:
         self.model, self.api_base, self.reward = model, api_base, reward
         get_backend(model, api_base=api_base)  # fail now on a bad model string or a missing key
         self.constitution = constitution
-        self.engine_config = engine_config or EngineConfig(quiet=True)
+        self.engine_config = _share_of_the_cap(engine_config or EngineConfig(quiet=True))
         self.max_failed_share = max_failed_share
         self.params = (
             GenParams(temperature=0.0, max_tokens=2, top_logprobs=10)
