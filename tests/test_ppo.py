@@ -251,29 +251,48 @@ def test_train_ppo_stops_on_a_dead_judge_or_max_cost_and_keeps_finished_steps(
     assert fault_server.paid == 5 and (out / "value_head.pt").is_file()
 
 
+def _two_ranks_of_ppo(
+    tiny: Path, tmp_path: Path, judge_url: str, *extra: str
+) -> tuple[int, str, Path]:
+    """`train ppo` as 2 processes over torchrun (gloo), rank 0 on "Say hi", rank 1 on "Say bye",
+    judged by the scripted server: (exit code, output, OUT). Killed with its workers if it
+    takes over 3 minutes (ranks out of step wait forever)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Say hi\nSay bye\n")
+    out = tmp_path / "ppo"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "cai_kit", "train", "ppo",
+           str(prompts), "--model", f"hf:{tiny}", "--reward-judge", "j", "--judge-api-base", judge_url,
+           "--out", str(out), "--batch-size", "4", "--mini-batch-size", "2", "--no-cache", *extra]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        output, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the workers too
+            proc.wait()
+    return proc.returncode, output, out
+
+
 @pytest.mark.slow
 def test_ppo_as_two_processes_splits_prompts_reduces_stats_and_rank_0_saves(
     plain_tiny: Path, tmp_path: Path, fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import subprocess
-    import sys
-
     # the judge likes answers to "Say hi" only: rank 0 gets "Say hi", rank 1 "Say bye"
     monkeypatch.setattr(
         fs,
         "reply_text",
         lambda body: "Yes" if "Say hi" in body["messages"][-1]["content"] else "No",
     )
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("Say hi\nSay bye\n")
-    out = tmp_path / "ppo"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "cai_kit", "train", "ppo",
-           str(prompts), "--model", f"hf:{plain_tiny}", "--reward-judge", "j", "--judge-api-base", fault_server.base_url,
-           "--out", str(out), "--steps", "2", "--batch-size", "4", "--mini-batch-size", "2", "--max-new-tokens", "4",
-           "--no-cache"]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("Saved to") == 1 and result.stdout.count("step 1/2") == 1
+    code, output, out = _two_ranks_of_ppo(plain_tiny, tmp_path, fault_server.base_url,
+                                          "--steps", "2", "--max-new-tokens", "4")  # fmt: skip
+    assert code == 0, output[-3000:]
+    assert output.count("Saved to") == 1 and output.count("step 1/2") == 1
     history = json.loads((out / "ppo_history.json").read_text())
     # every rank's own prompt: 4 rollouts of "Say hi" (reward 1) + 4 of "Say bye" (reward 0)
     assert [h["reward"] for h in history] == [pytest.approx(0.5)] * 2
@@ -290,31 +309,15 @@ def test_ppo_as_two_processes_shares_max_cost_and_stops_every_rank_at_the_same_s
     """--max-cost is one cap for the run, not one per process: each of N processes may spend
     cap/N. A rank that reaches its share stops, and so does every other rank at that step
     (else they would wait forever in the next collective); the finished steps are saved."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
     monkeypatch.setattr(fs, "reply_text", lambda body: "Yes")
     # rank 1 ("Say bye") is judged at $0.02 a call, rank 0 ("Say hi") at $0.01: rank 1 reaches
     # its $0.10 share in step 2 (--price 0,10000 makes a 2-token call's worst case $0.02)
     fault_server.report_cost = lambda body: 0.02 if "Say bye" in json.dumps(body) else 0.01
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("Say hi\nSay bye\n")
-    out = tmp_path / "ppo"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "cai_kit", "train", "ppo",
-           str(prompts), "--model", f"hf:{plain_tiny}", "--reward-judge", "j", "--judge-api-base", fault_server.base_url,
-           "--out", str(out), "--steps", "3", "--batch-size", "4", "--mini-batch-size", "2", "--max-new-tokens", "3",
-           "--max-cost", "0.2", "--price", "0,10000", "--concurrency", "1", "--no-cache"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # fmt: skip
-    try:
-        output, _ = proc.communicate(timeout=180)  # the old code hung here: ranks out of step
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the workers too
-            proc.wait()
-    assert proc.returncode != 0 and "1 finished step(s) are saved" in output, output[-3000:]
+    # (the old code hung here: a rank that stopped alone left the other in the next collective)
+    flags = ["--steps", "3", "--max-new-tokens", "3", "--max-cost", "0.2", "--price", "0,10000",
+             "--concurrency", "1"]  # fmt: skip
+    code, output, out = _two_ranks_of_ppo(plain_tiny, tmp_path, fault_server.base_url, *flags)
+    assert code != 0 and "1 finished step(s) are saved" in output, output[-3000:]
     spent = sum(0.02 if "Say bye" in json.dumps(b) else 0.01 for b in fault_server.bodies)
     assert spent <= 0.2 + 1e-9  # the run's cap, all ranks together
     assert len(json.loads((out / "ppo_history.json").read_text())) == 1
