@@ -161,3 +161,37 @@ def test_train_grpo_stops_on_a_dead_judge_and_takes_the_engine_flags(
                                  "--max-retries", "0", "--concurrency", "2", "--no-cache"])  # fmt: skip
     assert r.exit_code == 1 and "4 of 4 judge scorings failed" in r.output, r.output
     assert fault_server.requests == 4  # --max-retries 0 reached the engine
+
+
+@pytest.mark.slow
+def test_grpo_as_two_processes_shares_max_cost_stops_together_and_saves_finished_steps(
+    tiny: Path, tmp_path: Path, fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each of 2 ranks may spend half the cap; both reach it in step 2 and stop there
+    together, and the finished step is saved (rank 0 writes)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(fs, "reply_text", lambda body: "Yes")
+    fault_server.report_cost = 0.01  # a step: 4 scorings a rank, $0.04; each rank's share: $0.05
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Say hi\nSay bye\n")
+    out = tmp_path / "g"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "cai_kit", "train", "grpo",
+           str(prompts), "--model", f"hf:{tiny}", "--reward-judge", "j", "--judge-api-base", fault_server.base_url,
+           "--out", str(out), "--max-steps", "3", "--num-generations", "4", "--batch-size", "4",
+           "--max-completion-length", "4", "--max-cost", "0.1", "--price", "0,5000", "--concurrency", "1",
+           "--no-cache"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0 and "1 finished step(s) are saved" in output, output[-3000:]
+    assert fault_server.paid * 0.01 <= 0.1 + 1e-9  # the run's cap, both ranks together
+    assert (out / "adapter_config.json").is_file() and (out / "log_history.json").is_file()

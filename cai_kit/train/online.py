@@ -72,10 +72,21 @@ def train_grpo(prompts: list[str], model: str, out: Path, scorer: Any, *, max_st
                           processing_class=load_tokenizer(base), peft_config=None if full else lora_config())  # fmt: skip
     if hasattr(scorer, "failed"):
         trainer.add_callback(_JudgeFailures(scorer))
-    trainer.train()
-    trainer.model.save_pretrained(out, safe_serialization=True)
-    trainer.processing_class.save_pretrained(out)
-    import json
+    from cai_kit.errors import CaiKitError
 
-    (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    stopped: CaiKitError | None = None
+    try:
+        trainer.train()
+    except CaiKitError as exc:  # a dead judge or --max-cost: every rank stops at the same step
+        stopped = exc
+    steps = trainer.state.global_step
+    if stopped is not None and not steps:
+        raise CaiKitError(f"{stopped} No step was finished.")
+    trainer.save_model(str(out))  # the model (adapter under LoRA) and tokenizer; rank 0 writes
+    if trainer.is_world_process_zero():
+        import json
+
+        (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    if stopped is not None:
+        raise CaiKitError(f"{stopped} The {steps} finished step(s) are saved in {out}.")
     return out
