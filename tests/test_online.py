@@ -169,10 +169,9 @@ def test_grpo_as_two_processes_shares_max_cost_stops_together_and_saves_finished
 ) -> None:
     """Each of 2 ranks may spend half the cap; both reach it in step 2 and stop there
     together, and the finished step is saved (rank 0 writes)."""
-    import os
-    import signal
-    import subprocess
     import sys
+
+    from tests.fixtures.processes import run_group
 
     monkeypatch.setattr(fs, "reply_text", lambda body: "Yes")
     fault_server.report_cost = 0.01  # a step: 4 scorings a rank, $0.04; each rank's share: $0.05
@@ -184,14 +183,7 @@ def test_grpo_as_two_processes_shares_max_cost_stops_together_and_saves_finished
            "--out", str(out), "--max-steps", "3", "--num-generations", "4", "--batch-size", "4",
            "--max-completion-length", "4", "--max-cost", "0.1", "--price", "0,5000", "--concurrency", "1",
            "--no-cache"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # fmt: skip
-    try:
-        output, _ = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode != 0 and "1 finished step(s) are saved" in output, output[-3000:]
+    code, output = run_group(cmd, timeout=300)
+    assert code != 0 and "1 finished step(s) are saved" in output, output[-3000:]
     assert fault_server.paid * 0.01 <= 0.1 + 1e-9  # the run's cap, both ranks together
     assert (out / "adapter_config.json").is_file() and (out / "log_history.json").is_file()

@@ -257,10 +257,9 @@ def _two_ranks_of_ppo(
     """`train ppo` as 2 processes over torchrun (gloo), rank 0 on "Say hi", rank 1 on "Say bye",
     judged by the scripted server: (exit code, output, OUT). Killed with its workers if it
     takes over 3 minutes (ranks out of step wait forever)."""
-    import os
-    import signal
-    import subprocess
     import sys
+
+    from tests.fixtures.processes import run_group
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("Say hi\nSay bye\n")
@@ -268,15 +267,8 @@ def _two_ranks_of_ppo(
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "cai_kit", "train", "ppo",
            str(prompts), "--model", f"hf:{tiny}", "--reward-judge", "j", "--judge-api-base", judge_url,
            "--out", str(out), "--batch-size", "4", "--mini-batch-size", "2", "--no-cache", *extra]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # fmt: skip
-    try:
-        output, _ = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the workers too
-            proc.wait()
-    return proc.returncode, output, out
+    code, output = run_group(cmd, timeout=180)
+    return code, output, out
 
 
 @pytest.mark.slow
