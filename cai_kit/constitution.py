@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -261,6 +261,24 @@ def problems_from(
     return out
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_with(
+    model: type[M], data: Any, problems: list[Problem], index: dict[tuple[Any, ...], int],
+    display: str, root: str,
+) -> tuple[M | None, list[Problem]]:  # fmt: skip
+    """Validate `data` as `model` after the checks that found `problems`: (the object, or None,
+    and every problem, pydantic's among them, in line order). Shared by constitutions and
+    recipes, which each raise their own error with the problems."""
+    try:
+        obj: M | None = model.model_validate(data)
+    except ValidationError as exc:
+        problems = problems + problems_from(exc, index, display, root=root)
+        obj = None
+    return obj, sorted(problems, key=lambda p: (p.line or 0, p.field))
+
+
 def parse_constitution(text: str, display: str = "<string>") -> Constitution:
     """Parse and validate YAML text, raising ConstitutionError with every problem."""
     try:
@@ -298,13 +316,8 @@ def parse_constitution(text: str, display: str = "<string>") -> Constitution:
                 )
             else:
                 seen[pid] = line_for(index, ("principles", i, "id")) or 0
-    try:
-        constitution = Constitution.model_validate(data)
-    except ValidationError as exc:
-        problems += problems_from(exc, index, display, root="file")
-        constitution = None
+    constitution, problems = validate_with(Constitution, data, problems, index, display, "file")
     if problems:
-        problems.sort(key=lambda p: (p.line or 0, p.field))
         raise ConstitutionError(display, problems)
     assert constitution is not None
     return constitution

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cai_kit.constitution import Problem, duplicate_keys, problems_from, yaml_line_index
+from cai_kit.constitution import Problem, duplicate_keys, validate_with, yaml_line_index
 from cai_kit.errors import ConfigError
 
 Serves = Literal["responses", "critiques", "judging", "eval_judging"]
@@ -195,13 +195,8 @@ def parse_recipe(text: str, display: str = "<recipe>", base: Path | None = None)
         from cai_kit.recipe_paths import resolve_recipe_paths
 
         problems += resolve_recipe_paths(data, base, display, index)
-    try:
-        recipe = Recipe.model_validate(data)
-    except ValidationError as exc:
-        problems += problems_from(exc, index, display, root="recipe")
-        recipe = None
+    recipe, problems = validate_with(Recipe, data, problems, index, display, "recipe")
     if problems:
-        problems.sort(key=lambda p: (p.line or 0, p.field))
         lines = "\n".join(f"  {p}" for p in problems)
         raise ConfigError(f"{display}: {len(problems)} problem(s) in the recipe:\n{lines}")
     assert recipe is not None
