@@ -15,10 +15,11 @@ import pytest
 from typer.testing import CliRunner
 
 from cai_kit.cli.main import app
-from cai_kit.engine import CallFailed, Engine, EngineConfig
+from cai_kit.engine import CallFailed, EngineConfig
 from cai_kit.generate import run_generate
 from cai_kit.llm import GenParams, get_backend
 from cai_kit.records import Message, PromptRecord
+from tests.fixtures.engine_calls import run_calls
 from tests.fixtures.fault_server import FaultServer
 
 PARAMS = GenParams(temperature=0, max_tokens=8)
@@ -76,22 +77,9 @@ def test_rerun_of_a_finished_job_makes_no_calls(fault_server: FaultServer, tmp_p
 def test_identical_calls_in_flight_are_paid_once(fault_server: FaultServer, tmp_path: Path) -> None:
     fault_server.latency_s = 0.2
 
-    async def go() -> list[str]:
-        engine = Engine(_cfg(tmp_path))
-        backend = get_backend("m", api_base=fault_server.base_url)
-        msgs = [{"role": "user", "content": "same"}]
-        try:
-            return [
-                c.text
-                for c in await asyncio.gather(
-                    *(engine.call(backend, msgs, PARAMS) for _ in range(10))
-                )
-            ]
-        finally:
-            await backend.aclose()
-            await engine.aclose()
-
-    texts = asyncio.run(go())
+    backend = get_backend("m", api_base=fault_server.base_url)
+    msgs = [{"role": "user", "content": "same"}]
+    texts = [c.text for c in run_calls(_cfg(tmp_path), backend, [msgs] * 10, PARAMS)]
     assert len(set(texts)) == 1 and fault_server.paid == 1
 
 
@@ -234,13 +222,8 @@ def test_engine_call_raises_call_failed_after_retries(
 ) -> None:
     fault_server.default = "503"
 
-    async def go() -> None:
-        engine = Engine(_cfg(tmp_path, max_retries=1))
-        backend = get_backend("m", api_base=fault_server.base_url)
-        try:
-            await engine.call(backend, [{"role": "user", "content": "x"}], PARAMS)
-        finally:
-            await backend.aclose()
-
+    backend = get_backend("m", api_base=fault_server.base_url)
     with pytest.raises(CallFailed, match="after 2 attempts"):
-        asyncio.run(go())
+        run_calls(
+            _cfg(tmp_path, max_retries=1), backend, [[{"role": "user", "content": "x"}]], PARAMS
+        )

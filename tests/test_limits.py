@@ -16,13 +16,14 @@ import pytest
 from typer.testing import CliRunner
 
 from cai_kit.cli.main import app
-from cai_kit.engine import CallFailed, Engine, EngineConfig, TokenBucket
+from cai_kit.engine import CallFailed, EngineConfig, TokenBucket
 from cai_kit.generate import run_generate
 from cai_kit.llm import GenParams, get_backend
 from cai_kit.llm.base import Completion, Usage
 from cai_kit.llm.local import TransformersBackend, _Pending
 from cai_kit.pricing import parse_price
 from cai_kit.records import Message, PromptRecord
+from tests.fixtures.engine_calls import run_calls
 from tests.fixtures.fault_server import FaultServer
 
 PARAMS = GenParams(temperature=0, max_tokens=8)
@@ -178,17 +179,11 @@ def test_empty_reply_through_litellm_is_a_failure_too(
 ) -> None:
     provider_server.default = "null"
 
-    async def go() -> None:
-        engine = Engine(_cfg(tmp_path, max_retries=3))
-        backend = get_backend("litellm:openai/m", api_base=provider_server.base_url)
-        try:
-            await engine.call(backend, [{"role": "user", "content": "x"}], PARAMS)
-        finally:
-            await backend.aclose()
-            await engine.aclose()
-
+    backend = get_backend("litellm:openai/m", api_base=provider_server.base_url)
     with pytest.raises(CallFailed, match="empty reply"):
-        asyncio.run(go())
+        run_calls(
+            _cfg(tmp_path, max_retries=3), backend, [[{"role": "user", "content": "x"}]], PARAMS
+        )
 
 
 # --- a timeout in the middle of a batched hf generate ----------------------------------------
@@ -237,19 +232,9 @@ def test_hf_timeout_mid_batch_leaves_the_other_callers_their_answers() -> None:
 def test_hf_timeouts_through_the_engine_are_retried_and_the_job_finishes(tmp_path: Path) -> None:
     backend = _SlowTransformers(delay=0.6)
 
-    async def go() -> list[str]:
-        engine = Engine(_cfg(tmp_path, timeout_s=0.2, use_cache=False))
-        try:
-            calls = [
-                engine.call(backend, [{"role": "user", "content": f"q{i}"}], PARAMS)
-                for i in range(4)
-            ]
-            return [c.text for c in await asyncio.gather(*calls)]
-        finally:
-            await backend.aclose()
-            await engine.aclose()
-
-    assert asyncio.run(go()) == [f"answer to q{i}" for i in range(4)]
+    asks = [[{"role": "user", "content": f"q{i}"}] for i in range(4)]
+    done = run_calls(_cfg(tmp_path, timeout_s=0.2, use_cache=False), backend, asks, PARAMS)
+    assert [c.text for c in done] == [f"answer to q{i}" for i in range(4)]
 
 
 def test_empty_reply_from_the_batched_local_backend_is_a_failure(tmp_path: Path) -> None:
@@ -259,13 +244,5 @@ def test_empty_reply_from_the_batched_local_backend_is_a_failure(tmp_path: Path)
 
     backend = _Silent(delay=0.0)
 
-    async def go() -> None:
-        engine = Engine(_cfg(tmp_path))
-        try:
-            await engine.call(backend, [{"role": "user", "content": "q"}], PARAMS)
-        finally:
-            await backend.aclose()
-            await engine.aclose()
-
     with pytest.raises(CallFailed, match=r"empty reply \(finish_reason: length\)"):
-        asyncio.run(go())
+        run_calls(_cfg(tmp_path), backend, [[{"role": "user", "content": "q"}]], PARAMS)
