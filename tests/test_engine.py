@@ -15,22 +15,13 @@ import pytest
 from typer.testing import CliRunner
 
 from cai_kit.cli.main import app
-from cai_kit.engine import CallFailed, EngineConfig
+from cai_kit.engine import CallFailed
 from cai_kit.generate import run_generate
 from cai_kit.llm import GenParams, get_backend
-from cai_kit.records import Message, PromptRecord
-from tests.fixtures.engine_calls import run_calls
+from tests.fixtures.engine_calls import engine_config, prompt_records, run_calls
 from tests.fixtures.fault_server import FaultServer
 
 PARAMS = GenParams(temperature=0, max_tokens=8)
-
-
-def _prompts(n: int) -> list[PromptRecord]:
-    out = []
-    for i in range(n):
-        msgs = [Message(role="user", content=f"question {i}")]
-        out.append(PromptRecord(id=PromptRecord.make_id(msgs), messages=msgs))
-    return out
 
 
 def _write_prompts(path: Path, n: int) -> Path:
@@ -38,16 +29,10 @@ def _write_prompts(path: Path, n: int) -> Path:
     return path
 
 
-def _cfg(tmp_path: Path, **kw: object) -> EngineConfig:
-    base = dict(backoff_base_s=0.01, retry_after_cap_s=2.0, timeout_s=2.0, quiet=True,
-                cache_path=tmp_path / "cache.sqlite")  # fmt: skip
-    return EngineConfig(**{**base, **kw})  # type: ignore[arg-type]
-
-
 def _run(server: FaultServer, tmp_path: Path, n: int, **kw: object):  # type: ignore[no-untyped-def]
     backend = get_backend("fault-model", api_base=server.base_url, timeout_s=2.0)
-    return run_generate(_prompts(n), backend=backend, model="fault-model", params=PARAMS, samples=1,
-                        out_dir=tmp_path / "run", engine_config=_cfg(tmp_path, **kw))  # fmt: skip
+    return run_generate(prompt_records(n), backend=backend, model="fault-model", params=PARAMS, samples=1,
+                        out_dir=tmp_path / "run", engine_config=engine_config(tmp_path, **kw))  # fmt: skip
 
 
 def _lines(path: Path) -> list[dict]:
@@ -79,7 +64,7 @@ def test_identical_calls_in_flight_are_paid_once(fault_server: FaultServer, tmp_
 
     backend = get_backend("m", api_base=fault_server.base_url)
     msgs = [{"role": "user", "content": "same"}]
-    texts = [c.text for c in run_calls(_cfg(tmp_path), backend, [msgs] * 10, PARAMS)]
+    texts = [c.text for c in run_calls(engine_config(tmp_path), backend, [msgs] * 10, PARAMS)]
     assert len(set(texts)) == 1 and fault_server.paid == 1
 
 
@@ -166,8 +151,8 @@ def test_shards_split_the_input_and_merge_to_the_whole(
     backend = get_backend("m", api_base=fault_server.base_url)
     ids = set()
     for i in (1, 2, 3):
-        s = run_generate(_prompts(30), backend=get_backend("m", api_base=fault_server.base_url), model="m", params=PARAMS,
-                         samples=1, out_dir=tmp_path / f"s{i}", engine_config=_cfg(tmp_path), shard=(i, 3))  # fmt: skip
+        s = run_generate(prompt_records(30), backend=get_backend("m", api_base=fault_server.base_url), model="m", params=PARAMS,
+                         samples=1, out_dir=tmp_path / f"s{i}", engine_config=engine_config(tmp_path), shard=(i, 3))  # fmt: skip
         assert 0 < s.total < 30
         ids |= {r["id"] for r in _lines(tmp_path / f"s{i}" / "generations.jsonl")}
     assert len(ids) == 30
@@ -225,5 +210,8 @@ def test_engine_call_raises_call_failed_after_retries(
     backend = get_backend("m", api_base=fault_server.base_url)
     with pytest.raises(CallFailed, match="after 2 attempts"):
         run_calls(
-            _cfg(tmp_path, max_retries=1), backend, [[{"role": "user", "content": "x"}]], PARAMS
+            engine_config(tmp_path, max_retries=1),
+            backend,
+            [[{"role": "user", "content": "x"}]],
+            PARAMS,
         )

@@ -22,30 +22,19 @@ from cai_kit.llm import GenParams, get_backend
 from cai_kit.llm.base import Completion, Usage
 from cai_kit.llm.local import TransformersBackend, _Pending
 from cai_kit.pricing import parse_price
-from cai_kit.records import Message, PromptRecord
-from tests.fixtures.engine_calls import run_calls
+from tests.fixtures.engine_calls import engine_config, prompt_records, run_calls
 from tests.fixtures.fault_server import FaultServer
 
 PARAMS = GenParams(temperature=0, max_tokens=8)
 
 
-def _prompts(n: int) -> list[PromptRecord]:
-    out = []
-    for i in range(n):
-        msgs = [Message(role="user", content=f"question {i}")]
-        out.append(PromptRecord(id=PromptRecord.make_id(msgs), messages=msgs))
-    return out
-
-
 def _cfg(tmp_path: Path, **kw: object) -> EngineConfig:
-    base = dict(backoff_base_s=0.01, retry_after_cap_s=2.0, timeout_s=5.0, quiet=True,
-                cache_path=tmp_path / "cache.sqlite")  # fmt: skip
-    return EngineConfig(**{**base, **kw})  # type: ignore[arg-type]
+    return engine_config(tmp_path, **{"timeout_s": 5.0, **kw})
 
 
 def _run(server: FaultServer, tmp_path: Path, n: int, params: GenParams = PARAMS, **kw: object):  # type: ignore[no-untyped-def]
     backend = get_backend("fault-model", api_base=server.base_url, timeout_s=5.0)
-    return run_generate(_prompts(n), backend=backend, model="fault-model", params=params, samples=1,
+    return run_generate(prompt_records(n), backend=backend, model="fault-model", params=params, samples=1,
                         out_dir=tmp_path / "run", engine_config=_cfg(tmp_path, **kw))  # fmt: skip
 
 
