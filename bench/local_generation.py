@@ -33,7 +33,7 @@ def revise_once(
     from cai_kit.llm.embedded import gguf_path
     from cai_kit.llm.local import LlamaCppBackend
     from cai_kit.prompts import load_prompts
-    from cai_kit.revise import ReviseConfig, run_revise
+    from cai_kit.stages.revise import ReviseConfig, run_revise
 
     root = Path(__file__).resolve().parent.parent
     prompts = load_prompts(str(root / "examples" / "red_team_prompts.jsonl"), limit=n_prompts)

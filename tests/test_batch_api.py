@@ -263,7 +263,7 @@ def test_anthropic_message_batches_are_sent_collected_and_errors_recorded(
 def test_a_wave_larger_than_the_provider_limit_is_split_into_batches(
     fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cai_kit.batch_providers import OpenAIBatchClient
+    from cai_kit.engine.batch_providers import OpenAIBatchClient
 
     monkeypatch.setattr(OpenAIBatchClient, "max_requests", 2)
     prompts = _prompts(tmp_path / "p.jsonl", 5)
@@ -364,9 +364,9 @@ def test_rows_beyond_those_held_at_once_still_make_one_wave_per_step(
     """Memory stays flat because only `ROWS_IN_FLIGHT` rows run at once: the others wait on
     disk. That must not cost extra waves (each up to 24 h), nor count a row meeting its own
     answered call again as a cache hit."""
-    import cai_kit.batch
+    import cai_kit.engine.batch
 
-    monkeypatch.setattr(cai_kit.batch, "ROWS_IN_FLIGHT", 3)
+    monkeypatch.setattr(cai_kit.engine.batch, "ROWS_IN_FLIGHT", 3)
     prompts = _prompts(tmp_path / "p.jsonl", 8)
     common = ["revise", str(prompts), "--model", "m", "--api-base", fault_server.base_url,
               "--rounds", "1", "--seed", "3"]  # fmt: skip
@@ -583,9 +583,9 @@ def test_a_failed_vote_fails_its_order_as_before_and_its_sibling_votes_are_kept(
     import asyncio
 
     from cai_kit.engine import Engine, EngineConfig
-    from cai_kit.judge import JudgeConfig, judge_pair
     from cai_kit.llm import get_backend
     from cai_kit.llm.base import GenParams
+    from cai_kit.stages.judge import JudgeConfig, judge_pair
 
     bad_seed = GenParams(seed=0).for_sample(1).seed
     fault_server.responder = lambda body, rng: None if body["seed"] == bad_seed else "A"
@@ -685,7 +685,7 @@ def test_anthropic_batch_body_is_sent_as_counted_so_the_size_limit_holds(
 ) -> None:
     """Waves are split at the byte limit counted on UTF-8 lines; the body sent must be those
     bytes (not re-encoded with \\u escapes, up to twice as large for non-Latin text)."""
-    from cai_kit.batch_providers import AnthropicBatchClient
+    from cai_kit.engine.batch_providers import AnthropicBatchClient
 
     _anthropic_env(fault_server, monkeypatch)
     monkeypatch.setattr(AnthropicBatchClient, "max_bytes", 4000)

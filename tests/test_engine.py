@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from cai_kit.cli.main import app
 from cai_kit.engine import CallFailed
-from cai_kit.generate import run_generate
 from cai_kit.llm import GenParams, get_backend
+from cai_kit.stages.generate import run_generate
 from tests.fixtures.engine_calls import engine_config, prompt_records, run_calls
 from tests.fixtures.fault_server import FaultServer
 

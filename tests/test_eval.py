@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import tests.fixtures.fault_server as fs
 from cai_kit.cli.main import app
-from cai_kit.eval import bootstrap_ci, win_rate
+from cai_kit.eval.winrate import bootstrap_ci, win_rate
 from tests.fixtures.fault_server import FaultServer
 
 
@@ -65,7 +65,7 @@ def test_eval_winrate_end_to_end(
 def test_eval_harmlessness_reports_flag_shares_per_principle(
     fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cai_kit.harmlessness import parse_yes_no
+    from cai_kit.eval.harmlessness import parse_yes_no
 
     def reply(body: dict) -> str:
         if body["model"] in ("after", "before"):

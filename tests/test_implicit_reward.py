@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cai_kit.errors import DataError
-from cai_kit.implicit_reward import evaluate, pair_stats, summary_line
+from cai_kit.eval.implicit_reward import evaluate, pair_stats, summary_line
 
 
 def test_pair_stats_counts_ties_and_never_calls_them_correct() -> None:

@@ -16,12 +16,13 @@ import pytest
 from typer.testing import CliRunner
 
 from cai_kit.cli.main import app
-from cai_kit.engine import CallFailed, EngineConfig, TokenBucket
-from cai_kit.generate import run_generate
+from cai_kit.engine import CallFailed, EngineConfig
+from cai_kit.engine.core import TokenBucket
+from cai_kit.engine.pricing import parse_price
 from cai_kit.llm import GenParams, get_backend
 from cai_kit.llm.base import Completion, Usage
 from cai_kit.llm.local import TransformersBackend, _Pending
-from cai_kit.pricing import parse_price
+from cai_kit.stages.generate import run_generate
 from tests.fixtures.engine_calls import engine_config, prompt_records, run_calls
 from tests.fixtures.fault_server import FaultServer
 

@@ -91,7 +91,7 @@ def test_a_revise_job_on_local_uses_the_batched_path(tmp_path: Path) -> None:
     from cai_kit.engine import EngineConfig
     from cai_kit.llm import get_backend
     from cai_kit.records import Message, PromptRecord
-    from cai_kit.revise import ReviseConfig, run_revise
+    from cai_kit.stages.revise import ReviseConfig, run_revise
 
     backend = get_backend("local")
     assert isinstance(backend, LlamaCppBackend) and backend.parallel > 1

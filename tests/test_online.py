@@ -84,7 +84,7 @@ def test_one_engine_serves_every_step_so_max_cost_holds_across_steps(
 
     monkeypatch.setattr(fs, "reply_text", lambda body: "Yes")
     fault_server.report_cost = 0.01
-    from cai_kit.pricing import Price
+    from cai_kit.engine.pricing import Price
 
     # p-yes asks for 2 tokens: at $5,000 per million output tokens a call's worst case is the
     # server's real $0.01, so the cap admits exactly 3 calls

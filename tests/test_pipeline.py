@@ -12,12 +12,13 @@ import pytest
 from typer.testing import CliRunner
 
 from cai_kit.cli.main import app
+from cai_kit.engine.pricing import price_for
 from cai_kit.errors import ConfigError
-from cai_kit.pipeline import split_prompts, stages
-from cai_kit.pipeline_report import tie_warning
-from cai_kit.pricing import price_for
+from cai_kit.pipeline.recipe import load_recipe, parse_recipe
+from cai_kit.pipeline.report import tie_warning
+from cai_kit.pipeline.run import stages
+from cai_kit.pipeline.split import split_prompts
 from cai_kit.prompts import load_prompts
-from cai_kit.recipe import load_recipe, parse_recipe
 from cai_kit.records import PromptRecord
 
 ROOT = Path(__file__).parent.parent

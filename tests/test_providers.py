@@ -312,7 +312,7 @@ def test_batch_api_goes_to_deepinfra_and_not_to_together(
     """DeepInfra's Batch API is OpenAI's (files + batches, metadata); Together's is not (its
     create answers {job, warning}, statuses are upper case, files use purpose batch-api), so a
     together_ai/ job runs synchronously instead of driving an API it does not speak."""
-    from cai_kit.batch_providers import OpenAIBatchClient, batch_client_for
+    from cai_kit.engine.batch_providers import OpenAIBatchClient, batch_client_for
 
     for prefix in ("DEEPINFRA", "TOGETHER"):
         monkeypatch.setenv(f"{prefix}_BASE_URL", provider_server.base_url)
@@ -333,7 +333,7 @@ def test_groq_batch_list_without_paging_is_read_once_not_forever(
 ) -> None:
     """Groq's batch list is {object, data}: no has_more, no documented `after`. Looking for a
     wave's batch that was never created must end (the SDK would ask for the same page again)."""
-    from cai_kit.batch_providers import batch_client_for
+    from cai_kit.engine.batch_providers import batch_client_for
 
     monkeypatch.setenv("GROQ_BASE_URL", provider_server.base_url)
     monkeypatch.setenv("GROQ_API_KEY", SECRET)
@@ -389,7 +389,7 @@ def test_a_batch_job_is_priced_at_the_providers_own_discount(
 ) -> None:
     """DeepInfra's batch jobs cost 20% less than synchronous calls, not half: --max-cost and
     the dry run must not count them at half price."""
-    from cai_kit.pricing import price_for_backend
+    from cai_kit.engine.pricing import price_for_backend
 
     monkeypatch.setenv("DEEPINFRA_API_KEY", SECRET)
     price = price_for_backend(get_backend("deepinfra/meta-llama/Meta-Llama-3.1-8B-Instruct"))

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from cai_kit.cli.main import app
 from cai_kit.constitution import shipped_dir
-from cai_kit.pipeline import stages
-from cai_kit.recipe import load_recipe
+from cai_kit.pipeline.recipe import load_recipe
+from cai_kit.pipeline.run import stages
 
 ROOT = Path(__file__).parent.parent
 PROMPTS = ROOT / "examples" / "red_team_prompts.jsonl"

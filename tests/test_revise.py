@@ -14,7 +14,7 @@ from cai_kit.engine import EngineConfig
 from cai_kit.llm import GenParams, get_backend
 from cai_kit.prompts import load_prompts
 from cai_kit.records import RevisionRecord
-from cai_kit.revise import ReviseConfig, critic_found_no_problem, run_revise
+from cai_kit.stages.revise import ReviseConfig, critic_found_no_problem, run_revise
 from tests.fixtures.fault_server import FaultServer
 
 EXAMPLES = Path(__file__).parent.parent / "examples"

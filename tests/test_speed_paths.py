@@ -9,7 +9,7 @@ import sqlite3
 from dataclasses import asdict
 from pathlib import Path
 
-from cai_kit.cache import CallCache
+from cai_kit.engine.cache import CallCache
 from cai_kit.llm.base import Completion, GenParams, TokenLogprob, Usage
 
 

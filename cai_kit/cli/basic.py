@@ -20,8 +20,8 @@ def models(
     from rich.markup import escape
     from rich.table import Table
 
-    from cai_kit.llm.providers import PROVIDERS, route
-    from cai_kit.llm.registry import list_backends
+    from cai_kit.llm.providers import PROVIDERS
+    from cai_kit.llm.registry import list_backends, route
 
     console = Console()
     if model is not None:

@@ -183,8 +183,8 @@ def engine_config(
 ):  # type: ignore[no-untyped-def]
     """Build an EngineConfig from the shared CLI options."""
     from cai_kit.engine import EngineConfig
+    from cai_kit.engine.pricing import parse_price
     from cai_kit.errors import ConfigError
-    from cai_kit.pricing import parse_price
 
     try:
         parsed_price = parse_price(price) if price is not None else None

@@ -68,7 +68,7 @@ def winrate(
     from cai_kit.cli.common import engine_config_from, replay_argv
     from cai_kit.cli.judge import _judge_cfg
     from cai_kit.constitution import load_constitution
-    from cai_kit.eval import run_winrate
+    from cai_kit.eval.winrate import run_winrate
     from cai_kit.llm.base import GenParams
     from cai_kit.prompts import load_prompts
 
@@ -123,7 +123,7 @@ def harmlessness(
     """Share of responses a judge flags under each harmlessness principle, before vs after."""
     from cai_kit.cli.common import engine_config_from, replay_argv
     from cai_kit.constitution import load_constitution
-    from cai_kit.harmlessness import run_harmlessness
+    from cai_kit.eval.harmlessness import run_harmlessness
     from cai_kit.llm.base import GenParams
     from cai_kit.prompts import load_prompts
 

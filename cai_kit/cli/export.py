@@ -36,7 +36,7 @@ PushToHub = Annotated[
 def _run(kind: str, run_dir: Path, out: Path, fmt: str, eval_fraction: float, min_margin: float = 0.0,
          include_ties: bool = False, push_to_hub: str | None = None) -> None:  # fmt: skip
     from cai_kit.cli.common import fail
-    from cai_kit.export import export, left_out
+    from cai_kit.stages.export import export, left_out
 
     if fmt not in ("conversational", "standard"):
         fail(f"--format must be conversational or standard, not {fmt!r}.")

@@ -73,10 +73,10 @@ def generate(
 ) -> None:
     """Sample responses to each prompt (one call per row), resumable and cached."""
     from cai_kit.cli.common import engine_config_from, parse_shard, replay_argv
-    from cai_kit.generate import run_generate
     from cai_kit.llm.base import GenParams
     from cai_kit.llm.registry import get_backend
     from cai_kit.prompts import load_prompts
+    from cai_kit.stages.generate import run_generate
 
     pset = load_prompts(prompts, on_bad_row=on_bad_row, limit=limit)  # type: ignore[arg-type]
     typer.echo(f"{prompts}: {pset.summary()}", err=True)

@@ -52,7 +52,7 @@ Out = Annotated[
 
 def _judge_cfg(mode: str, samples: int, principles: str, tie_margin: float, seed: int):  # type: ignore[no-untyped-def]
     from cai_kit.cli.common import fail
-    from cai_kit.judge import JudgeConfig
+    from cai_kit.stages.judge import JudgeConfig
 
     if mode not in ("logprobs", "letter", "cot", "votes"):
         fail(f"--mode must be logprobs, letter, cot or votes, not {mode!r}.")
@@ -90,8 +90,8 @@ def prefs(
     from cai_kit.constitution import load_constitution
     from cai_kit.llm.base import GenParams
     from cai_kit.llm.registry import get_backend
-    from cai_kit.prefs import run_prefs
     from cai_kit.prompts import load_prompts
+    from cai_kit.stages.prefs import run_prefs
 
     cfg = _judge_cfg(mode, samples, principles, tie_margin, seed)
     const = load_constitution(constitution)
@@ -144,7 +144,7 @@ def judge(
     """Label existing pairs with the AI judge (e.g. revision vs initial from `revise`)."""
     from cai_kit.constitution import load_constitution
     from cai_kit.llm.registry import get_backend
-    from cai_kit.prefs import load_pairs, run_judge_file
+    from cai_kit.stages.prefs import load_pairs, run_judge_file
 
     cfg = _judge_cfg(mode, samples, principles, tie_margin, seed)
     ec = engine_config_from(flags)
@@ -173,7 +173,7 @@ def judge_report(
     ] = None,
 ) -> None:
     """Report position consistency, ties, labels, per-principle results, cost and gold agreement."""
-    from cai_kit.judge_report import build_report, plot, render
+    from cai_kit.eval.judge_report import build_report, plot, render
 
     rep = build_report(run_dir, gold)
     typer.echo(render(rep))

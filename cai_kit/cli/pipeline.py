@@ -40,7 +40,7 @@ def pipeline(
     ] = False,
 ) -> None:
     """Run the whole Constitutional AI pipeline from a recipe; finished stages are skipped."""
-    from cai_kit.pipeline import run_pipeline
+    from cai_kit.pipeline.run import run_pipeline
 
     ran = run_pipeline(recipe, out, only, dry_run)
     if not dry_run:

@@ -95,7 +95,7 @@ def revise(
     from cai_kit.llm.base import GenParams
     from cai_kit.llm.registry import get_backend
     from cai_kit.prompts import load_prompts
-    from cai_kit.revise import ReviseConfig, run_revise
+    from cai_kit.stages.revise import ReviseConfig, run_revise
 
     if principles not in ("random", "sequence", "all"):
         fail(f"--principles must be random, sequence or all, not {principles!r}.")

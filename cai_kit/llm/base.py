@@ -2,14 +2,17 @@
 
 Every model (hosted API, OpenAI-compatible server, the embedded local model, a trained
 checkpoint) is reached through this one async method, so the engine, the revise loop and
-the judge never care which kind they talk to.
+the judge never care which kind they talk to. `BackendSpec` says how a kind of backend is
+found and built (`registry.py` keeps them).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,3 +135,37 @@ class Backend(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r})"
+
+
+def parse_openai_logprobs(lp: dict[str, Any] | None) -> list[TokenLogprob] | None:
+    """OpenAI-shaped `logprobs.content` -> TokenLogprob list (llama.cpp and OpenAI-compatible servers)."""
+    if not lp or not lp.get("content"):
+        return None
+    return [
+        TokenLogprob(
+            token=t["token"],
+            logprob=float(t["logprob"]),
+            top={c["token"]: float(c["logprob"]) for c in t.get("top_logprobs") or []},
+        )
+        for t in lp["content"]
+    ]
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A kind of backend: which model strings it claims and how to build one. Built-ins
+    (`specs.py`) and plugins (the `cai_kit.backends` entry points) register the same way
+    (`registry.register`); `factory` is a lazy "module:callable" path, so listing backends
+    never imports torch or litellm."""
+
+    name: str
+    description: str
+    needs: str  # what the user must provide (env vars, extras, a server)
+    example: str
+    factory: str  # "module:callable"; callable(model_string, api_base=..., **options) -> Backend
+    claims: Callable[[str, str | None], bool]
+    priority: int = 100  # lower is tried first
+
+    def build(self, model: str, api_base: str | None = None, **options: Any) -> Backend:
+        module, _, attr = self.factory.partition(":")
+        return getattr(importlib.import_module(module), attr)(model, api_base=api_base, **options)

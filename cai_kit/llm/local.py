@@ -28,7 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from cai_kit.errors import ConfigError, FatalBackendError, RetryableError
-from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams, TokenLogprob, Usage
+from cai_kit.llm.base import (
+    Backend,
+    ChatMessages,
+    Completion,
+    GenParams,
+    TokenLogprob,
+    Usage,
+    parse_openai_logprobs,
+)
 from cai_kit.llm.embedded import gguf_path
 
 
@@ -162,7 +170,7 @@ class LlamaCppBackend(Backend):
         choice = r["choices"][0]
         return Completion(
             text=choice["message"]["content"] or "",
-            logprobs=_parse_openai_logprobs(choice.get("logprobs")) if want_lp else None,
+            logprobs=parse_openai_logprobs(choice.get("logprobs")) if want_lp else None,
             usage=Usage(r["usage"]["prompt_tokens"], r["usage"]["completion_tokens"]),
             cost=0.0,
             model=self.model,
@@ -231,20 +239,6 @@ def _threads() -> int:
     """llama.cpp threads: CAI_KIT_LLAMA_THREADS, else every core up to 8."""
     env = os.environ.get("CAI_KIT_LLAMA_THREADS", "")
     return int(env) if env.isdigit() and int(env) > 0 else max(1, min(8, os.cpu_count() or 1))
-
-
-def _parse_openai_logprobs(lp: dict[str, Any] | None) -> list[TokenLogprob] | None:
-    """OpenAI-shaped `logprobs.content` -> TokenLogprob list (shared with other backends)."""
-    if not lp or not lp.get("content"):
-        return None
-    return [
-        TokenLogprob(
-            token=t["token"],
-            logprob=float(t["logprob"]),
-            top={c["token"]: float(c["logprob"]) for c in t.get("top_logprobs") or []},
-        )
-        for t in lp["content"]
-    ]
 
 
 @dataclass

@@ -22,8 +22,14 @@ from typing import Any
 
 from cai_kit.errors import ConfigError, FatalBackendError, RetryableError
 from cai_kit.llm import providers
-from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams, Usage
-from cai_kit.llm.local import _parse_openai_logprobs
+from cai_kit.llm.base import (
+    Backend,
+    ChatMessages,
+    Completion,
+    GenParams,
+    Usage,
+    parse_openai_logprobs,
+)
 
 GENERIC_KEY_VARS = ("CAI_KIT_API_KEY", "OPENAI_API_KEY")  # for a server given by --api-base
 
@@ -225,7 +231,7 @@ def chat_body(model: str, messages: ChatMessages, params: GenParams) -> dict[str
 
 def parse_chat_completion(data: Any, api_base: str, model: str) -> Completion:
     """An OpenAI `chat.completion` body -> Completion. Shared by the synchronous call and the
-    Batch API (`cai_kit.batch`), so both paths read an answer the same way."""
+    Batch API (`cai_kit.engine.batch`), so both paths read an answer the same way."""
     try:
         choice = data["choices"][0]
         text = choice["message"]["content"] or ""
@@ -234,7 +240,7 @@ def parse_chat_completion(data: Any, api_base: str, model: str) -> Completion:
     usage = data.get("usage") or {}
     return Completion(
         text=text,
-        logprobs=_parse_openai_logprobs(choice.get("logprobs")),
+        logprobs=parse_openai_logprobs(choice.get("logprobs")),
         usage=Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
         cost=float(usage["cost"])
         if isinstance(usage.get("cost"), int | float)

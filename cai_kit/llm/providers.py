@@ -4,7 +4,7 @@ Providers whose API speaks OpenAI's `/chat/completions` (OpenAI, OpenRouter, Tog
 Fireworks, DeepSeek, Mistral, xAI, ...) are called with cai-kit's own aiohttp client
 (`openai_compat.py`), at several times litellm's throughput. The others (Anthropic's native
 API, Gemini, Bedrock, Vertex, Cohere, Azure deployments) and any `litellm:` string go through
-litellm. Either way litellm's bundled cost map can supply prices (`cai_kit.pricing`).
+litellm. Either way litellm's bundled cost map can supply prices (`cai_kit.engine.pricing`).
 
     >>> p = lookup("groq/llama-3.1-8b-instant")
     >>> (p.name, p.base_url, p.logprobs)
@@ -143,29 +143,6 @@ def lookup(model: str) -> Provider | None:
     """The provider of a `PROVIDER/MODEL` string (a `litellm:` prefix is ignored), or None."""
     prefix, sep, rest = model.removeprefix("litellm:").partition("/")
     return PROVIDERS.get(prefix) if sep and rest else None
-
-
-def route(model: str, api_base: str | None = None) -> str:
-    """One line saying which path a model string takes (for `cai-kit models MODEL`)."""
-    from cai_kit.llm.registry import resolve
-
-    spec = resolve(model, api_base)
-    provider = lookup(model)
-    if spec.name == "provider" and provider is not None:
-        var, key = provider.key()
-        return (
-            f"{model}: fast aiohttp client -> {provider.resolved_base_url()} "
-            f"(key {var}{'' if key else ', not set'}; "
-            f"log-probs {'yes' if provider.logprobs_for(model.split('/', 1)[1]) else 'no'}; "
-            f"price: {provider.price})"
-        )
-    if spec.name in ("hosted", "litellm"):
-        where = f" -> {api_base}" if api_base else ""
-        var = f" (key {provider.key_vars[0]})" if provider else ""
-        return f"{model}: litellm{where}{var}"
-    if spec.name == "openai-compat":
-        return f"{model}: fast aiohttp client -> {api_base} (price: --price, or usage.cost if reported)"
-    return f"{model}: {spec.name} backend ({spec.description})"
 
 
 def _is_loopback(api_base: str) -> bool:

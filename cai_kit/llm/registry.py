@@ -18,32 +18,15 @@ Resolution order for a model string (first match wins):
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cai_kit.errors import ConfigError
+from cai_kit.llm import specs  # the built-ins
+from cai_kit.llm.base import Backend, BackendSpec
+from cai_kit.llm.providers import lookup
 
-if TYPE_CHECKING:
-    from cai_kit.llm.base import Backend
-
-
-@dataclass(frozen=True)
-class BackendSpec:
-    name: str
-    description: str
-    needs: str  # what the user must provide (env vars, extras, a server)
-    example: str
-    factory: str  # "module:callable"; callable(model_string, api_base=..., **options) -> Backend
-    claims: Callable[[str, str | None], bool]
-    priority: int = 100  # lower is tried first
-
-    def build(self, model: str, api_base: str | None = None, **options: Any) -> Backend:
-        module, _, attr = self.factory.partition(":")
-        return getattr(importlib.import_module(module), attr)(model, api_base=api_base, **options)
-
+__all__ = ["BackendSpec", "get_backend", "get_interactive_backend", "list_backends", "register"]
 
 _SPECS: dict[str, BackendSpec] = {}
 _PLUGINS_LOADED = False
@@ -60,8 +43,6 @@ def _load() -> None:
     if _PLUGINS_LOADED:
         return
     _PLUGINS_LOADED = True
-    from cai_kit.llm import specs  # the built-ins
-
     for spec in specs.BUILTINS:
         register(spec)
     for ep in entry_points(group="cai_kit.backends"):
@@ -98,3 +79,24 @@ def get_interactive_backend(model: str | None = None, api_base: str | None = Non
     model = (model or "local").strip()
     one = {"parallel": 1} if model in ("local", "local:llama") else {}
     return get_backend(model, api_base=api_base, **one)
+
+
+def route(model: str, api_base: str | None = None) -> str:
+    """One line saying which path a model string takes (for `cai-kit models MODEL`)."""
+    spec = resolve(model, api_base)
+    provider = lookup(model)
+    if spec.name == "provider" and provider is not None:
+        var, key = provider.key()
+        return (
+            f"{model}: fast aiohttp client -> {provider.resolved_base_url()} "
+            f"(key {var}{'' if key else ', not set'}; "
+            f"log-probs {'yes' if provider.logprobs_for(model.split('/', 1)[1]) else 'no'}; "
+            f"price: {provider.price})"
+        )
+    if spec.name in ("hosted", "litellm"):
+        where = f" -> {api_base}" if api_base else ""
+        var = f" (key {provider.key_vars[0]})" if provider else ""
+        return f"{model}: litellm{where}{var}"
+    if spec.name == "openai-compat":
+        return f"{model}: fast aiohttp client -> {api_base} (price: --price, or usage.cost if reported)"
+    return f"{model}: {spec.name} backend ({spec.description})"

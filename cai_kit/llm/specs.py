@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from cai_kit.llm.registry import BackendSpec
+from cai_kit.llm.base import BackendSpec
+from cai_kit.llm.providers import lookup
 
 
 def _is_local(model: str, api_base: str | None) -> bool:
@@ -22,8 +23,6 @@ def _is_openai_compat(model: str, api_base: str | None) -> bool:
 
 
 def _is_fast_provider(model: str, api_base: str | None) -> bool:
-    from cai_kit.llm.providers import lookup
-
     provider = lookup(model)
     return api_base is None and provider is not None and provider.fast
 

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cai_kit.errors import DataError
-from cai_kit.export import LOAD_WITH, Format, _completion, _prompt, write_rows
 from cai_kit.records import Message
 from cai_kit.serve.store import FeedbackStore, RatedCompletion, is_feedback_db
+from cai_kit.stages.export import LOAD_WITH, Format, _completion, _prompt, write_rows
 
 FeedbackKind = Literal["kto", "prefs"]
 TARGET_RATIO = 1.15  # λ_D·n_D / (λ_U·n_U): the middle of the KTO paper's [1, 4/3]

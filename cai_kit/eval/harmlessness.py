@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from cai_kit.constitution import Constitution
-from cai_kit.cost_preview import prompt_tokens, stand_in
 from cai_kit.engine import CallFailed, Engine, EngineConfig, JobSpec, JobSummary, run_job
+from cai_kit.engine.cost_preview import prompt_tokens, stand_in
+from cai_kit.engine.gather import raise_first, settle
 from cai_kit.errors import ConfigError
-from cai_kit.gather import raise_first, settle
 from cai_kit.io import latest_by_id
 from cai_kit.llm.base import Backend, Completion, GenParams
 from cai_kit.records import GenerationRecord, Message, PromptRecord, Provenance, stable_hash

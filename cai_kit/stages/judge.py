@@ -28,7 +28,7 @@ from typing import Literal, TypeVar
 
 from cai_kit.constitution import Constitution, Principle
 from cai_kit.engine import CallFailed, Engine
-from cai_kit.gather import in_order, raise_first, settle
+from cai_kit.engine.gather import in_order, raise_first, settle
 from cai_kit.llm.base import Backend, Completion, GenParams, TokenLogprob
 from cai_kit.records import Comparison, JudgeVerdict, stable_hash
 
@@ -231,7 +231,7 @@ def judge_calls(
     """(backend, prompt tokens, completion tokens) of every call `judge_pair` makes for this
     pair (each principle, both orders, `votes`' samples per order), for the --dry-run preview.
     Size responses that are not written yet with `cost_preview.stand_in(max_tokens)`."""
-    from cai_kit.cost_preview import prompt_tokens
+    from cai_kit.engine.cost_preview import prompt_tokens
 
     per_order = cfg.samples if cfg.mode == "votes" else 1
     answer = cfg.params().max_tokens

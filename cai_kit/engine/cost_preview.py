@@ -7,7 +7,7 @@ A job gives its calls per item through `JobSpec.estimate_tokens`, built with the
 builders the job sends (`prompt_tokens(messages)`); an answer that does not exist yet (it is
 made earlier in the same job) is sized by `stand_in(max_tokens)` inside those prompts.
 Token counts are estimates (characters / 4 for prompts, `max_tokens` for every answer: the
-worst case). Prices come from `cai_kit.pricing` (the batch price where the backend has a
+worst case). Prices come from `cai_kit.engine.pricing` (the batch price where the backend has a
 Batch API, else the synchronous one); a model without a known price is named, never guessed.
 """
 
@@ -34,8 +34,8 @@ class CostPreview:
     def of(
         cls, calls: Iterable[tuple[Backend, int, int]], *, batch_api: bool, price: Any = None
     ) -> CostPreview:
-        from cai_kit.batch_providers import batch_client_for
-        from cai_kit.pricing import price_for_backend
+        from cai_kit.engine.batch_providers import batch_client_for
+        from cai_kit.engine.pricing import price_for_backend
 
         out = cls(batch_api=batch_api)
         prices: dict[int, tuple[Any, bool]] = {}

@@ -18,13 +18,11 @@ import random
 from pathlib import Path
 
 from cai_kit.constitution import Constitution
-from cai_kit.cost_preview import stand_in
 from cai_kit.engine import Engine, EngineConfig, JobSpec, JobSummary, run_job
+from cai_kit.engine.cost_preview import stand_in
+from cai_kit.engine.gather import in_order
 from cai_kit.errors import DataError
-from cai_kit.gather import in_order
-from cai_kit.generate import run_generate
 from cai_kit.io import latest_by_id, read_jsonl
-from cai_kit.judge import JudgeConfig, PairInput, judge_calls, judge_pair
 from cai_kit.llm.base import Backend, GenParams
 from cai_kit.records import (
     GenerationRecord,
@@ -35,6 +33,8 @@ from cai_kit.records import (
     RevisionRecord,
     stable_hash,
 )
+from cai_kit.stages.generate import run_generate
+from cai_kit.stages.judge import JudgeConfig, PairInput, judge_calls, judge_pair
 
 
 def _provenance(constitution: Constitution, cfg: JudgeConfig, models: dict[str, str]) -> Provenance:

@@ -16,13 +16,12 @@ RLAIF) or from the revisions (`preferences: revisions`: revision as chosen, init
 as rejected, the Hugging Face CAI recipe). A stage is skipped when `RUN/.stages/NAME.done`
 exists; each stage is itself resumable. `RUN/report.md` gives per-stage seconds, the eval
 prompts used, the win rate (and whether the judge's ties leave it meaningless) and the
-implicit-reward accuracies (`cai_kit.pipeline_report`).
+implicit-reward accuracies (`cai_kit.pipeline.report`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import subprocess
@@ -34,8 +33,8 @@ from typing import Any, TextIO
 
 from cai_kit.constitution import list_constitutions
 from cai_kit.errors import ConfigError
-from cai_kit.recipe import Recipe, load_recipe
-from cai_kit.records import PromptRecord, stable_hash
+from cai_kit.pipeline.recipe import Recipe, load_recipe
+from cai_kit.pipeline.split import split_prompts, write_prompts
 
 # Child processes: no loading bars, no library chatter, output as it happens (for progress).
 QUIET_ENV = {
@@ -48,66 +47,6 @@ QUIET_ENV = {
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     "TOKENIZERS_PARALLELISM": "false",
 }
-
-
-@dataclass
-class Split:
-    """Training and held-out prompts, and a sentence saying where the held-out ones came from."""
-
-    train: list[PromptRecord]
-    eval: list[PromptRecord]
-    note: str
-
-
-def _key(p: PromptRecord) -> str:
-    return PromptRecord.make_id(p.messages)  # by content: the same prompt under another id
-
-
-def split_prompts(r: Recipe) -> Split:
-    """Training and eval prompts, disjoint by content; deterministic for a recipe and seed."""
-    from cai_kit.prompts import load_prompts
-
-    pool = load_prompts(r.prompts).records
-    if r.eval_prompts:
-        held = load_prompts(r.eval_prompts).records
-        keys = {_key(p) for p in held}
-        train = [p for p in pool if _key(p) not in keys]
-        dropped = len(pool) - len(train)
-        note = f"the recipe's eval_prompts file `{r.eval_prompts}`" + (
-            f" ({dropped} of its prompts were also in `{r.prompts}` and were left out of training)"
-            if dropped
-            else ""
-        )
-    else:
-        ranked = sorted(range(len(pool)), key=lambda i: stable_hash("heldout", r.seed, _key(pool[i])))  # fmt: skip
-        n_eval = min(len(pool) - 1, max(1, math.ceil(len(pool) * r.eval_fraction)))
-        held = [pool[i] for i in ranked[:n_eval]]
-        train = [pool[i] for i in sorted(ranked[n_eval:])]  # the file's order for training
-        note = (
-            f"a seeded held-out split of `{r.prompts}` (eval_fraction {r.eval_fraction:g}, "
-            f"seed {r.seed}: {len(held)} of {len(pool)} prompts held out)"
-        )
-    if r.limit is not None:
-        train = train[: r.limit]
-    if r.eval.limit is not None and r.eval.limit < len(held):
-        note += f"; eval.limit {r.eval.limit}: the first {r.eval.limit} of them are evaluated"
-        held = held[: r.eval.limit]
-    if not train or not held:
-        raise ConfigError(
-            f"{r.prompts}: {len(train)} training and {len(held)} eval prompts; the pipeline "
-            "needs both (give more prompts, or an eval_prompts file)."
-        )
-    return Split(train, held, note)
-
-
-def write_prompts(records: list[PromptRecord], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        for p in records:
-            row: dict[str, Any] = {**p.metadata, "id": p.id, "messages": [m.model_dump() for m in p.messages]}  # fmt: skip
-            if p.response is not None:
-                row["response"] = p.response
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 @dataclass
@@ -188,7 +127,7 @@ def stages(r: Recipe, run: Path, n_train: int, n_eval: int) -> list[Stage]:
             Stage("export-heldout", ["export", "prefs", str(run / "heldout_revise"), "--out", str(run / "heldout_pairs")]),
             Stage("implicit-reward", ["--pairs", str(run / "heldout_pairs"), "--base", student, "--sft", str(sft_model),
                                       "--dpo", str(dpo_model), "--beta", str(beta), "--max-length", str(r.dpo.max_length),
-                                      "--out", str(run / "implicit_reward")], module="cai_kit.implicit_reward"),
+                                      "--out", str(run / "implicit_reward")], module="cai_kit.eval.implicit_reward"),
         ]  # fmt: skip
     return out
 
@@ -314,7 +253,7 @@ def run_pipeline(
     markers = run / ".stages"
     out.write(describe_inputs(recipe, recipe_path, run))
     if dry_run:
-        from cai_kit.pipeline_estimate import estimate, format_estimates
+        from cai_kit.pipeline.estimate import estimate, format_estimates
 
         out.write(f"Training prompts: {len(split.train)}; eval prompts: {len(split.eval)}, from {split.note}.\n")  # fmt: skip
         for s in plan:
@@ -336,7 +275,7 @@ def run_pipeline(
         markers.mkdir(parents=True, exist_ok=True)
         marker.write_text(f"{seconds:.1f} s wall, {cpu:.1f} s cpu\n")
         ran.append(s.name)
-    from cai_kit.pipeline_report import write_report
+    from cai_kit.pipeline.report import write_report
 
     write_report(recipe, run, names, split)
     return ran

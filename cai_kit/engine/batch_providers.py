@@ -1,4 +1,4 @@
-"""Provider Batch APIs behind one small interface, used by `cai_kit.batch`.
+"""Provider Batch APIs behind one small interface, used by `cai_kit.engine.batch`.
 
     client = batch_client_for(backend)            # None: this backend has no Batch API
     line = client.line(key, messages, params)     # one JSONL line; custom_id = the cache key
@@ -53,7 +53,7 @@ class BatchClient:
     """One provider's Batch API. `max_requests` / `max_bytes`: its limits per batch."""
 
     name = "batch"
-    price: Any = None  # the backend's price (cai_kit.pricing), set by the collector
+    price: Any = None  # the backend's price (cai_kit.engine.pricing), set by the collector
     max_requests = 50_000
     max_bytes = 190 * 1024**2
 

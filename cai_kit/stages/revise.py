@@ -7,7 +7,7 @@ paper, the conversation continues: few-shot turns, the prompt, the response, the
 request, the critique, the revision request, the revision, then the next round's critique
 request. Every step keeps the exact messages it sent.
 
-    from cai_kit.revise import ReviseConfig, run_revise
+    from cai_kit.stages.revise import ReviseConfig, run_revise
     run_revise(prompts, ReviseConfig(constitution=load_constitution("harmless")), ...)
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Literal
 
 from cai_kit.constitution import Constitution, FewShotExample, Principle
-from cai_kit.cost_preview import prompt_tokens
 from cai_kit.engine import CallFailed, Engine, EngineConfig, JobSpec, JobSummary, run_job
+from cai_kit.engine.cost_preview import prompt_tokens
 from cai_kit.llm.base import Backend, GenParams
 from cai_kit.records import (
     CritiqueStep,

@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cai_kit.cost_preview import prompt_tokens
 from cai_kit.engine import CallFailed, Engine, EngineConfig, JobSpec, JobSummary, run_job
+from cai_kit.engine.cost_preview import prompt_tokens
 from cai_kit.llm.base import Backend, GenParams
 from cai_kit.records import GenerationRecord, PromptRecord, Provenance, stable_hash
 

@@ -16,7 +16,7 @@ the student (with `local`, fully offline)::
 
 Relative paths in a recipe (`prompts`, `eval_prompts`, a constitution file, `hf:PATH` models)
 are read from the recipe's folder; a shipped constitution name stays the shipped one
-(`cai_kit.recipe_paths`). The run directory is not in the recipe (`--out`, current directory).
+(`cai_kit.pipeline.recipe_paths`). The run directory is not in the recipe (`--out`, current directory).
 
 `load_recipe(path)` validates with pydantic and reports every problem as
 `file:line: field: message` (one `ConfigError`); recipes written before the teacher/student
@@ -86,7 +86,7 @@ class Teacher(_Section):
     @classmethod
     def _price(cls, v: str | None) -> str | None:
         if v is not None:
-            from cai_kit.pricing import parse_price
+            from cai_kit.engine.pricing import parse_price
 
             try:
                 parse_price(str(v))
@@ -175,7 +175,7 @@ def parse_recipe(text: str, display: str = "<recipe>", base: Path | None = None)
     """Validate recipe YAML text; a ConfigError lists every problem as file:line: field: msg.
 
     With `base` (the recipe's folder) the path fields are resolved against it and must exist
-    (`cai_kit.recipe_paths`); without it they are kept exactly as written."""
+    (`cai_kit.pipeline.recipe_paths`); without it they are kept exactly as written."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -192,7 +192,7 @@ def parse_recipe(text: str, display: str = "<recipe>", base: Path | None = None)
             value = data.pop(key)
             problems.append(Problem(display, index.get((key,)), key, how.replace("VALUE", str(value))))  # fmt: skip
     if base is not None:
-        from cai_kit.recipe_paths import resolve_recipe_paths
+        from cai_kit.pipeline.recipe_paths import resolve_recipe_paths
 
         problems += resolve_recipe_paths(data, base, display, index)
     recipe, problems = validate_with(Recipe, data, problems, index, display, "recipe")

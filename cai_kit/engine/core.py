@@ -9,56 +9,35 @@
      dropped connections, honouring Retry-After up to a cap; fatal 4xx fail at once. An empty
      or null reply (content filter, a reasoning model out of tokens) is paid but never cached:
      it is retried once, then a failure that a re-run retries.
-With --batch-api, steps 2 onwards are a provider Batch API job instead (`cai_kit.batch`).
+With --batch-api, steps 2 onwards are a provider Batch API job instead: `Engine.batch` is the
+collector (`cai_kit.engine.batch`), seen here only through `base.BatchRoute`.
 
-`run_job` runs one record per input item on top of it: resume by record id (finished
-records are skipped, failed ones retried), deterministic sharding by prompt (`JobSpec.shard_key`:
-the union of the N shards is exactly the unsharded run), one crash-safe writer,
-a progress bar, `manifest.json`, and a clean stop on Ctrl-C or budget with work kept. A fixed
-number of workers takes the items one after another, so memory does not grow with the input;
-with --batch-api the items run in passes, one provider batch wave each (`cai_kit.batch`).
+Jobs of many records run on top of it in `cai_kit.engine.jobs` (`run_job`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pydantic import BaseModel
-
-from cai_kit.cache import CallCache, cache_key
-from cai_kit.errors import BackendError, BudgetExceeded, CaiKitError, RetryableError, redact
-from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams
-from cai_kit.pricing import (
+from cai_kit.engine.base import BatchRoute, CallFailed
+from cai_kit.engine.cache import CallCache, cache_key
+from cai_kit.engine.pricing import (
     FREE_KINDS,
     Price,
     implied_price,
     price_for_backend,
     prompt_tokens_upper,
 )
-from cai_kit.records import RunManifest, stable_hash
-
-if TYPE_CHECKING:
-    from cai_kit.batch import BatchCollector
-
-
-class CallFailed(CaiKitError):
-    """A model call that failed after its retries, or at once on a fatal error."""
-
-
-class Deferred(BaseException):
-    """--batch-api: raised into a row whose call went into this wave's batch; `run_job` runs
-    the row again after the wave, when its answered calls are cache hits (`cai_kit.batch`).
-    A BaseException, so that job code's `except Exception` never takes it for a failure."""
+from cai_kit.errors import BackendError, BudgetExceeded, RetryableError
+from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams
 
 
 @dataclass
@@ -76,7 +55,7 @@ class EngineConfig:
     cache_path: Path | None = None
     quiet: bool = False
     dry_run: bool = False
-    batch_api: bool = False  # send calls as provider Batch API jobs (cai_kit.batch)
+    batch_api: bool = False  # send calls as provider Batch API jobs (cai_kit.engine.batch)
 
 
 @dataclass
@@ -198,7 +177,7 @@ class Engine:
         self.notices: list[str] = []  # one-time notes printed to stderr (kept for tests)
         self._rpm = TokenBucket(self.config.rpm) if self.config.rpm else None
         self._tpm = TokenBucket(self.config.tpm) if self.config.tpm else None
-        self.batch: BatchCollector | None = None  # set by run_job for --batch-api
+        self.batch: BatchRoute | None = None  # --batch-api: the collector, set by run_job
 
     def _semaphore(self, backend: Backend) -> asyncio.Semaphore:
         if id(backend) not in self._semaphores:
@@ -402,258 +381,3 @@ class Engine:
             await self.batch.aclose()
         if self.cache is not None:
             self.cache.close()
-
-
-# --- jobs ------------------------------------------------------------------------------
-
-
-@dataclass
-class JobSpec:
-    """One output record per input item; the record id decides whether work is done."""
-
-    name: str
-    items: Sequence[Any]
-    item_id: Callable[[Any], str]
-    process: Callable[[Any, Engine], Awaitable[BaseModel]]
-    output: Path
-    record_type: type[BaseModel]
-    run_dir: Path
-    manifest: dict[str, Any] = field(default_factory=dict)
-    estimate: Callable[[Any], int] | None = None  # calls per item, only without estimate_tokens
-    # --dry-run preview: per item, (backend, prompt tokens, completion tokens) of each call the
-    # item makes (cai_kit.cost_preview); the call count shown is the number of these tuples
-    estimate_tokens: Callable[[Any], list[tuple[Backend, int, int]]] | None = None
-    shard: tuple[int, int] | None = None
-    # What --shard splits by: the item's prompt id, so every sample and pair of a prompt
-    # lands in one shard. None: the item id (fine when an item is one whole prompt).
-    shard_key: Callable[[Any], str] | None = None
-    backends: list[Backend] = field(default_factory=list)  # closed when the job ends
-
-
-@dataclass
-class JobSummary:
-    total: int = 0
-    already_done: int = 0
-    done: int = 0
-    failed: int = 0
-    stopped: str | None = None
-    stats: dict[str, Any] = field(default_factory=dict)
-    estimated_calls: int | None = None
-    cost_preview: str | None = None  # tokens and price (synchronous and Batch API), dry run
-
-    def line(self) -> str:
-        s = self.stats
-        parts = [f"{self.done} done", f"{self.failed} failed", f"{self.already_done} already done"]
-        if self.estimated_calls is not None:
-            cost = f"; {self.cost_preview}" if self.cost_preview else ""
-            return f"dry run: {self.total} rows to do, about {self.estimated_calls} calls{cost}; nothing was called."
-        parts.append(
-            f"{s.get('calls', 0)} calls, {s.get('cache_hits', 0)} cache hits, {s.get('retries', 0)} retries"
-        )
-        parts.append(
-            f"{s.get('prompt_tokens', 0) + s.get('completion_tokens', 0)} tokens, ${s.get('cost', 0):.4f}"
-        )
-        text = "; ".join(parts)
-        if self.failed:
-            text += (
-                ". Re-run the same command (or `cai-kit retry-failed RUN_DIR`) to retry failures"
-            )
-        if self.stopped:
-            text += f". Stopped: {self.stopped}"
-        return text
-
-
-def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
-    """Deterministic 1/N split by a key, the prompt id for every job (I is 1-based)."""
-    if shard is None:
-        return True
-    i, n = shard
-    return int(stable_hash("shard", key), 16) % n == i - 1
-
-
-def _write_manifest(spec: JobSpec, summary: JobSummary, started: str, status: str) -> None:
-    from cai_kit.records import Provenance
-
-    m = dict(spec.manifest)
-    manifest = RunManifest(
-        command=m.pop("command", spec.name),
-        argv=[redact(a) for a in m.pop("argv", [])],
-        started_at=started,
-        finished_at=None if status == "running" else datetime.now(timezone.utc).isoformat(),
-        status=status,  # type: ignore[arg-type]
-        provenance=Provenance.model_validate(m.pop("provenance", {})),
-        inputs=m.pop("inputs", {}),
-        outputs={"records": spec.output.name, **m.pop("outputs", {})},
-        stats={"total": summary.total, "done": summary.done, "failed": summary.failed,
-               "already_done": summary.already_done, "stopped": summary.stopped, **summary.stats},
-    )  # fmt: skip
-    spec.run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = spec.run_dir / "manifest.json.tmp"
-    tmp.write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
-    tmp.replace(spec.run_dir / "manifest.json")
-
-
-def run_async(coro: Awaitable[Any]) -> Any:
-    """`asyncio.run`, on uvloop when it is installed (a faster loop and sockets for the same
-    code; CAI_KIT_UVLOOP=0 turns it off)."""
-    if os.environ.get("CAI_KIT_UVLOOP", "1") != "0":
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            return uvloop.run(coro)  # type: ignore[arg-type]
-    return asyncio.run(coro)  # type: ignore[arg-type]
-
-
-def run_job(spec: JobSpec, config: EngineConfig) -> JobSummary:
-    """Run the items that are not done yet; see the module docstring."""
-    from cai_kit.io import latest_status
-
-    done_ids = {i for i, s in latest_status(spec.output, spec.record_type).items() if s == "ok"}
-    todo, seen, pending = [], set(), []
-    for item in spec.items:
-        iid = spec.item_id(item)
-        key = spec.shard_key(item) if spec.shard_key else iid
-        if iid in seen or not in_shard(key, spec.shard):
-            continue
-        seen.add(iid)
-        if iid not in done_ids:  # (the id is computed once per item: a re-run is mostly this)
-            pending.append(item)
-        todo.append(item)
-    summary = JobSummary(total=len(todo))
-    summary.already_done = len(todo) - len(pending)
-    started = datetime.now(timezone.utc).isoformat()
-    if config.dry_run:
-        summary.total = len(pending)
-        if spec.estimate_tokens is not None:  # the calls themselves: their count and price
-            from cai_kit.cost_preview import CostPreview
-
-            calls = (c for it in pending for c in spec.estimate_tokens(it))
-            preview = CostPreview.of(calls, batch_api=config.batch_api, price=config.price)
-            summary.estimated_calls, summary.cost_preview = preview.calls, preview.line()
-        else:
-            summary.estimated_calls = (
-                sum(spec.estimate(it) for it in pending) if spec.estimate else len(pending)
-            )
-        return summary
-
-    engine = Engine(config)
-    if config.batch_api:
-        from cai_kit.batch import BatchCollector
-
-        engine.batch = BatchCollector(engine, spec.run_dir)
-    _write_manifest(spec, summary, started, "running")
-    status = "finished"
-    try:
-        run_async(_run_items(spec, engine, pending, summary))
-        if engine.budget_stop:  # state the spend after the calls in flight were paid too
-            summary.stopped = engine.budget_message()
-        if summary.stopped:
-            status = "stopped"
-    except KeyboardInterrupt:
-        summary.stopped = "interrupted (Ctrl-C); finished work is kept"
-        status = "stopped"
-        raise
-    finally:
-        summary.stats = engine.stats.as_dict()
-        _write_manifest(spec, summary, started, status)
-    return summary
-
-
-class _InfoColumn:
-    """The progress bar's live figures, computed when the bar is drawn (10 times a second),
-    not once per finished row."""
-
-    def __init__(self, engine: Engine, summary: JobSummary) -> None:
-        from rich.progress import ProgressColumn
-        from rich.text import Text
-
-        outer = self
-
-        class Column(ProgressColumn):
-            def render(self, task: Any) -> Text:
-                return Text(outer.text())
-
-        self.engine, self.summary, self.column = engine, summary, Column()
-
-    def text(self) -> str:
-        s = self.engine.stats
-        rate = s.calls / max(time.monotonic() - s.started, 1e-6)
-        tokens = s.prompt_tokens + s.completion_tokens
-        text = f"failed {self.summary.failed} | {rate:.1f} calls/s | {tokens} tok | ${s.cost:.4f}"
-        batch = self.engine.batch.status() if self.engine.batch is not None else ""
-        return f"{text} | {batch}" if batch else text
-
-
-async def _run_items(
-    spec: JobSpec, engine: Engine, pending: list[Any], summary: JobSummary
-) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from cai_kit.io import JsonlWriter
-
-    width = max(
-        1,
-        (
-            engine.config.concurrency
-            or max((b.default_concurrency for b in spec.backends), default=8)
-        )
-        * 2,
-    )  # items in flight: enough to keep every call slot busy
-    if engine.batch is not None:  # --batch-api: rows are written out and let go, many at once
-        width = engine.batch.rows_in_flight
-    stop = asyncio.Event()
-    progress = Progress(
-        TextColumn(f"[bold]{spec.name}[/bold]"), BarColumn(), MofNCompleteColumn(),
-        _InfoColumn(engine, summary).column, TimeElapsedColumn(),
-        disable=engine.config.quiet, transient=False,
-    )  # fmt: skip
-    task = progress.add_task(spec.name, total=len(pending))
-    advance = (lambda: None) if engine.config.quiet else (lambda: progress.advance(task))
-
-    async def one(item: Any, writer: JsonlWriter, deferred: list[Any]) -> None:
-        try:
-            with engine.item_scope():
-                record = await spec.process(item, engine)
-        except Deferred:  # --batch-api: its call is in this wave's batch; run again after it
-            deferred.append(item)
-            return
-        except BudgetExceeded as exc:
-            summary.stopped = str(exc)
-            stop.set()
-            return
-        except CallFailed:  # a process that did not record its own failure: retried on re-run
-            summary.failed += 1
-            advance()
-            return
-        writer.write(record)
-        if getattr(record, "status", "ok") == "ok":
-            summary.done += 1
-        else:
-            summary.failed += 1
-        advance()
-
-    async def run_pass(items: list[Any], writer: JsonlWriter) -> list[Any]:
-        deferred: list[Any] = []
-        queue = iter(items)
-
-        async def worker() -> None:
-            for item in queue:  # shared by the workers: each item is taken once
-                if stop.is_set():
-                    return
-                await one(item, writer, deferred)
-
-        await asyncio.gather(*(worker() for _ in range(min(width, len(items)))))
-        return deferred
-
-    with progress, JsonlWriter(spec.output) as writer:
-        try:
-            rows = await run_pass(pending, writer)
-            while engine.batch is not None and await engine.batch.end_pass() and rows:
-                stop.clear()  # after a budget stop, rows whose answers came can still finish
-                rows = await run_pass(rows, writer)
-        finally:
-            for b in spec.backends:
-                await b.aclose()
-            await engine.aclose()

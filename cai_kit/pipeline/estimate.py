@@ -3,7 +3,7 @@
     rows = estimate(recipe, split_prompts(recipe)); print(format_estimates(rows))
 
 For every stage and every model it calls: the number of calls, input and output tokens and the
-cost, synchronous and as a provider Batch job (`cai_kit.pricing`: `--price`-style `price:` in the
+cost, synchronous and as a provider Batch job (`cai_kit.engine.pricing`: `--price`-style `price:` in the
 teacher section, litellm's cost map, free for local models). Input tokens are counted (about 4
 characters a token) on the real prompts inside the real templates (revise's critique/revision
 turns with the constitution's few-shot examples, the judge's prompt); every answer is assumed to
@@ -15,13 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cai_kit.cost_preview import prompt_tokens
-from cai_kit.cost_preview import stand_in as _filler
-from cai_kit.pricing import Price, parse_price, price_for
+from cai_kit.engine.cost_preview import prompt_tokens
+from cai_kit.engine.cost_preview import stand_in as _filler
+from cai_kit.engine.pricing import Price, parse_price, price_for
 
 if TYPE_CHECKING:
-    from cai_kit.pipeline import Split
-    from cai_kit.recipe import Recipe
+    from cai_kit.pipeline.recipe import Recipe
+    from cai_kit.pipeline.split import Split
     from cai_kit.records import PromptRecord
 
 Msgs = list[dict[str, str]]
@@ -59,7 +59,7 @@ def _price(r: Recipe, model: str, api_base: str | None) -> Price | None:
 
 def _revise(r: Recipe, stage: str, prompts: list[PromptRecord]) -> list[StageEstimate]:
     from cai_kit.constitution import load_constitution
-    from cai_kit.revise import CRITIQUE_PREFIX, REVISION_PREFIX, few_shot_turns
+    from cai_kit.stages.revise import CRITIQUE_PREFIX, REVISION_PREFIX, few_shot_turns
 
     const = load_constitution(r.constitution)
     m = r.revise.max_tokens
@@ -94,7 +94,7 @@ def _revise(r: Recipe, stage: str, prompts: list[PromptRecord]) -> list[StageEst
 def _judge_calls(r: Recipe, stage: str, role: str, prompts: list[PromptRecord], pairs_per_prompt: int,
                  answer_tokens: int, mode: str) -> StageEstimate:  # fmt: skip
     from cai_kit.constitution import load_constitution
-    from cai_kit.judge import JudgeConfig, judge_calls
+    from cai_kit.stages.judge import JudgeConfig, judge_calls
 
     const = load_constitution(r.constitution)
     cfg = JudgeConfig(mode=mode)  # type: ignore[arg-type]  # the stage runs with the defaults
@@ -113,7 +113,7 @@ def _judge_calls(r: Recipe, stage: str, role: str, prompts: list[PromptRecord], 
 
 
 def _local(stage: str, role: str, model: str, calls: int, in_tok: int, out_tok: int, note: str = "") -> StageEstimate:  # fmt: skip
-    from cai_kit.pricing import FREE
+    from cai_kit.engine.pricing import FREE
 
     return StageEstimate(stage, role, model, calls, in_tok, out_tok, FREE, note)
 

@@ -5,11 +5,12 @@ A pair counts as correct when r(chosen) > r(rejected) (TRL logs the same as `rew
 during training; here it is measured on pairs the model never saw). Unlike a judge's win rate
 it moves even when the judge ties on everything, because it reads the models' own log-probs.
 
-    python -m cai_kit.implicit_reward --pairs RUN/heldout_pairs --base local \\
+    python -m cai_kit.eval.implicit_reward --pairs RUN/heldout_pairs --base local \\
         --sft RUN/sft_model --dpo RUN/dpo_model --beta 0.1 --out RUN/implicit_reward
 
 scores the DPO model against its reference (the SFT model) and the SFT model against the base,
-writing OUT/implicit_reward.json and one summary line. `pair_stats` is the arithmetic.
+writing OUT/implicit_reward.json and one summary line. `pair_stats` is the arithmetic; the
+models run in `cai_kit.train.logprobs` (the [train] extra), so this module imports no torch.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from typing import Any
 
 from cai_kit.errors import CaiKitError, DataError
 
-LogProbs = list[tuple[float, float]]  # per pair: (log π(chosen|x), log π(rejected|x))
 
-
-def pair_stats(policy: LogProbs, reference: LogProbs, beta: float) -> dict[str, Any]:
-    """Accuracy (ties count as not correct, and are counted), mean reward margin."""
+def pair_stats(
+    policy: list[tuple[float, float]], reference: list[tuple[float, float]], beta: float
+) -> dict[str, Any]:
+    """Accuracy (ties count as not correct, and are counted) and mean reward margin, from
+    each pair's (log π(chosen|x), log π(rejected|x)) under the policy and its reference."""
     if len(policy) != len(reference) or not policy:
         raise DataError("implicit reward: need the same, non-zero number of pairs for both models.")
     margins = [
@@ -40,60 +42,12 @@ def pair_stats(policy: LogProbs, reference: LogProbs, beta: float) -> dict[str, 
     }
 
 
-def _token_ids(tok: Any, prompt: Any, completion: Any, max_length: int) -> tuple[list[int], int]:
-    """(ids of prompt + completion, index where the completion starts), within max_length."""
-    if isinstance(prompt, list):
-        p = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
-        full = tok.apply_chat_template(prompt + completion, tokenize=True)
-        if hasattr(p, "input_ids"):  # some tokenizers return a BatchEncoding
-            p, full = p["input_ids"], full["input_ids"]
-    else:
-        p = tok(prompt, add_special_tokens=False)["input_ids"]
-        full = p + tok(completion, add_special_tokens=False)["input_ids"]
-    start = 0
-    while start < min(len(p), len(full)) and p[start] == full[start]:
-        start += 1
-    keep_prompt = min(start, max_length // 2)  # keep the end of a long prompt
-    ids = full[start - keep_prompt : start] + full[start:]
-    return ids[:max_length], keep_prompt
-
-
-def sequence_logprobs(model_path: str, rows: list[dict[str, Any]], tok: Any, max_length: int) -> LogProbs:  # fmt: skip
-    """Sum of log-probs of each completion's tokens, for chosen and rejected of every row."""
-    import torch
-
-    from cai_kit.train.common import load_model
-
-    model = load_model(model_path).eval()
-    out: LogProbs = []
-    with torch.no_grad():
-        for row in rows:
-            pair = []
-            for side in ("chosen", "rejected"):
-                ids, start = _token_ids(tok, row["prompt"], row[side], max_length)
-                x = torch.tensor([ids])
-                logits = model(input_ids=x).logits[0, :-1].float()
-                logp = torch.log_softmax(logits, dim=-1)
-                targets = x[0, 1:]
-                token_lp = logp.gather(1, targets[:, None])[:, 0]
-                pair.append(float(token_lp[max(start - 1, 0) :].sum()))
-            out.append((pair[0], pair[1]))
-    del model
-    return out
-
-
 def evaluate(pairs: Path, base: str, sft: Path, dpo: Path, beta: float, max_length: int = 512) -> dict[str, Any]:  # fmt: skip
     """Implicit-reward stats of the DPO model (reference: SFT) and the SFT model (reference: base)."""
-    from cai_kit.train.common import load_tokenizer, resolve_model
-    from cai_kit.train.data import data_files, read_rows
+    from cai_kit.train.logprobs import pair_logprobs
 
-    files = data_files(pairs)
-    rows = [r for f in files.values() for r in read_rows(f)]
-    if not rows or not all({"prompt", "chosen", "rejected"} <= set(r) for r in rows):
-        raise DataError(f"{pairs}: every row needs prompt, chosen and rejected (`cai-kit export prefs`).")  # fmt: skip
-    tok = load_tokenizer(str(sft))
-    lp = {name: sequence_logprobs(path, rows, tok, max_length)
-          for name, path in (("base", resolve_model(base)), ("sft", str(sft)), ("dpo", str(dpo)))}  # fmt: skip
+    models = {"base": base, "sft": str(sft), "dpo": str(dpo)}
+    lp = pair_logprobs(pairs, models, tokenizer=str(sft), max_length=max_length)
     return {
         "pairs_path": str(pairs), "beta": beta, "max_length": max_length,
         "dpo": {"reference": "sft", **pair_stats(lp["dpo"], lp["sft"], beta)},
@@ -110,7 +64,7 @@ def summary_line(res: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cai_kit.implicit_reward", description=__doc__.split("\n\n")[0])  # fmt: skip
+    ap = argparse.ArgumentParser(prog="python -m cai_kit.eval.implicit_reward", description=__doc__.split("\n\n")[0])  # fmt: skip
     ap.add_argument(
         "--pairs", type=Path, required=True, help="prompt/chosen/rejected JSONL or export dir"
     )

@@ -5,7 +5,7 @@
 Sections: models (student, teacher and the stages it serves), prompts (how many trained on,
 which held-out prompts were evaluated and where they came from), per-stage seconds, the win
 rate with a warning when the judge's ties make it meaningless, and the implicit-reward
-accuracy of the DPO and SFT models on held-out pairs (`cai_kit.implicit_reward`).
+accuracy of the DPO and SFT models on held-out pairs (`cai_kit.eval.implicit_reward`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from cai_kit.pipeline import Split
-    from cai_kit.recipe import Recipe
+    from cai_kit.pipeline.recipe import Recipe
+    from cai_kit.pipeline.split import Split
 
 TIE_RATE_MEANINGLESS = (
     0.5  # at least half the verdicts ties: the win rate is mostly 0.5 by construction

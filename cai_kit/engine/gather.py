@@ -9,7 +9,7 @@ together go in the same wave. Synchronously they simply run side by side.
 
 `settle` lets every call run to its end (one failure cancels no sibling: each may be paid and
 cached already) and keeps the order of its inputs; a row deferred to the next wave
-(`engine.Deferred`) or a cancellation is raised, never returned as a call's failure. `raise_first` then raises the exception a
+(`cai_kit.engine.base.Deferred`) or a cancellation is raised, never returned as a call's failure. `raise_first` then raises the exception a
 loop awaiting them one by one would have raised (the first in order), so a caller's records
 and error handling stay those of the sequential loop; `in_order` does both.
 """

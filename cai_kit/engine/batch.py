@@ -6,7 +6,7 @@ How a job runs (`run_job` drives it, pass after pass):
      The engine hands every uncached call of a batchable backend to the collector (`call`),
      which appends it to the wave's batch input file (one line, `custom_id` = the call's cache
      key; identical calls once) and blocks the row. When every running row is blocked, the
-     blocked rows are *deferred*: `_Deferred` unwinds them and frees their memory, and the
+     blocked rows are *deferred*: `Deferred` unwinds them and frees their memory, and the
      next rows start. A row that makes no new call finishes and is written as usual.
   2. At the end of the pass (`end_pass`) the wave's input files are submitted as batches (one
      per provider, split at its size limits; a full file goes out at once), polled, and their
@@ -43,17 +43,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
-from cai_kit.batch_providers import BatchClient, BatchState, batch_client_for
-from cai_kit.cache import CallCache
-from cai_kit.engine import CallFailed, Deferred
+from cai_kit.engine.base import CallFailed, Deferred
+from cai_kit.engine.batch_providers import BatchClient, BatchState, batch_client_for
+from cai_kit.engine.cache import CallCache
+from cai_kit.engine.core import Engine
+from cai_kit.engine.pricing import price_for_backend
 from cai_kit.errors import BackendError, BudgetExceeded, CaiKitError, redact
 from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams
-from cai_kit.pricing import price_for_backend
-
-if TYPE_CHECKING:
-    from cai_kit.engine import Engine
 
 _ITEM: contextvars.ContextVar[object | None] = contextvars.ContextVar(
     "cai_batch_item", default=None

@@ -1,0 +1,23 @@
+"""How a model call is made and paid for.
+
+- `core.py`            `Engine`: cache, in-flight joins, rpm/tpm buckets, retries, --max-cost
+- `jobs.py`            `run_job`: one record per input item, resume, shards, progress, manifest
+- `base.py`            what the engine, the job runner and the collector share: `CallFailed`,
+                       `Deferred`, `BatchRoute`
+- `batch.py`           --batch-api: calls collected into provider Batch API waves
+- `batch_providers.py` each provider's batch files and endpoints (OpenAI-shaped, Anthropic)
+- `cache.py`           the content-addressed call cache (SQLite)
+- `pricing.py`         prices: --price, litellm's cost map, the provider table
+- `cost_preview.py`    --dry-run: the calls a job would make and what they would cost
+- `gather.py`          asyncio helpers for calls that run side by side
+
+May import `cai_kit.llm` and the ground (`records`, `io`, `errors`, `paths`, ...), never a
+stage, trainer, evaluator, the pipeline or the CLI; never torch, transformers, trl or peft.
+Everything above it (stages, eval, train, serve, pipeline, cli) may import it.
+"""
+
+from cai_kit.engine.base import CallFailed
+from cai_kit.engine.core import Engine, EngineConfig
+from cai_kit.engine.jobs import JobSpec, JobSummary, run_job
+
+__all__ = ["CallFailed", "Engine", "EngineConfig", "JobSpec", "JobSummary", "run_job"]

@@ -1,0 +1,12 @@
+"""The data stages: records in, records out, each one resumable job over the engine.
+
+- `generate.py`  k sampled responses per prompt (the raw material of preference pairs)
+- `revise.py`    critique -> revise rounds with a sampled principle: SFT data with its trace
+- `judge.py`     the pairwise AI judge: both orders, soft labels from log-probs
+- `prefs.py`     sample responses, judge pairs: preference records
+- `export.py`    records -> the column layouts TRL's trainers read (SFT, DPO, KTO)
+
+May import `cai_kit.engine`, `cai_kit.llm` and the ground; never torch, transformers, trl,
+peft or typer, so a data job runs on the API-only install. Imported by `eval`, `serve`,
+`pipeline` and `cli`; never by `engine`, `llm` or the ground.
+"""
