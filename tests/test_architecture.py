@@ -1,0 +1,65 @@
+"""The layers in pyproject.toml's import-linter contracts hold, and they do catch a wrong import.
+
+`lint-imports` is import-linter's own command (not a home-made check): the first test runs it
+on the tree as it is; the others run it on a copy of the package with one wrong import (the
+judge importing torch, a lazy import that closes a cycle) and expect the broken contract named.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LINT_IMPORTS = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
+
+
+def _lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(cwd)}  # this copy of cai_kit, not the installed one
+    return subprocess.run(
+        [LINT_IMPORTS, "--no-cache"], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_import_linter_contracts_are_kept() -> None:
+    run = _lint_imports(ROOT)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "4 kept, 0 broken" in run.stdout
+
+
+# (file to change, text to find, text to put after it, lines the report must contain)
+BREAKS = {
+    "a stage imports torch": (
+        "stages/judge.py",
+        "import math\n",
+        "\nimport torch\n",
+        ["cai_kit.stages is not allowed to import torch", "cai_kit.stages.judge -> torch"],
+    ),
+    "a lazy import makes a cycle": (
+        "engine/core.py",
+        "    def _notice(self, text: str) -> None:\n",
+        "        from cai_kit.engine.jobs import run_job  # noqa: F401\n\n",
+        ["No cycles are allowed in cai_kit.engine", "- .core -> .jobs (1 import)"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BREAKS))
+def test_a_wrong_import_breaks_a_contract(tmp_path: Path, case: str) -> None:
+    path, anchor, added, expected = BREAKS[case]
+    shutil.copytree(ROOT / "cai_kit", tmp_path / "cai_kit", ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    module = tmp_path / "cai_kit" / path
+    text = module.read_text()
+    assert anchor in text
+    module.write_text(text.replace(anchor, anchor + added, 1))
+    run = _lint_imports(tmp_path)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "3 kept, 1 broken" in run.stdout
+    for line in expected:
+        assert line in run.stdout, run.stdout
