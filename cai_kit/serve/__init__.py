@@ -6,4 +6,6 @@ feedback store that `cai-kit export kto|prefs FEEDBACK_DB` turns into training d
 - `store.py`     completions and ratings in SQLite (WAL)
 - `feedback.py`  rated completions -> KTO rows / preference pairs + dataset card
 - `page.html`    the chat page (plain HTML/JS, no build step)
+
+May import `stages` (export layouts), `engine`, `llm` and the ground. Imported only by `cli`.
 """
