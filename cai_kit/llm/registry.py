@@ -26,7 +26,15 @@ from cai_kit.llm import specs  # the built-ins
 from cai_kit.llm.base import Backend, BackendSpec
 from cai_kit.llm.providers import lookup
 
-__all__ = ["BackendSpec", "get_backend", "get_interactive_backend", "list_backends", "register"]
+__all__ = [
+    "BackendSpec",
+    "get_backend",
+    "get_interactive_backend",
+    "list_backends",
+    "register",
+    "resolve",
+    "route",
+]
 
 _SPECS: dict[str, BackendSpec] = {}
 _PLUGINS_LOADED = False
