@@ -140,7 +140,7 @@ def _summary(request: web.Request, reviewer: str | None) -> dict[str, Any]:
     for kind in index.kinds:
         counts = index.counts(kind)
         lk = kind  # the index's kinds are the label kinds
-        ids = set(index.ids(kind))
+        ids = index.ids(kind)
         mine = labels.labelled_ids(reviewer, lk) & ids if reviewer else set()
         counts["views"]["unlabelled"] = len(ids) - len(mine) if reviewer else len(ids)
         counts["human_labels"] = labels.counts(lk, reviewer) if reviewer else {}

@@ -20,12 +20,10 @@ from __future__ import annotations
 import bisect
 import difflib
 import hashlib
-import mmap
 import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +149,8 @@ class RunIndex:
         self._lock = threading.RLock()
         self._offsets: dict[str, tuple[list[int], list[int], list[int]]] = {}
         self._hits: dict[tuple[str, str], set[int]] = {}
+        self._counts: dict[str, dict[str, Any]] = {}
+        self._idset: dict[str, frozenset[str]] = {}
         self.kinds = [k for k, name in SOURCES.items() if (run_dir / name).is_file()]
 
     @classmethod
@@ -244,6 +244,8 @@ class RunIndex:
             ),
         )
         self._offsets.pop(kind, None)
+        self._counts.pop(kind, None)
+        self._idset.pop(kind, None)
         self._hits = {k: v for k, v in self._hits.items() if k[0] != kind}
 
     def _scan(self, kind: str, path: Path, start: int, line0: int) -> tuple[int, int]:
@@ -320,23 +322,32 @@ class RunIndex:
 
     def search(self, kind: str, q: str) -> set[int]:
         """The idx of every row whose line contains `q` (ASCII case-insensitive)."""
-        key = (kind, q.lower())
+        needle = q.encode("utf-8").lower()
+        key = (kind, q)
         if key in self._hits:
             return self._hits[key]
         offsets, lengths, idxs = self._offset_table(kind)
-        path = self.run_dir / SOURCES[kind]
         found: set[int] = set()
-        needle = re.compile(re.escape(q.encode("utf-8")), re.IGNORECASE)
-        if offsets and path.stat().st_size:
-            with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                pos = 0
-                while (m := needle.search(mm, pos)) is not None:
-                    i = bisect.bisect_right(offsets, m.start()) - 1
-                    if i >= 0 and m.end() <= offsets[i] + lengths[i]:
-                        found.add(idxs[i])
-                        pos = offsets[i] + lengths[i]  # one hit per line is enough
-                    else:
-                        pos = m.start() + 1  # a superseded line or across lines
+        chunk = 16 << 20
+        with open(self.run_dir / SOURCES[kind], "rb") as fh:
+            base = 0  # file offset of buf[0]
+            buf = b""
+            while True:
+                more = fh.read(chunk)
+                buf += more
+                low = buf.lower()  # bytes.lower(): ASCII only, and fast
+                pos = low.find(needle)
+                while pos >= 0:
+                    at = base + pos
+                    i = bisect.bisect_right(offsets, at) - 1
+                    if i >= 0 and at + len(needle) <= offsets[i] + lengths[i]:
+                        found.add(idxs[i])  # else: a superseded line, or across two lines
+                    pos = low.find(needle, pos + 1)
+                if not more:
+                    break
+                keep = max(0, len(needle) - 1)  # a match may straddle two chunks
+                base += len(buf) - keep
+                buf = buf[len(buf) - keep :] if keep else b""
         if len(self._hits) > 32:
             self._hits.clear()
         self._hits[key] = found
@@ -395,12 +406,13 @@ class RunIndex:
             out.append(d)
         return Page(total, out)
 
-    def ids(self, kind: str) -> Iterator[str]:
+    def ids(self, kind: str) -> frozenset[str]:
+        """Every row id of a kind (cached until the file changes)."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT id FROM rows WHERE kind = ? ORDER BY idx", (kind,)
-            ).fetchall()
-        return (r for (r,) in rows)
+            if kind not in self._idset:
+                rows = self._db.execute("SELECT id FROM rows WHERE kind = ?", (kind,)).fetchall()
+                self._idset[kind] = frozenset(r for (r,) in rows)
+            return self._idset[kind]
 
     def has(self, kind: str, row_id: str) -> bool:
         with self._lock:
@@ -427,7 +439,15 @@ class RunIndex:
         return obj
 
     def counts(self, kind: str) -> dict[str, Any]:
-        """Rows per view and per principle, judge labels, and a 10-bin margin histogram."""
+        """Rows per view and per principle, judge labels, and a 10-bin margin histogram
+        (counted once, again only when the file has changed)."""
+        with self._lock:
+            if kind not in self._counts:
+                self._counts[kind] = self._count(kind)
+            c = self._counts[kind]
+            return {**c, "views": dict(c["views"])}
+
+    def _count(self, kind: str) -> dict[str, Any]:
         with self._lock:
             views = {}
             for view in VIEWS[kind]:
