@@ -257,6 +257,31 @@ def test_review_refuses_what_is_not_a_run_and_a_corrupt_labels_db(tmp_path: Path
         assert r.exit_code == 1 and "is not a cai-kit labels database" in r.output, r.output
     r = runner.invoke(app, ["review", str(tmp_path / "run2"), "--host", "0.0.0.0"])
     assert r.exit_code == 1 and "bind to 127.0.0.1" in r.output
+    (tmp_path / "run2" / "review_index.sqlite").write_bytes(b"garbage" * 1000)  # a cache: rebuilt
+    r = runner.invoke(
+        app,
+        [
+            "review",
+            "export-gold",
+            str(tmp_path / "run2"),
+            "--out",
+            "g.jsonl",
+            "--labels-db",
+            str(tmp_path / "fresh.sqlite"),
+        ],
+    )
+    assert r.exit_code == 1 and "No labels database" in r.output
+    from cai_kit.serve.review_index import RunIndex
+
+    index = RunIndex.open(tmp_path / "run2")
+    assert (
+        index.where.endswith("review_index.sqlite") and index.counts("pair")["views"]["all"] == 12
+    )
+    index.close()
+    r = runner.invoke(
+        app, ["review", str(tmp_path / "run2"), "--labels-db", "/proc/x/labels.sqlite"]
+    )
+    assert r.exit_code == 1 and "not a writable directory; give --labels-db PATH" in r.output
     make_run(tmp_path / "run3")
     r = runner.invoke(app, ["review", "export-gold", str(tmp_path / "run3"), "--out", "g.jsonl"])
     assert r.exit_code == 1 and "No labels database" in r.output

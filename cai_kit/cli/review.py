@@ -20,7 +20,8 @@ class _ReviewGroup(TyperGroup):
 
 review_app = typer.Typer(
     cls=_ReviewGroup,
-    help="Read a run's pairs and revisions in a local page and label them (RUN/labels.sqlite).",
+    help="Read a run's pairs and revisions in a local page and label them (RUN/labels.sqlite). "
+    "`cai-kit review RUN` is `cai-kit review open RUN`.",
     no_args_is_help=True,
 )
 
@@ -46,8 +47,11 @@ def open_(
         float, typer.Option("--low-margin", help="The 'low margin' view: judge margin below this.")
     ] = 0.2,
 ) -> None:
-    """Open a page over RUN: pairs (both responses, verdict, both orders, per-principle calls)
-    and revisions (critiques, revisions, word diff), with filters and keyboard labelling.
+    """Open a local page to read and label RUN's pairs and revisions.
+
+    Pairs show both responses, the verdict, both orders and each principle's call; revisions
+    each critique and revision and a word diff. Views (ties, low margin, orders disagree,
+    failed, unlabelled), a principle and a text search filter them; keys label them.
 
     Labels go to RUN/labels.sqlite at once; then `cai-kit review export-gold RUN --out
     gold.jsonl`, `cai-kit judge-report RUN --gold gold.jsonl`, or `cai-kit export dpo RUN

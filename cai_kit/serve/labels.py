@@ -16,6 +16,7 @@ majority; a split is left out): what `review export-gold` and `export --prefer-h
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -85,6 +86,12 @@ class LabelStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        parent = self.path.parent
+        if not self.path.exists() and not (parent.is_dir() and os.access(parent, os.W_OK)):
+            raise DataError(
+                f"Cannot create the labels database {self.path}: {parent} is not a writable "
+                "directory; give --labels-db PATH."
+            )
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
