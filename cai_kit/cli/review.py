@@ -62,10 +62,9 @@ def open_(
     import time
 
     from cai_kit.cli.common import fail
-    from cai_kit.serve.app import start
     from cai_kit.serve.guard import is_loopback
     from cai_kit.serve.labels import FILENAME, LabelStore
-    from cai_kit.serve.review import ReviewConfig, create_review_app
+    from cai_kit.serve.review import ReviewConfig, create_review_app, start
     from cai_kit.serve.review_index import RunIndex
 
     if not is_loopback(host):
