@@ -357,7 +357,7 @@ def test_human_labels_become_gold_for_judge_report_with_kappa(
 def test_export_prefer_human_overrides_the_judge_and_says_how_often(
     run: Any, served: ReviewHandle
 ) -> None:
-    run_dir, pairs, _ = run
+    run_dir, pairs, revisions = run
     _label_for_gold(served.url)
     out = run_dir.parent / "dpo"
     r = CliRunner().invoke(app, ["export", "dpo", str(run_dir), "--out", str(out)])
@@ -388,3 +388,11 @@ def test_export_prefer_human_overrides_the_judge_and_says_how_often(
         and "Wrote 2 train" in r.output
         and "1 revision worse (human label)" in r.output
     ), r.output
+    # prefs from revisions: the person found revision 0 worse, so its pair is turned round
+    r = CliRunner().invoke(
+        app, ["export", "prefs", str(run_dir), "--out", str(out / "p"), "--prefer-human"]
+    )
+    assert r.exit_code == 0 and "1 used, 1 overrode the judge (1 better -> worse)" in r.output
+    rows = [json.loads(x) for x in (out / "p" / "train.jsonl").read_text().splitlines()]
+    rev0 = [x for x in rows if "Revision prompt 0" in x["prompt"][0]["content"]]
+    assert rev0[0]["chosen"][0]["content"] == revisions[0].initial_response
