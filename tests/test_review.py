@@ -396,3 +396,32 @@ def test_export_prefer_human_overrides_the_judge_and_says_how_often(
     rows = [json.loads(x) for x in (out / "p" / "train.jsonl").read_text().splitlines()]
     rev0 = [x for x in rows if "Revision prompt 0" in x["prompt"][0]["content"]]
     assert rev0[0]["chosen"][0]["content"] == revisions[0].initial_response
+
+
+@pytest.mark.parametrize(
+    ("bind", "headers", "ok"),
+    [
+        ("127.0.0.1", {"Host": "127.0.0.1:8001"}, True),
+        ("127.0.0.1", {"Host": "localhost:8001", "Origin": "http://localhost:8001"}, True),
+        ("::1", {"Host": "[::1]:8001", "Origin": "http://[::1]:8001"}, True),
+        ("127.0.0.1", {"Host": "127.0.0.1:9999"}, False),  # another port
+        ("127.0.0.1", {"Host": "attacker.example:8001"}, False),  # DNS rebinding
+        ("127.0.0.1", {}, False),  # no Host at all
+        ("127.0.0.1", {"Host": "127.0.0.1:8001", "Origin": "null"}, False),  # sandboxed page
+        ("127.0.0.1", {"Host": "127.0.0.1:8001", "Origin": "http://127.0.0.1:8002"}, False),
+        ("127.0.0.1", {"Host": "127.0.0.1:8001", "Origin": "https://127.0.0.1:8001"}, False),
+    ],
+)
+def test_guard_lets_only_this_loopback_page_in(
+    bind: str, headers: dict[str, str], ok: bool
+) -> None:
+    from cai_kit.serve.guard import Guard, GuardError
+
+    guard = Guard(host=bind, port=8001)
+    try:
+        guard.check("GET", headers)
+        passed = True
+    except GuardError as exc:
+        passed = False
+        assert exc.status == 403 and exc.message.startswith("Refused")
+    assert passed is ok
