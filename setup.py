@@ -8,5 +8,8 @@ from setuptools import find_packages, setup
 setup(
     packages=[*find_packages(include=["cai_kit", "cai_kit.*"]), "cai_kit.constitutions"],
     package_dir={"cai_kit.constitutions": "constitutions"},
-    package_data={"cai_kit": ["py.typed", "serve/page.html"], "cai_kit.constitutions": ["*.yaml"]},
+    package_data={
+        "cai_kit": ["py.typed", "serve/page.html", "serve/review.html"],
+        "cai_kit.constitutions": ["*.yaml"],
+    },
 )

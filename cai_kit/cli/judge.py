@@ -168,7 +168,7 @@ def judge_report(
         Path | None,
         typer.Option(
             "--gold",
-            help="Human-labelled pairs: prompt + response_a, response_b, label A|B, or TRL prompt/chosen/rejected.",
+            help="Human-labelled pairs: prompt + response_a, response_b, label A|B|tie (`cai-kit review export-gold` writes these), or TRL prompt/chosen/rejected.",
         ),
     ] = None,
 ) -> None:

@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "eval",  # eval winrate | harmlessness | reward
     "pipeline",  # pipeline RECIPE
     "serve",  # serve MODEL (OpenAI-compatible API + feedback page)
+    "review",  # review RUN (read and label a run in a local page), review export-gold
 )
 
 

@@ -13,8 +13,10 @@ share of decisive verdicts (A or B) won by the longer of two responses of differ
 A judge that rewards length rather than the constitution shows a longer share near 100%.
 
 `build_report(run_dir, gold=None)` -> JudgeReport; `render(report)` -> text; `plot(report, png)`.
-A gold file has `prompt` (or `messages`) and either `response_a`/`response_b`/`label` (A|B)
-or TRL's `chosen`/`rejected` (strings or conversational lists of messages).
+A gold file has `prompt` (or `messages`) and either `response_a`/`response_b`/`label` (A|B|tie)
+or TRL's `chosen`/`rejected` (strings or conversational lists of messages); `cai-kit review
+export-gold` writes the first. Agreement is given without ties (gold and judge both decisive)
+and with them, with Cohen's kappa over A / B / tie (bootstrap 95% CI) and the confusion matrix.
 """
 
 from __future__ import annotations
@@ -44,8 +46,13 @@ class JudgeReport:
     per_principle: dict[str, dict[str, Any]] = field(default_factory=dict)
     tokens_per_labelled_pair: float | None = None
     cost_per_labelled_pair: float | None = None
-    gold_agreement: float | None = None
+    gold_agreement: float | None = None  # decisive pairs only (gold and judge both A or B)
     gold_matched: int = 0
+    gold_agreement_with_ties: float | None = None  # gold and judge each A, B or tie
+    gold_matched_with_ties: int = 0
+    gold_kappa: float | None = None  # Cohen's kappa over A / B / tie
+    gold_kappa_ci: list[float] | None = None  # bootstrap 95% CI of the kappa
+    gold_confusion: dict[str, dict[str, int]] | None = None  # gold label -> judge label -> pairs
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -143,20 +150,71 @@ def build_report(run_dir: Path, gold: Path | None = None) -> JudgeReport:
                 r.verdict.label, r.verdict.label
             )
         agree = total = 0
+        matched: list[tuple[str, str]] = []  # (gold, judge), each A, B or tie
         for line, row in read_jsonl(gold):
             msgs, a, b, label = _gold_row(row)
-            if label not in ("A", "B") or not isinstance(a, str) or not isinstance(b, str):
+            if label not in ("A", "B", "tie") or not isinstance(a, str) or not isinstance(b, str):
                 raise DataError(
                     f"{gold}:{line}: a gold row needs prompt (or messages) and either response_a, "
-                    "response_b and label A or B, or TRL's chosen and rejected."
+                    "response_b and label A, B or tie, or TRL's chosen and rejected."
                 )
             got = ai.get(_pair_key(msgs, a, b))
-            if got in ("A", "B"):
+            if got in ("A", "B", "tie"):
+                matched.append((label, got))
+            if got in ("A", "B") and label in ("A", "B"):
                 total += 1
                 agree += got == label
         rep.gold_matched = total
         rep.gold_agreement = agree / total if total else None
+        stats = gold_agreement(matched)
+        rep.gold_matched_with_ties = len(matched)
+        rep.gold_agreement_with_ties = stats["agreement"]
+        rep.gold_kappa, rep.gold_kappa_ci = stats["kappa"], stats["kappa_ci"]
+        rep.gold_confusion = stats["confusion"]
     return rep
+
+
+GOLD_LABELS = ("A", "B", "tie")
+
+
+def cohen_kappa(
+    pairs: list[tuple[str, str]], labels: tuple[str, ...] = GOLD_LABELS
+) -> float | None:
+    """Cohen's kappa of (rater 1, rater 2) labels; None when chance agreement is certain."""
+    n = len(pairs)
+    if not n:
+        return None
+    observed = sum(x == y for x, y in pairs) / n
+    first, second = Counter(x for x, _ in pairs), Counter(y for _, y in pairs)
+    chance = sum(first[k] * second[k] for k in labels) / (n * n)
+    return None if chance >= 1 else (observed - chance) / (1 - chance)
+
+
+def gold_agreement(pairs: list[tuple[str, str]], n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """(gold, judge) labels over A / B / tie -> agreement, Cohen's kappa with a percentile
+    bootstrap 95% CI (pairs resampled with replacement, seeded), and the confusion matrix."""
+    import random
+
+    confusion = {g: {j: 0 for j in GOLD_LABELS} for g in GOLD_LABELS}
+    for g, j in pairs:
+        confusion[g][j] += 1
+    kappa = cohen_kappa(pairs)
+    ci = None
+    if len(pairs) >= 2 and kappa is not None:
+        rng = random.Random(seed)
+        boots = sorted(
+            k
+            for k in (cohen_kappa(rng.choices(pairs, k=len(pairs))) for _ in range(n_boot))
+            if k is not None
+        )
+        if boots:
+            ci = [round(boots[int(0.025 * (len(boots) - 1))], 4), round(boots[int(0.975 * (len(boots) - 1))], 4)]  # fmt: skip
+    return {
+        "agreement": sum(g == j for g, j in pairs) / len(pairs) if pairs else None,
+        "kappa": None if kappa is None else round(kappa, 4),
+        "kappa_ci": ci,
+        "confusion": confusion,
+    }
 
 
 def warnings(rep: JudgeReport, threshold: float = 0.85, min_decisive: int = 5) -> list[str]:
@@ -205,6 +263,7 @@ def render(rep: JudgeReport) -> str:
                 f"{pct(rep.gold_agreement)} of {rep.gold_matched} matched pairs",
             )
         )
+    rows += _gold_rows(rep)
     for r in rows:
         t.add_row(*r)
     con.print(t)
@@ -224,6 +283,25 @@ def render(rep: JudgeReport) -> str:
         )
     con.print(pt)
     return buf.getvalue()
+
+
+def _gold_rows(rep: JudgeReport) -> list[tuple[str, str]]:
+    """The report's lines for agreement with ties, Cohen's kappa and the confusion matrix."""
+    if rep.gold_confusion is None:
+        return []
+    pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    kappa = "n/a" if rep.gold_kappa is None else f"{rep.gold_kappa:.3f}"
+    if rep.gold_kappa_ci:
+        kappa += f" (bootstrap 95% CI {rep.gold_kappa_ci[0]:.3f} to {rep.gold_kappa_ci[1]:.3f})"
+    conf = "; ".join(
+        f"gold {g}: " + " ".join(f"{j}={n}" for j, n in row.items())
+        for g, row in rep.gold_confusion.items()
+    )
+    return [
+        ("agreement with gold, ties included", f"{pct(rep.gold_agreement_with_ties)} of {rep.gold_matched_with_ties} matched pairs"),
+        ("Cohen's kappa (A / B / tie)", kappa),
+        ("confusion (gold -> judge)", conf),
+    ]  # fmt: skip
 
 
 def plot(rep: JudgeReport, path: Path) -> None:

@@ -7,5 +7,13 @@ feedback store that `cai-kit export kto|prefs FEEDBACK_DB` turns into training d
 - `feedback.py`  rated completions -> KTO rows / preference pairs + dataset card
 - `page.html`    the chat page (plain HTML/JS, no build step)
 
+`cai-kit review RUN`: a page to read a run's pairs and revisions and label them.
+
+- `review.py`        the aiohttp app: the page and its JSON API (/api/summary, rows, row, label)
+- `review_index.py`  byte-offset index of prefs.jsonl / revisions.jsonl (SQLite), search, diff
+- `labels.py`        human labels in RUN/labels.sqlite (WAL, upsert), folding, gold export
+- `guard.py`         Host / Origin / Content-Type checks for a loopback page
+- `review.html`      the review page (plain HTML/JS, inline SVG charts, nothing from the network)
+
 May import `stages` (export layouts), `engine`, `llm` and the ground. Imported only by `cli`.
 """

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,34 @@ from cai_kit.records import Message, PreferenceRecord, RevisionRecord
 
 Format = Literal["conversational", "standard"]
 Kind = Literal["sft", "prefs", "dpo", "kto", "reward"]
+
+
+@dataclass
+class HumanLabels:
+    """Human labels that take the judge's place (`export --prefer-human`), by record id: a pair
+    A | B | tie | both-bad, a revision better | worse | unchanged (from `cai-kit review`).
+    `used` and `overrode` (a label other than the judge's, or than "the revision is better")
+    are counted while exporting."""
+
+    labels: dict[str, str]
+    used: int = 0
+    overrode: int = 0
+    by_change: dict[str, int] = field(default_factory=dict)  # "judge B -> human A": pairs
+
+    def take(self, record_id: str, machine: str) -> str | None:
+        label = self.labels.get(record_id)
+        if label is not None:
+            self.used += 1
+            if label != machine:
+                self.overrode += 1
+                key = f"{machine} -> {label}"
+                self.by_change[key] = self.by_change.get(key, 0) + 1
+        return label
+
+    def line(self) -> str:
+        changes = ", ".join(f"{n} {k}" for k, n in sorted(self.by_change.items()))
+        return (f"human labels: {self.used} used, {self.overrode} overrode the judge"
+                + (f" ({changes})" if changes else ""))  # fmt: skip
 
 
 def _msgs(messages: list[Message]) -> list[dict[str, str]]:
@@ -65,10 +94,12 @@ def build_rows(
     fmt: Format = "conversational",
     min_margin: float = 0.0,
     include_ties: bool = False,
+    human: HumanLabels | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """The rows of one export and counts of the records left out, by reason (`failed`, `tie`,
     `below --min-margin M`, `identical responses`, ...). Every record is either exported or
-    counted under exactly one reason."""
+    counted under exactly one reason. With `human`, a record's human label replaces the
+    judge's (a failed judgement included; --min-margin does not apply to it)."""
     rows: list[dict[str, Any]] = []
     skipped: dict[str, int] = {}
 
@@ -84,6 +115,12 @@ def build_rows(
             if not final:
                 skip("empty final response")
                 continue
+            verdict = human.take(r.id, "better") if human else None
+            if verdict == "unchanged" or (verdict == "worse" and kind == "sft"):
+                skip(f"revision {verdict} (human label)")
+                continue
+            if verdict == "worse":  # prefs: the human preferred the initial response
+                final, initial = initial, final
             if kind == "sft":
                 rows.append(
                     {"messages": [*_msgs(r.messages), {"role": "assistant", "content": final}]}
@@ -99,8 +136,14 @@ def build_rows(
 
     for p in _preferences(run_dir):
         label, margin = p.verdict.label, p.verdict.margin or 0.0
-        if p.status != "ok":
+        verdict = human.take(p.id, "failed" if p.status != "ok" else label) if human else None
+        if verdict is not None:
+            label, margin = verdict, 1.0  # a person's label: certain, whatever the judge said
+        if p.status != "ok" and verdict is None:
             skip("failed")
+            continue
+        if label == "both-bad":
+            skip("both bad (human label)")
             continue
         if p.response_a.strip() == p.response_b.strip():
             skip("identical responses")
@@ -180,16 +223,18 @@ def export(
     include_ties: bool = False,
     eval_fraction: float = 0.0,
     seed: int = 0,
+    human: HumanLabels | None = None,
 ) -> dict[str, Any]:
     """Write OUT/train.jsonl (+ test.jsonl) and OUT/README.md; returns counts."""
-    rows, skipped = build_rows(run_dir, kind, fmt, min_margin, include_ties)
+    rows, skipped = build_rows(run_dir, kind, fmt, min_margin, include_ties, human)
     if not rows:
         left = f"left out: {left_out(skipped)}" if skipped else "no records"
         raise DataError(f"Nothing to export from {run_dir} as {kind} ({left}).")
     n_train, n_test = write_rows(rows, out_dir, eval_fraction, seed)
-    (out_dir / "README.md").write_text(
-        _card(kind, run_dir, n_train, n_test, skipped, fmt), encoding="utf-8"
-    )
+    card = _card(kind, run_dir, n_train, n_test, skipped, fmt)
+    if human is not None:
+        card = card.replace("\nLoad with:", f"- {human.line()}\n\nLoad with:", 1)
+    (out_dir / "README.md").write_text(card, encoding="utf-8")
     return {"train": n_train, "test": n_test, "skipped": skipped}
 
 

@@ -1,0 +1,139 @@
+"""The review page in a real headless Chromium (Debian's chromium + chromedriver, via Selenium):
+filter to ties, label three pairs with the keyboard, reload, see the labels kept; then the
+labels become a gold file that `judge-report --gold` scores the judge against.
+
+Set CAI_KIT_SCREENSHOT=docs/img/review.png to refresh docs/review.md's screenshot from this test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from cai_kit.cli.main import app
+from tests.fixtures.review_run import make_run, start_review
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER) and not os.environ.get("CI"),  # in CI a missing browser fails
+    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)",
+)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM  # type: ignore[assignment]
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1400,900", "--force-device-scale-factor=1"):  # fmt: skip
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)  # no driver download
+    yield driver
+    driver.quit()
+
+
+def _wait(driver: Any, until: Any, timeout: float = 60) -> Any:
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.05).until(until)
+    except TimeoutException:
+        status = driver.find_element(By.ID, "status").text
+        raise AssertionError(f"the page did not get there; its status line: {status!r}") from None
+
+
+def _rows(driver: Any) -> list[tuple[str, str | None, bool]]:
+    """(id, my label, is current) of each listed row."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#list .row')].map("
+        "r => [r.dataset.id, r.dataset.label || null, r.classList.contains('cur')])"
+    )
+
+
+def _press(driver: Any, keys: str) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(driver).send_keys(keys).perform()
+
+
+def test_label_ties_with_the_keyboard_reload_then_gold(browser: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    run_dir = tmp_path / "run"
+    pairs, _ = make_run(run_dir, n_pairs=60)
+    ties = [p.id for p in pairs if p.verdict.label == "tie"]
+    h = start_review(run_dir)
+    try:
+        browser.get(h.url + "/")
+        _wait(browser, lambda d: len(_rows(d)) == 50)  # the first page of 60
+        assert browser.find_element(By.ID, "range").text == "1–50 of 60"
+        name = browser.find_element(By.ID, "reviewer")
+        name.clear()
+        name.send_keys("ana", Keys.ENTER)
+        ties_btn = browser.find_element(By.CSS_SELECTOR, '#views button[data-view="ties"]')
+        assert ties_btn.text.split()[-1] == str(len(ties))  # the view's count
+        ties_btn.click()
+        _wait(browser, lambda d: [r[0] for r in _rows(d)] == ties)
+        _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#labelbar"))
+        _press(browser, "a")  # A for the first; the cursor moves on
+        _wait(browser, lambda d: _rows(d)[0][1] == "A" and _rows(d)[1][2])
+        _press(browser, "k")  # back up, and down again
+        _wait(browser, lambda d: _rows(d)[0][2])
+        _press(browser, "j")
+        _wait(browser, lambda d: _rows(d)[1][2])
+        _press(browser, "b")
+        _wait(browser, lambda d: _rows(d)[1][1] == "B" and _rows(d)[2][2])
+        _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#note"))
+        _press(browser, "n")  # a note, saved with the next label
+        _wait(browser, lambda d: d.switch_to.active_element.get_attribute("id") == "note")
+        _press(browser, "close call" + Keys.ENTER)
+        _press(browser, "t")
+        _wait(browser, lambda d: _rows(d)[2][1] == "tie")
+        browser.refresh()  # the view and the labels come back from the URL and the store
+        _wait(browser, lambda d: [(r[0], r[1]) for r in _rows(d)] == list(zip(ties[:3], ["A", "B", "tie"], strict=False)) + [(x, None) for x in ties[3:]])  # fmt: skip
+        human = json.loads(browser.find_element(By.ID, "labels-chart").get_attribute("data-human"))
+        assert human == {"A": 1, "B": 1, "tie": 1}
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#margin-chart rect")) == 10
+        hosts = browser.execute_script(
+            "return performance.getEntriesByType('resource').map(e => new URL(e.name).host)"
+        )
+        assert set(hosts) <= {h.url.split("//")[1]}  # nothing loaded from anywhere else
+        if shot := os.environ.get("CAI_KIT_SCREENSHOT"):
+            browser.find_element(By.CSS_SELECTOR, '#views button[data-view="all"]').click()
+            _wait(browser, lambda d: len(_rows(d)) == 50)
+            _press(browser, "j")
+            _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#resp-A"))
+            browser.save_screenshot(shot)
+    finally:
+        h.stop()
+    with sqlite3.connect(run_dir / "labels.sqlite") as con:
+        got = con.execute("SELECT reviewer, row_id, label, note FROM labels ORDER BY row_id").fetchall()  # fmt: skip
+    assert got == [("ana", ties[0], "A", None), ("ana", ties[1], "B", None),
+                   ("ana", ties[2], "tie", "close call")]  # fmt: skip
+
+    gold = tmp_path / "gold.jsonl"
+    runner = CliRunner()
+    r = runner.invoke(app, ["review", "export-gold", str(run_dir), "--out", str(gold)])
+    assert r.exit_code == 0 and "Wrote 3 gold pairs" in r.output, r.output
+    r = runner.invoke(app, ["judge-report", str(run_dir), "--gold", str(gold)])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((run_dir / "judge_report.json").read_text())
+    # the judge called all three ties; the person said A, B, tie
+    assert rep["gold_matched"] == 0 and rep["gold_matched_with_ties"] == 3
+    assert rep["gold_agreement_with_ties"] == pytest.approx(1 / 3)
+    assert rep["gold_confusion"]["A"]["tie"] == rep["gold_confusion"]["B"]["tie"] == 1
+    assert rep["gold_kappa"] == pytest.approx(0.0)  # p_o = 1/3 = p_e
