@@ -133,6 +133,7 @@ def test_rating_again_replaces_it_and_a_retry_does_not_duplicate(
 async def _call(
     url: str, path: str, data: bytes | str, headers: dict | None = None
 ) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json", **(headers or {})}
     async with aiohttp.ClientSession() as s, s.post(url + path, data=data, headers=headers) as r:
         return r.status, await r.json()
 
@@ -201,7 +202,7 @@ async def test_api_key_is_required_on_every_api_endpoint(
                     async with s.request(method, h.url + path, data=data, headers=headers) as r:
                         assert r.status == 401, (path, headers)
                         assert "API key" in (await r.json())["error"]["message"]
-            good = {"Authorization": "Bearer test-key"}
+            good = {"Authorization": "Bearer test-key", "Content-Type": "application/json"}
             async with s.post(h.url + "/v1/chat/completions", data=chat, headers=good) as r:
                 assert r.status == 200
             async with s.get(h.url + "/") as r:  # the page itself is static; it asks for the key
