@@ -115,16 +115,19 @@ def test_cai_kit_chat_api_base_prints_the_served_reply(serve_upstream: ServeHand
     assert res.output.strip() == text
 
 
+@pytest.mark.parametrize("listed", ["fault-model", "local", "hf:runs/x", "openai/upstream"])
 def test_chat_api_base_without_model_asks_the_servers_own_model(
-    fault_server: FaultServer,
+    fault_server: FaultServer, listed: str
 ) -> None:
     """`cai-kit chat "hi" --api-base URL` (as README shows) once answered from the embedded
-    model, since --model defaulted to local; now it asks the server for its first listed model."""
+    model, since --model defaulted to local; now it asks the server for its first listed model,
+    even one named like a model string of this machine (`cai-kit serve local` lists 'local')."""
+    fault_server.models = [listed, "second-model"]
     res = CliRunner().invoke(
         app, ["chat", "hi", "--api-base", fault_server.base_url, "--seed", "3"]
     )
     assert res.exit_code == 0, res.output
-    assert fault_server.paid == 1 and fault_server.bodies[0]["model"] == "fault-model"
+    assert fault_server.paid == 1 and fault_server.bodies[0]["model"] == listed
     assert res.output.strip().startswith("echo ")
 
 

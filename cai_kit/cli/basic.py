@@ -87,7 +87,9 @@ def chat(
         if name is None and api_base:
             from cai_kit.llm.openai_compat import served_models
 
-            name = (await served_models(api_base))[0]
+            # as openai/NAME: the registry then sends NAME as listed (even 'local', which is
+            # what `cai-kit serve local` lists) to the server, never to a model on this machine
+            name = "openai/" + (await served_models(api_base))[0]
         backend = get_interactive_backend(name, api_base=api_base)
         try:
             return (await backend.chat(messages, params)).text
