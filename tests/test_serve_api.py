@@ -115,6 +115,55 @@ def test_cai_kit_chat_api_base_prints_the_served_reply(serve_upstream: ServeHand
     assert res.output.strip() == text
 
 
+@pytest.mark.parametrize("listed", ["fault-model", "local", "hf:runs/x", "openai/upstream"])
+def test_chat_api_base_without_model_asks_the_servers_own_model(
+    fault_server: FaultServer, listed: str
+) -> None:
+    """`cai-kit chat "hi" --api-base URL` (as README shows) once answered from the embedded
+    model, since --model defaulted to local; now it asks the server for its first listed model,
+    even one named like a model string of this machine (`cai-kit serve local` lists 'local')."""
+    fault_server.models = [listed, "second-model"]
+    res = CliRunner().invoke(
+        app, ["chat", "hi", "--api-base", fault_server.base_url, "--seed", "3"]
+    )
+    assert res.exit_code == 0, res.output
+    assert fault_server.paid == 1 and fault_server.bodies[0]["model"] == listed
+    assert res.output.strip().startswith("echo ")
+
+
+def test_chat_api_base_to_serve_without_model_is_stored_there(serve_upstream: ServeHandle) -> None:
+    res = CliRunner().invoke(
+        app, ["chat", "Hi from the CLI", "--api-base", serve_upstream.url + "/v1"]
+    )
+    assert res.exit_code == 0, res.output
+    [(text, model)] = _rows(serve_upstream.db, "SELECT text, model FROM completions")
+    assert res.output.strip() == text and model == "openai/upstream"
+
+
+@pytest.mark.parametrize("model", ["local", "hf:runs/model"])
+def test_chat_embedded_model_with_api_base_is_one_sentence(
+    fault_server: FaultServer, model: str
+) -> None:
+    res = CliRunner().invoke(
+        app, ["chat", "hi", "--model", model, "--api-base", fault_server.base_url]
+    )
+    assert res.exit_code == 1, res.output
+    assert "ignores --api-base" in res.output and "Traceback" not in res.output
+    assert fault_server.requests == 0
+
+
+def test_chat_api_base_with_nothing_listening_is_one_sentence() -> None:
+    import socket
+
+    with socket.socket() as s:  # a loopback port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = CliRunner().invoke(app, ["chat", "hi", "--api-base", f"http://127.0.0.1:{port}/v1"])
+    assert res.exit_code == 1, res.output
+    assert f"127.0.0.1:{port}/v1/models" in res.output and "--model" in res.output
+    assert "Traceback" not in res.output
+
+
 def test_rating_again_replaces_it_and_a_retry_does_not_duplicate(
     serve_upstream: ServeHandle,
 ) -> None:
@@ -133,6 +182,7 @@ def test_rating_again_replaces_it_and_a_retry_does_not_duplicate(
 async def _call(
     url: str, path: str, data: bytes | str, headers: dict | None = None
 ) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json", **(headers or {})}
     async with aiohttp.ClientSession() as s, s.post(url + path, data=data, headers=headers) as r:
         return r.status, await r.json()
 
@@ -201,7 +251,7 @@ async def test_api_key_is_required_on_every_api_endpoint(
                     async with s.request(method, h.url + path, data=data, headers=headers) as r:
                         assert r.status == 401, (path, headers)
                         assert "API key" in (await r.json())["error"]["message"]
-            good = {"Authorization": "Bearer test-key"}
+            good = {"Authorization": "Bearer test-key", "Content-Type": "application/json"}
             async with s.post(h.url + "/v1/chat/completions", data=chat, headers=good) as r:
                 assert r.status == 200
             async with s.get(h.url + "/") as r:  # the page itself is static; it asks for the key

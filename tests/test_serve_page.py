@@ -83,6 +83,17 @@ def _rows(db: Path, sql: str) -> list[tuple]:
         return con.execute(sql).fetchall()
 
 
+def _assert_rating_buttons_have_words(reply: Any) -> None:
+    """Words and a drawn icon, so the buttons read without an emoji font."""
+    from selenium.webdriver.common.by import By
+
+    for css, word in [(".up", "Good"), (".down", "Bad")]:
+        button = reply.find_element(By.CSS_SELECTOR, css)
+        icon = button.find_element(By.CSS_SELECTOR, "svg")
+        assert button.text == word and button.is_displayed()
+        assert icon.is_displayed() and icon.size["width"] > 0 and icon.size["height"] > 0
+
+
 @pytest.mark.slow
 def test_page_chat_rate_regenerate_then_export(browser: Any, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
@@ -107,6 +118,7 @@ def test_page_chat_rate_regenerate_then_export(browser: Any, tmp_path: Path) -> 
         _click(second, ".save-comment")
         _wait(browser, lambda d: second.find_element(By.CSS_SELECTOR, ".saved").text == "saved")
         assert "older" in first.get_attribute("class")  # the first reply is shown as replaced
+        _assert_rating_buttons_have_words(second)
         if shot := os.environ.get("CAI_KIT_SCREENSHOT"):
             _send(browser, "Thanks! And one for baking?", 2)
             browser.save_screenshot(shot)
@@ -152,3 +164,66 @@ def test_page_shows_model_text_as_text_never_as_html(
     log = browser.find_element(By.ID, "log")
     assert log.find_elements(By.CSS_SELECTOR, "img, b, i, script") == []
     assert browser.title != "pwned" and "openai/upstream" in browser.title
+    _assert_rating_buttons_have_words(reply)
+    _click(reply, ".up")  # the page's own POSTs (same origin) still get through
+    _wait(browser, lambda d: reply.get_attribute("data-rating") == "1")
+
+
+# From another origin (the scripted provider's page, http://127.0.0.1:ITS_PORT), the way an
+# attacker's page would: fetch() with whatever the page may send without asking the server.
+_FROM_ANOTHER_PAGE = """
+const [url, cid, mode, done] = arguments;
+const sends = [["/v1/chat/completions", {messages: [{role: "user", content: "from another page"}]}],
+               ["/v1/feedback", {completion_id: cid, rating: -1}]];
+(async () => {
+  const out = [];
+  for (const [path, body] of sends) {
+    const type = mode === "no-cors" ? "text/plain" : "application/json";
+    try {
+      const r = await fetch(url + path, {method: "POST", mode, headers: {"Content-Type": type},
+                                         body: JSON.stringify(body)});
+      out.push([r.type, r.status, r.type === "opaque" ? null : await r.json()]);
+    } catch (e) { out.push(["error", 0, String(e)]); }
+  }
+  done(out);
+})();
+"""
+
+
+def _served_id(url: str) -> str:
+    import openai
+
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
+    return client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}]).id
+
+
+def test_another_web_page_cannot_generate_or_rate(
+    browser: Any, fault_server: FaultServer, serve_upstream: ServeHandle
+) -> None:
+    cid = _served_id(serve_upstream.url)
+    before = fault_server.requests
+    browser.get(fault_server.base_url + "/models")  # a page on another origin
+    for mode in ["no-cors", "cors"]:  # text/plain needs no preflight; JSON does
+        browser.execute_async_script(_FROM_ANOTHER_PAGE, serve_upstream.url, cid, mode)
+    assert fault_server.requests == before  # nothing generated for that page
+    assert _rows(serve_upstream.db, "SELECT COUNT(*) FROM completions") == [(1,)]
+    assert _rows(serve_upstream.db, "SELECT COUNT(*) FROM ratings") == [(0,)]
+
+
+def test_a_cors_origin_page_can_chat_and_rate(
+    browser: Any, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    other = fault_server.base_url.removesuffix("/v1")  # http://127.0.0.1:PORT, that page's origin
+    h = start_serve("openai/m", api_base=fault_server.base_url, db=tmp_path / "f.db",
+                    cors_origins=(other,))  # fmt: skip
+    try:
+        cid = _served_id(h.url)
+        browser.get(fault_server.base_url + "/models")
+        got = browser.execute_async_script(_FROM_ANOTHER_PAGE, h.url, cid, "cors")
+    finally:
+        h.stop()
+    [(kind1, status1, reply), (kind2, status2, rated)] = got
+    assert (kind1, status1, kind2, status2) == ("cors", 200, "cors", 200), got
+    assert reply["choices"][0]["message"]["content"].startswith("echo ")
+    assert rated == {"ok": True, "completion_id": cid, "rating": -1}
+    assert _rows(h.db, "SELECT completion_id, rating FROM ratings") == [(cid, -1)]

@@ -54,25 +54,43 @@ def models(
 
 def chat(
     prompt: Annotated[str, typer.Argument(help="The user message to send.")],
-    model: ModelOpt = "local",
+    model: Annotated[str | None, ModelOpt.__metadata__[0]] = None,  # None: see below
     api_base: ApiBaseOpt = None,
     system: Annotated[str | None, typer.Option("--system", help="Optional system message.")] = None,
     temperature: TemperatureOpt = 0.7,
     max_tokens: MaxTokensOpt = 256,
     seed: SeedOpt = 0,
 ) -> None:
-    """Send one prompt to any backend and print the reply (a quick check of a setup)."""
+    """Send one prompt to any backend and print the reply (a quick check of a setup).
+
+    Without --model it asks the embedded model, or with --api-base URL the first model that
+    server lists at URL/models.
+    """
     import asyncio
 
     from cai_kit.llm.base import GenParams
-    from cai_kit.llm.registry import get_interactive_backend
+    from cai_kit.llm.registry import get_interactive_backend, resolve
+
+    if model is not None and api_base and resolve(model.strip(), api_base).name in ("local", "hf"):
+        fail(
+            f"--model {model} is a model on this machine and ignores --api-base {api_base}; "
+            "leave out --model to ask that server's own model, or leave out --api-base "
+            "(and CAI_KIT_API_BASE)."
+        )
 
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": prompt})
     params = GenParams(temperature=temperature, max_tokens=max_tokens, seed=seed)
 
     async def _go() -> str:
-        backend = get_interactive_backend(model, api_base=api_base)
+        name = model
+        if name is None and api_base:
+            from cai_kit.llm.openai_compat import served_models
+
+            # as openai/NAME: the registry then sends NAME as listed (even 'local', which is
+            # what `cai-kit serve local` lists) to the server, never to a model on this machine
+            name = "openai/" + (await served_models(api_base))[0]
+        backend = get_interactive_backend(name, api_base=api_base)
         try:
             return (await backend.chat(messages, params)).text
         finally:

@@ -78,11 +78,10 @@ def open_(
     index = RunIndex.open(run_dir, low_margin=low_margin)
     labels = LabelStore(labels_db or run_dir / FILENAME)
     opened = time.perf_counter() - t0
-    app, guard = create_review_app(index, labels, ReviewConfig(host=host))
+    app = create_review_app(index, labels, ReviewConfig(host=host))
 
     async def main() -> None:
         runner, bound = await start(app, host, port)
-        guard.port = bound
         shown = f"[{host}]" if ":" in host else host
         sizes = ", ".join(f"{index.counts(k)['views']['all']} {k}s" for k in index.kinds)
         typer.echo(

@@ -60,11 +60,33 @@ def serve(
     max_body_bytes: Annotated[
         int, typer.Option("--max-body-bytes", help="Reject request bodies larger than this.")
     ] = 1024 * 1024,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cors-origin",
+            help="Let the web page at this origin (scheme://host[:port]) call the API, with "
+            "CORS headers; repeatable. Other pages are refused (403), so a site you visit "
+            "cannot use the model or write ratings.",
+        ),
+    ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="Also answer requests whose Host header is NAME or NAME:PORT (a reverse proxy, "
+            "an /etc/hosts name); repeatable. By default only the address served (and "
+            "localhost on loopback) is, which stops DNS rebinding.",
+        ),
+    ] = None,
 ) -> None:
     """Serve MODEL as an OpenAI-compatible API with a chat page whose 👍/👎 feed `export kto`.
 
     Every reply and rating goes to --feedback-db; then `cai-kit export kto FEEDBACK_DB --out
     DIR` (or `export prefs` for regenerated pairs) and `cai-kit train kto DIR`.
+
+    Only its own page and API clients (openai SDK, litellm, curl, `cai-kit chat`) are answered:
+    other web pages and foreign Host names get 403, JSON bodies need Content-Type
+    application/json. See docs/serve.md, "Security".
     """
     import asyncio
     import signal
@@ -73,6 +95,7 @@ def serve(
     from cai_kit.llm.registry import get_interactive_backend
     from cai_kit.paths import cache_dir
     from cai_kit.serve.app import ServeConfig, create_app, start
+    from cai_kit.serve.guard import parse_allowed_host, parse_origin
     from cai_kit.serve.protocol import Limits
     from cai_kit.serve.store import FeedbackStore
 
@@ -81,6 +104,11 @@ def serve(
             f"Serving on {host} lets anyone who can reach it use the model and write feedback: "
             f"set {SERVE_KEY_ENV} (or --api-key), or bind to 127.0.0.1."
         )
+    try:
+        cors_origins = tuple(parse_origin(o) for o in cors_origin or [])
+        allowed_hosts = tuple(parse_allowed_host(h) for h in allowed_host or [])
+    except ValueError as exc:
+        fail(str(exc))
     if not 1 <= max_tokens <= max_tokens_limit:
         fail(f"--max-tokens {max_tokens} must be from 1 to --max-tokens-limit {max_tokens_limit}.")
     db_path = feedback_db or cache_dir() / "feedback.db"
@@ -91,6 +119,8 @@ def serve(
         api_key=api_key or None,
         max_body_bytes=max_body_bytes,
         limits=Limits(max_tokens_limit, max_tokens, temperature),
+        cors_origins=cors_origins,
+        allowed_hosts=allowed_hosts,
     )
 
     async def main() -> None:

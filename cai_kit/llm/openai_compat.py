@@ -34,13 +34,45 @@ from cai_kit.llm.base import (
 GENERIC_KEY_VARS = ("CAI_KIT_API_KEY", "OPENAI_API_KEY")  # for a server given by --api-base
 
 
+def _generic_key(api_base: str) -> str | None:
+    key = next((os.environ[v] for v in GENERIC_KEY_VARS if os.environ.get(v)), None)
+    return key if key and providers.key_allowed(api_base) else None
+
+
 def make_openai_compat_backend(model: str, api_base: str | None = None, **options: Any) -> Backend:
     """`NAME --api-base URL`: a server the user runs or picked (no list price)."""
     assert api_base is not None
-    key = next((os.environ[v] for v in GENERIC_KEY_VARS if os.environ.get(v)), None)
-    if key and not providers.key_allowed(api_base):
-        key = None
+    key = _generic_key(api_base)
     return OpenAICompatBackend(model.removeprefix("openai/"), api_base, api_key=key, **options)
+
+
+async def served_models(api_base: str, timeout_s: float = 30.0) -> list[str]:
+    """The model ids a server at --api-base lists at GET {api_base}/models, in its order
+    (ConfigError, one sentence, when it cannot be asked)."""
+    import aiohttp
+
+    url = api_base.rstrip("/") + "/models"
+    key = _generic_key(api_base)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    hint = "name the model with --model NAME"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
+            session.get(url, headers=headers) as resp,
+        ):
+            if resp.status != 200:
+                raise ConfigError(f"{url} answered HTTP {resp.status} to a model listing; {hint}.")
+            data = await resp.json(content_type=None)
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        raise ConfigError(
+            f"Could not list the models at {url} ({type(exc).__name__}); is the server running? "
+            f"Or {hint}."
+        ) from None
+    listed = data.get("data") if isinstance(data, dict) else None
+    ids = [m["id"] for m in listed or [] if isinstance(m, dict) and isinstance(m.get("id"), str)]
+    if not ids:
+        raise ConfigError(f"{url} lists no models; {hint}.")
+    return ids
 
 
 def make_provider_backend(model: str, api_base: str | None = None, **options: Any) -> Backend:

@@ -3,6 +3,7 @@ feedback store that `cai-kit export kto|prefs FEEDBACK_DB` turns into training d
 
 - `app.py`       the aiohttp app: /v1/chat/completions (+SSE), /v1/models, /v1/feedback, /
 - `protocol.py`  request checking and OpenAI response shapes
+- `guard.py`     who may call: Host, Origin (+ CORS for --cors-origin), JSON content type
 - `store.py`     completions and ratings in SQLite (WAL)
 - `feedback.py`  rated completions -> KTO rows / preference pairs + dataset card
 - `page.html`    the chat page (plain HTML/JS, no build step)

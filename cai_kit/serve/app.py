@@ -10,7 +10,9 @@ Routes:
   POST /v1/chat/completions    OpenAI chat completions; `"stream": true` for SSE
   POST /v1/feedback            {"completion_id": ID, "rating": 1 | -1, "comment": "..."}
 
-Every served completion is written to the feedback store before the client gets its `id`,
+Only this server's own page and API clients get in (guard.py): a Host that does not name the
+server, or an Origin other than its own or a --cors-origin, is a 403, and a JSON body must say
+`Content-Type: application/json` (415). Every served completion is written to the feedback store before the client gets its `id`,
 so a rating can always find it. Errors are OpenAI-shaped JSON (`{"error": {"message"}}`)
 with a 4xx/5xx status; a bug answers 500 with one sentence and is logged here, never sent
 as a traceback. Streaming sends real tokens when the backend has `chat_stream` (the
@@ -35,6 +37,7 @@ from aiohttp import web
 
 from cai_kit.errors import BackendError, RetryableError, redact
 from cai_kit.llm.base import Backend, Completion
+from cai_kit.serve.guard import check_json_body, cors_headers, guard
 from cai_kit.serve.protocol import (
     ApiError,
     ChatRequest,
@@ -55,6 +58,8 @@ class ServeConfig:
     max_body_bytes: int = 1024 * 1024
     limits: Limits = field(default_factory=Limits)
     max_comment_chars: int = 4000
+    cors_origins: tuple[str, ...] = ()  # other pages' origins that may call the API (guard.py)
+    allowed_hosts: tuple[str, ...] = ()  # Host names served besides the address bound
 
 
 _CSP = "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
@@ -113,6 +118,7 @@ async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 async def _json(request: web.Request) -> Any:
+    check_json_body(request)
     raw = await request.read()  # raises HTTPRequestEntityTooLarge past client_max_size
     try:
         return json.loads(raw)
@@ -258,7 +264,11 @@ async def feedback(request: web.Request) -> web.Response:
 
 
 def create_app(backend: Backend, store: FeedbackStore, config: ServeConfig) -> web.Application:
-    app = web.Application(middlewares=[_errors, _auth], client_max_size=config.max_body_bytes)
+    app = web.Application(
+        middlewares=[_errors, guard(config.cors_origins, config.allowed_hosts), _auth],
+        client_max_size=config.max_body_bytes,
+    )
+    app.on_response_prepare.append(cors_headers)
     app[CONFIG], app[BACKEND], app[STORE] = config, backend, store
     app[DB_POOL] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cai-kit-feedback-db")
     app.router.add_get("/", page)

@@ -1,8 +1,8 @@
 """The `cai-kit review RUN` web app: a page over a run's pairs and revisions, and human labels.
 
     index = RunIndex.open(run_dir); labels = LabelStore(run_dir / "labels.sqlite")
-    app, guard = create_review_app(index, labels, ReviewConfig(host="127.0.0.1"))
-    runner, port = await start(app, "127.0.0.1", 0); guard.port = port   # start: below
+    app = create_review_app(index, labels, ReviewConfig(host="127.0.0.1"))
+    runner, port = await start(app, "127.0.0.1", 0)   # start: below
 
 Routes (JSON; errors are `{"error": {"message"}}` with a 4xx/5xx status):
   GET  /                         the page (static HTML, nothing loaded from the network)
@@ -16,7 +16,8 @@ Routes (JSON; errors are `{"error": {"message"}}` with a 4xx/5xx status):
   POST /api/label                {"reviewer", "kind": "pair"|"revision", "id", "label", "note"}
                                  -> 200 once committed (upsert: never duplicated)
 
-Every request passes the guard (`guard.py`): loopback Host, same Origin, JSON bodies.
+Every request passes `serve`'s guard (`guard.py`): a Host naming this server, no other page's
+Origin, JSON bodies only.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cai_kit.serve.guard import Guard, GuardError
+from cai_kit.serve.guard import check_json_body, guard
 from cai_kit.serve.labels import (
     LABELS,
     MAX_NOTE_CHARS,
@@ -39,6 +40,7 @@ from cai_kit.serve.labels import (
     check_label,
     check_reviewer,
 )
+from cai_kit.serve.protocol import ApiError
 from cai_kit.serve.review_index import VIEWS, RunIndex, word_diff
 
 log = logging.getLogger("cai_kit.review")
@@ -74,7 +76,7 @@ def _error(status: int, message: str) -> web.Response:
 async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         return await handler(request)
-    except (Refused, GuardError) as exc:
+    except (Refused, ApiError) as exc:
         return _error(exc.status, exc.message)
     except web.HTTPRequestEntityTooLarge:
         return _error(
@@ -89,6 +91,14 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except Exception:
         log.exception("bug while serving %s %s", request.method, request.path)
         return _error(500, "Internal server error; the server's log has the details.")
+
+
+@web.middleware
+async def _json_bodies(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A body is JSON or nothing (a page can send text/plain without asking first: guard.py)."""
+    if request.method in ("POST", "PUT", "PATCH", "DELETE"):
+        check_json_body(request)
+    return await handler(request)
 
 
 async def _run(request: web.Request, fn: Any, *args: Any) -> Any:
@@ -253,12 +263,10 @@ async def put_label(request: web.Request) -> web.Response:
     )
 
 
-def create_review_app(
-    index: RunIndex, labels: LabelStore, config: ReviewConfig
-) -> tuple[web.Application, Guard]:
-    guard = Guard(host=config.host)
+def create_review_app(index: RunIndex, labels: LabelStore, config: ReviewConfig) -> web.Application:
     app = web.Application(
-        middlewares=[_errors, guard.middleware], client_max_size=config.max_body_bytes
+        middlewares=[_errors, guard((), (), flags=False), _json_bodies],
+        client_max_size=config.max_body_bytes,
     )
     app[INDEX], app[LABELSTORE], app[CONFIG] = index, labels, config
     # One thread for the index and the labels: SQLite has one writer, and the index one reader.
@@ -273,7 +281,7 @@ def create_review_app(
         app[POOL].shutdown(wait=True)
 
     app.on_cleanup.append(close)
-    return app, guard
+    return app
 
 
 async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
