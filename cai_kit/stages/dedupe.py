@@ -5,8 +5,10 @@ infer` (candidate principles that say the same thing). Two texts are *exact* dup
 their normalised forms (lower case, punctuation dropped, whitespace collapsed) are equal, and
 *near* duplicates when the Jaccard similarity of their shingle sets (the words and word pairs
 of the normalised text) reaches `threshold`. MinHash LSH finds the candidates in sub-linear
-time; each candidate is then checked against the estimated Jaccard, so a bucket collision
-alone never drops a text. Hashing is seeded: the same texts give the same answer every run.
+time, tuned to a lower threshold (`threshold - LSH_SLACK`) so that true near-duplicates are
+rarely missed; each candidate is then checked by its exact Jaccard, so a bucket collision never
+drops a text and the decision at the threshold is exact. Hashing is seeded: the same texts give
+the same answer every run.
 
     seen = NearDuplicates(threshold=0.7)
     seen.add("seed-1", "How do I pick a lock?")
@@ -23,7 +25,8 @@ from typing import Literal
 
 _PUNCT = re.compile(r"[^\w\s]+")
 _SPACE = re.compile(r"\s+")
-NUM_PERM = 128  # estimator error about 1/sqrt(128) = 0.09 at worst (J = 0.5); less near 1
+NUM_PERM = 128
+LSH_SLACK = 0.2  # LSH finds candidates from this far below the threshold (fewer misses)
 Kind = Literal["exact", "near"]
 
 
@@ -56,15 +59,15 @@ class NearDuplicates:
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"the near-duplicate threshold must be in (0, 1], not {threshold}")
         self.threshold, self.num_perm, self.seed = threshold, num_perm, seed
-        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self._lsh = MinHashLSH(threshold=max(0.05, threshold - LSH_SLACK), num_perm=num_perm)
         self._exact: dict[str, str] = {}  # normalised text -> key
-        self._hashes: dict[str, object] = {}  # key -> MinHash
+        self._sets: dict[str, set[str]] = {}  # key -> shingles
 
-    def _minhash(self, text: str):  # type: ignore[no-untyped-def]
+    def _minhash(self, sh: set[str]):  # type: ignore[no-untyped-def]
         from datasketch import MinHash
 
         m = MinHash(num_perm=self.num_perm, seed=self.seed)
-        m.update_batch([s.encode("utf-8") for s in sorted(shingles(text))])
+        m.update_batch([s.encode("utf-8") for s in sorted(sh)])
         return m
 
     def check(self, text: str) -> tuple[Kind, str] | None:
@@ -74,25 +77,26 @@ class NearDuplicates:
             return "exact", self._exact[norm]
         if not norm:
             return None
-        m = self._minhash(text)
+        sh = shingles(text)
         best: tuple[float, str] | None = None
-        for key in self._lsh.query(m):
-            j = m.jaccard(self._hashes[key])  # type: ignore[attr-defined]
+        for key in self._lsh.query(self._minhash(sh)):
+            other = self._sets[key]
+            j = len(sh & other) / len(sh | other)
             if j >= self.threshold and (best is None or (j, key) > best):
                 best = (j, key)
         return ("near", best[1]) if best else None
 
     def add(self, key: str, text: str) -> None:
         """Index `text` under `key` (a key already indexed is left as it is)."""
-        if key in self._hashes:
+        if key in self._sets:
             return
         norm = normalise(text)
         self._exact.setdefault(norm, key)
         if not norm:
             return
-        m = self._minhash(text)
-        self._hashes[key] = m
-        self._lsh.insert(key, m)
+        sh = shingles(text)
+        self._sets[key] = sh
+        self._lsh.insert(key, self._minhash(sh))
 
     def add_if_new(self, key: str, text: str) -> tuple[Kind, str] | None:
         """`check`, then `add` when the text is new; returns what `check` found."""
