@@ -168,4 +168,21 @@ def test_an_unparseable_keep_answer_is_a_failure_retried_on_rerun(
 
 def test_parse_prompts_drops_numbering_and_bullets() -> None:
     text = 'Here you go\n1. First one?\n2) Second one\n- * Third one\n"Fourth one"\nFirst one?'
-    assert parse_prompts(text, 10) == ["Here you go", "First one?", "Second one", "Third one", "Fourth one"]  # fmt: skip
+    assert parse_prompts(text, 10) == ["Here you go", "First one?", "Second one", "Third one",
+                                       "Fourth one", "First one?"]  # fmt: skip
+    assert parse_prompts(text, 2) == ["Here you go", "First one?"]
+
+
+def test_batch_api_writes_the_same_prompts_in_one_wave_per_step(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    fault_server.responder = scripted_generator
+    seed = _seed_file(tmp_path)
+    args = ("--n", "10", "--keep-if", "is not about geography")
+    assert _expand(fault_server, seed, tmp_path / "s", tmp_path, *args).exit_code == 0
+    (tmp_path / "calls.sqlite").unlink()
+    r = _expand(fault_server, seed, tmp_path / "b", tmp_path, *args, "--batch-api")
+    assert r.exit_code == 0, r.output
+    assert fault_server.batches_created == 2  # the generation calls, then the keep-if questions
+    same = [(x["prompt"], x["call_seed"]) for x in _rows(tmp_path / "s" / "prompts.jsonl")]
+    assert same == [(x["prompt"], x["call_seed"]) for x in _rows(tmp_path / "b" / "prompts.jsonl")]

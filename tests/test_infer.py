@@ -30,7 +30,8 @@ from cai_kit.stages.judge import RULES
 from tests.fixtures.fault_server import FaultServer
 
 RULE = "Prefer the response that is shorter."
-RULE_2 = "Prefer the response that is shorter and more concise."
+RULE_SAME = "Prefer the shorter response."  # the same words that matter: merged as text
+RULE_2 = "Prefer the response that is shorter and more concise."  # a paraphrase: same verdicts
 APPLES = "Prefer the response that mentions apples."  # anti-correlated with the labels
 FORMAL = "Prefer the response that uses a formal tone."  # never decides (a position-biased judge)
 
@@ -54,8 +55,8 @@ def _blocks(text: str) -> tuple[str, str]:
 def hidden_rule_model(body: dict[str, Any], rng: Any) -> str:
     system = body["messages"][0]["content"]
     user = body["messages"][-1]["content"]
-    if system == PROPOSE_SYSTEM:  # propose: the rule (in one of two wordings) and noise
-        rule = RULE if rng.random() < 0.5 else RULE_2
+    if system == PROPOSE_SYSTEM:  # propose: the rule (in three wordings) and noise
+        rule = [RULE, RULE_SAME, RULE_2][rng.randrange(3)]
         noise = [APPLES, FORMAL][rng.randrange(2)]
         return f"1. {rule}\n2. {noise}"
     assert system.startswith(RULES)
@@ -78,7 +79,7 @@ def _infer(server: FaultServer, data: Path, out: Path, tmp: Path, *extra: str) -
     return CliRunner().invoke(
         app,
         ["constitution", "infer", str(data), "--model", "teacher", "--api-base", server.base_url,
-         "--out", str(out), "--mode", "letter", "--max-candidates", "3",
+         "--out", str(out), "--mode", "letter", "--max-candidates", "4",
          "--cache-path", str(tmp / "calls.sqlite"), "-q", *extra],
     )  # fmt: skip
 
@@ -96,17 +97,23 @@ def test_infer_recovers_the_hidden_rule_and_reports_its_held_out_agreement(
     assert fault_server.paid == 0 and not out.exists()
     propose_line, test_line = (ln for ln in dry.output.splitlines() if "dry run" in ln)
     previewed = _calls(propose_line) + _calls(test_line)
-    assert _calls(propose_line) == 12 and _calls(test_line) == 2 * 12 * 3  # 24 pairs, half held out
+    assert _calls(propose_line) == 12 and _calls(test_line) == 2 * 12 * 4  # 24 pairs, half held out
 
     r = _infer(fault_server, data, out, tmp_path)
     assert r.exit_code == 0, r.output
     assert fault_server.paid == previewed  # the preview named exactly the calls made
     report = json.loads((tmp_path / "inferred.infer" / "report.json").read_text())
     by_text = {c["text"]: c for c in report["candidates"]}
-    assert set(by_text) == {RULE, APPLES, FORMAL} or set(by_text) == {RULE_2, APPLES, FORMAL}
-    assert report["merged_as_duplicates"] >= 1  # both wordings of the rule: one candidate
-    rule = next(c for t, c in by_text.items() if "shorter" in t)
+    rule = report["candidates"][0]
+    assert set(by_text) == {rule["text"], RULE_2, APPLES, FORMAL} and rule["text"] in (
+        RULE,
+        RULE_SAME,
+    )
+    assert report["merged_as_duplicates"] >= 1  # "shorter": one candidate however worded
     assert rule["kept"] and rule["agreement"] == 1.0 and rule["decided"] == rule["tested"] == 12
+    paraphrase = by_text[RULE_2]  # passes too, but judges exactly as the rule does: not kept
+    assert paraphrase["agreement"] == 1.0 and not paraphrase["kept"]
+    assert paraphrase["redundant_with"] == rule["id"]
     assert rule["example"]["chosen"].endswith("yes.")
     assert not by_text[APPLES]["kept"] and by_text[APPLES]["agreement"] == 0.0
     assert not by_text[FORMAL]["kept"] and by_text[FORMAL]["decided"] == 0
@@ -176,8 +183,11 @@ def test_merge_keeps_one_candidate_per_meaning_most_proposed_first() -> None:
         for i, ps in enumerate([[APPLES, RULE], [RULE_2], ["prefer the response that is SHORTER"]])
     ]
     cands, total, merged = merge_proposals(recs, InferConfig())
-    assert [c.text for c in cands] == [RULE, APPLES] and total == 4 and merged == 2
-    assert cands[0].support == 3 and cands[1].support == 1
+    assert [c.text for c in cands] == [RULE, APPLES, RULE_2] and total == 4 and merged == 1
+    assert [c.support for c in cands] == [2, 1, 1]
+    more = ProposalRecord(id="x", pair_id="p9", principles=["Prefer the response that is more detailed."])  # fmt: skip
+    cands, _, merged = merge_proposals([*recs, more], InferConfig())
+    assert merged == 1 and len(cands) == 4  # the opposite rule is not merged into "shorter"
     assert parse_principles("1. Prefer x over y\n- * `Prefer short ones`\nok\n", 5) == [
         "Prefer x over y",
         "Prefer short ones",
@@ -214,3 +224,35 @@ def test_split_keeps_both_sides_non_empty(holdout: float) -> None:
     pairs = [LabelledPair(str(i), [{"role": "user", "content": "q"}], "a", "b") for i in range(3)]
     propose, test = split_pairs(pairs, InferConfig(holdout=holdout))
     assert propose and test and len(propose) + len(test) == 3
+
+
+def test_batch_api_infers_the_same_constitution_in_one_wave_per_step(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    fault_server.responder = hidden_rule_model
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _pairs(12)))
+    sync = _infer(fault_server, data, tmp_path / "s.yaml", tmp_path)
+    assert sync.exit_code == 0, sync.output
+    (tmp_path / "calls.sqlite").unlink()
+    batch = _infer(fault_server, data, tmp_path / "b.yaml", tmp_path, "--batch-api")
+    assert batch.exit_code == 0, batch.output
+    assert fault_server.batches_created == 2  # proposals: one wave; both orders of every test: one
+    s, b = load_constitution(str(tmp_path / "s.yaml")), load_constitution(str(tmp_path / "b.yaml"))
+    assert s.principles == b.principles
+
+
+def test_a_budget_stop_keeps_the_work_and_a_rerun_finishes_it(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    fault_server.responder = hidden_rule_model
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _pairs(12)))
+    out = tmp_path / "i.yaml"
+    stopped = _infer(fault_server, data, out, tmp_path, "--max-cost", "1", "--price", "1000,1000")
+    assert stopped.exit_code == 1 and "No constitution yet: proposing stopped" in stopped.output
+    assert 0 < fault_server.paid < 6 and not out.exists()
+    first = fault_server.paid
+    r = _infer(fault_server, data, out, tmp_path)
+    assert r.exit_code == 0, r.output
+    assert f"{6 - first} done" in r.output and out.exists()  # only the missing proposals

@@ -37,6 +37,7 @@ def infer(
     max_candidates: Annotated[int, typer.Option("--max-candidates", min=1, help="Candidates tested, most-proposed first (each costs 2 judge calls per held-out pair).")] = 20,
     similarity: Annotated[float, typer.Option("--similarity", min=0.05, max=1.0, help="Word-set Jaccard at which two proposals are merged as one candidate.")] = 0.6,
     min_agreement: Annotated[float, typer.Option("--min-agreement", min=0.0, max=1.0, help="Keep a principle whose verdicts agree with the labels on at least this share of the held-out pairs it decides.")] = 0.6,
+    redundant: Annotated[float, typer.Option("--redundant", min=0.5, max=1.0, help="Of two passing principles whose verdicts on the held-out pairs are the same this often (paraphrases), keep only the better.")] = 0.95,
     min_decided: Annotated[float, typer.Option("--min-decided", min=0.0, max=1.0, help="... and that decides (no tie) at least this share of the held-out pairs.")] = 0.2,
     mode: Annotated[str, typer.Option("--mode", help="Judge mode: logprobs | letter | cot | votes.")] = "logprobs",
     temperature: TemperatureOpt = 0.7,
@@ -65,7 +66,7 @@ def infer(
     cfg = InferConfig(
         holdout=holdout, propose_pairs=propose_pairs, test_pairs=test_pairs, per_pair=per_pair,
         max_candidates=max_candidates, similarity=similarity, min_agreement=min_agreement,
-        min_decided=min_decided, seed=seed, judge=jcfg,
+        min_decided=min_decided, redundant=redundant, seed=seed, judge=jcfg,
         propose_params=GenParams(temperature=temperature, max_tokens=max_tokens, seed=seed),
     )  # fmt: skip
     pairs = load_labelled_pairs(data)
@@ -97,7 +98,10 @@ def infer(
     for s in result.scores:
         agr = " n/a" if s.agreement is None else f"{s.agreement:.2f}"
         mark = "kept   " if s.kept else "dropped"
-        typer.echo(f"  {mark} agreement {agr}  decided {s.decided}/{s.tested}  {s.id}: {s.text}")
+        same = f" (judges as {s.redundant_with} does)" if s.redundant_with else ""
+        typer.echo(
+            f"  {mark} agreement {agr}  decided {s.decided}/{s.tested}  {s.id}: {s.text}{same}"
+        )
         if s.kept and s.example:
             typer.echo(f"          e.g. {s.example['prompt']!r}: chose {s.example['chosen']!r} over {s.example['rejected']!r}")  # fmt: skip
     const = build_constitution(result, out.stem, str(data), models)

@@ -8,7 +8,7 @@ The replies are split into prompts, then exact and near duplicates are removed a
 seed file and each other (normalised text, MinHash Jaccard: `cai_kit.stages.dedupe`). With
 `keep_if` a judge question ("Does this prompt match this description: ...? yes or no") keeps
 only the prompts that match. If fewer than `n` prompts survive, more calls are made (up to
-`max_rounds` rounds). Every prompt records its provenance: the seeds shown, the model, the call
+`max_rounds` rounds), as many as the yield so far (prompts kept per call) says are needed. Every prompt records its provenance: the seeds shown, the model, the call
 index and the call's seed.
 
 Both the generation calls and the keep-if questions are jobs (`run_job`): resumable, cached,
@@ -169,11 +169,12 @@ def one_line(text: str) -> str:
 
 
 def parse_prompts(text: str, limit: int) -> list[str]:
-    """One prompt per line; numbering, bullets and quotes dropped; lines under 2 words skipped."""
+    """One prompt per line; numbering, bullets and quotes dropped; lines under 2 words skipped.
+    A line repeated is kept (and then counted as an exact duplicate)."""
     found: list[str] = []
     for line in text.splitlines():
         line = _BULLET.sub("", line).strip(" \t\"'`*")
-        if len(line.split()) >= 2 and line not in found:
+        if len(line.split()) >= 2:
             found.append(line)
     return found[:limit]
 
@@ -338,7 +339,9 @@ def run_expand(
             return result
         if len(kept) >= cfg.n:
             break
-        calls += math.ceil((cfg.n - len(kept)) * cfg.oversample / cfg.per_call)
+        # more calls, as many as this run's yield so far says are needed (with the margin)
+        per_call = len(kept) / calls if kept else cfg.per_call / (2 * cfg.oversample)
+        calls += math.ceil((cfg.n - len(kept)) * cfg.oversample / per_call)
     result.output = out_dir / "prompts.jsonl"
     result.written = _write(kept[: cfg.n], result.output, models, cfg)
     (out_dir / "expand_report.json").write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")  # fmt: skip

@@ -14,7 +14,9 @@ and a rejected response to one conversation) `run_infer` works in three steps:
      *decided* share is how many held-out pairs it decides at all.
 
 Candidates with agreement >= `min_agreement` that decide at least `min_decided` of the held-out
-pairs become a constitution (critique, revision and judge text per principle; the data, the
+pairs pass; of passing candidates that reach the same outcome on at least `redundant` of the
+pairs (paraphrases: "shorter" and "more concise"), only the best is kept. The kept ones become
+a constitution (critique, revision and judge text per principle; the data, the
 models and every figure in its description), best first. Both model steps are jobs
 (`run_job`): resumable, cached, `--dry-run` with cost, `--max-cost`, `--batch-api`.
 
@@ -82,6 +84,7 @@ class InferConfig:
     per_pair: int = 3  # principles asked for per pair
     max_candidates: int = 20  # candidates tested (most-proposed first)
     similarity: float = 0.6  # Jaccard at which two proposals count as one candidate
+    redundant: float = 0.95  # a kept principle whose verdicts match a better one's this often
     min_agreement: float = 0.6
     min_decided: float = 0.2  # share of held-out pairs a kept principle must decide
     seed: int = 0
@@ -138,6 +141,8 @@ class CandidateScore:
     failed: int = 0
     example: dict[str, str] | None = None
     kept: bool = False
+    redundant_with: str | None = None  # passed, but judges like this better candidate
+    outcomes: dict[str, str] = field(default_factory=dict, repr=False)  # pair id -> agree|...
 
     @property
     def agreement(self) -> float | None:
@@ -152,7 +157,7 @@ class CandidateScore:
                 "decided": self.decided, "agreed": self.agreed, "failed": self.failed,
                 "agreement": None if self.agreement is None else round(self.agreement, 4),
                 "decided_share": round(self.decided_share, 4), "kept": self.kept,
-                "example": self.example}  # fmt: skip
+                "redundant_with": self.redundant_with, "example": self.example}  # fmt: skip
 
 
 @dataclass
@@ -257,6 +262,12 @@ def parse_principles(text: str, limit: int) -> list[str]:
     return found[:limit]
 
 
+def principle_core(text: str) -> str:
+    """The words that carry a principle's meaning: without the boilerplate every proposal
+    shares ("prefer the response that is ..."), which would make opposites look alike."""
+    return " ".join(w for w in normalise(text).split() if w not in _SLUG_SKIP) or normalise(text)
+
+
 def principle_id(text: str) -> str:
     words = [w for w in normalise(text).split() if w not in _SLUG_SKIP][:5]
     slug = "-".join(words)[:48].strip("-") or "principle"
@@ -291,7 +302,7 @@ def merge_proposals(
         for text in rec.principles:
             total += 1
             pid = principle_id(text)
-            found = index.add_if_new(pid, text)
+            found = index.add_if_new(pid, principle_core(text))
             if found is None and pid not in cands:
                 cands[pid] = Candidate(pid, text, variants=[text])
                 supporters[pid] = {rec.pair_id}
@@ -429,6 +440,8 @@ def score(
             continue
         s.tested += 1
         label = rec.verdict.label
+        s.outcomes[p.id] = "tie" if label not in ("A", "B") else (
+            "agree" if label == rec.metadata.get("gold") else "disagree")  # fmt: skip
         if label in ("A", "B"):
             s.decided += 1
             if label == rec.metadata.get("gold"):
@@ -442,7 +455,22 @@ def score(
             and s.agreement >= cfg.min_agreement
             and s.decided_share >= cfg.min_decided
         )
-    return sorted(scores.values(), key=lambda s: (not s.kept, -(s.agreement or 0.0), -s.decided))
+    ranked = sorted(scores.values(), key=lambda s: (not s.kept, -(s.agreement or 0.0), -s.decided, -s.support))  # fmt: skip
+    kept: list[CandidateScore] = []
+    for s in (s for s in ranked if s.kept):  # one principle per behaviour: drop paraphrases
+        for k in kept:
+            if same_verdicts(s, k) >= cfg.redundant:
+                s.kept, s.redundant_with = False, k.id
+                break
+        else:
+            kept.append(s)
+    return sorted(ranked, key=lambda s: (not s.kept, s.redundant_with is None and not s.kept))
+
+
+def same_verdicts(a: CandidateScore, b: CandidateScore) -> float:
+    """Share of the held-out pairs both judged on which they reached the same outcome."""
+    both = a.outcomes.keys() & b.outcomes.keys()
+    return sum(a.outcomes[k] == b.outcomes[k] for k in both) / len(both) if both else 0.0
 
 
 def _short(text: str, n: int = 120) -> str:
@@ -490,9 +518,9 @@ def constitution_yaml(const: Constitution, scores: list[CandidateScore]) -> str:
              "# pairs decided / tested, kept or not.  Check: cai-kit constitution validate FILE"]  # fmt: skip
     for s in scores:
         agr = "  n/a" if s.agreement is None else f"{s.agreement:.2f}"
-        lines.append(
-            f"#   {'kept   ' if s.kept else 'dropped'} {agr}  {s.decided:>4}/{s.tested:<4} {s.text}"
-        )
+        same = f"  (judges as {s.redundant_with} does)" if s.redundant_with else ""
+        mark = "kept   " if s.kept else "dropped"
+        lines.append(f"#   {mark} {agr}  {s.decided:>4}/{s.tested:<4} {s.text}{same}")
     text = "\n".join(lines) + "\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)  # fmt: skip
     parse_constitution(text, "<inferred>")  # raises if the writer ever produced a bad file
     return text
