@@ -167,7 +167,7 @@ def test_an_unparseable_keep_answer_is_a_failure_retried_on_rerun(
 
 
 def test_parse_prompts_drops_numbering_and_bullets() -> None:
-    text = 'Here you go\n1. First one?\n2) Second one\n- * Third one\n"Fourth one"\nFirst one?'
+    text = 'Here are six new prompts:\nHere you go\n1. First one?\n2) Second one\n- * Third one\n"Fourth one"\nFirst one?'
     assert parse_prompts(text, 10) == ["Here you go", "First one?", "Second one", "Third one",
                                        "Fourth one", "First one?"]  # fmt: skip
     assert parse_prompts(text, 2) == ["Here you go", "First one?"]

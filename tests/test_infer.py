@@ -188,7 +188,9 @@ def test_merge_keeps_one_candidate_per_meaning_most_proposed_first() -> None:
     more = ProposalRecord(id="x", pair_id="p9", principles=["Prefer the response that is more detailed."])  # fmt: skip
     cands, _, merged = merge_proposals([*recs, more], InferConfig())
     assert merged == 1 and len(cands) == 4  # the opposite rule is not merged into "shorter"
-    assert parse_principles("1. Prefer x over y\n- * `Prefer short ones`\nok\n", 5) == [
+    assert parse_principles(
+        "Here are the principles:\n1. Prefer x over y\n- * `Prefer short ones`\nok\n", 5
+    ) == [
         "Prefer x over y",
         "Prefer short ones",
     ]

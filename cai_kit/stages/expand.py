@@ -169,12 +169,13 @@ def one_line(text: str) -> str:
 
 
 def parse_prompts(text: str, limit: int) -> list[str]:
-    """One prompt per line; numbering, bullets and quotes dropped; lines under 2 words skipped.
-    A line repeated is kept (and then counted as an exact duplicate)."""
+    """One prompt per line; numbering, bullets and quotes dropped; lines under 2 words and
+    headings ("Here are five new prompts:") skipped. A line repeated is kept (and then counted
+    as an exact duplicate)."""
     found: list[str] = []
     for line in text.splitlines():
         line = _BULLET.sub("", line).strip(" \t\"'`*")
-        if len(line.split()) >= 2:
+        if len(line.split()) >= 2 and not line.endswith(":"):
             found.append(line)
     return found[:limit]
 

@@ -253,11 +253,17 @@ def propose_messages(pair: LabelledPair, per_pair: int) -> list[dict[str, str]]:
 
 
 def parse_principles(text: str, limit: int) -> list[str]:
-    """One principle per line; bullets and numbering dropped; lines under 3 words skipped."""
+    """One principle per line; bullets and numbering dropped; lines under 3 words and headings
+    ("Here are the principles:") skipped."""
     found: list[str] = []
     for line in text.splitlines():
         line = _BULLET.sub("", line).strip(" \t\"'`*")
-        if len(line.split()) >= 3 and len(line) <= 400 and line not in found:
+        if (
+            len(line.split()) >= 3
+            and len(line) <= 400
+            and not line.endswith(":")
+            and line not in found
+        ):
             found.append(line)
     return found[:limit]
 
