@@ -151,6 +151,8 @@ def test_keep_if_keeps_matching_prompts_over_more_rounds_and_reruns_free(
     paid = fault_server.paid
     again = _expand(fault_server, seed, out, tmp_path, *args)
     assert again.exit_code == 0 and fault_server.paid == paid, again.output
+    dry = _expand(fault_server, seed, out, tmp_path, *args, "--dry-run")  # nothing left to do
+    assert dry.output.count("dry run: 0 rows to do, about 0 calls") == 2, dry.output
 
 
 def test_an_unparseable_keep_answer_is_a_failure_retried_on_rerun(

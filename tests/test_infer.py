@@ -131,6 +131,8 @@ def test_infer_recovers_the_hidden_rule_and_reports_its_held_out_agreement(
     again = _infer(fault_server, data, out, tmp_path)  # a re-run: nothing left, no call made
     assert again.exit_code == 0, again.output
     assert fault_server.paid == paid and "0 done" in again.output and " 0 calls" in again.output
+    dry = _infer(fault_server, data, out, tmp_path, "--dry-run")
+    assert dry.output.count("dry run: 0 rows to do, about 0 calls") == 2, dry.output
 
     used = CliRunner().invoke(  # every command can use it at once: the judge, for one
         app,

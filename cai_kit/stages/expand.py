@@ -310,17 +310,21 @@ def run_expand(
                     estimate_tokens=lambda i: [(backend, prompt_tokens(plan.messages(i)), cfg.params.max_tokens)]),
             engine_config,
         )  # fmt: skip
-        if engine_config.dry_run or gen.stopped:
-            result.rounds.append((gen, None))
-            result.waiting = gen.stopped and f"generation stopped: {gen.stopped}"
-            if engine_config.dry_run and cfg.keep_if:  # keep-if on the worst case: every prompt new
-                stand = [f"prompt {i}.{k} " + "word " * 20 for i in range(calls) for k in range(cfg.per_call)]  # fmt: skip
-                keep = _keep_job(stand, keep_id, ask, out_dir, manifest, judge, cfg, engine_config)
-                result.rounds[-1] = (gen, keep)
-            return result
         records = latest_by_id(out_dir / "calls.jsonl", ExpansionRecord)
         done = [records[call_id(i)] for i in range(calls) if call_id(i) in records]
-        unique = _dedupe([r for r in done if r.status == "ok"], seed_index()[0], result)
+        ok = [r for r in done if r.status == "ok"]
+        if engine_config.dry_run or gen.stopped:
+            result.rounds.append((gen, None))
+            if gen.stopped:
+                result.waiting = f"generation stopped: {gen.stopped}"
+            if engine_config.dry_run and cfg.keep_if:  # the prompts there are, and for calls
+                # not made yet the worst case: every prompt they will write is new
+                texts = [c.text for c in _dedupe(ok, seed_index()[0], result)]
+                texts += [f"prompt {i}.{k} " + "word " * 20 for i in range(calls - len(ok)) for k in range(cfg.per_call)]  # fmt: skip
+                keep = _keep_job(texts, keep_id, ask, out_dir, manifest, judge, cfg, engine_config)
+                result.rounds[-1] = (gen, keep)
+            return result
+        unique = _dedupe(ok, seed_index()[0], result)
         result.calls = len(done)
         keep = None
         if cfg.keep_if:

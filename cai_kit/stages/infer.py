@@ -46,7 +46,7 @@ from cai_kit.io import latest_by_id, read_jsonl
 from cai_kit.llm.base import Backend, GenParams
 from cai_kit.records import PreferenceRecord, PromptRecord, Provenance, stable_hash
 from cai_kit.stages.dedupe import NearDuplicates, jaccard, normalise
-from cai_kit.stages.judge import JudgeConfig, judge_calls, judge_pair, neutralise
+from cai_kit.stages.judge import JudgeConfig, PairInput, judge_calls, judge_pair, neutralise
 from cai_kit.stages.prefs import load_pairs, preference_record
 
 PROPOSE_SYSTEM = (
@@ -165,7 +165,6 @@ class InferResult:
     propose: JobSummary
     test: JobSummary | None = None
     scores: list[CandidateScore] = field(default_factory=list)
-    constitution: Constitution | None = None
     proposal_pairs: int = 0
     test_pair_count: int = 0
     proposals: int = 0  # principles proposed in all
@@ -332,8 +331,9 @@ def run_infer(
     cfg: InferConfig, work: Path, engine_config: EngineConfig, source: str = "",
     argv: list[str] | None = None,
 ) -> InferResult:  # fmt: skip
-    """Propose, merge, test; see the module docstring. `result.constitution` is None when no
-    candidate passed, or on a dry run or a stop (`result.waiting` says which)."""
+    """Propose, merge, test, score; see the module docstring. `result.scores` stays empty on a
+    dry run and when a step stopped (`result.waiting` says why); `build_constitution` turns
+    the kept candidates into a constitution."""
     propose_pairs, test_pairs = split_pairs(pairs, cfg)
     identity, judge_identity = backend.identity(), judge.identity()
     params = cfg.propose_params
@@ -387,13 +387,12 @@ def run_infer(
         result.waiting = "no principle was proposed; re-run to retry the failed proposals"
         return result
 
-    def gold(cand: Candidate, pair: LabelledPair) -> Literal["A", "B"]:
-        # which position the chosen response takes: seeded, about half each way
+    def gold(pair: LabelledPair) -> Literal["A", "B"]:
+        # the position the chosen response is shown in: seeded, about half each way
         return "A" if int(stable_hash("icai-side", cfg.seed, pair.id), 16) % 2 == 0 else "B"
 
-    def shown(cand: Candidate, pair: LabelledPair) -> tuple[str, str]:
-        g = gold(cand, pair)
-        return (pair.chosen, pair.rejected) if g == "A" else (pair.rejected, pair.chosen)
+    def shown(pair: LabelledPair) -> tuple[str, str]:
+        return (pair.chosen, pair.rejected) if gold(pair) == "A" else (pair.rejected, pair.chosen)
 
     jcfg = cfg.judge
     single = {c.id: Constitution(name=f"candidate-{c.id}", principles=[c.principle()]) for c in cands}  # fmt: skip
@@ -401,17 +400,15 @@ def run_infer(
 
     def test_id(item: Item) -> str:
         c, p = item
-        return stable_hash("icai-test", c.id, normalise(c.text), p.id, gold(c, p), judge_identity, judge_dict(jcfg))  # fmt: skip
+        return stable_hash("icai-test", c.id, normalise(c.text), p.id, gold(p), judge_identity, judge_dict(jcfg))  # fmt: skip
 
     async def test(item: Item, engine: Engine) -> PreferenceRecord:
         c, p = item
-        a, b = shown(c, p)
-        from cai_kit.stages.judge import PairInput
-
+        a, b = shown(p)
         const = single[c.id]
         v = await judge_pair(p.messages, a, b, const, jcfg, engine, judge, [const.principles[0]])
         pair = PairInput(PromptRecord.make_id(p.messages), p.messages, a, b,
-                         {"candidate": c.id, "pair": p.id, "gold": gold(c, p)})  # fmt: skip
+                         {"candidate": c.id, "pair": p.id, "gold": gold(p)})  # fmt: skip
         return preference_record(pair, v, const, jcfg, {"judge": models["judge"]}, test_id(item))
 
     items: list[Item] = [(c, p) for c in cands for p in test_pairs]
@@ -419,7 +416,7 @@ def run_infer(
         JobSpec(name="test", items=items, item_id=test_id, process=test,
                 output=work / "tests.jsonl", record_type=PreferenceRecord, run_dir=work,
                 manifest={**manifest, "outputs": {"proposals": "proposals.jsonl", "tests": "tests.jsonl"}},
-                estimate_tokens=lambda it: judge_calls(it[1].messages, *shown(*it), single[it[0].id], jcfg, judge),
+                estimate_tokens=lambda it: judge_calls(it[1].messages, *shown(it[1]), single[it[0].id], jcfg, judge),
                 backends=[judge]),
         engine_config,
     )  # fmt: skip
