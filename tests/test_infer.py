@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from cai_kit.cli.main import app
 from cai_kit.constitution import load_constitution
+from cai_kit.errors import DataError
 from cai_kit.stages.infer import (
     PROPOSE_SYSTEM,
     InferConfig,
@@ -177,6 +178,17 @@ def test_labelled_a_b_pairs_and_prefs_runs_are_read_with_their_labels(tmp_path: 
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     got = {(p.chosen, p.rejected) for p in load_labelled_pairs(data)}
     assert got == {("y", "x"), ("u", "v")}
+    export = tmp_path / "dpo"  # what `cai-kit export dpo|prefs` writes (conversational)
+    export.mkdir()
+    conv = [{"prompt": [{"role": "user", "content": f"q{i}"}],
+             "chosen": [{"role": "assistant", "content": f"good {i}"}],
+             "rejected": [{"role": "assistant", "content": f"bad {i}"}]} for i in range(2)]  # fmt: skip
+    (export / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in conv))
+    got = {(p.messages[0]["content"], p.chosen, p.rejected) for p in load_labelled_pairs(export)}
+    assert got == {("q0", "good 0", "bad 0"), ("q1", "good 1", "bad 1")}
+    (export / "train.jsonl").write_text(json.dumps({**conv[0], "rejected": "bad"}) + "\n")
+    with pytest.raises(DataError, match=r"train.jsonl:1: a conversational row needs"):
+        load_labelled_pairs(export)
 
 
 def test_merge_keeps_one_candidate_per_meaning_most_proposed_first() -> None:

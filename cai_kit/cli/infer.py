@@ -24,7 +24,7 @@ from cai_kit.cli.common import (
 
 @job_flags()
 def infer(
-    data: Annotated[Path, typer.Argument(help="A prefs/judge run directory (prefs.jsonl), or a pair file: prompt + chosen/rejected, response_a/response_b + label A|B, or a revisions.jsonl.")],
+    data: Annotated[Path, typer.Argument(help="A prefs/judge run directory (prefs.jsonl), an `export dpo|prefs` directory (train.jsonl), or a pair file: prompt + chosen/rejected, response_a/response_b + label A|B, or a revisions.jsonl.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The constitution YAML to write.")],
     model: ModelOpt = "local",
     judge_model: Annotated[str | None, typer.Option("--judge-model", "-j", help="The model that tests each candidate as a judge (default: --model).")] = None,

@@ -183,10 +183,11 @@ def load_labelled_pairs(path: Path) -> list[LabelledPair]:
     """Labelled pairs from a `prefs`/`judge` run directory (or its prefs.jsonl: ties and failed
     verdicts are left out), or a pair file `judge` reads: prompt (or messages) with chosen/
     rejected, response_a/response_b with a `label` A|B, or a revisions.jsonl (revision over the
-    initial response)."""
+    initial response). TRL's conversational rows (`export dpo|prefs`: prompt, chosen and
+    rejected as lists of messages) are read too, and an export directory (its train.jsonl)."""
     path = Path(path)
     if path.is_dir():
-        path = path / "prefs.jsonl"
+        path = path / "prefs.jsonl" if (path / "prefs.jsonl").is_file() else path / "train.jsonl"
     if not path.is_file():
         raise DataError(f"No preference data at {path}: give a prefs run directory or a pair file.")
     first = next(read_jsonl(path), None)
@@ -200,6 +201,20 @@ def load_labelled_pairs(path: Path) -> list[LabelledPair]:
             if rec.status == "ok" and rec.chosen is not None and rec.rejected is not None:
                 msgs = [m.model_dump() for m in rec.messages]
                 out.append(_pair(msgs, rec.chosen, rec.rejected, f"{path}:{rec.id}"))
+    elif all(isinstance(r.get("chosen"), list) for _, r in read_jsonl(path)):  # conversational
+        for line, row in read_jsonl(path):
+            prompt, chosen, rejected = row.get("prompt"), row["chosen"], row.get("rejected")
+            try:
+                msgs = [{"role": m["role"], "content": m["content"]} for m in prompt or []]
+                pair = (msgs, chosen[-1]["content"], rejected[-1]["content"])  # type: ignore[index]
+            except (TypeError, KeyError, IndexError):
+                pair = None
+            if pair is None or not msgs or not all(isinstance(t, str) for t in pair[1:]):
+                raise DataError(
+                    f"{path}:{line}: a conversational row needs prompt, chosen and rejected as "
+                    "lists of {role, content} messages."
+                )
+            out.append(_pair(*pair, f"{path}:{line}"))
     else:
         for line, row in read_jsonl(path):
             label = row.get("label")
