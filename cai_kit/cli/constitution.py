@@ -1,4 +1,5 @@
-"""`cai-kit constitution list | show | validate | new`: inspect, check and start constitutions."""
+"""`cai-kit constitution list | show | validate | new | infer | diff`: inspect, check, start,
+infer (from preference labels) and compare constitutions."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from typing import Annotated
 
 import typer
 
+from cai_kit.cli.infer import diff, infer
+
 constitution_app = typer.Typer(
-    help="List, show, validate and start constitutions (YAML principles).",
+    help="List, show, validate, start, infer and compare constitutions (YAML principles).",
     no_args_is_help=True,
 )
 
@@ -100,6 +103,10 @@ def new(
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(text, encoding="utf-8")
     typer.echo(f"Wrote {target}. Edit it, then check it: cai-kit constitution validate {target}")
+
+
+constitution_app.command("infer")(infer)
+constitution_app.command("diff")(diff)
 
 
 def register(app: typer.Typer) -> None:

@@ -23,7 +23,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 COMMAND_MODULES = (
     "basic",  # chat, models
-    "constitution",  # constitution list | show | validate
+    "constitution",  # constitution list | show | validate | new | infer | diff
+    "prompts",  # prompts expand
     "revise",  # revise
     "judge",  # prefs, judge, judge-report
     "export",  # export sft | prefs | dpo | kto | reward

@@ -5,6 +5,9 @@
 - `judge.py`     the pairwise AI judge: both orders, soft labels from log-probs
 - `prefs.py`     sample responses, judge pairs: preference records
 - `export.py`    records -> the column layouts TRL's trainers read (SFT, DPO, KTO)
+- `infer.py`     Inverse Constitutional AI: principles that explain preference labels
+- `expand.py`    new prompts in the style and spread of a seed file
+- `dedupe.py`    exact and near-duplicate texts (normalised text, MinHash via datasketch)
 
 May import `cai_kit.engine`, `cai_kit.llm` and the ground; never torch, transformers, trl,
 peft or typer, so a data job runs on the API-only install. Imported by `eval`, `serve`,
