@@ -765,3 +765,31 @@ def test_the_progress_bar_shows_the_wave_at_the_provider(
                            env={"COLUMNS": "200"})  # fmt: skip
     assert "--batch-api: wave 1: 1 batch(es), 3 requests; waiting for the provider." in r.output
     assert "wave 1: 3/3 requests answered" in r.output, r.output
+
+
+# --- money: only what was sent is counted, cached or used; one budget (issue 21) -------------
+
+
+def test_a_batch_output_with_repeated_and_unknown_custom_ids_counts_and_caches_only_what_was_sent(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """A gateway's output file repeats a line and answers a custom_id that was never sent (a
+    cache key it computed, here another model's call): neither is counted, billed or cached."""
+    from cai_kit.engine.cache import CallCache, cache_key
+
+    planted = cache_key({"kind": "openai-compat", "model": "other"},
+                        [{"role": "user", "content": "hi"}], {}, 0)  # fmt: skip
+    fault_server.batch_repeat = 1
+    fault_server.batch_unknown_ids = [planted]
+    prompts = _prompts(tmp_path / "p.jsonl", 10)
+    r = _cli("generate", str(prompts), "--model", "m", "--api-base", fault_server.base_url,
+             "--out", str(tmp_path / "o"), "--batch-api", "--price", "1000,1000",
+             "--cache-path", str(tmp_path / "c"))  # fmt: skip
+    assert "10 done; 0 failed" in r.output and "10 calls" in r.output, r.output
+    assert "dropped 2 answer line(s)" in r.output and "1 repeated, 1 never sent" in r.output
+    stats = json.loads((tmp_path / "o" / "manifest.json").read_text())["stats"]
+    assert stats["calls"] == 10 and stats["prompt_tokens"] == 10 * fault_server.cost_tokens
+    assert stats["cost"] == pytest.approx(10 * 2 * fault_server.cost_tokens * 1000 / 1e6 * 0.5)
+    cache = CallCache(tmp_path / "c")
+    assert cache.get(planted) is None and len(cache) == 10
+    cache.close()

@@ -388,16 +388,27 @@ class BatchCollector:
         self, wave: _Wave, why: str | None, *, spool: Path | None = None, final: bool = True
     ) -> None:
         """Put a batch's answers into the cache (one transaction) and note every call it did
-        not answer as failed for this run, with the reason; close the batch in the ledger."""
+        not answer as failed for this run, with the reason; close the batch in the ledger.
+        Only the calls this batch was sent for are taken, each once: a line for any other
+        custom_id, or a repeated one, is dropped (never counted, billed or cached), so that
+        whoever writes the output file can't plant answers under other cache keys."""
         stats, price = self.engine.stats, wave.client.price
-        ok = failed = 0
-        answered: list[int] = []
+        ok = failed = repeated = unknown = 0
+        sent = self._sent_keys(wave)
+        seen: set[str] = set()
 
         def answers() -> Iterator[tuple[str, Completion]]:
-            nonlocal ok, failed
+            nonlocal ok, failed, repeated, unknown
             with spool.open(encoding="utf-8") as fh:  # type: ignore[union-attr]
                 for raw in fh:
                     key, body = json.loads(raw)
+                    if key not in sent:
+                        unknown += 1
+                        continue
+                    if key in seen:
+                        repeated += 1
+                        continue
+                    seen.add(key)
                     if isinstance(body, str):  # the request's own error, after the batch's
                         self._failed[key] = f"{why} {body}" if why else body
                         failed += 1
@@ -416,26 +427,24 @@ class BatchCollector:
                     stats.prompt_tokens += c.usage.prompt_tokens
                     stats.completion_tokens += c.usage.completion_tokens
                     stats.cost += c.cost or 0.0
-                    answered.append(hash(key))
                     ok += 1
                     yield key, c
 
         if spool is not None:
             self.cache.put_stream(answers())
             spool.unlink(missing_ok=True)
-        self._answered.update(answered)
-        keys_file = self.dir / f"{wave.tag}.keys"
+        if repeated or unknown:
+            print(f"--batch-api: batch {wave.batch_id or wave.tag}: dropped {repeated + unknown} "
+                  f"answer line(s) ({repeated} repeated, {unknown} never sent); they are not "
+                  "counted, billed or cached.", file=sys.stderr)  # fmt: skip
+        self._answered.update(hash(k) for k in seen if k not in self._failed)
         missing = 0
-        if keys_file.is_file():
-            done = set(answered)
-            with keys_file.open(encoding="utf-8") as fh:
-                for line in fh:
-                    key = line.strip()
-                    if key and hash(key) not in done and key not in self._failed:
-                        self._failed[key] = why or "no answer in the batch"
-                        missing += 1
+        for key in sent:
+            if key not in seen and key not in self._failed:
+                self._failed[key] = why or "no answer in the batch"
+                missing += 1
         if final and wave.batch_id is not None:
-            keys_file.unlink(missing_ok=True)
+            (self.dir / f"{wave.tag}.keys").unlink(missing_ok=True)
             self._log(event="finished", tag=wave.tag, batch_id=wave.batch_id, ok=ok,
                       failed=failed + missing, status=why or "completed")  # fmt: skip
         if why:
@@ -444,6 +453,13 @@ class BatchCollector:
         self._reserved -= wave.reserved
         wave.reserved = 0.0
         self._forget_open(wave)
+
+    def _sent_keys(self, wave: _Wave) -> set[str]:
+        """The cache keys this batch was sent for (its `.keys` file, or the ledger's)."""
+        keys_file = self.dir / f"{wave.tag}.keys"
+        if keys_file.is_file():
+            return set(keys_file.read_text(encoding="utf-8").split())
+        return set(wave.keys)
 
     # --- the ledger ----------------------------------------------------------------------
 
