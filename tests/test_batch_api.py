@@ -793,3 +793,56 @@ def test_a_batch_output_with_repeated_and_unknown_custom_ids_counts_and_caches_o
     cache = CallCache(tmp_path / "c")
     assert cache.get(planted) is None and len(cache) == 10
     cache.close()
+
+
+def _killed_while_polling(fault_server: FaultServer, cmd: list[str]) -> None:
+    """Run `cmd` (a --batch-api job) in a subprocess and kill -9 it while its batch is open."""
+    fault_server.batch_hold = True
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and fault_server.batch_polls < 2:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert fault_server.batches_created == 1 and fault_server.paid == 0
+
+
+def test_retry_failed_sync_collects_a_batch_still_open_instead_of_sending_its_calls_again(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    prompts = _prompts(tmp_path / "p.jsonl", 4)
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "cai_kit", "generate", str(prompts), "--model", "m",
+           "--api-base", fault_server.base_url, "--out", str(out), "--batch-api",
+           "--cache-path", str(tmp_path / "c.sqlite"), "-q"]  # fmt: skip
+    _killed_while_polling(fault_server, cmd)
+    fault_server.batch_hold = False
+    r = CliRunner().invoke(app, ["retry-failed", str(out), "--sync"])
+    assert r.exit_code == 0, r.output
+    # the open batch was collected, nothing was sent synchronously: each call billed once
+    assert fault_server.batches["batch_1"]["status"] == "completed"
+    assert fault_server.paid == 4 and fault_server.batches_created == 1
+    rows = latest(out / "generations.jsonl")
+    assert len(rows) == 4 and all(x["status"] == "ok" for x in rows)
+
+
+def test_a_batch_past_its_deadline_is_cancelled_and_reported_not_sent_again(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    prompts = _prompts(tmp_path / "p.jsonl", 3)
+    out = tmp_path / "o"
+    common = ["generate", str(prompts), "--model", "m", "--api-base", fault_server.base_url,
+              "--out", str(out), "--cache-path", str(tmp_path / "c.sqlite")]  # fmt: skip
+    _killed_while_polling(
+        fault_server, [sys.executable, "-m", "cai_kit", *common, "--batch-api", "-q"]
+    )
+    # a plain re-run while the provider still runs it: it waits, up to the deadline
+    r = CliRunner().invoke(app, [*common, "--batch-deadline", "0.5", "-q"])
+    assert "in batch batch_1, sent by an earlier run and still open" in r.output, r.output
+    assert "batch_1 was cancelled: its --batch-deadline of 0.5 s" in r.output
+    assert "3 failed" in r.output
+    assert fault_server.batches["batch_1"]["status"] == "cancelled" and fault_server.paid == 0
+    assert _ledger(out)[-1]["event"] == "finished"
+    fault_server.batch_hold = False
+    r = _cli(*common)  # the batch has ended for good: now the calls are sent (synchronously)
+    assert "3 done; 0 failed" in r.output and fault_server.paid == 3

@@ -29,8 +29,9 @@ class Deferred(BaseException):
 class BatchRoute(Protocol):
     """The engine's view of --batch-api: which calls go into a batch, and their answers."""
 
-    def accepts(self, backend: Backend) -> bool:
-        """Whether this backend's calls go into a batch (it has a Batch API)."""
+    def accepts(self, backend: Backend, key: str) -> bool:
+        """Whether this call goes to the collector: with --batch-api, every call of a backend
+        with a Batch API; without, a call that is in a batch still open from an earlier run."""
         ...
 
     async def call(

@@ -60,6 +60,9 @@ _ITEM: contextvars.ContextVar[object | None] = contextvars.ContextVar(
 ROWS_IN_FLIGHT = int(os.environ.get("CAI_KIT_BATCH_ROWS", "1024"))
 POLL_FRACTION = 0.01  # poll again after 1% of the time waited so far...
 POLL_MIN_S, POLL_MAX_S = 0.1, 30.0  # ...within these bounds
+DEADLINE_S = 24 * 3600.0  # a batch is cancelled this long after it was submitted (the
+# providers' completion window; --batch-deadline sets another)...
+CANCEL_GRACE_S = 600.0  # ...and waited for this long to confirm it (OpenAI: up to 10 minutes)
 
 
 @dataclass
@@ -90,9 +93,20 @@ class _Wave:
     since: float | None = None  # ...and when it was being submitted
 
 
+def has_open_batches(run_dir: Path) -> bool:
+    """Whether an earlier run left a batch open in this run directory (a job without
+    --batch-api then still waits for it rather than sending its calls again)."""
+    return any(
+        "finished" not in entry and (Path(run_dir) / "batches" / f"{tag}.keys").is_file()
+        for tag, entry in _read_ledger(Path(run_dir) / "batches" / "ledger.jsonl").items()
+    )
+
+
 class BatchCollector:
     def __init__(self, engine: Engine, run_dir: Path) -> None:
         self.engine = engine
+        # without --batch-api, only the calls in batches still open from earlier runs come here
+        self.collect_only = not engine.config.batch_api
         self.dir = Path(run_dir) / "batches"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ledger = self.dir / "ledger.jsonl"
@@ -135,7 +149,9 @@ class BatchCollector:
                       "calls run synchronously.", file=sys.stderr)  # fmt: skip
         return self._clients[ident]
 
-    def accepts(self, backend: Backend) -> bool:
+    def accepts(self, backend: Backend, key: str) -> bool:
+        if self.collect_only and key not in self._wave_of and key not in self._failed:
+            return False
         return self.client(backend) is not None
 
     def forget(self, key: str) -> None:
@@ -306,6 +322,13 @@ class BatchCollector:
     def _resume(self, wave: _Wave, client: BatchClient) -> None:
         if wave.task is None:  # the first row to meet it: wait for it in this wave
             wave.client = client
+            if not self.engine.config.quiet or self.collect_only:
+                print(f"--batch-api: {len(wave.keys)} call(s) of this job are in batch "
+                      f"{wave.batch_id or '(being looked up: wave ' + wave.tag + ')'}, sent by an "
+                      "earlier run and still open: waiting for it instead of sending them again "
+                      f"(until {_deadline_words(self._deadline_s())} after it was sent; "
+                      "--batch-deadline sets another; cancelling it at the provider ends it "
+                      "sooner).", file=sys.stderr)  # fmt: skip
             wave.task = self._spawn(wave, self._find_and_wait(wave))
             self._sent.append(wave)
 
@@ -314,10 +337,8 @@ class BatchCollector:
             try:
                 await coro
             except Exception as exc:  # never leave a row waiting; the batch stays open
-                why = (
-                    f"batch {wave.batch_id or wave.tag} is still open ({type(exc).__name__}: {exc})"
-                )
-                self._settle(wave, why, final=False)
+                self._settle(wave, self._still_open(wave, f"{type(exc).__name__}: {exc}"),
+                             final=False)  # fmt: skip
 
         task = asyncio.get_running_loop().create_task(guarded())
         self._tasks.add(task)
@@ -326,8 +347,9 @@ class BatchCollector:
 
     async def _send(self, wave: _Wave, path: Path) -> None:
         try:
+            wave.since = time.time()
             self._log(event="submitting", tag=wave.tag, provider=redact(wave.client.name),
-                      requests=wave.requests)  # fmt: skip
+                      requests=wave.requests, reserved=wave.reserved)  # fmt: skip
             wave.batch_id = await wave.client.submit(path, wave.tag)
             self._log(event="submitted", tag=wave.tag, batch_id=wave.batch_id)
             path.unlink(missing_ok=True)
@@ -349,12 +371,19 @@ class BatchCollector:
             self._log(event="submitted", tag=wave.tag, batch_id=wave.batch_id)
         await self._wait(wave)
 
+    def _deadline_s(self) -> float:
+        d = self.engine.config.batch_deadline_s
+        return DEADLINE_S if d is None else d
+
     async def _wait(self, wave: _Wave) -> None:
-        """Poll until the batch ends, then collect it. A provider that can't be reached fails
-        the calls but leaves the batch open for a re-run to collect."""
+        """Poll until the batch ends, then collect it. Past its deadline (from submission) it
+        is cancelled, and what it answered before that is collected. A provider that can't be
+        reached fails the calls but leaves the batch open (and reserved) for a re-run."""
         assert wave.batch_id is not None
         started, errors = time.monotonic(), 0
         cfg = self.engine.config
+        deadline = (wave.since or time.time()) + self._deadline_s()
+        cancelled_at: float | None = None
         while True:
             try:
                 state = await wave.client.poll(wave.batch_id)
@@ -362,15 +391,32 @@ class BatchCollector:
             except BackendError as exc:
                 errors += 1
                 if errors > cfg.max_retries:
-                    self._settle(wave, f"batch {wave.batch_id} is still open ({exc})", final=False)
+                    self._settle(wave, self._still_open(wave, str(exc)), final=False)
                     return
                 await asyncio.sleep(min(cfg.backoff_base_s * 2**errors, POLL_MAX_S))
                 continue
             self._progress[wave.tag] = _answered_of(state.counts, wave.requests)
             if state.done:
                 break
+            now = time.time()
+            if cancelled_at is None and now >= deadline:
+                cancelled_at = now
+                self._log(event="cancelling", tag=wave.tag, batch_id=wave.batch_id)
+                try:
+                    await wave.client.cancel(wave.batch_id)
+                except BackendError as exc:
+                    why = f"past --batch-deadline, and cancelling it failed: {exc}"
+                    self._settle(wave, self._still_open(wave, why), final=False)
+                    return
+            elif cancelled_at is not None and now - cancelled_at > CANCEL_GRACE_S:
+                why = "past --batch-deadline; asked to cancel, not confirmed by the provider"
+                self._settle(wave, self._still_open(wave, why), final=False)
+                return
             waited = time.monotonic() - started
-            await asyncio.sleep(min(POLL_MAX_S, max(POLL_MIN_S, waited * POLL_FRACTION)))
+            pause = min(POLL_MAX_S, max(POLL_MIN_S, waited * POLL_FRACTION))
+            if cancelled_at is None:
+                pause = min(pause, max(POLL_MIN_S, deadline - now))
+            await asyncio.sleep(pause)
         spool = self.dir / f"{wave.tag}.output.tmp"
         try:  # downloaded whole before anything is kept: a broken download keeps nothing
             with spool.open("w", encoding="utf-8") as fh:
@@ -379,10 +425,18 @@ class BatchCollector:
                     fh.write(json.dumps([key, body], ensure_ascii=False) + "\n")
         except BackendError as exc:
             spool.unlink(missing_ok=True)
-            self._settle(wave, f"batch {wave.batch_id} is still open ({exc})", final=False)
+            self._settle(wave, self._still_open(wave, str(exc)), final=False)
             return
         why = None if state.status in ("completed", "ended") else _why(state)
+        if cancelled_at is not None and why is not None:
+            why = (f"batch {state.batch_id} was cancelled: its --batch-deadline of "
+                   f"{_deadline_words(self._deadline_s())} after submission passed.")  # fmt: skip
         self._settle(wave, why, spool=spool)
+
+    def _still_open(self, wave: _Wave, detail: str) -> str:
+        return (f"batch {wave.batch_id or wave.tag} is still open ({detail}); its calls are not "
+                "sent again while it is: re-run to collect it, or cancel it at the provider "
+                f"(batch id {wave.batch_id or 'unknown'}).")  # fmt: skip
 
     def _settle(
         self, wave: _Wave, why: str | None, *, spool: Path | None = None, final: bool = True
@@ -477,16 +531,7 @@ class BatchCollector:
 
     def _load_ledger(self) -> None:
         """Open batches of earlier runs: submitted (or maybe submitted) and not finished."""
-        if not self.ledger.is_file():
-            return
-        state: dict[str, dict[str, Any]] = {}
-        for raw in self.ledger.read_text(encoding="utf-8").splitlines():
-            try:
-                ev = json.loads(raw)
-            except ValueError:
-                continue  # a torn last line from a crash
-            entry = state.setdefault(ev["tag"], {})
-            entry[ev["event"]] = ev
+        state = _read_ledger(self.ledger)
         self._known_ids = frozenset(
             e["submitted"]["batch_id"] for e in state.values() if e.get("submitted", {}).get("batch_id")
         )  # fmt: skip
@@ -534,6 +579,24 @@ def _worst_case(line: dict[str, Any], price: Any) -> float | None:
     body = line.get("body") or line.get("params") or {}
     chars = sum(len(str(m.get("content", ""))) for m in body.get("messages", []))
     return float(price.cost(chars // 4 + 1, int(body.get("max_tokens") or 0), batch=True))
+
+
+def _read_ledger(path: Path) -> dict[str, dict[str, Any]]:
+    """The ledger's events by wave tag and event name (the last of each)."""
+    state: dict[str, dict[str, Any]] = {}
+    if not path.is_file():
+        return state
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        try:
+            ev = json.loads(raw)
+        except ValueError:
+            continue  # a torn last line from a crash
+        state.setdefault(ev["tag"], {})[ev["event"]] = ev
+    return state
+
+
+def _deadline_words(seconds: float) -> str:
+    return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds:g} s"
 
 
 def _answered_of(counts: dict[str, int], requests: int) -> tuple[int, int]:

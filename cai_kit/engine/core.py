@@ -56,6 +56,9 @@ class EngineConfig:
     quiet: bool = False
     dry_run: bool = False
     batch_api: bool = False  # send calls as provider Batch API jobs (cai_kit.engine.batch)
+    # --batch-deadline: seconds from a batch's submission after which it is cancelled
+    # (None: the providers' 24 h completion window)
+    batch_deadline_s: float | None = None
 
 
 @dataclass
@@ -194,7 +197,7 @@ class Engine:
             if self.batch is None or not self.batch.replayed(key):  # (a replay is no hit)
                 self.stats.cache_hits += 1
             return hit
-        if self.batch is not None and self.batch.accepts(backend):  # --batch-api: in a wave
+        if self.batch is not None and self.batch.accepts(backend, key):  # in a batch
             return await self.batch.call(key, backend, messages, params)
         if key in self._inflight:  # an identical call is on its way: share its answer
             self.stats.cache_hits += 1
