@@ -49,7 +49,7 @@ from cai_kit.engine.base import CallFailed, Deferred
 from cai_kit.engine.batch_providers import BatchClient, BatchState, batch_client_for
 from cai_kit.engine.cache import CallCache
 from cai_kit.engine.core import Engine
-from cai_kit.engine.pricing import price_for_backend
+from cai_kit.engine.pricing import batch_factor, price_for_backend, prompt_tokens_upper
 from cai_kit.errors import BackendError, BudgetExceeded, CaiKitError, redact
 from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams
 
@@ -131,7 +131,6 @@ class BatchCollector:
         self._waiting: dict[object, int] = {}
         self._check_handle: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._reserved = 0.0
         self._progress: dict[str, tuple[int, int]] = {}  # this wave's batches: (answered, of)
         self._known_ids: frozenset[str] = frozenset()  # batch ids the ledger names
         self._load_ledger()
@@ -144,6 +143,10 @@ class BatchCollector:
             self._clients[ident] = client = batch_client_for(backend)
             if client is not None:
                 client.price = price_for_backend(backend, self.engine.config.price)
+                if self.engine.config.price is not None and batch_factor(backend) is None:
+                    print(f"--batch-api: no batch discount is known for {backend.model} at "
+                          "its --api-base; its batches are counted at the full --price.",
+                          file=sys.stderr)  # fmt: skip
             else:
                 print(f"--batch-api: {backend.model} ({backend.kind}) has no Batch API; its "
                       "calls run synchronously.", file=sys.stderr)  # fmt: skip
@@ -248,7 +251,7 @@ class BatchCollector:
                                 or inp.size + n > client.max_bytes):  # fmt: skip
             self._submit(self._inputs.pop(ident))
             inp = None
-        worst = self._reserve(client, line)  # may stop the row: BudgetExceeded
+        worst = self._reserve(client, messages, params)  # may stop the row: BudgetExceeded
         if inp is None:
             self._n_inputs += 1
             path = self.dir / f"wave-{os.getpid()}-{self._n_inputs}.input.tmp"
@@ -265,26 +268,27 @@ class BatchCollector:
         inp.reserved += worst
         self._written.add(h)
 
-    def _reserve(self, client: BatchClient, line: dict[str, Any]) -> float:
-        """--max-cost: hold the call's worst case (every token of max_tokens answered, at the
-        batch price) until its batch ends, or stop the row if it might not fit under the cap."""
+    def _reserve(self, client: BatchClient, messages: ChatMessages, params: GenParams) -> float:
+        """--max-cost: hold the call's worst case (its prompt bounded as a synchronous call's
+        is, system prompt included, and every token of max_tokens answered, at the batch
+        price) in the engine's one ledger until its batch can no longer bill it, or stop the
+        row if it might not fit under the cap next to everything else reserved. The worst case
+        is kept even without a cap (the ledger records it, for a run that reopens the batch)."""
+        price = client.price
+        worst = (
+            None if price is None
+            else float(price.cost(prompt_tokens_upper(messages), params.max_tokens, batch=True))
+        )  # fmt: skip
         cap = self.engine.config.max_cost
-        if cap is None:
-            return 0.0
-        worst = _worst_case(line, client.price)
         if worst is None:
+            if cap is None:
+                return 0.0
             raise BudgetExceeded(
                 f"--max-cost ${cap:g}: the price of {getattr(client, 'model', client.name)} is "
                 "unknown, so its batch can't be capped: pass --price IN,OUT (USD per million "
                 "tokens) or drop --max-cost."
             )
-        spent = self.engine.stats.cost
-        if spent + self._reserved + worst > cap + 1e-12:
-            raise BudgetExceeded(
-                f"Stopped before exceeding --max-cost ${cap:g} (spent ${spent:.4f}); finished "
-                "work is kept. Raise the cap and re-run to continue."
-            )
-        self._reserved += worst
+        self.engine.reserve(worst, f"the next batched call could cost up to ${worst:.4f}")
         return worst
 
     # --- a wave: submit, poll, collect ----------------------------------------------------
@@ -366,6 +370,7 @@ class BatchCollector:
             if wave.batch_id is None:  # never created: the next pass sends its calls again
                 self._log(event="finished", tag=wave.tag, batch_id=None, status="never created")
                 (self.dir / f"{wave.tag}.keys").unlink(missing_ok=True)
+                self._release(wave)
                 self._forget_open(wave)
                 return
             self._log(event="submitted", tag=wave.tag, batch_id=wave.batch_id)
@@ -504,9 +509,13 @@ class BatchCollector:
         if why:
             print(f"--batch-api: {why} Re-run (or `cai-kit retry-failed RUN_DIR`) to send the "
                   "unanswered calls again.", file=sys.stderr)  # fmt: skip
-        self._reserved -= wave.reserved
-        wave.reserved = 0.0
+        if final:  # the provider can no longer bill it: its worst case is let go
+            self._release(wave)
         self._forget_open(wave)
+
+    def _release(self, wave: _Wave) -> None:
+        self.engine.release(wave.reserved)
+        wave.reserved = 0.0
 
     def _sent_keys(self, wave: _Wave) -> set[str]:
         """The cache keys this batch was sent for (its `.keys` file, or the ledger's)."""
@@ -542,8 +551,11 @@ class BatchCollector:
             keys = frozenset(keys_file.read_text(encoding="utf-8").split())
             batch_id = entry.get("submitted", {}).get("batch_id")
             since = entry.get("submitting", {}).get("at")
-            self._open[tag] = _Wave(tag, BatchClient(), len(keys), batch_id, keys=keys,
-                                    since=since)  # fmt: skip
+            # the provider may still bill it: its worst case is reserved again in this run
+            reserved = float(entry.get("submitting", {}).get("reserved") or 0.0)
+            self._open[tag] = _Wave(tag, BatchClient(), len(keys), batch_id, reserved,
+                                    keys=keys, since=since)  # fmt: skip
+            self.engine.release(-reserved)
             for key in keys:
                 self._wave_of[key] = tag
 
@@ -571,14 +583,6 @@ def _ident(backend: Backend) -> str:
     if hit is None or hit[0] is not backend:
         hit = _IDENTS[id(backend)] = (backend, json.dumps(backend.identity(), sort_keys=True))
     return hit[1]
-
-
-def _worst_case(line: dict[str, Any], price: Any) -> float | None:
-    if price is None:
-        return None
-    body = line.get("body") or line.get("params") or {}
-    chars = sum(len(str(m.get("content", ""))) for m in body.get("messages", []))
-    return float(price.cost(chars // 4 + 1, int(body.get("max_tokens") or 0), batch=True))
 
 
 def _read_ledger(path: Path) -> dict[str, dict[str, Any]]:

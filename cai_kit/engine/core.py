@@ -181,6 +181,9 @@ class Engine:
         self._rpm = TokenBucket(self.config.rpm) if self.config.rpm else None
         self._tpm = TokenBucket(self.config.tpm) if self.config.tpm else None
         self.batch: BatchRoute | None = None  # --batch-api: the collector, set by run_job
+        # rows are replayed pass after pass with a collector: a call that failed for good (an
+        # empty reply is paid) fails again at once instead of being sent again
+        self._failed: dict[str, str] = {}
 
     def _semaphore(self, backend: Backend) -> asyncio.Semaphore:
         if id(backend) not in self._semaphores:
@@ -202,6 +205,8 @@ class Engine:
         if key in self._inflight:  # an identical call is on its way: share its answer
             self.stats.cache_hits += 1
             return await asyncio.shield(self._inflight[key])
+        if (why := self._failed.get(key)) is not None:
+            raise CallFailed(why)
         future: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
@@ -211,6 +216,8 @@ class Engine:
             future.set_result(completion)
             return completion
         except BaseException as exc:
+            if self.batch is not None and isinstance(exc, CallFailed):
+                self._failed[key] = str(exc)
             future.set_exception(exc)
             future.exception()  # mark retrieved: sharers re-raise it themselves
             raise
@@ -260,11 +267,25 @@ class Engine:
                 "--max-cost"
             )
         worst = state.worst_case(messages, params)
-        spent = self.stats.cost
-        if spent + self._reserved + worst > cap + 1e-12 or (not state.known and spent >= cap):
+        if not state.known and self.stats.cost >= cap:
             self._stop(f"the next call could cost up to ${worst:.4f}")
-        self._reserved += worst
+        self.reserve(worst, f"the next call could cost up to ${worst:.4f}")
         return worst
+
+    def reserve(self, worst: float, why: str) -> None:
+        """The one --max-cost ledger: hold `worst` next to what is spent and everything else
+        reserved (synchronous calls in flight and batched calls alike, of this run or reopened
+        from an earlier one), or stop (BudgetExceeded) if it might not fit under the cap."""
+        cap = self.config.max_cost
+        if cap is not None and self.stats.cost + self._reserved + worst > cap + 1e-12:
+            self._stop(why)
+        self._reserved += worst
+
+    def release(self, reserved: float) -> None:
+        """Let a reservation go: its call can no longer be billed (answered, failed for good,
+        or its batch ended). A negative amount reserves without a check (a batch reopened
+        from an earlier run: it is owed whatever the cap says)."""
+        self._reserved -= reserved
 
     def _stop(self, why: str) -> None:
         if self.budget_stop is None:
