@@ -972,3 +972,41 @@ def test_a_failed_synchronous_call_of_a_deferred_row_is_not_sent_again_in_later_
     assert "3 failed" in r.output, r.output
     sent = [b for b in fault_server.bodies if b.get("model") == "good"]
     assert len(sent) == 3 * 2  # an empty reply is retried once, in the first pass only
+
+
+def test_an_unreadable_batch_judge_answer_is_forgotten_at_once_so_a_kill_9_does_not_keep_it(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """eval winrate: the first prompt's answers are cached by an earlier run, so its judge
+    calls go in the first wave and are read (unreadable) while the others' judge calls wait
+    in the second wave; a kill -9 then must not leave the unreadable answer in the cache."""
+    import sqlite3
+
+    unreadable = "Both are fine, really."
+    fault_server.responder = lambda body, rng: (
+        f"{body['model']} answer" if body["model"] in ("good", "base") else unreadable
+    )
+    prompts = _prompts(tmp_path / "p.jsonl", 3)
+    cache = tmp_path / "c.sqlite"
+    common = ["eval", "winrate", "--prompts", str(prompts), "--model", "good", "--baseline",
+              "base", "--judge", "judge", "--api-base", fault_server.base_url, "--mode", "letter",
+              "--batch-api", "--cache-path", str(cache)]  # fmt: skip
+    CliRunner().invoke(app, [*common, "--out", str(tmp_path / "a"), "--limit", "1", "-q"])
+    first = fault_server.batches_created
+    fault_server.batch_processing_s = 1.0
+    cmd = [sys.executable, "-m", "cai_kit", *common, "--out", str(tmp_path / "b"), "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and fault_server.batches_created < first + 4:
+        time.sleep(0.01)
+    fault_server.batch_hold = True  # the second wave stays in progress
+    polls = fault_server.batch_polls
+    while time.time() < deadline and fault_server.batch_polls < polls + 2:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert fault_server.batches_created == first + 4
+    db = sqlite3.connect(cache)
+    kept = db.execute("SELECT COUNT(*) FROM calls WHERE completion LIKE ?", (f"%{unreadable}%",))
+    assert kept.fetchone()[0] == 0
+    db.close()

@@ -45,7 +45,11 @@ class BatchRoute(Protocol):
         ...
 
     def forget(self, key: str) -> None:
-        """Drop an unusable cached answer once no row replays it (at the end of the job)."""
+        """Drop an unusable cached answer at once, keeping it for this run's replayed rows."""
+        ...
+
+    def kept(self, key: str) -> Completion | None:
+        """An answer `forget` dropped from the cache in this run, for a replayed row."""
         ...
 
     def item_scope(self) -> AbstractContextManager[None]:

@@ -114,7 +114,7 @@ class BatchCollector:
             # from the cache pass after pass, so every answer (batched or not) must be kept.
             engine.cache = CallCache(self.dir / "results.sqlite")
         self.cache = engine.cache
-        self._forget: set[str] = set()  # answers to drop once no row replays them
+        self._kept: dict[str, Completion] = {}  # unusable answers forgotten in the cache
         self.rows_in_flight = max(1, ROWS_IN_FLIGHT)
         self.waves = 0  # waves sent by this run
         self._clients: dict[str, BatchClient | None] = {}
@@ -158,9 +158,16 @@ class BatchCollector:
         return self.client(backend) is not None
 
     def forget(self, key: str) -> None:
-        """`Engine.forget` (an unusable answer, asked again by a re-run): done at the end of
-        the job, so that the row reads the same answer in every pass of this run."""
-        self._forget.add(key)
+        """`Engine.forget` (an unusable answer, asked again by a re-run): dropped from the
+        cache at once (a kill -9 must not leave it there), and kept in memory for this run,
+        so that a row replayed in a later pass reads the same answer (`kept`)."""
+        if key not in self._kept and (hit := self.cache.get(key)) is not None:
+            self._kept[key] = hit
+        self.cache.delete(key)
+
+    def kept(self, key: str) -> Completion | None:
+        """An answer this run forgot in the cache, for a row that meets its call again."""
+        return self._kept.get(key)
 
     def status(self) -> str:
         """The current wave at the provider, for the progress bar: requests answered so far
@@ -570,8 +577,6 @@ class BatchCollector:
         for client in self._clients.values():
             if client is not None:
                 await client.aclose()
-        for key in self._forget:
-            self.cache.delete(key)
 
 
 _IDENTS: dict[int, tuple[Backend, str]] = {}

@@ -200,6 +200,8 @@ class Engine:
             if self.batch is None or not self.batch.replayed(key):  # (a replay is no hit)
                 self.stats.cache_hits += 1
             return hit
+        if self.batch is not None and (kept := self.batch.kept(key)) is not None:
+            return kept  # forgotten in the cache earlier in this run: read alike in every pass
         if self.batch is not None and self.batch.accepts(backend, key):  # in a batch
             return await self.batch.call(key, backend, messages, params)
         if key in self._inflight:  # an identical call is on its way: share its answer
@@ -233,7 +235,7 @@ class Engine:
         if self.cache is not None:
             params = params.for_sample(sample_index)
             key = cache_key(backend.identity(), messages, params.to_dict(), sample_index)
-            if self.batch is not None:  # rows are replayed: forget it when the job ends
+            if self.batch is not None:  # rows are replayed: they still read it in this run
                 self.batch.forget(key)
             else:
                 self.cache.delete(key)
