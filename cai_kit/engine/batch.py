@@ -20,12 +20,17 @@ in memory for the whole job; rows, requests and answers live on disk between wav
 
 Resumable, never paying twice. Before anything waits on a batch, `RUN_DIR/batches/ledger.jsonl`
 records it (an fsync'ed line per event) with the cache keys of its calls (`<tag>.keys`). A
-re-run after `kill -9` finds a row's call in an open batch and polls that batch instead of
-submitting again; a wave killed between "submitting" and "submitted" is found again by its tag
+re-run after `kill -9` (with --batch-api or without: `run_job` then puts a collector in front
+of the calls of open batches only) finds a row's call in an open batch and polls that batch
+instead of sending the call again; a wave killed between "submitting" and "submitted" is found again by its tag
 in the batch's metadata. Answers go into the call cache (or `RUN_DIR/batches/results.sqlite`
 with --no-cache) in one transaction per batch, so a later synchronous re-run is all cache hits.
 Per-request errors, and calls of an expired, cancelled or failed batch, raise `CallFailed` in
-the next pass: the record is `failed`, and a re-run (or `retry-failed`) sends it again.
+the next pass: the record is `failed`, and a re-run (or `retry-failed`) sends it again. Only
+answer lines for the calls a batch was sent for are taken, once each. `--max-cost` reserves
+each call's worst case in the engine's one ledger (`Engine.reserve`) until its batch ends; the
+ledger file records it, so a reopened batch is reserved again. Past --batch-deadline a batch
+is cancelled.
 
     engine.batch = BatchCollector(engine, run_dir)   # run_job does this for --batch-api
 """
