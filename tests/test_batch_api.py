@@ -1010,3 +1010,32 @@ def test_an_unreadable_batch_judge_answer_is_forgotten_at_once_so_a_kill_9_does_
     kept = db.execute("SELECT COUNT(*) FROM calls WHERE completion LIKE ?", (f"%{unreadable}%",))
     assert kept.fetchone()[0] == 0
     db.close()
+
+
+def test_a_batch_given_up_as_still_open_keeps_its_reservation(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """Polls that keep failing (here the provider answers 404 for the batch) make the job give
+    the batch up as still open: the provider may still bill it, so its worst case stays held
+    in the ledger and a later call that would not fit next to it is stopped."""
+    import asyncio
+
+    from cai_kit.engine.batch import BatchCollector, _Wave
+    from cai_kit.engine.batch_providers import OpenAIBatchClient
+    from cai_kit.engine.core import Engine, EngineConfig
+    from cai_kit.errors import BudgetExceeded
+
+    async def go() -> None:
+        engine = Engine(EngineConfig(max_cost=1.0, batch_api=True, max_retries=0,
+                                     backoff_base_s=0.01, cache_path=tmp_path / "c"))  # fmt: skip
+        collector = BatchCollector(engine, tmp_path / "run")
+        engine.batch = collector
+        wave = _Wave("t", OpenAIBatchClient("m", fault_server.base_url, None), 1, "batch_x")
+        engine.reserve(0.6, "")  # what writing its call reserved
+        wave.reserved = 0.6
+        await collector._wait(wave)
+        with pytest.raises(BudgetExceeded):
+            engine.reserve(0.5, "the next call could cost up to $0.5")
+        await engine.aclose()
+
+    asyncio.run(go())

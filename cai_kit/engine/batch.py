@@ -370,7 +370,9 @@ class BatchCollector:
             self._log(event="submitted", tag=wave.tag, batch_id=wave.batch_id)
             path.unlink(missing_ok=True)
         except BackendError as exc:  # maybe created anyway: a re-run looks for it by its tag
-            self._settle(wave, f"the batch could not be sent: {exc}", final=False)
+            self._settle(wave, f"the batch could not be sent: {exc} A re-run looks for it at "
+                         "the provider (it may have been created) before sending its calls "
+                         "again.", final=False)  # fmt: skip
             return
         await self._wait(wave)
 
@@ -518,9 +520,10 @@ class BatchCollector:
             (self.dir / f"{wave.tag}.keys").unlink(missing_ok=True)
             self._log(event="finished", tag=wave.tag, batch_id=wave.batch_id, ok=ok,
                       failed=failed + missing, status=why or "completed")  # fmt: skip
-        if why:
-            print(f"--batch-api: {why} Re-run (or `cai-kit retry-failed RUN_DIR`) to send the "
-                  "unanswered calls again.", file=sys.stderr)  # fmt: skip
+        if why:  # (a batch still open says itself how it goes on)
+            again = (" Re-run (or `cai-kit retry-failed RUN_DIR`) to send the unanswered calls "
+                     "again." if final else "")  # fmt: skip
+            print(f"--batch-api: {why}{again}", file=sys.stderr)
         if final:  # the provider can no longer bill it: its worst case is let go
             self._release(wave)
         self._forget_open(wave)
