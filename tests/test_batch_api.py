@@ -901,6 +901,9 @@ def test_price_flag_takes_each_providers_own_batch_rate_and_none_for_an_api_base
              "--out", str(tmp_path / "o"), "--batch-api", "--price", "1000,1000",
              "--cache-path", str(tmp_path / "c"))  # fmt: skip
     assert "no batch discount is known for m" in r.output, r.output
+    r = _cli("generate", str(prompts), "--model", "m", "--api-base", fault_server.base_url,
+             "--out", str(tmp_path / "d"), "--batch-api", "--price", "1000,1000", "--dry-run")  # fmt: skip
+    assert "no batch discount is known for m at its --api-base" in r.output, r.output
     assert _spent(tmp_path / "o") == pytest.approx(2 * 2 * fault_server.cost_tokens * 1000 / 1e6)
 
 
