@@ -217,22 +217,6 @@ def test_dry_run_previews_the_batch_price_at_half_the_synchronous_one(
     assert fault_server.requests == 0
 
 
-def test_max_cost_holds_a_batch_to_the_cap_at_the_batch_price(
-    fault_server: FaultServer, tmp_path: Path
-) -> None:
-    prompts = _prompts(tmp_path / "p.jsonl", 10)
-    # --price 0.15,0.60 is $0.30 per million output tokens at the batch price; 1000 max tokens
-    # a call is a worst case of ~$0.0003, so a $0.001 cap lets 3 of the 10 calls go out.
-    r = CliRunner().invoke(app, ["generate", str(prompts), "--model", "m", "--price", "0.15,0.60",
-                                 "--api-base", fault_server.base_url, "--out", str(tmp_path / "o"),
-                                 "--batch-api", "--max-tokens", "1000", "--max-cost", "0.001",
-                                 "--cache-path", str(tmp_path / "c"), "-q"])  # fmt: skip
-    assert r.exit_code == 2 and "Stopped before exceeding --max-cost $0.001" in r.output
-    assert fault_server.batches_created == 1 and fault_server.paid == 3
-    rows = _rows(tmp_path / "o" / "generations.jsonl")
-    assert len(rows) == 3 and all(x["status"] == "ok" for x in rows)
-
-
 def test_anthropic_message_batches_are_sent_collected_and_errors_recorded(
     fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -765,3 +749,296 @@ def test_the_progress_bar_shows_the_wave_at_the_provider(
                            env={"COLUMNS": "200"})  # fmt: skip
     assert "--batch-api: wave 1: 1 batch(es), 3 requests; waiting for the provider." in r.output
     assert "wave 1: 3/3 requests answered" in r.output, r.output
+
+
+# --- money: only what was sent is counted, cached or used; one budget (issue 21) -------------
+
+
+def test_a_batch_output_with_repeated_and_unknown_custom_ids_counts_and_caches_only_what_was_sent(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """A gateway's output file repeats a line and answers a custom_id that was never sent (a
+    cache key it computed, here another model's call): neither is counted, billed or cached."""
+    from cai_kit.engine.cache import CallCache, cache_key
+
+    planted = cache_key({"kind": "openai-compat", "model": "other"},
+                        [{"role": "user", "content": "hi"}], {}, 0)  # fmt: skip
+    fault_server.batch_repeat = 1
+    fault_server.batch_unknown_ids = [planted]
+    prompts = _prompts(tmp_path / "p.jsonl", 10)
+    r = _cli("generate", str(prompts), "--model", "m", "--api-base", fault_server.base_url,
+             "--out", str(tmp_path / "o"), "--batch-api", "--price", "1000,1000",
+             "--cache-path", str(tmp_path / "c"))  # fmt: skip
+    assert "10 done; 0 failed" in r.output and "10 calls" in r.output, r.output
+    assert "dropped 2 answer line(s)" in r.output and "1 repeated, 1 never sent" in r.output
+    stats = json.loads((tmp_path / "o" / "manifest.json").read_text())["stats"]
+    assert stats["calls"] == 10 and stats["prompt_tokens"] == 10 * fault_server.cost_tokens
+    # (an --api-base server: no batch discount is known, --price counts in full)
+    assert stats["cost"] == pytest.approx(10 * 2 * fault_server.cost_tokens * 1000 / 1e6)
+    cache = CallCache(tmp_path / "c")
+    assert cache.get(planted) is None and len(cache) == 10
+    cache.close()
+
+
+def _killed_while_polling(fault_server: FaultServer, cmd: list[str]) -> None:
+    """Run `cmd` (a --batch-api job) in a subprocess and kill -9 it while its batch is open."""
+    fault_server.batch_hold = True
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and fault_server.batch_polls < 2:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert fault_server.batches_created == 1 and fault_server.paid == 0
+
+
+def test_retry_failed_sync_collects_a_batch_still_open_instead_of_sending_its_calls_again(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    prompts = _prompts(tmp_path / "p.jsonl", 4)
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "cai_kit", "generate", str(prompts), "--model", "m",
+           "--api-base", fault_server.base_url, "--out", str(out), "--batch-api",
+           "--cache-path", str(tmp_path / "c.sqlite"), "-q"]  # fmt: skip
+    _killed_while_polling(fault_server, cmd)
+    fault_server.batch_hold = False
+    r = CliRunner().invoke(app, ["retry-failed", str(out), "--sync"])
+    assert r.exit_code == 0, r.output
+    # the open batch was collected, nothing was sent synchronously: each call billed once
+    assert fault_server.batches["batch_1"]["status"] == "completed"
+    assert fault_server.paid == 4 and fault_server.batches_created == 1
+    rows = latest(out / "generations.jsonl")
+    assert len(rows) == 4 and all(x["status"] == "ok" for x in rows)
+
+
+def test_a_batch_past_its_deadline_is_cancelled_and_reported_not_sent_again(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    prompts = _prompts(tmp_path / "p.jsonl", 3)
+    out = tmp_path / "o"
+    common = ["generate", str(prompts), "--model", "m", "--api-base", fault_server.base_url,
+              "--out", str(out), "--cache-path", str(tmp_path / "c.sqlite")]  # fmt: skip
+    _killed_while_polling(
+        fault_server, [sys.executable, "-m", "cai_kit", *common, "--batch-api", "-q"]
+    )
+    # a plain re-run while the provider still runs it: it waits, up to the deadline
+    r = CliRunner().invoke(app, [*common, "--batch-deadline", "0.5", "-q"])
+    assert "in batch batch_1, sent by an earlier run and still open" in r.output, r.output
+    assert "batch_1 was cancelled: its --batch-deadline of 0.5 s" in r.output
+    assert "3 failed" in r.output
+    assert fault_server.batches["batch_1"]["status"] == "cancelled" and fault_server.paid == 0
+    assert _ledger(out)[-1]["event"] == "finished"
+    fault_server.batch_hold = False
+    r = _cli(*common)  # the batch has ended for good: now the calls are sent (synchronously)
+    assert "3 done; 0 failed" in r.output and fault_server.paid == 3
+
+
+# --- one --max-cost ledger: every reservation, synchronous or batched, of this run or reopened --
+
+CJK = "人工智能的安全性需要仔细的评估和透明的原则"  # 21 characters, 3 UTF-8 bytes each
+
+
+def _spent(run: Path) -> float:
+    return float(json.loads((run / "manifest.json").read_text())["stats"]["cost"])
+
+
+def test_max_cost_holds_a_prompt_heavy_cjk_batch_judge_job_to_the_cap(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """Spend, not counts: judge prompts of long CJK responses (a token a character, which
+    characters / 4 under-estimates four times) at a known --price; what the run spent is at
+    most the cap (a batch's calls are all reserved before it is sent: nothing is in flight
+    unreserved)."""
+    fault_server.usage_by_length = True
+    fault_server.responder = lambda body, rng: "A"
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"{CJK} {i}", "response_a": CJK * 70,
+                                         "response_b": CJK * 70 + "。"}) + "\n"
+                             for i in range(10)))  # fmt: skip
+    cap = 0.02  # about 5 of the 20 calls (~3,100 prompt tokens each at $1 per million)
+    r = CliRunner().invoke(app, ["judge", str(pairs), "--judge-model", "j", "--api-base",
+                                 fault_server.base_url, "--mode", "letter", "--out",
+                                 str(tmp_path / "o"), "--batch-api", "--price", "1,1",
+                                 "--max-cost", str(cap), "--cache-path", str(tmp_path / "c"),
+                                 "-q"])  # fmt: skip
+    assert "--max-cost $0.02 reached" in r.output, r.output
+    assert 0 < fault_server.paid < 20
+    assert 0 < _spent(tmp_path / "o") <= cap
+
+
+def test_max_cost_bounds_an_anthropic_batch_with_its_system_prompt(
+    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _anthropic_env(fault_server, monkeypatch)
+    fault_server.usage_by_length = True
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"messages": [{"role": "system", "content": CJK * 100},
+                                                        {"role": "user", "content": f"q {i}"}]})
+                               + "\n" for i in range(10)))  # fmt: skip
+    cap = 0.005  # Anthropic batches at half of --price 1,1: ~$0.001 a call, about 4 of 10
+    r = CliRunner().invoke(app, ["generate", str(prompts), "--model", "anthropic/claude-test",
+                                 "--out", str(tmp_path / "o"), "--batch-api", "--price", "1,1",
+                                 "--max-cost", str(cap), "--max-tokens", "16",
+                                 "--cache-path", str(tmp_path / "c"), "-q"])  # fmt: skip
+    assert r.exit_code == 2 and "--max-cost $0.005 reached" in r.output, r.output
+    assert 0 < fault_server.paid < 10 and 0 < _spent(tmp_path / "o") <= cap
+
+
+def test_price_flag_takes_each_providers_own_batch_rate_and_none_for_an_api_base(
+    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cai_kit.engine.pricing import parse_price, price_for_backend
+    from cai_kit.llm.registry import get_backend
+
+    one = parse_price("1,1")
+    for model, rate in (("groq/llama", 0.75), ("deepinfra/x/y", 0.8), ("openai/gpt-x", 0.5),
+                        ("anthropic/claude-x", 0.5)):  # fmt: skip
+        monkeypatch.setenv(f"{model.split('/')[0].upper()}_API_KEY", "k")
+        price = price_for_backend(get_backend(model), one)
+        assert price is not None and price.cost(1_000_000, 0, batch=True) == pytest.approx(rate)
+    prompts = _prompts(tmp_path / "p.jsonl", 2)
+    r = _cli("generate", str(prompts), "--model", "m", "--api-base", fault_server.base_url,
+             "--out", str(tmp_path / "o"), "--batch-api", "--price", "1000,1000",
+             "--cache-path", str(tmp_path / "c"))  # fmt: skip
+    assert "no batch discount is known for m" in r.output, r.output
+    r = _cli("generate", str(prompts), "--model", "m", "--api-base", fault_server.base_url,
+             "--out", str(tmp_path / "d"), "--batch-api", "--price", "1000,1000", "--dry-run")  # fmt: skip
+    assert "no batch discount is known for m at its --api-base" in r.output, r.output
+    assert _spent(tmp_path / "o") == pytest.approx(2 * 2 * fault_server.cost_tokens * 1000 / 1e6)
+
+
+def _mixed_env(fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """openrouter/... runs synchronously (no Batch API), openai/... in batches: one server."""
+    for name in ("OPENROUTER", "OPENAI"):
+        monkeypatch.setenv(f"{name}_BASE_URL", fault_server.base_url)
+        monkeypatch.setenv(f"{name}_API_KEY", "x")
+
+
+def test_max_cost_is_one_ledger_for_synchronous_and_batched_calls_of_a_mixed_job(
+    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """revise with a synchronous responder and a batched critic: both reserve in one ledger,
+    so the job spends at most the cap (not about twice it)."""
+    _mixed_env(fault_server, monkeypatch)
+    fault_server.usage_by_length = True
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"{CJK * 20} {i}"}) + "\n"
+                               for i in range(12)))  # fmt: skip
+    cap = 0.004
+    r = CliRunner().invoke(app, ["revise", str(prompts), "--model", "openrouter/responder",
+                                 "--critic-model", "openai/critic", "--rounds", "1",
+                                 "--max-tokens", "200", "--out", str(tmp_path / "o"),
+                                 "--batch-api", "--price", "1,1", "--max-cost", str(cap),
+                                 "--concurrency", "4", "--cache-path", str(tmp_path / "c"),
+                                 "-q"])  # fmt: skip
+    assert r.exit_code == 2 and "--max-cost $0.004 reached" in r.output, r.output
+    assert 0 < _spent(tmp_path / "o") <= cap
+
+
+def test_a_batch_reopened_after_kill_9_is_reserved_against_the_cap(
+    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run 1 sends 4 calls in a batch and is killed; run 2 (8 prompts, the same cap) collects
+    them and may add only what fits next to them: it spends at most the cap."""
+    monkeypatch.setenv("OPENAI_BASE_URL", fault_server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    fault_server.usage_by_length = True
+    prompts = _prompts(tmp_path / "p.jsonl", 8)
+    out = tmp_path / "o"
+    # ~111 tokens a call at half of $10 per million: ~$0.00055; 4 of them fit under $0.003
+    common = ["generate", str(prompts), "--model", "openai/m", "--out", str(out), "--batch-api",
+              "--price", "10,10", "--max-tokens", "100", "--max-cost", "0.003",
+              "--cache-path", str(tmp_path / "c.sqlite")]  # fmt: skip
+    _killed_while_polling(
+        fault_server, [sys.executable, "-m", "cai_kit", *common, "--limit", "4", "-q"]
+    )
+    fault_server.batch_hold = False
+    r = CliRunner().invoke(app, [*common, "-q"])
+    assert r.exit_code == 2 and "--max-cost $0.003 reached" in r.output, r.output
+    assert fault_server.batches["batch_1"]["status"] == "completed"
+    assert 4 < fault_server.paid < 8 and _spent(out) <= 0.003
+
+
+def test_a_failed_synchronous_call_of_a_deferred_row_is_not_sent_again_in_later_passes(
+    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """eval winrate: the policy (synchronous) gets empty replies, which are paid, while the
+    baseline's answer waits in a batch. The row runs again after the wave: the failed call
+    fails again at once instead of being paid for again."""
+    _mixed_env(fault_server, monkeypatch)
+    fault_server.by_model = {"good": "empty"}
+    prompts = _prompts(tmp_path / "p.jsonl", 3)
+    r = CliRunner().invoke(app, ["eval", "winrate", "--prompts", str(prompts), "--model",
+                                 "openrouter/good", "--baseline", "openai/base", "--judge",
+                                 "openai/judge", "--mode", "letter", "--out", str(tmp_path / "o"),
+                                 "--batch-api", "--cache-path", str(tmp_path / "c"), "-q"])  # fmt: skip
+    assert "3 failed" in r.output, r.output
+    sent = [b for b in fault_server.bodies if b.get("model") == "good"]
+    assert len(sent) == 3 * 2  # an empty reply is retried once, in the first pass only
+
+
+def test_an_unreadable_batch_judge_answer_is_forgotten_at_once_so_a_kill_9_does_not_keep_it(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """eval winrate: the first prompt's answers are cached by an earlier run, so its judge
+    calls go in the first wave and are read (unreadable) while the others' judge calls wait
+    in the second wave; a kill -9 then must not leave the unreadable answer in the cache."""
+    import sqlite3
+
+    unreadable = "Both are fine, really."
+    fault_server.responder = lambda body, rng: (
+        f"{body['model']} answer" if body["model"] in ("good", "base") else unreadable
+    )
+    prompts = _prompts(tmp_path / "p.jsonl", 3)
+    cache = tmp_path / "c.sqlite"
+    common = ["eval", "winrate", "--prompts", str(prompts), "--model", "good", "--baseline",
+              "base", "--judge", "judge", "--api-base", fault_server.base_url, "--mode", "letter",
+              "--batch-api", "--cache-path", str(cache)]  # fmt: skip
+    CliRunner().invoke(app, [*common, "--out", str(tmp_path / "a"), "--limit", "1", "-q"])
+    first = fault_server.batches_created
+    fault_server.batch_processing_s = 1.0
+    cmd = [sys.executable, "-m", "cai_kit", *common, "--out", str(tmp_path / "b"), "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and fault_server.batches_created < first + 4:
+        time.sleep(0.01)
+    fault_server.batch_hold = True  # the second wave stays in progress
+    polls = fault_server.batch_polls
+    while time.time() < deadline and fault_server.batch_polls < polls + 2:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert fault_server.batches_created == first + 4
+    db = sqlite3.connect(cache)
+    kept = db.execute("SELECT COUNT(*) FROM calls WHERE completion LIKE ?", (f"%{unreadable}%",))
+    assert kept.fetchone()[0] == 0
+    db.close()
+
+
+def test_a_batch_given_up_as_still_open_keeps_its_reservation(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """Polls that keep failing (here the provider answers 404 for the batch) make the job give
+    the batch up as still open: the provider may still bill it, so its worst case stays held
+    in the ledger and a later call that would not fit next to it is stopped."""
+    import asyncio
+
+    from cai_kit.engine.batch import BatchCollector, _Wave
+    from cai_kit.engine.batch_providers import OpenAIBatchClient
+    from cai_kit.engine.core import Engine, EngineConfig
+    from cai_kit.errors import BudgetExceeded
+
+    async def go() -> None:
+        engine = Engine(EngineConfig(max_cost=1.0, batch_api=True, max_retries=0,
+                                     backoff_base_s=0.01, cache_path=tmp_path / "c"))  # fmt: skip
+        collector = BatchCollector(engine, tmp_path / "run")
+        engine.batch = collector
+        wave = _Wave("t", OpenAIBatchClient("m", fault_server.base_url, None), 1, "batch_x")
+        engine.reserve(0.6, "")  # what writing its call reserved
+        wave.reserved = 0.6
+        await collector._wait(wave)
+        with pytest.raises(BudgetExceeded):
+            engine.reserve(0.5, "the next call could cost up to $0.5")
+        await engine.aclose()
+
+    asyncio.run(go())

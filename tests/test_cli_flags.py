@@ -14,7 +14,7 @@ from cai_kit.cli.main import app
 # Commands that call a model outside a job and so take a deliberate subset.
 PARTIAL = {"chat", "serve"}
 # Flags that only make sense where calls can go to a provider's Batch API.
-BATCH_ONLY = {"batch_api"}
+BATCH_ONLY = {"batch_api", "batch_deadline"}
 # Trainers call a judge through the engine but are no data job: no dry run, and their own output.
 TRAINER_EXEMPT = {"dry_run", "quiet"}
 

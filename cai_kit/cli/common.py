@@ -99,6 +99,16 @@ BatchApiOpt = Annotated[
         "as usual.",
     ),
 ]
+BatchDeadlineOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--batch-deadline",
+        min=0,
+        help="Seconds to wait for a provider batch (this run's, or one still open from an "
+        "earlier run) from when it was sent; then it is cancelled, what it answered is kept and "
+        "its other calls fail (default: 24 h, the providers' completion window).",
+    ),
+]
 ShardOpt = Annotated[
     str | None,
     typer.Option("--shard", help="Process shard I of N (e.g. 2/8); results merge by record id."),
@@ -118,9 +128,15 @@ JOB_FLAGS: dict[str, tuple[Any, Any]] = {
     "cache_path": (CachePathOpt, None),
     "dry_run": (DryRunOpt, False),
     "batch_api": (BatchApiOpt, False),
+    "batch_deadline": (BatchDeadlineOpt, None),
     "quiet": (QuietOpt, False),
 }
-TRAINER_WITHOUT = ("dry_run", "quiet", "batch_api")  # trainers call a judge, but run no data job
+TRAINER_WITHOUT = (
+    "dry_run",
+    "quiet",
+    "batch_api",
+    "batch_deadline",
+)  # trainers call a judge, but run no data job
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -180,6 +196,7 @@ def engine_config(
     quiet: bool = False,
     dry_run: bool = False,
     batch_api: bool = False,
+    batch_deadline: float | None = None,
 ):  # type: ignore[no-untyped-def]
     """Build an EngineConfig from the shared CLI options."""
     from cai_kit.engine import EngineConfig
@@ -203,6 +220,7 @@ def engine_config(
         quiet=quiet,
         dry_run=dry_run,
         batch_api=batch_api,
+        batch_deadline_s=batch_deadline,
     )
 
 
@@ -219,6 +237,7 @@ ENGINE_KEYS = (
     "quiet",
     "dry_run",
     "batch_api",
+    "batch_deadline",
 )
 
 

@@ -29,8 +29,9 @@ class Deferred(BaseException):
 class BatchRoute(Protocol):
     """The engine's view of --batch-api: which calls go into a batch, and their answers."""
 
-    def accepts(self, backend: Backend) -> bool:
-        """Whether this backend's calls go into a batch (it has a Batch API)."""
+    def accepts(self, backend: Backend, key: str) -> bool:
+        """Whether this call goes to the collector: with --batch-api, every call of a backend
+        with a Batch API; without, a call that is in a batch still open from an earlier run."""
         ...
 
     async def call(
@@ -44,7 +45,11 @@ class BatchRoute(Protocol):
         ...
 
     def forget(self, key: str) -> None:
-        """Drop an unusable cached answer once no row replays it (at the end of the job)."""
+        """Drop an unusable cached answer at once, keeping it for this run's replayed rows."""
+        ...
+
+    def kept(self, key: str) -> Completion | None:
+        """An answer `forget` dropped from the cache in this run, for a replayed row."""
         ...
 
     def item_scope(self) -> AbstractContextManager[None]:

@@ -20,12 +20,17 @@ in memory for the whole job; rows, requests and answers live on disk between wav
 
 Resumable, never paying twice. Before anything waits on a batch, `RUN_DIR/batches/ledger.jsonl`
 records it (an fsync'ed line per event) with the cache keys of its calls (`<tag>.keys`). A
-re-run after `kill -9` finds a row's call in an open batch and polls that batch instead of
-submitting again; a wave killed between "submitting" and "submitted" is found again by its tag
+re-run after `kill -9` (with --batch-api or without: `run_job` then puts a collector in front
+of the calls of open batches only) finds a row's call in an open batch and polls that batch
+instead of sending the call again; a wave killed between "submitting" and "submitted" is found again by its tag
 in the batch's metadata. Answers go into the call cache (or `RUN_DIR/batches/results.sqlite`
 with --no-cache) in one transaction per batch, so a later synchronous re-run is all cache hits.
 Per-request errors, and calls of an expired, cancelled or failed batch, raise `CallFailed` in
-the next pass: the record is `failed`, and a re-run (or `retry-failed`) sends it again.
+the next pass: the record is `failed`, and a re-run (or `retry-failed`) sends it again. Only
+answer lines for the calls a batch was sent for are taken, once each. `--max-cost` reserves
+each call's worst case in the engine's one ledger (`Engine.reserve`) until its batch ends; the
+ledger file records it, so a reopened batch is reserved again. Past --batch-deadline a batch
+is cancelled.
 
     engine.batch = BatchCollector(engine, run_dir)   # run_job does this for --batch-api
 """
@@ -49,7 +54,7 @@ from cai_kit.engine.base import CallFailed, Deferred
 from cai_kit.engine.batch_providers import BatchClient, BatchState, batch_client_for
 from cai_kit.engine.cache import CallCache
 from cai_kit.engine.core import Engine
-from cai_kit.engine.pricing import price_for_backend
+from cai_kit.engine.pricing import batch_factor, price_for_backend, prompt_tokens_upper
 from cai_kit.errors import BackendError, BudgetExceeded, CaiKitError, redact
 from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams
 
@@ -60,6 +65,9 @@ _ITEM: contextvars.ContextVar[object | None] = contextvars.ContextVar(
 ROWS_IN_FLIGHT = int(os.environ.get("CAI_KIT_BATCH_ROWS", "1024"))
 POLL_FRACTION = 0.01  # poll again after 1% of the time waited so far...
 POLL_MIN_S, POLL_MAX_S = 0.1, 30.0  # ...within these bounds
+DEADLINE_S = 24 * 3600.0  # a batch is cancelled this long after it was submitted (the
+# providers' completion window; --batch-deadline sets another)...
+CANCEL_GRACE_S = 600.0  # ...and waited for this long to confirm it (OpenAI: up to 10 minutes)
 
 
 @dataclass
@@ -90,9 +98,20 @@ class _Wave:
     since: float | None = None  # ...and when it was being submitted
 
 
+def has_open_batches(run_dir: Path) -> bool:
+    """Whether an earlier run left a batch open in this run directory (a job without
+    --batch-api then still waits for it rather than sending its calls again)."""
+    return any(
+        "finished" not in entry and (Path(run_dir) / "batches" / f"{tag}.keys").is_file()
+        for tag, entry in _read_ledger(Path(run_dir) / "batches" / "ledger.jsonl").items()
+    )
+
+
 class BatchCollector:
     def __init__(self, engine: Engine, run_dir: Path) -> None:
         self.engine = engine
+        # without --batch-api, only the calls in batches still open from earlier runs come here
+        self.collect_only = not engine.config.batch_api
         self.dir = Path(run_dir) / "batches"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ledger = self.dir / "ledger.jsonl"
@@ -100,7 +119,7 @@ class BatchCollector:
             # from the cache pass after pass, so every answer (batched or not) must be kept.
             engine.cache = CallCache(self.dir / "results.sqlite")
         self.cache = engine.cache
-        self._forget: set[str] = set()  # answers to drop once no row replays them
+        self._kept: dict[str, Completion] = {}  # unusable answers forgotten in the cache
         self.rows_in_flight = max(1, ROWS_IN_FLIGHT)
         self.waves = 0  # waves sent by this run
         self._clients: dict[str, BatchClient | None] = {}
@@ -117,7 +136,6 @@ class BatchCollector:
         self._waiting: dict[object, int] = {}
         self._check_handle: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._reserved = 0.0
         self._progress: dict[str, tuple[int, int]] = {}  # this wave's batches: (answered, of)
         self._known_ids: frozenset[str] = frozenset()  # batch ids the ledger names
         self._load_ledger()
@@ -130,18 +148,31 @@ class BatchCollector:
             self._clients[ident] = client = batch_client_for(backend)
             if client is not None:
                 client.price = price_for_backend(backend, self.engine.config.price)
+                if self.engine.config.price is not None and batch_factor(backend) is None:
+                    print(f"--batch-api: no batch discount is known for {backend.model} at "
+                          "its --api-base; its batches are counted at the full --price.",
+                          file=sys.stderr)  # fmt: skip
             else:
                 print(f"--batch-api: {backend.model} ({backend.kind}) has no Batch API; its "
                       "calls run synchronously.", file=sys.stderr)  # fmt: skip
         return self._clients[ident]
 
-    def accepts(self, backend: Backend) -> bool:
+    def accepts(self, backend: Backend, key: str) -> bool:
+        if self.collect_only and key not in self._wave_of and key not in self._failed:
+            return False
         return self.client(backend) is not None
 
     def forget(self, key: str) -> None:
-        """`Engine.forget` (an unusable answer, asked again by a re-run): done at the end of
-        the job, so that the row reads the same answer in every pass of this run."""
-        self._forget.add(key)
+        """`Engine.forget` (an unusable answer, asked again by a re-run): dropped from the
+        cache at once (a kill -9 must not leave it there), and kept in memory for this run,
+        so that a row replayed in a later pass reads the same answer (`kept`)."""
+        if key not in self._kept and (hit := self.cache.get(key)) is not None:
+            self._kept[key] = hit
+        self.cache.delete(key)
+
+    def kept(self, key: str) -> Completion | None:
+        """An answer this run forgot in the cache, for a row that meets its call again."""
+        return self._kept.get(key)
 
     def status(self) -> str:
         """The current wave at the provider, for the progress bar: requests answered so far
@@ -232,7 +263,7 @@ class BatchCollector:
                                 or inp.size + n > client.max_bytes):  # fmt: skip
             self._submit(self._inputs.pop(ident))
             inp = None
-        worst = self._reserve(client, line)  # may stop the row: BudgetExceeded
+        worst = self._reserve(client, messages, params)  # may stop the row: BudgetExceeded
         if inp is None:
             self._n_inputs += 1
             path = self.dir / f"wave-{os.getpid()}-{self._n_inputs}.input.tmp"
@@ -249,26 +280,27 @@ class BatchCollector:
         inp.reserved += worst
         self._written.add(h)
 
-    def _reserve(self, client: BatchClient, line: dict[str, Any]) -> float:
-        """--max-cost: hold the call's worst case (every token of max_tokens answered, at the
-        batch price) until its batch ends, or stop the row if it might not fit under the cap."""
+    def _reserve(self, client: BatchClient, messages: ChatMessages, params: GenParams) -> float:
+        """--max-cost: hold the call's worst case (its prompt bounded as a synchronous call's
+        is, system prompt included, and every token of max_tokens answered, at the batch
+        price) in the engine's one ledger until its batch can no longer bill it, or stop the
+        row if it might not fit under the cap next to everything else reserved. The worst case
+        is kept even without a cap (the ledger records it, for a run that reopens the batch)."""
+        price = client.price
+        worst = (
+            None if price is None
+            else float(price.cost(prompt_tokens_upper(messages), params.max_tokens, batch=True))
+        )  # fmt: skip
         cap = self.engine.config.max_cost
-        if cap is None:
-            return 0.0
-        worst = _worst_case(line, client.price)
         if worst is None:
+            if cap is None:
+                return 0.0
             raise BudgetExceeded(
                 f"--max-cost ${cap:g}: the price of {getattr(client, 'model', client.name)} is "
                 "unknown, so its batch can't be capped: pass --price IN,OUT (USD per million "
                 "tokens) or drop --max-cost."
             )
-        spent = self.engine.stats.cost
-        if spent + self._reserved + worst > cap + 1e-12:
-            raise BudgetExceeded(
-                f"Stopped before exceeding --max-cost ${cap:g} (spent ${spent:.4f}); finished "
-                "work is kept. Raise the cap and re-run to continue."
-            )
-        self._reserved += worst
+        self.engine.reserve(worst, f"the next batched call could cost up to ${worst:.4f}")
         return worst
 
     # --- a wave: submit, poll, collect ----------------------------------------------------
@@ -306,6 +338,13 @@ class BatchCollector:
     def _resume(self, wave: _Wave, client: BatchClient) -> None:
         if wave.task is None:  # the first row to meet it: wait for it in this wave
             wave.client = client
+            if not self.engine.config.quiet or self.collect_only:
+                print(f"--batch-api: {len(wave.keys)} call(s) of this job are in batch "
+                      f"{wave.batch_id or '(being looked up: wave ' + wave.tag + ')'}, sent by an "
+                      "earlier run and still open: waiting for it instead of sending them again "
+                      f"(until {_deadline_words(self._deadline_s())} after it was sent; "
+                      "--batch-deadline sets another; cancelling it at the provider ends it "
+                      "sooner).", file=sys.stderr)  # fmt: skip
             wave.task = self._spawn(wave, self._find_and_wait(wave))
             self._sent.append(wave)
 
@@ -314,10 +353,8 @@ class BatchCollector:
             try:
                 await coro
             except Exception as exc:  # never leave a row waiting; the batch stays open
-                why = (
-                    f"batch {wave.batch_id or wave.tag} is still open ({type(exc).__name__}: {exc})"
-                )
-                self._settle(wave, why, final=False)
+                self._settle(wave, self._still_open(wave, f"{type(exc).__name__}: {exc}"),
+                             final=False)  # fmt: skip
 
         task = asyncio.get_running_loop().create_task(guarded())
         self._tasks.add(task)
@@ -326,13 +363,16 @@ class BatchCollector:
 
     async def _send(self, wave: _Wave, path: Path) -> None:
         try:
+            wave.since = time.time()
             self._log(event="submitting", tag=wave.tag, provider=redact(wave.client.name),
-                      requests=wave.requests)  # fmt: skip
+                      requests=wave.requests, reserved=wave.reserved)  # fmt: skip
             wave.batch_id = await wave.client.submit(path, wave.tag)
             self._log(event="submitted", tag=wave.tag, batch_id=wave.batch_id)
             path.unlink(missing_ok=True)
         except BackendError as exc:  # maybe created anyway: a re-run looks for it by its tag
-            self._settle(wave, f"the batch could not be sent: {exc}", final=False)
+            self._settle(wave, f"the batch could not be sent: {exc} A re-run looks for it at "
+                         "the provider (it may have been created) before sending its calls "
+                         "again.", final=False)  # fmt: skip
             return
         await self._wait(wave)
 
@@ -344,17 +384,25 @@ class BatchCollector:
             if wave.batch_id is None:  # never created: the next pass sends its calls again
                 self._log(event="finished", tag=wave.tag, batch_id=None, status="never created")
                 (self.dir / f"{wave.tag}.keys").unlink(missing_ok=True)
+                self._release(wave)
                 self._forget_open(wave)
                 return
             self._log(event="submitted", tag=wave.tag, batch_id=wave.batch_id)
         await self._wait(wave)
 
+    def _deadline_s(self) -> float:
+        d = self.engine.config.batch_deadline_s
+        return DEADLINE_S if d is None else d
+
     async def _wait(self, wave: _Wave) -> None:
-        """Poll until the batch ends, then collect it. A provider that can't be reached fails
-        the calls but leaves the batch open for a re-run to collect."""
+        """Poll until the batch ends, then collect it. Past its deadline (from submission) it
+        is cancelled, and what it answered before that is collected. A provider that can't be
+        reached fails the calls but leaves the batch open (and reserved) for a re-run."""
         assert wave.batch_id is not None
         started, errors = time.monotonic(), 0
         cfg = self.engine.config
+        deadline = (wave.since or time.time()) + self._deadline_s()
+        cancelled_at: float | None = None
         while True:
             try:
                 state = await wave.client.poll(wave.batch_id)
@@ -362,15 +410,32 @@ class BatchCollector:
             except BackendError as exc:
                 errors += 1
                 if errors > cfg.max_retries:
-                    self._settle(wave, f"batch {wave.batch_id} is still open ({exc})", final=False)
+                    self._settle(wave, self._still_open(wave, str(exc)), final=False)
                     return
                 await asyncio.sleep(min(cfg.backoff_base_s * 2**errors, POLL_MAX_S))
                 continue
             self._progress[wave.tag] = _answered_of(state.counts, wave.requests)
             if state.done:
                 break
+            now = time.time()
+            if cancelled_at is None and now >= deadline:
+                cancelled_at = now
+                self._log(event="cancelling", tag=wave.tag, batch_id=wave.batch_id)
+                try:
+                    await wave.client.cancel(wave.batch_id)
+                except BackendError as exc:
+                    why = f"past --batch-deadline, and cancelling it failed: {exc}"
+                    self._settle(wave, self._still_open(wave, why), final=False)
+                    return
+            elif cancelled_at is not None and now - cancelled_at > CANCEL_GRACE_S:
+                why = "past --batch-deadline; asked to cancel, not confirmed by the provider"
+                self._settle(wave, self._still_open(wave, why), final=False)
+                return
             waited = time.monotonic() - started
-            await asyncio.sleep(min(POLL_MAX_S, max(POLL_MIN_S, waited * POLL_FRACTION)))
+            pause = min(POLL_MAX_S, max(POLL_MIN_S, waited * POLL_FRACTION))
+            if cancelled_at is None:
+                pause = min(pause, max(POLL_MIN_S, deadline - now))
+            await asyncio.sleep(pause)
         spool = self.dir / f"{wave.tag}.output.tmp"
         try:  # downloaded whole before anything is kept: a broken download keeps nothing
             with spool.open("w", encoding="utf-8") as fh:
@@ -379,25 +444,44 @@ class BatchCollector:
                     fh.write(json.dumps([key, body], ensure_ascii=False) + "\n")
         except BackendError as exc:
             spool.unlink(missing_ok=True)
-            self._settle(wave, f"batch {wave.batch_id} is still open ({exc})", final=False)
+            self._settle(wave, self._still_open(wave, str(exc)), final=False)
             return
         why = None if state.status in ("completed", "ended") else _why(state)
+        if cancelled_at is not None and why is not None:
+            why = (f"batch {state.batch_id} was cancelled: its --batch-deadline of "
+                   f"{_deadline_words(self._deadline_s())} after submission passed.")  # fmt: skip
         self._settle(wave, why, spool=spool)
+
+    def _still_open(self, wave: _Wave, detail: str) -> str:
+        return (f"batch {wave.batch_id or wave.tag} is still open ({detail}); its calls are not "
+                "sent again while it is: re-run to collect it, or cancel it at the provider "
+                f"(batch id {wave.batch_id or 'unknown'}).")  # fmt: skip
 
     def _settle(
         self, wave: _Wave, why: str | None, *, spool: Path | None = None, final: bool = True
     ) -> None:
         """Put a batch's answers into the cache (one transaction) and note every call it did
-        not answer as failed for this run, with the reason; close the batch in the ledger."""
+        not answer as failed for this run, with the reason; close the batch in the ledger.
+        Only the calls this batch was sent for are taken, each once: a line for any other
+        custom_id, or a repeated one, is dropped (never counted, billed or cached), so that
+        whoever writes the output file can't plant answers under other cache keys."""
         stats, price = self.engine.stats, wave.client.price
-        ok = failed = 0
-        answered: list[int] = []
+        ok = failed = repeated = unknown = 0
+        sent = self._sent_keys(wave)
+        seen: set[str] = set()
 
         def answers() -> Iterator[tuple[str, Completion]]:
-            nonlocal ok, failed
+            nonlocal ok, failed, repeated, unknown
             with spool.open(encoding="utf-8") as fh:  # type: ignore[union-attr]
                 for raw in fh:
                     key, body = json.loads(raw)
+                    if key not in sent:
+                        unknown += 1
+                        continue
+                    if key in seen:
+                        repeated += 1
+                        continue
+                    seen.add(key)
                     if isinstance(body, str):  # the request's own error, after the batch's
                         self._failed[key] = f"{why} {body}" if why else body
                         failed += 1
@@ -416,34 +500,44 @@ class BatchCollector:
                     stats.prompt_tokens += c.usage.prompt_tokens
                     stats.completion_tokens += c.usage.completion_tokens
                     stats.cost += c.cost or 0.0
-                    answered.append(hash(key))
                     ok += 1
                     yield key, c
 
         if spool is not None:
             self.cache.put_stream(answers())
             spool.unlink(missing_ok=True)
-        self._answered.update(answered)
-        keys_file = self.dir / f"{wave.tag}.keys"
+        if repeated or unknown:
+            print(f"--batch-api: batch {wave.batch_id or wave.tag}: dropped {repeated + unknown} "
+                  f"answer line(s) ({repeated} repeated, {unknown} never sent); they are not "
+                  "counted, billed or cached.", file=sys.stderr)  # fmt: skip
+        self._answered.update(hash(k) for k in seen if k not in self._failed)
         missing = 0
-        if keys_file.is_file():
-            done = set(answered)
-            with keys_file.open(encoding="utf-8") as fh:
-                for line in fh:
-                    key = line.strip()
-                    if key and hash(key) not in done and key not in self._failed:
-                        self._failed[key] = why or "no answer in the batch"
-                        missing += 1
+        for key in sent:
+            if key not in seen and key not in self._failed:
+                self._failed[key] = why or "no answer in the batch"
+                missing += 1
         if final and wave.batch_id is not None:
-            keys_file.unlink(missing_ok=True)
+            (self.dir / f"{wave.tag}.keys").unlink(missing_ok=True)
             self._log(event="finished", tag=wave.tag, batch_id=wave.batch_id, ok=ok,
                       failed=failed + missing, status=why or "completed")  # fmt: skip
-        if why:
-            print(f"--batch-api: {why} Re-run (or `cai-kit retry-failed RUN_DIR`) to send the "
-                  "unanswered calls again.", file=sys.stderr)  # fmt: skip
-        self._reserved -= wave.reserved
-        wave.reserved = 0.0
+        if why:  # (a batch still open says itself how it goes on)
+            again = (" Re-run (or `cai-kit retry-failed RUN_DIR`) to send the unanswered calls "
+                     "again." if final else "")  # fmt: skip
+            print(f"--batch-api: {why}{again}", file=sys.stderr)
+        if final:  # the provider can no longer bill it: its worst case is let go
+            self._release(wave)
         self._forget_open(wave)
+
+    def _release(self, wave: _Wave) -> None:
+        self.engine.release(wave.reserved)
+        wave.reserved = 0.0
+
+    def _sent_keys(self, wave: _Wave) -> set[str]:
+        """The cache keys this batch was sent for (its `.keys` file, or the ledger's)."""
+        keys_file = self.dir / f"{wave.tag}.keys"
+        if keys_file.is_file():
+            return set(keys_file.read_text(encoding="utf-8").split())
+        return set(wave.keys)
 
     # --- the ledger ----------------------------------------------------------------------
 
@@ -461,16 +555,7 @@ class BatchCollector:
 
     def _load_ledger(self) -> None:
         """Open batches of earlier runs: submitted (or maybe submitted) and not finished."""
-        if not self.ledger.is_file():
-            return
-        state: dict[str, dict[str, Any]] = {}
-        for raw in self.ledger.read_text(encoding="utf-8").splitlines():
-            try:
-                ev = json.loads(raw)
-            except ValueError:
-                continue  # a torn last line from a crash
-            entry = state.setdefault(ev["tag"], {})
-            entry[ev["event"]] = ev
+        state = _read_ledger(self.ledger)
         self._known_ids = frozenset(
             e["submitted"]["batch_id"] for e in state.values() if e.get("submitted", {}).get("batch_id")
         )  # fmt: skip
@@ -481,8 +566,11 @@ class BatchCollector:
             keys = frozenset(keys_file.read_text(encoding="utf-8").split())
             batch_id = entry.get("submitted", {}).get("batch_id")
             since = entry.get("submitting", {}).get("at")
-            self._open[tag] = _Wave(tag, BatchClient(), len(keys), batch_id, keys=keys,
-                                    since=since)  # fmt: skip
+            # the provider may still bill it: its worst case is reserved again in this run
+            reserved = float(entry.get("submitting", {}).get("reserved") or 0.0)
+            self._open[tag] = _Wave(tag, BatchClient(), len(keys), batch_id, reserved,
+                                    keys=keys, since=since)  # fmt: skip
+            self.engine.release(-reserved)
             for key in keys:
                 self._wave_of[key] = tag
 
@@ -497,8 +585,6 @@ class BatchCollector:
         for client in self._clients.values():
             if client is not None:
                 await client.aclose()
-        for key in self._forget:
-            self.cache.delete(key)
 
 
 _IDENTS: dict[int, tuple[Backend, str]] = {}
@@ -512,12 +598,22 @@ def _ident(backend: Backend) -> str:
     return hit[1]
 
 
-def _worst_case(line: dict[str, Any], price: Any) -> float | None:
-    if price is None:
-        return None
-    body = line.get("body") or line.get("params") or {}
-    chars = sum(len(str(m.get("content", ""))) for m in body.get("messages", []))
-    return float(price.cost(chars // 4 + 1, int(body.get("max_tokens") or 0), batch=True))
+def _read_ledger(path: Path) -> dict[str, dict[str, Any]]:
+    """The ledger's events by wave tag and event name (the last of each)."""
+    state: dict[str, dict[str, Any]] = {}
+    if not path.is_file():
+        return state
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        try:
+            ev = json.loads(raw)
+        except ValueError:
+            continue  # a torn last line from a crash
+        state.setdefault(ev["tag"], {})[ev["event"]] = ev
+    return state
+
+
+def _deadline_words(seconds: float) -> str:
+    return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds:g} s"
 
 
 def _answered_of(counts: dict[str, int], requests: int) -> tuple[int, int]:

@@ -75,6 +75,10 @@ class BatchClient:
     async def poll(self, batch_id: str) -> BatchState:
         raise NotImplementedError
 
+    async def cancel(self, batch_id: str) -> None:
+        """Ask the provider to cancel the batch (it ends as cancelled on a later poll)."""
+        raise NotImplementedError
+
     def results(self, state: BatchState) -> AsyncIterator[tuple[str, Completion | str]]:
         raise NotImplementedError
 
@@ -150,6 +154,12 @@ class OpenAIBatchClient(BatchClient):
         errors = "; ".join(e.message or "" for e in (b.errors.data or [])) if b.errors else ""
         return BatchState(batch_id, b.status, b.status in TERMINAL, counts,
                           (b.output_file_id, b.error_file_id), errors)  # fmt: skip
+
+    async def cancel(self, batch_id: str) -> None:
+        try:
+            await self.client.batches.cancel(batch_id)
+        except Exception as exc:
+            raise _sdk_error(exc, self.base_url) from None
 
     async def results(self, state: BatchState) -> AsyncIterator[tuple[str, Completion | str]]:
         for file_id in state.files:
@@ -292,6 +302,9 @@ class AnthropicBatchClient(BatchClient):
             status = "cancelled"
         return BatchState(batch_id, status, b["processing_status"] == "ended", counts,
                           (b.get("results_url"),))  # fmt: skip
+
+    async def cancel(self, batch_id: str) -> None:
+        await self._http("POST", f"{self.url}/{batch_id}/cancel")
 
     async def results(self, state: BatchState) -> AsyncIterator[tuple[str, Completion | str]]:
         url = state.files[0] if state.files else None

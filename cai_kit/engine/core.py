@@ -56,6 +56,9 @@ class EngineConfig:
     quiet: bool = False
     dry_run: bool = False
     batch_api: bool = False  # send calls as provider Batch API jobs (cai_kit.engine.batch)
+    # --batch-deadline: seconds from a batch's submission after which it is cancelled
+    # (None: the providers' 24 h completion window)
+    batch_deadline_s: float | None = None
 
 
 @dataclass
@@ -178,6 +181,9 @@ class Engine:
         self._rpm = TokenBucket(self.config.rpm) if self.config.rpm else None
         self._tpm = TokenBucket(self.config.tpm) if self.config.tpm else None
         self.batch: BatchRoute | None = None  # --batch-api: the collector, set by run_job
+        # rows are replayed pass after pass with a collector: a call that failed for good (an
+        # empty reply is paid) fails again at once instead of being sent again
+        self._failed: dict[str, str] = {}
 
     def _semaphore(self, backend: Backend) -> asyncio.Semaphore:
         if id(backend) not in self._semaphores:
@@ -194,11 +200,15 @@ class Engine:
             if self.batch is None or not self.batch.replayed(key):  # (a replay is no hit)
                 self.stats.cache_hits += 1
             return hit
-        if self.batch is not None and self.batch.accepts(backend):  # --batch-api: in a wave
+        if self.batch is not None and (kept := self.batch.kept(key)) is not None:
+            return kept  # forgotten in the cache earlier in this run: read alike in every pass
+        if self.batch is not None and self.batch.accepts(backend, key):  # in a batch
             return await self.batch.call(key, backend, messages, params)
         if key in self._inflight:  # an identical call is on its way: share its answer
             self.stats.cache_hits += 1
             return await asyncio.shield(self._inflight[key])
+        if (why := self._failed.get(key)) is not None:
+            raise CallFailed(why)
         future: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
@@ -208,6 +218,8 @@ class Engine:
             future.set_result(completion)
             return completion
         except BaseException as exc:
+            if self.batch is not None and isinstance(exc, CallFailed):
+                self._failed[key] = str(exc)
             future.set_exception(exc)
             future.exception()  # mark retrieved: sharers re-raise it themselves
             raise
@@ -223,7 +235,7 @@ class Engine:
         if self.cache is not None:
             params = params.for_sample(sample_index)
             key = cache_key(backend.identity(), messages, params.to_dict(), sample_index)
-            if self.batch is not None:  # rows are replayed: forget it when the job ends
+            if self.batch is not None:  # rows are replayed: they still read it in this run
                 self.batch.forget(key)
             else:
                 self.cache.delete(key)
@@ -257,11 +269,25 @@ class Engine:
                 "--max-cost"
             )
         worst = state.worst_case(messages, params)
-        spent = self.stats.cost
-        if spent + self._reserved + worst > cap + 1e-12 or (not state.known and spent >= cap):
+        if not state.known and self.stats.cost >= cap:
             self._stop(f"the next call could cost up to ${worst:.4f}")
-        self._reserved += worst
+        self.reserve(worst, f"the next call could cost up to ${worst:.4f}")
         return worst
+
+    def reserve(self, worst: float, why: str) -> None:
+        """The one --max-cost ledger: hold `worst` next to what is spent and everything else
+        reserved (synchronous calls in flight and batched calls alike, of this run or reopened
+        from an earlier one), or stop (BudgetExceeded) if it might not fit under the cap."""
+        cap = self.config.max_cost
+        if cap is not None and self.stats.cost + self._reserved + worst > cap + 1e-12:
+            self._stop(why)
+        self._reserved += worst
+
+    def release(self, reserved: float) -> None:
+        """Let a reservation go: its call can no longer be billed (answered, failed for good,
+        or its batch ended). A negative amount reserves without a check (a batch reopened
+        from an earlier run: it is owed whatever the cap says)."""
+        self._reserved -= reserved
 
     def _stop(self, why: str) -> None:
         if self.budget_stop is None:

@@ -29,13 +29,14 @@ class CostPreview:
     sync_cost: float = 0.0
     batch_cost: float = 0.0
     unknown: set[str] = field(default_factory=set)  # models whose price is unknown
+    full_price: set[str] = field(default_factory=set)  # --price, batched, no discount known
 
     @classmethod
     def of(
         cls, calls: Iterable[tuple[Backend, int, int]], *, batch_api: bool, price: Any = None
     ) -> CostPreview:
         from cai_kit.engine.batch_providers import batch_client_for
-        from cai_kit.engine.pricing import price_for_backend
+        from cai_kit.engine.pricing import batch_factor, price_for_backend
 
         out = cls(batch_api=batch_api)
         prices: dict[int, tuple[Any, bool]] = {}
@@ -45,6 +46,8 @@ class CostPreview:
                     price_for_backend(backend, price),
                     batch_client_for(backend) is not None,
                 )
+                if price is not None and prices[id(backend)][1] and batch_factor(backend) is None:
+                    out.full_price.add(backend.model)
             bprice, batchable = prices[id(backend)]
             out.calls += 1
             out.prompt_tokens += p
@@ -61,6 +64,9 @@ class CostPreview:
         sync, batch = f"${self.sync_cost:.4f}", f"${self.batch_cost:.4f}"
         if self.batch_api:
             text += f": {batch} with --batch-api (synchronous: {sync})"
+            if self.full_price:
+                names = ", ".join(sorted(self.full_price))
+                text += f"; no batch discount is known for {names} at its --api-base"
         else:
             text += f": {sync} (with --batch-api: {batch})"
         if self.unknown:

@@ -167,10 +167,12 @@ def run_job(spec: JobSpec, config: EngineConfig) -> JobSummary:
 
     engine = Engine(config)
     collector: BatchCollector | None = None
-    if config.batch_api:
-        from cai_kit.engine.batch import BatchCollector
+    if config.batch_api or (spec.run_dir / "batches" / "ledger.jsonl").is_file():
+        from cai_kit.engine.batch import BatchCollector, has_open_batches
 
-        engine.batch = collector = BatchCollector(engine, spec.run_dir)
+        # without --batch-api, a batch an earlier run left open is still waited for
+        if config.batch_api or has_open_batches(spec.run_dir):
+            engine.batch = collector = BatchCollector(engine, spec.run_dir)
     _write_manifest(spec, summary, started, "running")
     status = "finished"
     try:
@@ -236,7 +238,7 @@ async def _run_items(
         )
         * 2,
     )  # items in flight: enough to keep every call slot busy
-    if collector is not None:  # --batch-api: rows are written out and let go, many at once
+    if collector is not None and engine.config.batch_api:  # rows are let go, many at once
         width = collector.rows_in_flight
     stop = asyncio.Event()
     progress = Progress(

@@ -151,9 +151,9 @@ def price_for_backend(backend: Any, explicit: Price | None = None) -> Price | No
     gateway) has no list price: its model name says nothing about what it costs, so only
     `--price` or a cost the server reports can count. Hosted providers are looked up by their
     full model string (`price_model`, e.g. openai/gpt-4o-mini)."""
-    if explicit is not None:
-        return explicit
     kind = getattr(backend, "kind", "")
+    if explicit is not None:
+        return explicit if kind in FREE_KINDS else _explicit_with_batch_rate(explicit, backend)
     if kind in FREE_KINDS:
         return FREE
     model = getattr(backend, "price_model", None)
@@ -179,4 +179,30 @@ def _with_batch_price(price: Price | None, model: str) -> Price | None:
         batch_output_per_m=price.batch_output_per_m
         if price.batch_output_per_m is not None
         else price.output_per_m * factor,
+    )
+
+
+def batch_factor(backend: Any) -> float | None:
+    """A Batch API job's price as a fraction of the synchronous one for this backend's
+    provider (OpenAI, Anthropic 0.5; Groq 0.75; DeepInfra 0.8), or None where none is known:
+    a server at the user's --api-base (vLLM, a gateway) may charge anything for a batch."""
+    from cai_kit.llm.providers import lookup
+
+    kind = getattr(backend, "kind", "")
+    if kind == "openai-compat":
+        provider = getattr(backend, "provider", None)
+        return provider.batch_price if provider is not None else None
+    if kind != "litellm" or getattr(backend, "api_base", None):
+        return None
+    provider = lookup(backend.model)
+    return provider.batch_price if provider is not None else None
+
+
+def _explicit_with_batch_rate(price: Price, backend: Any) -> Price:
+    """`--price` is the synchronous price; a batch costs the provider's own fraction of it
+    (no discount where none is known)."""
+    factor = batch_factor(backend)
+    f = 1.0 if factor is None else factor
+    return dataclasses.replace(
+        price, batch_input_per_m=price.input_per_m * f, batch_output_per_m=price.output_per_m * f
     )
