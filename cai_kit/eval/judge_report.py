@@ -99,7 +99,8 @@ def build_report(run_dir: Path, gold: Path | None = None) -> JudgeReport:
         )
     records = list(latest_by_id(path, PreferenceRecord).values())
     rep = JudgeReport(pairs=len(records))
-    labels = Counter(r.verdict.label for r in records)
+    # counted from the statuses on disk: a failed record is `failed` whatever label it carries
+    labels = Counter(r.verdict.label if r.status == "ok" else "failed" for r in records)
     rep.labels = dict(labels)
     judged = [r for r in records if r.status == "ok"]
     rep.failures = len(records) - len(judged)
