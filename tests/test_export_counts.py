@@ -60,3 +60,27 @@ def test_export_sft_and_prefs_count_failed_revisions(tmp_path: Path) -> None:
     (run / "revisions.jsonl").write_text(ok.model_dump_json() + "\n" + bad.model_dump_json() + "\n")
     r = CliRunner().invoke(app, ["export", "sft", str(run), "--out", str(tmp_path / "s")])
     assert r.exit_code == 0 and "Wrote 1 train" in r.output and "1 failed" in r.output, r.output
+
+
+def test_an_exported_tie_is_oriented_by_p_a(tmp_path: Path) -> None:
+    """Issue 21 item 7: `--include-ties` made response_a chosen even when p_a leaned to B."""
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = []
+    for i, p_a in enumerate([0.48, 0.52, 0.5, None]):
+        v = JudgeVerdict(label="tie", p_a=p_a, margin=None if p_a is None else abs(p_a - 0.5) * 2)
+        rec = PreferenceRecord(id=f"t{i}", prompt_id="p", messages=[Message(role="user", content=f"q{i}")],
+                               response_a=f"a{i}", response_b=f"b{i}", verdict=v)  # fmt: skip
+        rows.append(rec.model_dump_json() + "\n")
+    (run / "prefs.jsonl").write_text("".join(rows))
+    for kind in ("dpo", "reward"):
+        r = CliRunner().invoke(app, ["export", kind, str(run), "--out", str(tmp_path / kind),
+                                     "--include-ties", "--format", "standard"])  # fmt: skip
+        assert r.exit_code == 0 and "Wrote 4 train" in r.output, r.output
+        got = {
+            x["prompt"]: (x["chosen"], x["rejected"])
+            for x in map(json.loads, (tmp_path / kind / "train.jsonl").read_text().splitlines())
+        }
+        # p_a < 0.5 leans to B; above leans to A; exactly 0.5 or unknown: as written (A first)
+        assert got == {"q0": ("b0", "a0"), "q1": ("a1", "b1"), "q2": ("a2", "b2"),
+                       "q3": ("a3", "b3")}  # fmt: skip

@@ -226,32 +226,30 @@ def test_judge_cli_labels_pairs_and_report_counts_them(
 def test_ties_and_failures_are_left_out_of_exports(
     fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(fs, "reply_text", lambda body: "A")  # position-biased: every pair a tie
+    # position-biased on q0 (a tie: "A" in both orders), no verdict at all on q1 (failed)
+    monkeypatch.setattr(
+        fs,
+        "reply_text",
+        lambda body: "A" if "user: q0" in body["messages"][-1]["content"] else "Both.",
+    )
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text(json.dumps({"prompt": "q", "response_a": "x", "response_b": "y"}) + "\n")
-    CliRunner().invoke(
-        app,
-        [
-            "judge",
-            str(pairs),
-            "--judge-model",
-            "j",
-            "--api-base",
-            fault_server.base_url,
-            "--out",
-            str(tmp_path / "r"),
-            "-q",
-        ],
-    )
-    r = CliRunner().invoke(
-        app, ["export", "dpo", str(tmp_path / "r"), "--out", str(tmp_path / "d")]
-    )
-    assert r.exit_code == 1 and "1 tie" in r.output
-    r = CliRunner().invoke(
-        app,
-        ["export", "reward", str(tmp_path / "r"), "--out", str(tmp_path / "d"), "--include-ties"],
-    )
-    assert r.exit_code == 0
+    pairs.write_text(
+        json.dumps({"prompt": "q0", "response_a": "x", "response_b": "y"}) + "\n"
+        + json.dumps({"prompt": "q1", "response_a": "u", "response_b": "v"}) + "\n"
+    )  # fmt: skip
+    run = tmp_path / "r"
+    r = CliRunner().invoke(app, ["judge", str(pairs), "--judge-model", "j", "--api-base", fault_server.base_url,
+                                 "--out", str(run), "-q"])  # fmt: skip
+    assert r.exit_code == 0 and "1 done; 1 failed" in r.output, r.output  # failures are records
+    r = CliRunner().invoke(app, ["export", "dpo", str(run), "--out", str(tmp_path / "d")])
+    assert r.exit_code == 1 and "1 tie" in r.output and "1 failed" in r.output, r.output
+    r = CliRunner().invoke(app, ["export", "reward", str(run), "--out", str(tmp_path / "d"),
+                                 "--include-ties", "--format", "standard"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "Wrote 1 train" in r.output and "left out 1 records: 1 failed" in r.output, r.output
+    rows = [json.loads(x) for x in (tmp_path / "d" / "train.jsonl").read_text().splitlines()]
+    # p_a is exactly 0.5: the tie keeps the pair as written (response_a chosen), margin 0
+    assert rows == [{"prompt": "q0", "chosen": "x", "rejected": "y", "margin": 0.0}]
 
 
 @pytest.mark.slow

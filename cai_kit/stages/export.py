@@ -5,6 +5,8 @@
            initial response (the Hugging Face CAI recipe's construction).
 - `dpo`    from prefs.jsonl (judged pairs): prompt/chosen/rejected; failed judgements, ties,
            pairs below --min-margin and pairs of identical responses are left out, and counted.
+           A tie kept by `include_ties` is oriented by p_a: B chosen when p_a < 0.5, A when
+           above; at exactly 0.5 (or no p_a) as written, response_a chosen.
 - `kto`    from prefs.jsonl: unpaired prompt/completion/label rows.
 - `reward` from prefs.jsonl: chosen/rejected with a `margin` column (the judge's confidence).
 
@@ -111,12 +113,12 @@ def build_rows(
         if margin < min_margin:
             skip(f"below --min-margin {min_margin:g}")
             continue
-        if label == "tie":
-            chosen, rejected = p.response_a, p.response_b
-        else:
-            chosen, rejected = (
-                (p.response_a, p.response_b) if label == "A" else (p.response_b, p.response_a)
-            )
+        # A kept tie leans where p_a leans (B when p_a < 0.5); at exactly 0.5, or with no p_a,
+        # the pair stays as written: response_a chosen.
+        lean_b = label == "B" or (
+            label == "tie" and p.verdict.p_a is not None and p.verdict.p_a < 0.5
+        )
+        chosen, rejected = (p.response_b, p.response_a) if lean_b else (p.response_a, p.response_b)
         prompt = _prompt(p.messages, fmt)
         if kind == "dpo":
             rows.append(
