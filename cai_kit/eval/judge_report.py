@@ -44,6 +44,7 @@ class JudgeReport:
     per_principle: dict[str, dict[str, Any]] = field(default_factory=dict)
     tokens_per_labelled_pair: float | None = None
     cost_per_labelled_pair: float | None = None
+    usage_note: str | None = None  # why tokens / cost per labelled pair are not known
     gold_agreement: float | None = None
     gold_matched: int = 0
 
@@ -129,11 +130,16 @@ def build_report(run_dir: Path, gold: Path | None = None) -> JudgeReport:
         }
     labelled = labels.get("A", 0) + labels.get("B", 0)
     manifest = run_dir / "manifest.json"
-    if manifest.is_file() and labelled:
-        stats = json.loads(manifest.read_text()).get("stats", {})
-        rep.tokens_per_labelled_pair = round(
-            (stats.get("prompt_tokens", 0) + stats.get("completion_tokens", 0)) / labelled, 1
-        )
+    stats = json.loads(manifest.read_text()).get("stats", {}) if manifest.is_file() else {}
+    tokens = stats.get("prompt_tokens", 0) + stats.get("completion_tokens", 0)
+    if not labelled:
+        rep.usage_note = "no pair labelled A or B"
+    elif stats.get("already_done") or stats.get("cache_hits"):  # stats are the last run's
+        rep.usage_note = "the last run reused earlier work, so its usage covers only part"
+    elif not tokens:  # no manifest, or a provider that reports no usage
+        rep.usage_note = "no usage recorded"
+    else:
+        rep.tokens_per_labelled_pair = round(tokens / labelled, 1)
         rep.cost_per_labelled_pair = round(stats.get("cost", 0.0) / labelled, 6)
     if gold is not None:
         ai = {}
@@ -192,13 +198,19 @@ def render(rep: JudgeReport) -> str:
     t.add_column("metric")
     t.add_column("value")
     pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
-    rows = [("pairs", str(rep.pairs)), ("labels", ", ".join(f"{k}={v}" for k, v in sorted(rep.labels.items()))),
+    na = f"n/a ({rep.usage_note})"
+
+    def shares(x: float | None, n: int, what: str) -> str:
+        return f"n/a (no decisive {what})" if x is None else f"{pct(x)} of {n} decisive {what}"
+
+    rows = [("pairs", str(rep.pairs)), ("labels", ", ".join(f"{k}={v}" for k, v in sorted(rep.labels.items())) or "none"),
             ("position consistency", pct(rep.position_consistency)),
-            ("won by the first-shown response", f"{pct(rep.first_shown_share)} of {rep.first_shown_decisive} decisive comparisons (MT-Bench, GPT-4: 52.6%)"),
-            ("won by the longer response", f"{pct(rep.longer_share)} of {rep.longer_decisive} decisive verdicts (MT-Bench, GPT-4: 68%)"),
+            ("won by the first-shown response", f"{shares(rep.first_shown_share, rep.first_shown_decisive, 'comparisons')} (MT-Bench, GPT-4: 52.6%)"),
+            ("won by the longer response", f"{shares(rep.longer_share, rep.longer_decisive, 'verdicts')} (MT-Bench, GPT-4: 68%)"),
             ("tie rate", pct(rep.tie_rate)),
-            ("failures", str(rep.failures)), ("tokens / labelled pair", str(rep.tokens_per_labelled_pair)),
-            ("cost / labelled pair (USD)", str(rep.cost_per_labelled_pair))]  # fmt: skip
+            ("failures", str(rep.failures)),
+            ("tokens / labelled pair", na if rep.tokens_per_labelled_pair is None else f"{rep.tokens_per_labelled_pair:g}"),
+            ("cost / labelled pair (USD)", na if rep.cost_per_labelled_pair is None else f"{rep.cost_per_labelled_pair:.6f}")]  # fmt: skip
     if rep.gold_agreement is not None or rep.gold_matched:
         rows.append(
             (
@@ -221,9 +233,11 @@ def render(rep: JudgeReport) -> str:
             str(d["failed"]),
             str(d["ties"]),
             pct(d["consistent"]),
-            str(d["mean_margin"]),
+            "n/a" if d["mean_margin"] is None else f"{d['mean_margin']:g}",
         )
     con.print(pt)
+    if any(d["consistent"] is None for d in rep.per_principle.values()):
+        con.print("n/a: no usable verdict under that principle (every pair of it failed).")
     return buf.getvalue()
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import random
+import shlex
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,11 +44,16 @@ def _completion(text: str, fmt: Format) -> Any:
     return [{"role": "assistant", "content": text}] if fmt == "conversational" else text
 
 
+def _q(path: Path) -> str:
+    """A path for a suggested command: absolute (works from any directory) and shell-quoted."""
+    return shlex.quote(str(path.resolve()))
+
+
 def _revisions(run_dir: Path) -> list[RevisionRecord]:
     path = run_dir / "revisions.jsonl"
     if not path.is_file():
         raise DataError(
-            f"No revisions.jsonl in {run_dir}: run `cai-kit revise ... --out {run_dir}` first."
+            f"No revisions.jsonl in {run_dir}: make it with `cai-kit revise PROMPTS --out {_q(run_dir)}` first."
         )
     return list(latest_by_id(path, RevisionRecord).values())
 
@@ -56,7 +62,8 @@ def _preferences(run_dir: Path) -> list[PreferenceRecord]:
     path = run_dir / "prefs.jsonl"
     if not path.is_file():
         raise DataError(
-            f"No prefs.jsonl in {run_dir}: run `cai-kit prefs` or `cai-kit judge` with --out {run_dir} first."
+            f"No prefs.jsonl in {run_dir}: make it with `cai-kit prefs PROMPTS --out {_q(run_dir)}` "
+            f"(or `cai-kit judge PAIRS --out {_q(run_dir)}`) first."
         )
     return list(latest_by_id(path, PreferenceRecord).values())
 
@@ -142,6 +149,14 @@ def build_rows(
 # The last lines of every dataset card: how to load the export.
 LOAD_WITH = ["", "Load with:", "", "```python", "from datasets import load_dataset",
              'ds = load_dataset("json", data_files={"train": "train.jsonl"})', "```", ""]  # fmt: skip
+
+
+def train_command(kind: str, data_dir: Path, **trl: object) -> str:
+    """The `cai-kit train KIND DATA --out MODEL [--set k=v ...]` line an export suggests, with
+    absolute quoted paths so it works from any directory (MODEL: DATA's sibling `DATA-model`)."""
+    data = data_dir.resolve()
+    sets = "".join(f" --set {k}={v}" for k, v in trl.items())
+    return f"cai-kit train {kind} {_q(data)} --out {_q(data.with_name(data.name + '-model'))}{sets}"
 
 
 def left_out(skipped: dict[str, int]) -> str:

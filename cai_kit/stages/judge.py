@@ -32,6 +32,7 @@ from typing import Literal, TypeVar
 from cai_kit.constitution import Constitution, Principle
 from cai_kit.engine import CallFailed, Engine
 from cai_kit.engine.gather import in_order, raise_first, settle
+from cai_kit.errors import ConfigError
 from cai_kit.llm.base import Backend, Completion, GenParams, TokenLogprob
 from cai_kit.records import Comparison, JudgeVerdict, stable_hash
 
@@ -86,20 +87,32 @@ def neutralise(text: str) -> str:
     return _DELIM.sub(lambda m: " ".join(m.group(0)), text)
 
 
+def principle_count(spec: str) -> int | None:
+    """Check a `--principles` value: None for `one` or `all`, N for `sample:N` (N >= 1)."""
+    if spec in ("one", "all"):
+        return None
+    if not spec.startswith("sample:"):
+        raise ConfigError(f"--principles must be one, all or sample:N, not {spec!r}.")
+    n = spec.split(":", 1)[1].strip()
+    if not n.isdigit() or int(n) < 1:
+        raise ConfigError(
+            f"--principles sample:N needs a whole number N of at least 1, not {spec!r}."
+        )
+    return int(n)
+
+
 def choose_principles(
     constitution: Constitution, spec: str, key: str, seed: int
 ) -> list[Principle]:
     """`one` (one sampled per comparison), `all`, or `sample:N`; seeded by the pair's key."""
     rng = random.Random(int(stable_hash("judge-principles", seed, key), 16))
     ps = constitution.principles
+    n = principle_count(spec)
     if spec == "all":
         return list(ps)
-    if spec == "one":
+    if n is None:  # one
         return [rng.choice(ps)]
-    if spec.startswith("sample:"):
-        n = int(spec.split(":", 1)[1])
-        return rng.sample(ps, min(n, len(ps)))
-    raise ValueError(f"--principles must be one, all or sample:N, not {spec!r}")
+    return rng.sample(ps, min(n, len(ps)))
 
 
 def build_messages(
