@@ -279,9 +279,10 @@ async def judge_pair(
     # lost comparison fails the whole verdict (a re-run asks again) rather than letting the
     # principles that answered speak for those that did not.
     if lost := [c for c in comparisons if c.p_first is None]:
-        errors = sorted({c.error or "no usable answer" for c in lost})
-        verdict.error = f"{len(lost)} of {len(comparisons)} comparisons failed: " + "; ".join(
-            errors[:3]
+        errors = "; ".join(sorted({c.error or "no usable answer" for c in lost})[:3])
+        some = len(lost) < len(comparisons)  # when all failed, their errors say it
+        verdict.error = (
+            f"{len(lost)} of {len(comparisons)} comparisons failed: {errors}" if some else errors
         )
         return verdict
     if not comparisons:
