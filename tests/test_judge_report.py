@@ -122,6 +122,7 @@ def test_judge_report_says_n_a_and_why_instead_of_none(
     text = " ".join(r.output.split())
     assert "tokens / labelled pair │ n/a (no pair labelled A or B)" in text, r.output
     assert "cost / labelled pair (USD) │ n/a (no pair labelled A or B)" in text, r.output
+    assert "tie rate │ n/a" in text, r.output  # not 0.0%: no verdict to count ties among
 
     fault_server.default = "ok"
     fault_server.responder = lambda body, rng: "A" if len(_shown(body)[0]) > len(_shown(body)[1]) else "B"  # fmt: skip

@@ -39,7 +39,7 @@ class JudgeReport:
     first_shown_decisive: int = 0
     longer_share: float | None = None  # decisive verdicts won by the longer response
     longer_decisive: int = 0
-    tie_rate: float = 0.0
+    tie_rate: float | None = None  # over ok records; None when there is none
     failures: int = 0
     per_principle: dict[str, dict[str, Any]] = field(default_factory=dict)
     tokens_per_labelled_pair: float | None = None
