@@ -298,6 +298,7 @@ def test_prefs_end_to_end_on_the_embedded_model(tmp_path: Path) -> None:
         ),
         (["--principles", "some"], "--principles must be one, all or sample:N"),
         (["--mode", "best"], "--mode must be logprobs, letter, cot or votes"),
+        (["--mode", "votes", "--samples", "0"], "--samples must be at least 1"),
     ],
 )
 @pytest.mark.parametrize("command", ["judge", "prefs"])

@@ -57,6 +57,8 @@ def _judge_cfg(mode: str, samples: int, principles: str, tie_margin: float, seed
 
     if mode not in ("logprobs", "letter", "cot", "votes"):
         fail(f"--mode must be logprobs, letter, cot or votes, not {mode!r}.")
+    if samples < 1:
+        fail(f"--samples must be at least 1 (votes per order in --mode votes), not {samples}.")
     principle_count(principles)  # a ConfigError: one red line
     return JudgeConfig(
         mode=mode, samples=samples, principles=principles, tie_margin=tie_margin, seed=seed
