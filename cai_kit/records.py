@@ -136,7 +136,8 @@ class JudgeVerdict(_Record):
 
 class PreferenceRecord(_Record):
     """A judged pair (RLAIF preference data). `status` is `failed` whenever the verdict failed
-    (HTTP error, retries exhausted, unparseable answer): such a record is never usable data."""
+    or lost any comparison it claims (HTTP error, retries exhausted, unparseable answer): such
+    a record is never usable data."""
 
     schema_version: int = SCHEMA_VERSION
     id: str
@@ -154,10 +155,15 @@ class PreferenceRecord(_Record):
 
     @model_validator(mode="after")
     def _failed_verdict_is_a_failed_record(self) -> PreferenceRecord:
-        # Also reads records written before `status` existed: a failed verdict was a failure.
+        # Also reads records written before `status` existed: a failed verdict was a failure;
+        # and records written while a verdict could lose comparisons and still be `ok`.
+        lost = sum(c.p_first is None for c in self.verdict.comparisons)
         if self.verdict.label == "failed":
             self.status = "failed"
             self.error = self.error or self.verdict.error or "the judgement failed"
+        elif lost and self.status == "ok":
+            self.status = "failed"
+            self.error = f"{lost} of {len(self.verdict.comparisons)} comparisons failed"
         return self
 
 

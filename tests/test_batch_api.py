@@ -495,7 +495,9 @@ def test_judge_sends_every_order_vote_and_principle_of_a_pair_in_one_wave(
               "--seed", "3", *how]  # fmt: skip
     batch = _batch_then_sync(tmp_path, common, "prefs.jsonl")
     assert _waves(tmp_path / "b") == 1 and fault_server.batches_created == 1
-    assert len(batch) == 3 and all(r["status"] == "ok" for r in batch)
+    # ok exactly when every comparison it claims answered (an "unsure" letter fails a verdict)
+    lost = [any(c["p_first"] is None for c in r["verdict"]["comparisons"]) for r in batch]
+    assert len(batch) == 3 and [r["status"] == "ok" for r in batch] == [not x for x in lost]
 
 
 def test_prefs_best_worst_judges_all_pairs_of_a_prompt_in_one_wave(

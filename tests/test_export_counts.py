@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from cai_kit.cli.main import app
@@ -60,3 +61,76 @@ def test_export_sft_and_prefs_count_failed_revisions(tmp_path: Path) -> None:
     (run / "revisions.jsonl").write_text(ok.model_dump_json() + "\n" + bad.model_dump_json() + "\n")
     r = CliRunner().invoke(app, ["export", "sft", str(run), "--out", str(tmp_path / "s")])
     assert r.exit_code == 0 and "Wrote 1 train" in r.output and "1 failed" in r.output, r.output
+
+
+def test_an_exported_tie_is_oriented_by_p_a(tmp_path: Path) -> None:
+    """Issue 21 item 7: `--include-ties` made response_a chosen even when p_a leaned to B."""
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = []
+    for i, p_a in enumerate([0.48, 0.52, 0.5, None]):
+        v = JudgeVerdict(label="tie", p_a=p_a, margin=None if p_a is None else abs(p_a - 0.5) * 2)
+        rec = PreferenceRecord(id=f"t{i}", prompt_id="p", messages=[Message(role="user", content=f"q{i}")],
+                               response_a=f"a{i}", response_b=f"b{i}", verdict=v)  # fmt: skip
+        rows.append(rec.model_dump_json() + "\n")
+    (run / "prefs.jsonl").write_text("".join(rows))
+    for kind in ("dpo", "reward"):
+        r = CliRunner().invoke(app, ["export", kind, str(run), "--out", str(tmp_path / kind),
+                                     "--include-ties", "--format", "standard"])  # fmt: skip
+        assert r.exit_code == 0 and "Wrote 4 train" in r.output, r.output
+        got = {
+            x["prompt"]: (x["chosen"], x["rejected"])
+            for x in map(json.loads, (tmp_path / kind / "train.jsonl").read_text().splitlines())
+        }
+        # p_a < 0.5 leans to B; above leans to A; exactly 0.5 or unknown: as written (A first)
+        assert got == {"q0": ("b0", "a0"), "q1": ("a1", "b1"), "q2": ("a2", "b2"),
+                       "q3": ("a3", "b3")}  # fmt: skip
+
+
+def test_the_train_command_export_kto_suggests_runs_from_any_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 25: `export kto FEEDBACK_DB` suggested `cai-kit train kto OUT --set ...` without
+    --out (train refuses that), with the export path as typed (wrong from another directory)."""
+    import shlex
+
+    from cai_kit.serve.store import FeedbackStore
+
+    store = FeedbackStore(tmp_path / "feedback.db")
+    for i in range(3):
+        msgs = [{"role": "user", "content": f"How do I do thing {i}?"}]
+        good = store.add_completion(msgs, "A safe way.", model="m", identity={}, params={})
+        store.rate(good, 1)
+    bad = store.add_completion([{"role": "user", "content": "q"}], "No.", model="m", identity={}, params={})  # fmt: skip
+    store.rate(bad, -1)
+    store.close()
+    (tmp_path / "work").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    r = CliRunner().invoke(app, ["export", "kto", str(tmp_path / "feedback.db"), "--out", "kto"])
+    assert r.exit_code == 0, r.output
+    suggested = shlex.split(" ".join(r.output.split("balance with: ")[1].split()))
+    assert suggested[:3] == ["cai-kit", "train", "kto"], suggested
+    card = (tmp_path / "work" / "kto" / "README.md").read_text()
+    assert " ".join(suggested) in card  # the dataset card suggests the same command
+
+    seen = []
+    monkeypatch.setattr("cai_kit.train.run.train", lambda kind, opts: seen.append(opts) or Path(opts.out))  # fmt: skip
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the suggestion works from any directory
+    r = CliRunner().invoke(app, suggested[1:])
+    assert r.exit_code == 0, r.output
+    (opts,) = seen
+    assert opts.out, "the suggested command has no --out: `cai-kit train` refuses it"
+    assert (Path(opts.data) / "train.jsonl").is_file(), opts.data
+    assert set(opts.trl) == {"desirable_weight", "undesirable_weight"}
+
+
+@pytest.mark.parametrize("kind", ["sft", "dpo"])
+def test_export_from_an_empty_run_dir_names_a_command_with_an_absolute_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    (tmp_path / "runs" / "empty").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["export", kind, "runs/empty", "--out", "d"])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.exception
+    assert f"--out {tmp_path / 'runs' / 'empty'}" in " ".join(r.output.split()), r.output

@@ -226,64 +226,103 @@ def test_judge_cli_labels_pairs_and_report_counts_them(
 def test_ties_and_failures_are_left_out_of_exports(
     fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(fs, "reply_text", lambda body: "A")  # position-biased: every pair a tie
+    # position-biased on q0 (a tie: "A" in both orders), no verdict at all on q1 (failed)
+    monkeypatch.setattr(
+        fs,
+        "reply_text",
+        lambda body: "A" if "user: q0" in body["messages"][-1]["content"] else "Both.",
+    )
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text(json.dumps({"prompt": "q", "response_a": "x", "response_b": "y"}) + "\n")
-    CliRunner().invoke(
-        app,
-        [
-            "judge",
-            str(pairs),
-            "--judge-model",
-            "j",
-            "--api-base",
-            fault_server.base_url,
-            "--out",
-            str(tmp_path / "r"),
-            "-q",
-        ],
-    )
-    r = CliRunner().invoke(
-        app, ["export", "dpo", str(tmp_path / "r"), "--out", str(tmp_path / "d")]
-    )
-    assert r.exit_code == 1 and "1 tie" in r.output
-    r = CliRunner().invoke(
-        app,
-        ["export", "reward", str(tmp_path / "r"), "--out", str(tmp_path / "d"), "--include-ties"],
-    )
-    assert r.exit_code == 0
+    pairs.write_text(
+        json.dumps({"prompt": "q0", "response_a": "x", "response_b": "y"}) + "\n"
+        + json.dumps({"prompt": "q1", "response_a": "u", "response_b": "v"}) + "\n"
+    )  # fmt: skip
+    run = tmp_path / "r"
+    r = CliRunner().invoke(app, ["judge", str(pairs), "--judge-model", "j", "--api-base", fault_server.base_url,
+                                 "--out", str(run), "-q"])  # fmt: skip
+    assert r.exit_code == 0 and "1 done; 1 failed" in r.output, r.output  # failures are records
+    r = CliRunner().invoke(app, ["export", "dpo", str(run), "--out", str(tmp_path / "d")])
+    assert r.exit_code == 1 and "1 tie" in r.output and "1 failed" in r.output, r.output
+    r = CliRunner().invoke(app, ["export", "reward", str(run), "--out", str(tmp_path / "d"),
+                                 "--include-ties", "--format", "standard"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "Wrote 1 train" in r.output and "left out 1 records: 1 failed" in r.output, r.output
+    rows = [json.loads(x) for x in (tmp_path / "d" / "train.jsonl").read_text().splitlines()]
+    # p_a is exactly 0.5: the tie keeps the pair as written (response_a chosen), margin 0
+    assert rows == [{"prompt": "q0", "chosen": "x", "rejected": "y", "margin": 0.0}]
 
 
 @pytest.mark.slow
 def test_prefs_end_to_end_on_the_embedded_model(tmp_path: Path) -> None:
+    """The default --mode logprobs on the embedded model: the first answer token's top-10
+    always holds A or B mass, so every pair gets a soft label in both orders (its text is
+    near-random: this pins mechanics, not quality)."""
     prompts = Path(__file__).parent.parent / "examples" / "red_team_prompts.jsonl"
     out = tmp_path / "run"
-    r = CliRunner().invoke(
-        app,
-        [
-            "prefs",
-            str(prompts),
-            "--limit",
-            "2",
-            "--k",
-            "3",
-            "--pairs",
-            "all",
-            "--max-tokens",
-            "24",
-            "--out",
-            str(out),
-            "-q",
-        ],
-    )
+    r = CliRunner().invoke(app, ["prefs", str(prompts), "--limit", "2", "--k", "3", "--pairs", "all",
+                                 "--max-tokens", "24", "--out", str(out), "-q"])  # fmt: skip
     assert r.exit_code == 0, r.output
+    assert "sampling: 6 done; 0 failed" in r.output and "judging:  6 done; 0 failed" in r.output
     recs = [json.loads(x) for x in (out / "prefs.jsonl").read_text().splitlines()]
     assert len(recs) == 2 * 3  # 3 pairs per prompt
     for rec in recs:
         v = rec["verdict"]
-        assert v["label"] in ("A", "B", "tie", "failed") and len(v["comparisons"]) == 2
-        assert (
-            rec["provenance"]["constitution"] == "harmless" and rec["provenance"]["principle_ids"]
-        )
-        if v["label"] != "failed":
-            assert 0.0 <= v["p_a"] <= 1.0
+        assert rec["status"] == "ok" and v["label"] in ("A", "B", "tie"), rec
+        ab, ba = v["comparisons"]
+        assert (ab["order"], ba["order"]) == ("ab", "ba")
+        assert ab["source"] == ba["source"] == "logprobs" and not ab["error"] and not ba["error"]
+        assert 0.0 <= ab["p_first"] <= 1.0 and 0.0 <= ba["p_first"] <= 1.0
+        assert v["p_a"] == pytest.approx((ab["p_first"] + 1 - ba["p_first"]) / 2, abs=1e-6)
+        tie = abs(v["p_a"] - 0.5) < 0.05
+        assert v["label"] == ("tie" if tie else "A" if v["p_a"] > 0.5 else "B")
+        assert rec["provenance"]["constitution"] == "harmless"
+        assert rec["provenance"]["principle_ids"] == [ab["principle_id"]] == [ba["principle_id"]]
+        chosen = {"A": rec["response_a"], "B": rec["response_b"]}.get(v["label"])
+        assert rec["chosen"] == chosen
+
+
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (
+            ["--principles", "sample:x"],
+            "--principles sample:N needs a whole number N of at least 1",
+        ),
+        (
+            ["--principles", "sample:0"],
+            "--principles sample:N needs a whole number N of at least 1",
+        ),
+        (
+            ["--principles", "sample:-1"],
+            "--principles sample:N needs a whole number N of at least 1",
+        ),
+        (["--principles", "some"], "--principles must be one, all or sample:N"),
+        (["--mode", "best"], "--mode must be logprobs, letter, cot or votes"),
+        (["--mode", "votes", "--samples", "0"], "--samples must be at least 1"),
+    ],
+)
+@pytest.mark.parametrize("command", ["judge", "prefs"])
+def test_bad_judge_options_get_one_clear_sentence(
+    fault_server: FaultServer, tmp_path: Path, command: str, flags: list[str], says: str
+) -> None:
+    """Issue 25: `--principles sample:x` gave a raw traceback (and sample:0 a run of failures)."""
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"prompt": "q", "response_a": "x", "response_b": "y"}) + "\n")
+    r = CliRunner().invoke(app, [command, str(src), "--judge-model", "j", "--api-base", fault_server.base_url,
+                                 "--out", str(tmp_path / "r"), "-q", *flags])  # fmt: skip
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.exception
+    assert says in " ".join(r.output.split()) and "Traceback" not in r.output, r.output
+    assert fault_server.requests == 0 and not (tmp_path / "r" / "prefs.jsonl").exists()
+
+
+@pytest.mark.parametrize("pairs", ["random:x", "random:0", "some"])
+def test_bad_pairs_option_is_refused_before_sampling(
+    fault_server: FaultServer, tmp_path: Path, pairs: str
+) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"prompt": "q"}) + "\n")
+    r = CliRunner().invoke(app, ["prefs", str(src), "--policy-model", "p", "--judge-model", "j", "--api-base",
+                                 fault_server.base_url, "--out", str(tmp_path / "r"), "-q", "--pairs", pairs])  # fmt: skip
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.exception
+    assert "--pairs must be best-worst, all or random:N" in " ".join(r.output.split()), r.output
+    assert fault_server.requests == 0  # nothing sampled for a run that cannot judge

@@ -98,3 +98,47 @@ def test_gold_accepts_trl_prompt_chosen_rejected(
     bad.write_text(json.dumps({"prompt": "q", "chosen": "x"}) + "\n")
     r = CliRunner().invoke(app, ["judge-report", str(out), "--gold", str(bad)])
     assert r.exit_code == 1 and "bad.jsonl:1" in r.output and "chosen and rejected" in r.output
+
+
+def _no_none(output: str) -> None:
+    words = set(re.findall(r"\w+", output))
+    assert not words & {"None", "nan", "NaN"}, output
+
+
+def test_judge_report_says_n_a_and_why_instead_of_none(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """Issue 25: tokens and cost per labelled pair printed a bare `None`."""
+    fault_server.default = "401"  # every judgement fails: no labelled pair
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in ROWS[:2]))
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["judge", str(pairs), "--judge-model", "j", "--api-base", fault_server.base_url,
+                                 "--mode", "letter", "--out", str(out), "-q"])  # fmt: skip
+    assert "0 done; 2 failed" in r.output, r.output
+    r = CliRunner().invoke(app, ["judge-report", str(out)])
+    assert r.exit_code == 0, r.output
+    _no_none(r.output)
+    text = " ".join(r.output.split())
+    assert "tokens / labelled pair │ n/a (no pair labelled A or B)" in text, r.output
+    assert "cost / labelled pair (USD) │ n/a (no pair labelled A or B)" in text, r.output
+    assert "tie rate │ n/a" in text, r.output  # not 0.0%: no verdict to count ties among
+
+    fault_server.default = "ok"
+    fault_server.responder = lambda body, rng: "A" if len(_shown(body)[0]) > len(_shown(body)[1]) else "B"  # fmt: skip
+    r = CliRunner().invoke(app, ["judge", str(pairs), "--judge-model", "j", "--api-base", fault_server.base_url,
+                                 "--mode", "letter", "--out", str(out), "-q"])  # fmt: skip
+    assert "2 done; 0 failed" in r.output, r.output
+    r = CliRunner().invoke(app, ["judge-report", str(out)])
+    assert "tokens / labelled pair │ 40 " in " ".join(r.output.split()), r.output  # 2 calls of 20
+    r = CliRunner().invoke(app, ["judge", str(pairs), "--judge-model", "j", "--api-base", fault_server.base_url,
+                                 "--mode", "letter", "--out", str(out), "-q"])  # fmt: skip
+    assert "0 done; 0 failed; 2 already done" in r.output, r.output  # the manifest: this run's
+    r = CliRunner().invoke(app, ["judge-report", str(out)])
+    _no_none(r.output)
+    assert "n/a (the last run reused earlier work" in " ".join(r.output.split()), r.output
+    (out / "manifest.json").unlink()  # records alone (e.g. copied from elsewhere)
+    r = CliRunner().invoke(app, ["judge-report", str(out)])
+    assert r.exit_code == 0, r.output
+    _no_none(r.output)
+    assert "n/a (no usage recorded)" in " ".join(r.output.split()), r.output

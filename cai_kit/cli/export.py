@@ -94,6 +94,7 @@ def _feedback(kind: str, source: Path, out: Path, fmt: str, eval_fraction: float
         return False
     from cai_kit.cli.common import fail
     from cai_kit.serve.feedback import export_feedback
+    from cai_kit.stages.export import train_command
 
     if fmt not in ("conversational", "standard"):
         fail(f"--format must be conversational or standard, not {fmt!r}.")
@@ -105,9 +106,9 @@ def _feedback(kind: str, source: Path, out: Path, fmt: str, eval_fraction: float
     )
     if kind == "kto":
         (w_d, w_u) = counts["weights"]
+        cmd = train_command("kto", out, desirable_weight=w_d, undesirable_weight=w_u)
         typer.echo(
-            f"{counts['desirable']} desirable, {counts['undesirable']} undesirable; balance with: "
-            f"cai-kit train kto {out} --set desirable_weight={w_d} --set undesirable_weight={w_u}"
+            f"{counts['desirable']} desirable, {counts['undesirable']} undesirable; balance with: {cmd}"
         )
     return True
 

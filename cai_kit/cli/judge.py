@@ -38,7 +38,8 @@ Samples = Annotated[
 Principles = Annotated[
     str,
     typer.Option(
-        "--principles", help="one (sampled per pair) | all | sample:N (ensemble, averaged)."
+        "--principles",
+        help="one (sampled per pair) | all | sample:N (N >= 1): each judged in both orders, averaged.",
     ),
 ]
 TieMargin = Annotated[float, typer.Option("--tie-margin", help="|P(A) - 0.5| below this is a tie.")]
@@ -52,12 +53,13 @@ Out = Annotated[
 
 def _judge_cfg(mode: str, samples: int, principles: str, tie_margin: float, seed: int):  # type: ignore[no-untyped-def]
     from cai_kit.cli.common import fail
-    from cai_kit.stages.judge import JudgeConfig
+    from cai_kit.stages.judge import JudgeConfig, principle_count
 
     if mode not in ("logprobs", "letter", "cot", "votes"):
         fail(f"--mode must be logprobs, letter, cot or votes, not {mode!r}.")
-    if not (principles in ("one", "all") or principles.startswith("sample:")):
-        fail(f"--principles must be one, all or sample:N, not {principles!r}.")
+    if samples < 1:
+        fail(f"--samples must be at least 1 (votes per order in --mode votes), not {samples}.")
+    principle_count(principles)  # a ConfigError: one red line
     return JudgeConfig(
         mode=mode, samples=samples, principles=principles, tie_margin=tie_margin, seed=seed
     )  # type: ignore[arg-type]
@@ -73,7 +75,7 @@ def prefs(
     judge_api_base: JudgeApiBase = None,
     constitution: Constitution = "harmless",
     k: Annotated[int, typer.Option("--k", min=2, max=8, help="Responses sampled per prompt (2..8).")] = 2,
-    pairs: Annotated[str, typer.Option("--pairs", help="best-worst | all | random:N.")] = "best-worst",
+    pairs: Annotated[str, typer.Option("--pairs", help="best-worst | all | random:N (N >= 1).")] = "best-worst",
     mode: Mode = "logprobs",
     samples: Samples = 5,
     principles: Principles = "one",
@@ -91,9 +93,10 @@ def prefs(
     from cai_kit.llm.base import GenParams
     from cai_kit.llm.registry import get_backend
     from cai_kit.prompts import load_prompts
-    from cai_kit.stages.prefs import run_prefs
+    from cai_kit.stages.prefs import pair_count, run_prefs
 
     cfg = _judge_cfg(mode, samples, principles, tie_margin, seed)
+    pair_count(pairs)
     const = load_constitution(constitution)
     pset = load_prompts(prompts, on_bad_row=on_bad_row, limit=limit)  # type: ignore[arg-type]
     typer.echo(f"{prompts}: {pset.summary()}", err=True)
@@ -123,7 +126,7 @@ def prefs(
     typer.echo(f"sampling: {sampled.line()}")
     typer.echo(f"judging:  {judged.line()}")
     if not flags["dry_run"]:
-        typer.echo(f"Wrote {out / 'prefs.jsonl'}; see `cai-kit judge-report {out}`")
+        typer.echo(f"Wrote {out / 'prefs.jsonl'}; see `cai-kit judge-report {out.resolve()}`")
 
 
 @job_flags()

@@ -41,11 +41,12 @@ class JudgeReport:
     first_shown_decisive: int = 0
     longer_share: float | None = None  # decisive verdicts won by the longer response
     longer_decisive: int = 0
-    tie_rate: float = 0.0
+    tie_rate: float | None = None  # over ok records; None when there is none
     failures: int = 0
     per_principle: dict[str, dict[str, Any]] = field(default_factory=dict)
     tokens_per_labelled_pair: float | None = None
     cost_per_labelled_pair: float | None = None
+    usage_note: str | None = None  # why tokens / cost per labelled pair are not known
     gold_agreement: float | None = None  # decisive pairs only (gold and judge both A or B)
     gold_matched: int = 0
     gold_agreement_with_ties: float | None = None  # gold and judge each A, B or tie
@@ -106,7 +107,8 @@ def build_report(run_dir: Path, gold: Path | None = None) -> JudgeReport:
         )
     records = list(latest_by_id(path, PreferenceRecord).values())
     rep = JudgeReport(pairs=len(records))
-    labels = Counter(r.verdict.label for r in records)
+    # counted from the statuses on disk: a failed record is `failed` whatever label it carries
+    labels = Counter(r.verdict.label if r.status == "ok" else "failed" for r in records)
     rep.labels = dict(labels)
     judged = [r for r in records if r.status == "ok"]
     rep.failures = len(records) - len(judged)
@@ -135,11 +137,16 @@ def build_report(run_dir: Path, gold: Path | None = None) -> JudgeReport:
         }
     labelled = labels.get("A", 0) + labels.get("B", 0)
     manifest = run_dir / "manifest.json"
-    if manifest.is_file() and labelled:
-        stats = json.loads(manifest.read_text()).get("stats", {})
-        rep.tokens_per_labelled_pair = round(
-            (stats.get("prompt_tokens", 0) + stats.get("completion_tokens", 0)) / labelled, 1
-        )
+    stats = json.loads(manifest.read_text()).get("stats", {}) if manifest.is_file() else {}
+    tokens = stats.get("prompt_tokens", 0) + stats.get("completion_tokens", 0)
+    if not labelled:
+        rep.usage_note = "no pair labelled A or B"
+    elif stats.get("already_done") or stats.get("cache_hits"):  # stats are the last run's
+        rep.usage_note = "the last run reused earlier work, so its usage covers only part"
+    elif not tokens:  # no manifest, or a provider that reports no usage
+        rep.usage_note = "no usage recorded"
+    else:
+        rep.tokens_per_labelled_pair = round(tokens / labelled, 1)
         rep.cost_per_labelled_pair = round(stats.get("cost", 0.0) / labelled, 6)
     if gold is not None:
         ai = {}
@@ -249,13 +256,19 @@ def render(rep: JudgeReport) -> str:
     t.add_column("metric")
     t.add_column("value")
     pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
-    rows = [("pairs", str(rep.pairs)), ("labels", ", ".join(f"{k}={v}" for k, v in sorted(rep.labels.items()))),
+    na = f"n/a ({rep.usage_note})"
+
+    def shares(x: float | None, n: int, what: str) -> str:
+        return f"n/a (no decisive {what})" if x is None else f"{pct(x)} of {n} decisive {what}"
+
+    rows = [("pairs", str(rep.pairs)), ("labels", ", ".join(f"{k}={v}" for k, v in sorted(rep.labels.items())) or "none"),
             ("position consistency", pct(rep.position_consistency)),
-            ("won by the first-shown response", f"{pct(rep.first_shown_share)} of {rep.first_shown_decisive} decisive comparisons (MT-Bench, GPT-4: 52.6%)"),
-            ("won by the longer response", f"{pct(rep.longer_share)} of {rep.longer_decisive} decisive verdicts (MT-Bench, GPT-4: 68%)"),
+            ("won by the first-shown response", f"{shares(rep.first_shown_share, rep.first_shown_decisive, 'comparisons')} (MT-Bench, GPT-4: 52.6%)"),
+            ("won by the longer response", f"{shares(rep.longer_share, rep.longer_decisive, 'verdicts')} (MT-Bench, GPT-4: 68%)"),
             ("tie rate", pct(rep.tie_rate)),
-            ("failures", str(rep.failures)), ("tokens / labelled pair", str(rep.tokens_per_labelled_pair)),
-            ("cost / labelled pair (USD)", str(rep.cost_per_labelled_pair))]  # fmt: skip
+            ("failures", str(rep.failures)),
+            ("tokens / labelled pair", na if rep.tokens_per_labelled_pair is None else f"{rep.tokens_per_labelled_pair:g}"),
+            ("cost / labelled pair (USD)", na if rep.cost_per_labelled_pair is None else f"{rep.cost_per_labelled_pair:.6f}")]  # fmt: skip
     if rep.gold_agreement is not None or rep.gold_matched:
         rows.append(
             (
@@ -279,9 +292,11 @@ def render(rep: JudgeReport) -> str:
             str(d["failed"]),
             str(d["ties"]),
             pct(d["consistent"]),
-            str(d["mean_margin"]),
+            "n/a" if d["mean_margin"] is None else f"{d['mean_margin']:g}",
         )
     con.print(pt)
+    if any(d["consistent"] is None for d in rep.per_principle.values()):
+        con.print("n/a: no usable verdict under that principle (every pair of it failed).")
     return buf.getvalue()
 
 

@@ -25,7 +25,7 @@ from typing import Any, Literal
 from cai_kit.errors import DataError
 from cai_kit.records import Message
 from cai_kit.serve.store import FeedbackStore, RatedCompletion, is_feedback_db
-from cai_kit.stages.export import LOAD_WITH, Format, _completion, _prompt, write_rows
+from cai_kit.stages.export import LOAD_WITH, Format, _completion, _prompt, train_command, write_rows
 
 FeedbackKind = Literal["kto", "prefs"]
 TARGET_RATIO = 1.15  # λ_D·n_D / (λ_U·n_U): the middle of the KTO paper's [1, 4/3]
@@ -101,11 +101,11 @@ def _card(
             f"- balancing weights: desirable_weight={w_d}, undesirable_weight={w_u} "
             f"(λ_D·n_D / λ_U·n_U = {ratio:.2f}; the KTO paper advises 1 to 4/3)",
             "", "Train with the balancing weights:", "", "```bash",
-            f"cai-kit train kto {out_dir} --set desirable_weight={w_d} --set undesirable_weight={w_u}",
+            train_command("kto", out_dir, desirable_weight=w_d, undesirable_weight=w_u),
             "```",
         ]  # fmt: skip
     else:
-        lines += ["", "Train with:", "", "```bash", f"cai-kit train dpo {out_dir}", "```"]
+        lines += ["", "Train with:", "", "```bash", train_command("dpo", out_dir), "```"]
     lines += LOAD_WITH
     return "\n".join(lines)
 

@@ -5,6 +5,8 @@
            initial response (the Hugging Face CAI recipe's construction).
 - `dpo`    from prefs.jsonl (judged pairs): prompt/chosen/rejected; failed judgements, ties,
            pairs below --min-margin and pairs of identical responses are left out, and counted.
+           A tie kept by `include_ties` is oriented by p_a: B chosen when p_a < 0.5, A when
+           above; at exactly 0.5 (or no p_a) as written, response_a chosen.
 - `kto`    from prefs.jsonl: unpaired prompt/completion/label rows.
 - `reward` from prefs.jsonl: chosen/rejected with a `margin` column (the judge's confidence).
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import random
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -70,11 +73,16 @@ def _completion(text: str, fmt: Format) -> Any:
     return [{"role": "assistant", "content": text}] if fmt == "conversational" else text
 
 
+def _q(path: Path) -> str:
+    """A path for a suggested command: absolute (works from any directory) and shell-quoted."""
+    return shlex.quote(str(path.resolve()))
+
+
 def _revisions(run_dir: Path) -> list[RevisionRecord]:
     path = run_dir / "revisions.jsonl"
     if not path.is_file():
         raise DataError(
-            f"No revisions.jsonl in {run_dir}: run `cai-kit revise ... --out {run_dir}` first."
+            f"No revisions.jsonl in {run_dir}: make it with `cai-kit revise PROMPTS --out {_q(run_dir)}` first."
         )
     return list(latest_by_id(path, RevisionRecord).values())
 
@@ -83,7 +91,8 @@ def _preferences(run_dir: Path) -> list[PreferenceRecord]:
     path = run_dir / "prefs.jsonl"
     if not path.is_file():
         raise DataError(
-            f"No prefs.jsonl in {run_dir}: run `cai-kit prefs` or `cai-kit judge` with --out {run_dir} first."
+            f"No prefs.jsonl in {run_dir}: make it with `cai-kit prefs PROMPTS --out {_q(run_dir)}` "
+            f"(or `cai-kit judge PAIRS --out {_q(run_dir)}`) first."
         )
     return list(latest_by_id(path, PreferenceRecord).values())
 
@@ -154,12 +163,12 @@ def build_rows(
         if margin < min_margin:
             skip(f"below --min-margin {min_margin:g}")
             continue
-        if label == "tie":
-            chosen, rejected = p.response_a, p.response_b
-        else:
-            chosen, rejected = (
-                (p.response_a, p.response_b) if label == "A" else (p.response_b, p.response_a)
-            )
+        # A kept tie leans where p_a leans (B when p_a < 0.5); at exactly 0.5, or with no p_a,
+        # the pair stays as written: response_a chosen.
+        lean_b = label == "B" or (
+            label == "tie" and p.verdict.p_a is not None and p.verdict.p_a < 0.5
+        )
+        chosen, rejected = (p.response_b, p.response_a) if lean_b else (p.response_a, p.response_b)
         prompt = _prompt(p.messages, fmt)
         if kind == "dpo":
             rows.append(
@@ -183,6 +192,14 @@ def build_rows(
 # The last lines of every dataset card: how to load the export.
 LOAD_WITH = ["", "Load with:", "", "```python", "from datasets import load_dataset",
              'ds = load_dataset("json", data_files={"train": "train.jsonl"})', "```", ""]  # fmt: skip
+
+
+def train_command(kind: str, data_dir: Path, **trl: object) -> str:
+    """The `cai-kit train KIND DATA --out MODEL [--set k=v ...]` line an export suggests, with
+    absolute quoted paths so it works from any directory (MODEL: DATA's sibling `DATA-model`)."""
+    data = data_dir.resolve()
+    sets = "".join(f" --set {k}={v}" for k, v in trl.items())
+    return f"cai-kit train {kind} {_q(data)} --out {_q(data.with_name(data.name + '-model'))}{sets}"
 
 
 def left_out(skipped: dict[str, int]) -> str:

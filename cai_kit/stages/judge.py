@@ -7,7 +7,10 @@ otherwise the parsed letter (`letter`), K samples at temperature > 0 (`votes`), 
 then a final `Answer: A|B` line, clamped to [0.4, 0.6] by default (`cot`; CoT labels are
 overconfident, per the CAI paper). A judge that always answers "A" thus yields a
 position-inconsistent tie, never a confident label. An unparseable answer is a recorded
-failure, never a default letter.
+failure, never a default letter. A verdict stands on every comparison it claims (each
+principle, both orders) or it is `failed`: one lost comparison under `--principles all`
+fails the whole verdict, so a re-run asks again instead of labelling by the principles that
+happened to answer.
 
 The constitution's instruction and the judging rules come first in every prompt (a stable
 prefix, so provider prefix caching applies); the candidate responses follow, wrapped in
@@ -29,6 +32,7 @@ from typing import Literal, TypeVar
 from cai_kit.constitution import Constitution, Principle
 from cai_kit.engine import CallFailed, Engine
 from cai_kit.engine.gather import in_order, raise_first, settle
+from cai_kit.errors import ConfigError
 from cai_kit.llm.base import Backend, Completion, GenParams, TokenLogprob
 from cai_kit.records import Comparison, JudgeVerdict, stable_hash
 
@@ -83,20 +87,32 @@ def neutralise(text: str) -> str:
     return _DELIM.sub(lambda m: " ".join(m.group(0)), text)
 
 
+def principle_count(spec: str) -> int | None:
+    """Check a `--principles` value: None for `one` or `all`, N for `sample:N` (N >= 1)."""
+    if spec in ("one", "all"):
+        return None
+    if not spec.startswith("sample:"):
+        raise ConfigError(f"--principles must be one, all or sample:N, not {spec!r}.")
+    n = spec.split(":", 1)[1].strip()
+    if not n.isdigit() or int(n) < 1:
+        raise ConfigError(
+            f"--principles sample:N needs a whole number N of at least 1, not {spec!r}."
+        )
+    return int(n)
+
+
 def choose_principles(
     constitution: Constitution, spec: str, key: str, seed: int
 ) -> list[Principle]:
     """`one` (one sampled per comparison), `all`, or `sample:N`; seeded by the pair's key."""
     rng = random.Random(int(stable_hash("judge-principles", seed, key), 16))
     ps = constitution.principles
+    n = principle_count(spec)
     if spec == "all":
         return list(ps)
-    if spec == "one":
+    if n is None:  # one
         return [rng.choice(ps)]
-    if spec.startswith("sample:"):
-        n = int(spec.split(":", 1)[1])
-        return rng.sample(ps, min(n, len(ps)))
-    raise ValueError(f"--principles must be one, all or sample:N, not {spec!r}")
+    return rng.sample(ps, min(n, len(ps)))
 
 
 def build_messages(
@@ -256,22 +272,28 @@ async def judge_pair(
         for principle, orders in prompts
         for order, msgs in orders
     )
-    per_principle: list[float] = []
-    consistent: list[bool] = []
-    for n in range(len(prompts)):
-        ab, ba = comparisons[2 * n].p_first, comparisons[2 * n + 1].p_first
-        if ab is None or ba is None:
-            continue
-        per_principle.append((ab + (1.0 - ba)) / 2)  # P(a better), averaged over both orders
-        consistent.append((ab > 0.5) == (ba < 0.5) and ab != 0.5 and ba != 0.5)
     verdict = JudgeVerdict(
         label="failed", comparisons=comparisons, principle_ids=[p.id for p, _ in prompts]
     )
-    if not per_principle:
+    # A verdict stands on every comparison it claims, or on none: with several principles, one
+    # lost comparison fails the whole verdict (a re-run asks again) rather than letting the
+    # principles that answered speak for those that did not.
+    if lost := [c for c in comparisons if c.p_first is None]:
+        errors = "; ".join(sorted({c.error or "no usable answer" for c in lost})[:3])
+        some = len(lost) < len(comparisons)  # when all failed, their errors say it
         verdict.error = (
-            "; ".join(sorted({c.error for c in comparisons if c.error})) or "no usable comparison"
+            f"{len(lost)} of {len(comparisons)} comparisons failed: {errors}" if some else errors
         )
         return verdict
+    if not comparisons:
+        verdict.error = "no principle to judge by"
+        return verdict
+    per_principle: list[float] = []
+    consistent: list[bool] = []
+    ps = [c.p_first for c in comparisons if c.p_first is not None]  # all of them, by now
+    for ab, ba in zip(ps[0::2], ps[1::2], strict=True):  # (ab, ba) of each principle
+        per_principle.append((ab + (1.0 - ba)) / 2)  # P(a better), averaged over both orders
+        consistent.append((ab > 0.5) == (ba < 0.5) and ab != 0.5 and ba != 0.5)
     p_a = sum(per_principle) / len(per_principle)
     verdict.p_a = round(p_a, 6)
     verdict.margin = round(abs(p_a - 0.5) * 2, 6)

@@ -21,7 +21,7 @@ from cai_kit.constitution import Constitution
 from cai_kit.engine import Engine, EngineConfig, JobSpec, JobSummary, run_job
 from cai_kit.engine.cost_preview import stand_in
 from cai_kit.engine.gather import in_order
-from cai_kit.errors import DataError
+from cai_kit.errors import ConfigError, DataError
 from cai_kit.io import latest_by_id, read_jsonl
 from cai_kit.llm.base import Backend, GenParams
 from cai_kit.records import (
@@ -75,6 +75,18 @@ def _judge_job(
     return run_job(spec, engine_config)
 
 
+def pair_count(spec: str) -> int | None:
+    """Check a `--pairs` value: None for `best-worst` or `all`, N for `random:N` (N >= 1)."""
+    if spec in ("best-worst", "all"):
+        return None
+    n = spec.split(":", 1)[1].strip() if spec.startswith("random:") else ""
+    if not n.isdigit() or int(n) < 1:
+        raise ConfigError(
+            f"--pairs must be best-worst, all or random:N with N a whole number of at least 1, not {spec!r}."
+        )
+    return int(n)
+
+
 def run_prefs(
     prompts: list[PromptRecord], *, policy: Backend, judge: Backend, models: dict[str, str], constitution: Constitution,
     cfg: JudgeConfig, k: int, pairs: str, policy_params: GenParams, out_dir: Path, engine_config: EngineConfig,
@@ -84,6 +96,7 @@ def run_prefs(
     the judging of samples not drawn yet as k answers of `max_tokens` each."""
     if k < 2:
         raise DataError("--k must be at least 2 to make pairs.")
+    n_random = pair_count(pairs)  # a bad --pairs is refused before anything is sampled
     sampled = run_generate(prompts, backend=policy, model=models["policy"], params=policy_params, samples=k,
                            out_dir=out_dir / "samples", engine_config=engine_config, shard=shard, argv=argv)  # fmt: skip
     by_prompt: dict[str, list[GenerationRecord]] = {}
@@ -109,14 +122,9 @@ def run_prefs(
             items.append((p, None))
         elif pairs == "all":
             items += [(p, ij) for ij in all_pairs]
-        elif pairs.startswith("random:"):
+        else:  # random:N
             rng = random.Random(int(stable_hash("pairs", cfg.seed, p.id), 16))
-            items += [
-                (p, ij)
-                for ij in rng.sample(all_pairs, min(int(pairs.split(":")[1]), len(all_pairs)))
-            ]
-        else:
-            raise DataError(f"--pairs must be best-worst, all or random:N, not {pairs!r}.")
+            items += [(p, ij) for ij in rng.sample(all_pairs, min(n_random or 0, len(all_pairs)))]
 
     identities = {"policy": policy.identity(), "judge": judge.identity()}
 
