@@ -41,6 +41,12 @@ def test_train_grpo_with_a_judge_reward_runs_and_saves(
     history = json.loads((out / "log_history.json").read_text())
     assert any("reward" in h for h in history) and fault_server.paid >= 8
     assert (out / "adapter_model.safetensors").is_file()
+    for name in ("train_config.yaml", "training_curves.png", "log_history.json"):
+        assert (out / name).is_file(), name
+    logged = [h for h in history if "loss" in h]
+    assert [h["judge_calls"] for h in logged] == [4, 8] and all(
+        h["judge_failed"] == 0 for h in logged
+    )
 
 
 # --- the judge as a reward: failures, one engine, d-RLAIF's expected score ----------------
@@ -163,27 +169,89 @@ def test_train_grpo_stops_on_a_dead_judge_and_takes_the_engine_flags(
     assert fault_server.requests == 4  # --max-retries 0 reached the engine
 
 
-@pytest.mark.slow
-def test_grpo_as_two_processes_shares_max_cost_stops_together_and_saves_finished_steps(
-    tiny: Path, tmp_path: Path, fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Each of 2 ranks may spend half the cap; both reach it in step 2 and stop there
-    together, and the finished step is saved (rank 0 writes)."""
+def _two_ranks_of_grpo(
+    tiny: Path, tmp_path: Path, judge_url: str, *extra: str
+) -> tuple[int, str, Path]:
+    """`train grpo` as 2 processes over torchrun (gloo) on the prompts "Say hi" and "Say bye":
+    each step, one rank scores the 4 completions of one prompt and the other rank the other's.
+    (exit code, output, OUT); killed with its ranks after 5 minutes (ranks out of step hang)."""
     import sys
 
     from tests.fixtures.processes import run_group
 
-    monkeypatch.setattr(fs, "reply_text", lambda body: "Yes")
-    fault_server.report_cost = 0.01  # a step: 4 scorings a rank, $0.04; each rank's share: $0.05
     prompts = tmp_path / "p.txt"
     prompts.write_text("Say hi\nSay bye\n")
     out = tmp_path / "g"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "cai_kit", "train", "grpo",
-           str(prompts), "--model", f"hf:{tiny}", "--reward-judge", "j", "--judge-api-base", fault_server.base_url,
-           "--out", str(out), "--max-steps", "3", "--num-generations", "4", "--batch-size", "4",
-           "--max-completion-length", "4", "--max-cost", "0.1", "--price", "0,5000", "--concurrency", "1",
-           "--no-cache"]  # fmt: skip
+           str(prompts), "--model", f"hf:{tiny}", "--reward-judge", "j", "--judge-api-base", judge_url,
+           "--out", str(out), "--num-generations", "4", "--batch-size", "4", "--max-completion-length", "4",
+           "--concurrency", "1", "--no-cache", *extra]  # fmt: skip
     code, output = run_group(cmd, timeout=300)
+    return code, output, out
+
+
+def _bye(body: dict) -> bool:
+    return "Say bye" in body["messages"][-1]["content"]
+
+
+@pytest.mark.slow
+def test_grpo_as_two_processes_shares_max_cost_stops_together_and_saves_finished_steps(
+    tiny: Path, tmp_path: Path, fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each of 2 ranks may spend half the cap ($0.045). Only answers to "Say bye" cost ($0.01 a
+    call, $0.04 a step), so the rank that scored them in step 1 reaches its share in step 2
+    while the other has spent nothing: both stop there together (the old code, stopping one
+    rank alone, left the other waiting forever in the next collective); the finished step is
+    saved (rank 0 writes)."""
+    monkeypatch.setattr(fs, "reply_text", lambda body: "Yes")
+    fault_server.report_cost = lambda body: 0.01 if _bye(body) else 0.0
+    # --price 0,5000: a 2-token call's worst case is $0.01, so a rank at $0.04 may not call again
+    code, output, out = _two_ranks_of_grpo(tiny, tmp_path, fault_server.base_url, "--max-steps", "3",
+                                           "--max-cost", "0.09", "--price", "0,5000")  # fmt: skip
     assert code != 0 and "1 finished step(s) are saved" in output, output[-3000:]
-    assert fault_server.paid * 0.01 <= 0.1 + 1e-9  # the run's cap, both ranks together
+    assert "another process reached its share of --max-cost" in output  # the rank that could go on
+    assert sum(0.01 for b in fault_server.bodies if _bye(b)) <= 0.09 + 1e-9  # the run's cap
     assert (out / "adapter_config.json").is_file() and (out / "log_history.json").is_file()
+
+
+@pytest.mark.slow
+def test_grpo_as_two_processes_counts_judge_failures_over_all_ranks_and_stops_together(
+    tiny: Path, tmp_path: Path, fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The judge cannot parse some answers to "Say bye" (one rank's share of a step): 0 of them
+    in step 1, 2 in step 2, all 4 from step 3 on. With --max-judge-failures 0.4 the step's
+    share over both ranks decides (2 of 8 go on, 4 of 8 stop), not one rank's (2 of 4 would stop
+    that rank alone and hang the other), and judge_failed in the log is the total."""
+    byes = []
+
+    def reply(body: dict) -> str:
+        if not _bye(body):
+            return "Yes"
+        byes.append(1)
+        return "Hmm" if len(byes) in (5, 6) or len(byes) > 8 else "Yes"
+
+    monkeypatch.setattr(fs, "reply_text", reply)
+    code, output, out = _two_ranks_of_grpo(tiny, tmp_path, fault_server.base_url, "--max-steps", "4",
+                                           "--max-judge-failures", "0.4", "--max-retries", "0")  # fmt: skip
+    assert code != 0 and "4 of 8 judge scorings failed" in output, output[-3000:]
+    assert "2 finished step(s) are saved" in output
+    logged = [h for h in json.loads((out / "log_history.json").read_text()) if "loss" in h]
+    assert [h["judge_failed"] for h in logged] == [0, 2]  # both ranks, not rank 0's
+    assert [h["judge_calls"] for h in logged] == [
+        8,
+        16,
+    ]  # answered calls, both ranks, the run so far
+
+
+def test_a_grpo_batch_that_splits_a_group_is_one_sentence_naming_both_flags(
+    tmp_path: Path, fault_server: FaultServer
+) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Say hi\n")
+    r = CliRunner().invoke(app, ["train", "grpo", str(prompts), "--reward-judge", "j", "--judge-api-base",
+                                 fault_server.base_url, "--out", str(tmp_path / "g"), "--batch-size", "3",
+                                 "--num-generations", "4"])  # fmt: skip
+    assert r.exit_code == 1, r.output
+    assert "--batch-size 3 is not a multiple of --num-generations 4" in r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    assert fault_server.requests == 0  # nothing was loaded or judged

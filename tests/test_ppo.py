@@ -13,6 +13,7 @@ import tests.fixtures.fault_server as fs
 from cai_kit.cli.main import app
 from cai_kit.train.ppo import AdaptiveKLController, PPOConfig, PPOTrainer, compute_gae
 from tests.fixtures.fault_server import FaultServer
+from tests.test_train import tensorboard_scalars
 
 
 def test_gae_matches_hand_computation() -> None:
@@ -200,13 +201,56 @@ def test_train_ppo_cli_with_a_judge_as_the_reward(
     out = tmp_path / "ppo"
     r = CliRunner().invoke(app, ["train", "ppo", str(prompts), "--model", f"hf:{plain_tiny}", "--reward-judge", "j",
                                  "--judge-api-base", fault_server.base_url, "--out", str(out), "--steps", "2",
-                                 "--batch-size", "4", "--mini-batch-size", "2", "--max-new-tokens", "4"])  # fmt: skip
+                                 "--batch-size", "4", "--mini-batch-size", "2", "--max-new-tokens", "4",
+                                 "--report-to", "tensorboard"])  # fmt: skip
     assert r.exit_code == 0, r.output
     history = json.loads((out / "ppo_history.json").read_text())
     assert len(history) == 2 and history[0]["reward"] == pytest.approx(0.5)  # 2 Yes + 2 No
     assert fault_server.paid == 8 and (out / "value_head.pt").is_file()
+    # --report-to tensorboard: every step's statistics, read back from OUT/runs/
+    scalars = tensorboard_scalars(out)
+    for key in (
+        "reward",
+        "kl",
+        "entropy",
+        "clipfrac",
+        "policy_loss",
+        "judge_failed",
+        "judge_calls",
+        "judge_cost",
+    ):
+        assert [s for s, _ in scalars[key]] == [1, 2], key
+        assert [v for _, v in scalars[key]] == pytest.approx([h[key] for h in history], abs=1e-6), (
+            key
+        )
+    assert [v for _, v in scalars["judge_calls"]] == [4, 8]  # the run so far
+    for name in ("train_config.yaml", "training_curves.png", "log_history.json"):
+        assert (out / name).is_file(), name
+    assert [h["step"] for h in json.loads((out / "log_history.json").read_text())] == [1, 2]
     r = CliRunner().invoke(app, ["train", "ppo", str(prompts), "--out", str(out)])
     assert r.exit_code == 1 and "exactly one reward source" in r.output
+
+
+def test_a_judge_without_a_key_names_the_judge_api_base_flag_that_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+
+    for var in ("OPENAI_API_KEY", "CAI_KIT_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Say hi\n")
+    helps = {}
+    for kind in ("ppo", "grpo"):
+        helps[kind] = (
+            CliRunner().invoke(app, ["train", kind, "--help"], env={"COLUMNS": "300"}).output
+        )
+        for judge in ("openai/gpt-4o-mini", "some-name"):
+            r = CliRunner().invoke(app, ["train", kind, str(prompts), "--reward-judge", judge,
+                                         "--out", str(tmp_path / "o")])  # fmt: skip
+            assert r.exit_code == 1 and "--judge-api-base" in r.output, r.output
+            for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]*", r.output):
+                assert flag in helps[kind], (flag, r.output)
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cai_kit.cli.main import app
+from tests.test_train import tensorboard_scalars
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +59,12 @@ def test_spin_iterations_chain_and_the_margin_grows(tiny: Path, tmp_path: Path) 
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "spin"
     r = CliRunner().invoke(app, ["train", "spin", str(data), "--model", f"hf:{tiny}", "--out", str(out), "--iterations", "2",
-                                 "--max-steps", "3", "--lr", "5e-3", "--max-new-tokens", "8"])  # fmt: skip
+                                 "--max-steps", "3", "--lr", "5e-3", "--max-new-tokens", "8",
+                                 "--report-to", "tensorboard"])  # fmt: skip
     assert r.exit_code == 0, r.output
+    # --report-to: each iteration's DPO steps (TRL) and one point per iteration (the loop)
+    assert [s for s, _ in tensorboard_scalars(out)["spin/pairs"]] == [1, 2]
+    assert [s for s, _ in tensorboard_scalars(out / "iter_2" / "model")["train/loss"]] == [1, 2, 3]
     cfg2 = yaml.safe_load((out / "iter_2" / "model" / "train_config.yaml").read_text())
     assert (
         Path(cfg2["base_model"]) == out / "iter_1" / "model"

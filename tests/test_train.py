@@ -318,3 +318,133 @@ def test_dpo_from_an_sft_adapter_uses_the_sft_model_as_reference(
     # the new adapter sits on the merged SFT model: saved merged, so `hf:OUT` loads what was trained
     assert (tmp_path / "a" / "model.safetensors").is_file()
     assert not (tmp_path / "a" / "adapter_config.json").exists()
+
+
+# --- --report-to: training output where users look ----------------------------------------
+
+
+def tensorboard_scalars(out: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar tag under OUT/runs/ -> [(step, value)], read back with TensorBoard itself."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    found: dict[str, list[tuple[int, float]]] = {}
+    for run in sorted((out / "runs").iterdir()):
+        acc = EventAccumulator(str(run))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            found.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return found
+
+
+@pytest.mark.slow
+def test_train_dpo_reports_to_tensorboard_and_writes_config_curves_and_history(
+    tiny: Path, tmp_path: Path
+) -> None:
+    data = _write(tmp_path / "pairs.jsonl", CONVO_PAIRS)
+    out = tmp_path / "dpo"
+    r = CliRunner().invoke(app, ["train", "dpo", str(data), "--model", f"hf:{tiny}", "--out", str(out),
+                                 "--max-steps", "2", "--batch-size", "4", "--report-to", "tensorboard"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    scalars = tensorboard_scalars(out)
+    history = [h for h in json.loads((out / "log_history.json").read_text()) if "loss" in h]
+    assert [s for s, _ in scalars["train/loss"]] == [1, 2] == [h["step"] for h in history]
+    assert [v for _, v in scalars["train/loss"]] == pytest.approx([h["loss"] for h in history])
+    assert "train/rewards/margins" in scalars
+    for name in ("train_config.yaml", "training_curves.png", "log_history.json"):
+        assert (out / name).is_file(), name
+    assert "FutureWarning" not in r.output and "MISSING" not in r.output
+
+
+def test_report_to_a_missing_or_unknown_integration_is_one_sentence_on_every_train_command(
+    tmp_path: Path,
+) -> None:
+    import importlib.util
+
+    missing = next((n for n in ("mlflow", "wandb") if importlib.util.find_spec(n) is None), None)
+    if missing is None:
+        pytest.skip("mlflow and wandb are both installed here")
+    data = _write(tmp_path / "d.jsonl", SFT)
+    out = str(tmp_path / "o")
+    commands = {
+        kind: ["train", kind, str(data), "--out", out]
+        for kind in ("sft", "reward", "dpo", "kto", "orpo", "spin")
+    }
+    commands["ppo"] = ["train", "ppo", str(data), "--reward-model", str(tmp_path), "--out", out]
+    commands["grpo"] = ["train", "grpo", str(data), "--reward-model", str(tmp_path), "--out", out]  # fmt: skip
+    for kind, argv in commands.items():
+        r = CliRunner().invoke(app, [*argv, "--report-to", f"tensorboard,{missing}"])
+        assert r.exit_code == 1, (kind, r.output)
+        assert r.output.strip() == (
+            f"Error: --report-to {missing} needs the {missing} package: "
+            f"pip install 'cai-kit[{missing}]'."
+        ), (kind, r.output)
+        r = CliRunner().invoke(app, [*argv, "--report-to", "tensorbored"])
+        assert r.exit_code == 1 and "'tensorbored' is not one of none, tensorboard" in r.output
+        assert len(r.output.strip().splitlines()) == 1, (kind, r.output)
+    assert not (tmp_path / "o").exists()  # nothing was trained or written
+
+
+def test_recipe_report_to_reaches_the_trl_config(tmp_path: Path) -> None:
+    from cai_kit.train.run import build_config
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("report_to: tensorboard\n")
+    opts = resolve_options(recipe, {"out": str(tmp_path / "o")}, [])
+    assert build_config("sft", opts).report_to == ["tensorboard"]
+    assert build_config("sft", resolve_options(None, {"out": "o"}, [])).report_to in (
+        [],
+        "none",
+        None,
+    )
+
+
+@pytest.mark.slow
+def test_training_console_has_no_library_warnings_a_user_cannot_act_on(
+    tiny: Path, tmp_path: Path
+) -> None:
+    """A reward model's new score head used to print "score.weight | MISSING ... newly
+    initialized" and TRL/transformers a screen of FutureWarnings. Run as a user runs it (a
+    process of its own: pytest would record the warnings itself)."""
+    import subprocess
+    import sys
+
+    data = _write(tmp_path / "pairs.jsonl", CONVO_PAIRS)
+    cmd = [sys.executable, "-m", "cai_kit", "train", "reward", str(data), "--model", f"hf:{tiny}", "--out",
+           str(tmp_path / "rm"), "--max-steps", "1", "--batch-size", "4"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    console = r.stdout + r.stderr
+    assert "MISSING" not in console and "Warning" not in console, console
+    assert "Saved to" in r.stdout
+
+
+def test_library_warnings_are_silenced_inside_the_commands_only() -> None:
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    from cai_kit.train.common import quiet_libraries
+
+    level, filters = hf_logging.get_verbosity(), list(warnings.filters)
+    with quiet_libraries():
+        assert hf_logging.get_verbosity() == hf_logging.ERROR
+    assert hf_logging.get_verbosity() == level and warnings.filters == filters
+
+
+def test_pipeline_recipe_report_to_reaches_its_train_stages(tmp_path: Path) -> None:
+    from cai_kit.pipeline.recipe import parse_recipe
+    from cai_kit.pipeline.run import stages
+
+    recipe = "name: x\nprompts: p.jsonl\nreport_to: tensorboard, wandb\n"
+    plan = {s.name: s.argv for s in stages(parse_recipe(recipe, "r.yaml"), tmp_path, 16, 8)}
+    for name in ("train-sft", "train-dpo"):
+        assert plan[name][plan[name].index("--report-to") + 1] == "tensorboard,wandb"
+    plan = {
+        s.name: s.argv
+        for s in stages(parse_recipe("name: x\nprompts: p.jsonl\n", "r.yaml"), tmp_path, 16, 8)
+    }
+    assert "--report-to" not in plan["train-sft"]  # none: the flag's default
+    with pytest.raises(
+        ConfigError, match=r"r.yaml:3: report_to: .*'tensorbored' is not one of none"
+    ):
+        parse_recipe("name: x\nprompts: p.jsonl\nreport_to: tensorbored\n", "r.yaml")

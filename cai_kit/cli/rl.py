@@ -11,6 +11,7 @@ from cai_kit.cli.common import (
     TRAINER_WITHOUT,
     job_flags,
 )
+from cai_kit.cli.train import ReportTo, report_names
 
 JudgeReward = Annotated[
     str,
@@ -111,33 +112,55 @@ def ppo(
     ] = 1.0,
     judge_reward: JudgeReward = "p-yes",
     max_judge_failures: MaxJudgeFailures = 0.1,
+    report_to: ReportTo = None,
     **flags: Any,
 ) -> None:
     """PPO with a reward model or an AI judge as the reward (our own implementation).
 
     Runs unchanged under torchrun / accelerate launch: each rank samples its own slice of the
     prompts with its own seed, statistics are averaged over ranks, rank 0 writes OUT."""
+    options = {k: v for k, v in locals().items() if k != "flags"}  # the flags, before any import
+    from cai_kit.train.common import quiet_libraries
+
+    names = report_names(report_to)
+    with quiet_libraries():
+        _ppo(options, names, flags)
+
+
+def _ppo(o: dict[str, Any], names: list[str], flags: dict[str, Any]) -> None:
+    import dataclasses
     import json
+
+    import yaml
 
     from cai_kit.errors import CaiKitError
     from cai_kit.prompts import load_prompts
     from cai_kit.train.common import load_model, load_tokenizer, lora_config, resolve_model
     from cai_kit.train.ppo import PPOConfig, PPOTrainer
     from cai_kit.train.report import plot_curves
+    from cai_kit.train.tracking import Tracker
 
-    reward_fn = reward_source(
-        reward_model, reward_judge, judge_api_base, constitution, {**locals(), **flags}
-    )
-    texts = [r.prompt_text for r in load_prompts(prompts, limit=limit).records]
-    base = resolve_model(model)
-    cfg = PPOConfig(learning_rate=lr, batch_size=batch_size, mini_batch_size=mini_batch_size, ppo_epochs=ppo_epochs,
-                    max_new_tokens=max_new_tokens, init_kl_coef=init_kl_coef, target_kl=target_kl, seed=seed,
-                    temperature=temperature)  # fmt: skip
+    out, steps = o["out"], o["steps"]
+    reward_fn = reward_source(o["reward_model"], o["reward_judge"], o["judge_api_base"], o["constitution"],
+                              {**o, **flags})  # fmt: skip
+    texts = [r.prompt_text for r in load_prompts(o["prompts"], limit=o["limit"]).records]
+    base = resolve_model(o["model"])
+    cfg = PPOConfig(learning_rate=o["lr"], batch_size=o["batch_size"], mini_batch_size=o["mini_batch_size"],
+                    ppo_epochs=o["ppo_epochs"], max_new_tokens=o["max_new_tokens"], init_kl_coef=o["init_kl_coef"],
+                    target_kl=o["target_kl"], seed=o["seed"], temperature=o["temperature"])  # fmt: skip
     trainer = PPOTrainer(
-        cfg, load_model(base), load_tokenizer(base), peft_config=None if full else lora_config()
+        cfg,
+        load_model(base),
+        load_tokenizer(base),
+        peft_config=None if o["full"] else lora_config(),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(
+        names, out, "ppo", config=dataclasses.asdict(cfg), enabled=trainer.is_main_process
     )
 
-    def log(step: int, s: dict[str, float]) -> None:
+    def log(step: int, s: dict[str, float]) -> None:  # rank 0 only
+        tracker.log(s, step + 1)
         failed = f"  judge_failed {s['judge_failed']:.0f}" if "judge_failed" in s else ""
         typer.echo(f"step {step + 1}/{steps}: reward {s['reward']:.3f}  kl {s['kl']:.3f}  entropy {s['entropy']:.2f}  "
                    f"clipfrac {s['clipfrac']:.3f}  value_loss {s['value_loss']:.4f}{failed}")  # fmt: skip
@@ -149,13 +172,19 @@ def ppo(
         stopped = exc
     finally:
         _close(reward_fn)
+        tracker.close()
     history = trainer.history
     if history:
         trainer.save(str(out))
     if history and trainer.is_main_process:
         (out / "ppo_history.json").write_text(json.dumps(history, indent=1))
-        plot_curves([{"step": i + 1, "loss": h["policy_loss"], "rewards/margins": h["reward"], "rewards/accuracies": h["kl"]} for i, h in enumerate(history)],
-                    out / "training_curves.png", "ppo (loss=policy loss, margins=reward, accuracies=KL)")  # fmt: skip
+        logged = [{**h, "step": i + 1} for i, h in enumerate(history)]
+        (out / "log_history.json").write_text(json.dumps(logged, indent=1))
+        resolved = {"kind": "ppo", "base_model": base, "options": {k: _plain(v) for k, v in o.items()},
+                    "ppo_config": dataclasses.asdict(cfg)}  # fmt: skip
+        (out / "train_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        plot_curves(logged, out / "training_curves.png", "ppo",
+                    keys=("reward", "kl", "policy_loss", "entropy", "clipfrac", "judge_failed"))  # fmt: skip
     if stopped is not None:
         kept = (
             f"The {len(history)} finished step(s) are saved in {out}."
@@ -165,6 +194,10 @@ def ppo(
         raise CaiKitError(f"{stopped} {kept}")
     if trainer.is_main_process:
         typer.echo(f"Saved to {out}")
+
+
+def _plain(v: Any) -> Any:
+    return v if isinstance(v, str | int | float | bool | type(None) | list | dict) else str(v)
 
 
 def spin(
@@ -185,18 +218,17 @@ def spin(
     max_new_tokens: Annotated[
         int, typer.Option("--max-new-tokens", help="Length of the model's own answers.")
     ] = 128,
+    report_to: ReportTo = None,
 ) -> None:
     """SPIN: the model's own answers are rejected, SFT targets chosen; DPO per iteration."""
+    from cai_kit.train.common import quiet_libraries
     from cai_kit.train.spin import run_spin
 
-    models = run_spin(
-        data,
-        model,
-        out,
-        iterations,
-        {"max_steps": max_steps, "batch_size": batch_size, "lr": lr, "beta": beta},
-        max_new_tokens,
-    )
+    names = report_names(report_to)
+    opts = {"max_steps": max_steps, "batch_size": batch_size, "lr": lr, "beta": beta,
+            "report_to": ",".join(names) or "none"}  # fmt: skip
+    with quiet_libraries():
+        models = run_spin(data, model, out, iterations, opts, max_new_tokens)
     typer.echo("Iterations: " + ", ".join(str(m) for m in models))
 
 
@@ -240,21 +272,30 @@ def grpo(
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
     judge_reward: JudgeReward = "p-yes",
     max_judge_failures: MaxJudgeFailures = 0.1,
+    report_to: ReportTo = None,
     **flags: Any,
 ) -> None:
     """Online RLAIF with TRL's GRPO: our judge or reward model scores each sampled completion."""
-    from cai_kit.prompts import load_prompts
-    from cai_kit.train.online import train_grpo
+    options = {k: _plain(v) for k, v in locals().items() if k != "flags"}  # before any import
+    import os
 
-    scorer = reward_source(
-        reward_model, reward_judge, judge_api_base, constitution, {**locals(), **flags}
-    )
-    texts = [r.prompt_text for r in load_prompts(prompts, limit=limit).records]
-    try:
-        path = train_grpo(texts, model, out, scorer, max_steps=max_steps, num_generations=num_generations,
-                          batch_size=batch_size, max_completion_length=max_completion_length, lr=lr, full=full)  # fmt: skip
-    finally:
-        _close(scorer)
+    from cai_kit.prompts import load_prompts
+    from cai_kit.train.common import quiet_libraries
+    from cai_kit.train.online import check_group_size, train_grpo
+
+    check_group_size(batch_size, num_generations, int(os.environ.get("WORLD_SIZE", "1")))
+    names = report_names(report_to)
+    with quiet_libraries():
+        scorer = reward_source(
+            reward_model, reward_judge, judge_api_base, constitution, {**locals(), **flags}
+        )
+        texts = [r.prompt_text for r in load_prompts(prompts, limit=limit).records]
+        try:
+            path = train_grpo(texts, model, out, scorer, max_steps=max_steps, num_generations=num_generations,
+                              batch_size=batch_size, max_completion_length=max_completion_length, lr=lr, full=full,
+                              report_to=names, options=options)  # fmt: skip
+        finally:
+            _close(scorer)
     typer.echo(f"Saved to {path}")
 
 

@@ -72,13 +72,32 @@ FourBit = Annotated[
 Resume = Annotated[
     bool | None, typer.Option("--resume", help="Resume from the last checkpoint in --out.")
 ]
+# every `train` command takes it (ppo, spin and grpo too): defined once, here
+ReportTo = Annotated[
+    str | None,
+    typer.Option(
+        "--report-to",
+        help="Also log training metrics to: none, tensorboard (OUT/runs/), trackio, wandb, mlflow; "
+        "comma-separate several (optional extras: pip install 'cai-kit[tensorboard]'). [default: none]",
+    ),
+]
+
+
+def report_names(value: str | None) -> list[str]:
+    """--report-to's integrations, checked before anything loads (a missing one: one sentence)."""
+    from cai_kit.train.tracking import parse_report_to
+
+    return parse_report_to(value)
 
 
 def _run(kind: str, data, out, model, config, sets, **flags) -> None:  # type: ignore[no-untyped-def]
     from cai_kit.train.run import resolve_options, train
 
     opts = resolve_options(config, {"data": data, "out": out, "model": model, **flags}, sets or [])
-    path = train(kind, opts)
+    from cai_kit.train.common import quiet_libraries
+
+    with quiet_libraries():
+        path = train(kind, opts)
     import os
 
     if os.environ.get("RANK", "0") != "0":  # distributed: rank 0 speaks for the job
@@ -93,12 +112,12 @@ def _common(kind: str):  # type: ignore[no-untyped-def]
         max_steps: MaxSteps = None, epochs: Epochs = None, batch_size: Batch = None, grad_accum: Accum = None,
         lr: Lr = None, max_length: MaxLen = None, seed: Seed = None, eval_fraction: EvalFrac = None,
         full: Full = None, lora_r: LoraR = None, lora_alpha: LoraAlpha = None, target_modules: Targets = None,
-        merge: Merge = None, load_in_4bit: FourBit = None, resume: Resume = None,
+        merge: Merge = None, load_in_4bit: FourBit = None, resume: Resume = None, report_to: ReportTo = None,
     ) -> None:  # fmt: skip
         _run(kind, data, out, model, config, set_, max_steps=max_steps, epochs=epochs, batch_size=batch_size,
              grad_accum=grad_accum, lr=lr, max_length=max_length, seed=seed, eval_fraction=eval_fraction, full=full,
              lora_r=lora_r, lora_alpha=lora_alpha, target_modules=target_modules, merge=merge,
-             load_in_4bit=load_in_4bit, resume=resume)  # fmt: skip
+             load_in_4bit=load_in_4bit, resume=resume, report_to=report_to)  # fmt: skip
 
     return command
 
@@ -126,14 +145,14 @@ def dpo(
     max_steps: MaxSteps = None, epochs: Epochs = None, batch_size: Batch = None, grad_accum: Accum = None,
     lr: Lr = None, max_length: MaxLen = None, seed: Seed = None, eval_fraction: EvalFrac = None,
     full: Full = None, lora_r: LoraR = None, lora_alpha: LoraAlpha = None, target_modules: Targets = None,
-    merge: Merge = None, load_in_4bit: FourBit = None, resume: Resume = None,
+    merge: Merge = None, load_in_4bit: FourBit = None, resume: Resume = None, report_to: ReportTo = None,
 ) -> None:  # fmt: skip
     """Direct preference optimisation (and IPO, hinge, robust, ...) on prompt/chosen/rejected."""
     _run("dpo", data, out, model, config, set_, loss=loss, beta=beta, label_smoothing=label_smoothing,
          precompute_ref_logprobs=precompute_ref_logprobs, max_steps=max_steps, epochs=epochs, batch_size=batch_size,
          grad_accum=grad_accum, lr=lr, max_length=max_length, seed=seed, eval_fraction=eval_fraction, full=full,
          lora_r=lora_r, lora_alpha=lora_alpha, target_modules=target_modules, merge=merge,
-         load_in_4bit=load_in_4bit, resume=resume)  # fmt: skip
+         load_in_4bit=load_in_4bit, resume=resume, report_to=report_to)  # fmt: skip
 
 
 @reward_app.command("score")

@@ -153,6 +153,20 @@ class Recipe(_Section):
     prefs: PrefsStage = PrefsStage()
     dpo: TrainStage = TrainStage()
     eval: EvalStage = EvalStage()
+    report_to: str = Field(
+        "none",
+        description="train sft/dpo log to: none, tensorboard, trackio, wandb, mlflow (comma-separated)",
+    )
+
+    @field_validator("report_to")
+    @classmethod
+    def _report_to(cls, v: str) -> str:
+        from cai_kit.train.tracking import parse_report_to
+
+        try:  # known names here; whether each is installed, the train stage says
+            return ",".join(parse_report_to(v, check_installed=False)) or "none"
+        except ConfigError as exc:
+            raise ValueError(str(exc).replace("--report-to", "report_to:")) from None
 
     def served_by(self, role: Serves) -> tuple[str, str | None]:
         """(model, api_base) for one role: the teacher when it serves it, else the student."""

@@ -90,7 +90,8 @@ def stages(r: Recipe, run: Path, n_train: int, n_eval: int) -> list[Stage]:
         return ["train", kind, str(run / data), "--model", model, "--out", str(out),
                 *_opt("--max-steps", t.max_steps), *_opt("--batch-size", t.batch_size), *_opt("--lr", t.lr),
                 *_opt("--max-length", t.max_length), "--seed", str(r.seed), "--merge",
-                "--set", "disable_tqdm=true", *(_opt("--beta", t.beta) + _opt("--loss", t.loss) if kind == "dpo" else [])]  # fmt: skip
+                "--set", "disable_tqdm=true", *_opt("--report-to", None if r.report_to == "none" else r.report_to),
+                *(_opt("--beta", t.beta) + _opt("--loss", t.loss) if kind == "dpo" else [])]  # fmt: skip
 
     def steps(t: Any) -> int | None:
         return t.max_steps if t.max_steps and t.max_steps > 0 else None

@@ -7,6 +7,8 @@ checkpoint on disk; anything else is a Hugging Face Hub id (needs network).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +130,28 @@ def tiny_model(
     model.save_pretrained(out_dir, safe_serialization=True)
     tok.save_pretrained(out_dir)
     return out_dir
+
+
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Inside our training commands only: no library warnings a user cannot act on
+    (FutureWarning/DeprecationWarning from torch, transformers, TRL, PEFT, ...; transformers'
+    load report, e.g. "score.weight MISSING ... newly initialized" for every reward model,
+    whose head is new by design). Errors still show; everything is restored afterwards."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", category=UserWarning,
+            module=r"(torch|transformers|trl|peft|accelerate|datasets|huggingface_hub)(\.|$)",
+        )  # fmt: skip
+        hf_logging.set_verbosity_error()
+        try:
+            yield
+        finally:
+            hf_logging.set_verbosity(level)

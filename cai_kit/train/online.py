@@ -19,60 +19,102 @@ def _text(x: Any) -> str:
     return str(x)
 
 
-def as_trl_reward(scorer: Any) -> Any:
-    """Wrap a `(prompts, responses) -> floats` scorer into TRL's reward_funcs signature."""
+class JudgeTotals:
+    """The judge's statistics of the run, totals over every process (filled by the reward)."""
+
+    def __init__(self) -> None:
+        self.failed = 0.0  # failed scorings over the run
+        self.calls = 0.0
+        self.cost = 0.0
+
+
+def as_trl_reward(scorer: Any, totals: JudgeTotals | None = None) -> Any:
+    """Wrap a `(prompts, responses) -> floats` scorer into TRL's reward_funcs signature.
+
+    Every rank calls the reward at the same point of a step: `score_step` stops all ranks
+    together for any rank's reason and counts judge failures over all ranks (into `totals`)."""
 
     def reward(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
-        from cai_kit.errors import BudgetExceeded
-        from cai_kit.train.rewards import stop_together
+        from cai_kit.train.rewards import score_step
 
         user = [_text(p[-1:] if isinstance(p, list) else p) for p in prompts]
-        stop = None
-        try:
-            scores = list(scorer(user, [_text(c) for c in completions]))
-        except BudgetExceeded as exc:  # this rank's share of --max-cost is spent
-            scores, stop = [], exc
-        stop_together(stop)  # every rank calls the reward at the same point of a step
-        if hasattr(scorer, "check_failures"):  # the judge: a dead judge stops training
-            scorer.check_failures(scorer.last_failed, len(scores))
+        scores, judge = score_step(scorer, user, [_text(c) for c in completions])
+        if totals is not None and judge:
+            totals.failed += judge["judge_failed"]
+            totals.calls, totals.cost = judge["judge_calls"], judge["judge_cost"]
         return scores
 
     reward.__name__ = type(scorer).__name__
     return reward
 
 
-def _JudgeFailures(scorer: Any) -> Any:
-    """Adds `judge_failed` (failed judge scorings since the last log) to each logged step."""
+def _JudgeStats(totals: JudgeTotals) -> Any:
+    """Adds judge_failed (failed judge scorings since the last log, all ranks), judge_calls and
+    judge_cost (the run so far, all ranks) to each logged step: to log_history and, as this
+    callback runs before the reporting ones, to --report-to's integrations."""
     from transformers import TrainerCallback
 
-    class JudgeFailures(TrainerCallback):
-        seen = 0
+    class JudgeStats(TrainerCallback):
+        seen = 0.0
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
-            if state.log_history and "loss" in state.log_history[-1]:
-                state.log_history[-1]["judge_failed"] = scorer.failed - self.seen
-                self.seen = scorer.failed
+            if logs is None or "loss" not in logs:
+                return
+            stats = {"judge_failed": totals.failed - self.seen, "judge_calls": totals.calls,
+                     "judge_cost": totals.cost}  # fmt: skip
+            self.seen = totals.failed
+            logs.update(stats)
+            if state.log_history:
+                state.log_history[-1].update(stats)
 
-    return JudgeFailures()
+    return JudgeStats()
+
+
+def check_group_size(batch_size: int, num_generations: int, processes: int = 1) -> None:
+    """GRPO compares the completions of one prompt: a step's batch must hold whole groups."""
+    from cai_kit.errors import ConfigError
+
+    if num_generations < 2:
+        raise ConfigError(
+            f"--num-generations {num_generations}: GRPO needs at least 2 completions per prompt."
+        )
+    if (batch_size * processes) % num_generations:
+        over = f" x {processes} processes" if processes > 1 else ""
+        raise ConfigError(
+            f"--batch-size {batch_size}{over} is not a multiple of --num-generations {num_generations}: "
+            f"each prompt's {num_generations} completions must fit in a batch "
+            f"(e.g. --batch-size {num_generations})."
+        )
 
 
 def train_grpo(prompts: list[str], model: str, out: Path, scorer: Any, *, max_steps: int = 10, num_generations: int = 4,
-               batch_size: int = 4, max_completion_length: int = 64, lr: float = 1e-5, full: bool = False, seed: int = 0) -> Path:  # fmt: skip
+               batch_size: int = 4, max_completion_length: int = 64, lr: float = 1e-5, full: bool = False, seed: int = 0,
+               report_to: list[str] | None = None, options: dict[str, Any] | None = None) -> Path:  # fmt: skip
+    """Train and write OUT: the model (adapter under LoRA), train_config.yaml, log_history.json
+    and training_curves.png (rank 0 writes)."""
+    import json
+    import os
+
+    import yaml
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
+    from cai_kit.errors import CaiKitError
+    from cai_kit.train.report import plot_curves
+
+    check_group_size(batch_size, num_generations, int(os.environ.get("WORLD_SIZE", "1")))
     base = resolve_model(model)
     ds = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
     args = GRPOConfig(
         output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=batch_size, num_generations=num_generations,
         max_completion_length=max_completion_length, learning_rate=lr, bf16=has_cuda(), use_cpu=not has_cuda(),
-        report_to=[], logging_steps=1, save_strategy="no", seed=seed,
+        report_to=report_to or [], logging_steps=1, save_strategy="no", seed=seed,
     )  # fmt: skip
-    trainer = GRPOTrainer(model=load_model(base), reward_funcs=as_trl_reward(scorer), args=args, train_dataset=ds,
+    totals = JudgeTotals()
+    trainer = GRPOTrainer(model=load_model(base), reward_funcs=as_trl_reward(scorer, totals), args=args, train_dataset=ds,
                           processing_class=load_tokenizer(base), peft_config=None if full else lora_config())  # fmt: skip
-    if hasattr(scorer, "failed"):
-        trainer.add_callback(_JudgeFailures(scorer))
-    from cai_kit.errors import CaiKitError
+    if hasattr(scorer, "last_failed"):  # before the reporting callbacks, which then see its stats
+        trainer.callback_handler.callbacks.insert(0, _JudgeStats(totals))
 
     stopped: CaiKitError | None = None
     try:
@@ -84,9 +126,17 @@ def train_grpo(prompts: list[str], model: str, out: Path, scorer: Any, *, max_st
         raise CaiKitError(f"{stopped} No step was finished.")
     trainer.save_model(str(out))  # the model (adapter under LoRA) and tokenizer; rank 0 writes
     if trainer.is_world_process_zero():
-        import json
-
-        (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        history = trainer.state.log_history
+        resolved = {"kind": "grpo", "base_model": base, "options": options or {},
+                    "trl_config": {k: _plain(v) for k, v in args.to_dict().items()}}  # fmt: skip
+        (out / "train_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        (out / "log_history.json").write_text(json.dumps(history, indent=1))
+        plot_curves(history, out / "training_curves.png", "grpo",
+                    keys=("loss", "reward", "kl", "entropy", "judge_failed"))  # fmt: skip
     if stopped is not None:
         raise CaiKitError(f"{stopped} The {steps} finished step(s) are saved in {out}.")
     return out
+
+
+def _plain(v: Any) -> Any:
+    return v if isinstance(v, str | int | float | bool | type(None) | list | dict) else str(v)

@@ -48,8 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cai_kit.errors import BudgetExceeded
-from cai_kit.train.rewards import stop_together
+from cai_kit.train.rewards import score_step
 
 
 @dataclass
@@ -395,7 +394,8 @@ class PPOTrainer:
 
         Under several processes, rank r draws from prompts[r::world] with seed + r, so the
         ranks' rollouts are distinct; `log` runs on rank 0 only. A reward function that
-        exposes `last_failed` (the AI judge) gets it logged as `judge_failed` (all ranks)."""
+        exposes `last_failed` (the AI judge) adds judge_failed, judge_calls and judge_cost to
+        the stats (totals over all ranks); any rank's reason to stop stops every rank."""
         import random
 
         acc = self.accelerator
@@ -413,22 +413,11 @@ class PPOTrainer:
             responses = self.generate(queries)
             texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
             t1 = time.perf_counter()
-            stop = None
-            try:
-                rewards = reward_fn(batch, texts)
-            except BudgetExceeded as exc:  # this rank's share of --max-cost is spent
-                rewards, stop = [], exc
-            stop_together(stop)  # all ranks stop at this step, or none
+            rewards, judge = score_step(reward_fn, batch, texts)  # every rank stops together
             t2 = time.perf_counter()
-            failed = None
-            if hasattr(reward_fn, "last_failed"):  # the judge: count failures over all ranks
-                n = torch.tensor(float(reward_fn.last_failed), device=acc.device)
-                failed = int(acc.reduce(n, reduction="sum"))
-                reward_fn.check_failures(failed, len(batch) * acc.num_processes)
             stats = self.step(queries, responses, rewards)
             stats.update(time_generate=t1 - t0, time_reward=t2 - t1)
-            if failed is not None:
-                stats["judge_failed"] = float(failed)
+            stats.update(judge)  # judge_failed, judge_calls, judge_cost: totals over all ranks
             if log and acc.is_main_process:
                 log(step, stats)
         return self.history

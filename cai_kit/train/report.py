@@ -6,22 +6,29 @@ import json
 from pathlib import Path
 from typing import Any
 
+CURVES = ("loss", "rewards/margins", "rewards/accuracies", "eval_loss", "accuracy")
 
-def plot_curves(history: list[dict[str, Any]], path: Path, kind: str) -> None:
+
+def plot_curves(
+    history: list[dict[str, Any]], path: Path, kind: str, keys: tuple[str, ...] = CURVES
+) -> None:
+    """One panel per metric of `keys` found in the history (entries with a `step`). With none of
+    them, the PNG says so rather than being missing: every trainer's OUT has one."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [
-        k
-        for k in ("loss", "rewards/margins", "rewards/accuracies", "eval_loss", "accuracy")
-        if any(k in h for h in history)
-    ]
-    if not keys:
+    found = [k for k in keys if any(k in h and "step" in h for h in history)]
+    if not found:
+        fig, ax = plt.subplots(figsize=(4.2, 3.4))
+        ax.text(0.5, 0.5, "no step was logged", ha="center", va="center")
+        ax.set_axis_off()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
         return
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
-    for ax, key in zip(axes[0], keys, strict=True):
+    fig, axes = plt.subplots(1, len(found), figsize=(4.2 * len(found), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], found, strict=True):
         pts = [(h["step"], h[key]) for h in history if key in h and "step" in h]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3)
         ax.set_title(key)

@@ -12,6 +12,7 @@ import math
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from cai_kit.constitution import Constitution
@@ -73,31 +74,69 @@ def _share_of_the_cap(config: EngineConfig) -> EngineConfig:
     return dataclasses.replace(config, max_cost=config.max_cost / world)
 
 
-def stop_together(stop: BudgetExceeded | None) -> None:
-    """Raise if this process or any other (torch.distributed) reached its share of --max-cost,
-    so that every rank stops at the same step: a rank that stopped alone would leave the others
-    waiting forever in the next collective. Every rank calls it at the same point of a step."""
-    stopped = stop is not None
+def _group() -> bool:
+    """True under torch.distributed with more than one process."""
     try:
-        import torch
         import torch.distributed as dist
     except ImportError:
-        dist = None  # type: ignore[assignment]
-    if (
-        dist is not None
-        and dist.is_available()
-        and dist.is_initialized()
-        and dist.get_world_size() > 1
-    ):
-        on_gpu = dist.get_backend() == "nccl"
-        flag = torch.tensor([float(stopped)], device="cuda" if on_gpu else "cpu")
-        dist.all_reduce(flag)
-        stopped = flag.item() > 0
+        return False
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def sum_over_ranks(values: list[float]) -> list[float]:
+    """The sums of `values` over every process (the values themselves with one process).
+    Every rank must call it at the same point, with as many values."""
+    if not _group():
+        return [float(v) for v in values]
+    import torch
+    import torch.distributed as dist
+
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return [float(v) for v in t.tolist()]
+
+
+def stop_together(stop: CaiKitError | None) -> None:
+    """Raise if this process or any other (torch.distributed) has a reason to stop (its share of
+    --max-cost spent, a dead judge, ...), so that every rank stops at the same step: a rank that
+    stopped alone would leave the others waiting forever in the next collective. Every rank
+    calls it at the same point of a step; the rank that stopped raises its own error."""
+    budget, other = sum_over_ranks(
+        [float(isinstance(stop, BudgetExceeded)), float(stop is not None and not isinstance(stop, BudgetExceeded))]
+    )  # fmt: skip
     if stop is not None:
         raise stop
-    if stopped:
+    if budget:
         raise BudgetExceeded("another process reached its share of --max-cost, so every "
                              "process stops at this step")  # fmt: skip
+    if other:
+        raise CaiKitError("another process stopped (see its error above), so every process "
+                          "stops at this step")  # fmt: skip
+
+
+def score_step(reward_fn: Callable[[list[str], list[str]], list[float]], prompts: list[str],
+               responses: list[str]) -> tuple[list[float], dict[str, float]]:  # fmt: skip
+    """Score one step's responses on this rank; every rank calls it at the same point of a step.
+
+    Any rank's reason to stop (its share of --max-cost, an error of the reward) stops every rank
+    here (`stop_together`). For the AI judge, the step's failures are counted over all ranks
+    before `check_failures` (so every rank decides alike), and the returned statistics are
+    totals over all ranks: judge_failed (this step), judge_calls and judge_cost (the run so far)."""
+    stop: CaiKitError | None = None
+    scores: list[float] = []
+    try:
+        scores = list(reward_fn(prompts, responses))
+    except CaiKitError as exc:
+        stop = exc
+    stop_together(stop)
+    if not hasattr(reward_fn, "last_failed"):
+        return scores, {}
+    usage = reward_fn.usage() if hasattr(reward_fn, "usage") else {}
+    failed, total, calls, cost = sum_over_ranks([reward_fn.last_failed, len(responses),  # type: ignore[attr-defined]
+                                                 usage.get("judge_calls", 0.0), usage.get("judge_cost", 0.0)])  # fmt: skip
+    reward_fn.check_failures(int(failed), int(total))  # type: ignore[attr-defined]
+    return scores, {"judge_failed": failed, "judge_calls": calls, "judge_cost": cost}
 
 
 class JudgeScorer:
@@ -130,7 +169,12 @@ class JudgeScorer:
                 f"Judge reward must be one of {', '.join(JUDGE_REWARDS)}, not {reward!r}."
             )
         self.model, self.api_base, self.reward = model, api_base, reward
-        get_backend(model, api_base=api_base)  # fail now on a bad model string or a missing key
+        try:  # fail now on a bad model string or a missing key, naming this command's flag
+            get_backend(model, api_base=api_base)
+        except ConfigError as exc:
+            raise ConfigError(
+                re.sub(r"(?<![\w-])--api-base", "--judge-api-base", str(exc))
+            ) from None
         self.constitution = constitution
         self.engine_config = _share_of_the_cap(engine_config or EngineConfig(quiet=True))
         self.max_failed_share = max_failed_share
@@ -193,6 +237,14 @@ class JudgeScorer:
         self.scored += len(scores)
         fill = sum(ok) / len(ok) if ok else 0.0
         return [fill if s is None else s for s in scores]
+
+    def usage(self) -> dict[str, float]:
+        """This process's judge calls (answered, paid) and their cost in USD so far."""
+        stats = self.engine.stats if self.engine is not None else None
+        return {
+            "judge_calls": float(stats.calls if stats else 0),
+            "judge_cost": stats.cost if stats else 0.0,
+        }
 
     def check_failures(self, failed: int, total: int) -> None:
         """Raise JudgeFailed when more than max_failed_share of one step's scorings failed

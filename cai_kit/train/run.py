@@ -7,7 +7,9 @@ outputs, model card, curves) is shared, so the five trainers cannot drift apart.
 
 Outputs in OUT: the adapter (or the full / --merge'd model), the tokenizer, `train_config.yaml`
 (the resolved options and TRL config), `README.md` (a model card with the data's provenance),
-`training_curves.png` and `log_history.json`. `hf:OUT` then works as a backend everywhere.
+`training_curves.png` and `log_history.json` (every logged step: loss, rewards, ...). With
+`report_to` (--report-to) TRL's own integration callbacks log the same steps to TensorBoard
+(OUT/runs/), trackio, wandb or mlflow. `hf:OUT` then works as a backend everywhere.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class TrainOptions:
     resume: bool = False
     save_steps: int = 500
     logging_steps: int = 1
+    report_to: str = "none"  # none | tensorboard | trackio | wandb | mlflow, comma-separated
     # DPO family
     loss: str = "sigmoid"
     beta: float | None = None
@@ -110,6 +113,7 @@ def resolve_options(recipe: Path | None, cli: dict[str, Any], sets: list[str]) -
 def build_config(kind: str, opts: TrainOptions) -> Any:
     """The TRL config for `kind`, with CPU-safe precision and every --set field checked."""
     from cai_kit.train.common import has_cuda
+    from cai_kit.train.tracking import parse_report_to
 
     config_cls, _ = _specs(kind)
     fields = {f.name for f in dataclasses.fields(config_cls)}
@@ -124,7 +128,7 @@ def build_config(kind: str, opts: TrainOptions) -> Any:
         per_device_train_batch_size=opts.batch_size, per_device_eval_batch_size=opts.batch_size,
         gradient_accumulation_steps=opts.grad_accum, learning_rate=opts.lr or _DEFAULT_LR[kind],
         seed=opts.seed, logging_steps=opts.logging_steps, save_steps=opts.save_steps, save_total_limit=2,
-        report_to=[], bf16=cuda, fp16=False, use_cpu=not cuda, dataloader_num_workers=0,
+        report_to=parse_report_to(opts.report_to), bf16=cuda, fp16=False, use_cpu=not cuda, dataloader_num_workers=0,
         eval_strategy="steps" if opts.eval_fraction > 0 else "no",
         eval_steps=max(1, opts.max_steps // 4) if opts.max_steps > 0 else 50,
     )  # fmt: skip
@@ -155,6 +159,9 @@ def train(kind: str, opts: TrainOptions) -> Path:
         raise ConfigError(f"Unknown trainer {kind!r}.")
     if not opts.data or not opts.out:
         raise ConfigError("Give the training data (argument or `data:` in the recipe) and --out.")
+    from cai_kit.train.tracking import parse_report_to
+
+    parse_report_to(opts.report_to)  # a missing integration is one sentence, before any loading
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     ds = data.load(

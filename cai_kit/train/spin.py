@@ -61,9 +61,22 @@ def run_spin(
 ) -> list[Path]:
     """Returns the model directory of each iteration."""
     from cai_kit.train.common import resolve_model
+    from cai_kit.train.tracking import Tracker, parse_report_to
 
     pairs = sft_pairs(data)
     current = resolve_model(model)
+    # each iteration's DPO logs its steps itself (TRL, report_to); the loop logs one point per
+    # iteration to OUT (spin/pairs, and the iteration's last loss and reward margin)
+    tracker = Tracker(parse_report_to(opts.get("report_to")), out, "spin", config=dict(opts))
+    try:
+        models = _iterations(pairs, current, out, iterations, opts, max_new_tokens, tracker)
+    finally:
+        tracker.close()
+    return models
+
+
+def _iterations(pairs: list[tuple[list[dict[str, str]], str]], current: str, out: Path, iterations: int,
+                opts: dict[str, Any], max_new_tokens: int, tracker: Any) -> list[Path]:  # fmt: skip
     models = []
     for k in range(1, iterations + 1):
         it = out / f"iter_{k}"
@@ -92,4 +105,10 @@ def run_spin(
         )
         current = str(trained)
         models.append(trained)
+        last = {}
+        for h in json.loads((trained / "log_history.json").read_text()):
+            last.update(
+                {m: h[m] for m in ("loss", "rewards/margins", "rewards/accuracies") if m in h}
+            )
+        tracker.log({"spin/pairs": len(rows), **{f"spin/{m}": v for m, v in last.items()}}, k)
     return models
