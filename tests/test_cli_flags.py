@@ -36,7 +36,15 @@ def test_every_job_command_takes_every_engine_flag() -> None:
         for name, cmd in commands.items()
         if name not in PARTIAL and {p.name for p in cmd.params} & {"max_cost", "concurrency"}
     }
-    data_jobs = {"generate", "revise", "prefs", "judge", "eval winrate", "eval harmlessness"}
+    data_jobs = {
+        "generate",
+        "revise",
+        "prefs",
+        "judge",
+        "eval winrate",
+        "eval harmlessness",
+        "eval rubric",
+    }
     assert data_jobs | {"train ppo", "train grpo"} <= set(jobs)
     assert data_jobs <= {n for n, params in jobs.items() if "batch_api" in params}
     missing = {}

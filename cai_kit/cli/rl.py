@@ -11,6 +11,13 @@ from cai_kit.cli.common import (
     TRAINER_WITHOUT,
     job_flags,
 )
+from cai_kit.cli.reward_flags import (
+    RewardFn,
+    RewardFnWeight,
+    RewardKind,
+    RubricCombine,
+    build_reward,
+)
 
 JudgeReward = Annotated[
     str,
@@ -111,6 +118,10 @@ def ppo(
     ] = 1.0,
     judge_reward: JudgeReward = "p-yes",
     max_judge_failures: MaxJudgeFailures = 0.1,
+    reward: RewardKind = "auto",
+    rubric_combine: RubricCombine = None,
+    python_reward: RewardFn = None,
+    python_reward_weight: RewardFnWeight = 1.0,
     **flags: Any,
 ) -> None:
     """PPO with a reward model or an AI judge as the reward (our own implementation).
@@ -125,9 +136,8 @@ def ppo(
     from cai_kit.train.ppo import PPOConfig, PPOTrainer
     from cai_kit.train.report import plot_curves
 
-    reward_fn = reward_source(
-        reward_model, reward_judge, judge_api_base, constitution, {**locals(), **flags}
-    )
+    opts = {**locals(), **flags}
+    reward_fn = build_reward(opts, lambda: reward_source(reward_model, reward_judge, judge_api_base, constitution, opts))  # fmt: skip
     texts = [r.prompt_text for r in load_prompts(prompts, limit=limit).records]
     base = resolve_model(model)
     cfg = PPOConfig(learning_rate=lr, batch_size=batch_size, mini_batch_size=mini_batch_size, ppo_epochs=ppo_epochs,
@@ -240,15 +250,18 @@ def grpo(
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
     judge_reward: JudgeReward = "p-yes",
     max_judge_failures: MaxJudgeFailures = 0.1,
+    reward: RewardKind = "auto",
+    rubric_combine: RubricCombine = None,
+    python_reward: RewardFn = None,
+    python_reward_weight: RewardFnWeight = 1.0,
     **flags: Any,
 ) -> None:
     """Online RLAIF with TRL's GRPO: our judge or reward model scores each sampled completion."""
     from cai_kit.prompts import load_prompts
     from cai_kit.train.online import train_grpo
 
-    scorer = reward_source(
-        reward_model, reward_judge, judge_api_base, constitution, {**locals(), **flags}
-    )
+    opts = {**locals(), **flags}
+    scorer = build_reward(opts, lambda: reward_source(reward_model, reward_judge, judge_api_base, constitution, opts))  # fmt: skip
     texts = [r.prompt_text for r in load_prompts(prompts, limit=limit).records]
     try:
         path = train_grpo(texts, model, out, scorer, max_steps=max_steps, num_generations=num_generations,

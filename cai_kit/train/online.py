@@ -56,6 +56,19 @@ def _JudgeFailures(scorer: Any) -> Any:
     return JudgeFailures()
 
 
+def _RewardMetrics(scorer: Any) -> Any:
+    """Adds the reward's own per-step metrics (`last_metrics`, e.g. `rubric/<principle>`: the
+    mean score of each rubric principle in the step's last scoring) to each logged step."""
+    from transformers import TrainerCallback
+
+    class RewardMetrics(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            if state.log_history and "loss" in state.log_history[-1]:
+                state.log_history[-1].update(scorer.last_metrics)
+
+    return RewardMetrics()
+
+
 def train_grpo(prompts: list[str], model: str, out: Path, scorer: Any, *, max_steps: int = 10, num_generations: int = 4,
                batch_size: int = 4, max_completion_length: int = 64, lr: float = 1e-5, full: bool = False, seed: int = 0) -> Path:  # fmt: skip
     from datasets import Dataset
@@ -72,6 +85,8 @@ def train_grpo(prompts: list[str], model: str, out: Path, scorer: Any, *, max_st
                           processing_class=load_tokenizer(base), peft_config=None if full else lora_config())  # fmt: skip
     if hasattr(scorer, "failed"):
         trainer.add_callback(_JudgeFailures(scorer))
+    if hasattr(scorer, "last_metrics"):
+        trainer.add_callback(_RewardMetrics(scorer))
     from cai_kit.errors import CaiKitError
 
     stopped: CaiKitError | None = None

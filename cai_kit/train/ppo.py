@@ -429,6 +429,7 @@ class PPOTrainer:
             stats.update(time_generate=t1 - t0, time_reward=t2 - t1)
             if failed is not None:
                 stats["judge_failed"] = float(failed)
+            stats.update(getattr(reward_fn, "last_metrics", {}))  # e.g. rubric/<principle>
             if log and acc.is_main_process:
                 log(step, stats)
         return self.history
