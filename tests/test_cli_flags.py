@@ -29,6 +29,14 @@ def _commands(group: Any, prefix: str = "") -> dict[str, Any]:
     return found
 
 
+def test_both_rl_trainers_take_the_same_reward_flags() -> None:
+    commands = _commands(typer.main.get_command(app))
+    reward = {"reward_model", "reward_judge", "judge_api_base", "judge_reward", "max_judge_failures",
+              "reward", "rubric_combine", "python_reward", "python_reward_weight"}  # fmt: skip
+    for name in ("train ppo", "train grpo"):
+        assert reward <= {p.name for p in commands[name].params}, name
+
+
 def test_every_job_command_takes_every_engine_flag() -> None:
     commands = _commands(typer.main.get_command(app))
     jobs = {

@@ -419,3 +419,31 @@ def test_train_ppo_rubric_reward_logs_principles_and_stops_when_the_judge_dies_m
     assert "The 1 finished step(s) are saved" in r.output
     history = json.loads((out / "ppo_history.json").read_text())
     assert len(history) == 1 and history[0]["rubric/polite"] == 1.0 and history[0]["reward"] > 0
+
+
+def test_eval_rubric_counts_a_check_that_raises_as_failed_never_as_a_fail(
+    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fault_server.responder = _answers
+    mod = _module(tmp_path, monkeypatch, "chk_e",
+                  "def picky(p, r):\n    if 'http' in r:\n        raise RuntimeError('cannot read links')\n    return True\n")  # fmt: skip
+    cons = _write(tmp_path, BASE.replace("{regex: '\\A.{0,20}\\Z', must: match}", f"{{python: '{mod}:picky'}}"))  # fmt: skip
+    out = tmp_path / "ev"
+    r = CliRunner().invoke(app, ["eval", "rubric", "--prompts", str(_prompts(tmp_path)), "--model", "after",
+                                 "--baseline", "before", "--constitution", str(cons), "--api-base",
+                                 fault_server.base_url, "--out", str(out), "-q"])  # fmt: skip
+    assert r.exit_code == 0 and "6 done; 2 failed" in r.output, r.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["rates"]["short"]["baseline"] == {
+        "pass_rate": 1.0,
+        "n": 2,
+        "failed": 2,
+        "ci": [1.0, 1.0],
+    }
+    rows = [json.loads(x) for x in (out / "rubric.jsonl").read_text().splitlines()]
+    assert (
+        sum(
+            "chk_e:picky raised RuntimeError: cannot read links" in (x["error"] or "") for x in rows
+        )
+        == 2
+    )

@@ -86,6 +86,8 @@ def run_rubric_eval(
             "MODEL to score them (or give every principle a check:)."
         )
     constitution: Constitution = rubric.constitution
+    if not rubric.needs_judge:  # a judge that is never asked is no part of the result
+        judge, judge_name = None, None
     items = [(role, p) for role in models for p in prompts]
     judge_identity = judge.identity() if judge is not None and rubric.needs_judge else None
 
