@@ -126,8 +126,7 @@ class Rubric:
 
     def messages(self, principle: Principle, prompt: str, response: str) -> list[dict[str, str]]:
         tag = stable_hash("rubric-delim", prompt, response, principle.id, length=10)
-        instruction = self.constitution.judge_instruction
-        system = RULES + (f"\n\n{instruction}" if instruction else "")
+        system = RULES  # (not judge_instruction: that one is written for comparing two responses)
         user = (
             f"<<<USER-{tag}>>>\n{neutralise(prompt)}\n<<<END-USER-{tag}>>>\n\n"
             f"<<<RESPONSE-{tag}>>>\n{neutralise(response)}\n<<<END-RESPONSE-{tag}>>>\n\n"
