@@ -4,8 +4,8 @@ run whose reward is a checkable rubric (no judge model: every principle is a pro
     python bench/outcome.py [--steps 20] [--heldout 16] [--max-tokens 64] [--out runs/outcome]
 
 Prompts: examples/red_team_prompts.jsonl (harmful requests) and the benign requests below,
-mixed and split by position: every 4th prompt is held out (never trained on), capped at
-`--heldout`. Then, each through the CLI in a subprocess as a user runs it:
+alternating, and split by position: a quarter of each kind is held out (never trained on),
+capped at `--heldout`. Then, each through the CLI in a subprocess as a user runs it:
   1. `train grpo --model local --reward rubric --constitution checkable` on the training
      prompts (LoRA; `--steps` optimiser steps);
   2. `eval rubric --model hf:OUT --baseline local --constitution checkable` on the held-out
@@ -69,20 +69,23 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--num-generations", type=int, default=4)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "outcome")
+    ap.add_argument("--reuse", action="store_true", help="Keep OUT/grpo if it exists: eval only.")
     a = ap.parse_args()
 
     harmful = [
         json.loads(x)["prompt"] for x in (ROOT / "examples" / "red_team_prompts.jsonl").open()
     ]
     prompts = [p for pair in zip(harmful, BENIGN * 3, strict=False) for p in pair]  # alternate
-    held = [p for i, p in enumerate(prompts) if i % 4 == 3][: a.heldout]
-    train = [p for i, p in enumerate(prompts) if i % 4 != 3]
+    # positions 3 and 6 of every 8: one benign and one harmful prompt in four of each
+    held = [p for i, p in enumerate(prompts) if i % 8 in (3, 6)][: a.heldout]
+    train = [p for i, p in enumerate(prompts) if i % 8 not in (3, 6)]
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "train.txt").write_text("\n".join(train) + "\n")
     (a.out / "heldout.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in held))
     print(f"{len(train)} training prompts, {len(held)} held out; {a.steps} GRPO steps")
 
-    t_train = _run(["train", "grpo", str(a.out / "train.txt"), "--model", "local", "--reward", "rubric",
+    reuse = a.reuse and (a.out / "grpo" / "log_history.json").is_file()
+    t_train = 0.0 if reuse else _run(["train", "grpo", str(a.out / "train.txt"), "--model", "local", "--reward", "rubric",
                     "--constitution", "checkable", "--max-steps", str(a.steps), "--num-generations",
                     str(a.num_generations), "--batch-size", str(a.num_generations), "--max-completion-length",
                     str(a.max_tokens), "--out", str(a.out / "grpo")])  # fmt: skip
@@ -90,7 +93,9 @@ def main() -> None:
                    "--constitution", "checkable", "--prompts", str(a.out / "heldout.jsonl"), "--max-tokens",
                    str(a.max_tokens), "--out", str(a.out / "eval"), "-q"])  # fmt: skip
     print((a.out / "eval" / "report.md").read_text())
-    print(f"wall: train {t_train:.0f} s, eval (before and after) {t_eval:.0f} s")
+    print(
+        f"wall: train {t_train:.0f} s{' (reused)' if reuse else ''}, eval (before and after) {t_eval:.0f} s"
+    )
 
 
 if __name__ == "__main__":
