@@ -447,3 +447,11 @@ def test_eval_rubric_counts_a_check_that_raises_as_failed_never_as_a_fail(
         )
         == 2
     )
+
+
+def test_constitution_show_prints_checks_and_the_rubric_rule() -> None:
+    r = CliRunner().invoke(app, ["constitution", "show", "checkable"])
+    assert r.exit_code == 0, r.output
+    assert "check:    regex 'https?://|www\\.' must not_match" in r.output
+    assert "python cai_kit.checks:refuses_only_harmful  weight 2" in r.output
+    assert "rubric: combine weighted, threshold 0.5" in r.output
