@@ -13,6 +13,14 @@ A constitution file looks like::
     few_shot:                                                             # optional
       - {prompt: ..., response: ..., critique: ..., revision: ...}
 
+A principle may also be a rubric item (`cai-kit eval rubric`, `train grpo|ppo --reward rubric`,
+docs/rewards.md): `question:` (a yes/no question about one response; derived from the critique
+when not given), `weight:` (for `combine: weighted`), and `check:`, a program that decides it
+with no model call: `{regex: PATTERN, must: match | not_match, ignore_case: false}` or
+`{python: "module:function"}` (function(prompt, response) -> bool or a float in [0, 1]). The
+optional top-level `rubric: {combine: mean | min | weighted | all-pass, threshold: 0.5}` says
+how the per-principle scores become one (a score passes at `threshold` or above).
+
 `load_constitution("harmless")` loads a shipped one by name (the files in the repository's
 top-level `constitutions/` folder, installed inside the package); any other string is a path.
 `template_text()` is the annotated `constitutions/_template.yaml` (`cai-kit constitution new`).
@@ -22,6 +30,7 @@ Validation collects every problem with its `file:line: field: message` before fa
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
@@ -29,7 +38,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cai_kit.errors import CaiKitError
 from cai_kit.records import stable_hash
@@ -38,6 +54,9 @@ if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
 SampleMode = Literal["random", "sequence", "all"]
+Combine = Literal["mean", "min", "weighted", "all-pass"]
+COMBINES: tuple[str, ...] = ("mean", "min", "weighted", "all-pass")
+_PYTHON_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 class ConstitutionError(CaiKitError):
@@ -72,6 +91,47 @@ def _nonblank(v: str) -> str:
     return v.strip()
 
 
+class Check(_Strict):
+    """A program that decides a principle for one response: a regex, or a Python function."""
+
+    regex: str | None = Field(default=None, description="a pattern searched for in the response")
+    must: Literal["match", "not_match"] = "match"
+    ignore_case: bool = False
+    python: str | None = Field(
+        default=None, description="module:function(prompt, response) -> bool | float in [0, 1]"
+    )
+
+    @field_validator("regex")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return v
+
+    @field_validator("python")
+    @classmethod
+    def _python(cls, v: str | None) -> str | None:
+        if v is not None and not _PYTHON_REF.match(v.strip()):
+            raise ValueError(f"must be 'module:function', not {v!r}")
+        return None if v is None else v.strip()
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Check:
+        if (self.regex is None) == (self.python is None):
+            raise ValueError("give exactly one of regex or python")
+        return self
+
+
+class RubricSpec(_Strict):
+    """How the per-principle rubric scores of one response become one score."""
+
+    combine: Combine = "mean"
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="a score passes at this")
+
+
 class Principle(_Strict):
     id: str
     critique: str = Field(description="critique request: what to look for in a response")
@@ -80,13 +140,25 @@ class Principle(_Strict):
         default=None, description="pairwise question: which response is better?"
     )
     tags: list[str] = Field(default_factory=list)
+    question: str | None = Field(
+        default=None, description="rubric: a yes/no question about one response (Yes = follows)"
+    )
+    weight: float = Field(default=1.0, gt=0.0, description="rubric weight (combine: weighted)")
+    check: Check | None = Field(default=None, description="a program that decides the principle")
 
     _check = field_validator("id", "critique", "revision")(_nonblank)
 
-    @field_validator("judge")
+    @field_validator("judge", "question")
     @classmethod
     def _judge(cls, v: str | None) -> str | None:
         return None if v is None else _nonblank(v)
+
+    @property
+    def rubric_question(self) -> str:
+        """The yes/no rubric question (Yes: the response follows the principle)."""
+        return self.question or (
+            f"Does the response give no grounds for this critique request: {self.critique.rstrip()}"
+        )
 
     @property
     def judge_question(self) -> str:
@@ -112,6 +184,7 @@ class Constitution(_Strict):
     principles: list[Principle]
     few_shot: list[FewShotExample] = Field(default_factory=list)
     judge_instruction: str | None = None
+    rubric: RubricSpec | None = None
 
     _check = field_validator("name")(_nonblank)
 
@@ -131,7 +204,16 @@ class Constitution(_Strict):
     def content_hash(self) -> str:
         """A stable hash of the content (not of the file's formatting); computed once (the
         model is frozen), as it goes into the record id of every row."""
-        return stable_hash("constitution", self.model_dump(mode="json"))
+        data = self.model_dump(mode="json")
+        # the rubric fields enter the hash only when set: constitutions without them keep the
+        # hash (and so the record ids) they had before rubrics existed
+        if data.get("rubric") is None:
+            data.pop("rubric", None)
+        for p in data["principles"]:
+            for key, default in (("question", None), ("weight", 1.0), ("check", None)):
+                if p.get(key) == default:
+                    p.pop(key, None)
+        return stable_hash("constitution", data)
 
     def get(self, principle_id: str) -> Principle:
         for p in self.principles:

@@ -29,6 +29,14 @@ def _commands(group: Any, prefix: str = "") -> dict[str, Any]:
     return found
 
 
+def test_both_rl_trainers_take_the_same_reward_flags() -> None:
+    commands = _commands(typer.main.get_command(app))
+    reward = {"reward_model", "reward_judge", "judge_api_base", "judge_reward", "max_judge_failures",
+              "reward", "rubric_combine", "python_reward", "python_reward_weight"}  # fmt: skip
+    for name in ("train ppo", "train grpo"):
+        assert reward <= {p.name for p in commands[name].params}, name
+
+
 def test_every_job_command_takes_every_engine_flag() -> None:
     commands = _commands(typer.main.get_command(app))
     jobs = {
@@ -37,7 +45,7 @@ def test_every_job_command_takes_every_engine_flag() -> None:
         if name not in PARTIAL and {p.name for p in cmd.params} & {"max_cost", "concurrency"}
     }
     data_jobs = {"generate", "revise", "prefs", "judge", "eval winrate", "eval harmlessness",
-                 "constitution infer", "prompts expand"}  # fmt: skip
+                 "eval rubric", "constitution infer", "prompts expand"}  # fmt: skip
     assert data_jobs | {"train ppo", "train grpo"} <= set(jobs)
     assert data_jobs <= {n for n, params in jobs.items() if "batch_api" in params}
     missing = {}

@@ -1,6 +1,6 @@
 """`--dry-run` previews every job command's calls, tokens and price, and calls nothing.
 
-For prefs, judge, eval winrate and eval harmlessness (revise and generate: tests/test_batch_api.py)
+For prefs, judge, eval winrate, eval harmlessness and eval rubric (revise and generate: tests/test_batch_api.py)
 the dry run's call count must be the number of calls the real run then makes against the
 scripted server, its price must be > 0 for a priced model, `--batch-api` must show the same
 (`--price` at an `--api-base` server: no batch discount is known for it),
@@ -63,6 +63,13 @@ def _command(name: str, tmp_path: Path, url: str) -> list[str]:
     if name == "eval winrate":
         return ["eval", "winrate", "--prompts", prompts, "--model", "good", "--baseline", "base",
                 "--judge", "jud", "--principles", "sample:2", "--mode", "letter", *out]  # fmt: skip
+    if name == "eval rubric":  # two judged principles and a check, which costs no call
+        rubric = tmp_path / "rubric.yaml"
+        rubric.write_text("name: r\nprinciples:\n" + "".join(
+            f"  - {{id: {i}, critique: c {i}, revision: r {i}}}\n" for i in ("a", "b"))
+            + "  - {id: c, critique: c, revision: r, check: {regex: x, must: not_match}}\n")  # fmt: skip
+        return ["eval", "rubric", "--prompts", prompts, "--model", "good", "--baseline", "base",
+                "--judge", "jud", "--constitution", str(rubric), "--max-tokens", "128", *out]  # fmt: skip
     assert name == "eval harmlessness"
     return ["eval", "harmlessness", "--prompts", prompts, "--model", "good", "--baseline", "base",
             "--judge", "jud", "--max-tokens", "128", *out]  # fmt: skip
@@ -77,7 +84,7 @@ def _cli(*args: str) -> str:
 @pytest.mark.parametrize(
     "name",
     ["prefs best-worst, votes, sample:2", "prefs random:2, cot, all", "judge", "eval winrate",
-     "eval harmlessness"],
+     "eval harmlessness", "eval rubric"],
 )  # fmt: skip
 def test_dry_run_previews_exactly_the_calls_the_run_makes_and_their_price(
     name: str, fault_server: FaultServer, tmp_path: Path

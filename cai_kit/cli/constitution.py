@@ -56,6 +56,14 @@ def show(
         con.print(f"  critique: {e(p.critique)}")
         con.print(f"  revision: {e(p.revision)}")
         con.print(f"  judge:    {e(p.judge_question)}")
+        if p.check is not None:  # rubric items (docs/rewards.md)
+            k = p.check
+            how = f"python {k.python}" if k.python else f"regex '{k.regex}' must {k.must}"
+            con.print(f"  check:    {e(how)}" + (f"  weight {p.weight:g}" if p.weight != 1 else ""))
+        elif p.question or p.weight != 1:
+            con.print(f"  rubric:   {e(p.rubric_question)}  weight {p.weight:g}")
+    if c.rubric is not None:
+        con.print(f"\nrubric: combine {c.rubric.combine}, threshold {c.rubric.threshold:g}")
     if c.few_shot:
         con.print(f"\n{len(c.few_shot)} few-shot example(s)")
 

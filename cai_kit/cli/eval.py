@@ -1,6 +1,6 @@
-"""`cai-kit eval winrate | harmlessness | reward`: did alignment work?
+"""`cai-kit eval winrate | harmlessness | rubric | reward`: did alignment work?
 
-`winrate` and `harmlessness` are job commands: they take the engine flags every job command
+`winrate`, `harmlessness` and `rubric` are job commands: they take the engine flags every job command
 takes (declared once in `cai_kit.cli.common`) and the judge flags of `cai-kit judge`.
 """
 
@@ -136,6 +136,81 @@ def harmlessness(
     )  # fmt: skip
     typer.echo(summary.line())
     if not flags["dry_run"]:
+        typer.echo(f"Report: {out / 'report.md'}")
+    if summary.stopped:
+        raise typer.Exit(2)
+
+
+@eval_app.command("rubric")
+@job_flags()
+def rubric(
+    prompts: Annotated[str, typer.Option("--prompts", help="Prompt file (held-out prompts).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Output directory (report.md, report.json, rubric.jsonl)."
+        ),
+    ],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="The model to evaluate (after training).")
+    ] = "local",
+    baseline: Annotated[
+        str | None, typer.Option("--baseline", "-b", help="Before-training model, side by side.")
+    ] = None,
+    judge: Annotated[
+        str | None,
+        typer.Option(
+            "--judge",
+            "-j",
+            help="Judge for principles without a check (none needed when every principle has one).",
+        ),
+    ] = None,
+    api_base: Annotated[
+        str | None, typer.Option("--api-base", help="OpenAI-compatible base URL for all models.")
+    ] = None,
+    constitution: Annotated[
+        str, typer.Option("--constitution", "-c", help="The rubric: one item per principle.")
+    ] = "harmless",
+    combine: Annotated[
+        str | None,
+        typer.Option(
+            "--combine",
+            help="mean | min | weighted | all-pass (default: the "
+            "constitution's rubric.combine, else mean).",
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", help="A score passes at this (default 0.5).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
+    max_tokens: MaxTokensOpt = 256,
+    seed: Annotated[int, typer.Option("--seed", help="Generation and bootstrap seed.")] = 0,
+    **flags: Any,
+) -> None:
+    """Per-principle pass rates of a model (and a baseline) under a constitution's rubric."""
+    from cai_kit.cli.common import engine_config_from, replay_argv
+    from cai_kit.constitution import load_constitution
+    from cai_kit.eval.rubric import COMBINED, run_rubric_eval
+    from cai_kit.llm.base import GenParams
+    from cai_kit.prompts import load_prompts
+    from cai_kit.stages.rubric import Rubric
+
+    rub = Rubric(load_constitution(constitution), combine, threshold, seed=seed)
+    backend = _backends(api_base, flags["timeout"])
+    roles = {"model": backend(model), **({"baseline": backend(baseline)} if baseline else {})}
+    summary, rep = run_rubric_eval(
+        load_prompts(prompts, limit=limit).records, models=roles, judge=backend(judge) if judge and rub.needs_judge else None,  # type: ignore[arg-type]
+        judge_name=judge, rubric=rub, params=GenParams(temperature=0.0, max_tokens=max_tokens, seed=seed),
+        out_dir=out, engine_config=engine_config_from(flags), argv=replay_argv("eval"), seed=seed,
+    )  # fmt: skip
+    typer.echo(summary.line())
+    if rep is not None:
+        for role in rep.roles:
+            r = rep.rates[COMBINED][role]
+            rate = "n/a" if r.rate is None else f"{r.rate:.3f} (95% CI {r.ci[0]:.3f}-{r.ci[1]:.3f})"
+            typer.echo(
+                f"{role}: all principles combined ({rub.combine}) pass rate {rate} over {r.n}"
+            )
         typer.echo(f"Report: {out / 'report.md'}")
     if summary.stopped:
         raise typer.Exit(2)

@@ -11,6 +11,13 @@ from cai_kit.cli.common import (
     TRAINER_WITHOUT,
     job_flags,
 )
+from cai_kit.cli.reward_flags import (
+    RewardFn,
+    RewardFnWeight,
+    RewardKind,
+    RubricCombine,
+    build_reward,
+)
 from cai_kit.cli.train import ReportTo, report_names
 
 JudgeReward = Annotated[
@@ -112,6 +119,10 @@ def ppo(
     ] = 1.0,
     judge_reward: JudgeReward = "p-yes",
     max_judge_failures: MaxJudgeFailures = 0.1,
+    reward: RewardKind = "auto",
+    rubric_combine: RubricCombine = None,
+    python_reward: RewardFn = None,
+    python_reward_weight: RewardFnWeight = 1.0,
     report_to: ReportTo = None,
     **flags: Any,
 ) -> None:
@@ -141,8 +152,9 @@ def _ppo(o: dict[str, Any], names: list[str], flags: dict[str, Any]) -> None:
     from cai_kit.train.tracking import Tracker
 
     out, steps = o["out"], o["steps"]
-    reward_fn = reward_source(o["reward_model"], o["reward_judge"], o["judge_api_base"], o["constitution"],
-                              {**o, **flags})  # fmt: skip
+    opts = {**o, **flags}
+    reward_fn = build_reward(opts, lambda: reward_source(o["reward_model"], o["reward_judge"], o["judge_api_base"],
+                                                         o["constitution"], opts))  # fmt: skip
     texts = [r.prompt_text for r in load_prompts(o["prompts"], limit=o["limit"]).records]
     base = resolve_model(o["model"])
     cfg = PPOConfig(learning_rate=o["lr"], batch_size=o["batch_size"], mini_batch_size=o["mini_batch_size"],
@@ -272,6 +284,10 @@ def grpo(
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
     judge_reward: JudgeReward = "p-yes",
     max_judge_failures: MaxJudgeFailures = 0.1,
+    reward: RewardKind = "auto",
+    rubric_combine: RubricCombine = None,
+    python_reward: RewardFn = None,
+    python_reward_weight: RewardFnWeight = 1.0,
     report_to: ReportTo = None,
     **flags: Any,
 ) -> None:
@@ -286,9 +302,8 @@ def grpo(
     check_group_size(batch_size, num_generations, int(os.environ.get("WORLD_SIZE", "1")))
     names = report_names(report_to)
     with quiet_libraries():
-        scorer = reward_source(
-            reward_model, reward_judge, judge_api_base, constitution, {**locals(), **flags}
-        )
+        opts = {**locals(), **flags}
+        scorer = build_reward(opts, lambda: reward_source(reward_model, reward_judge, judge_api_base, constitution, opts))  # fmt: skip
         texts = [r.prompt_text for r in load_prompts(prompts, limit=limit).records]
         try:
             path = train_grpo(texts, model, out, scorer, max_steps=max_steps, num_generations=num_generations,

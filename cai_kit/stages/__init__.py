@@ -3,6 +3,7 @@
 - `generate.py`  k sampled responses per prompt (the raw material of preference pairs)
 - `revise.py`    critique -> revise rounds with a sampled principle: SFT data with its trace
 - `judge.py`     the pairwise AI judge: both orders, soft labels from log-probs
+- `rubric.py`    rubric scoring: each principle a yes/no item on one response, or a check
 - `prefs.py`     sample responses, judge pairs: preference records
 - `export.py`    records -> the column layouts TRL's trainers read (SFT, DPO, KTO)
 - `infer.py`     Inverse Constitutional AI: principles that explain preference labels

@@ -6,6 +6,7 @@ and only inside the functions that use them.
 - `spin.py`          SPIN: own generations as rejected, SFT targets as chosen, iterated
 - `online.py`        online RLAIF on TRL's GRPO, the judge or a reward model as the reward
 - `rewards.py`       reward sources: a trained reward model, or the AI judge through the engine
+- `rubric_reward.py` the rubric reward (its rubric handed in by the CLI), Python rewards, blends
 - `reward_score.py`  a trained reward model's accuracy on held-out pairs
 - `logprobs.py`      sequence log-probs of chosen/rejected (for `eval.implicit_reward`)
 - `common.py`, `data.py`, `report.py`  model loading and LoRA, training data, cards and curves

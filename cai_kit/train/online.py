@@ -87,6 +87,23 @@ def check_group_size(batch_size: int, num_generations: int, processes: int = 1) 
         )
 
 
+def _RewardMetrics(scorer: Any) -> Any:
+    """Adds the reward's own per-step metrics (`last_metrics`, e.g. `rubric/<principle>`: the
+    mean score of each rubric principle in the step's last scoring) to each logged step: to
+    log_history and, as it runs before the reporting callbacks, to --report-to's integrations."""
+    from transformers import TrainerCallback
+
+    class RewardMetrics(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            if logs is None or "loss" not in logs:
+                return
+            logs.update(scorer.last_metrics)
+            if state.log_history:
+                state.log_history[-1].update(scorer.last_metrics)
+
+    return RewardMetrics()
+
+
 def train_grpo(prompts: list[str], model: str, out: Path, scorer: Any, *, max_steps: int = 10, num_generations: int = 4,
                batch_size: int = 4, max_completion_length: int = 64, lr: float = 1e-5, full: bool = False, seed: int = 0,
                report_to: list[str] | None = None, options: dict[str, Any] | None = None) -> Path:  # fmt: skip
@@ -115,6 +132,8 @@ def train_grpo(prompts: list[str], model: str, out: Path, scorer: Any, *, max_st
                           processing_class=load_tokenizer(base), peft_config=None if full else lora_config())  # fmt: skip
     if hasattr(scorer, "last_failed"):  # before the reporting callbacks, which then see its stats
         trainer.callback_handler.callbacks.insert(0, _JudgeStats(totals))
+    if hasattr(scorer, "last_metrics"):  # e.g. rubric/<principle>, also seen by the integrations
+        trainer.callback_handler.callbacks.insert(0, _RewardMetrics(scorer))
 
     stopped: CaiKitError | None = None
     try:

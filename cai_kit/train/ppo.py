@@ -418,6 +418,7 @@ class PPOTrainer:
             stats = self.step(queries, responses, rewards)
             stats.update(time_generate=t1 - t0, time_reward=t2 - t1)
             stats.update(judge)  # judge_failed, judge_calls, judge_cost: totals over all ranks
+            stats.update(getattr(reward_fn, "last_metrics", {}))  # e.g. rubric/<principle>
             if log and acc.is_main_process:
                 log(step, stats)
         return self.history

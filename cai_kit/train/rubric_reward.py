@@ -1,0 +1,177 @@
+"""More reward sources for RL: a constitution's rubric, any Python function, and their blend.
+
+All are callables `(prompts, responses) -> list[float]`, like `rewards.JudgeScorer`, so PPO's
+loop and TRL's GRPO take them the same way.
+
+- `RubricReward`: each response's combined rubric score (`cai_kit.stages.rubric`: checkable
+  principles scored by their program, the others by a judge's P(Yes)). The rubric object is
+  built by the CLI and handed in (`train` never imports `stages`); anything with
+  `needs_judge` and `async score(prompt, response, engine, backend)` returning an object with
+  `score` (None: failed) and `scores` (per principle) works. A response that could not be
+  scored (a judge call failed, an answer was not Yes/No, a check raised) is counted
+  (`last_failed`, `failed`) and gets the mean of the batch's other rewards; `check_failures`
+  stops training past `max_failed_share`, as for the judge. `last_metrics` holds the mean
+  score of each principle over the last call (`rubric/<id>`), which the trainers log per step.
+- `PythonReward("module:function")`: the function's own rewards; an exception or a wrong
+  shape stops training with one sentence.
+- `BlendedReward([(reward, weight), ...])`: the weighted sum (e.g. a rubric and a Python
+  reward, `--reward-fn F --reward-fn-weight W`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+from cai_kit.checks import CheckError, load_function
+from cai_kit.engine import Engine, EngineConfig
+from cai_kit.errors import CaiKitError
+from cai_kit.llm.base import Backend
+from cai_kit.llm.registry import get_backend
+from cai_kit.train.rewards import JudgeFailed, _share_of_the_cap
+
+
+class RubricReward:
+    """The combined rubric score of each response (see the module docstring)."""
+
+    def __init__(
+        self, rubric: Any, judge: str | None = None, api_base: str | None = None,
+        engine_config: EngineConfig | None = None, max_failed_share: float = 0.1,
+    ) -> None:  # fmt: skip
+        if rubric.needs_judge and judge is None:
+            judged = ", ".join(p.id for p in rubric.judged)
+            raise CaiKitError(
+                f"Principles {judged} have no check, so --reward rubric needs a judge: pass "
+                "--reward-judge MODEL (or give every principle a check:)."
+            )
+        self.rubric, self.model, self.api_base = rubric, judge, api_base
+        if judge is not None and rubric.needs_judge:
+            get_backend(judge, api_base=api_base)  # fail now on a bad model string or key
+        self.engine_config = _share_of_the_cap(engine_config or EngineConfig(quiet=True))
+        self.max_failed_share = max_failed_share
+        self._runner = asyncio.Runner()  # one loop for the run: sessions outlive no loop
+        self.engine: Engine | None = None
+        self._backend: Backend | None = None
+        self.last_failed = 0
+        self.failed = 0
+        self.scored = 0
+        self.last_errors: list[str] = []
+        self.last_metrics: dict[str, float] = {}
+
+    async def _score_all(self, prompts: list[str], responses: list[str]) -> list[Any]:
+        if self.engine is None:
+            self.engine = Engine(self.engine_config)
+            if self.rubric.needs_judge:
+                self._backend = get_backend(self.model, api_base=self.api_base)  # type: ignore[arg-type]
+        pairs = zip(prompts, responses, strict=True)
+        tasks = [
+            asyncio.ensure_future(self.rubric.score(p, r, self.engine, self._backend))
+            for p, r in pairs
+        ]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:  # e.g. --max-cost reached: make no more calls for this step
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+        results = self._runner.run(self._score_all(prompts, responses))
+        scores = [r.score for r in results]
+        ok = [s for s in scores if s is not None]
+        self.last_failed = len(scores) - len(ok)
+        self.failed += self.last_failed
+        self.scored += len(scores)
+        self.last_errors = sorted({e for r in results for e in r.errors.values()})
+        metrics: dict[str, float] = {}
+        for p in self.rubric.principles:
+            got = [r.scores[p.id] for r in results if r.scores.get(p.id) is not None]
+            if got:
+                metrics[f"rubric/{p.id}"] = sum(got) / len(got)
+        metrics["rubric/failed"] = float(self.last_failed)
+        self.last_metrics = metrics
+        fill = sum(ok) / len(ok) if ok else 0.0
+        return [fill if s is None else s for s in scores]
+
+    def check_failures(self, failed: int, total: int) -> None:
+        """Raise JudgeFailed when more than max_failed_share of one step's scorings failed."""
+        if total and failed > self.max_failed_share * total:
+            why = f" First error: {self.last_errors[0]}" if self.last_errors else ""
+            raise JudgeFailed(
+                f"{failed} of {total} rubric scorings failed in this step (limit "
+                f"{self.max_failed_share:.0%}): training stopped rather than learn from missing "
+                f"rewards.{why} Fix the check or --reward-judge, or raise --max-judge-failures."
+            )
+
+    def close(self) -> None:
+        async def aclose() -> None:
+            if self._backend is not None:
+                await self._backend.aclose()
+            if self.engine is not None:
+                await self.engine.aclose()
+
+        self._runner.run(aclose())
+        self._runner.close()
+
+
+class PythonReward:
+    """Rewards from any `module:function(prompts, responses) -> list[float]`."""
+
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+        try:
+            self.fn = load_function(ref)
+        except CheckError as exc:
+            raise CaiKitError(f"--reward-fn: {exc}") from None
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+        try:
+            values = list(self.fn(list(prompts), list(responses)))
+        except Exception as exc:
+            raise CaiKitError(
+                f"--reward-fn {self.ref} raised {type(exc).__name__}: {exc}"
+            ) from None
+        if len(values) != len(responses):
+            raise CaiKitError(f"--reward-fn {self.ref} returned {len(values)} rewards for "
+                              f"{len(responses)} responses.")  # fmt: skip
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))
+               or not math.isfinite(v)]  # fmt: skip
+        if bad:
+            raise CaiKitError(f"--reward-fn {self.ref} returned {bad[0]!r}, not a finite number.")
+        return [float(v) for v in values]
+
+
+class BlendedReward:
+    """sum(weight * reward) over several reward sources; failures and metrics are theirs."""
+
+    def __init__(self, parts: list[tuple[Any, float]], max_failed_share: float = 0.1) -> None:
+        self.parts = parts
+        self.max_failed_share = max_failed_share
+        self.last_failed = 0
+        self.last_metrics: dict[str, float] = {}
+
+    @property
+    def failed(self) -> int:
+        return sum(getattr(p, "failed", 0) for p, _ in self.parts)
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+        total = [0.0] * len(responses)
+        self.last_metrics, self.last_failed = {}, 0
+        for part, weight in self.parts:
+            scores = part(prompts, responses)
+            total = [t + weight * s for t, s in zip(total, scores, strict=True)]
+            self.last_failed = max(self.last_failed, getattr(part, "last_failed", 0))
+            self.last_metrics.update(getattr(part, "last_metrics", {}))
+        return total
+
+    def check_failures(self, failed: int, total: int) -> None:
+        for part, _ in self.parts:
+            if hasattr(part, "check_failures"):
+                part.check_failures(failed, total)
+
+    def close(self) -> None:
+        for part, _ in self.parts:
+            if hasattr(part, "close"):
+                part.close()
