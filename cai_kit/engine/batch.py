@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from cai_kit.engine.base import CallFailed, Deferred
-from cai_kit.engine.batch_providers import BatchClient, BatchState, batch_client_for
+from cai_kit.engine.batch_providers import NO_BATCH_API, BatchClient, BatchState, batch_client_for
 from cai_kit.engine.cache import CallCache
 from cai_kit.engine.core import Engine
 from cai_kit.engine.pricing import price_for_backend
@@ -438,9 +438,11 @@ class BatchCollector:
             keys_file.unlink(missing_ok=True)
             self._log(event="finished", tag=wave.tag, batch_id=wave.batch_id, ok=ok,
                       failed=failed + missing, status=why or "completed")  # fmt: skip
-        if why:
-            print(f"--batch-api: {why} Re-run (or `cai-kit retry-failed RUN_DIR`) to send the "
-                  "unanswered calls again.", file=sys.stderr)  # fmt: skip
+        if why:  # the command that works: a provider without a Batch API fails each re-run
+            retry = f"cai-kit retry-failed {self.dir.parent.absolute()}"
+            retry += " --sync" if NO_BATCH_API in why else ""
+            print(f"--batch-api: {why} `{retry}` sends the unanswered calls again.",
+                  file=sys.stderr)  # fmt: skip
         self._reserved -= wave.reserved
         wave.reserved = 0.0
         self._forget_open(wave)
