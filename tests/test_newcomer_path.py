@@ -280,3 +280,22 @@ def test_pipeline_report_links_only_images_that_exist(
         assert (report.parent / link).is_file(), link
     eval_links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (run / "eval" / "report.md").read_text())
     assert eval_links and all((run / "eval" / link).is_file() for link in eval_links)
+
+
+def test_a_pipeline_stage_whose_rows_failed_lets_the_pipeline_go_on_and_an_error_stops_it(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """Every verdict failed (exit 1, the 135M judge often gives none) is a finished stage with
+    failed rows: the pipeline goes on to the implicit-reward stages. A usage error stops it."""
+    import io
+
+    from cai_kit.errors import ConfigError
+    from cai_kit.pipeline.run import Stage, run_stage
+
+    eval_args = _job("eval winrate", tmp_path, fault_server.base_url)  # judge: no letter
+    partial = run_stage(Stage("eval", [*eval_args, "-q"]), tmp_path, io.StringIO())[2]
+    assert partial and "0 done; 2 failed" in (tmp_path / "logs" / "eval.log").read_text()
+    # an error before the job began (no such prompts file): its manifest is the old run's
+    eval_args[eval_args.index("--prompts") + 1] = str(tmp_path / "missing.jsonl")
+    with pytest.raises(ConfigError, match="Stage eval failed"):
+        run_stage(Stage("eval", [*eval_args, "-q"]), tmp_path, io.StringIO())

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cai_kit.constitution import list_constitutions
-from cai_kit.engine.jobs import EXIT_PARTIAL
+from cai_kit.engine.jobs import EXIT_FAILED, EXIT_PARTIAL
 from cai_kit.errors import ConfigError
 from cai_kit.pipeline.recipe import Recipe, load_recipe
 from cai_kit.pipeline.split import split_prompts, write_prompts
@@ -187,9 +187,27 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-# A stage that exits so finished with some rows failed: the pipeline goes on (the report counts
-# them) and exits with the same code at the end.
+# A job stage that ran to its end with rows failed (exit 3, or 1 when every row failed, e.g. a
+# judge that gave no verdict) is done: the pipeline goes on (the report counts them; a later
+# stage that needs the rows fails on its own) and exits STAGE_PARTIAL at the end.
 STAGE_PARTIAL = EXIT_PARTIAL
+
+
+def _rows_failed(stage: Stage, since: float) -> bool:
+    """Whether the stage is a job that ran to its end with failed rows, by the manifest.json of
+    a job that started after `since` in its --out (an error before the job began leaves none)."""
+    from datetime import datetime
+
+    if "--out" not in stage.argv:
+        return False
+    manifest = Path(stage.argv[stage.argv.index("--out") + 1]) / "manifest.json"
+    try:
+        m = json.loads(manifest.read_text(encoding="utf-8"))
+        started = datetime.fromisoformat(m["started_at"]).timestamp()
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    failed = (m.get("stats") or {}).get("failed", 0)
+    return started >= since and m.get("status") == "finished" and failed > 0
 
 
 def run_stage(stage: Stage, run: Path, out: TextIO) -> tuple[float, float, bool]:
@@ -201,7 +219,7 @@ def run_stage(stage: Stage, run: Path, out: TextIO) -> tuple[float, float, bool]
     log = logs / f"{stage.name}.log"
     env = {**os.environ, **QUIET_ENV, **stage.env}
     live = out.isatty()
-    start, cpu_start = time.monotonic(), _children_cpu()
+    start, cpu_start, began = time.monotonic(), _children_cpu(), time.time()
     with open(log, "w", encoding="utf-8") as fh:
         fh.write(f"$ {stage.command()}\n")
         fh.flush()
@@ -220,7 +238,8 @@ def run_stage(stage: Stage, run: Path, out: TextIO) -> tuple[float, float, bool]
     seconds, cpu = time.monotonic() - start, _children_cpu() - cpu_start
     if live:
         out.write("\r\033[K")
-    if proc.returncode not in (0, STAGE_PARTIAL):
+    partial = proc.returncode in (EXIT_FAILED, STAGE_PARTIAL) and _rows_failed(stage, began)
+    if proc.returncode != 0 and not partial:
         tail = "\n".join(f"    {line}" for line in _tail(log)[-15:])
         out.write(f"  {stage.name:<16} FAILED after {seconds:.0f} s; the end of {log}:\n{tail}\n")
         raise ConfigError(
@@ -228,7 +247,6 @@ def run_stage(stage: Stage, run: Path, out: TextIO) -> tuple[float, float, bool]
             "the pipeline: finished stages are skipped."
         )
     done = _result(log) or _progress(stage, log)  # the stage's own counts win over ours
-    partial = proc.returncode == STAGE_PARTIAL
     state = "done, some rows failed," if partial else "done"
     out.write(f"  {stage.name:<16} {state} in {seconds:5.1f} s{': ' + done if done else ''}\n")
     out.flush()
