@@ -33,7 +33,8 @@ def retry_failed(
         ),
     ] = None,
 ) -> None:
-    """Retry only the failed or missing rows of a run (finished rows are cache hits or skipped)."""
+    """Retry only the failed or missing rows of a run (finished rows are cache hits or skipped),
+    from any directory: the saved command line runs where the run started."""
     import json
     import subprocess
     import sys
