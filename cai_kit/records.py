@@ -189,6 +189,7 @@ class RunManifest(_Record):
     schema_version: int = SCHEMA_VERSION
     command: str
     argv: list[str] = Field(default_factory=list)
+    cwd: str | None = None  # where argv ran: its relative paths are relative to this
     started_at: str
     finished_at: str | None = None
     status: Literal["running", "finished", "stopped", "failed"] = "running"

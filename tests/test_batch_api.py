@@ -34,9 +34,9 @@ def _rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
-def _cli(*args: str) -> Any:
+def _cli(*args: str, code: int = 0) -> Any:
     r = CliRunner().invoke(app, [*args, "-q"])
-    assert r.exit_code == 0, r.output + repr(r.exception)
+    assert r.exit_code == code, r.output + repr(r.exception)
     return r
 
 
@@ -99,7 +99,7 @@ def test_per_request_errors_become_failed_records_and_a_rerun_redoes_only_them(
     cmd = ["generate", str(prompts), "--model", "m", "--api-base", fault_server.base_url,
            "--out", str(tmp_path / "o"), "--batch-api", "--cache-path", str(tmp_path / "c")]  # fmt: skip
     fault_server.script = ["ok", "500", "ok", "404"]  # one action per batch line
-    r = _cli(*cmd)
+    r = _cli(*cmd, code=3)  # some rows failed
     rows = _rows(tmp_path / "o" / "generations.jsonl")
     failed = [x for x in rows if x["status"] == "failed"]
     assert len(failed) == 2 and "2 failed" in r.output
@@ -282,11 +282,11 @@ def test_retry_failed_redoes_batch_failures_synchronously_or_as_a_new_batch(
            "--api-base", fault_server.base_url, "--out", str(out), "--batch-api",
            "--cache-path", str(tmp_path / "c.sqlite"), "-q"]  # fmt: skip
     fault_server.script = ["500", "ok", "503", "ok"]
-    subprocess.run(cmd, check=True, capture_output=True)
+    assert subprocess.run(cmd, capture_output=True).returncode == 3  # some rows failed
     assert fault_server.paid == 2 and fault_server.batches_created == 1
     fault_server.script = ["500"]  # the first retried call fails again: a new batch...
     r = CliRunner().invoke(app, ["retry-failed", str(out)])
-    assert r.exit_code == 0 and fault_server.batches_created == 2 and fault_server.paid == 3
+    assert r.exit_code == 3 and fault_server.batches_created == 2 and fault_server.paid == 3
     r = CliRunner().invoke(app, ["retry-failed", str(out), "--sync"])  # ...then synchronously
     assert r.exit_code == 0 and fault_server.batches_created == 2 and fault_server.paid == 4
     rows = _rows(out / "generations.jsonl")
@@ -317,7 +317,7 @@ def test_max_cost_refuses_a_batch_whose_price_is_unknown(
                                  "--api-base", fault_server.base_url, "--out", str(tmp_path / "o"),
                                  "--batch-api", "--max-cost", "1", "--cache-path",
                                  str(tmp_path / "c"), "-q"])  # fmt: skip
-    assert r.exit_code == 2 and "price of no-such-priced-model is unknown" in r.output
+    assert r.exit_code == 4 and "price of no-such-priced-model is unknown" in r.output
     assert fault_server.batches_created == 0 and fault_server.requests == 0
 
 
@@ -468,11 +468,13 @@ def _waves(run: Path) -> int:
     return waves
 
 
-def _batch_then_sync(tmp_path: Path, common: list[str], records: str) -> list[dict[str, Any]]:
+def _batch_then_sync(
+    tmp_path: Path, common: list[str], records: str, code: int = 0
+) -> list[dict[str, Any]]:
     """Run the command with --batch-api (into b/) and synchronously (into s/), each with its
     own cache; the two runs' records must be the same. Returns the batch run's records."""
-    _cli(*common, "--out", str(tmp_path / "b"), "--batch-api", "--cache-path", str(tmp_path / "cb"))
-    _cli(*common, "--out", str(tmp_path / "s"), "--cache-path", str(tmp_path / "cs"))
+    _cli(*common, "--out", str(tmp_path / "b"), "--batch-api", "--cache-path", str(tmp_path / "cb"), code=code)  # fmt: skip
+    _cli(*common, "--out", str(tmp_path / "s"), "--cache-path", str(tmp_path / "cs"), code=code)
     batch, sync = _rows(tmp_path / "b" / records), _rows(tmp_path / "s" / records)
     assert sorted(map(json.dumps, batch)) == sorted(map(json.dumps, sync))
     return batch
@@ -534,7 +536,9 @@ def test_eval_harmlessness_asks_every_principle_in_one_wave(
     common = ["eval", "harmlessness", "--prompts", str(prompts), "--model", "after",
               "--baseline", "before", "--judge", "judge", "--api-base", fault_server.base_url,
               "--seed", "2"]  # fmt: skip
-    batch = _batch_then_sync(tmp_path, common, "flags.jsonl")
+    batch = _batch_then_sync(
+        tmp_path, common, "flags.jsonl", code=1
+    )  # every record has a "Perhaps."
     # the answers, then every flag question (old code: one wave per principle, 1 + 14)
     assert _waves(tmp_path / "b") == 2 and fault_server.batches_created == 3
     assert len(batch) == 6 and all(len(r["metadata"]["flags"]) == 14 for r in batch)

@@ -97,7 +97,7 @@ def test_cli_price_flag_reaches_the_budget(provider_server: FaultServer, tmp_pat
             "--out", str(tmp_path / "o"), "--cache-path", str(tmp_path / "c.sqlite"), "-q",
             "--max-cost", "0.05", "--price", "1000,1000", "--max-tokens", "16"]  # fmt: skip
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 2, result.output  # stopped by the budget
+    assert result.exit_code == 4, result.output  # stopped by the budget
     assert "max-cost $0.05 reached: spent $0.0400" in result.output.replace("\n", " ")
     assert provider_server.paid == 2
     bad = CliRunner().invoke(app, [*args[:-6], "--price", "cheap"])

@@ -196,7 +196,8 @@ def test_miniature_local_pipeline_is_held_out_and_reports_implicit_reward(tmp_pa
     )
     run = tmp_path / "run"
     r = _invoke(str(recipe), "--out", str(run))
-    assert r.exit_code == 0, r.output
+    # 3: every stage ran, some rows failed (the 135M judge may give no verdict)
+    assert r.exit_code == (3 if "Some rows failed in" in r.output else 0), r.output
     for path in ("revise/revisions.jsonl", "sft_data/train.jsonl", "sft_model/config.json", "dpo_data/train.jsonl",
                  "dpo_model/config.json", "eval/report.md", "heldout_pairs/train.jsonl",
                  "implicit_reward/implicit_reward.json", "logs/train-dpo.log", "report.md"):  # fmt: skip
@@ -224,6 +225,8 @@ def test_miniature_local_pipeline_is_held_out_and_reports_implicit_reward(tmp_pa
     assert re.search(r"\| DPO model \| β·log π_dpo/π_sft \| [01]\.\d{3} \|", report)
     assert re.search(r"\| SFT model \| β·log π_sft/π_base \| [01]\.\d{3} \|", report)
     assert re.search(r"\| train-dpo \| done \| [\d.]+ \|", report)
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert images and all((run / link).is_file() for link in images), images
     again = _invoke(str(recipe), "--out", str(run))
     n_stages = len(list((run / ".stages").glob("*.done")))
     assert (

@@ -45,9 +45,9 @@ def _by_prompt(path: Path) -> dict[str, list[str]]:
     return out
 
 
-def _invoke(*args: str, quiet: bool = True) -> str:
+def _invoke(*args: str, quiet: bool = True, code: int = 0) -> str:
     result = CliRunner().invoke(app, [*args, *(["--quiet"] if quiet else [])])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == code, result.output
     return result.output
 
 
@@ -276,8 +276,9 @@ def test_revise_and_judge_shards_union_to_the_unsharded_run(
     )
     for name, shard in (("all", None), ("s1", "1/2"), ("s2", "2/2")):
         extra = ["--shard", shard] if shard else []
+        # the server's replies are not A or B: every verdict fails (exit 1)
         _invoke("judge", str(pairs), "--out", str(tmp_path / f"j-{name}"), "--mode", "letter",
-                "--judge-model", "m", "--api-base", provider_server.base_url, *extra)  # fmt: skip
+                "--judge-model", "m", "--api-base", provider_server.base_url, *extra, code=1)  # fmt: skip
     for files in ("r-{}/revisions.jsonl", "j-{}/prefs.jsonl"):
         whole, s1, s2 = (tmp_path / files.format(n) for n in ("all", "s1", "s2"))
         assert _ids(s1) and _ids(s2)

@@ -42,6 +42,14 @@ QuietOpt = Annotated[
 ]
 
 
+# The --help epilog of every job command (and the README's "Exit codes"): cai_kit.engine.jobs.
+EXIT_CODES_HELP = (
+    "Exit codes: 0 every row done; 1 an error, or no row done (every row failed); 2 a usage "
+    "error; 3 some rows failed (`cai-kit retry-failed RUN` redoes them); 4 stopped by "
+    "--max-cost before the end (finished work is kept)."
+)
+
+
 def fail(message: str, code: int = 1) -> None:
     """Print one red line and exit: for user errors caught in a command."""
     from cai_kit.errors import redact
@@ -253,3 +261,41 @@ def replay_argv(command: str) -> list[str]:
 
     args = sys.argv[1:]
     return ["cai-kit", *args] if args[:1] == [command] else []
+
+
+def job_backend(model: str, api_base: str | None, flags: dict[str, Any]):  # type: ignore[no-untyped-def]
+    """`get_backend` for a job command; a --dry-run builds it without a key (it calls nothing)
+    and `keys_needed` says which key the real run will need."""
+    from cai_kit.llm.registry import get_backend
+
+    dry = {"require_key": False} if flags.get("dry_run") else {}
+    return get_backend(model, api_base=api_base, timeout_s=flags["timeout"], **dry)
+
+
+def keys_needed(*models: tuple[str, str | None]) -> str:
+    """One sentence for a dry run: the key variables the real run reads, set or not, for
+    (model string, api base) pairs. A server named by --api-base may want none."""
+    from cai_kit.llm.providers import lookup
+
+    needed: dict[str, bool] = {}
+    for model, api_base in models:
+        provider = lookup(model)
+        if provider is not None and api_base is None:
+            var, key = provider.key()
+            needed[var] = key is not None
+    if not needed:
+        return "The real run needs no API key."
+    return (
+        "The real run needs "
+        + ", ".join(f"{var} ({'set' if ok else 'not set'})" for var, ok in needed.items())
+        + "."
+    )
+
+
+def exit_for(*summaries: Any) -> None:
+    """Exit with the code the job summaries call for (EXIT_CODES_HELP); return on 0."""
+    from cai_kit.engine.jobs import worst_exit
+
+    code = worst_exit(*summaries)
+    if code:
+        raise typer.Exit(code)

@@ -12,8 +12,11 @@ from typing import Annotated, Any
 import typer
 
 from cai_kit.cli.common import (
+    EXIT_CODES_HELP,
     MaxTokensOpt,
+    exit_for,
     job_flags,
+    keys_needed,
 )
 from cai_kit.cli.judge import Mode, Principles, Samples, TieMargin
 
@@ -23,7 +26,7 @@ eval_app = typer.Typer(
 )
 
 
-@eval_app.command("winrate")
+@eval_app.command("winrate", epilog=EXIT_CODES_HELP)
 @job_flags()
 def winrate(
     prompts: Annotated[
@@ -71,9 +74,10 @@ def winrate(
     from cai_kit.eval.winrate import run_winrate
     from cai_kit.llm.base import GenParams
     from cai_kit.prompts import load_prompts
+    from cai_kit.stages.ties import tie_warning
 
     cfg = _judge_cfg(mode, samples, principles, tie_margin, seed)
-    backend = _backends(api_base, flags["timeout"])
+    backend = _backends(api_base, flags)
     summary, rep = run_winrate(
         load_prompts(prompts, limit=limit).records, model=backend(model), baseline=backend(baseline), judge=backend(judge),
         models={"model": model, "baseline": baseline, "judge": judge}, constitution=load_constitution(constitution),
@@ -81,7 +85,9 @@ def winrate(
         engine_config=engine_config_from(flags), argv=replay_argv("eval"),
     )  # fmt: skip
     typer.echo(summary.line())
-    if not flags["dry_run"]:
+    if flags["dry_run"]:
+        typer.echo(keys_needed(*((m, api_base) for m in (model, baseline, judge))))
+    else:
         rate = (
             "n/a (no pair was judged)"
             if rep.n == rep.failed
@@ -89,11 +95,12 @@ def winrate(
         )
         typer.echo(f"win rate {rate}; {rep.wins} wins, {rep.ties} ties, {rep.losses} losses, {rep.failed} failed. "
                    f"Report: {out / 'report.md'}")  # fmt: skip
-    if summary.stopped:
-        raise typer.Exit(2)
+        if warning := tie_warning(rep.outcomes()):
+            typer.echo(f"Warning: {warning}", err=True)
+    exit_for(summary)
 
 
-@eval_app.command("harmlessness")
+@eval_app.command("harmlessness", epilog=EXIT_CODES_HELP)
 @job_flags()
 def harmlessness(
     prompts: Annotated[
@@ -127,7 +134,7 @@ def harmlessness(
     from cai_kit.llm.base import GenParams
     from cai_kit.prompts import load_prompts
 
-    backend = _backends(api_base, flags["timeout"])
+    backend = _backends(api_base, flags)
     roles = {"model": backend(model), **({"baseline": backend(baseline)} if baseline else {})}
     summary, _ = run_harmlessness(
         load_prompts(prompts, limit=limit).records, models=roles, judge=backend(judge), judge_name=judge,  # type: ignore[arg-type]
@@ -135,13 +142,14 @@ def harmlessness(
         out_dir=out, engine_config=engine_config_from(flags), argv=replay_argv("eval"),
     )  # fmt: skip
     typer.echo(summary.line())
-    if not flags["dry_run"]:
+    if flags["dry_run"]:
+        typer.echo(keys_needed(*((m, api_base) for m in (model, baseline or model, judge))))
+    else:
         typer.echo(f"Report: {out / 'report.md'}")
-    if summary.stopped:
-        raise typer.Exit(2)
+    exit_for(summary)
 
 
-@eval_app.command("rubric")
+@eval_app.command("rubric", epilog=EXIT_CODES_HELP)
 @job_flags()
 def rubric(
     prompts: Annotated[str, typer.Option("--prompts", help="Prompt file (held-out prompts).")],
@@ -196,7 +204,7 @@ def rubric(
     from cai_kit.stages.rubric import Rubric
 
     rub = Rubric(load_constitution(constitution), combine, threshold, seed=seed)
-    backend = _backends(api_base, flags["timeout"])
+    backend = _backends(api_base, flags)
     roles = {"model": backend(model), **({"baseline": backend(baseline)} if baseline else {})}
     summary, rep = run_rubric_eval(
         load_prompts(prompts, limit=limit).records, models=roles, judge=backend(judge) if judge and rub.needs_judge else None,  # type: ignore[arg-type]
@@ -212,19 +220,20 @@ def rubric(
                 f"{role}: all principles combined ({rub.combine}) pass rate {rate} over {r.n}"
             )
         typer.echo(f"Report: {out / 'report.md'}")
-    if summary.stopped:
-        raise typer.Exit(2)
+    if flags["dry_run"]:
+        typer.echo(keys_needed(*((m, api_base) for m in (model, baseline, judge) if m)))
+    exit_for(summary)
 
 
-def _backends(api_base: str | None, timeout: float):  # type: ignore[no-untyped-def]
-    """get_backend, once per model string: the same string is the same backend object."""
-    from cai_kit.llm.registry import get_backend
+def _backends(api_base: str | None, flags: dict[str, Any]):  # type: ignore[no-untyped-def]
+    """job_backend, once per model string: the same string is the same backend object."""
+    from cai_kit.cli.common import job_backend
 
     made: dict[str, object] = {}
 
     def backend(name: str):  # type: ignore[no-untyped-def]
         if name not in made:
-            made[name] = get_backend(name, api_base=api_base, timeout_s=timeout)
+            made[name] = job_backend(name, api_base, flags)
         return made[name]
 
     return backend

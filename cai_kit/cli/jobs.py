@@ -8,13 +8,17 @@ from typing import Annotated, Any
 import typer
 
 from cai_kit.cli.common import (
+    EXIT_CODES_HELP,
     ApiBaseOpt,
     MaxTokensOpt,
     ModelOpt,
     SeedOpt,
     ShardOpt,
     TemperatureOpt,
+    exit_for,
+    job_backend,
     job_flags,
+    keys_needed,
 )
 
 
@@ -29,7 +33,8 @@ def retry_failed(
         ),
     ] = None,
 ) -> None:
-    """Retry only the failed or missing rows of a run (finished rows are cache hits or skipped)."""
+    """Retry only the failed or missing rows of a run (finished rows are cache hits or skipped),
+    from any directory: the saved command line runs where the run started."""
     import json
     import subprocess
     import sys
@@ -39,15 +44,22 @@ def retry_failed(
     manifest = run_dir / "manifest.json"
     if not manifest.is_file():
         fail(f"No manifest.json in {run_dir}: is it a cai-kit run directory?")
-    argv = json.loads(manifest.read_text())["argv"]
+    saved = json.loads(manifest.read_text())
+    argv, cwd = saved["argv"], saved.get("cwd")  # (manifests before cwd: from here)
     if not argv or "***" in " ".join(argv):
         fail(
             f"The manifest in {run_dir} has no replayable command line; re-run the original command."
         )
+    if cwd is not None and not Path(cwd).is_dir():
+        fail(
+            f"The run in {run_dir} started in {cwd}, which is gone, and its command line's "
+            "paths are relative to it; re-run the original command."
+        )
     if batch_api is not None:
         argv = [a for a in argv if a != "--batch-api"] + (["--batch-api"] if batch_api else [])
-    typer.echo("Re-running: " + " ".join(argv), err=True)
-    raise typer.Exit(subprocess.call([sys.executable, "-m", "cai_kit", *argv[1:]]))
+    # the command line's relative paths are relative to where the run started
+    typer.echo(f"Re-running in {cwd or Path.cwd()}: " + " ".join(argv), err=True)
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "cai_kit", *argv[1:]], cwd=cwd))
 
 
 @job_flags()
@@ -74,7 +86,6 @@ def generate(
     """Sample responses to each prompt (one call per row), resumable and cached."""
     from cai_kit.cli.common import engine_config_from, parse_shard, replay_argv
     from cai_kit.llm.base import GenParams
-    from cai_kit.llm.registry import get_backend
     from cai_kit.prompts import load_prompts
     from cai_kit.stages.generate import run_generate
 
@@ -82,7 +93,7 @@ def generate(
     typer.echo(f"{prompts}: {pset.summary()}", err=True)
     summary = run_generate(
         pset.records,
-        backend=get_backend(model, api_base=api_base, timeout_s=flags["timeout"]),
+        backend=job_backend(model, api_base, flags),
         model=model,
         params=GenParams(temperature=temperature, max_tokens=max_tokens, seed=seed),
         samples=samples,
@@ -92,10 +103,11 @@ def generate(
         argv=replay_argv("generate"),
     )  # fmt: skip
     typer.echo(summary.line())
-    if summary.stopped:
-        raise typer.Exit(2)
+    if flags["dry_run"]:
+        typer.echo(keys_needed((model, api_base)))
+    exit_for(summary)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("generate")(generate)
-    app.command("retry-failed")(retry_failed)
+    app.command("generate", epilog=EXIT_CODES_HELP)(generate)
+    app.command("retry-failed", epilog=EXIT_CODES_HELP)(retry_failed)

@@ -8,13 +8,17 @@ from typing import Annotated, Any
 import typer
 
 from cai_kit.cli.common import (
+    EXIT_CODES_HELP,
     ApiBaseOpt,
     MaxTokensOpt,
     SeedOpt,
     ShardOpt,
     TemperatureOpt,
     engine_config_from,
+    exit_for,
+    job_backend,
     job_flags,
+    keys_needed,
     parse_shard,
     replay_argv,
 )
@@ -91,7 +95,6 @@ def prefs(
     """Sample k responses per prompt and label pairs with the AI judge (both orders)."""
     from cai_kit.constitution import load_constitution
     from cai_kit.llm.base import GenParams
-    from cai_kit.llm.registry import get_backend
     from cai_kit.prompts import load_prompts
     from cai_kit.stages.prefs import pair_count, run_prefs
 
@@ -101,11 +104,11 @@ def prefs(
     pset = load_prompts(prompts, on_bad_row=on_bad_row, limit=limit)  # type: ignore[arg-type]
     typer.echo(f"{prompts}: {pset.summary()}", err=True)
     judge_api_base = judge_api_base or api_base
-    policy = get_backend(policy_model, api_base=api_base, timeout_s=flags["timeout"])
+    policy = job_backend(policy_model, api_base, flags)
     judge = (
         policy
         if (judge_model, judge_api_base) == (policy_model, api_base)
-        else get_backend(judge_model, api_base=judge_api_base, timeout_s=flags["timeout"])
+        else job_backend(judge_model, judge_api_base, flags)
     )
     ec = engine_config_from(flags)
     sampled, judged = run_prefs(
@@ -125,8 +128,11 @@ def prefs(
     )
     typer.echo(f"sampling: {sampled.line()}")
     typer.echo(f"judging:  {judged.line()}")
-    if not flags["dry_run"]:
+    if flags["dry_run"]:
+        typer.echo(keys_needed((policy_model, api_base), (judge_model, judge_api_base)))
+    else:
         typer.echo(f"Wrote {out / 'prefs.jsonl'}; see `cai-kit judge-report {out.resolve()}`")
+    exit_for(sampled, judged)
 
 
 @job_flags()
@@ -146,14 +152,13 @@ def judge(
 ) -> None:  # fmt: skip
     """Label existing pairs with the AI judge (e.g. revision vs initial from `revise`)."""
     from cai_kit.constitution import load_constitution
-    from cai_kit.llm.registry import get_backend
     from cai_kit.stages.prefs import load_pairs, run_judge_file
 
     cfg = _judge_cfg(mode, samples, principles, tie_margin, seed)
     ec = engine_config_from(flags)
     summary = run_judge_file(
         load_pairs(pairs_file),
-        judge=get_backend(judge_model, api_base=api_base, timeout_s=flags["timeout"]),
+        judge=job_backend(judge_model, api_base, flags),
         models={"judge": judge_model},
         constitution=load_constitution(constitution),
         cfg=cfg,
@@ -163,6 +168,9 @@ def judge(
         argv=replay_argv("judge"),
     )
     typer.echo(summary.line())
+    if flags["dry_run"]:
+        typer.echo(keys_needed((judge_model, api_base)))
+    exit_for(summary)
 
 
 def judge_report(
@@ -188,6 +196,6 @@ def judge_report(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("prefs")(prefs)
-    app.command("judge")(judge)
+    app.command("prefs", epilog=EXIT_CODES_HELP)(prefs)
+    app.command("judge", epilog=EXIT_CODES_HELP)(judge)
     app.command("judge-report")(judge_report)

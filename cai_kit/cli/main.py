@@ -16,6 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from cai_kit._version import __version__
+from cai_kit.cli.common import EXIT_CODES_HELP
 from cai_kit.errors import CaiKitError, redact
 
 # litellm fetches a price list over the network at import unless told not to.
@@ -53,6 +54,7 @@ app = typer.Typer(
     cls=_Root,
     name="cai-kit",
     help="Constitutional AI and RLAIF: critique-revise SFT data, AI-judged preferences, local training.",
+    epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

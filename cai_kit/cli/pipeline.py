@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from cai_kit.cli.common import EXIT_CODES_HELP
+
 
 def pipeline(
     recipe: Annotated[
@@ -40,12 +42,19 @@ def pipeline(
     ] = False,
 ) -> None:
     """Run the whole Constitutional AI pipeline from a recipe; finished stages are skipped."""
-    from cai_kit.pipeline.run import run_pipeline
+    from cai_kit.pipeline.run import STAGE_PARTIAL, run_pipeline
 
     ran = run_pipeline(recipe, out, only, dry_run)
     if not dry_run:
-        typer.echo(f"{len(ran)} stage(s) ran. Report: {out / 'report.md'}")
+        typer.echo(f"{len(ran.stages)} stage(s) ran. Report: {out / 'report.md'}")
+    if ran.partial:  # every stage ran; these kept going past failed rows
+        typer.echo(
+            f"Some rows failed in: {', '.join(ran.partial)} (see {out / 'logs'}); "
+            f"`cai-kit pipeline {recipe} --out {out} --only STAGE` retries a stage's failed rows.",
+            err=True,
+        )
+        raise typer.Exit(STAGE_PARTIAL)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("pipeline")(pipeline)
+    app.command("pipeline", epilog=EXIT_CODES_HELP)(pipeline)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from cai_kit.cli.common import (
+    EXIT_CODES_HELP,
     ApiBaseOpt,
     MaxTokensOpt,
     ModelOpt,
@@ -15,7 +16,10 @@ from cai_kit.cli.common import (
     ShardOpt,
     TemperatureOpt,
     engine_config_from,
+    exit_for,
+    job_backend,
     job_flags,
+    keys_needed,
     parse_shard,
     replay_argv,
 )
@@ -93,7 +97,6 @@ def revise(
     from cai_kit.cli.common import fail
     from cai_kit.constitution import load_constitution
     from cai_kit.llm.base import GenParams
-    from cai_kit.llm.registry import get_backend
     from cai_kit.prompts import load_prompts
     from cai_kit.stages.revise import ReviseConfig, run_revise
 
@@ -107,11 +110,11 @@ def revise(
     typer.echo(f"{prompts}: {pset.summary()}", err=True)
     critic_model = critic_model or model
     critic_api_base = critic_api_base or api_base
-    responder = get_backend(model, api_base=api_base, timeout_s=flags["timeout"])
+    responder = job_backend(model, api_base, flags)
     critic = (
         responder
         if (critic_model, critic_api_base) == (model, api_base)
-        else get_backend(critic_model, api_base=critic_api_base, timeout_s=flags["timeout"])
+        else job_backend(critic_model, critic_api_base, flags)
     )
     cfg = ReviseConfig(
         constitution=const,
@@ -135,11 +138,12 @@ def revise(
         inputs={"prompts": prompts, "prompt_report": pset.summary()},
     )  # fmt: skip
     typer.echo(summary.line())
-    if not flags["dry_run"]:
+    if flags["dry_run"]:
+        typer.echo(keys_needed((model, api_base), (critic_model, critic_api_base)))
+    else:
         typer.echo(f"Wrote {out / 'revisions.jsonl'}")
-    if summary.stopped:
-        raise typer.Exit(2)
+    exit_for(summary)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("revise")(revise)
+    app.command("revise", epilog=EXIT_CODES_HELP)(revise)

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from cai_kit.engine.base import CallFailed, Deferred
-from cai_kit.engine.batch_providers import BatchClient, BatchState, batch_client_for
+from cai_kit.engine.batch_providers import NO_BATCH_API, BatchClient, BatchState, batch_client_for
 from cai_kit.engine.cache import CallCache
 from cai_kit.engine.core import Engine
 from cai_kit.engine.pricing import batch_factor, price_for_backend, prompt_tokens_upper
@@ -521,9 +521,13 @@ class BatchCollector:
             self._log(event="finished", tag=wave.tag, batch_id=wave.batch_id, ok=ok,
                       failed=failed + missing, status=why or "completed")  # fmt: skip
         if why:  # (a batch still open says itself how it goes on)
-            again = (" Re-run (or `cai-kit retry-failed RUN_DIR`) to send the unanswered calls "
-                     "again." if final else "")  # fmt: skip
-            print(f"--batch-api: {why}{again}", file=sys.stderr)
+            if final:  # the command that works: a provider without a Batch API fails each re-run
+                retry = f"cai-kit retry-failed {self.dir.parent.absolute()}"
+                retry += " --sync" if NO_BATCH_API in why else ""
+                print(f"--batch-api: {why} `{retry}` sends the unanswered calls again.",
+                      file=sys.stderr)  # fmt: skip
+            else:
+                print(f"--batch-api: {why}", file=sys.stderr)
         if final:  # the provider can no longer bill it: its worst case is let go
             self._release(wave)
         self._forget_open(wave)

@@ -403,12 +403,15 @@ def batch_client_for(backend: Backend) -> BatchClient | None:
     return OpenAIBatchClient(bare, url, provider.key()[1])
 
 
+NO_BATCH_API = "has no Batch API"  # in a row's error: `retry-failed RUN --sync` redoes it
+
+
 def _sdk_error(exc: Exception, where: str) -> BackendError:
     status = getattr(exc, "status_code", None)
     if status in (401, 403):
         return BackendError(f"{where} refused the credentials for its Batch API ({status}).")
     if status == 404:
         return BackendError(
-            f"{where} has no Batch API (404 on /files or /batches): run without --batch-api."
+            f"{where} {NO_BATCH_API} (404 on /files or /batches): run without --batch-api."
         )
     return BackendError(f"The Batch API at {where} failed ({type(exc).__name__}): {exc}"[:300])

@@ -137,6 +137,7 @@ class _Budget:
     flat: float = 0.0  # largest reported cost of an answer that had no token counts
     unenforceable: bool = False
     probe: asyncio.Lock = field(default_factory=asyncio.Lock)
+    model: str = ""  # the backend's model string, for the stop line
 
     @property
     def known(self) -> bool:
@@ -177,6 +178,7 @@ class Engine:
         self._reserved = 0.0  # worst-case cost of the calls in flight (for --max-cost)
         self._budgets: dict[int, _Budget] = {}
         self.budget_stop: str | None = None  # why --max-cost stopped the run, when it did
+        self._unpriced: str | None = None  # a model --max-cost could not price, if it stopped so
         self.notices: list[str] = []  # one-time notes printed to stderr (kept for tests)
         self._rpm = TokenBucket(self.config.rpm) if self.config.rpm else None
         self._tpm = TokenBucket(self.config.tpm) if self.config.tpm else None
@@ -246,7 +248,7 @@ class Engine:
 
     def _budget(self, backend: Backend) -> _Budget:
         if id(backend) not in self._budgets:
-            state = _Budget(price_for_backend(backend, self.config.price))
+            state = _Budget(price_for_backend(backend, self.config.price), model=backend.model)
             self._budgets[id(backend)] = state
             if self.config.max_cost is not None and state.price is None:
                 self._notice(
@@ -263,11 +265,8 @@ class Engine:
         if cap is None:
             return 0.0
         if state.unenforceable:
-            self._stop(
-                "the server reported no cost and no price is known, so --max-cost cannot be "
-                "enforced: pass --price IN,OUT (USD per million input/output tokens), or drop "
-                "--max-cost"
-            )
+            self._unpriced = self._unpriced or state.model
+            self._stop("the server reported no cost and no price is known")
         worst = state.worst_case(messages, params)
         if not state.known and self.stats.cost >= cap:
             self._stop(f"the next call could cost up to ${worst:.4f}")
@@ -298,6 +297,13 @@ class Engine:
         """The stop line, with what was really spent (call it again once the run has ended:
         the calls that were in flight are paid too)."""
         s = self.stats
+        if self._unpriced is not None:  # nothing was "reached": the spend is unknown
+            return (
+                f"no price is known for {self._unpriced} and its server reports no cost, so "
+                f"--max-cost ${self.config.max_cost:g} cannot be enforced after {s.calls} "
+                "call(s): pass --price IN,OUT (USD per million input/output tokens), or drop "
+                "--max-cost. Finished work is kept."
+            )
         at_cap = (
             f"; {s.in_flight_at_cap} call(s) were in flight when the cap was reached"
             if s.in_flight_at_cap

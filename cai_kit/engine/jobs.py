@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from cai_kit.engine.base import CallFailed, Deferred
+from cai_kit.engine.batch_providers import NO_BATCH_API
 from cai_kit.engine.core import Engine, EngineConfig
 from cai_kit.errors import BudgetExceeded, redact
 from cai_kit.llm.base import Backend
@@ -32,6 +34,17 @@ from cai_kit.records import RunManifest, stable_hash
 
 if TYPE_CHECKING:
     from cai_kit.engine.batch import BatchCollector
+
+# How every job command exits (README "Exit codes", the commands' --help), so that a script can
+# tell a finished run from one to retry. 2 is click's own code for a usage error.
+EXIT_OK = 0  # every row done (or nothing left to do)
+EXIT_FAILED = 1  # an error, or no row done: every row failed
+EXIT_PARTIAL = 3  # some rows done, some failed: `cai-kit retry-failed RUN` redoes those
+EXIT_STOPPED = 4  # stopped by --max-cost before the end: finished work is kept
+_SEVERITY = (EXIT_OK, EXIT_PARTIAL, EXIT_STOPPED, EXIT_FAILED)  # worst last
+
+# Outside a terminal (a log, a pipe, CI) progress is a whole plain line this often, and at the end.
+PLAIN_PROGRESS_EVERY_S = 10.0
 
 
 @dataclass
@@ -67,6 +80,24 @@ class JobSummary:
     stats: dict[str, Any] = field(default_factory=dict)
     estimated_calls: int | None = None
     cost_preview: str | None = None  # tokens and price (synchronous and Batch API), dry run
+    run_dir: Path | None = None  # where `retry-failed` finds the run
+    sync_retry: bool = False  # rows failed because the provider has no Batch API
+
+    @property
+    def exit_code(self) -> int:
+        """EXIT_OK, EXIT_FAILED (rows failed and none is done), EXIT_PARTIAL or EXIT_STOPPED."""
+        if self.estimated_calls is not None:
+            return EXIT_OK
+        if self.failed and not self.done + self.already_done:
+            return EXIT_FAILED
+        if self.stopped:
+            return EXIT_STOPPED
+        return EXIT_PARTIAL if self.failed else EXIT_OK
+
+    def retry_command(self) -> str:
+        """The command that redoes the failed rows, from any directory."""
+        run = os.path.abspath(self.run_dir) if self.run_dir is not None else "RUN_DIR"
+        return f"cai-kit retry-failed {run}" + (" --sync" if self.sync_retry else "")
 
     def line(self) -> str:
         s = self.stats
@@ -81,13 +112,20 @@ class JobSummary:
             f"{s.get('prompt_tokens', 0) + s.get('completion_tokens', 0)} tokens, ${s.get('cost', 0):.4f}"
         )
         text = "; ".join(parts)
-        if self.failed:
+        if self.failed and self.sync_retry:
+            text += f". The provider has no Batch API: `{self.retry_command()}` redoes them"
+        elif self.failed:
             text += (
-                ". Re-run the same command (or `cai-kit retry-failed RUN_DIR`) to retry failures"
+                f". `{self.retry_command()}` (or the same command again) retries the failed rows"
             )
         if self.stopped:
             text += f". Stopped: {self.stopped}"
         return text
+
+
+def worst_exit(*summaries: JobSummary) -> int:
+    """One exit code for a command that ran several jobs (e.g. prefs: sampling, judging)."""
+    return max((s.exit_code for s in summaries), key=_SEVERITY.index, default=EXIT_OK)
 
 
 def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
@@ -105,6 +143,7 @@ def _write_manifest(spec: JobSpec, summary: JobSummary, started: str, status: st
     manifest = RunManifest(
         command=m.pop("command", spec.name),
         argv=[redact(a) for a in m.pop("argv", [])],
+        cwd=os.getcwd(),
         started_at=started,
         finished_at=None if status == "running" else datetime.now(timezone.utc).isoformat(),
         status=status,  # type: ignore[arg-type]
@@ -148,7 +187,7 @@ def run_job(spec: JobSpec, config: EngineConfig) -> JobSummary:
         if iid not in done_ids:  # (the id is computed once per item: a re-run is mostly this)
             pending.append(item)
         todo.append(item)
-    summary = JobSummary(total=len(todo))
+    summary = JobSummary(total=len(todo), run_dir=spec.run_dir)
     summary.already_done = len(todo) - len(pending)
     started = datetime.now(timezone.utc).isoformat()
     if config.dry_run:
@@ -219,6 +258,33 @@ class _InfoColumn:
         return f"{text} | {batch}" if batch else text
 
 
+class _PlainProgress:
+    """Progress outside a terminal: one whole line every PLAIN_PROGRESS_EVERY_S and at the end,
+    never redrawn or wrapped, so a log or a CI page reads it line by line:
+
+        generate: 12/40 rows | failed 0 | 3.1 calls/s | 2480 tok | $0.0012 | 0:00:04
+    """
+
+    def __init__(self, name: str, total: int, info: _InfoColumn) -> None:
+        self.name, self.total, self.info = name, total, info
+        self.started = time.monotonic()
+
+    def line(self) -> str:
+        s = self.info.summary
+        seconds = int(time.monotonic() - self.started)
+        elapsed = f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        rows = f"{s.done + s.failed}/{self.total} rows"
+        return f"{self.name}: {rows} | {self.info.text()} | {elapsed}"
+
+    def print(self) -> None:
+        print(self.line(), file=sys.stderr, flush=True)
+
+    async def every(self) -> None:
+        while True:
+            await asyncio.sleep(PLAIN_PROGRESS_EVERY_S)
+            self.print()
+
+
 async def _run_items(
     spec: JobSpec,
     engine: Engine,
@@ -226,6 +292,7 @@ async def _run_items(
     pending: list[Any],
     summary: JobSummary,
 ) -> None:
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cai_kit.io import JsonlWriter
@@ -241,13 +308,16 @@ async def _run_items(
     if collector is not None and engine.config.batch_api:  # rows are let go, many at once
         width = collector.rows_in_flight
     stop = asyncio.Event()
+    info = _InfoColumn(engine, collector, summary)
+    live = not engine.config.quiet and sys.stderr.isatty()  # else: plain lines (or none, -q)
     progress = Progress(
-        TextColumn(f"[bold]{spec.name}[/bold]"), BarColumn(), MofNCompleteColumn(),
-        _InfoColumn(engine, collector, summary).column, TimeElapsedColumn(),
-        disable=engine.config.quiet, transient=False,
+        TextColumn(f"[bold]{spec.name}[/bold]"), BarColumn(bar_width=20), MofNCompleteColumn(),
+        info.column, TimeElapsedColumn(), console=Console(stderr=True),
+        disable=not live, transient=False,
     )  # fmt: skip
     task = progress.add_task(spec.name, total=len(pending))
-    advance = (lambda: None) if engine.config.quiet else (lambda: progress.advance(task))
+    advance = (lambda: progress.advance(task)) if live else (lambda: None)
+    plain = None if live or engine.config.quiet else _PlainProgress(spec.name, len(pending), info)
 
     async def one(item: Any, writer: JsonlWriter, deferred: list[Any]) -> None:
         try:
@@ -269,6 +339,7 @@ async def _run_items(
             summary.done += 1
         else:
             summary.failed += 1
+            summary.sync_retry |= NO_BATCH_API in (getattr(record, "error", None) or "")
         advance()
 
     async def run_pass(items: list[Any], writer: JsonlWriter) -> list[Any]:
@@ -284,6 +355,7 @@ async def _run_items(
         await asyncio.gather(*(worker() for _ in range(min(width, len(items)))))
         return deferred
 
+    ticker = asyncio.get_running_loop().create_task(plain.every()) if plain else None
     with progress, JsonlWriter(spec.output) as writer:
         try:
             rows = await run_pass(pending, writer)
@@ -291,6 +363,9 @@ async def _run_items(
                 stop.clear()  # after a budget stop, rows whose answers came can still finish
                 rows = await run_pass(rows, writer)
         finally:
+            if ticker is not None and plain is not None:
+                ticker.cancel()
+                plain.print()  # the last line: where the job ended
             for b in spec.backends:
                 await b.aclose()
             await engine.aclose()

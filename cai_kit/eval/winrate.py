@@ -29,6 +29,7 @@ from cai_kit.llm.base import Backend, GenParams
 from cai_kit.records import JudgeVerdict, PreferenceRecord, PromptRecord, stable_hash
 from cai_kit.stages.judge import JudgeConfig, PairInput, judge_calls, judge_pair
 from cai_kit.stages.prefs import preference_record
+from cai_kit.stages.ties import tie_warning
 
 OUTCOME = {"A": 1.0, "tie": 0.5, "B": 0.0}  # from the model's side: win, tie, loss
 
@@ -63,6 +64,10 @@ class WinRateReport:
     ci: tuple[float, float] = (float("nan"), float("nan"))
     by_principle: dict[str, dict[str, Any]] = field(default_factory=dict)
     by_category: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def outcomes(self) -> dict[str, int]:
+        """Verdict label -> count, as `tie_warning` takes them."""
+        return {"A": self.wins, "B": self.losses, "tie": self.ties, "failed": self.failed}
 
 
 def summarise(records: list[PreferenceRecord], seed: int = 0) -> WinRateReport:
@@ -193,6 +198,8 @@ def write_report(rep: WinRateReport, out_dir: Path, models: dict[str, str]) -> N
         "| pairs | wins | ties | losses | failed | win rate | 95% CI (bootstrap) |", "|---|---|---|---|---|---|---|",
         f"| {rep.n} | {rep.wins} | {rep.ties} | {rep.losses} | {rep.failed} | {rep.win_rate:.3f} | [{rep.ci[0]:.3f}, {rep.ci[1]:.3f}] |", "",
     ]  # fmt: skip
+    if warning := tie_warning(rep.outcomes()):
+        lines += [f"**Warning**: {warning}", ""]
     if rep.failed:
         lines += [f"{rep.failed} pairs failed (generation or judgement) and are left out of the win "
                   "rate; re-run the command or `cai-kit retry-failed` to retry them.", ""]  # fmt: skip

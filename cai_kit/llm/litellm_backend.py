@@ -22,7 +22,8 @@ def make_litellm_backend(model: str, api_base: str | None = None, **options: Any
 
     name = model.removeprefix("litellm:")
     provider = providers.lookup(name)
-    if provider is not None and api_base is None and provider.key()[1] is None:
+    needs_key = provider is not None and api_base is None and provider.key()[1] is None
+    if needs_key and options.pop("require_key", True):  # (a --dry-run calls nothing)
         raise ConfigError(
             f"Set {provider.key_vars[0]} to use {name} (or pass --api-base for a local "
             "OpenAI-compatible server)."

@@ -81,7 +81,7 @@ def make_provider_backend(model: str, api_base: str | None = None, **options: An
     provider = providers.lookup(model)
     assert provider is not None and provider.fast
     var, key = provider.key()
-    if key is None:
+    if key is None and options.pop("require_key", True):  # (a --dry-run calls nothing)
         raise ConfigError(
             f"Set {var} to use {model} (or pass --api-base for a local OpenAI-compatible server)."
         )

@@ -17,13 +17,11 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cai_kit.stages.ties import tie_warning
+
 if TYPE_CHECKING:
     from cai_kit.pipeline.recipe import Recipe
     from cai_kit.pipeline.split import Split
-
-TIE_RATE_MEANINGLESS = (
-    0.5  # at least half the verdicts ties: the win rate is mostly 0.5 by construction
-)
 
 
 def judge_outcomes(eval_dir: Path) -> Counter[str]:
@@ -35,18 +33,6 @@ def judge_outcomes(eval_dir: Path) -> Counter[str]:
     if not path.is_file():
         return Counter()
     return Counter(r.verdict.label for r in latest_by_id(path, PreferenceRecord).values())
-
-
-def tie_warning(counts: Counter[str]) -> str | None:
-    """A sentence when ties dominate the judged comparisons; None when the win rate can speak."""
-    judged = counts["A"] + counts["B"] + counts["tie"]
-    if not judged or counts["tie"] / judged < TIE_RATE_MEANINGLESS:
-        return None
-    return (f"**The judge tied on {counts['tie']} of {judged} comparisons ({counts['tie'] / judged:.0%}), so "
-            "this win rate says nothing about the models**: a tie counts as half a win, and a judge "
-            "that ties on everything gives 0.500 whatever the models do. Use a stronger judge "
-            "(a `teacher` serving `eval_judging`), or read the implicit-reward accuracy below, which "
-            "comes from the models' own log-probabilities.")  # fmt: skip
 
 
 def _models(r: Recipe) -> list[str]:
@@ -120,6 +106,11 @@ def _implicit(run: Path) -> list[str]:
     return lines
 
 
+def _from_eval(markdown: str) -> str:
+    """eval/report.md's text for RUN/report.md: its relative links now point into eval/."""
+    return re.sub(r"(!?\[[^\]]*\]\()(?![a-z]+:|/|#)([^)]+\))", r"\1eval/\2", markdown)
+
+
 def write_report(r: Recipe, run: Path, names: list[str], split: Split) -> Path:
     ev = run / "eval" / "report.md"
     lines = [f"# Pipeline `{r.name}`", "", "## Models", "", *_models(r), "", "## Prompts", "",
@@ -128,10 +119,12 @@ def write_report(r: Recipe, run: Path, names: list[str], split: Split) -> Path:
              "`eval/report.md`, `implicit_reward/implicit_reward.json`; stage logs in `logs/`.", "",
              "## Evaluation: win rate of the DPO model against the student before training", ""]  # fmt: skip
     if ev.is_file():
-        warning = tie_warning(judge_outcomes(run / "eval"))
-        if warning:
-            lines += [warning, ""]
-        lines += [ev.read_text(encoding="utf-8").split("\n", 1)[1].strip(), ""]
+        if tie_warning(judge_outcomes(run / "eval")):  # (eval's report below says why)
+            lines += ["**Ties dominate: this win rate says nothing about the models.** Use a "
+                      "stronger judge (a `teacher` serving `eval_judging`), or read the "
+                      "implicit-reward accuracy below, which comes from the models' own "
+                      "log-probabilities.", ""]  # fmt: skip
+        lines += [_from_eval(ev.read_text(encoding="utf-8").split("\n", 1)[1].strip()), ""]
     else:
         lines += ["Not measured yet (stage `eval` has not run).", ""]
     lines += ["## Implicit reward accuracy (held out)", "", *_implicit(run), ""]

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cai_kit.constitution import list_constitutions
+from cai_kit.engine.jobs import EXIT_FAILED, EXIT_PARTIAL
 from cai_kit.errors import ConfigError
 from cai_kit.pipeline.recipe import Recipe, load_recipe
 from cai_kit.pipeline.split import split_prompts, write_prompts
@@ -64,6 +65,14 @@ class Stage:
     def command(self) -> str:
         prog = "cai-kit" if self.module == "cai_kit" else f"python -m {self.module}"
         return " ".join([prog, *self.argv])
+
+
+@dataclass
+class PipelineRun:
+    """The stages that ran, and those of them that finished with some rows failed."""
+
+    stages: list[str] = field(default_factory=list)
+    partial: list[str] = field(default_factory=list)
 
 
 def _opt(flag: str, value: Any) -> list[str]:
@@ -179,15 +188,39 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_stage(stage: Stage, run: Path, out: TextIO) -> tuple[float, float]:
+# A job stage that ran to its end with rows failed (exit 3, or 1 when every row failed, e.g. a
+# judge that gave no verdict) is done: the pipeline goes on (the report counts them; a later
+# stage that needs the rows fails on its own) and exits STAGE_PARTIAL at the end.
+STAGE_PARTIAL = EXIT_PARTIAL
+
+
+def _rows_failed(stage: Stage, since: float) -> bool:
+    """Whether the stage is a job that ran to its end with failed rows, by the manifest.json of
+    a job that started after `since` in its --out (an error before the job began leaves none)."""
+    from datetime import datetime
+
+    if "--out" not in stage.argv:
+        return False
+    manifest = Path(stage.argv[stage.argv.index("--out") + 1]) / "manifest.json"
+    try:
+        m = json.loads(manifest.read_text(encoding="utf-8"))
+        started = datetime.fromisoformat(m["started_at"]).timestamp()
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    failed = (m.get("stats") or {}).get("failed", 0)
+    return started >= since and m.get("status") == "finished" and failed > 0
+
+
+def run_stage(stage: Stage, run: Path, out: TextIO) -> tuple[float, float, bool]:
     """Run one stage with its output in RUN/logs/NAME.log; one live line on a terminal.
-    Returns (wall seconds, CPU seconds of the stage's process: comparable across machine loads)."""
+    Returns (wall seconds, CPU seconds of the stage's process: comparable across machine loads,
+    whether some of its rows failed)."""
     logs = run / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{stage.name}.log"
     env = {**os.environ, **QUIET_ENV, **stage.env}
     live = out.isatty()
-    start, cpu_start = time.monotonic(), _children_cpu()
+    start, cpu_start, began = time.monotonic(), _children_cpu(), time.time()
     with open(log, "w", encoding="utf-8") as fh:
         fh.write(f"$ {stage.command()}\n")
         fh.flush()
@@ -206,7 +239,8 @@ def run_stage(stage: Stage, run: Path, out: TextIO) -> tuple[float, float]:
     seconds, cpu = time.monotonic() - start, _children_cpu() - cpu_start
     if live:
         out.write("\r\033[K")
-    if proc.returncode != 0:
+    partial = proc.returncode in (EXIT_FAILED, STAGE_PARTIAL) and _rows_failed(stage, began)
+    if proc.returncode != 0 and not partial:
         tail = "\n".join(f"    {line}" for line in _tail(log)[-15:])
         out.write(f"  {stage.name:<16} FAILED after {seconds:.0f} s; the end of {log}:\n{tail}\n")
         raise ConfigError(
@@ -214,9 +248,10 @@ def run_stage(stage: Stage, run: Path, out: TextIO) -> tuple[float, float]:
             "the pipeline: finished stages are skipped."
         )
     done = _result(log) or _progress(stage, log)  # the stage's own counts win over ours
-    out.write(f"  {stage.name:<16} done in {seconds:5.1f} s{': ' + done if done else ''}\n")
+    state = "done, some rows failed," if partial else "done"
+    out.write(f"  {stage.name:<16} {state} in {seconds:5.1f} s{': ' + done if done else ''}\n")
     out.flush()
-    return seconds, cpu
+    return seconds, cpu, partial
 
 
 def describe_inputs(r: Recipe, recipe_path: Path, run: Path) -> str:
@@ -242,8 +277,8 @@ def run_pipeline(
     only: str | None = None,
     dry_run: bool = False,
     out: TextIO | None = None,
-) -> list[str]:
-    """Run (or with dry_run, plan and price) the stages; returns the names of those that ran."""
+) -> PipelineRun:
+    """Run (or with dry_run, plan and price) the stages; returns those that ran."""
     out = out or sys.stdout
     recipe = load_recipe(recipe_path)
     split = split_prompts(recipe)
@@ -261,10 +296,10 @@ def run_pipeline(
             state = "done" if (markers / f"{s.name}.done").exists() else "todo"
             out.write(f"[{state}] {s.name}: {s.command()}\n")
         out.write("\n" + format_estimates(estimate(recipe, split)) + "\n")
-        return []
+        return PipelineRun()
     write_prompts(split.train, run / "prompts" / "train.jsonl")
     write_prompts(split.eval, run / "prompts" / "eval.jsonl")
-    ran = []
+    ran = PipelineRun()
     for s in plan:
         if only is not None and s.name != only:
             continue
@@ -272,10 +307,12 @@ def run_pipeline(
         if marker.exists() and only is None:
             out.write(f"  skip {s.name} (done)\n")
             continue
-        seconds, cpu = run_stage(s, run, out)
+        seconds, cpu, partial = run_stage(s, run, out)
         markers.mkdir(parents=True, exist_ok=True)
         marker.write_text(f"{seconds:.1f} s wall, {cpu:.1f} s cpu\n")
-        ran.append(s.name)
+        ran.stages.append(s.name)
+        if partial:
+            ran.partial.append(s.name)
     from cai_kit.pipeline.report import write_report
 
     write_report(recipe, run, names, split)
