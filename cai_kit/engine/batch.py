@@ -370,6 +370,9 @@ class BatchCollector:
             self._log(event="submitted", tag=wave.tag, batch_id=wave.batch_id)
             path.unlink(missing_ok=True)
         except BackendError as exc:  # maybe created anyway: a re-run looks for it by its tag
+            if NO_BATCH_API in str(exc):  # refused at the door (404): no batch was created
+                self._settle(wave, str(exc))
+                return
             self._settle(wave, f"the batch could not be sent: {exc} A re-run looks for it at "
                          "the provider (it may have been created) before sending its calls "
                          "again.", final=False)  # fmt: skip
@@ -516,10 +519,11 @@ class BatchCollector:
             if key not in seen and key not in self._failed:
                 self._failed[key] = why or "no answer in the batch"
                 missing += 1
-        if final and wave.batch_id is not None:
+        if final:
             (self.dir / f"{wave.tag}.keys").unlink(missing_ok=True)
             self._log(event="finished", tag=wave.tag, batch_id=wave.batch_id, ok=ok,
-                      failed=failed + missing, status=why or "completed")  # fmt: skip
+                      failed=failed + missing,
+                      status=why or ("completed" if wave.batch_id else "never created"))  # fmt: skip
         if why:  # (a batch still open says itself how it goes on)
             if final:  # the command that works: a provider without a Batch API fails each re-run
                 retry = f"cai-kit retry-failed {self.dir.parent.absolute()}"
