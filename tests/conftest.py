@@ -6,7 +6,11 @@ serving the embedded GGUF, and a scripted fault-injection OpenAI-compatible serv
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
+import uuid
 
 import pytest
 
@@ -25,6 +29,14 @@ os.environ.setdefault(
     ),
 )
 
+# trackio binds its store directory when first imported: one temp dir for the session, never
+# ~/.cache/huggingface/trackio, and never a Space or server (`trackio_project` gives each test
+# its own project, i.e. its own SQLite file there).
+os.environ["TRACKIO_DIR"] = tempfile.mkdtemp(prefix="cai-kit-trackio-")
+atexit.register(shutil.rmtree, os.environ["TRACKIO_DIR"], ignore_errors=True)
+for _var in ("TRACKIO_SPACE_ID", "TRACKIO_SERVER_URL", "TRACKIO_PROJECT"):
+    os.environ.pop(_var, None)
+
 pytest_plugins = [
     "tests.fixtures.llama_server",
     "tests.fixtures.fault_server",
@@ -42,3 +54,11 @@ def _private_call_cache(
     CAI_KIT_MODELS_DIR so the embedded model is converted once per test run, not per test.
     """
     monkeypatch.setenv("CAI_KIT_CACHE_DIR", str(tmp_path_factory.mktemp("cai-cache")))
+
+
+@pytest.fixture
+def trackio_project(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A trackio project of this test's own ($TRACKIO_PROJECT), in the session's TRACKIO_DIR."""
+    project = f"cai-kit-test-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("TRACKIO_PROJECT", project)
+    return project

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import tests.fixtures.fault_server as fs
 from cai_kit.cli.main import app
 from cai_kit.train.ppo import AdaptiveKLController, PPOConfig, PPOTrainer, compute_gae
 from tests.fixtures.fault_server import FaultServer
-from tests.test_train import tensorboard_scalars
+from tests.test_train import tensorboard_scalars, trackio_metrics
 
 
 def test_gae_matches_hand_computation() -> None:
@@ -192,17 +193,22 @@ def plain_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_train_ppo_cli_with_a_judge_as_the_reward(
-    plain_tiny: Path, tmp_path: Path, fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+    plain_tiny: Path,
+    tmp_path: Path,
+    fault_server: FaultServer,
+    monkeypatch: pytest.MonkeyPatch,
+    trackio_project: str,
 ) -> None:
     answers = iter(["Yes", "No"] * 100)
     monkeypatch.setattr(fs, "reply_text", lambda body: next(answers))
     prompts = tmp_path / "p.txt"
     prompts.write_text("Say hi\nSay bye\n")
     out = tmp_path / "ppo"
+    threads = set(threading.enumerate())
     r = CliRunner().invoke(app, ["train", "ppo", str(prompts), "--model", f"hf:{plain_tiny}", "--reward-judge", "j",
                                  "--judge-api-base", fault_server.base_url, "--out", str(out), "--steps", "2",
                                  "--batch-size", "4", "--mini-batch-size", "2", "--max-new-tokens", "4",
-                                 "--report-to", "tensorboard"])  # fmt: skip
+                                 "--report-to", "trackio,tensorboard"])  # fmt: skip
     assert r.exit_code == 0, r.output
     history = json.loads((out / "ppo_history.json").read_text())
     assert len(history) == 2 and history[0]["reward"] == pytest.approx(0.5)  # 2 Yes + 2 No
@@ -224,6 +230,13 @@ def test_train_ppo_cli_with_a_judge_as_the_reward(
             key
         )
     assert [v for _, v in scalars["judge_calls"]] == [4, 8]  # the run so far
+    # ... and to trackio's local store (our Tracker): one run, the same steps and values
+    rows = trackio_metrics(trackio_project)
+    assert len({run for run, _, _ in rows}) == 1
+    assert [step for _, step, _ in rows] == [1, 2]
+    for key in ("reward", "kl", "policy_loss", "judge_calls", "judge_cost"):
+        assert [m[key] for _, _, m in rows] == pytest.approx([h[key] for h in history], abs=1e-6)
+    assert set(threading.enumerate()) <= threads  # trackio's sender/monitor threads ended
     for name in ("train_config.yaml", "training_curves.png", "log_history.json"):
         assert (out / name).is_file(), name
     assert [h["step"] for h in json.loads((out / "log_history.json").read_text())] == [1, 2]

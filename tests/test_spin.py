@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cai_kit.cli.main import app
-from tests.test_train import tensorboard_scalars
+from tests.test_train import tensorboard_scalars, trackio_metrics
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,9 @@ def _pair_margin(model_dir: Path, rows: list[dict]) -> float:
 
 
 @pytest.mark.slow
-def test_spin_iterations_chain_and_the_margin_grows(tiny: Path, tmp_path: Path) -> None:
+def test_spin_iterations_chain_and_the_margin_grows(
+    tiny: Path, tmp_path: Path, trackio_project: str
+) -> None:
     data = tmp_path / "sft.jsonl"
     rows = [
         {
@@ -60,11 +62,18 @@ def test_spin_iterations_chain_and_the_margin_grows(tiny: Path, tmp_path: Path) 
     out = tmp_path / "spin"
     r = CliRunner().invoke(app, ["train", "spin", str(data), "--model", f"hf:{tiny}", "--out", str(out), "--iterations", "2",
                                  "--max-steps", "3", "--lr", "5e-3", "--max-new-tokens", "8",
-                                 "--report-to", "tensorboard"])  # fmt: skip
+                                 "--report-to", "trackio,tensorboard"])  # fmt: skip
     assert r.exit_code == 0, r.output
     # --report-to: each iteration's DPO steps (TRL) and one point per iteration (the loop)
     assert [s for s, _ in tensorboard_scalars(out)["spin/pairs"]] == [1, 2]
     assert [s for s, _ in tensorboard_scalars(out / "iter_2" / "model")["train/loss"]] == [1, 2, 3]
+    # trackio ($TRACKIO_PROJECT holds both): each DPO's run, and the loop's own run, continued
+    # after each DPO's run (which finishes it: trackio has one current run) with both points
+    rows = trackio_metrics(trackio_project)
+    spin = [(run, step) for run, step, m in rows if "spin/pairs" in m]
+    assert [step for _, step in spin] == [1, 2] and spin[0][0] == spin[1][0]
+    dpo_runs = {run for run, _, m in rows if "train/loss" in m}
+    assert len(dpo_runs) == 2 and spin[0][0] not in dpo_runs
     cfg2 = yaml.safe_load((out / "iter_2" / "model" / "train_config.yaml").read_text())
     assert (
         Path(cfg2["base_model"]) == out / "iter_1" / "model"

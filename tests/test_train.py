@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import threading
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -336,20 +339,42 @@ def tensorboard_scalars(out: Path) -> dict[str, list[tuple[int, float]]]:
     return found
 
 
+def trackio_metrics(project: str) -> list[tuple[str, int, dict[str, float]]]:
+    """Every row trackio stored for `project` -> [(run name, step, metrics)], read back from its
+    local SQLite store ($TRACKIO_DIR/<project>.db, set by conftest)."""
+    import sqlite3
+
+    db = Path(os.environ["TRACKIO_DIR"]) / f"{project}.db"
+    assert db.is_file(), f"no {db.name} in TRACKIO_DIR: {sorted(os.listdir(db.parent))}"
+    with closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute("SELECT run_name, step, metrics FROM metrics ORDER BY id").fetchall()
+    return [(run, step, json.loads(metrics)) for run, step, metrics in rows]
+
+
 @pytest.mark.slow
-def test_train_dpo_reports_to_tensorboard_and_writes_config_curves_and_history(
-    tiny: Path, tmp_path: Path
+def test_train_dpo_reports_to_tensorboard_and_trackio_and_writes_config_curves_and_history(
+    tiny: Path, tmp_path: Path, trackio_project: str
 ) -> None:
     data = _write(tmp_path / "pairs.jsonl", CONVO_PAIRS)
     out = tmp_path / "dpo"
+    threads = set(threading.enumerate())
     r = CliRunner().invoke(app, ["train", "dpo", str(data), "--model", f"hf:{tiny}", "--out", str(out),
-                                 "--max-steps", "2", "--batch-size", "4", "--report-to", "tensorboard"])  # fmt: skip
+                                 "--max-steps", "2", "--batch-size", "4", "--report-to", "trackio,tensorboard"])  # fmt: skip
     assert r.exit_code == 0, r.output
     scalars = tensorboard_scalars(out)
     history = [h for h in json.loads((out / "log_history.json").read_text()) if "loss" in h]
     assert [s for s, _ in scalars["train/loss"]] == [1, 2] == [h["step"] for h in history]
     assert [v for _, v in scalars["train/loss"]] == pytest.approx([h["loss"] for h in history])
     assert "train/rewards/margins" in scalars
+    # trackio (transformers' TrackioCallback): the same steps in its local store, one run
+    rows = [(run, m) for run, _, m in trackio_metrics(trackio_project) if "train/loss" in m]
+    assert len({run for run, _ in rows}) == 1
+    assert [m["train/global_step"] for _, m in rows] == [1, 2]
+    assert [m["train/loss"] for _, m in rows] == pytest.approx([h["loss"] for h in history])
+    assert [m["train/rewards/margins"] for _, m in rows] == pytest.approx(
+        [h["rewards/margins"] for h in history]
+    )
+    assert set(threading.enumerate()) <= threads  # trackio's sender/monitor threads ended
     for name in ("train_config.yaml", "training_curves.png", "log_history.json"):
         assert (out / name).is_file(), name
     assert "FutureWarning" not in r.output and "MISSING" not in r.output

@@ -118,6 +118,7 @@ def train_grpo(prompts: list[str], model: str, out: Path, scorer: Any, *, max_st
 
     from cai_kit.errors import CaiKitError
     from cai_kit.train.report import plot_curves
+    from cai_kit.train.tracking import trackio_project
 
     check_group_size(batch_size, num_generations, int(os.environ.get("WORLD_SIZE", "1")))
     base = resolve_model(model)
@@ -126,6 +127,7 @@ def train_grpo(prompts: list[str], model: str, out: Path, scorer: Any, *, max_st
         output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=batch_size, num_generations=num_generations,
         max_completion_length=max_completion_length, learning_rate=lr, bf16=has_cuda(), use_cpu=not has_cuda(),
         report_to=report_to or [], logging_steps=1, save_strategy="no", seed=seed,
+        project=trackio_project("grpo"),  # trackio's project, when report_to has it
     )  # fmt: skip
     totals = JudgeTotals()
     trainer = GRPOTrainer(model=load_model(base), reward_funcs=as_trl_reward(scorer, totals), args=args, train_dataset=ds,

@@ -113,7 +113,7 @@ def resolve_options(recipe: Path | None, cli: dict[str, Any], sets: list[str]) -
 def build_config(kind: str, opts: TrainOptions) -> Any:
     """The TRL config for `kind`, with CPU-safe precision and every --set field checked."""
     from cai_kit.train.common import has_cuda
-    from cai_kit.train.tracking import parse_report_to
+    from cai_kit.train.tracking import parse_report_to, trackio_project
 
     config_cls, _ = _specs(kind)
     fields = {f.name for f in dataclasses.fields(config_cls)}
@@ -132,6 +132,8 @@ def build_config(kind: str, opts: TrainOptions) -> Any:
         eval_strategy="steps" if opts.eval_fraction > 0 else "no",
         eval_steps=max(1, opts.max_steps // 4) if opts.max_steps > 0 else 50,
     )  # fmt: skip
+    if "trackio" in kw["report_to"]:  # transformers' TrackioCallback: the project our loops use
+        kw["project"] = trackio_project(kind)
     if "max_length" in fields:
         kw["max_length"] = opts.max_length
     if kind == "sft":

@@ -10,7 +10,9 @@ here, so both end up in the same places:
     tracker.close()
 
 TensorBoard writes OUT/runs/<time>_<host>/ (the directory transformers uses too); trackio
-writes its local database (project = the run's kind); wandb and mlflow use their own
+writes its local SQLite store, $TRACKIO_DIR/<project>.db (default $HF_HOME/trackio/), project
+$TRACKIO_PROJECT or cai-kit-<kind> for our loops and TRL's alike; it needs no network unless
+TRACKIO_SPACE_ID / TRACKIO_SERVER_URL ask for a Space or server. wandb and mlflow use their own
 settings (WANDB_PROJECT, WANDB_MODE, MLFLOW_TRACKING_URI, ...). Each integration is an
 optional extra: a missing one is one sentence naming the extra to install.
 """
@@ -63,6 +65,11 @@ def parse_report_to(value: str | list[str] | None, *, check_installed: bool = Tr
     return names
 
 
+def trackio_project(kind: str) -> str:
+    """The trackio project a run of `kind` logs to: $TRACKIO_PROJECT, else cai-kit-<kind>."""
+    return os.environ.get("TRACKIO_PROJECT") or f"cai-kit-{kind}"
+
+
 def tensorboard_dir(out: Path) -> Path:
     """A new run directory under OUT/runs/, named as transformers names its own."""
     stamp = datetime.now().strftime("%b%d_%H-%M-%S")
@@ -81,6 +88,7 @@ class Tracker:
         self._mlflow: Any = None
         self._wandb: Any = None
         self._trackio: Any = None
+        self._trackio_run: tuple[str, str, dict[str, Any]] = ("", "", {})  # project, name, config
         config = config or {}
         if "tensorboard" in self.names:
             from torch.utils.tensorboard import SummaryWriter
@@ -89,10 +97,11 @@ class Tracker:
         if "trackio" in self.names:
             import trackio
 
-            trackio.init(
-                project=os.environ.get("TRACKIO_PROJECT", f"cai-kit-{kind}"), config=config
-            )
-            self._trackio = trackio
+            # named, not one of trackio's generated names: an inner run started before our first
+            # point (SPIN's first DPO) would otherwise be given the same name
+            project, name = trackio_project(kind), f"{kind}-{datetime.now():%Y%m%d-%H%M%S}"
+            trackio.init(project=project, name=name, config=config)
+            self._trackio, self._trackio_run = trackio, (project, name, config)
         if "wandb" in self.names:
             import wandb
 
@@ -119,16 +128,29 @@ class Tracker:
                 self._tb.add_scalar(k, v, step)
             self._tb.flush()
         if self._trackio is not None:
+            self._resume_trackio()
             self._trackio.log(scalars, step=step)
         if self._wandb is not None:
             self._wandb.log(scalars, step=step)
         if self._mlflow is not None:
             self._mlflow.log_metrics(scalars, step=step)
 
+    def _trackio_current(self) -> bool:
+        run = self._trackio.context_vars.current_run.get()
+        return run is not None and run.name == self._trackio_run[1]
+
+    def _resume_trackio(self) -> None:
+        """trackio has one current run per process: an inner TRL run (each SPIN iteration's DPO)
+        finishes ours when it starts, so continue ours under its name before logging ("allow":
+        a run is stored with its first point, so ours may not be there yet)."""
+        if not self._trackio_current():
+            project, name, config = self._trackio_run
+            self._trackio.init(project=project, name=name, config=config, resume="allow")
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
-        if self._trackio is not None:
+        if self._trackio is not None and self._trackio_current():
             self._trackio.finish()
         if self._wandb is not None:
             self._wandb.finish()
