@@ -59,6 +59,6 @@ def test_every_job_command_takes_every_engine_flag() -> None:
 def test_every_job_command_documents_its_exit_codes() -> None:
     commands = _commands(typer.main.get_command(app))
     jobs = ["generate", "revise", "prefs", "judge", "eval winrate", "eval harmlessness",
-            "retry-failed", "pipeline"]  # fmt: skip
+            "eval rubric", "constitution infer", "prompts expand", "retry-failed", "pipeline"]  # fmt: skip
     missing = [n for n in jobs if "Exit codes: 0 every row done" not in (commands[n].epilog or "")]
     assert not missing, missing

@@ -140,6 +140,17 @@ def _dry(name: str, model: str, tmp_path: Path) -> list[str]:
         return ["judge", str(pairs), "-j", model, *out]
     if name == "eval winrate":
         return ["eval", "winrate", "--prompts", prompts, "-m", model, "-b", "local", "-j", model, *out]  # fmt: skip
+    if name == "eval rubric":
+        return ["eval", "rubric", "--prompts", prompts, "-m", model, "-b", "local", "-j", model, *out]  # fmt: skip
+    if name == "constitution infer":
+        pairs = tmp_path / "labelled.jsonl"
+        pairs.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": f"short {i}",
+                                             "rejected": f"a much longer answer {i}"}) + "\n"
+                                 for i in range(8)))  # fmt: skip
+        return ["constitution", "infer", str(pairs), "-m", model, "--out", str(tmp_path / "o.yaml"),
+                "--work", str(tmp_path / "o"), "--dry-run"]  # fmt: skip
+    if name == "prompts expand":
+        return ["prompts", "expand", prompts, "-m", model, "--n", "4", *out]
     return ["eval", "harmlessness", "--prompts", prompts, "-m", model, "-j", model, *out]
 
 
@@ -161,7 +172,7 @@ def no_keys_no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("batch", [False, True], ids=["sync", "batch-api"])
 @pytest.mark.parametrize("model", sorted(KEYED))
-@pytest.mark.parametrize("name", JOBS)
+@pytest.mark.parametrize("name", [*JOBS, "eval rubric", "constitution infer", "prompts expand"])
 def test_every_dry_run_works_without_keys_and_names_the_key_needed(
     name: str, model: str, batch: bool, tmp_path: Path, no_keys_no_network: None
 ) -> None:

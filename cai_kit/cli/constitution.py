@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from cai_kit.cli.common import EXIT_CODES_HELP
 from cai_kit.cli.infer import diff, infer
 
 constitution_app = typer.Typer(
@@ -113,7 +114,7 @@ def new(
     typer.echo(f"Wrote {target}. Edit it, then check it: cai-kit constitution validate {target}")
 
 
-constitution_app.command("infer")(infer)
+constitution_app.command("infer", epilog=EXIT_CODES_HELP)(infer)
 constitution_app.command("diff")(diff)
 
 

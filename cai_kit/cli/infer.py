@@ -47,9 +47,9 @@ def infer(
 ) -> None:  # fmt: skip
     """Infer a constitution from preference labels (Inverse Constitutional AI): propose
     principles per pair, merge near-duplicates, keep those that predict held-out labels."""
+    from cai_kit.cli.common import exit_for, job_backend, keys_needed
     from cai_kit.cli.judge import _judge_cfg
     from cai_kit.llm.base import GenParams
-    from cai_kit.llm.registry import get_backend
     from cai_kit.stages.infer import (
         InferConfig,
         build_constitution,
@@ -71,12 +71,8 @@ def infer(
     )  # fmt: skip
     pairs = load_labelled_pairs(data)
     judge_model = judge_model or model
-    backend = get_backend(model, api_base=api_base, timeout_s=flags["timeout"])
-    judge = (
-        backend
-        if judge_model == model
-        else get_backend(judge_model, api_base=api_base, timeout_s=flags["timeout"])
-    )
+    backend = job_backend(model, api_base, flags)
+    judge = backend if judge_model == model else job_backend(judge_model, api_base, flags)
     models = {"proposer": model, "judge": judge_model}
     result = run_infer(
         pairs, backend=backend, judge=judge, models=models, cfg=cfg, work=work,
@@ -87,10 +83,13 @@ def infer(
     typer.echo(f"propose: {result.propose.line()}")
     if result.test is not None:
         typer.echo(f"test:    {result.test.line()}")
+    summaries = [x for x in (result.propose, result.test) if x is not None]
     if flags["dry_run"]:
+        typer.echo(keys_needed((model, api_base), (judge_model, api_base)))
         return
     if result.waiting:
         typer.echo(f"No constitution yet: {result.waiting}.")
+        exit_for(*summaries)  # 4 when --max-cost stopped it, 1 when no row was done, ...
         raise typer.Exit(1)
     write_report(work / "report.json", result, cfg, str(data))
     typer.echo(f"{result.proposals} principles proposed, {result.merged} merged as near-duplicates; "
@@ -115,6 +114,7 @@ def infer(
     out.write_text(constitution_yaml(const, result.scores), encoding="utf-8")
     typer.echo(f"Wrote {out} ({len(const.principles)} principles) and {work / 'report.json'}. "
                f"Use it anywhere: cai-kit judge PAIRS -c {out}")  # fmt: skip
+    exit_for(*summaries)  # 3 when some proposals or tests failed (a re-run redoes them)
 
 
 def diff(

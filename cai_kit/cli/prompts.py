@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from cai_kit.cli.common import (
+    EXIT_CODES_HELP,
     ApiBaseOpt,
     MaxTokensOpt,
     ModelOpt,
@@ -21,7 +22,7 @@ from cai_kit.cli.common import (
 prompts_app = typer.Typer(help="Work on prompt files: expand a seed file.", no_args_is_help=True)
 
 
-@prompts_app.command("expand")
+@prompts_app.command("expand", epilog=EXIT_CODES_HELP)
 @job_flags()
 def expand(
     seed_file: Annotated[str, typer.Argument(help="The seed prompt file (any format `generate` reads).")],
@@ -45,9 +46,8 @@ def expand(
 ) -> None:  # fmt: skip
     """Write --n new prompts in the style and spread of SEED: few-shot generation with a
     per-call seed, topics rotated, exact and near duplicates removed, optional --keep-if."""
-    from cai_kit.cli.common import fail
+    from cai_kit.cli.common import exit_for, fail, job_backend, keys_needed
     from cai_kit.llm.base import GenParams
-    from cai_kit.llm.registry import get_backend
     from cai_kit.prompts import load_prompts
     from cai_kit.stages.expand import ExpandConfig, run_expand
 
@@ -61,12 +61,8 @@ def expand(
         params=GenParams(temperature=temperature, max_tokens=max_tokens, seed=seed),
     )  # fmt: skip
     judge_model = judge_model or model
-    backend = get_backend(model, api_base=api_base, timeout_s=flags["timeout"])
-    judge = (
-        backend
-        if judge_model == model
-        else get_backend(judge_model, api_base=api_base, timeout_s=flags["timeout"])
-    )
+    backend = job_backend(model, api_base, flags)
+    judge = backend if judge_model == model else job_backend(judge_model, api_base, flags)
     models = {"generator": model} | ({"judge": judge_model} if keep_if else {})
     result = run_expand(
         pset.records, backend=backend, judge=judge, models=models, cfg=cfg, out_dir=out,
@@ -76,17 +72,21 @@ def expand(
         typer.echo(f"round {i} generate: {gen.line()}")
         if keep is not None:
             typer.echo(f"round {i} keep-if:  {keep.line()}")
+    summaries = [x for pair in result.rounds for x in pair if x is not None]
     if flags["dry_run"]:
+        typer.echo(keys_needed((model, api_base), (judge_model, api_base)))
         if max_rounds > 1:
             typer.echo("(the first round; more rounds only if duplicates or --keep-if leave fewer than --n)")  # fmt: skip
         return
     if result.waiting:
         typer.echo(f"Not written yet: {result.waiting}. Re-run the same command to finish.")
+        exit_for(*summaries)  # 4 when --max-cost stopped it, 1 when no row was done, ...
         raise typer.Exit(1)
     typer.echo(f"expand: {result.line()}")
     if result.written < n:
         typer.secho(f"Only {result.written} of {n} prompts survived {max_rounds} round(s); "
                     "raise --max-rounds or --oversample, or loosen --keep-if.", fg="yellow", err=True)  # fmt: skip
+    exit_for(*summaries)  # 3 when some calls failed (a re-run redoes them)
 
 
 def register(app: typer.Typer) -> None:
