@@ -109,11 +109,17 @@ def _implicit(run: Path) -> list[str]:
     return lines
 
 
+def _no_report(run: Path, stage: str) -> str:
+    if (run / ".stages" / f"{stage}.done").exists():  # ran to its end with every call failed
+        return f"Stage `{stage}` ran but wrote no report: see `logs/{stage}.log`."
+    return f"Not run yet (stage `{stage}` has not finished)."
+
+
 def _expand(r: Recipe, run: Path) -> list[str]:
     """What the expand step did, from expand/expand_report.json."""
     path = run / "expand" / "expand_report.json"
     if not path.is_file():
-        return ["Not run yet (stage `expand` has not finished)."]
+        return [_no_report(run, "expand")]
     x: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     e = r.expand
     assert e is not None
@@ -140,7 +146,7 @@ def _infer(r: Recipe, run: Path) -> list[str]:
 
     path = run / "infer" / "report.json"
     if not path.is_file():
-        return ["Not run yet (stage `infer` has not finished)."]
+        return [_no_report(run, "infer")]
     x: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     i = r.infer
     assert i is not None
