@@ -1,4 +1,5 @@
-"""`cai-kit pipeline RECIPE`: revise -> SFT -> preferences -> DPO -> held-out eval, from one YAML file."""
+"""`cai-kit pipeline RECIPE`: [expand ->] revise -> SFT -> preferences [-> infer] -> DPO -> held-out
+eval, from one YAML file."""
 
 from __future__ import annotations
 
@@ -30,7 +31,12 @@ def pipeline(
         ),
     ],
     only: Annotated[
-        str | None, typer.Option("--only", help="Run just this stage (even if done).")
+        str | None,
+        typer.Option(
+            "--only",
+            help="Run just this stage (even if done; a finished job stage makes no call), "
+            "e.g. expand, revise, infer, train-dpo, eval.",
+        ),
     ] = None,
     dry_run: Annotated[
         bool,

@@ -118,10 +118,91 @@ def _local(stage: str, role: str, model: str, calls: int, in_tok: int, out_tok: 
     return StageEstimate(stage, role, model, calls, in_tok, out_tok, FREE, note)
 
 
+def _expand(r: Recipe) -> list[StageEstimate]:
+    """expand's first round (later rounds only if duplicates or keep-if leave fewer than n),
+    on the real seed prompts in the real template; keep-if: every new prompt asked once."""
+    import math
+
+    from cai_kit.prompts import load_prompts
+    from cai_kit.stages.expand import ExpandConfig, _Plan, keep_messages
+
+    e = r.expand
+    assert e is not None
+    cfg = ExpandConfig(n=e.n, per_call=e.per_call, shots=e.shots, oversample=e.oversample,
+                       topic_column=e.topic_column, keep_if=e.keep_if, seed=r.seed)  # fmt: skip
+    plan = _Plan(load_prompts(r.prompts).records, cfg)
+    calls = math.ceil(e.n * e.oversample / e.per_call)
+    in_tok = sum(prompt_tokens(plan.messages(i)) for i in range(calls))
+    model, base = r.step_model(e)
+    price = _price(r, model, base)
+    rows = [StageEstimate("expand", "new prompts", model, calls, in_tok, calls * e.max_tokens, price,
+                          f"first of up to {e.max_rounds} round(s)")]  # fmt: skip
+    if e.keep_if:
+        # every prompt written, at most (as `prompts expand --dry-run` counts them)
+        texts = [f"prompt {i}.{k} " + "word " * 20 for i in range(calls) for k in range(e.per_call)]
+        asks, one = len(texts), sum(prompt_tokens(keep_messages(t, e.keep_if)) for t in texts)
+        rows.append(StageEstimate("expand", "keep-if", model, asks, one, asks * cfg.keep_params.max_tokens, price))  # fmt: skip
+    return rows
+
+
+def _infer(r: Recipe, train: list[PromptRecord]) -> list[StageEstimate]:
+    """infer on the preference pairs (one per training prompt from revisions; the judge's pairs
+    per prompt otherwise): proposals on one part, every candidate judging the held-out part
+    in both orders; principles not proposed yet are counted at `max_candidates`."""
+    from cai_kit.constitution import Constitution
+    from cai_kit.stages.infer import (
+        PRINCIPLE_TOKENS,
+        LabelledPair,
+        principle_from_text,
+        propose_messages,
+    )
+    from cai_kit.stages.judge import JudgeConfig, judge_calls
+
+    i = r.infer
+    assert i is not None
+    if r.preferences == "judge":
+        k, pairs = r.prefs.k, r.prefs.pairs
+        per = (
+            1
+            if pairs == "best-worst"
+            else k * (k - 1) // 2
+            if pairs == "all"
+            else int(pairs.split(":")[1])
+        )
+        answer = r.prefs.max_tokens
+    else:
+        per, answer = 1, r.revise.max_tokens
+    n = len(train) * per
+    n_test = min(n - 1, max(1, round(n * i.holdout)))
+    propose, test = min(n - n_test, i.propose_pairs), min(n_test, i.test_pairs)
+    model, base = r.step_model(i)
+    price = _price(r, model, base)
+    msgs = [[mm.model_dump() for mm in p.messages] for p in train] or [
+        [{"role": "user", "content": ""}]
+    ]
+    a = _filler(answer)
+    in_tok = sum(prompt_tokens(propose_messages(LabelledPair("x", msgs[j % len(msgs)], a, a), i.per_pair))
+                 for j in range(propose))  # fmt: skip
+    const = Constitution(name="candidate", principles=[principle_from_text("c", _filler(PRINCIPLE_TOKENS))])  # fmt: skip
+    cfg = JudgeConfig(mode=i.mode)
+    t_calls = t_in = t_out = 0
+    for j in range(test):
+        for _, tin, tout in judge_calls(msgs[j % len(msgs)], a, a, const, cfg, model):
+            t_calls, t_in, t_out = t_calls + 1, t_in + tin, t_out + tout
+    c = i.max_candidates
+    return [
+        StageEstimate("infer", "propose", model, propose, in_tok, propose * i.max_tokens, price,
+                      f"{n} pairs at most, {test} held out"),
+        StageEstimate("infer", "test", model, c * t_calls, c * t_in, c * t_out, price,
+                      f"{c} candidates at most, both orders"),
+    ]  # fmt: skip
+
+
 def estimate(r: Recipe, split: Split) -> list[StageEstimate]:
     """One row per (stage, model) with its calls, tokens and price; training rows have no calls."""
     train, held = split.train, split.eval
-    rows = _revise(r, "revise", train)
+    rows = _expand(r) if r.expand is not None else []
+    rows += _revise(r, "revise", train)
     rows.append(
         _local("train-sft", "training", r.student.model, 0, 0, 0, f"{r.sft.max_steps} steps")
     )
@@ -131,6 +212,8 @@ def estimate(r: Recipe, split: Split) -> list[StageEstimate]:
         in_tok = sum(prompt_tokens([mm.model_dump() for mm in p.messages]) for p in train) * k
         rows.append(_local("prefs", "samples", "hf:sft_model", len(train) * k, in_tok, len(train) * k * r.prefs.max_tokens))  # fmt: skip
         rows.append(_judge_calls(r, "prefs", "judging", train, n_pairs, r.prefs.max_tokens, r.prefs.mode))  # fmt: skip
+    if r.infer is not None:
+        rows += _infer(r, train)
     rows.append(
         _local("train-dpo", "training", "hf:sft_model", 0, 0, 0, f"{r.dpo.max_steps} steps")
     )

@@ -13,6 +13,11 @@ the student (with `local`, fully offline)::
       api_base: null                            # an OpenAI-compatible server (vLLM, llama.cpp)
       serves: [responses, critiques, judging, eval_judging]
       price: "0.15,0.60"                        # USD per M tokens, for --dry-run if unknown
+    expand: {n: 200, keep_if: "asks for something harmful"}   # optional: more prompts first
+    infer: {min_agreement: 0.6}                 # optional: principles behind the pairs
+
+`expand` and `infer` are run by the teacher unless they name their own `model`
+(`Recipe.step_model`).
 
 Relative paths in a recipe (`prompts`, `eval_prompts`, a constitution file, `hf:PATH` models)
 are read from the recipe's folder; a shipped constitution name stays the shipped one
@@ -41,6 +46,12 @@ JudgeMode = Literal["logprobs", "letter", "cot", "votes"]
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _check_url(v: str | None) -> str | None:
+    if v is not None and not v.startswith(("http://", "https://")):
+        raise ValueError(f"must be an http:// or https:// URL, not {v!r}")
+    return v
 
 
 class Student(_Section):
@@ -78,9 +89,7 @@ class Teacher(_Section):
     @field_validator("api_base")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http:// or https:// URL, not {v!r}")
-        return v
+        return _check_url(v)
 
     @field_validator("price")
     @classmethod
@@ -135,6 +144,51 @@ class EvalStage(_Section):
     )
 
 
+class _Step(_Section):
+    """A step run by one model: its own, else the teacher's (`Recipe.step_model`)."""
+
+    model: str | None = Field(None, description="the model (default: the teacher's)")
+    api_base: str | None = Field(None, description="its server (default: the teacher's)")
+
+    @field_validator("api_base")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return _check_url(v)
+
+
+class ExpandStep(_Step):
+    """`expand:` new prompts in the style of `prompts` (`cai-kit prompts expand`), before the
+    held-out split: the split and every later stage use them."""
+
+    n: int = Field(100, ge=1, description="how many new prompts to write")
+    keep_if: str | None = Field(None, description="keep only prompts that match this description")
+    per_call: int = Field(5, ge=1, le=50)
+    shots: int = Field(5, ge=1, le=50)
+    oversample: float = Field(1.3, ge=1.0)
+    max_rounds: int = Field(3, ge=1)
+    similarity: float = Field(0.7, ge=0.05, le=1.0)
+    topic_column: str = "category"
+    temperature: float = Field(1.0, ge=0)
+    max_tokens: int = Field(512, ge=1)
+    include_seeds: bool = Field(True, description="the seed prompts stay in the pool too")
+
+
+class InferStep(_Step):
+    """`infer:` the principles that explain the preference pairs (`cai-kit constitution
+    infer`), after the preferences stage; writes RUN/infer/inferred.yaml."""
+
+    min_agreement: float = Field(0.6, ge=0, le=1)
+    min_decided: float = Field(0.2, ge=0, le=1)
+    holdout: float = Field(0.5, ge=0.05, le=0.95)
+    propose_pairs: int = Field(100, ge=1)
+    test_pairs: int = Field(100, ge=1)
+    per_pair: int = Field(3, ge=1, le=10)
+    max_candidates: int = Field(20, ge=1)
+    mode: JudgeMode = "logprobs"
+    temperature: float = Field(0.7, ge=0)
+    max_tokens: int = Field(256, ge=1)
+
+
 class Recipe(_Section):
     name: str
     prompts: str
@@ -153,6 +207,8 @@ class Recipe(_Section):
     prefs: PrefsStage = PrefsStage()
     dpo: TrainStage = TrainStage()
     eval: EvalStage = EvalStage()
+    expand: ExpandStep | None = None
+    infer: InferStep | None = None
     report_to: str = Field(
         "none",
         description="train sft/dpo log to: none, tensorboard, trackio, wandb, mlflow (comma-separated)",
@@ -173,6 +229,17 @@ class Recipe(_Section):
         if self.teacher is not None and role in self.teacher.serves:
             return self.teacher.model, self.teacher.api_base
         return self.student.model, None
+
+    def step_model(self, step: _Step) -> tuple[str, str | None]:
+        """(model, api_base) of an expand or infer step: its own, else the teacher's (the
+        student's without a teacher); a step naming the teacher's model gets its server."""
+        if step.model is None:
+            if self.teacher is not None:
+                return self.teacher.model, step.api_base or self.teacher.api_base
+            return self.student.model, step.api_base
+        if step.api_base is None and self.teacher is not None and step.model == self.teacher.model:
+            return step.model, self.teacher.api_base
+        return step.model, step.api_base
 
 
 # Recipes from before the teacher/student split: say what to write instead, never guess.

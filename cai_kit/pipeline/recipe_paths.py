@@ -14,7 +14,7 @@ have found the file). The fields:
 - `constitution`: a shipped name (`harmless`, ...) stays the shipped constitution unless it is
   written like a path (a `/`, a leading `.` or `~`, or a `.yaml`/`.yml` ending); anything else is
   a file.
-- `student.model`, `teacher.model`: `hf:PATH` is a checkpoint folder; other model strings are
+- `student.model`, `teacher.model`, `expand.model`, `infer.model`: `hf:PATH` is a checkpoint folder; other model strings are
   not paths.
 
 `~` is expanded and absolute paths are kept. The run directory is not in the recipe: it is the
@@ -110,6 +110,8 @@ _FIELDS: list[tuple[tuple[str, ...], Any]] = [
     (("constitution",), _constitution),
     (("student", "model"), _model),
     (("teacher", "model"), _model),
+    (("expand", "model"), _model),
+    (("infer", "model"), _model),
 ]
 
 

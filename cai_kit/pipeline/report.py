@@ -3,9 +3,12 @@
     write_report(recipe, run, stage_names, split)
 
 Sections: models (student, teacher and the stages it serves), prompts (how many trained on,
-which held-out prompts were evaluated and where they came from), per-stage seconds, the win
+which held-out prompts were evaluated and where they came from), what `expand` did (generated,
+duplicates removed, kept, written), per-stage seconds, the win
 rate with a warning when the judge's ties make it meaningless, and the implicit-reward
-accuracy of the DPO and SFT models on held-out pairs (`cai_kit.eval.implicit_reward`).
+accuracy of the DPO and SFT models on held-out pairs (`cai_kit.eval.implicit_reward`), and
+what `infer` found: the principles kept with their agreement and decided counts, or "no
+principle passed", and the inferred constitution diffed against the recipe's.
 """
 
 from __future__ import annotations
@@ -106,6 +109,76 @@ def _implicit(run: Path) -> list[str]:
     return lines
 
 
+def _no_report(run: Path, stage: str) -> str:
+    if (run / ".stages" / f"{stage}.done").exists():  # ran to its end with every call failed
+        return f"Stage `{stage}` ran but wrote no report: see `logs/{stage}.log`."
+    return f"Not run yet (stage `{stage}` has not finished)."
+
+
+def _expand(r: Recipe, run: Path) -> list[str]:
+    """What the expand step did, from expand/expand_report.json."""
+    path = run / "expand" / "expand_report.json"
+    if not path.is_file():
+        return [_no_report(run, "expand")]
+    x: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    e = r.expand
+    assert e is not None
+    dups = x["exact_duplicates"] + x["near_duplicates"]
+    lines = [f"`cai-kit prompts expand` wrote new prompts in the style of `{r.prompts}` "
+             f"({x['seeds']} seed prompts) with `{r.step_model(e)[0]}`, before the held-out split.", "",
+             f"- Generated: {x['generated']} prompts by {x['calls']} calls.",
+             f"- Duplicates removed: {dups} ({x['exact_duplicates']} exact, {x['near_duplicates']} near, "
+             f"of the seeds or of each other; duplicate rate {x['duplicate_rate']:.1%})."]  # fmt: skip
+    if x.get("kept_rate") is not None:
+        lines.append(f"- Keep-if ({e.keep_if!r}): kept {x['kept']} of {x['judged']} (kept rate {x['kept_rate']:.1%}).")  # fmt: skip
+    else:
+        lines.append(f"- Kept: {x['kept']} unique prompts (no keep-if).")
+    pool = "added to the seed prompts" if e.include_seeds else "used instead of the seed prompts"
+    lines.append(f"- Written: {x['written']} of the {e.n} asked for, `expand/prompts.jsonl`, {pool}.")  # fmt: skip
+    return lines
+
+
+def _infer(r: Recipe, run: Path) -> list[str]:
+    """What the infer step did, from infer/report.json, and the inferred constitution against
+    the recipe's (`constitution diff`)."""
+    from cai_kit.constitution import load_constitution
+    from cai_kit.stages.infer import diff_constitutions
+
+    path = run / "infer" / "report.json"
+    if not path.is_file():
+        return [_no_report(run, "infer")]
+    x: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    i = r.infer
+    assert i is not None
+    cands = x["candidates"]
+    kept = [c for c in cands if c["kept"]]
+    lines = [f"`cai-kit constitution infer` on the preference pairs with `{r.step_model(i)[0]}`: "
+             f"{x['proposal_pairs']} pairs proposed {x['principles_proposed']} principles "
+             f"({x['merged_as_duplicates']} merged as near-duplicates); {len(cands)} candidates judged "
+             f"{x['test_pairs']} held-out pairs. Kept: agreement ≥ {i.min_agreement:g} on the pairs "
+             f"decided, deciding ≥ {i.min_decided:.0%} of them.", ""]  # fmt: skip
+    inferred = run / "infer" / "inferred.yaml"
+    if not kept or not inferred.is_file():
+        best = max(cands, key=lambda c: c["agreement"] or 0.0, default=None)
+        also = f" (best: `{best['id']}`, agreement {best['agreement'] or 0:.2f}, decided {best['decided']}/{best['tested']})" if best else ""  # fmt: skip
+        return [*lines, f"**No principle passed**{also}; see `infer/report.json`."]
+    lines += ["| principle | agreement | decided / tested | proposed by |", "|---|---:|---:|---:|"]
+    for c in kept:
+        lines.append(f"| {c['text']} | {c['agreement']:.2f} | {c['decided']}/{c['tested']} | {c['support']} |")  # fmt: skip
+    const, mine = load_constitution(str(inferred)), load_constitution(r.constitution)
+    d = diff_constitutions(mine, const)
+    lines += ["", f"Written to `infer/inferred.yaml`. Against the recipe's constitution `{mine.name}` "
+              f"(`cai-kit constitution diff {r.constitution} {inferred}`): adds {len(d.added)}, "
+              f"lacks {len(d.lacking)}, in both {len(d.matched)}.", ""]  # fmt: skip
+    lines += [f"- adds `{p.id}`" for p in d.added]
+    lines += [
+        f"- in both `{p.id}` ~ `{q.id}` (text similarity {sim:.2f})" for p, q, sim in d.matched
+    ]
+    if d.lacking:
+        lines.append(f"- lacks {', '.join(f'`{p.id}`' for p in d.lacking)}")
+    return lines
+
+
 def _from_eval(markdown: str) -> str:
     """eval/report.md's text for RUN/report.md: its relative links now point into eval/."""
     return re.sub(r"(!?\[[^\]]*\]\()(?![a-z]+:|/|#)([^)]+\))", r"\1eval/\2", markdown)
@@ -114,7 +187,9 @@ def _from_eval(markdown: str) -> str:
 def write_report(r: Recipe, run: Path, names: list[str], split: Split) -> Path:
     ev = run / "eval" / "report.md"
     lines = [f"# Pipeline `{r.name}`", "", "## Models", "", *_models(r), "", "## Prompts", "",
-             *_prompts(split), "", "## Stages", "", *_stages(run, names), "",
+             *_prompts(split), "",
+             *(["## Expand: new prompts", "", *_expand(r, run), ""] if r.expand is not None else []),
+             "## Stages", "", *_stages(run, names), "",
              "Outputs: `revise/revisions.jsonl`, `sft_data/`, `sft_model/`, `dpo_data/`, `dpo_model/`, "
              "`eval/report.md`, `implicit_reward/implicit_reward.json`; stage logs in `logs/`.", "",
              "## Evaluation: win rate of the DPO model against the student before training", ""]  # fmt: skip
@@ -128,6 +203,8 @@ def write_report(r: Recipe, run: Path, names: list[str], split: Split) -> Path:
     else:
         lines += ["Not measured yet (stage `eval` has not run).", ""]
     lines += ["## Implicit reward accuracy (held out)", "", *_implicit(run), ""]
+    if r.infer is not None:
+        lines += ["## Infer: principles behind the preference pairs", "", *_infer(r, run), ""]
     path = run / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

@@ -8,8 +8,15 @@ seeded split of `prompts`) are only ever evaluated on. Then the stages, each the
 command a user would run, in a subprocess (a crash in one never corrupts another), with its
 output in `RUN/logs/NAME.log` and one progress line on screen:
 
-    revise -> export sft -> train sft -> preference pairs -> train dpo -> eval winrate
-           -> revise the held-out prompts -> implicit-reward accuracy of DPO and SFT
+    [expand] -> split -> revise -> export sft -> train sft -> preference pairs [-> infer]
+             -> train dpo -> eval winrate -> revise the held-out prompts
+             -> implicit-reward accuracy of DPO and SFT
+
+The bracketed steps run when the recipe names them: `expand` (`cai-kit prompts expand` on the
+recipe's prompts) runs before the split, which then draws from the seed and the new prompts
+(`RUN/expand/prompts.jsonl`); `infer` (`cai-kit constitution infer` on the preference pairs)
+writes `RUN/infer/inferred.yaml`, and when no principle passes it is done with that outcome
+(the report says so) and the pipeline goes on.
 
 Preference pairs come from the AI judge on the SFT model's samples (`preferences: judge`,
 RLAIF) or from the revisions (`preferences: revisions`: revision as chosen, initial response
@@ -22,11 +29,14 @@ implicit-reward accuracies (`cai_kit.pipeline.report`).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -36,6 +46,7 @@ from cai_kit.engine.jobs import EXIT_FAILED, EXIT_PARTIAL
 from cai_kit.errors import ConfigError
 from cai_kit.pipeline.recipe import Recipe, load_recipe
 from cai_kit.pipeline.split import split_prompts, write_prompts
+from cai_kit.records import PromptRecord
 
 # Child processes: no loading bars, no library chatter, output as it happens (for progress).
 QUIET_ENV = {
@@ -61,10 +72,13 @@ class Stage:
     steps: int | None = None
     rows: tuple[Path, int] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    job_dir: Path | None = None  # where its manifest.json is, when not its --out
+    # an exit that is an outcome, not a failure: (its log, returncode) -> what to report
+    outcome: Callable[[Path, int], str | None] | None = None
 
     def command(self) -> str:
         prog = "cai-kit" if self.module == "cai_kit" else f"python -m {self.module}"
-        return " ".join([prog, *self.argv])
+        return f"{prog} {shlex.join(self.argv)}"  # to copy and paste
 
 
 @dataclass
@@ -79,8 +93,67 @@ def _opt(flag: str, value: Any) -> list[str]:
     return [] if value is None else [flag, str(value)]
 
 
+EXPANDED = Path("expand") / "prompts.jsonl"
+INFERRED = Path("infer") / "inferred.yaml"
+
+
+def expand_stage(r: Recipe, run: Path) -> Stage | None:
+    """The recipe's `expand` step (before the split), or None when it has none."""
+    e = r.expand
+    if e is None:
+        return None
+    model, base = r.step_model(e)
+    calls = math.ceil(e.n * e.oversample / e.per_call)  # the first round's
+    argv = ["prompts", "expand", r.prompts, "--out", str(run / "expand"), "--n", str(e.n),
+            "--model", model, *_opt("--api-base", base), *_opt("--keep-if", e.keep_if),
+            "--per-call", str(e.per_call), "--shots", str(e.shots), "--oversample", str(e.oversample),
+            "--max-rounds", str(e.max_rounds), "--similarity", str(e.similarity),
+            "--topic-column", e.topic_column, "--temperature", str(e.temperature),
+            "--max-tokens", str(e.max_tokens), "--seed", str(r.seed), *_batch(r, model), "-q"]  # fmt: skip
+    return Stage("expand", argv, rows=(run / "expand" / "calls.jsonl", calls))
+
+
+def _batch(r: Recipe, model: str) -> list[str]:
+    """--batch-api for the teacher's calls when the recipe asks for it."""
+    on = r.teacher is not None and r.teacher.batch_api and model == r.teacher.model
+    return ["--batch-api"] if on else []
+
+
+def _no_principle(log: Path, returncode: int, inferred: Path) -> str | None:
+    """infer ran to its end and no candidate passed: an outcome the report gives, not a
+    failure (the pipeline goes on). A constitution from an earlier run is removed."""
+    if returncode == EXIT_FAILED and any("No candidate reached" in x for x in _tail(log)):
+        inferred.unlink(missing_ok=True)
+        return "no principle passed"
+    return None
+
+
+def infer_stage(r: Recipe, run: Path) -> Stage | None:
+    """The recipe's `infer` step on the preference pairs, or None when it has none."""
+    i = r.infer
+    if i is None:
+        return None
+    model, base = r.step_model(i)
+    data = run / ("prefs" if r.preferences == "judge" else "dpo_data")
+    argv = ["constitution", "infer", str(data), "--out", str(run / INFERRED), "--work", str(run / "infer"),
+            "--model", model, *_opt("--api-base", base), "--min-agreement", str(i.min_agreement),
+            "--min-decided", str(i.min_decided), "--holdout", str(i.holdout),
+            "--propose-pairs", str(i.propose_pairs), "--test-pairs", str(i.test_pairs),
+            "--per-pair", str(i.per_pair), "--max-candidates", str(i.max_candidates), "--mode", i.mode,
+            "--temperature", str(i.temperature), "--max-tokens", str(i.max_tokens), "--seed", str(r.seed),
+            *_batch(r, model), "-q"]  # fmt: skip
+    return Stage("infer", argv, job_dir=run / "infer",
+                 outcome=lambda log, rc: _no_principle(log, rc, run / INFERRED))  # fmt: skip
+
+
+def stage_names(r: Recipe) -> list[str]:
+    """Every stage's name, in order (expand first, when the recipe has it)."""
+    pre = ["expand"] if r.expand is not None else []
+    return pre + [s.name for s in stages(r, Path("."), 0, 0)]
+
+
 def stages(r: Recipe, run: Path, n_train: int, n_eval: int) -> list[Stage]:
-    """Every stage of the recipe, in order."""
+    """Every stage of the recipe after the split, in order (`expand_stage` comes before)."""
     train_p, eval_p = run / "prompts" / "train.jsonl", run / "prompts" / "eval.jsonl"
     sft_model, dpo_model = run / "sft_model", run / "dpo_model"
     student = r.student.model
@@ -122,6 +195,8 @@ def stages(r: Recipe, run: Path, n_train: int, n_eval: int) -> list[Stage]:
         ]  # fmt: skip
     else:
         out.append(Stage("export-prefs", ["export", "prefs", str(run / "revise"), "--out", str(run / "dpo_data")]))  # fmt: skip
+    if (infer := infer_stage(r, run)) is not None:  # on the pairs, before DPO trains on them
+        out.append(infer)
     judge, judge_base = r.served_by("eval_judging")
     out += [
         Stage("train-dpo", train("dpo", "dpo_data", f"hf:{sft_model}", dpo_model, r.dpo), steps=steps(r.dpo)),
@@ -173,7 +248,10 @@ def _tail(log: Path) -> list[str]:
 def _result(log: Path) -> str:
     """The stage's own summary line (engine counts, win rate, accuracy), if it printed one."""
     for line in reversed(_tail(log)):
-        if re.match(r"(\d+ done[;,] \d+ failed|win rate|implicit reward|\d+ pairs)", line):
+        if re.match(
+            r"(\d+ done[;,] \d+ failed|win rate|implicit reward|\d+ pairs|expand: |Wrote .*principles)",
+            line,
+        ):
             return line.strip()
     return ""
 
@@ -199,9 +277,12 @@ def _rows_failed(stage: Stage, since: float) -> bool:
     a job that started after `since` in its --out (an error before the job began leaves none)."""
     from datetime import datetime
 
-    if "--out" not in stage.argv:
+    if stage.job_dir is not None:
+        manifest = stage.job_dir / "manifest.json"
+    elif "--out" in stage.argv:
+        manifest = Path(stage.argv[stage.argv.index("--out") + 1]) / "manifest.json"
+    else:
         return False
-    manifest = Path(stage.argv[stage.argv.index("--out") + 1]) / "manifest.json"
     try:
         m = json.loads(manifest.read_text(encoding="utf-8"))
         started = datetime.fromisoformat(m["started_at"]).timestamp()
@@ -214,7 +295,8 @@ def _rows_failed(stage: Stage, since: float) -> bool:
 def run_stage(stage: Stage, run: Path, out: TextIO) -> tuple[float, float, bool]:
     """Run one stage with its output in RUN/logs/NAME.log; one live line on a terminal.
     Returns (wall seconds, CPU seconds of the stage's process: comparable across machine loads,
-    whether some of its rows failed)."""
+    whether some of its rows failed). An exit that `stage.outcome` names (infer: no principle
+    passed) is done, with that outcome as its line."""
     logs = run / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{stage.name}.log"
@@ -240,14 +322,17 @@ def run_stage(stage: Stage, run: Path, out: TextIO) -> tuple[float, float, bool]
     if live:
         out.write("\r\033[K")
     partial = proc.returncode in (EXIT_FAILED, STAGE_PARTIAL) and _rows_failed(stage, began)
-    if proc.returncode != 0 and not partial:
+    outcome = stage.outcome(log, proc.returncode) if stage.outcome and proc.returncode else None
+    if outcome is not None:
+        partial = False
+    if proc.returncode != 0 and not partial and outcome is None:
         tail = "\n".join(f"    {line}" for line in _tail(log)[-15:])
         out.write(f"  {stage.name:<16} FAILED after {seconds:.0f} s; the end of {log}:\n{tail}\n")
         raise ConfigError(
             f"Stage {stage.name} failed (exit {proc.returncode}; log: {log}); fix it and re-run "
             "the pipeline: finished stages are skipped."
         )
-    done = _result(log) or _progress(stage, log)  # the stage's own counts win over ours
+    done = outcome or _result(log) or _progress(stage, log)  # the stage's own counts win
     state = "done, some rows failed," if partial else "done"
     out.write(f"  {stage.name:<16} {state} in {seconds:5.1f} s{': ' + done if done else ''}\n")
     out.flush()
@@ -271,6 +356,31 @@ def describe_inputs(r: Recipe, recipe_path: Path, run: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def expanded_prompts(r: Recipe, run: Path, stand_ins: bool = False) -> list[PromptRecord] | None:
+    """The prompts the recipe's expand step wrote (None without the step). Before it has run:
+    with `stand_ins` (a dry run) `n` prompts the size of the seed prompts, else an error."""
+    if r.expand is None:
+        return None
+    path = run / EXPANDED
+    if path.is_file():
+        from cai_kit.prompts import load_prompts
+
+        return load_prompts(str(path)).records
+    if not stand_ins:
+        raise ConfigError(
+            f"The recipe expands its prompts first and {path} is not there yet: run the pipeline "
+            "without --only (or with --only expand) before the later stages."
+        )
+    from cai_kit.prompts import load_prompts
+
+    seeds = load_prompts(r.prompts).records
+    texts = [f"{i} {seeds[i % len(seeds)].prompt_text}" for i in range(r.expand.n)]
+    return [
+        PromptRecord(id=f"expanded-{i}", messages=[{"role": "user", "content": t}])  # type: ignore[list-item]
+        for i, t in enumerate(texts)
+    ]
+
+
 def run_pipeline(
     recipe_path: Path,
     run: Path,
@@ -281,38 +391,49 @@ def run_pipeline(
     """Run (or with dry_run, plan and price) the stages; returns those that ran."""
     out = out or sys.stdout
     recipe = load_recipe(recipe_path)
-    split = split_prompts(recipe)
-    plan = stages(recipe, run, len(split.train), len(split.eval))
-    names = [s.name for s in plan]
+    names = stage_names(recipe)
     if only is not None and only not in names:
         raise ConfigError(f"--only {only!r}: stages are {', '.join(names)}.")
     markers = run / ".stages"
     out.write(describe_inputs(recipe, recipe_path, run))
+    expand = expand_stage(recipe, run)
     if dry_run:
         from cai_kit.pipeline.estimate import estimate, format_estimates
 
+        split = split_prompts(recipe, expanded_prompts(recipe, run, stand_ins=True))
+        if expand is not None and not (run / EXPANDED).is_file():
+            out.write(f"(expand has not run: the {recipe.expand.n} new prompts it asks for are "  # type: ignore[union-attr]
+                      "counted as stand-ins the size of the seed prompts)\n")  # fmt: skip
         out.write(f"Training prompts: {len(split.train)}; eval prompts: {len(split.eval)}, from {split.note}.\n")  # fmt: skip
+        plan = ([expand] if expand else []) + stages(recipe, run, len(split.train), len(split.eval))
         for s in plan:
             state = "done" if (markers / f"{s.name}.done").exists() else "todo"
             out.write(f"[{state}] {s.name}: {s.command()}\n")
         out.write("\n" + format_estimates(estimate(recipe, split)) + "\n")
         return PipelineRun()
-    write_prompts(split.train, run / "prompts" / "train.jsonl")
-    write_prompts(split.eval, run / "prompts" / "eval.jsonl")
     ran = PipelineRun()
-    for s in plan:
+
+    def step(s: Stage) -> None:
         if only is not None and s.name != only:
-            continue
+            return
         marker = markers / f"{s.name}.done"
         if marker.exists() and only is None:
             out.write(f"  skip {s.name} (done)\n")
-            continue
+            return
         seconds, cpu, partial = run_stage(s, run, out)
         markers.mkdir(parents=True, exist_ok=True)
         marker.write_text(f"{seconds:.1f} s wall, {cpu:.1f} s cpu\n")
         ran.stages.append(s.name)
         if partial:
             ran.partial.append(s.name)
+
+    if expand is not None:
+        step(expand)
+    split = split_prompts(recipe, expanded_prompts(recipe, run))
+    write_prompts(split.train, run / "prompts" / "train.jsonl")
+    write_prompts(split.eval, run / "prompts" / "eval.jsonl")
+    for s in stages(recipe, run, len(split.train), len(split.eval)):
+        step(s)
     from cai_kit.pipeline.report import write_report
 
     write_report(recipe, run, names, split)

@@ -3,6 +3,7 @@
     split = split_prompts(recipe)        # Split(train, eval, note)
     write_prompts(split.eval, run / "prompts" / "eval.jsonl")
 
+The pool is the recipe's `prompts`, plus the prompts its `expand` step wrote (when it has one).
 Held-out prompts are the recipe's `eval_prompts` file (its prompts are left out of training),
 or a seeded split of `prompts` (`eval_fraction`, `seed`); the same recipe gives the same split.
 `note` says where the held-out prompts came from, for `report.md`.
@@ -34,11 +35,20 @@ def _key(p: PromptRecord) -> str:
     return PromptRecord.make_id(p.messages)  # by content: the same prompt under another id
 
 
-def split_prompts(r: Recipe) -> Split:
-    """Training and eval prompts, disjoint by content; deterministic for a recipe and seed."""
+def split_prompts(r: Recipe, expanded: list[PromptRecord] | None = None) -> Split:
+    """Training and eval prompts, disjoint by content; deterministic for a recipe and seed.
+    `expanded`: the prompts the recipe's `expand` step wrote, added to the pool (or, with
+    `expand.include_seeds: false`, the whole pool)."""
     from cai_kit.prompts import load_prompts
 
     pool = load_prompts(r.prompts).records
+    if expanded is not None:
+        keep_seeds = r.expand is None or r.expand.include_seeds
+        pool = [*pool, *expanded] if keep_seeds else list(expanded)
+    also = ""
+    if expanded is not None:
+        also = f" and {len(expanded)} expanded prompts in `expand/prompts.jsonl`"
+        also = also if keep_seeds else f": only its{also.removeprefix(' and')}"
     if r.eval_prompts:
         held = load_prompts(r.eval_prompts).records
         keys = {_key(p) for p in held}
@@ -55,7 +65,7 @@ def split_prompts(r: Recipe) -> Split:
         held = [pool[i] for i in ranked[:n_eval]]
         train = [pool[i] for i in sorted(ranked[n_eval:])]  # the file's order for training
         note = (
-            f"a seeded held-out split of `{r.prompts}` (eval_fraction {r.eval_fraction:g}, "
+            f"a seeded held-out split of `{r.prompts}`{also} (eval_fraction {r.eval_fraction:g}, "
             f"seed {r.seed}: {len(held)} of {len(pool)} prompts held out)"
         )
     if r.limit is not None:
