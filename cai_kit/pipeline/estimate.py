@@ -124,13 +124,13 @@ def _expand(r: Recipe) -> list[StageEstimate]:
     import math
 
     from cai_kit.prompts import load_prompts
-    from cai_kit.stages.expand import ExpandConfig, _Plan, keep_messages
+    from cai_kit.stages.expand import CallPlan, ExpandConfig, keep_messages
 
     e = r.expand
     assert e is not None
     cfg = ExpandConfig(n=e.n, per_call=e.per_call, shots=e.shots, oversample=e.oversample,
                        topic_column=e.topic_column, keep_if=e.keep_if, seed=r.seed)  # fmt: skip
-    plan = _Plan(load_prompts(r.prompts).records, cfg)
+    plan = CallPlan(load_prompts(r.prompts).records, cfg)
     calls = math.ceil(e.n * e.oversample / e.per_call)
     in_tok = sum(prompt_tokens(plan.messages(i)) for i in range(calls))
     model, base = r.step_model(e)

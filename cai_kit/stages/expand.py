@@ -181,7 +181,7 @@ def parse_prompts(text: str, limit: int) -> list[str]:
 
 
 @dataclass
-class _Plan:
+class CallPlan:
     """Which seeds and topic each call index uses: a pure function of (seeds, cfg, index)."""
 
     seeds: list[PromptRecord]
@@ -252,7 +252,7 @@ def run_expand(
 
     _, pool = seed_index()
     result.seed_duplicates = len(seeds) - len(pool)
-    plan = _Plan(pool, cfg)
+    plan = CallPlan(pool, cfg)
     identity, judge_identity = backend.identity(), judge.identity()
     template = stable_hash(EXPAND_SYSTEM, KEEP_SYSTEM)
     seed_hash = stable_hash([p.id for p in pool])
