@@ -241,4 +241,4 @@ def test_judge_report_plots_the_agreement_figure_with_gold(tmp_path: Path) -> No
     assert r.exit_code == 0, r.output
     png = run_dir / "judge_report_gold.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", r.output
-    assert str(png) in " ".join(r.output.split()).replace(" ", "") or "judge_report_gold.png" in r.output
+    assert "judge_report_gold.png" in r.output
