@@ -242,3 +242,21 @@ def test_judge_report_plots_the_agreement_figure_with_gold(tmp_path: Path) -> No
     png = run_dir / "judge_report_gold.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", r.output
     assert "judge_report_gold.png" in r.output
+
+
+def test_a_failed_record_is_not_matched_to_gold_whatever_label_it_carries(tmp_path: Path) -> None:
+    """docs/review.md: pairs whose judgement failed are not matched (a failed best-worst record
+    can carry a label A or B)."""
+    from tests.fixtures.review_run import make_pair
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    ok, failed = make_pair(0), make_pair(4).model_copy(update={"status": "failed"})  # both A
+    (run_dir / "prefs.jsonl").write_text(ok.model_dump_json() + "\n" + failed.model_dump_json() + "\n")  # fmt: skip
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text("".join(json.dumps({"prompt": p.messages[0].content, "response_a": p.response_a, "response_b": p.response_b, "label": "B"}) + "\n" for p in (ok, failed)))  # fmt: skip
+    r = CliRunner().invoke(app, ["judge-report", str(run_dir), "--gold", str(gold)])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((run_dir / "judge_report.json").read_text())
+    assert rep["gold_matched_with_ties"] == 1 and rep["gold_matched"] == 1
+    assert [d["id"] for d in rep["gold_disagreements"]] == ["pair0000"]

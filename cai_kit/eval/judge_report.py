@@ -16,7 +16,10 @@ A judge that rewards length rather than the constitution shows a longer share ne
 A gold file has `prompt` (or `messages`) and either `response_a`/`response_b`/`label` (A|B|tie)
 or TRL's `chosen`/`rejected` (strings or conversational lists of messages); `cai-kit review
 export-gold` writes the first. Agreement is given without ties (gold and judge both decisive)
-and with them, with Cohen's kappa over A / B / tie (bootstrap 95% CI) and the confusion matrix.
+and with them, with Cohen's kappa over A / B / tie (bootstrap 95% CI) and the confusion matrix;
+then per principle (agreement with a Wilson 95% CI, kappa with its bootstrap CI), and the pairs
+that disagree, each with a `#kind=pair&id=ID` link into `cai-kit review`. Only `ok` records are
+matched. `plot_gold(report, png)` draws the agreement figure.
 """
 
 from __future__ import annotations
@@ -370,8 +373,8 @@ def _render_gold(con: Any, rep: JudgeReport, max_rows: int) -> None:
             return "n/a"
         return f"{fmt.format(x)} ({fmt.format(bounds[0])} to {fmt.format(bounds[1])})" if bounds else fmt.format(x)  # fmt: skip
 
-    gt = Table(title="Gold agreement per principle (ties included; 95% CI)")
-    for col in ("principle", "matched", "agreement", "Cohen's kappa"):
+    gt = Table(title="Gold agreement per principle, ties included")
+    for col in ("principle", "matched", "agreement (95% CI)", "Cohen's kappa (95% CI)"):
         gt.add_column(col)
     for pid, d in rep.gold_per_principle.items():
         pct = None if d["agreement"] is None else 100 * d["agreement"]
