@@ -142,3 +142,121 @@ def test_judge_report_says_n_a_and_why_instead_of_none(
     assert r.exit_code == 0, r.output
     _no_none(r.output)
     assert "n/a (no usage recorded)" in " ".join(r.output.split()), r.output
+
+
+def _gold_run(tmp_path: Path, n: int = 32) -> tuple[Path, Path]:
+    """A run of `make_run` pairs (judge A, B, tie, failed by i % 4; principles `helpful` for
+    even i, `harmless` for odd, both when i % 6 == 0) and a gold file: A, except B for
+    i % 4 == 1 below 20; pair 1's gold row shows the responses swapped."""
+    from tests.fixtures.review_run import make_run
+
+    run_dir = tmp_path / "run"
+    pairs, _ = make_run(run_dir, n_pairs=n, n_revisions=0)
+    gold = tmp_path / "gold.jsonl"
+    with open(gold, "w") as fh:
+        for i, p in enumerate(pairs):
+            label = "B" if i % 4 == 1 and i < 20 else "A"
+            a, b = p.response_a, p.response_b
+            if i == 1:  # the same pair, shown the other way round
+                a, b, label = b, a, "A"
+            fh.write(json.dumps({"prompt": p.messages[0].content, "response_a": a, "response_b": b, "label": label}) + "\n")  # fmt: skip
+    return run_dir, gold
+
+
+def test_gold_agreement_and_kappa_per_principle(tmp_path: Path) -> None:
+    """Issue 23: agreement and kappa with gold for the pairs judged under each principle."""
+    from cai_kit.eval.judge_report import cohen_kappa
+
+    run_dir, gold = _gold_run(tmp_path)
+    r = CliRunner().invoke(app, ["judge-report", str(run_dir), "--gold", str(gold)])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((run_dir / "judge_report.json").read_text())
+    per = rep["gold_per_principle"]
+    # matched: i % 4 in (0, 1, 2) (3 failed); judge A/B/tie; gold B for 1, 5, 9, 13, 17
+    helpful = [i for i in range(32) if i % 4 in (0, 2)]  # every even i
+    harmless = [i for i in range(32) if i % 4 == 1 or (i % 6 == 0 and i % 4 != 3)]
+    assert per["helpful"]["matched"] == len(helpful) == 16
+    assert per["helpful"]["agreement"] == pytest.approx(8 / 16)  # the judge's A's
+    assert per["harmless"]["matched"] == len(harmless) == 14
+    assert per["harmless"]["agreement"] == pytest.approx(8 / 14)  # 1..17 B, 0 12 24 A
+    judge = lambda i: ("A", "B", "tie")[i % 4]  # noqa: E731
+    gold_of = lambda i: "B" if i % 4 == 1 and i < 20 else "A"  # noqa: E731
+    seen = [("A", "A") if i == 1 else (gold_of(i), judge(i)) for i in harmless]  # 1: swapped
+    want = cohen_kappa(seen)
+    assert per["harmless"]["kappa"] == pytest.approx(want, abs=1e-4)
+    lo, hi = per["harmless"]["agreement_ci"]
+    assert 0 <= lo < 8 / 14 < hi <= 1
+    text = " ".join(r.output.split())
+    assert "Gold agreement per principle" in text
+    assert "harmless │ 14 │ 57.1%" in text, r.output
+    _no_none(r.output)
+
+
+def test_gold_kappa_per_principle_says_n_a_and_why(tmp_path: Path) -> None:
+    run_dir, gold = _gold_run(tmp_path, n=3)
+    rows = [json.loads(x) for x in gold.read_text().splitlines()]
+    gold.write_text(json.dumps(rows[0]) + "\n")  # pair 0: gold A, judge A: chance agreement 1
+    r = CliRunner().invoke(app, ["judge-report", str(run_dir), "--gold", str(gold)])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((run_dir / "judge_report.json").read_text())
+    assert rep["gold_per_principle"]["helpful"]["kappa"] is None
+    _no_none(r.output)
+    assert "n/a: kappa is undefined when" in " ".join(r.output.split()), r.output
+
+
+def test_judge_report_lists_the_pairs_that_disagree_with_gold_with_review_links(
+    tmp_path: Path,
+) -> None:
+    """Issue 23: which rows disagree, each with a link that opens it in `cai-kit review`."""
+    run_dir, gold = _gold_run(tmp_path)
+    r = CliRunner().invoke(app, ["judge-report", str(run_dir), "--gold", str(gold),
+                                 "--review-url", "http://127.0.0.1:9999/"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    rep = json.loads((run_dir / "judge_report.json").read_text())
+    gold_of = lambda i: "B" if i % 4 == 1 and i < 20 else "A"  # noqa: E731
+    want = [i for i in range(32) if i % 4 in (0, 1, 2) and ("A", "B", "tie")[i % 4] != gold_of(i)]
+    assert len(want) == 11
+    got = rep["gold_disagreements"]
+    assert [d["id"] for d in got] == [f"pair{i:04d}" for i in want]  # all of them, in file order
+    first = got[0]  # pair 2: gold A, judge tie
+    assert (first["gold"], first["judge"]) == ("A", "tie")
+    assert first["prompt"] == "Question 2: when does water boil?"
+    assert first["link"] == "http://127.0.0.1:9999/#kind=pair&id=pair0002"
+    text = " ".join(r.output.split())
+    assert "Disagreements with gold (11 of 24 matched pairs;" in text, r.output
+    assert "pair0002" in text and "#kind=pair&id=pair0002" in text
+    assert f"pair{want[9]:04d}" in text and f"pair{want[10]:04d}" not in text  # 10 printed
+    assert "and 1 more (all in judge_report.json)" in text, r.output
+    r = CliRunner().invoke(app, ["judge-report", str(run_dir), "--gold", str(gold), "--disagreements", "3"])  # fmt: skip
+    assert "and 8 more" in " ".join(r.output.split()), r.output
+
+
+def test_judge_report_plots_the_agreement_figure_with_gold(tmp_path: Path) -> None:
+    """Issue 23: with --gold, a figure of the confusion matrix and agreement by principle."""
+    run_dir, gold = _gold_run(tmp_path)
+    r = CliRunner().invoke(app, ["judge-report", str(run_dir)])
+    assert r.exit_code == 0, r.output
+    assert not (run_dir / "judge_report_gold.png").exists()  # no gold, no figure
+    r = CliRunner().invoke(app, ["judge-report", str(run_dir), "--gold", str(gold)])
+    assert r.exit_code == 0, r.output
+    png = run_dir / "judge_report_gold.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", r.output
+    assert "judge_report_gold.png" in r.output
+
+
+def test_a_failed_record_is_not_matched_to_gold_whatever_label_it_carries(tmp_path: Path) -> None:
+    """docs/review.md: pairs whose judgement failed are not matched (a failed best-worst record
+    can carry a label A or B)."""
+    from tests.fixtures.review_run import make_pair
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    ok, failed = make_pair(0), make_pair(4).model_copy(update={"status": "failed"})  # both A
+    (run_dir / "prefs.jsonl").write_text(ok.model_dump_json() + "\n" + failed.model_dump_json() + "\n")  # fmt: skip
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text("".join(json.dumps({"prompt": p.messages[0].content, "response_a": p.response_a, "response_b": p.response_b, "label": "B"}) + "\n" for p in (ok, failed)))  # fmt: skip
+    r = CliRunner().invoke(app, ["judge-report", str(run_dir), "--gold", str(gold)])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((run_dir / "judge_report.json").read_text())
+    assert rep["gold_matched_with_ties"] == 1 and rep["gold_matched"] == 1
+    assert [d["id"] for d in rep["gold_disagreements"]] == ["pair0000"]

@@ -123,6 +123,9 @@ def test_a_run_still_being_written_is_read_again_and_superseded_lines_are_not_fo
     assert ids == [p.id for p in pairs] + ["pair0099"]  # the retried row keeps its place
     _, body = _call(url + "/api/row?kind=pair&id=pair0001")
     assert body["record"]["response_a"] == "a fresh zebra answer"
+    assert body["position"] == 1  # its place in the `all` view: the page opens it from #id=
+    _, body = _call(url + "/api/row?kind=pair&id=pair0099")
+    assert body["position"] == len(pairs) == ids.index("pair0099")
 
 
 def test_labels_upsert_once_per_reviewer_and_row(run: Any, served: ReviewHandle) -> None:

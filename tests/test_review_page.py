@@ -137,3 +137,22 @@ def test_label_ties_with_the_keyboard_reload_then_gold(browser: Any, tmp_path: P
     assert rep["gold_agreement_with_ties"] == pytest.approx(1 / 3)
     assert rep["gold_confusion"]["A"]["tie"] == rep["gold_confusion"]["B"]["tie"] == 1
     assert rep["gold_kappa"] == pytest.approx(0.0)  # p_o = 1/3 = p_e
+
+
+def test_a_link_from_judge_report_opens_that_row(browser: Any, tmp_path: Path) -> None:
+    """Issue 23: judge-report's `#kind=pair&id=ID` links open the row, on whatever page it is."""
+    from selenium.webdriver.common.by import By
+
+    run_dir = tmp_path / "run"
+    make_run(run_dir, n_pairs=60)
+    h = start_review(run_dir)
+    try:
+        browser.get(h.url + "/#kind=pair&id=pair0057")  # on the second page of 50
+        _wait(browser, lambda d: [r[0] for r in _rows(d) if r[2]] == ["pair0057"])
+        assert browser.find_element(By.ID, "range").text == "51–60 of 60"
+        _wait(browser, lambda d: "Answer A57:" in d.find_element(By.ID, "resp-A").text)
+        assert "id=" not in browser.current_url  # the state moves on to the usual #view=...
+        browser.get(h.url + "/#kind=pair&id=nope")
+        _wait(browser, lambda d: "No pair with id 'nope'" in d.find_element(By.ID, "status").text)
+    finally:
+        h.stop()

@@ -182,17 +182,29 @@ def judge_report(
             help="Human-labelled pairs: prompt + response_a, response_b, label A|B|tie (`cai-kit review export-gold` writes these), or TRL prompt/chosen/rejected.",
         ),
     ] = None,
-) -> None:
+    disagreements: Annotated[
+        int,
+        typer.Option("--disagreements", min=0, help="Pairs that disagree with gold printed (all are in judge_report.json)."),
+    ] = 10,
+    review_url: Annotated[
+        str,
+        typer.Option("--review-url", help="Where `cai-kit review RUN` serves: the disagreeing pairs link there."),
+    ] = "http://127.0.0.1:8001",
+) -> None:  # fmt: skip
     """Report position consistency, ties, labels, per-principle results, cost and gold agreement."""
-    from cai_kit.eval.judge_report import build_report, plot, render
+    from cai_kit.eval.judge_report import build_report, plot, plot_gold, render
 
-    rep = build_report(run_dir, gold)
-    typer.echo(render(rep))
+    rep = build_report(run_dir, gold, review_url=review_url)
+    typer.echo(render(rep, max_disagreements=disagreements))
     import json
 
     (run_dir / "judge_report.json").write_text(json.dumps(rep.to_dict(), indent=2))
     plot(rep, run_dir / "judge_report.png")
-    typer.echo(f"Wrote {run_dir / 'judge_report.json'} and {run_dir / 'judge_report.png'}")
+    wrote = [run_dir / "judge_report.json", run_dir / "judge_report.png"]
+    if gold is not None:
+        plot_gold(rep, run_dir / "judge_report_gold.png")
+        wrote.append(run_dir / "judge_report_gold.png")
+    typer.echo("Wrote " + ", ".join(map(str, wrote[:-1])) + f" and {wrote[-1]}")
 
 
 def register(app: typer.Typer) -> None:

@@ -16,7 +16,10 @@ A judge that rewards length rather than the constitution shows a longer share ne
 A gold file has `prompt` (or `messages`) and either `response_a`/`response_b`/`label` (A|B|tie)
 or TRL's `chosen`/`rejected` (strings or conversational lists of messages); `cai-kit review
 export-gold` writes the first. Agreement is given without ties (gold and judge both decisive)
-and with them, with Cohen's kappa over A / B / tie (bootstrap 95% CI) and the confusion matrix.
+and with them, with Cohen's kappa over A / B / tie (bootstrap 95% CI) and the confusion matrix;
+then per principle (agreement with a Wilson 95% CI, kappa with its bootstrap CI), and the pairs
+that disagree, each with a `#kind=pair&id=ID` link into `cai-kit review`. Only `ok` records are
+matched. `plot_gold(report, png)` draws the agreement figure.
 """
 
 from __future__ import annotations
@@ -54,6 +57,11 @@ class JudgeReport:
     gold_kappa: float | None = None  # Cohen's kappa over A / B / tie
     gold_kappa_ci: list[float] | None = None  # bootstrap 95% CI of the kappa
     gold_confusion: dict[str, dict[str, int]] | None = None  # gold label -> judge label -> pairs
+    # principle -> matched, agreement (ties included) with a Wilson 95% CI, kappa with its CI
+    gold_per_principle: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # matched pairs where gold and judge differ, in file order: id, gold, judge (in the gold
+    # row's order of A and B), swapped (the gold row shows B first), principles, prompt, link
+    gold_disagreements: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -99,7 +107,35 @@ def _gold_row(row: dict[str, Any]) -> tuple[list[dict[str, str]], Any, Any, Any]
     return msgs, row.get("response_a"), row.get("response_b"), row.get("label")
 
 
-def build_report(run_dir: Path, gold: Path | None = None) -> JudgeReport:
+REVIEW_URL = "http://127.0.0.1:8001"  # `cai-kit review`'s default address
+EXCERPT_CHARS = 80
+
+
+def review_link(review_url: str, row_id: str) -> str:
+    """The review page opened at one pair (its `#kind=pair&id=` address)."""
+    from urllib.parse import quote
+
+    return f"{review_url.rstrip('/')}/#kind=pair&id={quote(row_id, safe='')}"
+
+
+def _excerpt(messages: list[dict[str, str]]) -> str:
+    text = " ".join(next((m["content"] for m in reversed(messages) if m["role"] == "user"), "").split())  # fmt: skip
+    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
+    """Wilson score 95% interval of a proportion k / n; None when n is 0."""
+    if not n:
+        return None
+    p = k / n
+    centre, half = p + z * z / (2 * n), z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    d = 1 + z * z / n
+    return [round(max(0.0, (centre - half) / d), 4), round(min(1.0, (centre + half) / d), 4)]
+
+
+def build_report(
+    run_dir: Path, gold: Path | None = None, review_url: str = REVIEW_URL
+) -> JudgeReport:
     path = run_dir / "prefs.jsonl"
     if not path.is_file():
         raise DataError(
@@ -149,15 +185,21 @@ def build_report(run_dir: Path, gold: Path | None = None) -> JudgeReport:
         rep.tokens_per_labelled_pair = round(tokens / labelled, 1)
         rep.cost_per_labelled_pair = round(stats.get("cost", 0.0) / labelled, 6)
     if gold is not None:
-        ai = {}
+        ai: dict[str, tuple[str, PreferenceRecord, bool]] = {}  # key -> (label, record, swapped)
         for r in records:
             msgs = [m.model_dump() for m in r.messages]
-            ai[_pair_key(msgs, r.response_a, r.response_b)] = r.verdict.label
-            ai[_pair_key(msgs, r.response_b, r.response_a)] = {"A": "B", "B": "A"}.get(
-                r.verdict.label, r.verdict.label
+            label = r.verdict.label if r.status == "ok" else "failed"
+            ai[_pair_key(msgs, r.response_a, r.response_b)] = (label, r, False)
+            ai[_pair_key(msgs, r.response_b, r.response_a)] = (
+                {"A": "B", "B": "A"}.get(label, label),
+                r,
+                True,
             )
         agree = total = 0
         matched: list[tuple[str, str]] = []  # (gold, judge), each A, B or tie
+        by_principle: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        disagree: list[tuple[int, dict[str, Any]]] = []  # (record's file order, row)
+        order = {r.id: i for i, r in enumerate(records)}
         for line, row in read_jsonl(gold):
             msgs, a, b, label = _gold_row(row)
             if label not in ("A", "B", "tie") or not isinstance(a, str) or not isinstance(b, str):
@@ -165,9 +207,18 @@ def build_report(run_dir: Path, gold: Path | None = None) -> JudgeReport:
                     f"{gold}:{line}: a gold row needs prompt (or messages) and either response_a, "
                     "response_b and label A, B or tie, or TRL's chosen and rejected."
                 )
-            got = ai.get(_pair_key(msgs, a, b))
-            if got in ("A", "B", "tie"):
+            got, rec, swapped = ai.get(_pair_key(msgs, a, b), (None, None, False))
+            if got in ("A", "B", "tie") and rec is not None:
                 matched.append((label, got))
+                pids = rec.verdict.principle_ids or ["(none)"]
+                for pid in pids:
+                    by_principle[pid].append((label, got))
+                if got != label:
+                    disagree.append((order[rec.id], {
+                        "id": rec.id, "gold": label, "judge": got, "swapped": swapped,
+                        "principles": pids, "prompt": _excerpt(msgs),
+                        "link": review_link(review_url, rec.id),
+                    }))  # fmt: skip
             if got in ("A", "B") and label in ("A", "B"):
                 total += 1
                 agree += got == label
@@ -178,6 +229,17 @@ def build_report(run_dir: Path, gold: Path | None = None) -> JudgeReport:
         rep.gold_agreement_with_ties = stats["agreement"]
         rep.gold_kappa, rep.gold_kappa_ci = stats["kappa"], stats["kappa_ci"]
         rep.gold_confusion = stats["confusion"]
+        for pid, got_pairs in sorted(by_principle.items()):
+            st = gold_agreement(got_pairs)
+            agreed = sum(g == j for g, j in got_pairs)
+            rep.gold_per_principle[pid] = {
+                "matched": len(got_pairs),
+                "agreement": st["agreement"],
+                "agreement_ci": wilson(agreed, len(got_pairs)),
+                "kappa": st["kappa"],
+                "kappa_ci": st["kappa_ci"],
+            }
+        rep.gold_disagreements = [row for _, row in sorted(disagree, key=lambda x: x[0])]
     return rep
 
 
@@ -244,7 +306,7 @@ def warnings(rep: JudgeReport, threshold: float = 0.85, min_decisive: int = 5) -
     return notes
 
 
-def render(rep: JudgeReport) -> str:
+def render(rep: JudgeReport, max_disagreements: int = 10) -> str:
     from io import StringIO
 
     from rich.console import Console
@@ -297,7 +359,48 @@ def render(rep: JudgeReport) -> str:
     con.print(pt)
     if any(d["consistent"] is None for d in rep.per_principle.values()):
         con.print("n/a: no usable verdict under that principle (every pair of it failed).")
+    if rep.gold_confusion is not None:
+        _render_gold(con, rep, max_disagreements)
     return buf.getvalue()
+
+
+def _render_gold(con: Any, rep: JudgeReport, max_rows: int) -> None:
+    """Agreement with gold per principle, and the pairs where gold and judge differ."""
+    from rich.table import Table
+
+    def ci(x: float | None, bounds: list[float] | None, fmt: str) -> str:
+        if x is None:
+            return "n/a"
+        return f"{fmt.format(x)} ({fmt.format(bounds[0])} to {fmt.format(bounds[1])})" if bounds else fmt.format(x)  # fmt: skip
+
+    gt = Table(title="Gold agreement per principle, ties included")
+    for col in ("principle", "matched", "agreement (95% CI)", "Cohen's kappa (95% CI)"):
+        gt.add_column(col)
+    for pid, d in rep.gold_per_principle.items():
+        pct = None if d["agreement"] is None else 100 * d["agreement"]
+        bounds = d["agreement_ci"] and [100 * x for x in d["agreement_ci"]]
+        gt.add_row(pid, str(d["matched"]), ci(pct, bounds, "{:.1f}%"), ci(d["kappa"], d["kappa_ci"], "{:.3f}"))  # fmt: skip
+    if not rep.gold_per_principle:
+        gt.add_row("n/a", "0", "n/a", "n/a")
+    con.print(gt)
+    if not rep.gold_per_principle:
+        con.print("n/a: no gold row matched a judged pair.")
+    elif any(d["kappa"] is None for d in rep.gold_per_principle.values()):
+        con.print(
+            "n/a: kappa is undefined when gold and judge each gave one and the same label to "
+            "every pair (chance agreement is 1)."
+        )
+    dis = rep.gold_disagreements
+    if not dis:
+        con.print(f"Disagreements with gold: none of {rep.gold_matched_with_ties} matched pairs.")
+        return
+    con.print(f"Disagreements with gold ({len(dis)} of {rep.gold_matched_with_ties} matched pairs; gold -> judge; open each in `cai-kit review RUN`):")  # fmt: skip
+    for d in dis[:max_rows]:  # one line each, never wrapped: the link stays clickable
+        swapped = " (A/B swapped in review)" if d["swapped"] else ""
+        line = f"  {d['id']}  {d['gold']} -> {d['judge']}{swapped}  {d['prompt']!r}  {d['link']}"
+        con.print(line, markup=False, highlight=False, soft_wrap=True)
+    if len(dis) > max_rows:
+        con.print(f"… and {len(dis) - max_rows} more (all in judge_report.json).")
 
 
 def _gold_rows(rep: JudgeReport) -> list[tuple[str, str]]:
@@ -337,6 +440,41 @@ def plot(rep: JudgeReport, path: Path) -> None:
     ax2.barh(names, [rep.per_principle[n]["consistent"] or 0 for n in names])
     ax2.set_xlim(0, 1)
     ax2.set_title("Position consistency by principle")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_gold(rep: JudgeReport, path: Path) -> None:
+    """The agreement figure: the confusion matrix (gold rows, judge columns) as a heat map,
+    and agreement with gold per principle as bars with their Wilson 95% CIs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conf = rep.gold_confusion or {g: {j: 0 for j in GOLD_LABELS} for g in GOLD_LABELS}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    grid = [[conf[g][j] for j in GOLD_LABELS] for g in GOLD_LABELS]
+    ax1.imshow(grid, cmap="Blues", vmin=0)
+    top = max(max(row) for row in grid) or 1
+    for y, row in enumerate(grid):
+        for x, n in enumerate(row):
+            ax1.text(x, y, str(n), ha="center", va="center", color="white" if n > top / 2 else "black")  # fmt: skip
+    ax1.set_xticks(range(3), GOLD_LABELS)
+    ax1.set_yticks(range(3), GOLD_LABELS)
+    ax1.set_xlabel("judge")
+    ax1.set_ylabel("gold")
+    kappa = "n/a" if rep.gold_kappa is None else f"{rep.gold_kappa:.2f}"
+    ax1.set_title(f"Gold vs judge ({rep.gold_matched_with_ties} pairs, kappa {kappa})")
+    names = [n for n, d in rep.gold_per_principle.items() if d["agreement"] is not None]
+    vals = [rep.gold_per_principle[n]["agreement"] for n in names]
+    cis = [rep.gold_per_principle[n]["agreement_ci"] or [v, v] for n, v in zip(names, vals, strict=True)]  # fmt: skip
+    err = [[v - c[0] for v, c in zip(vals, cis, strict=True)], [c[1] - v for v, c in zip(vals, cis, strict=True)]]  # fmt: skip
+    ax2.barh(names, vals, xerr=err if names else None, capsize=4, color="#4c72b0")
+    ax2.set_yticks(range(len(names)), [f"{n} ({rep.gold_per_principle[n]['matched']})" for n in names])  # fmt: skip
+    ax2.set_xlim(0, 1)
+    ax2.set_title("Agreement with gold by principle (ties included, 95% CI)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

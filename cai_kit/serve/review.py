@@ -12,7 +12,9 @@ Routes (JSON; errors are `{"error": {"message"}}` with a 4xx/5xx status):
                                  one page of row summaries, each with R's label
   GET  /api/row?kind=pair&id=ID&reviewer=R
                                  one full record (read at its byte offset), every reviewer's
-                                 label of it, and for a revision the word diff initial -> final
+                                 label of it, its position in the `all` view (the page's
+                                 `#kind=pair&id=ID` opens it there), and for a revision the
+                                 word diff initial -> final
   POST /api/label                {"reviewer", "kind": "pair"|"revision", "id", "label", "note"}
                                  -> 200 once committed (upsert: never duplicated)
 
@@ -208,7 +210,7 @@ def _row(request: web.Request, kind: str, row_id: str) -> dict[str, Any]:
     rec = index.record(kind, row_id)
     if rec is None:
         raise Refused(404, f"No {kind} with id {row_id[:100]!r} in {index.run_dir}.")
-    out: dict[str, Any] = {"record": rec}
+    out: dict[str, Any] = {"record": rec, "position": index.position(kind, row_id)}
     if kind == "revision":
         out["diff"] = word_diff(rec.get("initial_response") or "", rec.get("final_response") or "")
     out["labels"] = [

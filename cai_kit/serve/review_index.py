@@ -423,6 +423,19 @@ class RunIndex:
                 is not None
             )
 
+    def position(self, kind: str, row_id: str) -> int | None:
+        """The row's place (0-based) in the `all` view, file order; None if unknown."""
+        with self._lock:
+            hit = self._db.execute(
+                "SELECT COUNT(*) FROM rows WHERE kind = ? AND idx < "
+                "(SELECT idx FROM rows WHERE kind = ? AND id = ?)",
+                (kind, kind, row_id),
+            ).fetchone()
+            known = self._db.execute(
+                "SELECT 1 FROM rows WHERE kind = ? AND id = ?", (kind, row_id)
+            ).fetchone()
+        return hit[0] if known else None
+
     def record(self, kind: str, row_id: str) -> dict[str, Any] | None:
         """The full record (its latest line), read from the JSONL at its offset; None if unknown."""
         with self._lock:
