@@ -60,6 +60,8 @@ class Stage:
     steps: int | None = None
     rows: tuple[Path, int] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # run instead when this stage finds nothing to export (prefs.no_pairs: revisions)
+    fallback: Stage | None = None
 
     def command(self) -> str:
         prog = "cai-kit" if self.module == "cai_kit" else f"python -m {self.module}"
@@ -68,6 +70,11 @@ class Stage:
 
 def _opt(flag: str, value: Any) -> list[str]:
     return [] if value is None else [flag, str(value)]
+
+
+def _revision_pairs(run: Path) -> Stage:
+    """Revision as chosen, initial response as rejected (the Hugging Face CAI recipe)."""
+    return Stage("export-prefs", ["export", "prefs", str(run / "revise"), "--out", str(run / "dpo_data")])  # fmt: skip
 
 
 def stages(r: Recipe, run: Path, n_train: int, n_eval: int) -> list[Stage]:
@@ -108,10 +115,11 @@ def stages(r: Recipe, run: Path, n_train: int, n_eval: int) -> list[Stage]:
                             "--k", str(r.prefs.k), "--pairs", r.prefs.pairs, "--mode", r.prefs.mode,
                             "--max-tokens", str(r.prefs.max_tokens), "--seed", str(r.seed), *batch, "-q"]),
             Stage("export-dpo", ["export", "dpo", str(run / "prefs"), "--out", str(run / "dpo_data"),
-                                 "--min-margin", str(r.prefs.min_margin)]),
+                                 "--min-margin", str(r.prefs.min_margin), *(["--include-ties"] if r.prefs.include_ties else [])],
+                  fallback=_revision_pairs(run) if r.prefs.no_pairs == "revisions" else None),
         ]  # fmt: skip
     else:
-        out.append(Stage("export-prefs", ["export", "prefs", str(run / "revise"), "--out", str(run / "dpo_data")]))  # fmt: skip
+        out.append(_revision_pairs(run))
     judge, judge_base = r.served_by("eval_judging")
     out += [
         Stage("train-dpo", train("dpo", "dpo_data", f"hf:{sft_model}", dpo_model, r.dpo), steps=steps(r.dpo)),
@@ -178,6 +186,9 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+NOTHING_TO_EXPORT = "Nothing to export"  # cai_kit.stages.export: no row survived the filters
+
+
 def run_stage(stage: Stage, run: Path, out: TextIO) -> tuple[float, float]:
     """Run one stage with its output in RUN/logs/NAME.log; one live line on a terminal.
     Returns (wall seconds, CPU seconds of the stage's process: comparable across machine loads)."""
@@ -205,6 +216,14 @@ def run_stage(stage: Stage, run: Path, out: TextIO) -> tuple[float, float]:
     seconds, cpu = time.monotonic() - start, _children_cpu() - cpu_start
     if live:
         out.write("\r\033[K")
+    if proc.returncode != 0 and stage.fallback is not None:
+        nothing = [line.strip() for line in _tail(log) if NOTHING_TO_EXPORT in line]
+        if nothing:  # the judge left no pair to train on: prefs.no_pairs says what to do
+            out.write(f"  {stage.name:<16} {nothing[-1].removeprefix('Error: ')}\n"
+                      f"  {'':<16} prefs.no_pairs is revisions: DPO trains on the revision-over-initial pairs "
+                      f"instead ({stage.fallback.name}; `no_pairs: fail` stops here)\n")  # fmt: skip
+            more, more_cpu = run_stage(stage.fallback, run, out)
+            return seconds + more, cpu + more_cpu
     if proc.returncode != 0:
         tail = "\n".join(f"    {line}" for line in _tail(log)[-15:])
         out.write(f"  {stage.name:<16} FAILED after {seconds:.0f} s; the end of {log}:\n{tail}\n")
@@ -259,6 +278,10 @@ def run_pipeline(
         for s in plan:
             state = "done" if (markers / f"{s.name}.done").exists() else "todo"
             out.write(f"[{state}] {s.name}: {s.command()}\n")
+            if s.fallback is not None:
+                out.write(
+                    f"    if no pair survives (prefs.no_pairs: revisions): {s.fallback.command()}\n"
+                )
         out.write("\n" + format_estimates(estimate(recipe, split)) + "\n")
         return []
     write_prompts(split.train, run / "prompts" / "train.jsonl")
