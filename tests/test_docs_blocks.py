@@ -157,7 +157,8 @@ def _run(block: Block, c: Command, work: Path, env: dict[str, str], base_url: st
         f"{block.file}:{c.line}: `cai-kit {shown}` exited {proc.returncode}, "
         f"the doc expects {c.exits}:\n{out}"
     )
-    return f"{block.file}:{c.line} [{block.mode}] cai-kit {shown}: exit {proc.returncode}"
+    tail = "".join(f"\n    {line}" for line in out.splitlines()[-12:])
+    return f"{block.file}:{c.line} [{block.mode}] $ cai-kit {shown}  (exit {proc.returncode}){tail}"
 
 
 def _runs(doc: str) -> bool:
@@ -192,3 +193,34 @@ def test_blocks_run(doc: str, tmp_path: Path, request: pytest.FixtureRequest) ->
             continue
         for c in block.cai_kit:
             print(_run(block, c, work, env, base_url))
+
+
+def _yaml_blocks(doc: str) -> list[tuple[int, str]]:
+    lines = (REPO / doc).read_text(encoding="utf-8").splitlines()
+    out, i = [], 0
+    while i < len(lines):
+        if lines[i].strip() == "```yaml":
+            start, i = i + 1, i + 1
+            while lines[i].strip() != "```":
+                i += 1
+            out.append((start, "\n".join(lines[start:i])))
+        i += 1
+    return out
+
+
+def test_the_recipe_reference_in_docs_is_a_valid_recipe() -> None:
+    """docs/pipeline.md's annotated recipe lists every field: it must validate as written."""
+    from cai_kit.pipeline.recipe import parse_recipe
+
+    blocks = [(n, text) for n, text in _yaml_blocks("docs/pipeline.md") if "prompts:" in text]
+    assert blocks
+    for n, text in blocks:
+        recipe = parse_recipe(text, f"docs/pipeline.md:{n}")
+        assert recipe.prefs.no_pairs == "revisions" and recipe.prefs.include_ties is False
+
+
+def test_the_training_recipe_example_has_only_known_options() -> None:
+    from cai_kit.train.run import resolve_options
+
+    opts = resolve_options(REPO / "examples" / "recipes" / "dpo.yaml", {}, [])
+    assert opts.data == "runs/dpo_data" and opts.eval_fraction == 0.1

@@ -272,6 +272,7 @@ def test_export_dpo_without_decisive_pairs_falls_back_to_revision_pairs_and_says
     _tied_run(run, fault_server)
     recipe = _server_recipe(tmp_path, fault_server)
     r = _invoke(str(recipe), "--out", str(run), "--only", "export-dpo")
+    print(r.output)  # shown when an assertion below fails
     assert r.exit_code == 0, r.output
     assert "Nothing to export" in r.output and "2 tie" in r.output
     assert "revision-over-initial pairs" in r.output and "export-prefs" in r.output
