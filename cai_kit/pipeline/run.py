@@ -171,7 +171,9 @@ def _tail(log: Path) -> list[str]:
 def _result(log: Path) -> str:
     """The stage's own summary line (engine counts, win rate, accuracy), if it printed one."""
     for line in reversed(_tail(log)):
-        if re.match(r"(\d+ done[;,] \d+ failed|win rate|implicit reward|\d+ pairs|Wrote \d+ train)", line):
+        if re.match(
+            r"(\d+ done[;,] \d+ failed|win rate|implicit reward|\d+ pairs|Wrote \d+ train)", line
+        ):
             return line.strip()
     return ""
 
