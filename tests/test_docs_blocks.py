@@ -101,6 +101,8 @@ def test_commands_are_shortened_not_changed() -> None:
     assert shorten(["train", "dpo", "--config", "c.yaml"])[-2:] == ["--max-steps", "1"]
     assert shorten(["revise", "p", "--limit", "200", "--out", "r"]) == ["revise", "p", "--limit", "4", "--out", "r"]  # fmt: skip
     assert shorten(["revise", "p", "--limit", "3", "--out", "r"]) == ["revise", "p", "--limit", "3", "--out", "r"]  # fmt: skip
+    assert shorten(["revise", "p", "--out", "r"])[-2:] == ["--limit", "2"]
+    assert shorten(["revise", "p", "--out", "r", "--dry-run"]) == ["revise", "p", "--out", "r", "--dry-run"]  # fmt: skip
 
 
 # --- running -----------------------------------------------------------------------------
