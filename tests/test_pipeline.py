@@ -259,7 +259,7 @@ def _server_recipe(tmp_path: Path, server: FaultServer, prefs: str | None = None
     text = (RECIPES / "server_teacher.yaml").read_text()
     text = text.replace("http://localhost:8000/v1", server.base_url).replace("../red_team_prompts.jsonl", str(PROMPTS))  # fmt: skip
     if prefs is not None:
-        text = re.sub(r"(?m)^prefs:.*$", f"prefs: {prefs}", text)
+        text = re.sub(r"(?ms)^prefs: \{.*?\}[^\n]*$", f"prefs: {prefs}", text)  # a flow mapping
     recipe = tmp_path / "server_teacher.yaml"
     recipe.write_text(text)
     return recipe
