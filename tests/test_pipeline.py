@@ -24,7 +24,7 @@ from cai_kit.pipeline.run import stages
 from cai_kit.pipeline.split import split_prompts
 from cai_kit.prompts import load_prompts
 from cai_kit.records import PromptRecord
-from tests.fixtures.fault_server import FaultServer
+from tests.fixtures.fault_server import FaultServer, default_reply
 
 ROOT = Path(__file__).parent.parent
 PROMPTS = ROOT / "examples" / "red_team_prompts.jsonl"
@@ -400,3 +400,75 @@ def test_expand_and_infer_default_to_the_teacher_and_can_name_their_own_model(tm
     ) == ("local", None)  # without a teacher: the student
     names = [s.name for s in stages(r, tmp_path, 4, 2)]
     assert names.index("infer") == names.index("export-prefs") + 1
+
+
+def _tied_run(run: Path, server: FaultServer) -> None:
+    """RUN/revise and RUN/prefs as a teacher whose judge always answers "A" leaves them: both
+    orders disagree, so every pair is a tie (the embedded judge's position bias)."""
+
+    def first_shown(body: dict, rng: random.Random) -> str:  # type: ignore[type-arg]
+        asked = str(body["messages"][-1]["content"])
+        return "A" if "A or B" in asked or "Answer: A" in asked else default_reply(body, rng)
+
+    server.responder = first_shown
+    base = ["--api-base", server.base_url, "-q"]
+    r = CliRunner().invoke(app, ["revise", str(PROMPTS), "--limit", "2", "--model", "teacher",
+                                 "--out", str(run / "revise"), *base])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["judge", str(run / "revise" / "revisions.jsonl"), "--judge-model", "teacher",
+                                 "--mode", "letter", "--out", str(run / "prefs"), *base])  # fmt: skip
+    assert r.exit_code == 0, r.output
+
+
+def _server_recipe(tmp_path: Path, server: FaultServer, prefs: str | None = None) -> Path:
+    """examples/recipes/server_teacher.yaml with its server on the scripted one (and another
+    `prefs:` line)."""
+    text = (RECIPES / "server_teacher.yaml").read_text()
+    text = text.replace("http://localhost:8000/v1", server.base_url).replace("../red_team_prompts.jsonl", str(PROMPTS))  # fmt: skip
+    if prefs is not None:
+        text = re.sub(r"(?ms)^prefs: \{.*?\}[^\n]*$", f"prefs: {prefs}", text)  # a flow mapping
+    recipe = tmp_path / "server_teacher.yaml"
+    recipe.write_text(text)
+    return recipe
+
+
+def test_export_dpo_without_decisive_pairs_falls_back_to_revision_pairs_and_says_so(
+    tmp_path: Path, fault_server: FaultServer
+) -> None:
+    run = tmp_path / "run"
+    _tied_run(run, fault_server)
+    recipe = _server_recipe(tmp_path, fault_server)
+    r = _invoke(str(recipe), "--out", str(run), "--only", "export-dpo")
+    print(r.output)  # shown when an assertion below fails
+    assert r.exit_code == 0, r.output
+    assert "Nothing to export" in r.output and "2 tie" in r.output
+    assert "revision-over-initial pairs" in r.output and "export-prefs" in r.output
+    rows = [
+        json.loads(line) for line in (run / "dpo_data" / "train.jsonl").read_text().splitlines()
+    ]
+    revisions = [json.loads(line) for line in (run / "revise" / "revisions.jsonl").read_text().splitlines()]  # fmt: skip
+    assert len(rows) == 2 == len(revisions)
+    assert {row["chosen"][-1]["content"] for row in rows} == {
+        rec["final_response"] for rec in revisions
+    }
+    plan = _invoke(str(recipe), "--out", str(tmp_path / "plan"), "--dry-run")
+    assert "if no pair survives (prefs.no_pairs: revisions): cai-kit export prefs" in plan.output
+
+
+def test_export_dpo_with_no_pairs_fail_stops_and_include_ties_keeps_ties(
+    tmp_path: Path, fault_server: FaultServer
+) -> None:
+    run = tmp_path / "run"
+    _tied_run(run, fault_server)
+    strict = tmp_path / "strict"
+    strict.mkdir()
+    recipe = _server_recipe(strict, fault_server, "{k: 4, no_pairs: fail}")
+    r = _invoke(str(recipe), "--out", str(run), "--only", "export-dpo")
+    assert r.exit_code != 0 and "Stage export-dpo failed" in r.output
+    assert not (run / "dpo_data" / "train.jsonl").exists()
+    ties = tmp_path / "ties"
+    ties.mkdir()
+    recipe = _server_recipe(ties, fault_server, "{k: 4, include_ties: true, no_pairs: fail}")
+    r = _invoke(str(recipe), "--out", str(run), "--only", "export-dpo")
+    assert r.exit_code == 0, r.output
+    assert len((run / "dpo_data" / "train.jsonl").read_text().splitlines()) == 2

@@ -473,3 +473,24 @@ def test_pipeline_recipe_report_to_reaches_its_train_stages(tmp_path: Path) -> N
         ConfigError, match=r"r.yaml:3: report_to: .*'tensorbored' is not one of none"
     ):
         parse_recipe("name: x\nprompts: p.jsonl\nreport_to: tensorbored\n", "r.yaml")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rows", [3, 4])
+def test_an_eval_fraction_on_a_small_dataset_trains_without_a_traceback(
+    tiny: Path, tmp_path: Path, rows: int
+) -> None:
+    """examples/recipes/dpo.yaml's eval_fraction 0.1 on the README tour's 3 pairs: fewer than 4
+    rows are too few to hold any out, so training runs without eval and says so; from 4 rows
+    at least one row is held out and evaluated."""
+    data = _write(tmp_path / "pairs.jsonl", CONVO_PAIRS[:rows])
+    out = tmp_path / "dpo"
+    r = CliRunner().invoke(app, ["train", "dpo", str(data), "--model", f"hf:{tiny}", "--out", str(out),
+                                 "--max-steps", "1", "--batch-size", "2", "--eval-fraction", "0.1"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    history = json.loads((out / "log_history.json").read_text())
+    if rows < 4:
+        assert "too few to hold out" in r.output and "training without eval" in r.output
+        assert not any("eval_loss" in h for h in history)
+    else:
+        assert any("eval_loss" in h for h in history)

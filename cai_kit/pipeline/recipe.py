@@ -126,6 +126,13 @@ class PrefsStage(_Section):
     mode: JudgeMode = "logprobs"
     max_tokens: int = Field(256, ge=1)
     min_margin: float = 0.0
+    include_ties: bool = Field(False, description="keep pairs the judge called a tie (export dpo --include-ties)")  # fmt: skip
+    no_pairs: Literal["revisions", "fail"] = Field(
+        "revisions",
+        description="when the judge leaves no pair to train on (all ties, failed or below "
+        "min_margin): revisions: DPO trains on the revision-over-initial pairs instead, and the "
+        "pipeline says so; fail: the pipeline stops at export-dpo",
+    )
 
     @field_validator("pairs")
     @classmethod

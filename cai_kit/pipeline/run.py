@@ -75,6 +75,8 @@ class Stage:
     job_dir: Path | None = None  # where its manifest.json is, when not its --out
     # an exit that is an outcome, not a failure: (its log, returncode) -> what to report
     outcome: Callable[[Path, int], str | None] | None = None
+    # run instead when this stage finds nothing to export (prefs.no_pairs: revisions)
+    fallback: Stage | None = None
 
     def command(self) -> str:
         prog = "cai-kit" if self.module == "cai_kit" else f"python -m {self.module}"
@@ -152,6 +154,11 @@ def stage_names(r: Recipe) -> list[str]:
     return pre + [s.name for s in stages(r, Path("."), 0, 0)]
 
 
+def _revision_pairs(run: Path) -> Stage:
+    """Revision as chosen, initial response as rejected (the Hugging Face CAI recipe)."""
+    return Stage("export-prefs", ["export", "prefs", str(run / "revise"), "--out", str(run / "dpo_data")])  # fmt: skip
+
+
 def stages(r: Recipe, run: Path, n_train: int, n_eval: int) -> list[Stage]:
     """Every stage of the recipe after the split, in order (`expand_stage` comes before)."""
     train_p, eval_p = run / "prompts" / "train.jsonl", run / "prompts" / "eval.jsonl"
@@ -191,10 +198,11 @@ def stages(r: Recipe, run: Path, n_train: int, n_eval: int) -> list[Stage]:
                             "--k", str(r.prefs.k), "--pairs", r.prefs.pairs, "--mode", r.prefs.mode,
                             "--max-tokens", str(r.prefs.max_tokens), "--seed", str(r.seed), *batch, "-q"]),
             Stage("export-dpo", ["export", "dpo", str(run / "prefs"), "--out", str(run / "dpo_data"),
-                                 "--min-margin", str(r.prefs.min_margin)]),
+                                 "--min-margin", str(r.prefs.min_margin), *(["--include-ties"] if r.prefs.include_ties else [])],
+                  fallback=_revision_pairs(run) if r.prefs.no_pairs == "revisions" else None),
         ]  # fmt: skip
     else:
-        out.append(Stage("export-prefs", ["export", "prefs", str(run / "revise"), "--out", str(run / "dpo_data")]))  # fmt: skip
+        out.append(_revision_pairs(run))
     if (infer := infer_stage(r, run)) is not None:  # on the pairs, before DPO trains on them
         out.append(infer)
     judge, judge_base = r.served_by("eval_judging")
@@ -249,7 +257,7 @@ def _result(log: Path) -> str:
     """The stage's own summary line (engine counts, win rate, accuracy), if it printed one."""
     for line in reversed(_tail(log)):
         if re.match(
-            r"(\d+ done[;,] \d+ failed|win rate|implicit reward|\d+ pairs|expand: |Wrote .*principles)",
+            r"(\d+ done[;,] \d+ failed|win rate|implicit reward|\d+ pairs|expand: |Wrote .*principles|Wrote \d+ train)",
             line,
         ):
             return line.strip()
@@ -264,6 +272,9 @@ def _children_cpu() -> float:
         return 0.0
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+NOTHING_TO_EXPORT = "Nothing to export"  # cai_kit.stages.export: no row survived the filters
 
 
 # A job stage that ran to its end with rows failed (exit 3, or 1 when every row failed, e.g. a
@@ -321,6 +332,14 @@ def run_stage(stage: Stage, run: Path, out: TextIO) -> tuple[float, float, bool]
     seconds, cpu = time.monotonic() - start, _children_cpu() - cpu_start
     if live:
         out.write("\r\033[K")
+    if proc.returncode != 0 and stage.fallback is not None:
+        nothing = [line.strip() for line in _tail(log) if NOTHING_TO_EXPORT in line]
+        if nothing:  # the judge left no pair to train on: prefs.no_pairs says what to do
+            out.write(f"  {stage.name:<16} {nothing[-1].removeprefix('Error: ')}\n"
+                      f"  {'':<16} prefs.no_pairs is revisions: DPO trains on the revision-over-initial pairs "
+                      f"instead ({stage.fallback.name}; `no_pairs: fail` stops here)\n")  # fmt: skip
+            more, more_cpu, more_partial = run_stage(stage.fallback, run, out)
+            return seconds + more, cpu + more_cpu, more_partial
     partial = proc.returncode in (EXIT_FAILED, STAGE_PARTIAL) and _rows_failed(stage, began)
     outcome = stage.outcome(log, proc.returncode) if stage.outcome and proc.returncode else None
     if outcome is not None:
@@ -409,6 +428,10 @@ def run_pipeline(
         for s in plan:
             state = "done" if (markers / f"{s.name}.done").exists() else "todo"
             out.write(f"[{state}] {s.name}: {s.command()}\n")
+            if s.fallback is not None:
+                out.write(
+                    f"    if no pair survives (prefs.no_pairs: revisions): {s.fallback.command()}\n"
+                )
         out.write("\n" + format_estimates(estimate(recipe, split)) + "\n")
         return PipelineRun()
     ran = PipelineRun()

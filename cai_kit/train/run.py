@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,10 @@ def train(kind: str, opts: TrainOptions) -> Path:
     ds = data.load(
         kind, Path(opts.data), opts.eval_fraction, opts.seed, opts.max_length
     )  # data errors first
+    if opts.eval_fraction > 0 and "test" not in ds:  # fewer than 4 rows: nothing to hold out
+        print(f"Note: eval_fraction {opts.eval_fraction:g}: {len(ds['train'])} training row(s) are too few "
+              "to hold out (4 or more needed); training without eval.", file=sys.stderr)  # fmt: skip
+        opts.eval_fraction = 0.0
     base = common.resolve_model(opts.model)
     if not opts.full and common.adapter_base(base) is not None:
         # Started from an adapter (e.g. `train sft` output): it is merged into the weights on
