@@ -57,6 +57,10 @@ def parse_error(argv: list[str]) -> str | None:
             ctx = cmd.context_class(cmd, info_name=name, parent=ctx)
             if not args:
                 return f"`{name}` needs a subcommand"
+            cmd.parse_args(
+                ctx, list(args)
+            )  # as the group reads it (`review RUN` is `review open RUN`)
+            args = [*(getattr(ctx, "_protected_args", None) or ctx.protected_args), *ctx.args]
             name = args.pop(0)
             sub = cmd.get_command(ctx, name)
             if sub is None:
