@@ -257,16 +257,21 @@ class JudgeScorer:
             )
 
     def close(self) -> None:
-        """Close the backend and the engine (cache), then the event loop."""
+        close_judge(self._runner, self._backend, self.engine)
 
-        async def aclose() -> None:
-            if self._backend is not None:
-                await self._backend.aclose()
-            if self.engine is not None:
-                await self.engine.aclose()
 
-        self._runner.run(aclose())
-        self._runner.close()
+def close_judge(runner: asyncio.Runner, backend: Backend | None, engine: Engine | None) -> None:
+    """Close a judge's backend and engine (cache), then its event loop (JudgeScorer,
+    rubric_reward.RubricReward)."""
+
+    async def aclose() -> None:
+        if backend is not None:
+            await backend.aclose()
+        if engine is not None:
+            await engine.aclose()
+
+    runner.run(aclose())
+    runner.close()
 
 
 def _top(c: Completion, position: int = 0) -> dict[str, float]:

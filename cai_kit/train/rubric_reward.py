@@ -29,7 +29,7 @@ from cai_kit.engine import Engine, EngineConfig
 from cai_kit.errors import CaiKitError
 from cai_kit.llm.base import Backend
 from cai_kit.llm.registry import get_backend
-from cai_kit.train.rewards import JudgeFailed, _share_of_the_cap
+from cai_kit.train.rewards import JudgeFailed, _share_of_the_cap, close_judge
 
 
 class RubricReward:
@@ -106,14 +106,7 @@ class RubricReward:
             )
 
     def close(self) -> None:
-        async def aclose() -> None:
-            if self._backend is not None:
-                await self._backend.aclose()
-            if self.engine is not None:
-                await self.engine.aclose()
-
-        self._runner.run(aclose())
-        self._runner.close()
+        close_judge(self._runner, self._backend, self.engine)
 
 
 class PythonReward:
