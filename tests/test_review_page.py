@@ -57,9 +57,10 @@ def test_label_ties_with_the_keyboard_reload_then_gold(browser: Any, tmp_path: P
         name = browser.find_element(By.ID, "reviewer")
         name.clear()
         name.send_keys("ana", Keys.ENTER)
-        ties_btn = browser.find_element(By.CSS_SELECTOR, '#views button[data-view="ties"]')
-        assert ties_btn.text.split()[-1] == str(len(ties))  # the view's count
-        ties_btn.click()
+        # the name re-draws the views: read the button (and click it) once the page settled
+        ties_btn = '#views button[data-view="ties"]'
+        _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, ties_btn).text.split()[-1] == str(len(ties)))  # fmt: skip
+        _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, ties_btn).click() or True)
         _wait(browser, lambda d: [r[0] for r in _rows(d)] == ties)
         _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#labelbar"))
         _press(browser, "a")  # A for the first; the cursor moves on
