@@ -38,6 +38,7 @@ for _var in ("TRACKIO_SPACE_ID", "TRACKIO_SERVER_URL", "TRACKIO_PROJECT"):
     os.environ.pop(_var, None)
 
 pytest_plugins = [
+    "tests.fixtures.browser",
     "tests.fixtures.llama_server",
     "tests.fixtures.fault_server",
     "tests.fixtures.serve_server",

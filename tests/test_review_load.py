@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import sqlite3
 from pathlib import Path
 
 import aiohttp
 
+from tests.fixtures.processes import kill_9_midway
 from tests.fixtures.review_run import make_run, review_process, start_review
 
 LABELS = ("A", "B", "tie", "both-bad")
@@ -62,16 +62,8 @@ async def test_kill_9_while_labelling_keeps_every_acknowledged_label(tmp_path: P
             await _reviewer(session, url, who, 50, acked)
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        clients = [asyncio.create_task(until_killed(w)) for w in range(16)]
-
-        async def hundred_acked() -> None:
-            while len(acked) < 100:
-                await asyncio.sleep(0.005)
-
-        await asyncio.wait_for(hundred_acked(), 120)
-        os.kill(proc.pid, signal.SIGKILL)  # midway: 16 reviewers are still labelling
-        proc.wait(10)
-        await asyncio.wait_for(asyncio.gather(*clients), 30)
+        # kill -9 after 100 labels, while 16 reviewers are still labelling
+        await kill_9_midway(proc, [until_killed(w) for w in range(16)], lambda: len(acked) >= 100)
     assert proc.returncode == -signal.SIGKILL and 100 <= len(acked) < 16 * 50
 
     proc2, url2 = review_process(run_dir)  # the labels DB opens again after the crash

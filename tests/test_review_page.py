@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,40 +17,15 @@ import pytest
 from typer.testing import CliRunner
 
 from cai_kit.cli.main import app
+from tests.fixtures.browser import needs_browser, wait_for
 from tests.fixtures.review_run import make_run, start_review
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and DRIVER) and not os.environ.get("CI"),  # in CI a missing browser fails
-    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)",
-)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM  # type: ignore[assignment]
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,900", "--force-device-scale-factor=1"):  # fmt: skip
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)  # no driver download
-    yield driver
-    driver.quit()
+pytestmark = needs_browser
+BROWSER_WINDOW = (1400, 900)
 
 
 def _wait(driver: Any, until: Any, timeout: float = 60) -> Any:
-    from selenium.common.exceptions import TimeoutException
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.05).until(until)
-    except TimeoutException:
-        status = driver.find_element(By.ID, "status").text
-        raise AssertionError(f"the page did not get there; its status line: {status!r}") from None
+    return wait_for(driver, until, timeout, poll=0.05)
 
 
 def _rows(driver: Any) -> list[tuple[str, str | None, bool]]:
@@ -84,9 +57,10 @@ def test_label_ties_with_the_keyboard_reload_then_gold(browser: Any, tmp_path: P
         name = browser.find_element(By.ID, "reviewer")
         name.clear()
         name.send_keys("ana", Keys.ENTER)
-        ties_btn = browser.find_element(By.CSS_SELECTOR, '#views button[data-view="ties"]')
-        assert ties_btn.text.split()[-1] == str(len(ties))  # the view's count
-        ties_btn.click()
+        # the name re-draws the views: read the button (and click it) once the page settled
+        ties_btn = '#views button[data-view="ties"]'
+        _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, ties_btn).text.split()[-1] == str(len(ties)))  # fmt: skip
+        _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, ties_btn).click() or True)
         _wait(browser, lambda d: [r[0] for r in _rows(d)] == ties)
         _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#labelbar"))
         _press(browser, "a")  # A for the first; the cursor moves on

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import sqlite3
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.fixtures.fault_server import FaultServer
+from tests.fixtures.processes import kill_9_midway
 from tests.fixtures.serve_server import ServeHandle, serve_process
 
 
@@ -71,16 +71,8 @@ async def test_kill_9_during_writes_keeps_every_acknowledged_rating(
             await _client(session, url, who, 50, acked)
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        clients = [asyncio.create_task(until_killed(w)) for w in range(16)]
-
-        async def sixty_acked() -> None:
-            while len(acked) < 60:
-                await asyncio.sleep(0.01)
-
-        await asyncio.wait_for(sixty_acked(), 120)
-        os.kill(proc.pid, signal.SIGKILL)  # mid-stream: 16 clients are still asking and rating
-        proc.wait(10)
-        await asyncio.wait_for(asyncio.gather(*clients), 30)
+        # kill -9 after 60 ratings, mid-stream: 16 clients are still asking and rating
+        await kill_9_midway(proc, [until_killed(w) for w in range(16)], lambda: len(acked) >= 60)
     assert proc.returncode == -signal.SIGKILL and 60 <= len(acked) < 16 * 50
 
     proc2, url2 = serve_process(*args)  # the database opens again after the crash

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,41 +15,15 @@ import pytest
 from typer.testing import CliRunner
 
 from cai_kit.cli.main import app
+from tests.fixtures.browser import needs_browser, wait_for
 from tests.fixtures.fault_server import FaultServer
 from tests.fixtures.serve_server import ServeHandle, start_serve
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and DRIVER) and not os.environ.get("CI"),  # in CI a missing browser fails
-    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)",
-)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM  # type: ignore[assignment]
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1000,900", "--force-device-scale-factor=1"):  # fmt: skip
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)  # no driver download
-    yield driver
-    driver.quit()
+pytestmark = needs_browser
 
 
 def _wait(driver: Any, until: Any, timeout: float = 300) -> Any:
-    from selenium.common.exceptions import TimeoutException
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(until)
-    except TimeoutException:
-        status = driver.find_element(By.ID, "status").text
-        raise AssertionError(f"the page did not get there; its status line: {status!r}") from None
+    return wait_for(driver, until, timeout, poll=0.1)
 
 
 def _replies(driver: Any) -> list[Any]:

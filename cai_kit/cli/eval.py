@@ -20,6 +20,17 @@ from cai_kit.cli.common import (
 )
 from cai_kit.cli.judge import Mode, Principles, Samples, TieMargin
 
+# The flags of `harmlessness` and `rubric` (an eval of one model, a baseline beside it).
+EvalModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="The model to evaluate (after training).")
+]
+BaselineOpt = Annotated[
+    str | None, typer.Option("--baseline", "-b", help="Before-training model, side by side.")
+]
+AllApiBaseOpt = Annotated[
+    str | None, typer.Option("--api-base", help="OpenAI-compatible base URL for all models.")
+]
+
 eval_app = typer.Typer(
     help="Evaluate models: win rate against a baseline, reward-model accuracy.",
     no_args_is_help=True,
@@ -109,16 +120,10 @@ def harmlessness(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output directory (report.md, flags.jsonl).")
     ],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="The model to evaluate (after training).")
-    ] = "local",
-    baseline: Annotated[
-        str | None, typer.Option("--baseline", "-b", help="Before-training model, side by side.")
-    ] = None,
+    model: EvalModelOpt = "local",
+    baseline: BaselineOpt = None,
     judge: Annotated[str, typer.Option("--judge", "-j", help="The judge model.")] = "local",
-    api_base: Annotated[
-        str | None, typer.Option("--api-base", help="OpenAI-compatible base URL for all models.")
-    ] = None,
+    api_base: AllApiBaseOpt = None,
     constitution: Annotated[
         str, typer.Option("--constitution", "-c", help="Principles to check.")
     ] = "harmless",
@@ -159,12 +164,8 @@ def rubric(
             "--out", "-o", help="Output directory (report.md, report.json, rubric.jsonl)."
         ),
     ],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="The model to evaluate (after training).")
-    ] = "local",
-    baseline: Annotated[
-        str | None, typer.Option("--baseline", "-b", help="Before-training model, side by side.")
-    ] = None,
+    model: EvalModelOpt = "local",
+    baseline: BaselineOpt = None,
     judge: Annotated[
         str | None,
         typer.Option(
@@ -173,9 +174,7 @@ def rubric(
             help="Judge for principles without a check (none needed when every principle has one).",
         ),
     ] = None,
-    api_base: Annotated[
-        str | None, typer.Option("--api-base", help="OpenAI-compatible base URL for all models.")
-    ] = None,
+    api_base: AllApiBaseOpt = None,
     constitution: Annotated[
         str, typer.Option("--constitution", "-c", help="The rubric: one item per principle.")
     ] = "harmless",

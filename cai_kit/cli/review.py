@@ -58,14 +58,14 @@ def open_(
     --prefer-human`.
     """
     import asyncio
-    import signal
     import time
 
     from cai_kit.cli.common import fail
     from cai_kit.serve.guard import is_loopback
     from cai_kit.serve.labels import FILENAME, LabelStore
-    from cai_kit.serve.review import ReviewConfig, create_review_app, start
+    from cai_kit.serve.review import ReviewConfig, create_review_app
     from cai_kit.serve.review_index import RunIndex
+    from cai_kit.serve.server import start, until_stopped
 
     if not is_loopback(host):
         fail(
@@ -89,14 +89,7 @@ def open_(
             f"labels -> {labels.path}"
         )
         typer.echo("Stop with Ctrl-C.", err=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await stop.wait()
-        finally:
-            await runner.cleanup()
+        await until_stopped(runner)
 
     try:
         asyncio.run(main())

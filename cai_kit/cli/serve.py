@@ -89,14 +89,14 @@ def serve(
     application/json. See docs/serve.md, "Security".
     """
     import asyncio
-    import signal
 
     from cai_kit.cli.common import fail
     from cai_kit.llm.registry import get_interactive_backend
     from cai_kit.paths import cache_dir
-    from cai_kit.serve.app import ServeConfig, create_app, start
+    from cai_kit.serve.app import ServeConfig, create_app
     from cai_kit.serve.guard import parse_allowed_host, parse_origin
     from cai_kit.serve.protocol import Limits
+    from cai_kit.serve.server import start, until_stopped
     from cai_kit.serve.store import FeedbackStore
 
     if not _is_loopback(host) and not api_key:
@@ -132,14 +132,9 @@ def serve(
             err=False,
         )
         typer.echo("Stop with Ctrl-C.", err=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         try:
-            await stop.wait()
+            await until_stopped(runner)
         finally:
-            await runner.cleanup()
             store.close()
 
     asyncio.run(main())

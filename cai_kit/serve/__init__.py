@@ -16,5 +16,7 @@ feedback store that `cai-kit export kto|prefs FEEDBACK_DB` turns into training d
 - `guard.py`         Host / Origin / Content-Type checks for a loopback page
 - `review.html`      the review page (plain HTML/JS, inline SVG charts, nothing from the network)
 
+`server.py`: start either app on a port, and serve until Ctrl-C / SIGTERM.
+
 May import `stages` (export layouts), `engine`, `llm` and the ground. Imported only by `cli`.
 """

@@ -1,7 +1,7 @@
 """The `cai-kit serve` web app: OpenAI-compatible endpoints, the feedback page, ratings.
 
     app = create_app(backend, store, ServeConfig(model="local", api_key=None))
-    runner = await start(app, "127.0.0.1", 8000)        # -> (runner, port actually bound)
+    runner, port = await start(app, "127.0.0.1", 8000)  # serve/server.py; port: the one bound
 
 Routes:
   GET  /                       the chat page (static HTML; it asks for the key if one is set;
@@ -282,13 +282,3 @@ def create_app(backend: Backend, store: FeedbackStore, config: ServeConfig) -> w
 
     app.on_cleanup.append(close)
     return app
-
-
-async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Bind and serve in the running loop; returns the runner and the port actually bound."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024)
-    await site.start()
-    sock = site._server.sockets[0]  # type: ignore[union-attr]
-    return runner, int(sock.getsockname()[1])

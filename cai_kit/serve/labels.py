@@ -82,6 +82,17 @@ def check_label(kind: str, label: object, note: object, max_note: int = MAX_NOTE
         raise ValueError(f"note is {len(note)} characters long; the limit is {max_note}.")
 
 
+def connect_wal(path: Path) -> sqlite3.Connection:
+    """A connection for any thread (callers lock), autocommit, WAL with a full fsync per commit
+    (an acknowledged write survives kill -9), waiting up to 10 s for another writer; as
+    `serve`'s feedback store and `review`'s labels open their files."""
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA busy_timeout=10000")
+    return db
+
+
 class LabelStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -93,10 +104,7 @@ class LabelStore:
                 "directory; give --labels-db PATH."
             )
         try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db = connect_wal(self.path)
             self._db.executescript(SCHEMA)
             cols = {r[1] for r in self._db.execute("PRAGMA table_info(labels)")}
             if not {"reviewer", "kind", "row_id", "label", "note"} <= cols:

@@ -2,7 +2,7 @@
 
     index = RunIndex.open(run_dir); labels = LabelStore(run_dir / "labels.sqlite")
     app = create_review_app(index, labels, ReviewConfig(host="127.0.0.1"))
-    runner, port = await start(app, "127.0.0.1", 0)   # start: below
+    runner, port = await start(app, "127.0.0.1", 0)   # start: serve/server.py
 
 Routes (JSON; errors are `{"error": {"message"}}` with a 4xx/5xx status):
   GET  /                         the page (static HTML, nothing loaded from the network)
@@ -284,14 +284,3 @@ def create_review_app(index: RunIndex, labels: LabelStore, config: ReviewConfig)
 
     app.on_cleanup.append(close)
     return app
-
-
-async def start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Bind and serve in the running loop; returns the runner and the port bound. (As
-    `serve.app.start`, without importing the chat server: `review` starts faster.)"""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024)
-    await site.start()
-    sock = site._server.sockets[0]  # type: ignore[union-attr]
-    return runner, int(sock.getsockname()[1])

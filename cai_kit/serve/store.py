@@ -25,6 +25,7 @@ from typing import Any
 
 from cai_kit.errors import DataError
 from cai_kit.records import stable_hash
+from cai_kit.serve.labels import connect_wal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS completions (
@@ -88,10 +89,7 @@ class FeedbackStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db = connect_wal(self.path)
             self._db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise DataError(f"{self.path} is not a cai-kit feedback database ({exc}).") from None

@@ -12,8 +12,9 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from cai_kit.constitution import Constitution
 from cai_kit.engine import CallFailed, Engine, EngineConfig
@@ -139,6 +140,22 @@ def score_step(reward_fn: Callable[[list[str], list[str]], list[float]], prompts
     return scores, {"judge_failed": failed, "judge_calls": calls, "judge_cost": cost}
 
 
+T = TypeVar("T")
+
+
+async def all_or_cancel(aws: Iterable[Awaitable[T]]) -> list[T]:
+    """Await all together, results in order; on the first error (e.g. --max-cost reached)
+    cancel the others, so that this step makes no more calls, and raise it."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
 class JudgeScorer:
     """d-RLAIF (Lee et al. 2023): an AI judge scores each response under the constitution.
 
@@ -220,14 +237,7 @@ class JudgeScorer:
             self.engine = Engine(self.engine_config)
             self._backend = get_backend(self.model, api_base=self.api_base)
         pairs = zip(prompts, responses, strict=True)
-        tasks = [asyncio.ensure_future(self._score(p, r)) for p, r in pairs]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:  # e.g. --max-cost reached: make no more calls for this step
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        return await all_or_cancel(self._score(p, r) for p, r in pairs)
 
     def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
         scores = self._runner.run(self._score_all(prompts, responses))
@@ -257,16 +267,21 @@ class JudgeScorer:
             )
 
     def close(self) -> None:
-        """Close the backend and the engine (cache), then the event loop."""
+        close_judge(self._runner, self._backend, self.engine)
 
-        async def aclose() -> None:
-            if self._backend is not None:
-                await self._backend.aclose()
-            if self.engine is not None:
-                await self.engine.aclose()
 
-        self._runner.run(aclose())
-        self._runner.close()
+def close_judge(runner: asyncio.Runner, backend: Backend | None, engine: Engine | None) -> None:
+    """Close a judge's backend and engine (cache), then its event loop (JudgeScorer,
+    rubric_reward.RubricReward)."""
+
+    async def aclose() -> None:
+        if backend is not None:
+            await backend.aclose()
+        if engine is not None:
+            await engine.aclose()
+
+    runner.run(aclose())
+    runner.close()
 
 
 def _top(c: Completion, position: int = 0) -> dict[str, float]:

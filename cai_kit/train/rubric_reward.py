@@ -29,7 +29,7 @@ from cai_kit.engine import Engine, EngineConfig
 from cai_kit.errors import CaiKitError
 from cai_kit.llm.base import Backend
 from cai_kit.llm.registry import get_backend
-from cai_kit.train.rewards import JudgeFailed, _share_of_the_cap
+from cai_kit.train.rewards import JudgeFailed, _share_of_the_cap, all_or_cancel, close_judge
 
 
 class RubricReward:
@@ -65,17 +65,9 @@ class RubricReward:
             if self.rubric.needs_judge:
                 self._backend = get_backend(self.model, api_base=self.api_base)  # type: ignore[arg-type]
         pairs = zip(prompts, responses, strict=True)
-        tasks = [
-            asyncio.ensure_future(self.rubric.score(p, r, self.engine, self._backend))
-            for p, r in pairs
-        ]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:  # e.g. --max-cost reached: make no more calls for this step
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        return await all_or_cancel(
+            self.rubric.score(p, r, self.engine, self._backend) for p, r in pairs
+        )
 
     def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
         results = self._runner.run(self._score_all(prompts, responses))
@@ -106,14 +98,7 @@ class RubricReward:
             )
 
     def close(self) -> None:
-        async def aclose() -> None:
-            if self._backend is not None:
-                await self._backend.aclose()
-            if self.engine is not None:
-                await self.engine.aclose()
-
-        self._runner.run(aclose())
-        self._runner.close()
+        close_judge(self._runner, self._backend, self.engine)
 
 
 class PythonReward:
