@@ -32,7 +32,7 @@ AllApiBaseOpt = Annotated[
 ]
 
 eval_app = typer.Typer(
-    help="Evaluate models: win rate against a baseline, reward-model accuracy.",
+    help="Evaluate models: win rate against a baseline, harmlessness and rubric pass rates, reward-model accuracy.",
     no_args_is_help=True,
 )
 

@@ -33,8 +33,9 @@ def retry_failed(
         ),
     ] = None,
 ) -> None:
-    """Retry only the failed or missing rows of a run (finished rows are cache hits or skipped),
-    from any directory: the saved command line runs where the run started."""
+    """Retry only the failed or missing rows of a run, from any directory.
+
+    Finished rows are cache hits or skipped; the saved command line runs where the run started."""
     import json
     import subprocess
     import sys

@@ -79,7 +79,7 @@ def serve(
         ),
     ] = None,
 ) -> None:
-    """Serve MODEL as an OpenAI-compatible API with a chat page whose 👍/👎 feed `export kto`.
+    """Serve MODEL as an OpenAI-compatible API with a chat page whose Good/Bad ratings feed `export kto`.
 
     Every reply and rating goes to --feedback-db; then `cai-kit export kto FEEDBACK_DB --out
     DIR` (or `export prefs` for regenerated pairs) and `cai-kit train kto DIR`.
