@@ -188,3 +188,41 @@ def test_batch_api_writes_the_same_prompts_in_one_wave_per_step(
     assert fault_server.batches_created == 2  # the generation calls, then the keep-if questions
     same = [(x["prompt"], x["call_seed"]) for x in _rows(tmp_path / "s" / "prompts.jsonl")]
     assert same == [(x["prompt"], x["call_seed"]) for x in _rows(tmp_path / "b" / "prompts.jsonl")]
+
+
+def test_kill_9_mid_expand_then_rerun_pays_no_call_twice_and_writes_the_same_prompts(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    fault_server.responder = scripted_generator
+    fault_server.latency_s = 0.1
+    seed = _seed_file(tmp_path)
+    args = ["prompts", "expand", str(seed), "--model", "teacher", "--api-base", fault_server.base_url,
+            "--per-call", "6", "--shots", "3", "--n", "60", "--concurrency", "4", "-q"]  # fmt: skip
+    clean = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "clean"),
+                                     "--cache-path", str(tmp_path / "c1.sqlite")])  # fmt: skip
+    assert clean.exit_code == 0, clean.output
+    want = fault_server.paid  # what one uninterrupted run pays
+    assert want >= 10
+
+    cmd = [sys.executable, "-m", "cai_kit", *args, "--out", str(tmp_path / "o"),
+           "--cache-path", str(tmp_path / "c2.sqlite")]  # fmt: skip
+    env = {**os.environ, "CAI_KIT_CACHE_DIR": str(tmp_path / "cc")}
+    fault_server.hold_after = want + 5  # 5 answers in, the server holds the rest: none in transit
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and fault_server.paid < want + 5:
+        time.sleep(0.02)
+    time.sleep(1.0)  # the client has stored every answer it received; the rest are held
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    fault_server.hold_after = None
+    assert fault_server.paid == want + 5, "the job finished before it could be killed"
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert fault_server.paid == 2 * want  # the killed run and its re-run paid no call twice
+    assert _rows(tmp_path / "o" / "prompts.jsonl") == _rows(tmp_path / "clean" / "prompts.jsonl")

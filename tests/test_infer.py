@@ -272,3 +272,43 @@ def test_a_budget_stop_keeps_the_work_and_a_rerun_finishes_it(
     r = _infer(fault_server, data, out, tmp_path)
     assert r.exit_code == 0, r.output
     assert f"{6 - first} done" in r.output and out.exists()  # only the missing proposals
+
+
+def test_kill_9_mid_infer_then_rerun_pays_no_call_twice_and_infers_the_same(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    fault_server.responder = hidden_rule_model
+    fault_server.latency_s = 0.05
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _pairs()))
+    args = ["constitution", "infer", str(data), "--model", "teacher", "--api-base", fault_server.base_url,
+            "--concurrency", "4", "-q"]  # fmt: skip
+    clean = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "clean" / "c.yaml"),
+                                     "--cache-path", str(tmp_path / "c1.sqlite")])  # fmt: skip
+    assert clean.exit_code == 0, clean.output
+    want = fault_server.paid  # what one uninterrupted run pays (proposals, then the tests)
+
+    cmd = [sys.executable, "-m", "cai_kit", *args, "--out", str(tmp_path / "killed" / "c.yaml"),
+           "--cache-path", str(tmp_path / "c2.sqlite")]  # fmt: skip
+    env = {**os.environ, "CAI_KIT_CACHE_DIR": str(tmp_path / "cc")}
+    killed_at = want + 20  # mid-way through the tests of the candidates
+    fault_server.hold_after = killed_at  # then the server holds the rest: none in transit
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and fault_server.paid < killed_at:
+        time.sleep(0.02)
+    time.sleep(1.0)  # the client has stored every answer it received; the rest are held
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    fault_server.hold_after = None
+    assert fault_server.paid == killed_at, "the job finished before it could be killed"
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert fault_server.paid == 2 * want  # the killed run and its re-run paid no call twice
+    killed, whole = ((tmp_path / d / "c.yaml").read_text() for d in ("killed", "clean"))
+    assert killed.replace("/killed/", "/clean/") == whole
