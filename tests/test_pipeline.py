@@ -472,3 +472,40 @@ def test_export_dpo_with_no_pairs_fail_stops_and_include_ties_keeps_ties(
     r = _invoke(str(recipe), "--out", str(run), "--only", "export-dpo")
     assert r.exit_code == 0, r.output
     assert len((run / "dpo_data" / "train.jsonl").read_text().splitlines()) == 2
+
+
+def test_human_labels_of_the_preference_pairs_put_the_judges_agreement_in_report_md(
+    tmp_path: Path,
+) -> None:
+    """People label RUN/prefs with `cai-kit review` after the pipeline ran; the next pipeline run
+    (every stage done) measures the judge against them and report.md says how it agreed."""
+    from cai_kit.pipeline.run import stage_names
+    from cai_kit.serve.labels import LabelStore
+    from tests.fixtures.review_run import make_run
+
+    recipe = tmp_path / "r.yaml"
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(8)))  # fmt: skip
+    recipe.write_text(
+        "name: human\nprompts: p.jsonl\nstudent: {model: local}\npreferences: judge\n"
+    )
+    run = tmp_path / "run"
+    (run / ".stages").mkdir(parents=True)
+    for name in stage_names(load_recipe(recipe)):  # the pipeline ran to its end before
+        (run / ".stages" / f"{name}.done").write_text("1.0 s wall, 1.0 s cpu\n")
+    pairs, _ = make_run(run / "prefs", n_pairs=12, n_revisions=0)
+    decisive = [p for p in pairs if p.status == "ok" and p.verdict.label in ("A", "B")][:4]
+    store = LabelStore(run / "prefs" / "labels.sqlite")
+    for i, p in enumerate(decisive):  # agree on the first three, disagree on the last
+        store.put("ana", "pair", p.id, p.verdict.label if i < 3 else {"A": "B", "B": "A"}[p.verdict.label])  # fmt: skip
+    store.close()
+
+    r = _invoke(str(recipe), "--out", str(run))
+    assert r.exit_code == 0, r.output
+    assert "export-gold" in r.output and "judge-vs-human" in r.output, r.output
+    report = (run / "report.md").read_text()
+    assert "## The judge against people" in report
+    assert "On 4 pairs labelled by people" in report
+    assert "| agreement on decisive pairs (4) | 75.0% |" in report
+    assert "1 pair(s) disagree" in report
+    rep = json.loads((run / "prefs" / "judge_report.json").read_text())
+    assert rep["gold_matched"] == 4 and rep["gold_agreement"] == 0.75

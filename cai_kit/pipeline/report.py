@@ -109,6 +109,38 @@ def _implicit(run: Path) -> list[str]:
     return lines
 
 
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
+
+
+def _human(run: Path) -> list[str]:
+    """Agreement of the AI judge with the reviewers' labels: prefs/judge_report.json, written by
+    `judge-report prefs --gold prefs/gold.jsonl` at the end of the pipeline run."""
+    path = run / "prefs" / "judge_report.json"
+    rep: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    if not rep.get("gold_matched_with_ties"):
+        return ["People labelled some pairs, but none could be matched to a judged pair yet (see "
+                "`logs/export-gold.log` and `logs/judge-vs-human.log`)."]  # fmt: skip
+    kappa, ci = rep.get("gold_kappa"), rep.get("gold_kappa_ci")
+    k = "n/a (one label only on both sides)" if kappa is None else f"{kappa:.3f}"
+    if kappa is not None and ci:
+        k += f" (95% CI {ci[0]:.3f} to {ci[1]:.3f})"
+    lines = [f"On {rep['gold_matched_with_ties']} pairs labelled by people (`prefs/gold.jsonl`):", "",
+             "| measure | value |", "|---|---|",
+             f"| agreement, ties included | {_pct(rep.get('gold_agreement_with_ties'))} |",
+             f"| agreement on decisive pairs ({rep.get('gold_matched', 0)}) | {_pct(rep.get('gold_agreement'))} |",
+             f"| Cohen's kappa | {k} |"]  # fmt: skip
+    per = rep.get("gold_per_principle") or {}
+    if per:
+        lines += ["", "| principle | pairs | agreement, ties included |", "|---|---:|---:|"]
+        for pid, d in per.items():
+            lines.append(f"| {pid} | {d.get('matched', 'n/a')} | {_pct(d.get('agreement'))} |")
+    n = len(rep.get("gold_disagreements") or [])
+    lines += ["", f"{n} pair(s) disagree: `cai-kit judge-report {run / 'prefs'} --gold "
+              f"{run / 'prefs' / 'gold.jsonl'}` lists them with links into `cai-kit review`."]  # fmt: skip
+    return lines
+
+
 def _no_report(run: Path, stage: str) -> str:
     if (run / ".stages" / f"{stage}.done").exists():  # ran to its end with every call failed
         return f"Stage `{stage}` ran but wrote no report: see `logs/{stage}.log`."
@@ -205,6 +237,8 @@ def write_report(r: Recipe, run: Path, names: list[str], split: Split) -> Path:
     lines += ["## Implicit reward accuracy (held out)", "", *_implicit(run), ""]
     if r.infer is not None:
         lines += ["## Infer: principles behind the preference pairs", "", *_infer(r, run), ""]
+    if (run / "prefs" / "labels.sqlite").is_file():
+        lines += ["## The judge against people (human labels from `cai-kit review`)", "", *_human(run), ""]  # fmt: skip
     path = run / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

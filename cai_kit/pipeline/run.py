@@ -148,6 +148,22 @@ def infer_stage(r: Recipe, run: Path) -> Stage | None:
                  outcome=lambda log, rc: _no_principle(log, rc, run / INFERRED))  # fmt: skip
 
 
+def human_agreement(run: Path, out: TextIO) -> None:
+    """When people labelled the preference pairs (`cai-kit review RUN/prefs`), their labels
+    become RUN/prefs/gold.jsonl and `judge-report --gold` measures the judge against them (its
+    judge_report.json feeds report.md). Runs at every pipeline run: labels come after it."""
+    prefs = run / "prefs"
+    if not (prefs / "labels.sqlite").is_file():
+        return
+    gold = prefs / "gold.jsonl"
+    for s in (Stage("export-gold", ["review", "export-gold", str(prefs), "--out", str(gold)]),
+              Stage("judge-vs-human", ["judge-report", str(prefs), "--gold", str(gold)])):  # fmt: skip
+        try:
+            run_stage(s, run, out)
+        except ConfigError:  # the report says what is missing; the run's stages stand
+            return
+
+
 def stage_names(r: Recipe) -> list[str]:
     """Every stage's name, in order (expand first, when the recipe has it)."""
     pre = ["expand"] if r.expand is not None else []
@@ -457,6 +473,7 @@ def run_pipeline(
     write_prompts(split.eval, run / "prompts" / "eval.jsonl")
     for s in stages(recipe, run, len(split.train), len(split.eval)):
         step(s)
+    human_agreement(run, out)
     from cai_kit.pipeline.report import write_report
 
     write_report(recipe, run, names, split)
