@@ -152,6 +152,10 @@ class PreferenceRecord(_Record):
     error: str | None = None
     provenance: Provenance = Field(default_factory=Provenance)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    rubric: dict[str, Any] | None = Field(
+        default=None,
+        description="`prefs --label rubric`: each response's rubric score ({'a': ..., 'b': ...})",
+    )
 
     @model_validator(mode="after")
     def _failed_verdict_is_a_failed_record(self) -> PreferenceRecord:

@@ -16,12 +16,14 @@ from cai_kit.cli.common import (
     TemperatureOpt,
     engine_config_from,
     exit_for,
+    fail,
     job_backend,
     job_flags,
     keys_needed,
     parse_shard,
     replay_argv,
 )
+from cai_kit.cli.reward_flags import RubricCombine
 
 JudgeModel = Annotated[
     str, typer.Option("--judge-model", "-j", help="The judge model string (default: local).")
@@ -84,6 +86,8 @@ def prefs(
     samples: Samples = 5,
     principles: Principles = "one",
     tie_margin: TieMargin = 0.05,
+    label: Annotated[str, typer.Option("--label", help="pairwise: the judge compares each pair in both orders | rubric: each response scored once by the constitution's rubric, pairs labelled by the score difference (docs/rewards.md).")] = "pairwise",
+    rubric_combine: RubricCombine = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
     on_bad_row: Annotated[str, typer.Option("--on-bad-row", help="fail | skip.")] = "fail",
     temperature: TemperatureOpt = 0.9,
@@ -92,15 +96,21 @@ def prefs(
     shard: ShardOpt = None,
     **flags: Any,
 ) -> None:  # fmt: skip
-    """Sample k responses per prompt and label pairs with the AI judge (both orders)."""
+    """Sample k responses per prompt and label pairs with the AI judge (both orders) or by rubric scores."""
     from cai_kit.constitution import load_constitution
     from cai_kit.llm.base import GenParams
     from cai_kit.prompts import load_prompts
     from cai_kit.stages.prefs import pair_count, run_prefs
+    from cai_kit.stages.rubric import Rubric
 
     cfg = _judge_cfg(mode, samples, principles, tie_margin, seed)
     pair_count(pairs)
+    if label not in ("pairwise", "rubric"):
+        fail(f"--label must be pairwise or rubric, not {label!r}.")
+    if rubric_combine is not None and label != "rubric":
+        fail("--rubric-combine applies to --label rubric only.")
     const = load_constitution(constitution)
+    rubric = Rubric(const, rubric_combine, seed=seed) if label == "rubric" else None
     pset = load_prompts(prompts, on_bad_row=on_bad_row, limit=limit)  # type: ignore[arg-type]
     typer.echo(f"{prompts}: {pset.summary()}", err=True)
     judge_api_base = judge_api_base or api_base
@@ -125,6 +135,8 @@ def prefs(
         engine_config=ec,
         shard=parse_shard(shard),
         argv=replay_argv("prefs"),
+        label=label,
+        rubric=rubric,
     )
     typer.echo(f"sampling: {sampled.line()}")
     typer.echo(f"judging:  {judged.line()}")

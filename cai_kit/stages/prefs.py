@@ -4,8 +4,11 @@ Two resumable phases in one run directory:
   1. sampling: k responses per prompt from the policy -> OUT/samples/generations.jsonl
   2. judging: pairs chosen per prompt (`all`, `random:N`, or `best-worst`: judge all pairs,
      keep the most-preferred vs the least-preferred response) -> OUT/prefs.jsonl
-Both phases shard by prompt (`--shard I/N`): a prompt's k samples and all its pairs are in
-one shard, so the union of the N shards' records is exactly the unsharded run's. Record ids
+With `label="rubric"` (`--label rubric`) phase 2 scores each response once by the
+constitution's rubric (`stages.rubric`) instead of judging pairs, and labels a pair from the
+score difference (`rubric_verdict`); pairs are formed as `--pairs` says (best-worst: highest
+vs lowest combined score). Both phases shard by prompt (`--shard I/N`): a prompt's k samples
+and all its pairs are in one shard, so the union of the N shards' records is exactly the unsharded run's. Record ids
 hash the policy's and the judge's backend identities, not only their model strings.
 `run_judge_file` judges pairs that already exist (a pairs JSONL with response_a/response_b or
 chosen/rejected, or a revisions.jsonl from `cai-kit revise`: final revision vs initial).
@@ -26,6 +29,7 @@ from cai_kit.io import latest_by_id, read_jsonl
 from cai_kit.llm.base import Backend, GenParams
 from cai_kit.records import (
     GenerationRecord,
+    JudgeVerdict,
     Message,
     PreferenceRecord,
     PromptRecord,
@@ -35,6 +39,32 @@ from cai_kit.records import (
 )
 from cai_kit.stages.generate import run_generate
 from cai_kit.stages.judge import JudgeConfig, PairInput, judge_calls, judge_pair
+from cai_kit.stages.rubric import Rubric, RubricScore
+
+LABELS = ("pairwise", "rubric")
+
+
+def rubric_verdict(
+    a: RubricScore, b: RubricScore, tie_margin: float, principle_ids: list[str]
+) -> JudgeVerdict:
+    """A pair's verdict from two rubric scores: p_a = 0.5 + (score_a - score_b) / 2 (so the
+    margin, |p_a - 0.5| * 2, is |score_a - score_b|); a tie when that difference is below
+    `tie_margin`; `failed` when either response has a principle that could not be scored."""
+    if a.score is None or b.score is None:
+        errs = [
+            f"response {side}: {pid}: {e}"
+            for side, s in (("A", a), ("B", b))
+            for pid, e in s.errors.items()
+        ]
+        return JudgeVerdict(
+            label="failed",
+            principle_ids=principle_ids,
+            error=f"{len(errs)} rubric score(s) failed: {errs[0] if errs else 'no score'}",
+        )
+    diff = a.score - b.score
+    label = "tie" if abs(diff) < tie_margin else ("A" if diff > 0 else "B")
+    return JudgeVerdict(p_a=round(0.5 + diff / 2, 6), label=label, margin=round(abs(diff), 6),  # type: ignore[arg-type]
+                        position_consistent=True, principle_ids=principle_ids)  # fmt: skip
 
 
 def _provenance(constitution: Constitution, cfg: JudgeConfig, models: dict[str, str]) -> Provenance:
@@ -91,11 +121,16 @@ def run_prefs(
     prompts: list[PromptRecord], *, policy: Backend, judge: Backend, models: dict[str, str], constitution: Constitution,
     cfg: JudgeConfig, k: int, pairs: str, policy_params: GenParams, out_dir: Path, engine_config: EngineConfig,
     shard: tuple[int, int] | None = None, argv: list[str] | None = None,
+    label: str = "pairwise", rubric: Rubric | None = None,
 ) -> tuple[JobSummary, JobSummary]:  # fmt: skip
     """Phase 1 (sampling) then phase 2 (judging); returns both summaries. A dry run previews
     the judging of samples not drawn yet as k answers of `max_tokens` each."""
     if k < 2:
         raise DataError("--k must be at least 2 to make pairs.")
+    if label not in LABELS:
+        raise ConfigError(f"--label must be pairwise or rubric, not {label!r}.")
+    if label == "rubric" and rubric is None:
+        rubric = Rubric(constitution, seed=cfg.seed)
     n_random = pair_count(pairs)  # a bad --pairs is refused before anything is sampled
     sampled = run_generate(prompts, backend=policy, model=models["policy"], params=policy_params, samples=k,
                            out_dir=out_dir / "samples", engine_config=engine_config, shard=shard, argv=argv)  # fmt: skip
@@ -130,6 +165,10 @@ def run_prefs(
 
     def item_id(item: tuple[PromptRecord, tuple[int, int] | None]) -> str:
         p, ij = item
+        if rubric is not None:  # what a rubric label depends on (pairwise ids stay as they were)
+            how = {"combine": rubric.combine, "threshold": rubric.threshold, "seed": cfg.seed,
+                   "tie_margin": cfg.tie_margin}  # fmt: skip
+            return stable_hash("pref-rubric", p.id, ij, pairs, texts[p.id], constitution.content_hash, identities, how)  # fmt: skip
         return stable_hash(
             "pref",
             p.id,
@@ -140,6 +179,51 @@ def run_prefs(
             identities,
             cfg.__dict__,
         )
+
+    def prompt_text(p: PromptRecord) -> str:
+        return next((m.content for m in reversed(p.messages) if m.role == "user"), "")
+
+    async def rubric_process(
+        item: tuple[PromptRecord, tuple[int, int] | None], engine: Engine
+    ) -> PreferenceRecord:
+        assert rubric is not None
+        p, ij = item
+        msgs, resp = [m.model_dump() for m in p.messages], texts[p.id]
+        which = list(ij) if ij is not None else list(range(len(resp)))
+        scored = await in_order(
+            rubric.score(prompt_text(p), resp[n], engine, judge) for n in which
+        )  # one wave
+        by_n = dict(zip(which, scored, strict=True))
+        if ij is not None:
+            i, j = ij
+            meta = {**p.metadata, "samples": [i, j]}
+        else:  # best-worst: the highest vs the lowest combined score
+            vals = {n: s.score for n, s in by_n.items() if s.score is not None}
+            best = max(vals, key=vals.__getitem__) if vals else 0
+            worst = min(vals, key=vals.__getitem__) if vals else 1
+            if best == worst:
+                best, worst = 0, 1
+            i, j = min(best, worst), max(best, worst)
+            meta = {**p.metadata, "samples": [i, j], "scores": [by_n[n].score for n in which]}
+        ids = [pr.id for pr in rubric.principles]
+        v = rubric_verdict(by_n[i], by_n[j], cfg.tie_margin, ids)
+        rec = preference_record(
+            PairInput(p.id, msgs, resp[i], resp[j], meta),
+            v,
+            constitution,
+            cfg,
+            models,
+            item_id(item),
+        )
+        rec.rubric = {"a": by_n[i].to_dict(), "b": by_n[j].to_dict()}
+        rec.provenance.params["label"] = "rubric"
+        rec.provenance.params["rubric"] = {"combine": rubric.combine, "threshold": rubric.threshold}
+        if ij is None and (bad := [n for n, s in by_n.items() if s.score is None]):
+            rec.status = "failed"
+            rec.error = f"{len(bad)} of {len(which)} responses could not be scored: " + (
+                next(iter(by_n[bad[0]].errors.values()), "no score")
+            )
+        return rec
 
     async def process(
         item: tuple[PromptRecord, tuple[int, int] | None], engine: Engine
@@ -185,8 +269,22 @@ def run_prefs(
             )
         return rec
 
+    # rubric: each response is scored once; a preview charges it to the first item that shows it
+    charged: dict[tuple[str, tuple[int, int] | None], list[int]] = {}
+    seen: set[tuple[str, int]] = set()
+    for p, ij in items:
+        fresh = [n for n in (ij or range(len(texts[p.id]))) if (p.id, n) not in seen]
+        seen.update((p.id, n) for n in fresh)
+        charged[(p.id, ij)] = fresh
+
     def calls(item: tuple[PromptRecord, tuple[int, int] | None]) -> list[tuple[Backend, int, int]]:
         p, ij = item  # best-worst (ij None) judges every pair of the prompt's responses
+        if rubric is not None:
+            return [
+                c
+                for n in charged[(p.id, ij)]
+                for c in rubric.calls(prompt_text(p), texts[p.id][n], judge)
+            ]
         msgs, resp = [m.model_dump() for m in p.messages], texts[p.id]
         pairs_ = [ij] if ij is not None else itertools.combinations(range(len(resp)), 2)
         return [
@@ -196,9 +294,9 @@ def run_prefs(
         ]
 
     manifest = {"command": "prefs", "argv": argv or [], "provenance": _provenance(constitution, cfg, models).model_dump(),
-                "inputs": {"k": k, "pairs": pairs}}  # fmt: skip
+                "inputs": {"k": k, "pairs": pairs, "label": label}}  # fmt: skip
     judged = _judge_job(
-        "judge", items, item_id, process, out_dir, engine_config, manifest, calls, judge, shard,
+        "judge", items, item_id, process if rubric is None else rubric_process, out_dir, engine_config, manifest, calls, judge, shard,
         lambda item: item[0].id,
     )  # fmt: skip
     return sampled, judged
