@@ -106,6 +106,25 @@ def test_the_scorer_ranks_each_group_by_the_hidden_rule_with_r_calls_per_group(
         scorer.close()
 
 
+def test_two_repeats_cancel_a_judge_that_prefers_the_first_response_shown(
+    fault_server: FaultServer,
+) -> None:
+    def first_is_best(body: dict[str, Any], rng: random.Random) -> str:
+        shown = _SHOWN.findall(body["messages"][-1]["content"])
+        return "\n".join(f"{n}: {10 if n == '1' else 0}" for n, _ in shown)
+
+    fault_server.responder = first_is_best
+    for repeats, biased in ((1, True), (2, False)):
+        scorer = _scorer(fault_server, 2, repeats=repeats)
+        try:
+            rewards = scorer([f"q{repeats}"] * 2, ["same length a", "same length b"])
+            assert (sorted(rewards) == [0.0, 1.0]) is biased and (
+                rewards == [0.5, 0.5]
+            ) is not biased
+        finally:
+            scorer.close()
+
+
 def test_a_malformed_reply_is_a_counted_failure_not_a_zero(fault_server: FaultServer) -> None:
     from cai_kit.train.rewards import JudgeFailed, score_step
 
@@ -150,6 +169,13 @@ def test_reward_group_is_for_grpo_with_a_judge(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["train", "ppo", str(prompts), "--out", str(tmp_path / "o"),
                                  "--reward", "group", "--reward-judge", "j"])  # fmt: skip
     assert r.exit_code != 0 and "train grpo only" in r.output, r.output
+    r = CliRunner().invoke(app, ["train", "grpo", str(prompts), "--out", str(tmp_path / "o"),
+                                 "--reward-judge", "j", "--group-repeats", "3"])  # fmt: skip
+    assert r.exit_code != 0 and "applies to --reward group only" in r.output, r.output
+    r = CliRunner().invoke(app, ["train", "grpo", str(prompts), "--out", str(tmp_path / "o"),
+                                 "--reward", "group", "--reward-judge", "j", "--group-repeats", "0"])  # fmt: skip
+    assert r.exit_code != 0 and "--group-repeats must be 1 or more" in r.output, r.output
+    assert "Traceback" not in r.output
 
 
 @pytest.fixture(scope="module")

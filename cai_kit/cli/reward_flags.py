@@ -41,11 +41,12 @@ RewardFn = Annotated[
     ),
 ]
 GroupRepeats = Annotated[
-    int,
+    int | None,
     typer.Option(
         "--group-repeats",
         help="--reward group: judge calls per prompt's group, each showing the completions in "
-        "another order (a shuffle, then its reverse, ...); their scores are averaged.",
+        "another order (a shuffle, then its reverse, ...); their scores are averaged "
+        "(default 2).",
     ),
 ]
 RewardFnWeight = Annotated[
@@ -64,6 +65,8 @@ def build_reward(opts: dict[str, Any], base: Callable[[], Any]) -> Any:
         fail(f"--reward must be auto, rubric or group, not {kind!r}.")
     if opts.get("rubric_combine") and kind != "rubric":
         fail("--rubric-combine applies to --reward rubric only.")
+    if opts.get("group_repeats") is not None and kind != "group":
+        fail("--group-repeats applies to --reward group only.")
     parts: list[tuple[Any, float]] = []
     try:
         if kind == "rubric":
@@ -108,8 +111,9 @@ def _group_reward(opts: dict[str, Any]) -> Any:
         fail("--reward group judges each prompt's completions together: train grpo only.")
     if opts.get("reward_model") is not None or not opts.get("reward_judge"):
         fail("--reward group needs --reward-judge MODEL (and no --reward-model).")
+    repeats = opts.get("group_repeats")
     judge = GroupJudge(load_constitution(opts["constitution"]))
     return GroupJudgeScorer(judge, opts["reward_judge"], opts["num_generations"],
-                            opts.get("group_repeats", 2), opts.get("judge_api_base"),
+                            2 if repeats is None else repeats, opts.get("judge_api_base"),
                             engine_config_from({**opts, "quiet": True}),
                             opts.get("max_judge_failures", 0.1))  # fmt: skip

@@ -287,7 +287,7 @@ def grpo(
     max_judge_failures: MaxJudgeFailures = 0.1,
     reward: RewardKind = "auto",
     rubric_combine: RubricCombine = None,
-    group_repeats: GroupRepeats = 2,
+    group_repeats: GroupRepeats = None,
     python_reward: RewardFn = None,
     python_reward_weight: RewardFnWeight = 1.0,
     report_to: ReportTo = None,
