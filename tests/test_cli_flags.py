@@ -35,6 +35,8 @@ def test_both_rl_trainers_take_the_same_reward_flags() -> None:
               "reward", "rubric_combine", "python_reward", "python_reward_weight"}  # fmt: skip
     for name in ("train ppo", "train grpo"):
         assert reward <= {p.name for p in commands[name].params}, name
+    # --reward group ranks a prompt's completions together: only GRPO has such groups
+    assert "group_repeats" in {p.name for p in commands["train grpo"].params}
 
 
 def test_every_job_command_takes_every_engine_flag() -> None:

@@ -393,7 +393,7 @@ def test_train_reward_flags_refuse_bad_combinations(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, [*base, "--reward", "rubric", "--constitution", "harmless"])
     assert r.exit_code == 1 and "needs a judge: pass --reward-judge" in r.output
     r = CliRunner().invoke(app, [*base, "--reward", "bandit"])
-    assert r.exit_code == 1 and "--reward must be auto or rubric" in r.output
+    assert r.exit_code == 1 and "--reward must be auto, rubric or group" in r.output
     r = CliRunner().invoke(app, [*base, "--reward-fn", "no_such_module_zz:f"])
     assert r.exit_code == 1 and "Cannot import 'no_such_module_zz'" in r.output
     r = CliRunner().invoke(app, ["train", "ppo", str(prompts), "--out", str(tmp_path / "o"),

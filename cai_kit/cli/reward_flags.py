@@ -3,7 +3,8 @@
 `--reward rubric` scores each response by the constitution's rubric (checks need no model;
 judged principles need --reward-judge); `--rubric-combine` overrides the constitution's rule;
 `--reward-fn module:function` adds (or alone is) any Python reward, weighted by
-`--reward-fn-weight`.
+`--reward-fn-weight`. `--reward group` (GRPO only) has --reward-judge score each prompt's
+G completions together in one call, `--group-repeats` times in other orders.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ RewardKind = Annotated[
         "--reward",
         help="auto: --reward-model, or --reward-judge's one yes/no score | rubric: the "
         "constitution's rubric, principle by principle (checks run as programs; the other "
-        "principles are asked of --reward-judge).",
+        "principles are asked of --reward-judge) | group (train grpo): --reward-judge scores each "
+        "prompt's completions together, one call per --group-repeats.",
     ),
 ]
 RubricCombine = Annotated[
@@ -38,6 +40,15 @@ RewardFn = Annotated[
         "added to the other reward with --reward-fn-weight.",
     ),
 ]
+GroupRepeats = Annotated[
+    int | None,
+    typer.Option(
+        "--group-repeats",
+        help="--reward group: judge calls per prompt's group, each showing the completions in "
+        "another order (a shuffle, then its reverse, ...); their scores are averaged "
+        "(default 2).",
+    ),
+]
 RewardFnWeight = Annotated[
     float, typer.Option("--reward-fn-weight", help="Weight of --reward-fn in the sum.")
 ]
@@ -50,10 +61,12 @@ def build_reward(opts: dict[str, Any], base: Callable[[], Any]) -> Any:
     from cai_kit.errors import CaiKitError
 
     kind, fn = opts.get("reward", "auto"), opts.get("python_reward")
-    if kind not in ("auto", "rubric"):
-        fail(f"--reward must be auto or rubric, not {kind!r}.")
+    if kind not in ("auto", "rubric", "group"):
+        fail(f"--reward must be auto, rubric or group, not {kind!r}.")
     if opts.get("rubric_combine") and kind != "rubric":
         fail("--rubric-combine applies to --reward rubric only.")
+    if opts.get("group_repeats") is not None and kind != "group":
+        fail("--group-repeats applies to --reward group only.")
     parts: list[tuple[Any, float]] = []
     try:
         if kind == "rubric":
@@ -67,6 +80,8 @@ def build_reward(opts: dict[str, Any], base: Callable[[], Any]) -> Any:
             config = engine_config_from({**opts, "quiet": True})
             parts.append((RubricReward(rubric, opts.get("reward_judge"), opts.get("judge_api_base"),
                                        config, opts.get("max_judge_failures", 0.1)), 1.0))  # fmt: skip
+        elif kind == "group":
+            parts.append((_group_reward(opts), 1.0))
         elif fn is None or opts.get("reward_model") is not None or opts.get("reward_judge"):
             parts.append((base(), 1.0))
         if fn is not None:
@@ -83,3 +98,22 @@ def build_reward(opts: dict[str, Any], base: Callable[[], Any]) -> Any:
     from cai_kit.train.rubric_reward import BlendedReward
 
     return BlendedReward(parts, opts.get("max_judge_failures", 0.1))
+
+
+def _group_reward(opts: dict[str, Any]) -> Any:
+    """`--reward group`: the judge scores each prompt's G completions together (GRPO only)."""
+    from cai_kit.cli.common import engine_config_from, fail
+    from cai_kit.constitution import load_constitution
+    from cai_kit.stages.group_judge import GroupJudge
+    from cai_kit.train.group_reward import GroupJudgeScorer
+
+    if "num_generations" not in opts:
+        fail("--reward group judges each prompt's completions together: train grpo only.")
+    if opts.get("reward_model") is not None or not opts.get("reward_judge"):
+        fail("--reward group needs --reward-judge MODEL (and no --reward-model).")
+    repeats = opts.get("group_repeats")
+    judge = GroupJudge(load_constitution(opts["constitution"]))
+    return GroupJudgeScorer(judge, opts["reward_judge"], opts["num_generations"],
+                            2 if repeats is None else repeats, opts.get("judge_api_base"),
+                            engine_config_from({**opts, "quiet": True}),
+                            opts.get("max_judge_failures", 0.1))  # fmt: skip

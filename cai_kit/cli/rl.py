@@ -12,6 +12,7 @@ from cai_kit.cli.common import (
     job_flags,
 )
 from cai_kit.cli.reward_flags import (
+    GroupRepeats,
     RewardFn,
     RewardFnWeight,
     RewardKind,
@@ -286,6 +287,7 @@ def grpo(
     max_judge_failures: MaxJudgeFailures = 0.1,
     reward: RewardKind = "auto",
     rubric_combine: RubricCombine = None,
+    group_repeats: GroupRepeats = None,
     python_reward: RewardFn = None,
     python_reward_weight: RewardFnWeight = 1.0,
     report_to: ReportTo = None,

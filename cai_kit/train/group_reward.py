@@ -1,0 +1,134 @@
+"""Group judging as GRPO's reward (`train grpo --reward group`, RULER-style).
+
+GRPO's reward receives a step's completions with each prompt's G (`--num-generations`)
+completions consecutive. `GroupJudgeScorer` asks the judge to score one prompt's G responses
+together in one call, `repeats` times (`--group-repeats`) with the responses shown in different
+orders (`stages.group_judge.orders`: a shuffle, then its reverse, ...), and gives each response
+the mean of its scores / 10, a reward in [0, 1]. The prompt-building and reply-parsing object
+is built by the CLI and handed in (`train` never imports `stages`): anything with
+`messages(prompt, responses, order)`, `parse(text, g) -> list | None`, `orders(g, repeats)` and
+`unshuffle(shown, order)` works (`stages.group_judge.GroupJudge`).
+
+Like `rewards.JudgeScorer`: one engine and one backend for the run (cache, --max-cost,
+statistics); a group whose call failed or whose reply could not be parsed (in any repeat) is no
+reward: its G responses are counted (`last_failed`, `failed`) and get the mean reward of the
+batch's other responses (equal rewards: no advantage inside the group), and `check_failures`
+stops training past `max_failed_share`, so `score_step` and --max-judge-failures work
+unchanged. `last_metrics` holds `group/failed_groups` of the last call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+from cai_kit.engine import CallFailed, Engine, EngineConfig
+from cai_kit.errors import CaiKitError, ConfigError
+from cai_kit.llm.base import Backend, GenParams
+from cai_kit.llm.registry import get_backend
+from cai_kit.train.rewards import JudgeFailed, _share_of_the_cap, all_or_cancel, close_judge
+
+
+class GroupJudgeScorer:
+    """Each prompt's G responses scored together by one judge call per repeat (see above)."""
+
+    def __init__(
+        self, judge: Any, model: str, group_size: int, repeats: int = 2, api_base: str | None = None,
+        engine_config: EngineConfig | None = None, max_failed_share: float = 0.1,
+    ) -> None:  # fmt: skip
+        if group_size < 2:
+            raise ConfigError(f"Group judging needs groups of 2 or more, not {group_size}.")
+        if repeats < 1:
+            raise ConfigError(f"--group-repeats must be 1 or more, not {repeats}.")
+        self.judge = judge
+        self.model, self.api_base = model, api_base
+        self.group_size, self.repeats = group_size, repeats
+        try:  # fail now on a bad model string or a missing key, naming this command's flag
+            get_backend(model, api_base=api_base)
+        except ConfigError as exc:
+            raise ConfigError(
+                re.sub(r"(?<![\w-])--api-base", "--judge-api-base", str(exc))
+            ) from None
+        self.engine_config = _share_of_the_cap(engine_config or EngineConfig(quiet=True))
+        self.max_failed_share = max_failed_share
+        self.params = GenParams(temperature=0.0, max_tokens=8 * group_size + 16)
+        self._runner = asyncio.Runner()  # one loop for the run: sessions outlive no loop
+        self.engine: Engine | None = None
+        self._backend: Backend | None = None
+        self.last_failed = 0  # failed response scorings in the last call
+        self.failed = 0  # over the run
+        self.scored = 0
+        self.last_metrics: dict[str, float] = {}
+
+    async def _one(self, prompt: str, responses: list[str], order: list[int]) -> list[float] | None:
+        assert self.engine is not None and self._backend is not None
+        try:
+            c = await self.engine.call(
+                self._backend, self.judge.messages(prompt, responses, order), self.params
+            )
+        except CallFailed:
+            return None
+        shown = self.judge.parse(c.text, len(responses))
+        return None if shown is None else self.judge.unshuffle(shown, order)
+
+    async def _group(self, prompt: str, responses: list[str]) -> list[float] | None:
+        runs = await all_or_cancel(
+            self._one(prompt, responses, order)
+            for order in self.judge.orders(len(responses), self.repeats)
+        )
+        if any(r is None for r in runs):
+            return None
+        return [sum(r[i] for r in runs) / (10 * len(runs)) for i in range(len(responses))]  # type: ignore[index]
+
+    async def _score_all(
+        self, prompts: list[str], responses: list[str]
+    ) -> list[list[float] | None]:
+        if self.engine is None:
+            self.engine = Engine(self.engine_config)
+            self._backend = get_backend(self.model, api_base=self.api_base)
+        g = self.group_size
+        return await all_or_cancel(
+            self._group(prompts[i], responses[i : i + g]) for i in range(0, len(responses), g)
+        )
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+        g = self.group_size
+        if len(prompts) != len(responses) or len(responses) % g:
+            raise CaiKitError(f"Group judging got {len(responses)} responses, not whole groups "
+                              f"of --num-generations {g}.")  # fmt: skip
+        for i in range(0, len(prompts), g):
+            if len(set(prompts[i : i + g])) != 1:
+                raise CaiKitError(f"Group judging needs each prompt's {g} completions together; "
+                                  f"responses {i + 1}-{i + g} answer different prompts.")  # fmt: skip
+        groups = self._runner.run(self._score_all(prompts, responses))
+        ok = [s for grp in groups if grp is not None for s in grp]
+        failed_groups = sum(grp is None for grp in groups)
+        self.last_failed = failed_groups * g
+        self.failed += self.last_failed
+        self.scored += len(responses)
+        self.last_metrics = {"group/failed_groups": float(failed_groups)}
+        fill = sum(ok) / len(ok) if ok else 0.0
+        return [s for grp in groups for s in (grp if grp is not None else [fill] * g)]
+
+    def usage(self) -> dict[str, float]:
+        """This process's judge calls (answered, paid) and their cost in USD so far."""
+        stats = self.engine.stats if self.engine is not None else None
+        return {
+            "judge_calls": float(stats.calls if stats else 0),
+            "judge_cost": stats.cost if stats else 0.0,
+        }
+
+    def check_failures(self, failed: int, total: int) -> None:
+        """Raise JudgeFailed when more than max_failed_share of one step's responses (all ranks)
+        were in groups the judge could not score."""
+        if total and failed > self.max_failed_share * total:
+            raise JudgeFailed(
+                f"{failed} of {total} group-judged responses failed in this step (a call failed "
+                f"or its reply was not one 0-10 score per response; limit "
+                f"{self.max_failed_share:.0%}): training stopped rather than learn from missing "
+                f"rewards. Check --reward-judge {self.model}, or raise --max-judge-failures."
+            )
+
+    def close(self) -> None:
+        close_judge(self._runner, self._backend, self.engine)
