@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from cai_kit.cli.main import app
 from tests.fixtures.fault_server import FaultServer
+from tests.test_train import tensorboard_scalars
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_online_dpo_cli_learns_from_decisive_pairs_and_writes_its_outputs(
     prompts = tmp_path / "p.txt"
     prompts.write_text("Say hi\nSay bye\n")
     out = tmp_path / "odpo"
-    r = _run(tiny, prompts, fault_server, out, "--steps", "2")
+    r = _run(tiny, prompts, fault_server, out, "--steps", "2", "--report-to", "tensorboard")
     assert r.exit_code == 0, r.output
     assert fault_server.paid == 8  # 2 steps x 2 pairs x both orders
     history = json.loads((out / "log_history.json").read_text())
@@ -71,6 +72,11 @@ def test_online_dpo_cli_learns_from_decisive_pairs_and_writes_its_outputs(
     for name in ("train_config.yaml", "training_curves.png", "log_history.json"):
         assert (out / name).is_file(), name
     assert "kind: online-dpo" in (out / "train_config.yaml").read_text()
+    scalars = tensorboard_scalars(out)  # --report-to: the same per-step numbers
+    for key in ("decisive", "ties", "failed", "judge_calls"):
+        assert [s for s, _ in scalars[key]] == [1, 2], key
+        assert [v for _, v in scalars[key]] == pytest.approx([h[key] for h in history]), key
+    assert [v for _, v in scalars["judge_calls"]] == [4, 8]  # one engine: the run so far
 
 
 @pytest.mark.slow
