@@ -312,11 +312,11 @@ def _online_dpo(o: dict[str, Any], names: list[str], flags: dict[str, Any]) -> N
     from cai_kit.train.tracking import Tracker
 
     out, steps = o["out"], o["steps"]
+    texts = [r.prompt_text for r in load_prompts(o["prompts"], limit=o["limit"]).records]
     try:
         judge = _pair_judge(o, flags)
     except CaiKitError as exc:
         fail(str(exc))
-    texts = [r.prompt_text for r in load_prompts(o["prompts"], limit=o["limit"]).records]
     base = resolve_model(o["model"])
     cfg = OnlineDPOConfig(learning_rate=o["lr"], batch_size=o["batch_size"], beta=o["beta"],
                           tie_margin=o["tie_margin"], max_judge_failures=o["max_judge_failures"],
