@@ -210,6 +210,9 @@ def shorten(argv: list[str]) -> list[str]:
             for flag, value in [("--max-steps", "1"), ("--num-generations", "2"), ("--batch-size", "2"),
                                 ("--max-completion-length", "16")]:  # fmt: skip
                 argv = _set(argv, flag, value)
+        elif kind == "online-dpo":
+            for flag, value in [("--steps", "1"), ("--batch-size", "1"), ("--max-new-tokens", "16")]:  # fmt: skip
+                argv = _set(argv, flag, value)
         elif kind == "spin":
             for flag, value in [("--iterations", "1"), ("--max-steps", "1"), ("--max-new-tokens", "16")]:  # fmt: skip
                 argv = _set(argv, flag, value)

@@ -48,7 +48,7 @@ def test_every_job_command_takes_every_engine_flag() -> None:
     }
     data_jobs = {"generate", "revise", "prefs", "judge", "eval winrate", "eval harmlessness",
                  "eval rubric", "constitution infer", "prompts expand"}  # fmt: skip
-    assert data_jobs | {"train ppo", "train grpo"} <= set(jobs)
+    assert data_jobs | {"train ppo", "train grpo", "train online-dpo"} <= set(jobs)
     assert data_jobs <= {n for n, params in jobs.items() if "batch_api" in params}
     missing = {}
     for name, params in jobs.items():

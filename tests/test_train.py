@@ -396,6 +396,7 @@ def test_report_to_a_missing_or_unknown_integration_is_one_sentence_on_every_tra
     }
     commands["ppo"] = ["train", "ppo", str(data), "--reward-model", str(tmp_path), "--out", out]
     commands["grpo"] = ["train", "grpo", str(data), "--reward-model", str(tmp_path), "--out", out]  # fmt: skip
+    commands["online-dpo"] = ["train", "online-dpo", str(data), "--judge", "j", "--out", out]
     for kind, argv in commands.items():
         r = CliRunner().invoke(app, [*argv, "--report-to", f"tensorboard,{missing}"])
         assert r.exit_code == 1, (kind, r.output)

@@ -1,4 +1,4 @@
-"""`cai-kit train ppo` and `cai-kit train spin` (our own PPO; SPIN over TRL's DPO)."""
+"""`cai-kit train ppo|online-dpo|spin|grpo` (our own PPO and Online DPO; SPIN over TRL's DPO)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ import typer
 
 from cai_kit.cli.common import (
     TRAINER_WITHOUT,
+    fail,
     job_flags,
 )
+from cai_kit.cli.judge import Mode as JudgeMode
+from cai_kit.cli.judge import Principles as JudgePrinciples
+from cai_kit.cli.judge import Samples as JudgeSamples
+from cai_kit.cli.judge import TieMargin as JudgeTieMargin
 from cai_kit.cli.reward_flags import (
     GroupRepeats,
     RewardFn,
@@ -209,6 +214,153 @@ def _ppo(o: dict[str, Any], names: list[str], flags: dict[str, Any]) -> None:
         typer.echo(f"Saved to {out}")
 
 
+@job_flags(without=TRAINER_WITHOUT)
+def online_dpo(
+    prompts: Annotated[str, typer.Argument(help="Prompt file (as for revise).")],
+    judge: Annotated[str, typer.Option("--judge", help="The pairwise judge model string.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output directory (model, stats, curves).")
+    ],
+    model: Annotated[
+        str,
+        typer.Option("--model", "-m", help="Policy (and reference): local, hf:PATH or a Hub id."),
+    ] = "local",
+    judge_api_base: Annotated[
+        str | None, typer.Option("--judge-api-base", help="Base URL for --judge.")
+    ] = None,
+    constitution: Annotated[
+        str, typer.Option("--constitution", "-c", help="Principles the judge compares by.")
+    ] = "harmless",
+    steps: Annotated[int, typer.Option("--steps", help="DPO steps (one batch each).")] = 20,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Prompts per step (two responses each).")
+    ] = 4,
+    beta: Annotated[float, typer.Option("--beta", help="DPO beta.")] = 0.1,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 5e-6,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Response length.")] = 64,
+    temperature: Annotated[
+        float,
+        typer.Option("--temperature", help="Sampling temperature (> 0; log-probs use it too)."),
+    ] = 1.0,
+    full: Annotated[
+        bool, typer.Option("--full/--lora", help="Full fine-tuning instead of LoRA.")
+    ] = False,
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    mode: JudgeMode = "logprobs",
+    samples: JudgeSamples = 5,
+    principles: JudgePrinciples = "one",
+    tie_margin: JudgeTieMargin = 0.05,
+    max_judge_failures: MaxJudgeFailures = 0.1,
+    report_to: ReportTo = None,
+    **flags: Any,
+) -> None:
+    """Online DPO with AI feedback (OAIF): two samples per prompt from the current policy, judged
+    in both orders by --judge; one DPO step on the decisive pairs (our own implementation)."""
+    options = {k: v for k, v in locals().items() if k != "flags"}  # the flags, before any import
+    import os
+
+    from cai_kit.train.common import quiet_libraries
+
+    if temperature <= 0:
+        fail("--temperature must be above 0: the two responses of a prompt are two samples.")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        fail(
+            "train online-dpo runs as one process: launch it without torchrun / accelerate launch."
+        )
+    names = report_names(report_to)
+    with quiet_libraries():
+        _online_dpo(options, names, flags)
+
+
+def _pair_judge(o: dict[str, Any], flags: dict[str, Any]):  # type: ignore[no-untyped-def]
+    """The train-side PairJudgeScorer around stages.judge.judge_pair (train never imports stages)."""
+    from cai_kit.cli.common import engine_config_from
+    from cai_kit.cli.judge import _judge_cfg
+    from cai_kit.constitution import load_constitution
+    from cai_kit.engine import Engine
+    from cai_kit.llm.base import Backend
+    from cai_kit.stages.judge import judge_pair
+    from cai_kit.train.online_dpo import PairJudgeScorer
+
+    cfg = _judge_cfg(o["mode"], o["samples"], o["principles"], o["tie_margin"], o["seed"])
+    rules = load_constitution(o["constitution"])
+
+    async def verdict(
+        prompt: str, a: str, b: str, engine: Engine, backend: Backend
+    ) -> float | None:
+        v = await judge_pair(
+            [{"role": "user", "content": prompt}], a, b, rules, cfg, engine, backend
+        )
+        return None if v.label == "failed" else v.p_a
+
+    return PairJudgeScorer(verdict, o["judge"], o["judge_api_base"],
+                           engine_config_from({**o, **flags, "quiet": True}))  # fmt: skip
+
+
+def _online_dpo(o: dict[str, Any], names: list[str], flags: dict[str, Any]) -> None:
+    import dataclasses
+    import json
+
+    import yaml
+
+    from cai_kit.errors import CaiKitError
+    from cai_kit.prompts import load_prompts
+    from cai_kit.train.common import load_model, load_tokenizer, lora_config, resolve_model
+    from cai_kit.train.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+    from cai_kit.train.report import plot_curves
+    from cai_kit.train.tracking import Tracker
+
+    out, steps = o["out"], o["steps"]
+    texts = [r.prompt_text for r in load_prompts(o["prompts"], limit=o["limit"]).records]
+    try:
+        judge = _pair_judge(o, flags)
+    except CaiKitError as exc:
+        fail(str(exc))
+    base = resolve_model(o["model"])
+    cfg = OnlineDPOConfig(learning_rate=o["lr"], batch_size=o["batch_size"], beta=o["beta"],
+                          tie_margin=o["tie_margin"], max_judge_failures=o["max_judge_failures"],
+                          max_new_tokens=o["max_new_tokens"], temperature=o["temperature"], seed=o["seed"])  # fmt: skip
+    try:
+        trainer = OnlineDPOTrainer(cfg, load_model(base), load_tokenizer(base),
+                                   peft_config=None if o["full"] else lora_config())  # fmt: skip
+    except CaiKitError:
+        _close(judge)
+        raise
+    out.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(names, out, "online-dpo", config=dataclasses.asdict(cfg))
+
+    def log(step: int, s: dict[str, float]) -> None:
+        tracker.log(s, step + 1)
+        loss = f"loss {s['loss']:.4f}  " if "loss" in s else "no decisive pair  "
+        typer.echo(f"step {step + 1}/{steps}: {loss}decisive {s['decisive']:.0f}  ties {s['ties']:.0f}  "
+                   f"failed {s['failed']:.0f}")  # fmt: skip
+
+    stopped: CaiKitError | None = None
+    try:
+        trainer.train(texts, judge, steps, log)
+    except CaiKitError as exc:  # a dead judge or --max-cost: keep the steps already made
+        stopped = exc
+    finally:
+        _close(judge)
+        tracker.close()
+    history = trainer.history
+    if history:
+        trainer.save(str(out))
+        logged = [{**h, "step": i + 1} for i, h in enumerate(history)]
+        (out / "log_history.json").write_text(json.dumps(logged, indent=1))
+        resolved = {"kind": "online-dpo", "base_model": base, "options": {k: _plain(v) for k, v in o.items()},
+                    "online_dpo_config": dataclasses.asdict(cfg)}  # fmt: skip
+        (out / "train_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        plot_curves(logged, out / "training_curves.png", "online-dpo",
+                    keys=("loss", "reward_margin", "reward_accuracy", "decisive", "ties", "failed"))  # fmt: skip
+    if stopped is not None:
+        kept = (f"The {len(history)} finished step(s) are saved in {out}." if history
+                else "No step was finished.")  # fmt: skip
+        raise CaiKitError(f"{stopped} {kept}")
+    typer.echo(f"Saved to {out}")
+
+
 def _plain(v: Any) -> Any:
     return v if isinstance(v, str | int | float | bool | type(None) | list | dict) else str(v)
 
@@ -320,5 +472,6 @@ def register(app: typer.Typer) -> None:
     from cai_kit.cli.train import train_app
 
     train_app.command("ppo")(ppo)
+    train_app.command("online-dpo")(online_dpo)
     train_app.command("spin")(spin)
     train_app.command("grpo")(grpo)

@@ -1,0 +1,219 @@
+"""Online DPO with AI feedback (OAIF, Guo et al. 2024, arXiv 2402.04792), in one small loop.
+
+    for each step:
+        prompts          = a batch drawn from the prompt file
+        a, b             = two samples per prompt from the *current* policy (temperature > 0)
+        p_a              = judge(prompts, a, b)        # P(a better), both orders; None: failed
+        decisive         = pairs with |p_a - 0.5| >= tie_margin (ties and failures are skipped)
+        chosen, rejected = (a, b) if p_a > 0.5 else (b, a)
+        loss             = -logsigmoid(beta * ((logp_c - ref_c) - (logp_r - ref_r)))   # DPO, sigmoid
+        one optimiser step on the mean loss over the decisive pairs
+
+The reference is the starting model (under LoRA: the same weights with the adapters off).
+The judge is any callable `(prompts, responses_a, responses_b) -> list[float | None]`; the CLI
+builds it from `stages.judge.judge_pair` (train never imports stages) and hands it in, wrapped
+in `PairJudgeScorer`, which holds one Engine + backend for the whole run (cache, --max-cost,
+rpm/tpm carry across steps), like `rewards.JudgeScorer`. When more than `max_judge_failures`
+of a step's pairs failed, training stops with `JudgeFailed`; --max-cost reached raises
+`BudgetExceeded`; either way the finished steps stay in `history` for the caller to save.
+
+Generation, batching, the reference log-probs and prompt encoding are PPO's own
+(`ppo.PPOTrainer`'s methods, borrowed as they are): the same temperature-consistent log-probs,
+no dropout, LoRA merged while sampling. One process only: several ranks are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cai_kit.engine import Engine, EngineConfig
+from cai_kit.errors import ConfigError
+from cai_kit.llm.base import Backend
+from cai_kit.llm.registry import get_backend
+from cai_kit.train.ppo import PPOTrainer, disable_dropout, token_logprobs
+from cai_kit.train.rewards import JudgeFailed, all_or_cancel, close_judge
+
+PairJudge = Callable[[list[str], list[str], list[str]], list[float | None]]
+# (prompt, response_a, response_b, engine, backend) -> P(a better) or None (failed)
+AsyncPairJudge = Callable[[str, str, str, Engine, Backend], Awaitable[float | None]]
+
+
+@dataclass
+class OnlineDPOConfig:
+    learning_rate: float = 5e-6
+    batch_size: int = 4  # prompts per step (two responses each)
+    beta: float = 0.1
+    tie_margin: float = 0.05  # |p_a - 0.5| below this is a tie (the judge's own default)
+    max_judge_failures: float = 0.1  # share of a step's pairs
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_k: int = 0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+
+class PairJudgeScorer:
+    """The pairwise judge as a plain callable over a step's pairs: one Engine and backend for
+    the run, async calls on one event loop; `close()` at the end."""
+
+    def __init__(self, judge: AsyncPairJudge, model: str, api_base: str | None = None,
+                 engine_config: EngineConfig | None = None) -> None:  # fmt: skip
+        self.judge, self.model, self.api_base = judge, model, api_base
+        try:  # fail now on a bad model string or a missing key, naming this command's flag
+            get_backend(model, api_base=api_base)
+        except ConfigError as exc:
+            raise ConfigError(
+                re.sub(r"(?<![\w-])--api-base", "--judge-api-base", str(exc))
+            ) from None
+        self.engine_config = engine_config or EngineConfig(quiet=True)
+        self._runner = asyncio.Runner()
+        self.engine: Engine | None = None
+        self._backend: Backend | None = None
+
+    async def _all(self, prompts: list[str], a: list[str], b: list[str]) -> list[float | None]:
+        if self.engine is None:
+            self.engine = Engine(self.engine_config)
+            self._backend = get_backend(self.model, api_base=self.api_base)
+        engine, backend = self.engine, self._backend
+        assert backend is not None
+        return await all_or_cancel(
+            self.judge(p, x, y, engine, backend) for p, x, y in zip(prompts, a, b, strict=True)
+        )
+
+    def __call__(self, prompts: list[str], a: list[str], b: list[str]) -> list[float | None]:
+        return self._runner.run(self._all(prompts, a, b))
+
+    def usage(self) -> dict[str, float]:
+        stats = self.engine.stats if self.engine is not None else None
+        return {"judge_calls": float(stats.calls if stats else 0),
+                "judge_cost": stats.cost if stats else 0.0}  # fmt: skip
+
+    def close(self) -> None:
+        close_judge(self._runner, self._backend, self.engine)
+
+
+class OnlineDPOTrainer:
+    # PPO's rollout machinery, as it is (they read only the attributes set in __init__ below)
+    generate = PPOTrainer.generate
+    _batch = PPOTrainer._batch
+    reference_logprobs = PPOTrainer.reference_logprobs
+    _encode = PPOTrainer._encode
+
+    def __init__(self, config: OnlineDPOConfig, model: nn.Module, tokenizer: Any,
+                 peft_config: Any = None) -> None:  # fmt: skip
+        from accelerate import Accelerator
+
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError("train online-dpo runs as one process: launch it without "
+                              "torchrun / accelerate launch.")  # fmt: skip
+        self.config, self.tokenizer = config, tokenizer
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        torch.manual_seed(config.seed)
+        self.use_peft = peft_config is not None
+        self.ref_model: nn.Module | None = None
+        if self.use_peft:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)  # reference: adapters disabled
+        else:
+            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+            disable_dropout(self.ref_model)
+        disable_dropout(model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=config.learning_rate)
+        self.policy, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if self.ref_model is not None:
+            self.ref_model = self.ref_model.to(self.accelerator.device)
+        self.history: list[dict[str, float]] = []
+
+    @property
+    def is_main_process(self) -> bool:
+        return True
+
+    @property
+    def _lm(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.policy)
+
+    def _sums(self, ids: torch.Tensor, att: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B] summed log-probs of each response under the policy (with grad)."""
+        logits = self.policy(input_ids=ids, attention_mask=att).logits
+        return (token_logprobs(logits, ids, self.config.temperature) * mask).sum(1)
+
+    def dpo_step(self, queries: list[torch.Tensor], chosen: list[torch.Tensor],
+                 rejected: list[torch.Tensor]) -> dict[str, float]:  # fmt: skip
+        """One optimiser step of the sigmoid DPO loss over (query, chosen, rejected) triples."""
+        cfg, n = self.config, len(queries)
+        ids, att, mask = self._batch(queries + queries, chosen + rejected)  # chosen rows first
+        self.policy.train()
+        with torch.no_grad():
+            ref = (self.reference_logprobs(ids, att) * mask).sum(1)
+        logp = self._sums(ids, att, mask)
+        margin = (logp[:n] - ref[:n]) - (logp[n:] - ref[n:])  # implicit reward margin / beta
+        loss = -F.logsigmoid(cfg.beta * margin).mean()
+        self.accelerator.backward(loss)
+        self.accelerator.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        return {"loss": loss.item(), "reward_margin": (cfg.beta * margin).mean().item(),
+                "reward_accuracy": (margin > 0).float().mean().item(),
+                "response_length": mask.sum(1).mean().item()}  # fmt: skip
+
+    def train(self, prompts: list[str], judge: PairJudge, steps: int,
+              log: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:  # fmt: skip
+        """Sample, judge, step; `history` keeps every finished step if a stop is raised."""
+        if not prompts:
+            raise ConfigError("No prompts to train on.")
+        cfg = self.config
+        rng = random.Random(cfg.seed)
+        for step in range(steps):
+            batch = [rng.choice(prompts) for _ in range(cfg.batch_size)]
+            queries = [self._encode(p) for p in batch]
+            t0 = time.perf_counter()
+            # each prompt twice in one batch: two independent draws from the current policy
+            responses = self.generate([q for q in queries for _ in range(2)])
+            a_ids, b_ids = responses[0::2], responses[1::2]
+            texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+            t1 = time.perf_counter()
+            verdicts = list(judge(batch, texts[0::2], texts[1::2]))  # --max-cost: raises
+            t2 = time.perf_counter()
+            failed = sum(p is None for p in verdicts)
+            if failed > cfg.max_judge_failures * len(verdicts):
+                raise JudgeFailed(
+                    f"{failed} of {len(verdicts)} pair verdicts failed in step {step + 1} (limit "
+                    f"{cfg.max_judge_failures:.0%}): training stopped rather than learn from "
+                    "missing preferences. Check --judge, or raise --max-judge-failures."
+                )
+            chosen, rejected, qs = [], [], []
+            for q, a, b, p in zip(queries, a_ids, b_ids, verdicts, strict=True):
+                if p is None or abs(p - 0.5) < cfg.tie_margin:
+                    continue
+                qs.append(q)
+                chosen.append(a if p > 0.5 else b)
+                rejected.append(b if p > 0.5 else a)
+            stats: dict[str, float] = {}
+            if qs:
+                stats = self.dpo_step(qs, chosen, rejected)
+            stats.update(decisive=float(len(qs)), ties=float(len(verdicts) - failed - len(qs)),
+                         failed=float(failed), time_generate=t1 - t0, time_judge=t2 - t1)  # fmt: skip
+            stats.update(judge.usage() if hasattr(judge, "usage") else {})
+            self.history.append(stats)
+            if log:
+                log(step, stats)
+        return self.history
+
+    def save(self, out: str) -> None:
+        """The model (adapter under LoRA) and tokenizer."""
+        self._lm.save_pretrained(out, safe_serialization=True)
+        self.tokenizer.save_pretrained(out)

@@ -1,0 +1,161 @@
+"""`cai-kit train online-dpo`: Online DPO with AI feedback (OAIF), judged by our pairwise judge."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from cai_kit.cli.main import app
+from tests.fixtures.fault_server import FaultServer
+from tests.test_train import tensorboard_scalars
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cai_kit.train.common import tiny_model
+
+    return tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+_BLOCK = r"<<<RESPONSE-{x}-\w+>>>\n(.*?)\n<<<END-RESPONSE-{x}-\w+>>>"
+
+
+def _shown(body: dict[str, Any]) -> tuple[str, str]:
+    """The two responses of a judge prompt, in the order shown."""
+    text = body["messages"][-1]["content"]
+    a = re.search(_BLOCK.format(x="A"), text, re.DOTALL)
+    b = re.search(_BLOCK.format(x="B"), text, re.DOTALL)
+    assert a and b
+    return a.group(1), b.group(1)
+
+
+def prefers_shorter(body: dict[str, Any], rng: object) -> str:
+    """A judge that prefers the shorter response, whichever order it is shown in (equal
+    lengths: "A" both ways, a position-inconsistent tie)."""
+    a, b = _shown(body)
+    return "B" if len(b) < len(a) else "A"
+
+
+def _run(tiny: Path, prompts: Path, server: FaultServer, out: Path, *extra: str) -> Any:
+    return CliRunner().invoke(app, ["train", "online-dpo", str(prompts), "--model", f"hf:{tiny}", "--judge", "j",
+                                    "--judge-api-base", server.base_url, "--out", str(out), "--batch-size", "2",
+                                    "--max-new-tokens", "4", "--lr", "1e-3", "--max-retries", "0", *extra])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_online_dpo_cli_learns_from_decisive_pairs_and_writes_its_outputs(
+    tiny: Path, tmp_path: Path, fault_server: FaultServer
+) -> None:
+    fault_server.responder = prefers_shorter
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Say hi\nSay bye\n")
+    out = tmp_path / "odpo"
+    r = _run(tiny, prompts, fault_server, out, "--steps", "2", "--report-to", "tensorboard")
+    assert r.exit_code == 0, r.output
+    assert fault_server.paid == 8  # 2 steps x 2 pairs x both orders
+    history = json.loads((out / "log_history.json").read_text())
+    assert [h["step"] for h in history] == [1, 2]
+    for h in history:
+        assert h["decisive"] + h["ties"] == 2 and h["failed"] == 0
+        assert ("loss" in h) == (h["decisive"] > 0)
+    # decisive pairs are exactly those whose two responses differ in length (as the judge saw them)
+    shown = [_shown(b) for b in fault_server.bodies]
+    decisive = sum(len(a) != len(b) for a, b in shown) / 2  # each pair is shown in both orders
+    assert sum(h["decisive"] for h in history) == decisive
+    assert "step 2/2:" in r.output and "Saved to" in r.output
+    assert (out / "adapter_config.json").is_file()  # LoRA by default
+    for name in ("train_config.yaml", "training_curves.png", "log_history.json"):
+        assert (out / name).is_file(), name
+    assert "kind: online-dpo" in (out / "train_config.yaml").read_text()
+    scalars = tensorboard_scalars(out)  # --report-to: the same per-step numbers
+    for key in ("decisive", "ties", "failed", "judge_calls"):
+        assert [s for s, _ in scalars[key]] == [1, 2], key
+        assert [v for _, v in scalars[key]] == pytest.approx([h[key] for h in history]), key
+    assert [v for _, v in scalars["judge_calls"]] == [4, 8]  # one engine: the run so far
+
+
+@pytest.mark.slow
+def test_a_dead_judge_or_max_cost_stops_online_dpo_and_keeps_the_finished_step(
+    tiny: Path, tmp_path: Path, fault_server: FaultServer
+) -> None:
+    fault_server.responder = prefers_shorter
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Say hi\nSay bye\n")
+    fault_server.script = ["ok"] * 4  # step 1 is judged; then the judge's key stops working
+    fault_server.default = "401"
+    dead = tmp_path / "dead"
+    r = _run(tiny, prompts, fault_server, dead, "--steps", "3")
+    assert r.exit_code == 1, r.output
+    assert "2 of 2 pair verdicts failed in step 2" in r.output, r.output
+    assert "The 1 finished step(s) are saved" in r.output and "Traceback" not in r.output
+    assert len(json.loads((dead / "log_history.json").read_text())) == 1
+    assert (dead / "adapter_config.json").is_file()
+
+    fault_server.reset()
+    fault_server.responder = prefers_shorter
+    fault_server.report_cost = 0.01  # $0.04 a step (4 calls): --max-cost 0.055 allows one step
+    capped = tmp_path / "capped"
+    r = _run(tiny, prompts, fault_server, capped, "--steps", "3", "--max-cost", "0.055",
+             "--price", "0,2500", "--concurrency", "1", "--no-cache")  # fmt: skip
+    assert r.exit_code == 1 and "max-cost" in r.output, r.output
+    assert "The 1 finished step(s) are saved" in r.output
+    assert len(json.loads((capped / "log_history.json").read_text())) == 1
+    assert (capped / "adapter_config.json").is_file()
+    assert fault_server.paid <= 6  # stopped inside step 2
+
+
+def test_online_dpo_refuses_a_zero_temperature_and_several_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Say hi\n")
+    base = ["train", "online-dpo", str(prompts), "--judge", "j", "--judge-api-base",
+            "http://127.0.0.1:9/v1", "--out", str(tmp_path / "o")]  # fmt: skip
+    r = CliRunner().invoke(app, [*base, "--temperature", "0"])
+    assert r.exit_code == 1 and "--temperature must be above 0" in r.output, r.output
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    r = CliRunner().invoke(app, base)
+    assert r.exit_code == 1 and "runs as one process" in r.output, r.output
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_dpo_steps_start_at_log_2_and_raise_the_chosen_over_the_rejected(
+    tiny: Path, lora: bool
+) -> None:
+    """The reference is the starting model (LoRA: adapters off), so the first step's margin is 0
+    and its loss log 2; steps on one pair then widen log pi(chosen) - log pi(rejected)."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cai_kit.train.common import load_tokenizer, lora_config
+    from cai_kit.train.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+
+    tok = load_tokenizer(str(tiny))
+    cfg = OnlineDPOConfig(learning_rate=1e-2, beta=0.5, max_new_tokens=4)
+    trainer = OnlineDPOTrainer(cfg, AutoModelForCausalLM.from_pretrained(tiny), tok,
+                               peft_config=lora_config(r=4, alpha=8) if lora else None)  # fmt: skip
+    q = trainer._encode("Say hi")
+    chosen, rejected = (
+        torch.tensor(tok(" hello")["input_ids"]),
+        torch.tensor(tok(" no")["input_ids"]),
+    )
+
+    def gap() -> float:
+        ids, att, mask = trainer._batch([q, q], [chosen, rejected])
+        with torch.no_grad():
+            s = trainer._sums(ids, att, mask)
+        return float(s[0] - s[1])
+
+    before = gap()
+    first = trainer.dpo_step([q], [chosen], [rejected])
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    for _ in range(4):
+        trainer.dpo_step([q], [chosen], [rejected])
+    assert gap() > before + 0.1
