@@ -148,13 +148,10 @@ def _ppo(o: dict[str, Any], names: list[str], flags: dict[str, Any]) -> None:
     import dataclasses
     import json
 
-    import yaml
-
     from cai_kit.errors import CaiKitError
     from cai_kit.prompts import load_prompts
     from cai_kit.train.common import load_model, load_tokenizer, lora_config, resolve_model
     from cai_kit.train.ppo import PPOConfig, PPOTrainer
-    from cai_kit.train.report import plot_curves
     from cai_kit.train.tracking import Tracker
 
     out, steps = o["out"], o["steps"]
@@ -196,22 +193,8 @@ def _ppo(o: dict[str, Any], names: list[str], flags: dict[str, Any]) -> None:
         trainer.save(str(out))
     if history and trainer.is_main_process:
         (out / "ppo_history.json").write_text(json.dumps(history, indent=1))
-        logged = [{**h, "step": i + 1} for i, h in enumerate(history)]
-        (out / "log_history.json").write_text(json.dumps(logged, indent=1))
-        resolved = {"kind": "ppo", "base_model": base, "options": {k: _plain(v) for k, v in o.items()},
-                    "ppo_config": dataclasses.asdict(cfg)}  # fmt: skip
-        (out / "train_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-        plot_curves(logged, out / "training_curves.png", "ppo",
-                    keys=("reward", "kl", "policy_loss", "entropy", "clipfrac", "judge_failed"))  # fmt: skip
-    if stopped is not None:
-        kept = (
-            f"The {len(history)} finished step(s) are saved in {out}."
-            if history
-            else "No step was finished."
-        )
-        raise CaiKitError(f"{stopped} {kept}")
-    if trainer.is_main_process:
-        typer.echo(f"Saved to {out}")
+    _finish_own_loop(out, "ppo", base, o, cfg, history, stopped, trainer.is_main_process,
+                     keys=("reward", "kl", "policy_loss", "entropy", "clipfrac", "judge_failed"))  # fmt: skip
 
 
 @job_flags(without=TRAINER_WITHOUT)
@@ -300,15 +283,11 @@ def _pair_judge(o: dict[str, Any], flags: dict[str, Any]):  # type: ignore[no-un
 
 def _online_dpo(o: dict[str, Any], names: list[str], flags: dict[str, Any]) -> None:
     import dataclasses
-    import json
-
-    import yaml
 
     from cai_kit.errors import CaiKitError
     from cai_kit.prompts import load_prompts
     from cai_kit.train.common import load_model, load_tokenizer, lora_config, resolve_model
     from cai_kit.train.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
-    from cai_kit.train.report import plot_curves
     from cai_kit.train.tracking import Tracker
 
     out, steps = o["out"], o["steps"]
@@ -347,18 +326,36 @@ def _online_dpo(o: dict[str, Any], names: list[str], flags: dict[str, Any]) -> N
     history = trainer.history
     if history:
         trainer.save(str(out))
+    _finish_own_loop(out, "online-dpo", base, o, cfg, history, stopped, True,
+                     keys=("loss", "reward_margin", "reward_accuracy", "decisive", "ties", "failed"))  # fmt: skip
+
+
+def _finish_own_loop(out: Path, kind: str, base: str, o: dict[str, Any], cfg: Any, history: list[dict[str, float]],
+                     stopped: Exception | None, main: bool, keys: tuple[str, ...]) -> None:  # fmt: skip
+    """The end of one of our own training loops (the model is saved): on the main process
+    log_history.json, train_config.yaml and training_curves.png; then the reason it stopped
+    early with what was kept, or where it was saved."""
+    import dataclasses
+    import json
+
+    import yaml
+
+    from cai_kit.errors import CaiKitError
+    from cai_kit.train.report import plot_curves
+
+    if history and main:
         logged = [{**h, "step": i + 1} for i, h in enumerate(history)]
         (out / "log_history.json").write_text(json.dumps(logged, indent=1))
-        resolved = {"kind": "online-dpo", "base_model": base, "options": {k: _plain(v) for k, v in o.items()},
-                    "online_dpo_config": dataclasses.asdict(cfg)}  # fmt: skip
+        resolved = {"kind": kind, "base_model": base, "options": {k: _plain(v) for k, v in o.items()},
+                    f"{kind.replace('-', '_')}_config": dataclasses.asdict(cfg)}  # fmt: skip
         (out / "train_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-        plot_curves(logged, out / "training_curves.png", "online-dpo",
-                    keys=("loss", "reward_margin", "reward_accuracy", "decisive", "ties", "failed"))  # fmt: skip
+        plot_curves(logged, out / "training_curves.png", kind, keys=keys)
     if stopped is not None:
         kept = (f"The {len(history)} finished step(s) are saved in {out}." if history
                 else "No step was finished.")  # fmt: skip
         raise CaiKitError(f"{stopped} {kept}")
-    typer.echo(f"Saved to {out}")
+    if main:
+        typer.echo(f"Saved to {out}")
 
 
 def _plain(v: Any) -> Any:

@@ -20,14 +20,20 @@ unchanged. `last_metrics` holds `group/failed_groups` of the last call.
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 
 from cai_kit.engine import CallFailed, Engine, EngineConfig
 from cai_kit.errors import CaiKitError, ConfigError
 from cai_kit.llm.base import Backend, GenParams
 from cai_kit.llm.registry import get_backend
-from cai_kit.train.rewards import JudgeFailed, _share_of_the_cap, all_or_cancel, close_judge
+from cai_kit.train.rewards import (
+    JudgeFailed,
+    _share_of_the_cap,
+    all_or_cancel,
+    check_judge_model,
+    close_judge,
+    judge_usage,
+)
 
 
 class GroupJudgeScorer:
@@ -44,12 +50,7 @@ class GroupJudgeScorer:
         self.judge = judge
         self.model, self.api_base = model, api_base
         self.group_size, self.repeats = group_size, repeats
-        try:  # fail now on a bad model string or a missing key, naming this command's flag
-            get_backend(model, api_base=api_base)
-        except ConfigError as exc:
-            raise ConfigError(
-                re.sub(r"(?<![\w-])--api-base", "--judge-api-base", str(exc))
-            ) from None
+        check_judge_model(model, api_base)  # fail now, naming this command's flag
         self.engine_config = _share_of_the_cap(engine_config or EngineConfig(quiet=True))
         self.max_failed_share = max_failed_share
         self.params = GenParams(temperature=0.0, max_tokens=8 * group_size + 16)
@@ -113,11 +114,7 @@ class GroupJudgeScorer:
 
     def usage(self) -> dict[str, float]:
         """This process's judge calls (answered, paid) and their cost in USD so far."""
-        stats = self.engine.stats if self.engine is not None else None
-        return {
-            "judge_calls": float(stats.calls if stats else 0),
-            "judge_cost": stats.cost if stats else 0.0,
-        }
+        return judge_usage(self.engine)
 
     def check_failures(self, failed: int, total: int) -> None:
         """Raise JudgeFailed when more than max_failed_share of one step's responses (all ranks)

@@ -28,7 +28,6 @@ import asyncio
 import copy
 import os
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -43,7 +42,13 @@ from cai_kit.errors import ConfigError
 from cai_kit.llm.base import Backend
 from cai_kit.llm.registry import get_backend
 from cai_kit.train.ppo import PPOTrainer, disable_dropout, token_logprobs
-from cai_kit.train.rewards import JudgeFailed, all_or_cancel, close_judge
+from cai_kit.train.rewards import (
+    JudgeFailed,
+    all_or_cancel,
+    check_judge_model,
+    close_judge,
+    judge_usage,
+)
 
 PairJudge = Callable[[list[str], list[str], list[str]], list[float | None]]
 # (prompt, response_a, response_b, engine, backend) -> P(a better) or None (failed)
@@ -71,12 +76,7 @@ class PairJudgeScorer:
     def __init__(self, judge: AsyncPairJudge, model: str, api_base: str | None = None,
                  engine_config: EngineConfig | None = None) -> None:  # fmt: skip
         self.judge, self.model, self.api_base = judge, model, api_base
-        try:  # fail now on a bad model string or a missing key, naming this command's flag
-            get_backend(model, api_base=api_base)
-        except ConfigError as exc:
-            raise ConfigError(
-                re.sub(r"(?<![\w-])--api-base", "--judge-api-base", str(exc))
-            ) from None
+        check_judge_model(model, api_base)  # fail now, naming this command's flag
         self.engine_config = engine_config or EngineConfig(quiet=True)
         self._runner = asyncio.Runner()
         self.engine: Engine | None = None
@@ -96,9 +96,8 @@ class PairJudgeScorer:
         return self._runner.run(self._all(prompts, a, b))
 
     def usage(self) -> dict[str, float]:
-        stats = self.engine.stats if self.engine is not None else None
-        return {"judge_calls": float(stats.calls if stats else 0),
-                "judge_cost": stats.cost if stats else 0.0}  # fmt: skip
+        """This process's judge calls (answered, paid) and their cost in USD so far."""
+        return judge_usage(self.engine)
 
     def close(self) -> None:
         close_judge(self._runner, self._backend, self.engine)

@@ -116,6 +116,24 @@ def stop_together(stop: CaiKitError | None) -> None:
                           "stops at this step")  # fmt: skip
 
 
+def check_judge_model(model: str, api_base: str | None) -> None:
+    """Fail now on a bad judge model string or a missing key, naming the training commands'
+    flag (`--judge-api-base`, where the backend's own message says `--api-base`)."""
+    try:
+        get_backend(model, api_base=api_base)
+    except ConfigError as exc:
+        raise ConfigError(re.sub(r"(?<![\w-])--api-base", "--judge-api-base", str(exc))) from None
+
+
+def judge_usage(engine: Engine | None) -> dict[str, float]:
+    """A judge's calls (answered, paid) and their cost in USD so far, in this process."""
+    stats = engine.stats if engine is not None else None
+    return {
+        "judge_calls": float(stats.calls if stats else 0),
+        "judge_cost": stats.cost if stats else 0.0,
+    }
+
+
 def score_step(reward_fn: Callable[[list[str], list[str]], list[float]], prompts: list[str],
                responses: list[str]) -> tuple[list[float], dict[str, float]]:  # fmt: skip
     """Score one step's responses on this rank; every rank calls it at the same point of a step.
@@ -186,12 +204,7 @@ class JudgeScorer:
                 f"Judge reward must be one of {', '.join(JUDGE_REWARDS)}, not {reward!r}."
             )
         self.model, self.api_base, self.reward = model, api_base, reward
-        try:  # fail now on a bad model string or a missing key, naming this command's flag
-            get_backend(model, api_base=api_base)
-        except ConfigError as exc:
-            raise ConfigError(
-                re.sub(r"(?<![\w-])--api-base", "--judge-api-base", str(exc))
-            ) from None
+        check_judge_model(model, api_base)  # fail now, naming this command's flag
         self.constitution = constitution
         self.engine_config = _share_of_the_cap(engine_config or EngineConfig(quiet=True))
         self.max_failed_share = max_failed_share
@@ -250,11 +263,7 @@ class JudgeScorer:
 
     def usage(self) -> dict[str, float]:
         """This process's judge calls (answered, paid) and their cost in USD so far."""
-        stats = self.engine.stats if self.engine is not None else None
-        return {
-            "judge_calls": float(stats.calls if stats else 0),
-            "judge_cost": stats.cost if stats else 0.0,
-        }
+        return judge_usage(self.engine)
 
     def check_failures(self, failed: int, total: int) -> None:
         """Raise JudgeFailed when more than max_failed_share of one step's scorings failed
