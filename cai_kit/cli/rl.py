@@ -148,7 +148,6 @@ def _ppo(o: dict[str, Any], names: list[str], flags: dict[str, Any]) -> None:
     import dataclasses
     import json
 
-    from cai_kit.errors import CaiKitError
     from cai_kit.prompts import load_prompts
     from cai_kit.train.common import load_model, load_tokenizer, lora_config, resolve_model
     from cai_kit.train.ppo import PPOConfig, PPOTrainer
@@ -180,17 +179,8 @@ def _ppo(o: dict[str, Any], names: list[str], flags: dict[str, Any]) -> None:
         typer.echo(f"step {step + 1}/{steps}: reward {s['reward']:.3f}  kl {s['kl']:.3f}  entropy {s['entropy']:.2f}  "
                    f"clipfrac {s['clipfrac']:.3f}  value_loss {s['value_loss']:.4f}{failed}")  # fmt: skip
 
-    stopped: CaiKitError | None = None
-    try:
-        trainer.train(texts, reward_fn, steps, log)
-    except CaiKitError as exc:  # a dead judge or --max-cost: keep the steps already made
-        stopped = exc
-    finally:
-        _close(reward_fn)
-        tracker.close()
+    stopped = _train_own_loop(trainer, texts, reward_fn, steps, log, tracker, out)
     history = trainer.history
-    if history:
-        trainer.save(str(out))
     if history and trainer.is_main_process:
         (out / "ppo_history.json").write_text(json.dumps(history, indent=1))
     _finish_own_loop(out, "ppo", base, o, cfg, history, stopped, trainer.is_main_process,
@@ -315,19 +305,29 @@ def _online_dpo(o: dict[str, Any], names: list[str], flags: dict[str, Any]) -> N
         typer.echo(f"step {step + 1}/{steps}: {loss}decisive {s['decisive']:.0f}  ties {s['ties']:.0f}  "
                    f"failed {s['failed']:.0f}")  # fmt: skip
 
+    stopped = _train_own_loop(trainer, texts, judge, steps, log, tracker, out)
+    _finish_own_loop(out, "online-dpo", base, o, cfg, trainer.history, stopped, True,
+                     keys=("loss", "reward_margin", "reward_accuracy", "decisive", "ties", "failed"))  # fmt: skip
+
+
+def _train_own_loop(trainer: Any, texts: list[str], source: Any, steps: int, log: Any, tracker: Any,
+                    out: Path) -> Exception | None:  # fmt: skip
+    """Train one of our own loops; a dead judge or --max-cost stops it and is returned, not
+    raised, so the steps already made are kept: the model is saved when a step finished. The
+    reward or judge and the tracker are closed either way."""
+    from cai_kit.errors import CaiKitError
+
     stopped: CaiKitError | None = None
     try:
-        trainer.train(texts, judge, steps, log)
-    except CaiKitError as exc:  # a dead judge or --max-cost: keep the steps already made
+        trainer.train(texts, source, steps, log)
+    except CaiKitError as exc:
         stopped = exc
     finally:
-        _close(judge)
+        _close(source)
         tracker.close()
-    history = trainer.history
-    if history:
+    if trainer.history:
         trainer.save(str(out))
-    _finish_own_loop(out, "online-dpo", base, o, cfg, history, stopped, True,
-                     keys=("loss", "reward_margin", "reward_accuracy", "decisive", "ties", "failed"))  # fmt: skip
+    return stopped
 
 
 def _finish_own_loop(out: Path, kind: str, base: str, o: dict[str, Any], cfg: Any, history: list[dict[str, float]],
