@@ -94,9 +94,11 @@ def test_retry_after_is_honoured_in_seconds_and_http_date(
 def test_timeouts_and_dropped_connections_are_retried(
     fault_server: FaultServer, tmp_path: Path
 ) -> None:
-    fault_server.slow_s = 3.0
+    # the timeout is long enough that the one good answer never hits it on a loaded 2-core CI
+    # machine (0.5 s did once: 5 retries), and "slow" sleeps well past it
+    fault_server.slow_s = 10.0
     fault_server.script = ["slow", "drop", "garbage", "503"]
-    summary = _run(fault_server, tmp_path, 1, timeout_s=0.5)
+    summary = _run(fault_server, tmp_path, 1, timeout_s=2.0)
     assert summary.done == 1 and summary.stats["retries"] == 4
 
 
