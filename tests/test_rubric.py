@@ -329,6 +329,13 @@ def test_eval_rubric_checks_only_needs_no_judge_and_reports_pass_rates_with_cis(
     lo, hi = rep["rates"]["no-urls"]["baseline"]["ci"]
     assert 0.0 <= lo < 0.5 < hi <= 1.0
     assert rep["diff"]["no-urls"]["diff"] == 0.5
+    # the win rate on the combined score: after passes all 4, before fails q0 and q1
+    assert rep["win_rate"] == {"wins": 2, "ties": 2, "losses": 0, "n": 4, "rate": 0.75,
+                               "ci": [pytest.approx(0.5), pytest.approx(1.0)]}  # fmt: skip
+    assert "win rate against the baseline 0.750" in r.output and "2 wins, 2 ties, 0 losses" in r.output
+    assert "Win rate of the model against the baseline on the combined score: **0.75**" in (
+        out / "report.md"
+    ).read_text()
     rows = [json.loads(x) for x in (out / "rubric.jsonl").read_text().splitlines()]
     assert all(row["metadata"]["rubric"]["combine"] == "min" for row in rows)
     assert "| no-urls | 100% of 4" in (out / "report.md").read_text()

@@ -218,6 +218,10 @@ def rubric(
             typer.echo(
                 f"{role}: all principles combined ({rub.combine}) pass rate {rate} over {r.n}"
             )
+        w = rep.win_rate
+        if w is not None and w["rate"] is not None:
+            typer.echo(f"win rate against the baseline {w['rate']:.3f} (95% CI {w['ci'][0]:.3f}-"
+                       f"{w['ci'][1]:.3f}): {w['wins']} wins, {w['ties']} ties, {w['losses']} losses")  # fmt: skip
         typer.echo(f"Report: {out / 'report.md'}")
     if flags["dry_run"]:
         typer.echo(keys_needed(*((m, api_base) for m in (model, baseline, judge) if m)))

@@ -5,7 +5,9 @@ constitution's rubric (`cai_kit.stages.rubric`: checks by their program, the oth
 by a judge's P(Yes)). A principle passes when its score is at least the rubric's threshold.
 The report gives each principle's pass rate per model with a percentile-bootstrap 95% CI, and
 with a baseline the paired difference (model minus baseline over the prompts both answered)
-with its own CI; the combined score's pass rate is the last row.
+with its own CI; the combined score's pass rate is the last row. With a baseline it also gives
+the model's **win rate** against it: per prompt both answered, the combined scores compared
+(higher: a win, 1; equal: a tie, 0.5; lower: a loss, 0), averaged, with a bootstrap 95% CI.
 
 A record (one role, one prompt) is a GenerationRecord whose `metadata.rubric` keeps the vector
 of per-principle scores, their sources, and how they were combined. A failed call, an
@@ -52,9 +54,12 @@ class RubricReport:
     roles: list[str]
     rates: dict[str, dict[str, PassRate]] = field(default_factory=dict)  # principle -> role ->
     diff: dict[str, tuple[float, float, float, int]] = field(default_factory=dict)  # d, lo, hi, n
+    # model vs baseline on the combined score: wins, ties, losses, rate, (lo, hi); None: no baseline
+    win_rate: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "win_rate": self.win_rate,
             "rates": {
                 pid: {
                     role: {"pass_rate": r.rate, "n": r.n, "failed": r.failed, "ci": list(r.ci)}
@@ -149,6 +154,7 @@ def summarise(
         dict
     )  # (pid, role) -> prompt -> 0/1
     failed: dict[tuple[str, str], int] = defaultdict(int)
+    combined: dict[str, dict[str, float]] = defaultdict(dict)  # role -> prompt -> score
     for rec in records:
         role, scored = rec.metadata.get("role"), rec.metadata.get("rubric")
         if not isinstance(scored, dict):
@@ -160,6 +166,7 @@ def summarise(
                 passes[(pid, role)][rec.prompt_id] = float(score >= rubric.threshold)  # type: ignore[index]
         if scored.get("score") is not None:
             passes[(COMBINED, role)][rec.prompt_id] = float(scored["score"] >= rubric.threshold)  # type: ignore[index]
+            combined[role][rec.prompt_id] = float(scored["score"])  # type: ignore[index]
         else:
             failed[(COMBINED, role)] += 1  # type: ignore[index]
     report = RubricReport(roles=roles)
@@ -178,7 +185,22 @@ def summarise(
             if diffs:
                 lo, hi = bootstrap_ci(diffs, seed=seed)
                 report.diff[pid] = (sum(diffs) / len(diffs), lo, hi, len(diffs))
+    if "baseline" in roles:
+        report.win_rate = win_rate(combined["model"], combined["baseline"], seed)
     return report
+
+
+def win_rate(after: dict[str, float], before: dict[str, float], seed: int = 0) -> dict[str, Any]:
+    """The model's win rate over the baseline on the prompts both have a combined score for:
+    a higher score is a win (1), an equal one a tie (0.5), a lower one a loss (0)."""
+    both = sorted(set(after) & set(before))
+    outcomes = [
+        1.0 if after[k] > before[k] else 0.5 if after[k] == before[k] else 0.0 for k in both
+    ]
+    lo, hi = bootstrap_ci(outcomes, seed=seed)
+    return {"wins": outcomes.count(1.0), "ties": outcomes.count(0.5), "losses": outcomes.count(0.0),
+            "n": len(outcomes), "rate": sum(outcomes) / len(outcomes) if outcomes else None,
+            "ci": [lo, hi]}  # fmt: skip
 
 
 def _write_report(out_dir: Path, report: RubricReport, rubric: Rubric) -> None:
@@ -206,6 +228,11 @@ def _write_report(out_dir: Path, report: RubricReport, rubric: Rubric) -> None:
                 else f"{100 * d[0]:+.0f} pts [{100 * d[1]:+.0f}, {100 * d[2]:+.0f}] over {d[3]}"
             )
         lines.append(f"| {pid} | " + " | ".join(cells) + " |")
+    w = report.win_rate
+    if w is not None and w["rate"] is not None:
+        lines += ["", f"Win rate of the model against the baseline on the combined score: "
+                  f"**{w['rate']:.2f}** [{w['ci'][0]:.2f}-{w['ci'][1]:.2f}] over {w['n']} prompts "
+                  f"({w['wins']} wins, {w['ties']} ties, {w['losses']} losses; a tie counts 0.5)."]  # fmt: skip
     lines += ["", "A principle that could not be scored (failed call, unparseable answer, a check that "
               "raised) is left out of its rate and counted as failed, never as a fail or a pass.", ""]  # fmt: skip
     (out_dir / "report.md").write_text("\n".join(lines), encoding="utf-8")
