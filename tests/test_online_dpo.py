@@ -159,3 +159,102 @@ def test_dpo_steps_start_at_log_2_and_raise_the_chosen_over_the_rejected(
     for _ in range(4):
         trainer.dpo_step([q], [chosen], [rejected])
     assert gap() > before + 0.1
+
+
+# --- a per-response reward instead of the pairwise judge: --reward rubric, --reward-fn ------
+
+SEEN: list[tuple[str, str]] = []  # (prompt, response) pairs the Python reward was asked about
+
+
+def shorter_is_better(prompts: list[str], responses: list[str]) -> list[float]:
+    SEEN.extend(zip(prompts, responses, strict=True))
+    return [-float(len(r)) for r in responses]
+
+
+CHECKS_ONLY = """\
+name: t
+principles:
+  - id: short
+    critique: Too long?
+    revision: Shorten it.
+    check: {regex: '\\A.{0,6}\\Z', must: match}
+  - id: picky
+    critique: Picky?
+    revision: Be picky.
+    check: {python: "tests.test_online_dpo:picky"}
+"""
+
+
+def picky(prompt: str, response: str) -> bool:
+    if prompt == "Explode":
+        raise ValueError("cannot judge this one")
+    return True
+
+
+def _pointwise(tiny: Path, prompts: Path, out: Path, *extra: str) -> Any:
+    return CliRunner().invoke(app, ["train", "online-dpo", str(prompts), "--model", f"hf:{tiny}", "--out", str(out),
+                                    "--batch-size", "2", "--max-new-tokens", "4", "--lr", "1e-3", *extra])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_online_dpo_with_a_python_reward_chooses_the_higher_score_and_calls_no_judge(
+    tiny: Path, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Say hi\nSay bye\n")
+    SEEN.clear()
+    out = tmp_path / "fn"
+    r = _pointwise(
+        tiny, prompts, out, "--steps", "2", "--reward-fn", "tests.test_online_dpo:shorter_is_better"
+    )
+    assert r.exit_code == 0, r.output
+    history = json.loads((out / "log_history.json").read_text())
+    assert len(SEEN) == 8  # 2 steps x 2 prompts x 2 samples, each scored alone
+    # each call scores the a-samples then the b-samples: pairs are (i, i + 2) within a step
+    decisive = [
+        sum(len(SEEN[s + i][1]) != len(SEEN[s + i + 2][1]) for i in range(2)) for s in (0, 4)
+    ]
+    assert [h["decisive"] for h in history] == decisive
+    assert all(h["failed"] == 0 and h["judge_calls"] == 0 for h in history)
+    assert (out / "adapter_config.json").is_file()
+
+
+@pytest.mark.slow
+def test_online_dpo_with_a_checks_only_rubric_logs_each_principle_and_a_raising_check_stops_it(
+    tiny: Path, tmp_path: Path
+) -> None:
+    cons = tmp_path / "c.yaml"
+    cons.write_text(CHECKS_ONLY)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Say hi\nSay bye\n")
+    out = tmp_path / "rubric"
+    r = _pointwise(tiny, prompts, out, "--steps", "2", "--reward", "rubric", "-c", str(cons))
+    assert r.exit_code == 0, r.output
+    history = json.loads((out / "log_history.json").read_text())
+    assert len(history) == 2
+    for h in history:
+        assert h["rubric/picky"] == 1.0 and 0.0 <= h["rubric/short"] <= 1.0
+        assert h["decisive"] + h["ties"] == 2 and h["failed"] == 0 and h["judge_calls"] == 0
+
+    prompts.write_text("Explode\n")  # every pair has a check that raises: failed, never a tie
+    r = _pointwise(
+        tiny, prompts, tmp_path / "boom", "--steps", "2", "--reward", "rubric", "-c", str(cons)
+    )
+    assert r.exit_code == 1, r.output
+    assert (
+        "2 of 2 pair verdicts failed in step 1" in r.output and "No step was finished" in r.output
+    )
+
+
+def test_online_dpo_needs_a_judge_or_a_reward_and_no_pairwise_judge_with_reward_fn(
+    tmp_path: Path,
+) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Say hi\n")
+    base = ["train", "online-dpo", str(prompts), "--out", str(tmp_path / "o")]
+    r = CliRunner().invoke(app, base)
+    assert r.exit_code == 1 and "Give --judge MODEL" in r.output, r.output
+    r = CliRunner().invoke(app, [*base, "--judge", "j", "--reward-fn", "m:f"])
+    assert r.exit_code == 1 and "use it with --reward rubric" in r.output, r.output
+    r = CliRunner().invoke(app, [*base, "--reward", "group"])
+    assert r.exit_code == 1 and "--reward must be pairwise or rubric" in r.output, r.output

@@ -190,10 +190,17 @@ def _ppo(o: dict[str, Any], names: list[str], flags: dict[str, Any]) -> None:
 @job_flags(without=TRAINER_WITHOUT)
 def online_dpo(
     prompts: Annotated[str, typer.Argument(help="Prompt file (as for revise).")],
-    judge: Annotated[str, typer.Option("--judge", help="The pairwise judge model string.")],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output directory (model, stats, curves).")
     ],
+    judge: Annotated[
+        str | None,
+        typer.Option(
+            "--judge",
+            help="The judge model: compares the two samples (--reward pairwise), or scores the "
+            "rubric's principles that have no check (--reward rubric).",
+        ),
+    ] = None,
     model: Annotated[
         str,
         typer.Option("--model", "-m", help="Policy (and reference): local, hf:PATH or a Hub id."),
@@ -225,11 +232,24 @@ def online_dpo(
     principles: JudgePrinciples = "one",
     tie_margin: JudgeTieMargin = 0.05,
     max_judge_failures: MaxJudgeFailures = 0.1,
+    reward: Annotated[
+        str,
+        typer.Option(
+            "--reward",
+            help="pairwise: --judge compares the two samples in both orders | rubric: each "
+            "sample scored alone by the constitution's rubric (checks run as programs, other "
+            "principles asked of --judge); the higher score is chosen.",
+        ),
+    ] = "pairwise",
+    rubric_combine: RubricCombine = None,
+    python_reward: RewardFn = None,
+    python_reward_weight: RewardFnWeight = 1.0,
     report_to: ReportTo = None,
     **flags: Any,
 ) -> None:
     """Online DPO with AI feedback (OAIF): two samples per prompt from the current policy, judged
-    in both orders by --judge; one DPO step on the decisive pairs (our own implementation)."""
+    in both orders by --judge (or scored by a rubric / --reward-fn); one DPO step on the
+    decisive pairs (our own implementation)."""
     options = {k: v for k, v in locals().items() if k != "flags"}  # the flags, before any import
     import os
 
@@ -237,6 +257,17 @@ def online_dpo(
 
     if temperature <= 0:
         fail("--temperature must be above 0: the two responses of a prompt are two samples.")
+    if reward not in ("pairwise", "rubric"):
+        fail(f"--reward must be pairwise or rubric, not {reward!r}.")
+    if reward == "pairwise" and judge is None and python_reward is None:
+        fail(
+            "Give --judge MODEL (pairwise verdicts), --reward rubric, or --reward-fn module:function."
+        )
+    if reward == "pairwise" and judge is not None and python_reward is not None:
+        fail(
+            "--reward-fn scores each sample alone: use it with --reward rubric, or alone "
+            "(without --judge), not with the pairwise judge."
+        )
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         fail(
             "train online-dpo runs as one process: launch it without torchrun / accelerate launch."
@@ -271,6 +302,15 @@ def _pair_judge(o: dict[str, Any], flags: dict[str, Any]):  # type: ignore[no-un
                            engine_config_from({**o, **flags, "quiet": True}))  # fmt: skip
 
 
+def _pointwise(o: dict[str, Any], flags: dict[str, Any]):  # type: ignore[no-untyped-def]
+    """--reward rubric and/or --reward-fn: each sample scored alone, the higher one chosen."""
+    from cai_kit.train.online_dpo import PointwisePairs
+
+    opts = {**o, **flags, "reward": "rubric" if o["reward"] == "rubric" else "auto",
+            "reward_judge": o["judge"], "reward_model": None}  # fmt: skip
+    return PointwisePairs(build_reward(opts, lambda: None), o["tie_margin"])
+
+
 def _online_dpo(o: dict[str, Any], names: list[str], flags: dict[str, Any]) -> None:
     import dataclasses
 
@@ -283,7 +323,11 @@ def _online_dpo(o: dict[str, Any], names: list[str], flags: dict[str, Any]) -> N
     out, steps = o["out"], o["steps"]
     texts = [r.prompt_text for r in load_prompts(o["prompts"], limit=o["limit"]).records]
     try:
-        judge = _pair_judge(o, flags)
+        judge = (
+            _pair_judge(o, flags)
+            if o["judge"] and o["reward"] == "pairwise"
+            else _pointwise(o, flags)
+        )
     except CaiKitError as exc:
         fail(str(exc))
     base = resolve_model(o["model"])

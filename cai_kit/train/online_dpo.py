@@ -10,6 +10,10 @@
         one optimiser step on the mean loss over the decisive pairs
 
 The reference is the starting model (under LoRA: the same weights with the adapters off).
+Instead of a pairwise judge, `PointwisePairs` turns a per-response reward (a constitution's
+rubric, a Python `--reward-fn`, or both: `rubric_reward`) into verdicts: the two samples are
+scored alone and the higher score is chosen (`p_a` 1 or 0; 0.5, a tie, when the scores differ
+by less than `tie_margin`); a response that could not be scored makes its pair failed.
 The judge is any callable `(prompts, responses_a, responses_b) -> list[float | None]`; the CLI
 builds it from `stages.judge.judge_pair` (train never imports stages) and hands it in, wrapped
 in `PairJudgeScorer`, which holds one Engine + backend for the whole run (cache, --max-cost,
@@ -101,6 +105,41 @@ class PairJudgeScorer:
 
     def close(self) -> None:
         close_judge(self._runner, self._backend, self.engine)
+
+
+class PointwisePairs:
+    """A per-response reward `(prompts, responses) -> list[float]` as a pair judge: both
+    samples of each pair scored alone, the higher one chosen. Failed scorings (the reward's
+    `last_failed_mask`) make their pair None; its `last_metrics` (e.g. `rubric/<id>`) and
+    usage are logged per step like the judge's; `close()` closes it."""
+
+    def __init__(self, reward: Any, tie_margin: float = 0.05) -> None:
+        self.reward, self.tie_margin = reward, tie_margin
+        self.last_metrics: dict[str, float] = {}
+
+    def __call__(self, prompts: list[str], a: list[str], b: list[str]) -> list[float | None]:
+        n = len(a)
+        scores = self.reward(list(prompts) * 2, list(a) + list(b))
+        mask = getattr(self.reward, "last_failed_mask", None) or [False] * (2 * n)
+        self.last_metrics = dict(getattr(self.reward, "last_metrics", {}))
+        verdicts: list[float | None] = []
+        for i in range(n):
+            if mask[i] or mask[n + i]:
+                verdicts.append(None)
+                continue
+            d = scores[i] - scores[n + i]
+            verdicts.append(0.5 if abs(d) < self.tie_margin else (1.0 if d > 0 else 0.0))
+        return verdicts
+
+    def usage(self) -> dict[str, float]:
+        """The rubric judge's calls and cost (a blend's parts searched; none: zero)."""
+        parts = [self.reward, *(p for p, _ in getattr(self.reward, "parts", []))]
+        engines = [e for e in (getattr(p, "engine", None) for p in parts) if e is not None]
+        return judge_usage(engines[0] if engines else None)
+
+    def close(self) -> None:
+        if hasattr(self.reward, "close"):
+            self.reward.close()
 
 
 class OnlineDPOTrainer:
@@ -207,6 +246,7 @@ class OnlineDPOTrainer:
             stats.update(decisive=float(len(qs)), ties=float(len(verdicts) - failed - len(qs)),
                          failed=float(failed), time_generate=t1 - t0, time_judge=t2 - t1)  # fmt: skip
             stats.update(judge.usage() if hasattr(judge, "usage") else {})
+            stats.update(getattr(judge, "last_metrics", {}))  # rubric/<id>: per principle
             self.history.append(stats)
             if log:
                 log(step, stats)

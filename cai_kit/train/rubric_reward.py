@@ -58,6 +58,7 @@ class RubricReward:
         self.scored = 0
         self.last_errors: list[str] = []
         self.last_metrics: dict[str, float] = {}
+        self.last_failed_mask: list[bool] = []  # which responses of the last call failed
 
     async def _score_all(self, prompts: list[str], responses: list[str]) -> list[Any]:
         if self.engine is None:
@@ -74,6 +75,7 @@ class RubricReward:
         scores = [r.score for r in results]
         ok = [s for s in scores if s is not None]
         self.last_failed = len(scores) - len(ok)
+        self.last_failed_mask = [s is None for s in scores]
         self.failed += self.last_failed
         self.scored += len(scores)
         self.last_errors = sorted({e for r in results for e in r.errors.values()})
@@ -136,6 +138,7 @@ class BlendedReward:
         self.max_failed_share = max_failed_share
         self.last_failed = 0
         self.last_metrics: dict[str, float] = {}
+        self.last_failed_mask: list[bool] = []
 
     @property
     def failed(self) -> int:
@@ -144,11 +147,16 @@ class BlendedReward:
     def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
         total = [0.0] * len(responses)
         self.last_metrics, self.last_failed = {}, 0
+        self.last_failed_mask = [False] * len(responses)
         for part, weight in self.parts:
             scores = part(prompts, responses)
             total = [t + weight * s for t, s in zip(total, scores, strict=True)]
             self.last_failed = max(self.last_failed, getattr(part, "last_failed", 0))
             self.last_metrics.update(getattr(part, "last_metrics", {}))
+            mask = getattr(part, "last_failed_mask", None) or [False] * len(responses)
+            self.last_failed_mask = [
+                x or y for x, y in zip(self.last_failed_mask, mask, strict=True)
+            ]
         return total
 
     def check_failures(self, failed: int, total: int) -> None:
