@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from cai_kit.cli.main import app
@@ -332,10 +333,13 @@ def test_eval_rubric_checks_only_needs_no_judge_and_reports_pass_rates_with_cis(
     # the win rate on the combined score: after passes all 4, before fails q0 and q1
     assert rep["win_rate"] == {"wins": 2, "ties": 2, "losses": 0, "n": 4, "rate": 0.75,
                                "ci": [pytest.approx(0.5), pytest.approx(1.0)]}  # fmt: skip
-    assert "win rate against the baseline 0.750" in r.output and "2 wins, 2 ties, 0 losses" in r.output
-    assert "Win rate of the model against the baseline on the combined score: **0.75**" in (
-        out / "report.md"
-    ).read_text()
+    assert (
+        "win rate against the baseline 0.750" in r.output and "2 wins, 2 ties, 0 losses" in r.output
+    )
+    assert (
+        "Win rate of the model against the baseline on the combined score: **0.75**"
+        in (out / "report.md").read_text()
+    )
     rows = [json.loads(x) for x in (out / "rubric.jsonl").read_text().splitlines()]
     assert all(row["metadata"]["rubric"]["combine"] == "min" for row in rows)
     assert "| no-urls | 100% of 4" in (out / "report.md").read_text()
@@ -386,8 +390,9 @@ def test_train_grpo_with_a_checks_only_rubric_logs_each_principle(
     r = CliRunner().invoke(app, ["train", "grpo", str(prompts), "--model", f"hf:{tiny}", "--reward", "rubric",
                                  "--constitution", "checkable", "--reward-fn", f"{mod}:n", "--reward-fn-weight", "0.1",
                                  "--out", str(out), "--max-steps", "1", "--num-generations", "2", "--batch-size", "2",
-                                 "--max-completion-length", "4"])  # fmt: skip
+                                 "--max-completion-length", "4", "--seed", "3"])  # fmt: skip
     assert r.exit_code == 0, r.output
+    assert yaml.safe_load((out / "train_config.yaml").read_text())["trl_config"]["seed"] == 3
     logged = [h for h in json.loads((out / "log_history.json").read_text()) if "loss" in h]
     assert logged and {"rubric/concise", "rubric/no-urls", "rubric/refuses-only-harmful"} <= set(
         logged[0]

@@ -476,6 +476,9 @@ def grpo(
         bool, typer.Option("--full/--lora", help="Full fine-tuning instead of LoRA.")
     ] = False,
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Random seed (sampling, data order, LoRA init).")
+    ] = 0,
     judge_reward: JudgeReward = "p-yes",
     max_judge_failures: MaxJudgeFailures = 0.1,
     reward: RewardKind = "auto",
@@ -503,7 +506,7 @@ def grpo(
         try:
             path = train_grpo(texts, model, out, scorer, max_steps=max_steps, num_generations=num_generations,
                               batch_size=batch_size, max_completion_length=max_completion_length, lr=lr, full=full,
-                              report_to=names, options=options)  # fmt: skip
+                              seed=seed, report_to=names, options=options)  # fmt: skip
         finally:
             _close(scorer)
     typer.echo(f"Saved to {path}")
