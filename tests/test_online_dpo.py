@@ -239,6 +239,68 @@ def test_online_dpo_as_two_processes_stops_every_rank_at_the_step_one_ranks_judg
     assert code == 1 and "1 prompt(s) for 2 processes" in output, output[-3000:]
 
 
+_GRADIENT_OF_ONE_STEP = """
+import sys, torch
+from transformers import AutoModelForCausalLM
+from cai_kit.train.common import load_tokenizer
+from cai_kit.train.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+
+model, out = sys.argv[1], sys.argv[2]
+tok = load_tokenizer(model)
+cfg = OnlineDPOConfig(batch_size=2, beta=0.5, max_grad_norm=1e9)
+trainer = OnlineDPOTrainer(cfg, AutoModelForCausalLM.from_pretrained(model), tok)
+grads = {}
+def record():  # instead of the optimiser step: the gradient it would apply
+    grads.update({n.removeprefix("module."): p.grad.clone() for n, p in trainer.policy.named_parameters()})
+trainer.optimizer.step = record
+# fixed samples per prompt (a, b, a, b, ...) and a judge: "A"'s pairs are decisive (a wins),
+# "B"'s first is decisive (b wins), its second a tie
+SAMPLES = {"A": [" hello there", " no", " hi", " what is it"], "B": [" a story", " nothing at all", " x", " y"]}
+ids = {p: trainer._encode(p) for p in SAMPLES}
+enc = lambda t: torch.tensor(tok(t)["input_ids"])
+def generate(queries):
+    prompt = next(p for p, q in ids.items() if torch.equal(q, queries[0]))
+    return [enc(t) for t in SAMPLES[prompt]]
+trainer.generate = generate
+if sys.argv[3] == "train":  # rank 0 gets "A", rank 1 "B"
+    trainer.train(["A", "B"], lambda p, a, b: [1.0, 1.0] if p[0] == "A" else [0.0, 0.5], 1)
+else:  # one process, the same 3 decisive pairs: the mean loss
+    a, b = SAMPLES["A"], SAMPLES["B"]
+    trainer.dpo_step([ids["A"], ids["A"], ids["B"]], [enc(a[0]), enc(a[2]), enc(b[1])],
+                     [enc(a[1]), enc(a[3]), enc(b[0])])
+if trainer.is_main_process:
+    torch.save(grads, out)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_step_with_the_gradient_of_the_mean_over_all_decisive_pairs(
+    tiny: Path, tmp_path: Path
+) -> None:
+    """Rank 0 ("A") has 2 decisive pairs, rank 1 ("B") 1 and a tie: the gradient DDP averages
+    is that of one process's mean loss over the same 3 pairs (a per-rank mean would weigh rank
+    1's single pair as much as rank 0's two)."""
+    import sys
+
+    import torch
+
+    from tests.fixtures.processes import run_group
+
+    script = tmp_path / "step.py"
+    root = str(Path(__file__).resolve().parents[1])  # this checkout's cai_kit
+    script.write_text(f"import sys; sys.path.insert(0, {root!r})\n" + _GRADIENT_OF_ONE_STEP)
+    code, output = run_group([sys.executable, str(script), str(tiny), str(tmp_path / "one.pt"), "mean"], 240)  # fmt: skip
+    assert code == 0, output[-3000:]
+    code, output = run_group([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
+                              str(tiny), str(tmp_path / "two.pt"), "train"], 240)  # fmt: skip
+    assert code == 0, output[-3000:]
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert one.keys() == two.keys() and len(one) > 0
+    for name, g in one.items():
+        assert g.abs().max() > 0, name
+        torch.testing.assert_close(two[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
 @pytest.mark.parametrize("lora", [True, False])
 def test_dpo_steps_start_at_log_2_and_raise_the_chosen_over_the_rejected(
     tiny: Path, lora: bool
