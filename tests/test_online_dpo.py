@@ -109,18 +109,196 @@ def test_a_dead_judge_or_max_cost_stops_online_dpo_and_keeps_the_finished_step(
     assert fault_server.paid <= 6  # stopped inside step 2
 
 
-def test_online_dpo_refuses_a_zero_temperature_and_several_processes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_online_dpo_refuses_a_zero_temperature(tmp_path: Path) -> None:
     prompts = tmp_path / "p.txt"
     prompts.write_text("Say hi\n")
     base = ["train", "online-dpo", str(prompts), "--judge", "j", "--judge-api-base",
             "http://127.0.0.1:9/v1", "--out", str(tmp_path / "o")]  # fmt: skip
     r = CliRunner().invoke(app, [*base, "--temperature", "0"])
     assert r.exit_code == 1 and "--temperature must be above 0" in r.output, r.output
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    r = CliRunner().invoke(app, base)
-    assert r.exit_code == 1 and "runs as one process" in r.output, r.output
+
+
+# --- several processes (torchrun), as PPO -----------------------------------------------------
+
+
+def _two_ranks(tiny: Path, tmp_path: Path, judge_url: str, prompts: str, *extra: str) -> tuple[int, str, Path]:  # fmt: skip
+    """`train online-dpo` as 2 processes over torchrun (gloo): with "Say hi\\nSay bye", rank 0
+    samples "Say hi" and rank 1 "Say bye"; judged by the scripted server: (exit code, output,
+    OUT). Killed with its workers if it takes over 4 minutes (ranks out of step wait forever)."""
+    import sys
+
+    from tests.fixtures.processes import run_group
+
+    tmp_path.mkdir(exist_ok=True)
+    path = tmp_path / "p.txt"
+    path.write_text(prompts)
+    out = tmp_path / "odpo"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "cai_kit", "train",
+           "online-dpo", str(path), "--model", f"hf:{tiny}", "--judge", "j", "--judge-api-base", judge_url,
+           "--out", str(out), "--batch-size", "2", "--max-new-tokens", "4", "--lr", "1e-3", "--max-retries", "0",
+           "--no-cache", *extra]  # fmt: skip
+    code, output = run_group(cmd, timeout=240)
+    return code, output, out
+
+
+def _prompt_of(body: dict[str, Any]) -> str:
+    return "Say hi" if "Say hi" in json.dumps(body["messages"]) else "Say bye"
+
+
+@pytest.mark.slow
+def test_online_dpo_as_two_processes_judges_both_slices_sums_the_pairs_and_rank_0_saves(
+    tiny: Path, tmp_path: Path, fault_server: FaultServer
+) -> None:
+    """Rank 1's pairs are all ties ("A" in both orders), rank 0's judged by length: rank 1 has
+    no decisive pair of its own, yet steps with rank 0 (a zero-weight loss), else DDP hangs."""
+
+    def ties_for_bye(body: dict[str, Any], rng: object) -> str:
+        return "A" if _prompt_of(body) == "Say bye" else prefers_shorter(body, rng)
+
+    fault_server.responder = ties_for_bye
+    code, output, out = _two_ranks(
+        tiny, tmp_path, fault_server.base_url, "Say hi\nSay bye\n", "--steps", "2"
+    )
+    assert code == 0, output[-3000:]
+    assert output.count("Saved to") == 1 and output.count("step 1/2") == 1, output[-3000:]
+    # each rank judged its own slice: 2 steps x 2 pairs x both orders, per rank
+    judged = [_prompt_of(b) for b in fault_server.bodies]
+    assert judged.count("Say hi") == 8 and judged.count("Say bye") == 8
+    history = json.loads((out / "log_history.json").read_text())
+    assert [h["step"] for h in history] == [1, 2]
+    for h in history:  # totals over both ranks: 2 ranks x 2 pairs per step
+        assert h["decisive"] + h["ties"] + h["failed"] == 4 and h["failed"] == 0
+        assert h["ties"] >= 2  # rank 1's
+        assert ("loss" in h) == (h["decisive"] > 0)
+    # the decisive pairs are rank 0's whose two responses differ in length (as the judge saw them)
+    shown = [_shown(b) for b in fault_server.bodies if _prompt_of(b) == "Say hi"]
+    decisive = sum(len(a) != len(b) for a, b in shown) / 2  # each pair is shown in both orders
+    assert sum(h["decisive"] for h in history) == decisive > 0  # rank 1 stepped with none
+    assert history[-1]["judge_calls"] == 16  # the run so far, both ranks
+    assert (out / "adapter_config.json").is_file()
+    assert (out / "train_config.yaml").is_file() and (out / "training_curves.png").is_file()
+
+    # a per-response reward (a checks-only rubric) instead of the pairwise judge: no judge call
+    fault_server.reset()
+    cons = tmp_path / "c.yaml"
+    cons.write_text(CHECKS_ONLY)
+    code, output, out = _two_ranks(tiny, tmp_path / "rubric", fault_server.base_url, "Say hi\nSay bye\n",
+                                   "--steps", "2", "--reward", "rubric", "-c", str(cons))  # fmt: skip
+    assert code == 0 and output.count("Saved to") == 1, output[-3000:]
+    history = json.loads((out / "log_history.json").read_text())
+    assert len(history) == 2 and not fault_server.bodies
+    for h in history:
+        assert h["decisive"] + h["ties"] + h["failed"] == 4 and h["failed"] == 0
+        assert h["rubric/picky"] == 1.0 and h["judge_calls"] == 0
+
+
+@pytest.mark.slow
+def test_online_dpo_as_two_processes_stops_every_rank_at_the_step_one_ranks_judge_fails(
+    tiny: Path, tmp_path: Path, fault_server: FaultServer
+) -> None:
+    """Rank 1's judge refuses from step 2 on (rank 0's answers): the failures are counted over
+    both ranks, so both stop at step 2 (the old code refused several processes; a rank that
+    stopped alone would leave the other waiting forever in the next collective)."""
+    seen = {"Say bye": 0}
+
+    def refuses_bye_after_step_1(body: dict[str, Any], rng: object) -> str | None:
+        if _prompt_of(body) == "Say bye":
+            seen["Say bye"] += 1
+            if seen["Say bye"] > 4:  # step 1: 2 pairs x both orders
+                return None  # content null: the provider refused
+        return prefers_shorter(body, rng)
+
+    fault_server.responder = refuses_bye_after_step_1
+    code, output, out = _two_ranks(tiny, tmp_path / "dead", fault_server.base_url, "Say hi\nSay bye\n",
+                                   "--steps", "3")  # fmt: skip
+    assert code == 1, output[-3000:]
+    assert "2 of 4 pair verdicts failed in step 2" in output, output[-3000:]
+    assert output.count("The 1 finished step(s) are saved") == 2, output[-3000:]  # both ranks
+    assert len(json.loads((out / "log_history.json").read_text())) == 1
+    assert (out / "adapter_config.json").is_file()
+
+    # a judge that raises on one rank (its share of --max-cost spent) stops the other too;
+    # rank 1's calls cost $0.02, rank 0's $0.01: --max-cost 0.2 gives each $0.10, and rank 1
+    # reaches it in step 2 (4 calls a step; --price 0,5000: a call's worst case is $0.02)
+    fault_server.reset()
+    fault_server.responder = prefers_shorter
+    fault_server.report_cost = lambda body: 0.02 if _prompt_of(body) == "Say bye" else 0.01
+    code, output, out = _two_ranks(tiny, tmp_path / "capped", fault_server.base_url, "Say hi\nSay bye\n",
+                                   "--steps", "3", "--max-cost", "0.2", "--price", "0,5000",
+                                   "--concurrency", "1")  # fmt: skip
+    assert code == 1 and "another process reached its share of --max-cost" in output, output[-3000:]
+    assert output.count("The 1 finished step(s) are saved") == 2, output[-3000:]
+    spent = sum(0.02 if _prompt_of(b) == "Say bye" else 0.01 for b in fault_server.bodies)
+    assert spent <= 0.2 + 1e-9  # the run's cap, both ranks together
+    assert len(json.loads((out / "log_history.json").read_text())) == 1
+
+    # one prompt for two processes: one sentence, as PPO
+    code, output, _ = _two_ranks(
+        tiny, tmp_path / "one", fault_server.base_url, "Say hi\n", "--steps", "1"
+    )
+    assert code == 1 and "1 prompt(s) for 2 processes" in output, output[-3000:]
+
+
+_GRADIENT_OF_ONE_STEP = """
+import sys, torch
+from transformers import AutoModelForCausalLM
+from cai_kit.train.common import load_tokenizer
+from cai_kit.train.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+
+model, out = sys.argv[1], sys.argv[2]
+tok = load_tokenizer(model)
+cfg = OnlineDPOConfig(batch_size=2, beta=0.5, max_grad_norm=1e9)
+trainer = OnlineDPOTrainer(cfg, AutoModelForCausalLM.from_pretrained(model), tok)
+grads = {}
+def record():  # instead of the optimiser step: the gradient it would apply
+    grads.update({n.removeprefix("module."): p.grad.clone() for n, p in trainer.policy.named_parameters()})
+trainer.optimizer.step = record
+# fixed samples per prompt (a, b, a, b, ...) and a judge: "A"'s pairs are decisive (a wins),
+# "B"'s first is decisive (b wins), its second a tie
+SAMPLES = {"A": [" hello there", " no", " hi", " what is it"], "B": [" a story", " nothing at all", " x", " y"]}
+ids = {p: trainer._encode(p) for p in SAMPLES}
+enc = lambda t: torch.tensor(tok(t)["input_ids"])
+def generate(queries):
+    prompt = next(p for p, q in ids.items() if torch.equal(q, queries[0]))
+    return [enc(t) for t in SAMPLES[prompt]]
+trainer.generate = generate
+if sys.argv[3] == "train":  # rank 0 gets "A", rank 1 "B"
+    trainer.train(["A", "B"], lambda p, a, b: [1.0, 1.0] if p[0] == "A" else [0.0, 0.5], 1)
+else:  # one process, the same 3 decisive pairs: the mean loss
+    a, b = SAMPLES["A"], SAMPLES["B"]
+    trainer.dpo_step([ids["A"], ids["A"], ids["B"]], [enc(a[0]), enc(a[2]), enc(b[1])],
+                     [enc(a[1]), enc(a[3]), enc(b[0])])
+if trainer.is_main_process:
+    torch.save(grads, out)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_step_with_the_gradient_of_the_mean_over_all_decisive_pairs(
+    tiny: Path, tmp_path: Path
+) -> None:
+    """Rank 0 ("A") has 2 decisive pairs, rank 1 ("B") 1 and a tie: the gradient DDP averages
+    is that of one process's mean loss over the same 3 pairs (a per-rank mean would weigh rank
+    1's single pair as much as rank 0's two)."""
+    import sys
+
+    import torch
+
+    from tests.fixtures.processes import run_group
+
+    script = tmp_path / "step.py"
+    root = str(Path(__file__).resolve().parents[1])  # this checkout's cai_kit
+    script.write_text(f"import sys; sys.path.insert(0, {root!r})\n" + _GRADIENT_OF_ONE_STEP)
+    code, output = run_group([sys.executable, str(script), str(tiny), str(tmp_path / "one.pt"), "mean"], 240)  # fmt: skip
+    assert code == 0, output[-3000:]
+    code, output = run_group([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
+                              str(tiny), str(tmp_path / "two.pt"), "train"], 240)  # fmt: skip
+    assert code == 0, output[-3000:]
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert one.keys() == two.keys() and len(one) > 0
+    for name, g in one.items():
+        assert g.abs().max() > 0, name
+        torch.testing.assert_close(two[name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("lora", [True, False])

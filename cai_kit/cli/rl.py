@@ -226,7 +226,9 @@ def online_dpo(
         bool, typer.Option("--full/--lora", help="Full fine-tuning instead of LoRA.")
     ] = False,
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Random seed (rank r of several uses seed + r).")
+    ] = 0,
     mode: JudgeMode = "logprobs",
     samples: JudgeSamples = 5,
     principles: JudgePrinciples = "one",
@@ -249,10 +251,11 @@ def online_dpo(
 ) -> None:
     """Online DPO with AI feedback (OAIF): two samples per prompt from the current policy, judged
     in both orders by --judge (or scored by a rubric / --reward-fn); one DPO step on the
-    decisive pairs (our own implementation)."""
-    options = {k: v for k, v in locals().items() if k != "flags"}  # the flags, before any import
-    import os
+    decisive pairs (our own implementation).
 
+    Runs unchanged under torchrun / accelerate launch: each rank samples its own slice of the
+    prompts with its own seed, the DPO step uses every rank's decisive pairs, rank 0 writes OUT."""
+    options = {k: v for k, v in locals().items() if k != "flags"}  # the flags, before any import
     from cai_kit.train.common import quiet_libraries
 
     if temperature <= 0:
@@ -267,10 +270,6 @@ def online_dpo(
         fail(
             "--reward-fn scores each sample alone: use it with --reward rubric, or alone "
             "(without --judge), not with the pairwise judge."
-        )
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        fail(
-            "train online-dpo runs as one process: launch it without torchrun / accelerate launch."
         )
     names = report_names(report_to)
     with quiet_libraries():
@@ -341,17 +340,21 @@ def _online_dpo(o: dict[str, Any], names: list[str], flags: dict[str, Any]) -> N
         _close(judge)
         raise
     out.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(names, out, "online-dpo", config=dataclasses.asdict(cfg))
+    tracker = Tracker(names, out, "online-dpo", config=dataclasses.asdict(cfg),
+                      enabled=trainer.is_main_process)  # fmt: skip
 
-    def log(step: int, s: dict[str, float]) -> None:
+    def log(step: int, s: dict[str, float]) -> None:  # rank 0 only
         tracker.log(s, step + 1)
         loss = f"loss {s['loss']:.4f}  " if "loss" in s else "no decisive pair  "
         typer.echo(f"step {step + 1}/{steps}: {loss}decisive {s['decisive']:.0f}  ties {s['ties']:.0f}  "
                    f"failed {s['failed']:.0f}")  # fmt: skip
 
     stopped = _train_own_loop(trainer, texts, judge, steps, log, tracker, out)
-    _finish_own_loop(out, "online-dpo", base, o, cfg, trainer.history, stopped, True,
-                     keys=("loss", "reward_margin", "reward_accuracy", "decisive", "ties", "failed"))  # fmt: skip
+    try:
+        _finish_own_loop(out, "online-dpo", base, o, cfg, trainer.history, stopped, trainer.is_main_process,
+                         keys=("loss", "reward_margin", "reward_accuracy", "decisive", "ties", "failed"))  # fmt: skip
+    finally:  # no rank ends (and torchrun stops the rest) while rank 0 still writes OUT
+        trainer.accelerator.wait_for_everyone()
 
 
 def _train_own_loop(trainer: Any, texts: list[str], source: Any, steps: int, log: Any, tracker: Any,

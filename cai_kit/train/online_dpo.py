@@ -23,14 +23,22 @@ of a step's pairs failed, training stops with `JudgeFailed`; --max-cost reached 
 
 Generation, batching, the reference log-probs and prompt encoding are PPO's own
 (`ppo.PPOTrainer`'s methods, borrowed as they are): the same temperature-consistent log-probs,
-no dropout, LoRA merged while sampling. One process only: several ranks are refused.
+no dropout, LoRA merged while sampling.
+
+Under `torchrun`/`accelerate launch`, as PPO: rank r samples from prompts[r::world] with seed + r
+and judges its own pairs (each process may spend its share of --max-cost); a judge that raises
+on one rank stops every rank at that step (`rewards.stop_together`), and the judge-failure
+limit, like the decision to step at all, uses counts summed over ranks, so every rank decides
+alike. When any rank has a decisive pair every rank steps (DDP all-reduces the gradients in
+each backward): rank r's loss is the sum of its pair losses x world / all decisive pairs, so the
+averaged gradient is that of the mean over all decisive pairs (a rank with none backpropagates
+a pair times 0). Statistics are totals or means over ranks; only rank 0 logs and writes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import os
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -42,16 +50,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from cai_kit.engine import Engine, EngineConfig
-from cai_kit.errors import ConfigError
+from cai_kit.errors import CaiKitError, ConfigError
 from cai_kit.llm.base import Backend
 from cai_kit.llm.registry import get_backend
 from cai_kit.train.ppo import PPOTrainer, disable_dropout, token_logprobs
 from cai_kit.train.rewards import (
     JudgeFailed,
+    _share_of_the_cap,
     all_or_cancel,
     check_judge_model,
     close_judge,
     judge_usage,
+    stop_together,
+    sum_over_ranks,
 )
 
 PairJudge = Callable[[list[str], list[str], list[str]], list[float | None]]
@@ -75,13 +86,14 @@ class OnlineDPOConfig:
 
 class PairJudgeScorer:
     """The pairwise judge as a plain callable over a step's pairs: one Engine and backend for
-    the run, async calls on one event loop; `close()` at the end."""
+    the run, async calls on one event loop; `close()` at the end. Under N processes each one's
+    engine may spend --max-cost / N (one cap for the run)."""
 
     def __init__(self, judge: AsyncPairJudge, model: str, api_base: str | None = None,
                  engine_config: EngineConfig | None = None) -> None:  # fmt: skip
         self.judge, self.model, self.api_base = judge, model, api_base
         check_judge_model(model, api_base)  # fail now, naming this command's flag
-        self.engine_config = engine_config or EngineConfig(quiet=True)
+        self.engine_config = _share_of_the_cap(engine_config or EngineConfig(quiet=True))
         self._runner = asyncio.Runner()
         self.engine: Engine | None = None
         self._backend: Backend | None = None
@@ -153,12 +165,11 @@ class OnlineDPOTrainer:
                  peft_config: Any = None) -> None:  # fmt: skip
         from accelerate import Accelerator
 
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ConfigError("train online-dpo runs as one process: launch it without "
-                              "torchrun / accelerate launch.")  # fmt: skip
         self.config, self.tokenizer = config, tokenizer
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
-        torch.manual_seed(config.seed)
+        # each rank samples its own draws; the initial weights still agree, since DDP (in
+        # accelerator.prepare) broadcasts rank 0's parameters, the LoRA adapters included
+        torch.manual_seed(config.seed + self.accelerator.process_index)
         self.use_peft = peft_config is not None
         self.ref_model: nn.Module | None = None
         if self.use_peft:
@@ -178,7 +189,7 @@ class OnlineDPOTrainer:
 
     @property
     def is_main_process(self) -> bool:
-        return True
+        return self.accelerator.is_main_process
 
     @property
     def _lm(self) -> nn.Module:
@@ -190,8 +201,11 @@ class OnlineDPOTrainer:
         return (token_logprobs(logits, ids, self.config.temperature) * mask).sum(1)
 
     def dpo_step(self, queries: list[torch.Tensor], chosen: list[torch.Tensor],
-                 rejected: list[torch.Tensor]) -> dict[str, float]:  # fmt: skip
-        """One optimiser step of the sigmoid DPO loss over (query, chosen, rejected) triples."""
+                 rejected: list[torch.Tensor], weight: float | None = None) -> dict[str, float]:  # fmt: skip
+        """One optimiser step of the sigmoid DPO loss over (query, chosen, rejected) triples.
+
+        The loss backpropagated is the sum of the pair losses times `weight` (default 1/n: their
+        mean); the returned statistics are means over these pairs whatever the weight."""
         cfg, n = self.config, len(queries)
         ids, att, mask = self._batch(queries + queries, chosen + rejected)  # chosen rows first
         self.policy.train()
@@ -199,24 +213,34 @@ class OnlineDPOTrainer:
             ref = (self.reference_logprobs(ids, att) * mask).sum(1)
         logp = self._sums(ids, att, mask)
         margin = (logp[:n] - ref[:n]) - (logp[n:] - ref[n:])  # implicit reward margin / beta
-        loss = -F.logsigmoid(cfg.beta * margin).mean()
-        self.accelerator.backward(loss)
+        losses = -F.logsigmoid(cfg.beta * margin)
+        self.accelerator.backward(losses.sum() * (1.0 / n if weight is None else weight))
         self.accelerator.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad()
-        return {"loss": loss.item(), "reward_margin": (cfg.beta * margin).mean().item(),
+        return {"loss": losses.mean().item(), "reward_margin": (cfg.beta * margin).mean().item(),
                 "reward_accuracy": (margin > 0).float().mean().item(),
                 "response_length": mask.sum(1).mean().item()}  # fmt: skip
 
     def train(self, prompts: list[str], judge: PairJudge, steps: int,
               log: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:  # fmt: skip
-        """Sample, judge, step; `history` keeps every finished step if a stop is raised."""
+        """Sample, judge, step; `history` keeps every finished step if a stop is raised.
+
+        Under several processes rank r draws from prompts[r::world] with seed + r; every rank
+        stops, skips or steps at the same step (see the module docstring); `log` runs on rank 0
+        only, with decisive/ties/failed and judge_calls/judge_cost as totals over all ranks and
+        loss, reward_margin, reward_accuracy, response_length as means over all decisive pairs."""
+        acc, cfg = self.accelerator, self.config
+        world, rank = acc.num_processes, acc.process_index
         if not prompts:
             raise ConfigError("No prompts to train on.")
-        cfg = self.config
-        rng = random.Random(cfg.seed)
+        if len(prompts) < world:  # every rank refuses alike (none waits in a collective)
+            raise ConfigError(f"{len(prompts)} prompt(s) for {world} processes: "
+                              "give at least one prompt per process.")  # fmt: skip
+        mine = prompts[rank::world]
+        rng = random.Random(cfg.seed + rank)
         for step in range(steps):
-            batch = [rng.choice(prompts) for _ in range(cfg.batch_size)]
+            batch = [rng.choice(mine) for _ in range(cfg.batch_size)]
             queries = [self._encode(p) for p in batch]
             t0 = time.perf_counter()
             # each prompt twice in one batch: two independent draws from the current policy
@@ -224,15 +248,14 @@ class OnlineDPOTrainer:
             a_ids, b_ids = responses[0::2], responses[1::2]
             texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
             t1 = time.perf_counter()
-            verdicts = list(judge(batch, texts[0::2], texts[1::2]))  # --max-cost: raises
+            stop: CaiKitError | None = None
+            verdicts: list[float | None] = []
+            try:
+                verdicts = list(judge(batch, texts[0::2], texts[1::2]))  # --max-cost: raises
+            except CaiKitError as exc:
+                stop = exc
+            stop_together(stop)  # any rank's reason to stop stops every rank here
             t2 = time.perf_counter()
-            failed = sum(p is None for p in verdicts)
-            if failed > cfg.max_judge_failures * len(verdicts):
-                raise JudgeFailed(
-                    f"{failed} of {len(verdicts)} pair verdicts failed in step {step + 1} (limit "
-                    f"{cfg.max_judge_failures:.0%}): training stopped rather than learn from "
-                    "missing preferences. Check --judge, or raise --max-judge-failures."
-                )
             chosen, rejected, qs = [], [], []
             for q, a, b, p in zip(queries, a_ids, b_ids, verdicts, strict=True):
                 if p is None or abs(p - 0.5) < cfg.tie_margin:
@@ -240,19 +263,42 @@ class OnlineDPOTrainer:
                 qs.append(q)
                 chosen.append(a if p > 0.5 else b)
                 rejected.append(b if p > 0.5 else a)
+            usage = judge.usage() if hasattr(judge, "usage") else {}
+            failed, total, decisive, calls, cost = sum_over_ranks(
+                [sum(p is None for p in verdicts), len(verdicts), len(qs),
+                 usage.get("judge_calls", 0.0), usage.get("judge_cost", 0.0)]
+            )  # fmt: skip
+            if failed > cfg.max_judge_failures * total:  # the same counts: every rank alike
+                raise JudgeFailed(
+                    f"{failed:.0f} of {total:.0f} pair verdicts failed in step {step + 1} (limit "
+                    f"{cfg.max_judge_failures:.0%}): training stopped rather than learn from "
+                    "missing preferences. Check --judge, or raise --max-judge-failures."
+                )
             stats: dict[str, float] = {}
-            if qs:
-                stats = self.dpo_step(qs, chosen, rejected)
-            stats.update(decisive=float(len(qs)), ties=float(len(verdicts) - failed - len(qs)),
-                         failed=float(failed), time_generate=t1 - t0, time_judge=t2 - t1)  # fmt: skip
-            stats.update(judge.usage() if hasattr(judge, "usage") else {})
-            stats.update(getattr(judge, "last_metrics", {}))  # rubric/<id>: per principle
+            if decisive:  # every rank steps (DDP), or none does
+                if qs:
+                    own = self.dpo_step(qs, chosen, rejected, weight=world / decisive)
+                else:  # no decisive pair here: a zero-weight loss joins the gradient all-reduce
+                    self.dpo_step(queries[:1], a_ids[:1], b_ids[:1], weight=0.0)
+                    own = {}
+                n = len(qs)
+                keys = ("loss", "reward_margin", "reward_accuracy", "response_length")
+                sums = sum_over_ranks([own.get(k, 0.0) * n for k in keys])
+                stats = {k: v / decisive for k, v in zip(keys, sums, strict=True)}
+            stats.update(decisive=decisive, ties=total - failed - decisive, failed=failed,
+                         time_generate=t1 - t0, time_judge=t2 - t1)  # fmt: skip
+            if hasattr(judge, "usage"):
+                stats.update(judge_calls=calls, judge_cost=cost)  # the run so far, all ranks
+            stats.update(getattr(judge, "last_metrics", {}))  # rubric/<id>: this rank's
             self.history.append(stats)
-            if log:
+            if log and acc.is_main_process:
                 log(step, stats)
         return self.history
 
     def save(self, out: str) -> None:
-        """The model (adapter under LoRA) and tokenizer."""
+        """The model (adapter under LoRA) and tokenizer; rank 0 alone writes."""
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return
         self._lm.save_pretrained(out, safe_serialization=True)
         self.tokenizer.save_pretrained(out)
