@@ -183,7 +183,7 @@ def _ppo(o: dict[str, Any], names: list[str], flags: dict[str, Any]) -> None:
     history = trainer.history
     if history and trainer.is_main_process:
         (out / "ppo_history.json").write_text(json.dumps(history, indent=1))
-    _finish_own_loop(out, "ppo", base, o, cfg, history, stopped, trainer.is_main_process,
+    _finish_own_loop(out, "ppo", base, o, cfg, history, stopped, trainer,
                      keys=("reward", "kl", "policy_loss", "entropy", "clipfrac", "judge_failed"))  # fmt: skip
 
 
@@ -350,11 +350,8 @@ def _online_dpo(o: dict[str, Any], names: list[str], flags: dict[str, Any]) -> N
                    f"failed {s['failed']:.0f}")  # fmt: skip
 
     stopped = _train_own_loop(trainer, texts, judge, steps, log, tracker, out)
-    try:
-        _finish_own_loop(out, "online-dpo", base, o, cfg, trainer.history, stopped, trainer.is_main_process,
-                         keys=("loss", "reward_margin", "reward_accuracy", "decisive", "ties", "failed"))  # fmt: skip
-    finally:  # no rank ends (and torchrun stops the rest) while rank 0 still writes OUT
-        trainer.accelerator.wait_for_everyone()
+    _finish_own_loop(out, "online-dpo", base, o, cfg, trainer.history, stopped, trainer,
+                     keys=("loss", "reward_margin", "reward_accuracy", "decisive", "ties", "failed"))  # fmt: skip
 
 
 def _train_own_loop(trainer: Any, texts: list[str], source: Any, steps: int, log: Any, tracker: Any,
@@ -378,10 +375,19 @@ def _train_own_loop(trainer: Any, texts: list[str], source: Any, steps: int, log
 
 
 def _finish_own_loop(out: Path, kind: str, base: str, o: dict[str, Any], cfg: Any, history: list[dict[str, float]],
-                     stopped: Exception | None, main: bool, keys: tuple[str, ...]) -> None:  # fmt: skip
+                     stopped: Exception | None, trainer: Any, keys: tuple[str, ...]) -> None:  # fmt: skip
     """The end of one of our own training loops (the model is saved): on the main process
     log_history.json, train_config.yaml and training_curves.png; then the reason it stopped
-    early with what was kept, or where it was saved."""
+    early with what was kept, or where it was saved. Every rank waits until rank 0 has written:
+    a rank that ended first (a stop raises) would have torchrun stop rank 0 mid-write."""
+    try:
+        _write_own_loop(out, kind, base, o, cfg, history, stopped, trainer.is_main_process, keys)
+    finally:
+        trainer.accelerator.wait_for_everyone()
+
+
+def _write_own_loop(out: Path, kind: str, base: str, o: dict[str, Any], cfg: Any, history: list[dict[str, float]],
+                    stopped: Exception | None, main: bool, keys: tuple[str, ...]) -> None:  # fmt: skip
     import dataclasses
     import json
 
