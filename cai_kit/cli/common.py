@@ -32,6 +32,8 @@ ApiBaseOpt = Annotated[
     ),
 ]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory (created if missing).")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")]
+FullOpt = Annotated[bool, typer.Option("--full/--lora", help="Full fine-tuning instead of LoRA.")]
 TemperatureOpt = Annotated[float, typer.Option("--temperature", help="Sampling temperature.")]
 MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", help="Maximum tokens per generation.")]
 SeedOpt = Annotated[

@@ -13,6 +13,7 @@ import typer
 
 from cai_kit.cli.common import (
     EXIT_CODES_HELP,
+    LimitOpt,
     MaxTokensOpt,
     exit_for,
     job_flags,
@@ -68,7 +69,7 @@ def winrate(
     samples: Samples = 5,
     principles: Principles = "one",
     tie_margin: TieMargin = 0.05,
-    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
+    limit: LimitOpt = None,
     temperature: Annotated[
         float, typer.Option("--temperature", help="Generation temperature.")
     ] = 0.7,
@@ -127,7 +128,7 @@ def harmlessness(
     constitution: Annotated[
         str, typer.Option("--constitution", "-c", help="Principles to check.")
     ] = "harmless",
-    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
+    limit: LimitOpt = None,
     max_tokens: MaxTokensOpt = 256,
     seed: Annotated[int, typer.Option("--seed", help="Generation seed.")] = 0,
     **flags: Any,
@@ -189,7 +190,7 @@ def rubric(
     threshold: Annotated[
         float | None, typer.Option("--threshold", help="A score passes at this (default 0.5).")
     ] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
+    limit: LimitOpt = None,
     max_tokens: MaxTokensOpt = 256,
     seed: Annotated[int, typer.Option("--seed", help="Generation and bootstrap seed.")] = 0,
     **flags: Any,

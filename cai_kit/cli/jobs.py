@@ -10,6 +10,7 @@ import typer
 from cai_kit.cli.common import (
     EXIT_CODES_HELP,
     ApiBaseOpt,
+    LimitOpt,
     MaxTokensOpt,
     ModelOpt,
     SeedOpt,
@@ -76,7 +77,7 @@ def generate(
     samples: Annotated[
         int, typer.Option("--samples", "-k", min=1, help="Responses per prompt.")
     ] = 1,
-    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
+    limit: LimitOpt = None,
     on_bad_row: Annotated[str, typer.Option("--on-bad-row", help="fail | skip.")] = "fail",
     temperature: TemperatureOpt = 0.7,
     max_tokens: MaxTokensOpt = 256,

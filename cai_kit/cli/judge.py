@@ -10,6 +10,7 @@ import typer
 from cai_kit.cli.common import (
     EXIT_CODES_HELP,
     ApiBaseOpt,
+    LimitOpt,
     MaxTokensOpt,
     SeedOpt,
     ShardOpt,
@@ -88,7 +89,7 @@ def prefs(
     tie_margin: TieMargin = 0.05,
     label: Annotated[str, typer.Option("--label", help="pairwise: the judge compares each pair in both orders | rubric: each response scored once by the constitution's rubric, pairs labelled by the score difference (docs/rewards.md).")] = "pairwise",
     rubric_combine: RubricCombine = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
+    limit: LimitOpt = None,
     on_bad_row: Annotated[str, typer.Option("--on-bad-row", help="fail | skip.")] = "fail",
     temperature: TemperatureOpt = 0.9,
     max_tokens: MaxTokensOpt = 256,

@@ -10,6 +10,7 @@ import typer
 from cai_kit.cli.common import (
     EXIT_CODES_HELP,
     ApiBaseOpt,
+    LimitOpt,
     MaxTokensOpt,
     ModelOpt,
     SeedOpt,
@@ -78,7 +79,7 @@ def revise(
     split: Annotated[
         str | None, typer.Option("--split", help="Dataset split for hf: inputs.")
     ] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
+    limit: LimitOpt = None,
     on_bad_row: Annotated[
         str,
         typer.Option("--on-bad-row", help="fail (default: report all bad rows, then stop) | skip."),

@@ -9,6 +9,8 @@ import typer
 
 from cai_kit.cli.common import (
     TRAINER_WITHOUT,
+    FullOpt,
+    LimitOpt,
     fail,
     job_flags,
 )
@@ -33,6 +35,9 @@ JudgeReward = Annotated[
         help="p-yes: P(Yes) to 'is it acceptable?' | expected-score: the d-RLAIF paper's "
         "expected 1-10 rating, scaled to [0, 1].",
     ),
+]
+RankSeedOpt = Annotated[
+    int, typer.Option("--seed", help="Random seed (rank r of several uses seed + r).")
 ]
 MaxJudgeFailures = Annotated[
     float,
@@ -113,13 +118,9 @@ def ppo(
         float,
         typer.Option("--target-kl", help="Target KL (nats/sequence) for the adaptive controller."),
     ] = 6.0,
-    full: Annotated[
-        bool, typer.Option("--full/--lora", help="Full fine-tuning instead of LoRA.")
-    ] = False,
-    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
-    seed: Annotated[
-        int, typer.Option("--seed", help="Random seed (rank r of several uses seed + r).")
-    ] = 0,
+    full: FullOpt = False,
+    limit: LimitOpt = None,
+    seed: RankSeedOpt = 0,
     temperature: Annotated[
         float, typer.Option("--temperature", help="Sampling temperature (log-probs use it too).")
     ] = 1.0,
@@ -222,13 +223,9 @@ def online_dpo(
         float,
         typer.Option("--temperature", help="Sampling temperature (> 0; log-probs use it too)."),
     ] = 1.0,
-    full: Annotated[
-        bool, typer.Option("--full/--lora", help="Full fine-tuning instead of LoRA.")
-    ] = False,
-    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
-    seed: Annotated[
-        int, typer.Option("--seed", help="Random seed (rank r of several uses seed + r).")
-    ] = 0,
+    full: FullOpt = False,
+    limit: LimitOpt = None,
+    seed: RankSeedOpt = 0,
     mode: JudgeMode = "logprobs",
     samples: JudgeSamples = 5,
     principles: JudgePrinciples = "one",
@@ -481,10 +478,8 @@ def grpo(
         int, typer.Option("--max-completion-length", help="Tokens per completion.")
     ] = 64,
     lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 1e-5,
-    full: Annotated[
-        bool, typer.Option("--full/--lora", help="Full fine-tuning instead of LoRA.")
-    ] = False,
-    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N prompts.")] = None,
+    full: FullOpt = False,
+    limit: LimitOpt = None,
     seed: Annotated[
         int, typer.Option("--seed", help="Random seed (sampling, data order, LoRA init).")
     ] = 0,
