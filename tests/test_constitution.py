@@ -142,7 +142,9 @@ def test_few_shot_examples_are_validated_too() -> None:
 def test_every_shipped_constitution_has_judge_questions_and_few_shot() -> None:
     for name in list_constitutions():
         c = load_constitution(name)
-        assert len(c.principles) >= 6, name
+        # a rubric whose every principle is a program (brief-and-safe) is as small as what it
+        # measures; the others are for critique/revise and judging, and cover more ground
+        assert len(c.principles) >= 6 or all(p.check for p in c.principles), name
         assert all(p.judge for p in c.principles), name
         assert c.few_shot, name
 
