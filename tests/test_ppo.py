@@ -309,7 +309,7 @@ def test_train_ppo_stops_on_a_dead_judge_or_max_cost_and_keeps_finished_steps(
 
 
 def _two_ranks_of_ppo(
-    tiny: Path, tmp_path: Path, judge_url: str, *extra: str
+    tiny: Path, tmp_path: Path, judge_url: str, *extra: str, prompts_text: str = "Say hi\nSay bye\n"
 ) -> tuple[int, str, Path]:
     """`train ppo` as 2 processes over torchrun (gloo), rank 0 on "Say hi", rank 1 on "Say bye",
     judged by the scripted server: (exit code, output, OUT). Killed with its workers if it
@@ -319,7 +319,7 @@ def _two_ranks_of_ppo(
     from tests.fixtures.processes import run_group
 
     prompts = tmp_path / "p.txt"
-    prompts.write_text("Say hi\nSay bye\n")
+    prompts.write_text(prompts_text)
     out = tmp_path / "ppo"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "cai_kit", "train", "ppo",
            str(prompts), "--model", f"hf:{tiny}", "--reward-judge", "j", "--judge-api-base", judge_url,
@@ -370,3 +370,17 @@ def test_ppo_as_two_processes_shares_max_cost_and_stops_every_rank_at_the_same_s
     spent = sum(0.02 if "Say bye" in json.dumps(b) else 0.01 for b in fault_server.bodies)
     assert spent <= 0.2 + 1e-9  # the run's cap, all ranks together
     assert len(json.loads((out / "ppo_history.json").read_text())) == 1
+
+
+@pytest.mark.slow
+def test_ppo_with_fewer_prompts_than_processes_is_refused_by_every_rank(
+    plain_tiny: Path, tmp_path: Path, fault_server: FaultServer
+) -> None:
+    """Every rank refuses alike: the rank that had a prompt used to run on alone until torchrun
+    stopped it (rank 1 refused; rank 0 went to its first collective)."""
+    code, output, _ = _two_ranks_of_ppo(plain_tiny, tmp_path, fault_server.base_url, "--steps", "1",
+                                        prompts_text="Say hi\n")  # fmt: skip
+    assert code == 1, output[-3000:]
+    assert (
+        output.count("1 prompt(s) for 2 processes: give at least one prompt per process.") == 2
+    ), output[-3000:]

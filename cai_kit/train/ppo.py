@@ -399,12 +399,14 @@ class PPOTrainer:
         import random
 
         acc = self.accelerator
-        mine = prompts[acc.process_index :: acc.num_processes]
-        if not mine:
+        if (
+            len(prompts) < acc.num_processes
+        ):  # every rank refuses alike (none waits in a collective)
             from cai_kit.errors import ConfigError
 
             raise ConfigError(f"{len(prompts)} prompt(s) for {acc.num_processes} processes: "
                               "give at least one prompt per process.")  # fmt: skip
+        mine = prompts[acc.process_index :: acc.num_processes]
         rng = random.Random(self.config.seed + acc.process_index)
         for step in range(steps):
             batch = [rng.choice(mine) for _ in range(self.config.batch_size)]
