@@ -38,7 +38,6 @@ a pair times 0). Statistics are totals or means over ranks; only rank 0 logs and
 from __future__ import annotations
 
 import asyncio
-import copy
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -53,7 +52,7 @@ from cai_kit.engine import Engine, EngineConfig
 from cai_kit.errors import CaiKitError, ConfigError
 from cai_kit.llm.base import Backend
 from cai_kit.llm.registry import get_backend
-from cai_kit.train.ppo import PPOTrainer, disable_dropout, token_logprobs
+from cai_kit.train.ppo import PPOTrainer, policy_and_reference, token_logprobs
 from cai_kit.train.rewards import (
     JudgeFailed,
     _share_of_the_cap,
@@ -160,6 +159,7 @@ class OnlineDPOTrainer:
     _batch = PPOTrainer._batch
     reference_logprobs = PPOTrainer.reference_logprobs
     _encode = PPOTrainer._encode
+    is_main_process = PPOTrainer.is_main_process
 
     def __init__(self, config: OnlineDPOConfig, model: nn.Module, tokenizer: Any,
                  peft_config: Any = None) -> None:  # fmt: skip
@@ -171,25 +171,13 @@ class OnlineDPOTrainer:
         # accelerator.prepare) broadcasts rank 0's parameters, the LoRA adapters included
         torch.manual_seed(config.seed + self.accelerator.process_index)
         self.use_peft = peft_config is not None
-        self.ref_model: nn.Module | None = None
-        if self.use_peft:
-            from peft import get_peft_model
-
-            model = get_peft_model(model, peft_config)  # reference: adapters disabled
-        else:
-            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-            disable_dropout(self.ref_model)
-        disable_dropout(model)
+        model, self.ref_model = policy_and_reference(model, peft_config)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.learning_rate)
         self.policy, self.optimizer = self.accelerator.prepare(model, optimizer)
         if self.ref_model is not None:
             self.ref_model = self.ref_model.to(self.accelerator.device)
         self.history: list[dict[str, float]] = []
-
-    @property
-    def is_main_process(self) -> bool:
-        return self.accelerator.is_main_process
 
     @property
     def _lm(self) -> nn.Module:

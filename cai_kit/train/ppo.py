@@ -170,6 +170,23 @@ def disable_dropout(model: nn.Module) -> None:
             parent.attention_dropout = 0.0  # functional dropout inside attention (Llama & co.)
 
 
+def policy_and_reference(model: nn.Module, peft_config: Any = None,
+                         ref_model: nn.Module | None = None) -> tuple[nn.Module, nn.Module | None]:  # fmt: skip
+    """The policy to train and its frozen reference, both without dropout. Under LoRA the
+    reference is the policy with its adapters disabled (None here); else `ref_model`, or a
+    copy of the starting model."""
+    reference = None
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config)
+    else:
+        reference = (ref_model or copy.deepcopy(model)).eval().requires_grad_(False)
+        disable_dropout(reference)
+    disable_dropout(model)
+    return model, reference
+
+
 class PPOTrainer:
     def __init__(self, config: PPOConfig, model: nn.Module, tokenizer: Any, ref_model: nn.Module | None = None,
                  peft_config: Any = None) -> None:  # fmt: skip
@@ -184,18 +201,7 @@ class PPOTrainer:
         # accelerator.prepare) broadcasts rank 0's parameters, the LoRA and value head included
         torch.manual_seed(config.seed + self.accelerator.process_index)
         self.use_peft = peft_config is not None
-        if self.use_peft:
-            from peft import get_peft_model
-
-            model = get_peft_model(
-                model, peft_config
-            )  # reference = the same weights, adapters disabled
-            self.ref_model = None
-        else:
-            self.ref_model = ref_model or copy.deepcopy(model)
-            self.ref_model.eval().requires_grad_(False)
-            disable_dropout(self.ref_model)
-        disable_dropout(model)
+        model, self.ref_model = policy_and_reference(model, peft_config, ref_model)
         self.policy = PolicyWithValue(model)
         params = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate)
