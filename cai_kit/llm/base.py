@@ -30,12 +30,17 @@ class GenParams:
     stop: tuple[str, ...] = ()
     # >0 asks for the top-k log-probs of each generated token (the judge uses the first one).
     top_logprobs: int = 0
+    # How hard a reasoning model thinks (none/minimal/low/medium/high/xhigh); None: the
+    # provider's default. Each backend maps it to its provider's own control.
+    reasoning_effort: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # Not dataclasses.asdict, which deep-copies: this runs several times per call on the
         # engine's hot path (cache key, record ids). Every field is a plain value but `stop`.
         d = {name: getattr(self, name) for name in self.__dataclass_fields__}
         d["stop"] = list(self.stop)
+        if d["reasoning_effort"] is None:  # absent when unset: earlier cache keys and ids hold
+            del d["reasoning_effort"]
         return d
 
     def replace(self, **changes: Any) -> GenParams:
@@ -64,8 +69,10 @@ class TokenLogprob:
 
 @dataclass
 class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    prompt_tokens: int = 0  # every input token, the cached ones included
+    completion_tokens: int = 0  # every output token, hidden reasoning included (as billed)
+    cached_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache
+    reasoning_tokens: int = 0  # of completion_tokens, hidden reasoning
 
     @property
     def total_tokens(self) -> int:
@@ -93,6 +100,8 @@ class Completion:
             "usage": {
                 "prompt_tokens": self.usage.prompt_tokens,
                 "completion_tokens": self.usage.completion_tokens,
+                "cached_tokens": self.usage.cached_tokens,
+                "reasoning_tokens": self.usage.reasoning_tokens,
             },
             "cost": self.cost,
             "model": self.model,
