@@ -199,40 +199,51 @@ def _spy_scans(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return starts
 
 
-def test_index_reuse_notices_a_same_length_edit_and_reads_only_appended_lines(
+def test_a_same_length_edit_in_the_middle_with_a_new_mtime_is_indexed_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Same size, same first and last 4 KB, a new mtime: the index used to take that as
+    "nothing appended" and kept the old row."""
     run_dir = tmp_path / "run"
     make_run(run_dir, n_pairs=400, n_revisions=0)  # the edit is far from the first/last 4 KB
     path = run_dir / "prefs.jsonl"
     RunIndex.open(run_dir).close()
     starts = _spy_scans(monkeypatch)
-    size = path.stat().st_size
     st = path.stat()
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: same bytes
-    index = RunIndex.open(run_dir)
-    assert starts == [] and index.counts("pair")["judge_labels"]["A"] == 100
-    index.close()
-
     data = path.read_bytes()
     at = data.index(b'"id":"pair0200"')
     line_end = data.index(b"\n", at)
     edited = data[:at] + data[at:line_end].replace(b'"label":"A"', b'"label":"B"') + data[line_end:]
     assert len(edited) == len(data) and edited != data
     path.write_bytes(edited)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2 * 10**9))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     index = RunIndex.open(run_dir)
     try:
-        assert starts == [0]  # indexed again from the start
         assert index.counts("pair")["judge_labels"]["A"] == 99
         assert index.record("pair", "pair0200")["verdict"]["label"] == "B"
+        assert starts == [0]  # indexed again from the start
     finally:
         index.close()
 
+
+def test_index_reuse_reads_nothing_for_a_touch_and_only_the_appended_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "run"
+    make_run(run_dir, n_pairs=400, n_revisions=0)
+    path = run_dir / "prefs.jsonl"
+    RunIndex.open(run_dir).close()
+    starts = _spy_scans(monkeypatch)
+    size = path.stat().st_size
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: same bytes
+    RunIndex.open(run_dir).close()
+    assert starts == []
     with open(path, "a") as fh:  # a job still writing: only the new lines are read
         fh.write(json.dumps(_lines(run_dir)[0] | {"id": "pair9999"}) + "\n")
     index = RunIndex.open(run_dir)
     try:
-        assert starts == [0, size] and index.counts("pair")["views"]["all"] == 401
+        assert starts == [size] and index.counts("pair")["views"]["all"] == 401
+        assert index.record("pair", "pair9999")["_line"] == 401
     finally:
         index.close()
