@@ -4,7 +4,7 @@ without reading them all into memory (or into the browser).
     index = RunIndex.open(Path("runs/pf"))          # builds or updates RUN/review_index.sqlite
     index.kinds                                      # ["pair", "revision"]: the files present
     page = index.query("pair", view="ties", q="refund", offset=0, limit=50)
-    record = index.record("pair", row_id)            # the full JSON object, read at its offset
+    record = index.record("pair", row_id)            # the record (validated) as JSON, read at its offset
 
 One index row per record id (the last line of an id wins, as `latest_by_id` reads: a retried
 failure supersedes the failure) in first-seen order, with what the filters need: status, the
