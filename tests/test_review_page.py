@@ -136,7 +136,7 @@ def test_a_second_key_before_the_next_row_loads_keeps_the_note_on_its_row(
     browser: Any, tmp_path: Path
 ) -> None:
     """Issue 29: a note goes with the row it was typed for. The next row's detail is held back
-    (the page's fetch of /api/row waits 1.5 s), and B is pressed while row 0's note box is still
+    (the page's fetch of /api/row waits 3 s), and B is pressed while row 0's note box is still
     on screen: row 1 must not get row 0's note."""
     from selenium.webdriver.common.by import By
 
@@ -154,7 +154,7 @@ def test_a_second_key_before_the_next_row_loads_keeps_the_note_on_its_row(
         browser.execute_script("document.activeElement.blur()")
         browser.execute_script(  # hold back each row's detail (only the page's own fetch)
             "const f = window.fetch; window.fetch = (u, o) => String(u).startsWith('/api/row?')"
-            " ? new Promise(r => setTimeout(r, 1500)).then(() => f(u, o)) : f(u, o);"
+            " ? new Promise(r => setTimeout(r, 3000)).then(() => f(u, o)) : f(u, o);"
         )
         _press(browser, "a")  # row 0: A with its note; the cursor moves to row 1 at once
         _wait(browser, lambda d: _rows(d)[0][1] == "A" and _rows(d)[1][2])
