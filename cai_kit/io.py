@@ -195,33 +195,48 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield i, obj
 
 
+def parse_record(path: Path, i: int, line: str | bytes, model: type[M]) -> M | None:
+    """Line `i` of `path` -> a validated record, in one pass by pydantic; None for a torn last
+    line (no newline, not JSON: warned). Any other bad line raises DataError naming file:line
+    (and the field): the rule every reader of records uses (`read_records`, `cai-kit review`)."""
+    try:
+        record: M | None = model.model_validate_json(line)
+    except ValidationError:
+        record = None
+    if record is not None:
+        return record
+    if isinstance(line, bytes):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"{path}:{i}: not UTF-8 text (byte {line[exc.start]:#04x} at column "
+                f"{exc.start + 1}); save the file as UTF-8."
+            ) from None
+    else:
+        text = line
+    obj = _parse_line(path, i, text, last=not text.endswith("\n"))
+    if obj is None:
+        return None
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(x) for x in err["loc"])
+        raise DataError(f"{path}:{i}: {field}: {err['msg']} (not a {model.__name__}).") from None
+
+
 def read_records(path: Path, model: type[M]) -> Iterator[M]:
-    """Yield validated records, each line parsed and validated in one pass by pydantic (a
-    resumed 10,000-row job reads its output in well under a second); a line that fails is
-    read again the plain way for the error that names file, line and field."""
+    """Yield validated records (`parse_record`: a resumed 10,000-row job reads its output in
+    well under a second); a line that fails raises the error that names file, line and field."""
     path = Path(path)
     with open(path, encoding="utf-8") as fh:
         for i, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
-            try:
-                record: M | None = model.model_validate_json(line)
-            except ValidationError:
-                record = None
-            if record is not None:
-                yield record
-                continue
-            obj = _parse_line(path, i, line, last=not line.endswith("\n"))
-            if obj is None:
+            record = parse_record(path, i, line, model)
+            if record is None:
                 return
-            try:
-                record = model.model_validate(obj)
-            except ValidationError as exc:
-                err = exc.errors()[0]
-                field = ".".join(str(x) for x in err["loc"])
-                raise DataError(
-                    f"{path}:{i}: {field}: {err['msg']} (not a {model.__name__})."
-                ) from None
             yield record
 
 

@@ -417,3 +417,28 @@ def test_guard_lets_only_this_servers_host_in(host: str, local: tuple[str, int],
     from cai_kit.serve.guard import host_allowed
 
     assert host_allowed(host, local, ()) is ok
+
+
+def test_both_local_pages_and_their_answers_say_they_may_not_be_framed(
+    served: ReviewHandle, fault_server: Any, tmp_path: Path
+) -> None:
+    """Issue 29: review's page and serve's chat page (and their API answers) refuse framing;
+    the browser test in test_review_page.py shows a framing page gets nothing."""
+    from tests.fixtures.serve_server import start_serve
+
+    chat = start_serve("openai/m", api_base=fault_server.base_url, db=tmp_path / "f.db")
+    try:
+        for url in (
+            served.url + "/",
+            served.url + "/api/summary",
+            chat.url + "/",
+            chat.url + "/v1/models",
+        ):
+            with urllib.request.urlopen(url, timeout=30) as r:
+                csp = r.headers.get_all("Content-Security-Policy") or []
+                assert any("frame-ancestors 'none'" in c for c in csp), (url, csp)
+                assert r.headers["X-Frame-Options"] == "DENY", url
+        with urllib.request.urlopen(served.url + "/", timeout=30) as r:  # the page's own CSP kept
+            assert "default-src 'self'" in r.headers["Content-Security-Policy"]
+    finally:
+        chat.stop()

@@ -130,3 +130,80 @@ def test_a_link_from_judge_report_opens_that_row(browser: Any, tmp_path: Path) -
         _wait(browser, lambda d: "No pair with id 'nope'" in d.find_element(By.ID, "status").text)
     finally:
         h.stop()
+
+
+def test_a_second_key_before_the_next_row_loads_keeps_the_note_on_its_row(
+    browser: Any, tmp_path: Path
+) -> None:
+    """Issue 29: a note goes with the row it was typed for. The next row's detail is held back
+    (the page's fetch of /api/row waits 3 s), and B is pressed while row 0's note box is still
+    on screen: row 1 must not get row 0's note."""
+    from selenium.webdriver.common.by import By
+
+    run_dir = tmp_path / "run"
+    pairs, _ = make_run(run_dir, n_pairs=6)
+    h = start_review(run_dir)
+    try:
+        browser.get(h.url + "/")
+        browser.execute_script("localStorage.setItem('cai-kit-reviewer', 'ana')")
+        browser.refresh()
+        _wait(browser, lambda d: len(_rows(d)) == 6 and d.find_elements(By.CSS_SELECTOR, "#note"))
+        _press(browser, "n")
+        _wait(browser, lambda d: d.switch_to.active_element.get_attribute("id") == "note")
+        _press(browser, "row zero note")
+        browser.execute_script("document.activeElement.blur()")
+        browser.execute_script(  # hold back each row's detail (only the page's own fetch)
+            "const f = window.fetch; window.fetch = (u, o) => String(u).startsWith('/api/row?')"
+            " ? new Promise(r => setTimeout(r, 3000)).then(() => f(u, o)) : f(u, o);"
+        )
+        _press(browser, "a")  # row 0: A with its note; the cursor moves to row 1 at once
+        _wait(browser, lambda d: _rows(d)[0][1] == "A" and _rows(d)[1][2])
+        assert browser.find_element(By.ID, "note").get_attribute("value") == "row zero note"
+        _press(browser, "b")  # before row 1's detail (and its empty note box) has arrived
+        _wait(browser, lambda d: _rows(d)[1][1] == "B")
+        _wait(browser, lambda d: "Answer A2:" in d.find_element(By.ID, "resp-A").text)
+    finally:
+        h.stop()
+    with sqlite3.connect(run_dir / "labels.sqlite") as con:
+        got = con.execute("SELECT row_id, label, note FROM labels ORDER BY row_id").fetchall()
+    assert got == [(pairs[0].id, "A", "row zero note"), (pairs[1].id, "B", None)]
+
+
+def test_neither_local_page_can_be_framed_by_another_site(
+    browser: Any, fault_server: Any, tmp_path: Path
+) -> None:
+    """Issue 29: a page of another origin (here the scripted provider's) that frames the review
+    page or serve's chat page gets the browser's refusal, not the page (frame-ancestors 'none',
+    X-Frame-Options: DENY), so it cannot lure clicks or keys into it."""
+    from selenium.webdriver.common.by import By
+
+    from tests.fixtures.serve_server import start_serve
+
+    run_dir = tmp_path / "run"
+    make_run(run_dir, n_pairs=3)
+    review = start_review(run_dir)
+    chat = start_serve("openai/m", api_base=fault_server.base_url, db=tmp_path / "f.db")
+    try:
+        for url, element in ((review.url, "reviewer"), (chat.url, "prompt")):
+            browser.get(fault_server.base_url + "/models")  # another origin
+            browser.execute_script(
+                "const f = document.createElement('iframe'); f.id = 'framed';"
+                "f.onload = () => { f.dataset.loaded = '1'; }; f.src = arguments[0];"
+                "document.body.append(f);",
+                url + "/",
+            )
+            frame = _wait(
+                browser, lambda d: d.find_element(By.CSS_SELECTOR, "#framed[data-loaded]")
+            )
+            browser.switch_to.frame(frame)
+            try:
+                assert browser.find_elements(By.ID, element) == [], url
+                assert browser.execute_script("return location.href") != url + "/"
+            finally:
+                browser.switch_to.default_content()
+            # the page itself, opened as a page, is there
+            browser.get(url + "/")
+            _wait(browser, lambda d, e=element: d.find_elements(By.ID, e))
+    finally:
+        chat.stop()
+        review.stop()

@@ -1,6 +1,7 @@
 """Who may call `cai-kit serve`: its own page and real API clients, never another web page.
 
     app = web.Application(middlewares=[..., guard, ...]); app.on_response_prepare.append(cors_headers)
+    # guard's answers all carry frame-ancestors 'none' and X-Frame-Options: DENY
     origin = parse_origin("http://localhost:3000")     # ValueError with one sentence if bad
     host = parse_allowed_host("chat.internal:443")
 
@@ -19,6 +20,10 @@ the key is looked at:
   (OPTIONS) included.
 - **Content-Type** `application/json` for JSON bodies (415 otherwise: `check_json_body`): a
   page may send text/plain without asking the server first, but not JSON.
+- **Framing**: every answer says no page may frame it (`Content-Security-Policy:
+  frame-ancestors 'none'`, and `X-Frame-Options: DENY` for older browsers), so another site
+  cannot show the page in a frame and lure clicks and keys into it (a framed page's requests
+  would carry the page's own origin and pass the Origin check).
 """
 
 from __future__ import annotations
@@ -187,9 +192,22 @@ def guard(cors_origins: tuple[str, ...], allowed_hosts: tuple[str, ...], flags: 
                     ),
                     "forbidden",
                 )
-        return await handler(request)
+        response = await handler(request)
+        if not response.prepared:  # a stream sent its headers already: it is no page
+            deny_framing(response)
+        return response
 
     return middleware
+
+
+def deny_framing(response: web.StreamResponse) -> None:
+    """No page may show this answer in a frame: `frame-ancestors 'none'` joins the answer's
+    Content-Security-Policy (or is one), and `X-Frame-Options: DENY` for older browsers."""
+    csp = response.headers.get("Content-Security-Policy", "")
+    if "frame-ancestors" not in csp:
+        csp = f"{csp}; frame-ancestors 'none'" if csp else "frame-ancestors 'none'"
+        response.headers["Content-Security-Policy"] = csp
+    response.headers["X-Frame-Options"] = "DENY"
 
 
 async def cors_headers(request: web.Request, response: web.StreamResponse) -> None:

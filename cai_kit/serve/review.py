@@ -4,7 +4,8 @@
     app = create_review_app(index, labels, ReviewConfig(host="127.0.0.1"))
     runner, port = await start(app, "127.0.0.1", 0)   # start: serve/server.py
 
-Routes (JSON; errors are `{"error": {"message"}}` with a 4xx/5xx status):
+Routes (JSON; errors are `{"error": {"message"}}` with a 4xx/5xx status; a bad line in the
+run's files, e.g. one appended while the page is open, is a 409 naming file:line):
   GET  /                         the page (static HTML, nothing loaded from the network)
   GET  /api/summary?reviewer=R   run, kinds, counts per view and principle, judge labels,
                                  human labels (R's and everyone's), margin histogram
@@ -34,6 +35,7 @@ from typing import Any
 
 from aiohttp import web
 
+from cai_kit.errors import DataError
 from cai_kit.serve.guard import check_json_body, guard
 from cai_kit.serve.labels import (
     LABELS,
@@ -80,6 +82,8 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return await handler(request)
     except (Refused, ApiError) as exc:
         return _error(exc.status, exc.message)
+    except DataError as exc:  # the run's files, e.g. a bad line appended while reviewing
+        return _error(409, str(exc))
     except web.HTTPRequestEntityTooLarge:
         return _error(
             413, f"The request body is larger than {request.app[CONFIG].max_body_bytes} bytes."
@@ -176,6 +180,7 @@ async def summary(request: web.Request) -> web.Response:
 
 def _rows(request: web.Request, kind: str, reviewer: str | None) -> dict[str, Any]:
     index, labels, cfg = request.app[INDEX], request.app[LABELSTORE], request.app[CONFIG]
+    index.refresh()  # a stat when nothing changed
     view = request.query.get("view", "all")
     if view not in VIEWS[kind]:
         raise Refused(400, f"view must be one of {', '.join(VIEWS[kind])}, not {view!r}.")
@@ -207,6 +212,7 @@ async def rows(request: web.Request) -> web.Response:
 
 def _row(request: web.Request, kind: str, row_id: str) -> dict[str, Any]:
     index, labels = request.app[INDEX], request.app[LABELSTORE]
+    index.refresh()
     rec = index.record(kind, row_id)
     if rec is None:
         raise Refused(404, f"No {kind} with id {row_id[:100]!r} in {index.run_dir}.")

@@ -4,15 +4,22 @@ without reading them all into memory (or into the browser).
     index = RunIndex.open(Path("runs/pf"))          # builds or updates RUN/review_index.sqlite
     index.kinds                                      # ["pair", "revision"]: the files present
     page = index.query("pair", view="ties", q="refund", offset=0, limit=50)
-    record = index.record("pair", row_id)            # the full JSON object, read at its offset
+    record = index.record("pair", row_id)            # the record (validated) as JSON, read at its offset
 
 One index row per record id (the last line of an id wins, as `latest_by_id` reads: a retried
 failure supersedes the failure) in first-seen order, with what the filters need: status, the
 judge's label, p_a, margin, whether both orders agreed, the principles, and the start of the
-prompt. Texts stay in the JSONL: a search scans the file's bytes (mmap, case-insensitive for
-ASCII) and maps the hits back to rows by offset. The index is kept beside the run and only the
-appended tail is read when the file has grown (a job still writing); a file that changed any
-other way is indexed again. A run directory that cannot be written gets an in-memory index.
+prompt. Lines are read as every reader of records reads them (`io.parse_record`: the record
+models, so a field of the wrong type is one sentence naming file:line, and an older record that
+lost a comparison is `failed`, as `export` and `judge-report` count it; a last line without its
+newline is read once it is whole JSON). Texts stay in the JSONL: a search scans the file's bytes
+(case-insensitive for ASCII) and maps the hits back to rows by offset.
+
+The index is kept beside the run with the SHA-256 of the bytes it indexed. A file whose size,
+mtime, ctime and inode are as indexed is taken as is (a stat); any other file has that prefix
+hashed again: the same bytes mean only the appended tail is read (a job still writing), other
+bytes mean the file is indexed again. A run directory that cannot be written gets an in-memory
+index.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from cai_kit.errors import DataError
+from cai_kit.io import parse_record
+from cai_kit.records import PreferenceRecord, RevisionRecord
 
 try:  # a faster parser when present (a dependency of several of ours); json otherwise
     from orjson import loads as _loads
@@ -37,7 +46,11 @@ except ImportError:  # pragma: no cover
 
 SOURCES = {"pair": "prefs.jsonl", "revision": "revisions.jsonl"}
 INDEX_NAME = "review_index.sqlite"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # PRAGMA user_version: an index of another version is built again
+MODELS: dict[str, type[PreferenceRecord] | type[RevisionRecord]] = {
+    "pair": PreferenceRecord,
+    "revision": RevisionRecord,
+}
 VIEWS = {
     "pair": ("all", "ties", "low-margin", "orders-disagree", "failed", "unlabelled"),
     "revision": ("all", "unchanged", "failed", "unlabelled"),
@@ -45,8 +58,8 @@ VIEWS = {
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
-    kind TEXT PRIMARY KEY, version INTEGER, size INTEGER, mtime_ns INTEGER, head TEXT,
-    tail TEXT, lines INTEGER
+    kind TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, ino INTEGER,
+    indexed INTEGER, digest TEXT, lines INTEGER
 );
 CREATE TABLE IF NOT EXISTS rows (
     kind TEXT NOT NULL, idx INTEGER NOT NULL, id TEXT NOT NULL, offset INTEGER NOT NULL,
@@ -63,6 +76,7 @@ _UPSERT = (
     "consistent=excluded.consistent, changed=excluded.changed, "
     "principles=excluded.principles, prompt=excluded.prompt"
 )
+_CHUNK = 1 << 20
 
 
 @dataclass
@@ -71,74 +85,74 @@ class Page:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _prompt(messages: Any) -> str:
-    if not isinstance(messages, list):
-        return ""
+def _prompt(messages: list[Any]) -> str:
     for m in reversed(messages):
-        if isinstance(m, dict) and m.get("role") == "user":
-            return str(m.get("content", ""))[:200]
-    return (
-        str(messages[-1].get("content", ""))[:200]
-        if messages and isinstance(messages[-1], dict)
-        else ""
-    )
+        if m.role == "user":
+            return m.content[:200]
+    return messages[-1].content[:200] if messages else ""
 
 
-def _fields(kind: str, obj: dict[str, Any]) -> tuple[Any, ...]:
-    """(status, label, p_a, margin, consistent, changed, principles, prompt) of one record."""
-    status = obj.get("status", "ok")
-    if kind == "pair":
-        v = obj["verdict"]
-        label = v.get("label")
-        if label == "failed":
-            status = "failed"
-        pc = v.get("position_consistent")
-        pids = v.get("principle_ids") or []
+def _fields(record: PreferenceRecord | RevisionRecord) -> tuple[Any, ...]:
+    """(status, label, p_a, margin, consistent, changed, principles, prompt) of one record; the
+    label is what `judge-report` counts: the judge's, or `failed` for a failed record."""
+    if isinstance(record, PreferenceRecord):
+        v = record.verdict
+        pc = v.position_consistent
         return (
-            status,
-            label,
-            v.get("p_a"),
-            v.get("margin"),
+            record.status,
+            v.label if record.status == "ok" else "failed",
+            v.p_a,
+            v.margin,
             None if pc is None else int(pc),
             None,
-            "|" + "|".join(pids) + "|",
-            _prompt(obj.get("messages")),
+            "|" + "|".join(v.principle_ids) + "|",
+            _prompt(record.messages),
         )
-    steps = obj.get("steps") or []
-    pids = sorted({s.get("principle_id", "") for s in steps if isinstance(s, dict)})
-    initial, final = (
-        (obj.get("initial_response") or "").strip(),
-        (obj.get("final_response") or "").strip(),
-    )
+    pids = sorted({s.principle_id for s in record.steps})
+    initial = (record.initial_response or "").strip()
+    final = (record.final_response or "").strip()
     return (
-        status,
+        record.status,
         None,
         None,
         None,
         None,
         int(initial != final),
         "|" + "|".join(pids) + "|",
-        _prompt(obj.get("messages")),
+        _prompt(record.messages),
     )
 
 
-def _check(kind: str, path: Path, line: int, obj: Any) -> dict[str, Any]:
-    what = "preference record" if kind == "pair" else "revision record"
-    if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
-        raise DataError(f"{path}:{line}: not a {what} (no string `id`).")
-    if kind == "pair" and not (
-        isinstance(obj.get("verdict"), dict)
-        and isinstance(obj.get("response_a"), str)
-        and isinstance(obj.get("response_b"), str)
-    ):
-        raise DataError(f"{path}:{line}: not a {what} (needs response_a, response_b and verdict).")
-    return obj
+def _whole_json(raw: bytes) -> bool:
+    """A last line without its newline: whole JSON (read it), or still being written?"""
+    try:
+        _loads(raw)
+    except ValueError:
+        return False
+    return True
 
 
-def _digest(path: Path, start: int, end: int) -> str:
+def _hash_prefix(path: Path, end: int) -> Any:
+    """A sha256 object fed the first `end` bytes of the file."""
+    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        fh.seek(max(0, start))
-        return hashlib.sha256(fh.read(max(0, end - max(0, start)))).hexdigest()
+        left = end
+        while left > 0:
+            buf = fh.read(min(_CHUNK, left))
+            if not buf:
+                break
+            h.update(buf)
+            left -= len(buf)
+    return h
+
+
+def _schema(db: sqlite3.Connection) -> None:
+    """Create the tables; an index written by another version is dropped (it is a cache)."""
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if version != INDEX_VERSION:
+        db.executescript("DROP TABLE IF EXISTS meta; DROP TABLE IF EXISTS rows;")
+        db.execute(f"PRAGMA user_version = {INDEX_VERSION}")
+    db.executescript(SCHEMA)
 
 
 class RunIndex:
@@ -171,7 +185,7 @@ class RunIndex:
             try:
                 db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
                 db.execute("PRAGMA journal_mode=WAL")
-                db.executescript(SCHEMA)
+                _schema(db)
             except sqlite3.Error:  # a corrupt cache: it only holds what the JSONL holds
                 if db is not None:
                     db.close()
@@ -181,7 +195,7 @@ class RunIndex:
                 try:
                     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
                     db.execute("PRAGMA journal_mode=WAL")
-                    db.executescript(SCHEMA)
+                    _schema(db)
                 except sqlite3.Error:
                     db = None
         where = str(path)
@@ -190,7 +204,7 @@ class RunIndex:
                 sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None),
                 ":memory:",
             )
-            db.executescript(SCHEMA)
+            _schema(db)
         db.execute("PRAGMA synchronous=OFF")  # a cache: rebuilt from the JSONL if torn
         index = cls(run_dir, db, where, low_margin)
         index.refresh()
@@ -212,85 +226,92 @@ class RunIndex:
     def _refresh(self, kind: str) -> None:
         path = self.run_dir / SOURCES[kind]
         st = path.stat()
+        stat = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
         meta = self._db.execute(
-            "SELECT version, size, mtime_ns, head, tail, lines FROM meta WHERE kind = ?", (kind,)
+            "SELECT size, mtime_ns, ctime_ns, ino, indexed, digest, lines FROM meta WHERE kind = ?",
+            (kind,),
         ).fetchone()
-        start, line0 = 0, 0
-        if meta is not None:
-            version, size, mtime_ns, head, tail, lines = meta
-            same_start = (
-                version == INDEX_VERSION
-                and st.st_size >= size
-                and _digest(path, 0, min(size, 4096)) == head
-                and _digest(path, size - 4096, size) == tail
-            )
-            if same_start and st.st_size == size and st.st_mtime_ns == mtime_ns:
-                return
-            if same_start:
-                start, line0 = size, lines
-        if start == 0:
-            self._db.execute("DELETE FROM rows WHERE kind = ?", (kind,))
-        end, lines = self._scan(kind, path, start, line0)
-        self._db.execute(
-            "INSERT OR REPLACE INTO meta VALUES (?,?,?,?,?,?,?)",
-            (
-                kind,
-                INDEX_VERSION,
-                end,
-                st.st_mtime_ns,
-                _digest(path, 0, min(end, 4096)),
-                _digest(path, end - 4096, end),
-                lines,
-            ),
-        )
-        self._offsets.pop(kind, None)
-        self._counts.pop(kind, None)
-        self._idset.pop(kind, None)
-        self._hits = {k: v for k, v in self._hits.items() if k[0] != kind}
-
-    def _scan(self, kind: str, path: Path, start: int, line0: int) -> tuple[int, int]:
-        """Index complete lines from byte `start`; returns (bytes indexed, lines indexed)."""
-        (n,) = self._db.execute(
-            "SELECT COALESCE(MAX(idx) + 1, 0) FROM rows WHERE kind = ?", (kind,)
-        ).fetchone()
-        batch: list[tuple[Any, ...]] = []
-        pos, line = start, line0
+        if meta is not None and tuple(meta[:4]) == stat:
+            return  # not written to since it was indexed (any write sets mtime and ctime)
+        start, line0, hasher = 0, 0, hashlib.sha256()
+        if meta is not None and st.st_size >= meta[4]:
+            indexed, digest, lines = meta[4:]
+            prefix = _hash_prefix(path, indexed)
+            if prefix.hexdigest() == digest:  # the indexed bytes are as they were
+                if st.st_size == indexed:  # and nothing was appended (a touch, a copy)
+                    self._db.execute(
+                        "UPDATE meta SET size=?, mtime_ns=?, ctime_ns=?, ino=? WHERE kind=?",
+                        (*stat, kind),
+                    )
+                    return
+                start, line0, hasher = indexed, lines, prefix
         self._db.execute("BEGIN")
         try:
-            with open(path, "rb") as fh:
-                fh.seek(start)
-                for raw in fh:
-                    if not raw.endswith(b"\n"):
-                        break  # a last line still being written (or torn): read it next time
-                    line += 1
-                    offset, pos = pos, pos + len(raw)
-                    if not raw.strip():
-                        continue
-                    try:
-                        obj = _loads(raw)
-                    except ValueError as exc:
-                        raise DataError(
-                            f"{path}:{line}: not valid JSON ({exc}); fix or remove that line."
-                        ) from None
-                    obj = _check(kind, path, line, obj)
-                    try:
-                        fields = _fields(kind, obj)
-                    except (AttributeError, TypeError, KeyError):
-                        raise DataError(
-                            f"{path}:{line}: a field has the wrong type for a {kind} record."
-                        ) from None
-                    batch.append((kind, n, obj["id"], offset, len(raw), line, *fields))
-                    n += 1
-                    if len(batch) >= 5000:
-                        self._db.executemany(_UPSERT, batch)
-                        batch.clear()
-            if batch:
-                self._db.executemany(_UPSERT, batch)
+            if start == 0:
+                self._db.execute("DELETE FROM rows WHERE kind = ?", (kind,))
+            end, lines, added = self._scan(kind, path, start, line0, hasher)
+            if end < start:  # the indexed last line (no newline) was continued: read it all
+                self._db.execute("DELETE FROM rows WHERE kind = ?", (kind,))
+                hasher = hashlib.sha256()
+                end, lines, added = self._scan(kind, path, 0, 0, hasher)
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES (?,?,?,?,?,?,?,?)",
+                (kind, *stat, end, hasher.hexdigest(), lines),
+            )
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        return pos, line
+        if start == 0 or added:
+            self._offsets.pop(kind, None)
+            self._counts.pop(kind, None)
+            self._idset.pop(kind, None)
+            self._hits = {k: v for k, v in self._hits.items() if k[0] != kind}
+
+    def _scan(
+        self, kind: str, path: Path, start: int, line0: int, hasher: Any
+    ) -> tuple[int, int, int]:
+        """Index the whole lines from byte `start`, feeding the bytes read to `hasher`; returns
+        (bytes indexed, lines indexed, rows written), or end < start when the line before
+        `start` (read without its newline) was continued."""
+        model = MODELS[kind]
+        (n,) = self._db.execute(
+            "SELECT COALESCE(MAX(idx) + 1, 0) FROM rows WHERE kind = ?", (kind,)
+        ).fetchone()
+        batch: list[tuple[Any, ...]] = []
+        pos, line, added = start, line0, 0
+        with open(path, "rb") as fh:
+            if start > 0:
+                fh.seek(start - 1)
+                if fh.read(1) != b"\n":  # the last line read had no newline: now it must
+                    after = fh.read(1)
+                    if not after:
+                        return start, line0, 0  # nothing appended
+                    if after != b"\n":
+                        return -1, 0, 0
+                    hasher.update(b"\n")
+                    pos += 1
+            fh.seek(pos)
+            for raw in fh:
+                if not raw.endswith(b"\n") and not _whole_json(raw):
+                    break  # a last line still being written (or torn): read it next time
+                line += 1
+                offset, pos = pos, pos + len(raw)
+                hasher.update(raw)
+                if not raw.strip():
+                    continue
+                record = parse_record(path, line, raw, model)
+                assert record is not None  # a torn line was left for next time above
+                batch.append((kind, n, record.id, offset, len(raw), line, *_fields(record)))
+                n += 1
+                if len(batch) >= 5000:
+                    self._db.executemany(_UPSERT, batch)
+                    added += len(batch)
+                    batch.clear()
+        if batch:
+            self._db.executemany(_UPSERT, batch)
+            added += len(batch)
+        return pos, line, added
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -445,9 +466,16 @@ class RunIndex:
         if hit is None:
             return None
         offset, length, line = hit
-        with open(self.run_dir / SOURCES[kind], "rb") as fh:
+        path = self.run_dir / SOURCES[kind]
+        with open(path, "rb") as fh:
             fh.seek(offset)
-            obj = _loads(fh.read(length))
+            raw = fh.read(length)
+        record = parse_record(path, line, raw, MODELS[kind])
+        if record is None or record.id != row_id:
+            raise DataError(
+                f"{path}:{line}: changed since it was indexed; reload the page to read it again."
+            )
+        obj = record.model_dump(mode="json")
         obj["_line"] = line
         return obj
 
