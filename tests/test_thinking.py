@@ -217,3 +217,52 @@ def test_reasoning_request_keeps_an_unset_effort_as_it_was() -> None:
     for model in ("anthropic/claude-sonnet-4-5", "gemini/gemini-2.5-flash", "openai/gpt-4o"):
         req = reasoning_request(model, GenParams(max_tokens=99))
         assert (req.max_tokens, req.fields, req.drop) == (99, {}, frozenset())
+
+
+# --- Anthropic Message Batches: the same request as the synchronous route ---------------------
+
+
+async def _batch_round_trip(client: Any, tmp_path: Path, params: GenParams) -> dict[str, Any]:
+    path = tmp_path / "wave.jsonl"
+    lines = [client.line(f"key{i}", MSGS, params) for i in range(2)]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    try:
+        state = await client.poll(await client.submit(path, "wave"))
+        while not state.done:
+            state = await client.poll(state.batch_id)
+        return {key: result async for key, result in client.results(state)} | {"_lines": lines}
+    finally:
+        await client.aclose()
+
+
+def test_anthropic_batch_lines_think_like_the_synchronous_call_and_count_thinking(
+    anthropic: FaultServer, tmp_path: Path
+) -> None:
+    """A Message Batches request is the synchronous body: thinking budget, raised cap, no
+    temperature; its result's thinking tokens are output tokens, and a cut answer reads
+    finish_reason "length" as on the synchronous route."""
+    from cai_kit.engine.batch_providers import AnthropicBatchClient
+
+    client = AnthropicBatchClient("anthropic/claude-sonnet-4-5")
+    params = GenParams(temperature=0.7, max_tokens=200, reasoning_effort="medium")
+    got = asyncio.run(_batch_round_trip(client, tmp_path, params))
+    sent = got["_lines"][0]["params"]
+    assert sent["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    assert sent["max_tokens"] == 2048 + 200 and "temperature" not in sent
+    done = got["key0"]
+    assert not isinstance(done, str) and done.text.startswith("echo ")
+    assert (done.usage.completion_tokens, done.usage.reasoning_tokens) == (710, 700)
+    assert done.finish_reason == "stop" and anthropic.paid == 2
+
+
+def test_anthropic_batch_results_count_cache_reads_among_the_prompt(
+    anthropic: FaultServer, tmp_path: Path
+) -> None:
+    """Anthropic's input_tokens leaves out cache reads; the prompt total puts them back."""
+    from cai_kit.engine.batch_providers import AnthropicBatchClient
+
+    anthropic.cache_read = 4
+    got = asyncio.run(_batch_round_trip(AnthropicBatchClient("anthropic/claude-haiku-4-5"),
+                                        tmp_path, GenParams(max_tokens=32)))  # fmt: skip
+    usage = got["key1"].usage
+    assert (usage.prompt_tokens, usage.cached_tokens) == (10, 4)
