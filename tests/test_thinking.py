@@ -266,3 +266,57 @@ def test_anthropic_batch_results_count_cache_reads_among_the_prompt(
                                         tmp_path, GenParams(max_tokens=32)))  # fmt: skip
     usage = got["key1"].usage
     assert (usage.prompt_tokens, usage.cached_tokens) == (10, 4)
+
+
+# --- whole stages against the thinking provider --------------------------------------------
+
+
+def test_revise_with_a_thinking_claude_teacher_fails_no_row_and_counts_what_was_billed(
+    anthropic: FaultServer, tmp_path: Path
+) -> None:
+    """The library's revise with reasoning_effort on every step (the CLI flag sets these
+    params): Sonnet 4.5's rules enforced (no temperature next to thinking, no temperature with
+    top_p), and the run's tokens are exactly the server's bills, thinking included."""
+    from cai_kit.constitution import load_constitution
+    from cai_kit.prompts import load_prompts
+    from cai_kit.stages.revise import ReviseConfig, run_revise
+
+    anthropic.exclusive_sampling, anthropic.usage_by_length = True, True
+    step = GenParams(temperature=0.3, max_tokens=48, reasoning_effort="low")
+    cfg = ReviseConfig(constitution=load_constitution("harmless"), rounds=1,
+                       response_params=step, critique_params=step, revision_params=step)  # fmt: skip
+    model = "anthropic/claude-sonnet-4-5"
+    backend = get_backend(model)
+    prompts = load_prompts(str(Path(__file__).parent.parent / "examples" / "red_team_prompts.jsonl"),
+                           limit=3).records  # fmt: skip
+    summary = run_revise(prompts, cfg, responder=backend, critic=backend,
+                         models={"responder": model, "critic": model}, out_dir=tmp_path / "r",
+                         engine_config=EngineConfig(quiet=True, cache_path=tmp_path / "c"))  # fmt: skip
+    assert (summary.done, summary.failed) == (3, 0)
+    assert len(anthropic.billed) == 9  # response, critique, revision per prompt
+    assert summary.stats["prompt_tokens"] == sum(p for p, _ in anthropic.billed)
+    assert summary.stats["completion_tokens"] == sum(c for _, c in anthropic.billed)
+    assert all(b["thinking"]["budget_tokens"] == 1024 for b in anthropic.bodies)
+    assert summary.stats["cost"] > 0
+
+
+def test_cli_revise_with_claude_through_litellm_reports_the_tokens_the_server_billed(
+    anthropic: FaultServer, tmp_path: Path
+) -> None:
+    """`revise --model anthropic/claude-sonnet-4-5` (no effort: no thinking) against the
+    server that enforces Sonnet 4.5's rules: 0 failed rows, and the tokens printed and kept in
+    the manifest are the server's bills."""
+    from typer.testing import CliRunner
+
+    from cai_kit.cli.main import app
+
+    anthropic.exclusive_sampling, anthropic.usage_by_length = True, True
+    prompts = Path(__file__).parent.parent / "examples" / "red_team_prompts.jsonl"
+    r = CliRunner().invoke(app, ["revise", str(prompts), "--limit", "3", "--rounds", "1",
+                                 "--model", "anthropic/claude-sonnet-4-5", "--out",
+                                 str(tmp_path / "r"), "--cache-path", str(tmp_path / "c")])  # fmt: skip
+    billed_in, billed_out = sum(p for p, _ in anthropic.billed), sum(c for _, c in anthropic.billed)
+    assert "3 done; 0 failed" in r.output, r.output
+    assert f"{billed_in + billed_out} tokens" in r.output
+    stats = json.loads((tmp_path / "r" / "manifest.json").read_text())["stats"]
+    assert (stats["prompt_tokens"], stats["completion_tokens"]) == (billed_in, billed_out)
