@@ -320,3 +320,26 @@ def test_cli_revise_with_claude_through_litellm_reports_the_tokens_the_server_bi
     assert f"{billed_in + billed_out} tokens" in r.output
     stats = json.loads((tmp_path / "r" / "manifest.json").read_text())["stats"]
     assert (stats["prompt_tokens"], stats["completion_tokens"]) == (billed_in, billed_out)
+
+
+def test_openrouter_through_litellm_gets_its_reasoning_object(
+    provider_server: FaultServer, tmp_path: Path
+) -> None:
+    """OpenRouter's own control is `reasoning: {effort}` (it sizes the thinking for the model
+    behind it); `max` is not one of its values."""
+    backend = get_backend(
+        "litellm:openrouter/anthropic/claude-sonnet-4.5", api_base=provider_server.base_url
+    )
+    params = GenParams(max_tokens=64, reasoning_effort="low")
+    _, stats = asyncio.run(_call(backend, tmp_path, params))
+    assert stats.failures == 0 and provider_server.bodies[-1]["reasoning"] == {"effort": "low"}
+    with pytest.raises(ConfigError, match=r"takes the reasoning effort none, minimal, low, medium, "
+                                          r"high or xhigh, not 'max'"):  # fmt: skip
+        check_reasoning_effort("litellm:openrouter/openai/gpt-5", "max")
+
+
+def test_the_output_cap_a_reservation_must_price_is_the_one_sent(anthropic: FaultServer) -> None:
+    backend = get_backend("anthropic/claude-sonnet-4-5")
+    params = GenParams(max_tokens=100, reasoning_effort="high")
+    assert backend.output_cap(params) == 100 + 4096
+    assert backend.output_cap(params.replace(reasoning_effort=None)) == 100

@@ -74,6 +74,11 @@ class LiteLLMBackend(Backend):
     def identity(self) -> dict[str, Any]:
         return {"kind": self.kind, "model": self.model, "api_base": self.api_base}
 
+    def output_cap(self, params: GenParams) -> int:
+        """The max_tokens actually sent for `params`: the answer's plus the thinking allowance
+        of its reasoning effort (what a reservation or a cost preview must price)."""
+        return reasoning_request(self.model, params).max_tokens
+
     async def chat(self, messages: ChatMessages, params: GenParams) -> Completion:
         litellm = _import_litellm()
         reasoning = reasoning_request(self.model, params)  # thinking fields, raised output cap
