@@ -176,9 +176,11 @@ def test_gemini_2_5_thinks_within_a_budget_that_leaves_room_to_answer(
 ) -> None:
     """Thinking tokens count against maxOutputTokens: the cap grows by the budget, and the
     thought tokens come back as reasoning tokens billed as output."""
+    provider_server.cache_read = 3  # cachedContentTokenCount: read as cached tokens
     backend = get_backend("litellm:gemini/gemini-2.5-flash", api_base=gemini)
     params = GenParams(temperature=0.5, max_tokens=128, reasoning_effort="medium")
     completion, stats = asyncio.run(_call(backend, tmp_path, params))
+    assert completion.usage.cached_tokens == 3
     assert stats.failures == 0 and completion.text.startswith("echo ")
     config = thinking_rules.gemini_config(provider_server.bodies[-1])
     assert config["thinkingConfig"]["thinkingBudget"] == 2048
