@@ -30,6 +30,7 @@ from typing import Any
 from cai_kit.errors import BackendError
 from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams, Usage
 from cai_kit.llm.openai_compat import chat_body, parse_chat_completion
+from cai_kit.llm.thinking import reasoning_request
 
 BodyFn = Callable[[ChatMessages, GenParams], dict[str, Any]]
 
@@ -230,14 +231,19 @@ class AnthropicBatchClient(BatchClient):
 
     def line(self, key: str, messages: ChatMessages, params: GenParams) -> dict[str, Any]:
         system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+        # the synchronous route's thinking fields, output cap and left-out sampling fields
+        reasoning = reasoning_request(f"anthropic/{self.model}", params)
         req: dict[str, Any] = {
             "model": self.model,
-            "max_tokens": params.max_tokens,
+            "max_tokens": reasoning.max_tokens,
             "messages": [m for m in messages if m["role"] != "system"],
             "temperature": min(params.temperature, 1.0),  # Anthropic's range is 0..1
         }
         if params.top_p != 1.0:  # 1.0 cuts nothing; Claude 4.5+ refuse it next to temperature
             req["top_p"] = params.top_p
+        for name in reasoning.drop:
+            req.pop(name, None)
+        req.update(reasoning.fields)
         if system:
             req["system"] = system
         if params.stop:
@@ -364,10 +370,10 @@ def anthropic_result(row: dict[str, Any], model: str) -> tuple[str, Completion |
     if kind == "succeeded":
         msg = result["message"]
         text = "".join(c.get("text", "") for c in msg.get("content", []) if c.get("type") == "text")
-        usage = msg.get("usage") or {}
+        stop = msg.get("stop_reason")
         return row["custom_id"], Completion(
-            text=text, usage=Usage(usage.get("input_tokens", 0), usage.get("output_tokens", 0)),
-            model=model, finish_reason=msg.get("stop_reason"),
+            text=text, usage=anthropic_usage(msg.get("usage") or {}), model=model,
+            finish_reason=_STOP_REASONS.get(stop, stop),
         )  # fmt: skip
     if kind in _UNRUN:
         return row["custom_id"], _UNRUN[kind]
@@ -375,6 +381,26 @@ def anthropic_result(row: dict[str, Any], model: str) -> tuple[str, Completion |
     err = err.get("error") or err  # the error response wraps the error object
     detail = ": ".join(str(x) for x in (err.get("type"), err.get("message")) if x)
     return row["custom_id"], f"{kind}: {detail}" if detail else f"{kind}"
+
+
+# Anthropic's stop_reason in OpenAI's words, as litellm maps them on the synchronous route (an
+# answer cut at max_tokens, e.g. by thinking, reads "length" on both)
+_STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
+
+
+def anthropic_usage(usage: dict[str, Any]) -> Usage:
+    """A Message's usage as billed: input_tokens counts only the uncached input, so cache
+    reads and writes are added to the prompt (reads are also `cached_tokens`); output_tokens
+    holds the thinking, reported apart in `output_tokens_details.thinking_tokens`."""
+    read = int(usage.get("cache_read_input_tokens") or 0)
+    written = int(usage.get("cache_creation_input_tokens") or 0)
+    thinking = int((usage.get("output_tokens_details") or {}).get("thinking_tokens") or 0)
+    return Usage(
+        prompt_tokens=int(usage.get("input_tokens") or 0) + read + written,
+        completion_tokens=int(usage.get("output_tokens") or 0),
+        cached_tokens=read,
+        reasoning_tokens=thinking,
+    )
 
 
 def batch_client_for(backend: Backend) -> BatchClient | None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from cai_kit.errors import ConfigError, FatalBackendError, RetryableError
 from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams, TokenLogprob, Usage
+from cai_kit.llm.thinking import reasoning_request
 
 
 def make_litellm_backend(model: str, api_base: str | None = None, **options: Any) -> Backend:
@@ -63,23 +64,38 @@ class LiteLLMBackend(Backend):
         self.api_base = api_base
         self.timeout_s = timeout_s
         self._key = api_key  # only for a user-named --api-base; never in identity or repr
+        from cai_kit.llm import providers
+
+        provider = providers.lookup(model)
+        # a model whose provider refuses log-probs (Anthropic; Gemini 2.5+) is never asked for
+        # them: the judge then reads its letter instead of failing every call
+        self.supports_logprobs = provider.logprobs_for(model.split("/", 1)[1]) if provider else True
 
     def identity(self) -> dict[str, Any]:
         return {"kind": self.kind, "model": self.model, "api_base": self.api_base}
 
+    def output_cap(self, params: GenParams) -> int:
+        """The max_tokens actually sent for `params`: the answer's plus the thinking allowance
+        of its reasoning effort (what a reservation or a cost preview must price)."""
+        return reasoning_request(self.model, params).max_tokens
+
     async def chat(self, messages: ChatMessages, params: GenParams) -> Completion:
         litellm = _import_litellm()
+        reasoning = reasoning_request(self.model, params)  # thinking fields, raised output cap
         kwargs: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
             "temperature": params.temperature,
-            "max_tokens": params.max_tokens,
+            "max_tokens": reasoning.max_tokens,
             "num_retries": 0,
             "max_retries": 0,
             "timeout": self.timeout_s,
         }
         if params.top_p != 1.0:  # 1.0 cuts nothing; Claude 4.5+ refuse it next to temperature
             kwargs["top_p"] = params.top_p
+        for name in reasoning.drop:  # e.g. temperature, which thinking takes only at 1
+            kwargs.pop(name, None)
+        kwargs.update(reasoning.fields)
         if self.api_base:
             kwargs["api_base"] = self.api_base
             kwargs["api_key"] = self._key or "sk-none"  # litellm insists on one
@@ -87,7 +103,7 @@ class LiteLLMBackend(Backend):
             kwargs["seed"] = params.seed
         if params.stop:
             kwargs["stop"] = list(params.stop)
-        if params.top_logprobs > 0:
+        if params.top_logprobs > 0 and self.supports_logprobs:
             kwargs.update(logprobs=True, top_logprobs=min(params.top_logprobs, 20))
         try:
             resp = await litellm.acompletion(**kwargs)
@@ -103,13 +119,35 @@ class LiteLLMBackend(Backend):
         return Completion(
             text=choice.message.content or "",
             logprobs=_logprobs(getattr(choice, "logprobs", None)),
-            usage=Usage(
-                getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0
-            ),
+            usage=usage_of(usage),
             cost=cost,
             model=self.model,
             finish_reason=getattr(choice, "finish_reason", None),
         )
+
+
+def usage_of(usage: Any) -> Usage:
+    """litellm's usage as billed: prompt tokens with the cached ones among them (OpenAI's and
+    Gemini's `prompt_tokens_details.cached_tokens`; Anthropic's cache reads, which litellm adds
+    to prompt_tokens with the cache writes), completion tokens with hidden reasoning among them
+    (`completion_tokens_details.reasoning_tokens`: Anthropic's thinking tokens, Gemini's
+    thoughtsTokenCount, OpenAI's reasoning_tokens)."""
+
+    def get(obj: Any, name: str) -> int:
+        value = obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+        return int(value or 0)
+
+    if usage is None:
+        return Usage()
+    details = getattr(usage, "prompt_tokens_details", None)
+    out = getattr(usage, "completion_tokens_details", None)
+    cached = get(details, "cached_tokens") if details is not None else 0
+    return Usage(
+        prompt_tokens=get(usage, "prompt_tokens"),
+        completion_tokens=get(usage, "completion_tokens"),
+        cached_tokens=cached or get(usage, "cache_read_input_tokens"),
+        reasoning_tokens=get(out, "reasoning_tokens") if out is not None else 0,
+    )
 
 
 def _takes_seed(litellm: Any, model: str) -> bool:

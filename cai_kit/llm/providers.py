@@ -65,7 +65,9 @@ class Provider:
         if not self.logprobs:
             return "no"
         notes = [f"top {self.max_top_logprobs}"] if self.max_top_logprobs < 20 else []
-        notes += [f"not {p.strip('^$')}" for p, f in self.refuses if {"logprobs"} & f]
+        notes += [
+            f"not {p.strip('^$').replace(chr(92), '')}" for p, f in self.refuses if {"logprobs"} & f
+        ]
         return "yes" + (f" ({'; '.join(notes)})" if notes else "")
 
     @property
@@ -130,7 +132,11 @@ PROVIDERS: dict[str, Provider] = {
                  ("CEREBRAS_BASE_URL",), logprobs=True),
         # Not OpenAI-compatible (or not without per-deployment setup): litellm
         Provider("anthropic", ("ANTHROPIC_API_KEY",), logprobs=False),
-        Provider("gemini", ("GEMINI_API_KEY",), logprobs=True),
+        # Gemini API (AI Studio): 2.5 and later answer a log-probs request with 400 "Logprobs
+        # is not enabled for models/gemini-2.5-pro" (users' reports: googleapis/python-genai
+        # #1921, mscraftsman/generative-ai #135); Vertex AI serves them on 2.5
+        Provider("gemini", ("GEMINI_API_KEY",), logprobs=True,
+                 refuses=((r"^gemini-(2\.5|[3-9])", frozenset({"logprobs", "top_logprobs"})),)),
         Provider("cohere", ("COHERE_API_KEY",)),
         Provider("azure", ("AZURE_API_KEY",), logprobs=True),
         Provider("bedrock", ("AWS_ACCESS_KEY_ID",)),
