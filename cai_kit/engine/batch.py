@@ -29,8 +29,9 @@ Per-request errors, and calls of an expired, cancelled or failed batch, raise `C
 the next pass: the record is `failed`, and a re-run (or `retry-failed`) sends it again. Only
 answer lines for the calls a batch was sent for are taken, once each. `--max-cost` reserves
 each call's worst case in the engine's one ledger (`Engine.reserve`) until its batch ends; the
-ledger file records it, so a reopened batch is reserved again. Past --batch-deadline a batch
-is cancelled.
+ledger file records it, so a reopened batch is reserved again (one from an older version's
+ledger, which recorded none, is held at its calls' worst case as rows meet them). Past
+--batch-deadline a batch is cancelled.
 
     engine.batch = BatchCollector(engine, run_dir)   # run_job does this for --batch-api
 """
@@ -96,6 +97,8 @@ class _Wave:
     task: asyncio.Task[None] | None = None
     keys: frozenset[str] = frozenset()  # an earlier run's open batch: its calls...
     since: float | None = None  # ...and when it was being submitted
+    unrecorded: bool = False  # ...whose ledger (an older version's) recorded no reservation
+    per_call: float = 0.0  # then: the largest worst case of its calls met so far
 
 
 def has_open_batches(run_dir: Path) -> bool:
@@ -233,6 +236,8 @@ class BatchCollector:
         client = self.client(backend)
         assert client is not None
         if (tag := self._wave_of.get(key)) is not None:  # an earlier run sent it: never resend
+            if self._open[tag].unrecorded:
+                self._hold_reopened(self._open[tag], client, messages, params)
             self._resume(self._open[tag], client)
         else:
             self._write(client, _ident(backend), key, messages, params)
@@ -302,6 +307,28 @@ class BatchCollector:
             )
         self.engine.reserve(worst, f"the next batched call could cost up to ${worst:.4f}")
         return worst
+
+    def _hold_reopened(
+        self, wave: _Wave, client: BatchClient, messages: ChatMessages, params: GenParams
+    ) -> None:
+        """A batch reopened from a ledger that recorded no reservation (an older version): the
+        provider may still bill all its calls, so each is held at the largest worst case of its
+        calls that rows of this run have met (the others' prompts are not kept), from the first
+        one met, and recorded in the ledger for a later run. Held, not checked against the cap:
+        the batch is sent, and what fits next to it is what the cap still allows."""
+        if client.price is None:
+            return
+        worst = float(
+            client.price.cost(prompt_tokens_upper(messages), params.max_tokens, batch=True)
+        )
+        if worst <= wave.per_call:
+            return
+        wave.per_call = worst
+        more = worst * wave.requests - wave.reserved
+        if more > 0:
+            self.engine.release(-more)
+            wave.reserved += more
+            self._log(event="reserved", tag=wave.tag, reserved=wave.reserved)
 
     # --- a wave: submit, poll, collect ----------------------------------------------------
 
@@ -490,19 +517,19 @@ class BatchCollector:
                         failed += 1
                         continue
                     c = Completion.from_dict(body)
-                    stats.calls += 1  # paid, answered or not
+                    if c.cost is None and price is not None:  # at the batch price
+                        c.cost = price.cost(c.usage.prompt_tokens, c.usage.completion_tokens,
+                                            batch=True)  # fmt: skip
+                    stats.calls += 1  # paid and counted, answered or not (as when synchronous)
+                    stats.prompt_tokens += c.usage.prompt_tokens
+                    stats.completion_tokens += c.usage.completion_tokens
+                    stats.cost += c.cost or 0.0
                     if not c.text.strip() and not c.logprobs:  # never kept, as when synchronous
                         self._failed[key] = (f"{c.model or 'the model'} sent an empty reply "
                                              f"(finish_reason: {c.finish_reason}); it is not "
                                              "kept as an answer.")  # fmt: skip
                         failed += 1
                         continue
-                    if c.cost is None and price is not None:  # at the batch price
-                        c.cost = price.cost(c.usage.prompt_tokens, c.usage.completion_tokens,
-                                            batch=True)  # fmt: skip
-                    stats.prompt_tokens += c.usage.prompt_tokens
-                    stats.completion_tokens += c.usage.completion_tokens
-                    stats.cost += c.cost or 0.0
                     ok += 1
                     yield key, c
 
@@ -574,10 +601,13 @@ class BatchCollector:
             keys = frozenset(keys_file.read_text(encoding="utf-8").split())
             batch_id = entry.get("submitted", {}).get("batch_id")
             since = entry.get("submitting", {}).get("at")
-            # the provider may still bill it: its worst case is reserved again in this run
-            reserved = float(entry.get("submitting", {}).get("reserved") or 0.0)
+            # the provider may still bill it: its worst case is reserved again in this run (a
+            # ledger of an older version recorded none: held as its calls are met, below)
+            recorded = entry.get("reserved") or entry.get("submitting", {})
+            reserved = float(recorded.get("reserved") or 0.0)
             self._open[tag] = _Wave(tag, BatchClient(), len(keys), batch_id, reserved,
-                                    keys=keys, since=since)  # fmt: skip
+                                    keys=keys, since=since,
+                                    unrecorded="reserved" not in recorded)  # fmt: skip
             self.engine.release(-reserved)
             for key in keys:
                 self._wave_of[key] = tag
