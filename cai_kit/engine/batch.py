@@ -45,7 +45,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +98,7 @@ class _Wave:
     keys: frozenset[str] = frozenset()  # an earlier run's open batch: its calls...
     since: float | None = None  # ...and when it was being submitted
     unrecorded: bool = False  # ...whose ledger (an older version's) recorded no reservation
+    provider: str = ""  # ...and the provider the ledger names
     per_call: float = 0.0  # then: the largest worst case of its calls met so far
 
 
@@ -141,6 +142,7 @@ class BatchCollector:
         self._tasks: set[asyncio.Task[None]] = set()
         self._progress: dict[str, tuple[int, int]] = {}  # this wave's batches: (answered, of)
         self._known_ids: frozenset[str] = frozenset()  # batch ids the ledger names
+        self.cancel_reason: str | None = None  # set by cancel_open: batches are cancelled now
         self._load_ledger()
 
     # --- which calls ---------------------------------------------------------------------
@@ -421,6 +423,8 @@ class BatchCollector:
         await self._wait(wave)
 
     def _deadline_s(self) -> float:
+        if self.cancel_reason is not None:  # `cai-kit batches cancel`
+            return 0.0
         d = self.engine.config.batch_deadline_s
         return DEADLINE_S if d is None else d
 
@@ -478,8 +482,11 @@ class BatchCollector:
             return
         why = None if state.status in ("completed", "ended") else _why(state)
         if cancelled_at is not None and why is not None:
-            why = (f"batch {state.batch_id} was cancelled: its --batch-deadline of "
-                   f"{_deadline_words(self._deadline_s())} after submission passed.")  # fmt: skip
+            why = f"batch {state.batch_id} was cancelled: " + (
+                self.cancel_reason
+                or f"its --batch-deadline of {_deadline_words(self._deadline_s())} after "
+                "submission passed."
+            )
         self._settle(wave, why, spool=spool)
 
     def _still_open(self, wave: _Wave, detail: str) -> str:
@@ -605,12 +612,28 @@ class BatchCollector:
             # ledger of an older version recorded none: held as its calls are met, below)
             recorded = entry.get("reserved") or entry.get("submitting", {})
             reserved = float(recorded.get("reserved") or 0.0)
+            provider = entry.get("submitting", {}).get("provider", "")
             self._open[tag] = _Wave(tag, BatchClient(), len(keys), batch_id, reserved,
-                                    keys=keys, since=since,
+                                    keys=keys, since=since, provider=provider,
                                     unrecorded="reserved" not in recorded)  # fmt: skip
             self.engine.release(-reserved)
             for key in keys:
                 self._wave_of[key] = tag
+
+    async def cancel_open(
+        self, client_for: Callable[[str], BatchClient], reason: str, batch_id: str | None = None
+    ) -> list[_Wave]:
+        """`cai-kit batches cancel`: cancel the earlier runs' open batches (or the one named) at
+        the provider, wait for it to confirm, collect what they answered into the cache and close
+        them in the ledger, releasing their reservation: what the provider bills is what it
+        answered. `client_for(provider)` gives the client of a ledger's provider name; `reason`
+        ends the sentence that says why each was cancelled."""
+        waves = [w for w in self._open.values() if batch_id in (None, w.batch_id)]
+        self.cancel_reason = reason  # and the deadline is now: cancelled at the first poll
+        for wave in waves:
+            wave.client = client_for(wave.provider)
+        await asyncio.gather(*(self._spawn(w, self._find_and_wait(w)) for w in waves))
+        return waves
 
     async def aclose(self) -> None:
         for task in list(self._tasks):
