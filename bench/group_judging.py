@@ -38,7 +38,7 @@ from cai_kit.constitution import load_constitution  # noqa: E402
 from cai_kit.engine import EngineConfig  # noqa: E402
 from tests.fixtures.fault_server import FaultServer, start_fault_server  # noqa: E402
 
-_SHOWN = re.compile(r'<response id="(\d+)">\n(.*?)\n</response>', re.S)
+_SHOWN = re.compile(r"<<<RESPONSE-(\d+)-\w+>>>\n(.*?)\n<<<END-RESPONSE-\1-\w+>>>", re.S)
 _ONE = re.compile(r"Response:\n(.*?)\n\n(?:Is the response|Rate the response)", re.S)
 
 

@@ -6,8 +6,9 @@ records leave the process (a kill -9 cannot lose them) every `batch` records or 
 that stops growing; each written batch is then fsync'd (a power cut cannot lose it) in a
 background thread inside an event loop, so the job's loop never waits for the disk; `close()`
 writes and fsyncs everything before it returns. Earlier records are never corrupted. A torn
-last line (the process died mid-write) is detected on read and dropped; a malformed line
-anywhere else is an error that names the file and line.
+last line (the process died mid-write, maybe inside a character) is detected on read and
+dropped; a malformed line anywhere else (not JSON, or a byte that is not UTF-8) is an error
+that names the file and line.
 
     with JsonlWriter(path) as w:
         w.write(record)      # a pydantic model or a dict
@@ -164,6 +165,33 @@ def repair_torn_tail(path: Path) -> bool:
             return True
 
 
+def _decode(path: Path, i: int, raw: bytes) -> str | None:
+    """One line's bytes -> text; None for a torn last line (a crash can cut a character in
+    two); a DataError naming file:line for a byte that is not UTF-8 anywhere else."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if not raw.endswith(b"\n"):
+            warnings.warn(f"{path}:{i}: skipped a torn last line.", stacklevel=3)
+            return None
+        raise DataError(
+            f"{path}:{i}: not UTF-8 text (byte {exc.start + 1} of the line); fix or remove that line."
+        ) from None
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line, decoded line by line so that a byte that is
+    not UTF-8 is reported at its line (a text-mode read raises a bare UnicodeDecodeError)."""
+    with open(path, "rb") as fh:
+        for i, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            line = _decode(path, i, raw)
+            if line is None:
+                return
+            yield i, line
+
+
 def _parse_line(path: Path, i: int, line: str, last: bool) -> dict[str, Any] | None:
     """One line -> object; None for a torn last line (warned); DataError naming file:line."""
     try:
@@ -185,14 +213,11 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     bad lines raise. (Only the last line of a file can lack its newline, so that tells a torn
     last line without reading ahead.)"""
     path = Path(path)
-    with open(path, encoding="utf-8") as fh:
-        for i, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            obj = _parse_line(path, i, line, last=not line.endswith("\n"))
-            if obj is None:
-                return
-            yield i, obj
+    for i, line in _lines(path):
+        obj = _parse_line(path, i, line, last=not line.endswith("\n"))
+        if obj is None:
+            return
+        yield i, obj
 
 
 def parse_record(path: Path, i: int, line: str | bytes, model: type[M]) -> M | None:
@@ -230,14 +255,11 @@ def read_records(path: Path, model: type[M]) -> Iterator[M]:
     """Yield validated records (`parse_record`: a resumed 10,000-row job reads its output in
     well under a second); a line that fails raises the error that names file, line and field."""
     path = Path(path)
-    with open(path, encoding="utf-8") as fh:
-        for i, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            record = parse_record(path, i, line, model)
-            if record is None:
-                return
-            yield record
+    for i, line in _lines(path):
+        record = parse_record(path, i, line, model)
+        if record is None:
+            return
+        yield record
 
 
 def latest_by_id(path: Path, model: type[M]) -> dict[str, M]:

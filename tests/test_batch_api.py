@@ -1054,3 +1054,55 @@ def test_a_batch_given_up_as_still_open_keeps_its_reservation(
         await engine.aclose()
 
     asyncio.run(go())
+
+
+def test_an_empty_batch_reply_is_paid_and_counted_as_the_synchronous_one_is(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """Issue 29: a batch line with an empty reply counted as a call, but its tokens and cost
+    were dropped; the provider bills it, and the synchronous path counts it."""
+    fault_server.script = ["empty"]  # the first line of the batch: content ""
+    prompts = _prompts(tmp_path / "p.jsonl", 2)
+    out = tmp_path / "o"
+    r = _cli("generate", str(prompts), "--model", "m", "--api-base", fault_server.base_url,
+             "--out", str(out), "--batch-api", "--price", "1000,1000",
+             "--cache-path", str(tmp_path / "c"), code=3)  # fmt: skip
+    (failed,) = [g for g in latest(out / "generations.jsonl") if g["status"] == "failed"]
+    assert "sent an empty reply" in failed["error"], r.output
+    stats = json.loads((out / "manifest.json").read_text())["stats"]
+    billed = fault_server.cost_tokens
+    assert (
+        stats["calls"] == 2 and stats["prompt_tokens"] == stats["completion_tokens"] == 2 * billed
+    )
+    assert stats["cost"] == pytest.approx(
+        2 * 2 * billed * 1000 / 1e6
+    )  # full --price: no discount known
+
+
+def test_a_batch_reopened_from_an_older_ledger_without_its_reservation_is_reserved(
+    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 29: a ledger written before reservations were recorded reopened its batch with
+    nothing reserved, so run 2 sent every new call next to it and spent past the cap."""
+    monkeypatch.setenv("OPENAI_BASE_URL", fault_server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    fault_server.usage_by_length = True
+    prompts = _prompts(tmp_path / "p.jsonl", 8)
+    out = tmp_path / "o"
+    common = ["generate", str(prompts), "--model", "openai/m", "--out", str(out), "--batch-api",
+              "--price", "10,10", "--max-tokens", "100", "--max-cost", "0.003",
+              "--cache-path", str(tmp_path / "c.sqlite")]  # fmt: skip
+    _killed_while_polling(
+        fault_server, [sys.executable, "-m", "cai_kit", *common, "--limit", "4", "-q"]
+    )
+    ledger = out / "batches" / "ledger.jsonl"
+    events = _rows(ledger)
+    for e in events:
+        e.pop("reserved", None)  # as an older version wrote it
+    ledger.write_text("".join(json.dumps(e) + "\n" for e in events))
+    fault_server.batch_hold = False
+    r = CliRunner().invoke(app, [*common, "-q"])
+    assert r.exit_code == 4 and "--max-cost $0.003 reached" in r.output, r.output
+    assert fault_server.batches["batch_1"]["status"] == "completed"
+    assert 4 < fault_server.paid < 8 and _spent(out) <= 0.003
+    assert any(e["event"] == "reserved" and e["reserved"] > 0 for e in _rows(ledger))

@@ -230,3 +230,18 @@ def test_the_training_recipe_example_has_only_known_options() -> None:
 
     opts = resolve_options(REPO / "examples" / "recipes" / "dpo.yaml", {}, [])
     assert opts.data == "runs/dpo_data" and opts.eval_fraction == 0.1
+
+
+def test_the_exit_code_the_docs_give_a_max_cost_stop_is_the_one_it_exits_with() -> None:
+    """docs/backends.md said a --max-cost stop exits 2 (a usage error); it exits 4 (issue 29)."""
+    import re
+
+    from cai_kit.engine.jobs import EXIT_STOPPED
+
+    found = []
+    for doc in DOC_FILES:
+        text = (REPO / doc).read_text(encoding="utf-8")
+        for m in re.finditer(r"exit(?:s| code)? (\d)\b", text):
+            if "max-cost" in text[max(0, m.start() - 300) : m.start()]:
+                found.append((doc, int(m.group(1))))
+    assert found and all(code == EXIT_STOPPED for _, code in found), found

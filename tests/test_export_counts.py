@@ -18,8 +18,8 @@ Q = [Message(role="user", content="q")]
 def _pref(i: int, a: str, b: str, label: str, margin: float | None = None) -> dict:
     v = JudgeVerdict(label=label, margin=margin, p_a=None if label == "failed" else 0.5)  # type: ignore[arg-type]
     rec = PreferenceRecord(
-        id=f"r{i}", prompt_id="p", messages=Q, response_a=a, response_b=b, verdict=v
-    )
+        id=f"r{i}", prompt_id=f"p{i}", messages=Q, response_a=a, response_b=b, verdict=v
+    )  # a prompt id of its own: the same pair of one prompt is exported once (the later one)
     d = rec.model_dump()
     if label == "failed":
         d.pop("status", None), d.pop("error", None)  # as written before records had a status

@@ -265,7 +265,8 @@ def test_a_budget_stop_keeps_the_work_and_a_rerun_finishes_it(
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _pairs(12)))
     out = tmp_path / "i.yaml"
-    stopped = _infer(fault_server, data, out, tmp_path, "--max-cost", "1", "--price", "1000,1000")
+    # $2: a proposal call's worst case is ~$1.11 (its prompt bounded by its UTF-8 bytes)
+    stopped = _infer(fault_server, data, out, tmp_path, "--max-cost", "2", "--price", "1000,1000")
     assert stopped.exit_code == 4 and "No constitution yet: proposing stopped" in stopped.output
     assert 0 < fault_server.paid < 6 and not out.exists()
     first = fault_server.paid

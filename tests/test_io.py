@@ -73,3 +73,40 @@ def test_records_written_outside_an_event_loop_are_all_on_disk_after_close(
         for i in range(10):
             w.write(_rec(i))
     assert [obj["id"] for _, obj in read_jsonl(path)] == [f"r{i}" for i in range(10)]
+
+
+def test_an_output_with_a_byte_that_is_not_utf8_is_one_sentence_on_resume(
+    fault_server,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """Issue 29: a resumed job whose output holds a non-UTF-8 byte printed a
+    UnicodeDecodeError traceback; it says file:line in one sentence, as a bad JSON line does."""
+    from typer.testing import CliRunner
+
+    from cai_kit.cli.main import app
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(3)))
+    out = tmp_path / "gen"
+    args = ["generate", str(prompts), "--model", "m", "--api-base", fault_server.base_url,
+            "--out", str(out), "-q"]  # fmt: skip
+    assert CliRunner().invoke(app, args).exit_code == 0
+    path = out / "generations.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b"question", b"qu\xe9stion", 1)  # Latin-1, as an editor may save
+    path.write_bytes(b"".join(lines))
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1, r.output
+    assert not isinstance(r.exception, UnicodeDecodeError)
+    text = " ".join(r.output.split())
+    assert f"{path}:2: not UTF-8 text" in text, r.output
+
+
+def test_a_torn_last_line_that_cut_a_character_in_two_is_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    with JsonlWriter(path) as w:
+        w.write(_rec(1))
+    with open(path, "ab") as fh:
+        fh.write('{"id": "r2", "response": "caf\u00e9'.encode()[:-1])  # died inside "é"
+    with pytest.warns(UserWarning, match="torn"):
+        assert [obj["id"] for _, obj in read_jsonl(path)] == ["r1"]

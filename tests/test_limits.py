@@ -95,10 +95,11 @@ def test_cli_price_flag_reaches_the_budget(provider_server: FaultServer, tmp_pat
     prompts.write_text("".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(10)))
     args = ["generate", str(prompts), "--model", "m", "--api-base", provider_server.base_url,
             "--out", str(tmp_path / "o"), "--cache-path", str(tmp_path / "c.sqlite"), "-q",
-            "--max-cost", "0.05", "--price", "1000,1000", "--max-tokens", "16"]  # fmt: skip
+            "--max-cost", "0.055", "--price", "1000,1000", "--max-tokens", "16"]  # fmt: skip
+    # each call bills $0.02 and reserves $0.026 (2 prompt bytes + 8 + 16 tokens): two fit at once
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 4, result.output  # stopped by the budget
-    assert "max-cost $0.05 reached: spent $0.0400" in result.output.replace("\n", " ")
+    assert "max-cost $0.055 reached: spent $0.0400" in result.output.replace("\n", " ")
     assert provider_server.paid == 2
     bad = CliRunner().invoke(app, [*args[:-6], "--price", "cheap"])
     assert bad.exit_code != 0 and "--price takes two numbers" in bad.output

@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "judge",  # prefs, judge, judge-report
     "export",  # export sft | prefs | dpo | kto | reward
     "jobs",  # retry-failed
+    "batches",  # batches list | cancel (a run's open Batch API jobs)
     "train",  # train sft | reward | dpo | kto | orpo | ppo | spin | online-dpo, reward score
     "rl",  # train ppo | spin | online-dpo (adds to the train group)
     "eval",  # eval winrate | harmlessness | reward

@@ -6,6 +6,7 @@
                        `Deferred`, `BatchRoute`
 - `batch.py`           --batch-api: calls collected into provider Batch API waves
 - `batch_providers.py` each provider's batch files and endpoints (OpenAI-shaped, Anthropic)
+- `batch_admin.py`     a run directory's open batches: list them, cancel them (`cai-kit batches`)
 - `cache.py`           the content-addressed call cache (SQLite)
 - `pricing.py`         prices: --price, litellm's cost map, the provider table
 - `cost_preview.py`    --dry-run: the calls a job would make and what they would cost

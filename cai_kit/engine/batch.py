@@ -29,8 +29,9 @@ Per-request errors, and calls of an expired, cancelled or failed batch, raise `C
 the next pass: the record is `failed`, and a re-run (or `retry-failed`) sends it again. Only
 answer lines for the calls a batch was sent for are taken, once each. `--max-cost` reserves
 each call's worst case in the engine's one ledger (`Engine.reserve`) until its batch ends; the
-ledger file records it, so a reopened batch is reserved again. Past --batch-deadline a batch
-is cancelled.
+ledger file records it, so a reopened batch is reserved again (one from an older version's
+ledger, which recorded none, is held at its calls' worst case as rows meet them). Past
+--batch-deadline a batch is cancelled.
 
     engine.batch = BatchCollector(engine, run_dir)   # run_job does this for --batch-api
 """
@@ -44,7 +45,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,9 @@ class _Wave:
     task: asyncio.Task[None] | None = None
     keys: frozenset[str] = frozenset()  # an earlier run's open batch: its calls...
     since: float | None = None  # ...and when it was being submitted
+    unrecorded: bool = False  # ...whose ledger (an older version's) recorded no reservation
+    provider: str = ""  # ...and the provider the ledger names
+    per_call: float = 0.0  # then: the largest worst case of its calls met so far
 
 
 def has_open_batches(run_dir: Path) -> bool:
@@ -138,6 +142,7 @@ class BatchCollector:
         self._tasks: set[asyncio.Task[None]] = set()
         self._progress: dict[str, tuple[int, int]] = {}  # this wave's batches: (answered, of)
         self._known_ids: frozenset[str] = frozenset()  # batch ids the ledger names
+        self.cancel_reason: str | None = None  # set by cancel_open: batches are cancelled now
         self._load_ledger()
 
     # --- which calls ---------------------------------------------------------------------
@@ -233,6 +238,8 @@ class BatchCollector:
         client = self.client(backend)
         assert client is not None
         if (tag := self._wave_of.get(key)) is not None:  # an earlier run sent it: never resend
+            if self._open[tag].unrecorded:
+                self._hold_reopened(self._open[tag], client, messages, params)
             self._resume(self._open[tag], client)
         else:
             self._write(client, _ident(backend), key, messages, params)
@@ -302,6 +309,28 @@ class BatchCollector:
             )
         self.engine.reserve(worst, f"the next batched call could cost up to ${worst:.4f}")
         return worst
+
+    def _hold_reopened(
+        self, wave: _Wave, client: BatchClient, messages: ChatMessages, params: GenParams
+    ) -> None:
+        """A batch reopened from a ledger that recorded no reservation (an older version): the
+        provider may still bill all its calls, so each is held at the largest worst case of its
+        calls that rows of this run have met (the others' prompts are not kept), from the first
+        one met, and recorded in the ledger for a later run. Held, not checked against the cap:
+        the batch is sent, and what fits next to it is what the cap still allows."""
+        if client.price is None:
+            return
+        worst = float(
+            client.price.cost(prompt_tokens_upper(messages), params.max_tokens, batch=True)
+        )
+        if worst <= wave.per_call:
+            return
+        wave.per_call = worst
+        more = worst * wave.requests - wave.reserved
+        if more > 0:
+            self.engine.release(-more)
+            wave.reserved += more
+            self._log(event="reserved", tag=wave.tag, reserved=wave.reserved)
 
     # --- a wave: submit, poll, collect ----------------------------------------------------
 
@@ -394,6 +423,8 @@ class BatchCollector:
         await self._wait(wave)
 
     def _deadline_s(self) -> float:
+        if self.cancel_reason is not None:  # `cai-kit batches cancel`
+            return 0.0
         d = self.engine.config.batch_deadline_s
         return DEADLINE_S if d is None else d
 
@@ -451,8 +482,11 @@ class BatchCollector:
             return
         why = None if state.status in ("completed", "ended") else _why(state)
         if cancelled_at is not None and why is not None:
-            why = (f"batch {state.batch_id} was cancelled: its --batch-deadline of "
-                   f"{_deadline_words(self._deadline_s())} after submission passed.")  # fmt: skip
+            why = f"batch {state.batch_id} was cancelled: " + (
+                self.cancel_reason
+                or f"its --batch-deadline of {_deadline_words(self._deadline_s())} after "
+                "submission passed."
+            )
         self._settle(wave, why, spool=spool)
 
     def _still_open(self, wave: _Wave, detail: str) -> str:
@@ -490,19 +524,19 @@ class BatchCollector:
                         failed += 1
                         continue
                     c = Completion.from_dict(body)
-                    stats.calls += 1  # paid, answered or not
+                    if c.cost is None and price is not None:  # at the batch price
+                        c.cost = price.cost(c.usage.prompt_tokens, c.usage.completion_tokens,
+                                            batch=True)  # fmt: skip
+                    stats.calls += 1  # paid and counted, answered or not (as when synchronous)
+                    stats.prompt_tokens += c.usage.prompt_tokens
+                    stats.completion_tokens += c.usage.completion_tokens
+                    stats.cost += c.cost or 0.0
                     if not c.text.strip() and not c.logprobs:  # never kept, as when synchronous
                         self._failed[key] = (f"{c.model or 'the model'} sent an empty reply "
                                              f"(finish_reason: {c.finish_reason}); it is not "
                                              "kept as an answer.")  # fmt: skip
                         failed += 1
                         continue
-                    if c.cost is None and price is not None:  # at the batch price
-                        c.cost = price.cost(c.usage.prompt_tokens, c.usage.completion_tokens,
-                                            batch=True)  # fmt: skip
-                    stats.prompt_tokens += c.usage.prompt_tokens
-                    stats.completion_tokens += c.usage.completion_tokens
-                    stats.cost += c.cost or 0.0
                     ok += 1
                     yield key, c
 
@@ -574,13 +608,32 @@ class BatchCollector:
             keys = frozenset(keys_file.read_text(encoding="utf-8").split())
             batch_id = entry.get("submitted", {}).get("batch_id")
             since = entry.get("submitting", {}).get("at")
-            # the provider may still bill it: its worst case is reserved again in this run
-            reserved = float(entry.get("submitting", {}).get("reserved") or 0.0)
+            # the provider may still bill it: its worst case is reserved again in this run (a
+            # ledger of an older version recorded none: held as its calls are met, below)
+            recorded = entry.get("reserved") or entry.get("submitting", {})
+            reserved = float(recorded.get("reserved") or 0.0)
+            provider = entry.get("submitting", {}).get("provider", "")
             self._open[tag] = _Wave(tag, BatchClient(), len(keys), batch_id, reserved,
-                                    keys=keys, since=since)  # fmt: skip
+                                    keys=keys, since=since, provider=provider,
+                                    unrecorded="reserved" not in recorded)  # fmt: skip
             self.engine.release(-reserved)
             for key in keys:
                 self._wave_of[key] = tag
+
+    async def cancel_open(
+        self, client_for: Callable[[str], BatchClient], reason: str, batch_id: str | None = None
+    ) -> list[_Wave]:
+        """`cai-kit batches cancel`: cancel the earlier runs' open batches (or the one named) at
+        the provider, wait for it to confirm, collect what they answered into the cache and close
+        them in the ledger, releasing their reservation: what the provider bills is what it
+        answered. `client_for(provider)` gives the client of a ledger's provider name; `reason`
+        ends the sentence that says why each was cancelled."""
+        waves = [w for w in self._open.values() if batch_id in (None, w.batch_id)]
+        self.cancel_reason = reason  # and the deadline is now: cancelled at the first poll
+        for wave in waves:
+            wave.client = client_for(wave.provider)
+        await asyncio.gather(*(self._spawn(w, self._find_and_wait(w)) for w in waves))
+        return waves
 
     async def aclose(self) -> None:
         for task in list(self._tasks):

@@ -4,7 +4,8 @@
 - `prefs`  from revisions.jsonl: prompt/chosen/rejected, chosen = final revision, rejected =
            initial response (the Hugging Face CAI recipe's construction).
 - `dpo`    from prefs.jsonl (judged pairs): prompt/chosen/rejected; failed judgements, ties,
-           pairs below --min-margin and pairs of identical responses are left out, and counted.
+           pairs below --min-margin and pairs of identical responses are left out, and counted;
+           a prompt's same two responses judged under two ids are exported once (the later).
            A tie kept by `include_ties` is oriented by p_a: B chosen when p_a < 0.5, A when
            above; at exactly 0.5 (or no p_a) as written, response_a chosen.
 - `kto`    from prefs.jsonl: unpaired prompt/completion/label rows.
@@ -97,6 +98,19 @@ def _preferences(run_dir: Path) -> list[PreferenceRecord]:
     return list(latest_by_id(path, PreferenceRecord).values())
 
 
+def latest_pairs(records: list[PreferenceRecord]) -> tuple[list[PreferenceRecord], int]:
+    """One record per pair (prompt + the two responses, in either order): a pair judged again
+    under another id (a run written before pair ids hashed only the pair's own samples, or
+    another judge in the same run directory) is superseded by the later record. Returns the
+    records kept, in file order, and how many were superseded."""
+    by_pair: dict[tuple[str, tuple[str, ...]], PreferenceRecord] = {}
+    for r in records:  # file order of each id's first line; the later record wins
+        key = (r.prompt_id, tuple(sorted((r.response_a, r.response_b))))
+        by_pair.pop(key, None)
+        by_pair[key] = r
+    return list(by_pair.values()), len(records) - len(by_pair)
+
+
 def build_rows(
     run_dir: Path,
     kind: Kind,
@@ -143,7 +157,10 @@ def build_rows(
                              "rejected": _completion(initial, fmt)})  # fmt: skip
         return rows, skipped
 
-    for p in _preferences(run_dir):
+    kept, superseded = latest_pairs(_preferences(run_dir))
+    if superseded:
+        skipped["same pair judged again (the later judgement kept)"] = superseded
+    for p in kept:
         label, margin = p.verdict.label, p.verdict.margin or 0.0
         verdict = human.take(p.id, "failed" if p.status != "ok" else label) if human else None
         if verdict is not None:

@@ -9,7 +9,10 @@ constitution's rubric (`stages.rubric`) instead of judging pairs, and labels a p
 score difference (`rubric_verdict`); pairs are formed as `--pairs` says (best-worst: highest
 vs lowest combined score). Both phases shard by prompt (`--shard I/N`): a prompt's k samples
 and all its pairs are in one shard, so the union of the N shards' records is exactly the unsharded run's. Record ids
-hash the policy's and the judge's backend identities, not only their model strings.
+hash the policy's and the judge's backend identities, not only their model strings. A pair is
+two sample indices, judged once both samples exist; its id hashes those two samples only, so
+a run resumed after partial sampling judges the pairs still missing and never writes a pair
+twice (best-worst, a function of all k samples, waits until all k are in).
 `run_judge_file` judges pairs that already exist (a pairs JSONL with response_a/response_b or
 chosen/rejected, or a revisions.jsonl from `cai-kit revise`: final revision vs initial).
 """
@@ -25,7 +28,7 @@ from cai_kit.engine import Engine, EngineConfig, JobSpec, JobSummary, run_job
 from cai_kit.engine.cost_preview import stand_in
 from cai_kit.engine.gather import in_order
 from cai_kit.errors import ConfigError, DataError
-from cai_kit.io import latest_by_id, read_jsonl
+from cai_kit.io import latest_by_id, latest_status, read_jsonl
 from cai_kit.llm.base import Backend, GenParams
 from cai_kit.records import (
     GenerationRecord,
@@ -134,51 +137,56 @@ def run_prefs(
     n_random = pair_count(pairs)  # a bad --pairs is refused before anything is sampled
     sampled = run_generate(prompts, backend=policy, model=models["policy"], params=policy_params, samples=k,
                            out_dir=out_dir / "samples", engine_config=engine_config, shard=shard, argv=argv)  # fmt: skip
-    by_prompt: dict[str, list[GenerationRecord]] = {}
+    # A prompt's responses by sample index (only indices below k: `--k` says how many count).
+    texts: dict[str, dict[int, str]] = {p.id: {} for p in prompts}
     for g in latest_by_id(out_dir / "samples" / "generations.jsonl", GenerationRecord).values():
-        if g.status == "ok" and g.response:
-            by_prompt.setdefault(g.prompt_id, []).append(g)
-    texts = {
-        p.id: [
-            g.response or "" for g in sorted(by_prompt.get(p.id, []), key=lambda g: g.sample_index)
-        ]
-        for p in prompts
-    }
+        if g.status == "ok" and g.response and g.prompt_id in texts and g.sample_index < k:
+            texts[g.prompt_id][g.sample_index] = g.response
     if engine_config.dry_run:  # what sampling has still to draw, as answers of max_tokens
         unseen = stand_in(policy_params.max_tokens)
-        texts = {pid: t if len(t) >= k else [unseen] * k for pid, t in texts.items()}
+        texts = {
+            pid: t if len(t) >= k else dict.fromkeys(range(k), unseen) for pid, t in texts.items()
+        }
     items: list[tuple[PromptRecord, tuple[int, int] | None]] = []
     for p in prompts:
-        n = len(texts[p.id])
-        if n < 2:
+        have = texts[p.id]
+        if len(have) < 2:
             continue
-        all_pairs = list(itertools.combinations(range(n), 2))
-        if pairs == "best-worst":
-            items.append((p, None))
-        elif pairs == "all":
-            items += [(p, ij) for ij in all_pairs]
-        else:  # random:N
+        if pairs == "best-worst":  # the best and worst of k: judged once all k are in
+            if len(have) == k:  # (a partial best-worst would be another pair, not a subset)
+                items.append((p, None))
+            continue
+        # Pairs are sample indices; a pair is judged once both its samples exist. random:N
+        # draws from all k samples' pairs, so a partial run judges a subset of what the
+        # finished run will judge, never a pair the finished run would not.
+        all_pairs = list(itertools.combinations(range(k), 2))
+        if pairs != "all":  # random:N
             rng = random.Random(int(stable_hash("pairs", cfg.seed, p.id), 16))
-            items += [(p, ij) for ij in rng.sample(all_pairs, min(n_random or 0, len(all_pairs)))]
+            all_pairs = rng.sample(all_pairs, min(n_random or 0, len(all_pairs)))
+        items += [(p, (i, j)) for i, j in all_pairs if i in have and j in have]
 
     identities = {"policy": policy.identity(), "judge": judge.identity()}
+    # Records written before pair ids were the pair's own hash (they hashed every sample of the
+    # prompt): such an id, when the file holds it for a prompt with all k samples, is kept.
+    written = set(latest_status(out_dir / "prefs.jsonl", PreferenceRecord))
 
     def item_id(item: tuple[PromptRecord, tuple[int, int] | None]) -> str:
+        """A pair's id hashes the pair's own two samples (index and text), never which other
+        samples of the prompt existed when it was judged, so a resumed run judges the same pair
+        under the same id. Best-worst (all k samples) hashes every sample."""
         p, ij = item
-        if rubric is not None:  # what a rubric label depends on (pairwise ids stay as they were)
+        have = texts[p.id]
+        if rubric is not None:  # what a rubric label depends on
             how = {"combine": rubric.combine, "threshold": rubric.threshold, "seed": cfg.seed,
                    "tie_margin": cfg.tie_margin}  # fmt: skip
-            return stable_hash("pref-rubric", p.id, ij, pairs, texts[p.id], constitution.content_hash, identities, how)  # fmt: skip
-        return stable_hash(
-            "pref",
-            p.id,
-            ij,
-            pairs,
-            texts[p.id],
-            constitution.content_hash,
-            identities,
-            cfg.__dict__,
-        )
+            tag, rest = "pref-rubric", [constitution.content_hash, identities, how]
+        else:
+            tag, rest = "pref", [constitution.content_hash, identities, cfg.__dict__]
+        every = [have[n] for n in sorted(have)]
+        legacy = stable_hash(tag, p.id, ij, pairs, every, *rest)
+        if ij is None or (len(have) == k and legacy in written):
+            return legacy
+        return stable_hash(tag + "-pair", p.id, ij, pairs, [have[ij[0]], have[ij[1]]], *rest)
 
     def prompt_text(p: PromptRecord) -> str:
         return next((m.content for m in reversed(p.messages) if m.role == "user"), "")

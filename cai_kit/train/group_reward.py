@@ -11,7 +11,7 @@ is built by the CLI and handed in (`train` never imports `stages`): anything wit
 
 Like `rewards.JudgeScorer`: one engine and one backend for the run (cache, --max-cost,
 statistics); a group whose call failed or whose reply could not be parsed (in any repeat) is no
-reward: its G responses are counted (`last_failed`, `failed`) and get the mean reward of the
+reward (an unparsable reply is dropped from the call cache, so a re-run asks again): its G responses are counted (`last_failed`, `failed`) and get the mean reward of the
 batch's other responses (equal rewards: no advantage inside the group), and `check_failures`
 stops training past `max_failed_share`, so `score_step` and --max-judge-failures work
 unchanged. `last_metrics` holds `group/failed_groups` of the last call.
@@ -64,14 +64,16 @@ class GroupJudgeScorer:
 
     async def _one(self, prompt: str, responses: list[str], order: list[int]) -> list[float] | None:
         assert self.engine is not None and self._backend is not None
+        messages = self.judge.messages(prompt, responses, order)
         try:
-            c = await self.engine.call(
-                self._backend, self.judge.messages(prompt, responses, order), self.params
-            )
+            c = await self.engine.call(self._backend, messages, self.params)
         except CallFailed:
             return None
         shown = self.judge.parse(c.text, len(responses))
-        return None if shown is None else self.judge.unshuffle(shown, order)
+        if shown is None:  # a re-run asks again instead of reading the same reply back
+            self.engine.forget(self._backend, messages, self.params)
+            return None
+        return self.judge.unshuffle(shown, order)
 
     async def _group(self, prompt: str, responses: list[str]) -> list[float] | None:
         runs = await all_or_cancel(
