@@ -355,6 +355,20 @@ _UNRUN = {
 }
 
 
+def anthropic_usage(usage: dict[str, Any]) -> Usage:
+    """Anthropic's `usage`: `input_tokens` counts only the input after the last cache
+    breakpoint; cache reads and writes are counted apart, so every input token billed is the
+    sum of the three (platform.claude.com, prompt caching: "Tracking cache performance")."""
+    read = int(usage.get("cache_read_input_tokens") or 0)
+    written = int(usage.get("cache_creation_input_tokens") or 0)
+    return Usage(
+        int(usage.get("input_tokens") or 0) + read + written,
+        int(usage.get("output_tokens") or 0),
+        cached_tokens=read,
+        cache_write_tokens=written,
+    )
+
+
 def anthropic_result(row: dict[str, Any], model: str) -> tuple[str, Completion | str]:
     """One line of a Message Batch's results: `{custom_id, result}`, where `result.type` is
     succeeded (a Message), errored (`error` is an error response: `{type: "error", error:
@@ -364,9 +378,8 @@ def anthropic_result(row: dict[str, Any], model: str) -> tuple[str, Completion |
     if kind == "succeeded":
         msg = result["message"]
         text = "".join(c.get("text", "") for c in msg.get("content", []) if c.get("type") == "text")
-        usage = msg.get("usage") or {}
         return row["custom_id"], Completion(
-            text=text, usage=Usage(usage.get("input_tokens", 0), usage.get("output_tokens", 0)),
+            text=text, usage=anthropic_usage(msg.get("usage") or {}),
             model=model, finish_reason=msg.get("stop_reason"),
         )  # fmt: skip
     if kind in _UNRUN:
