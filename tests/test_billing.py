@@ -222,3 +222,52 @@ def test_dry_run_prices_the_cap_each_call_sends_and_says_it_is_an_estimate(
     _cli(*cmd)
     sent = sum(int(b.get("max_completion_tokens") or b["max_tokens"]) for b in server.bodies)
     assert int(m[2].replace(",", "")) == sent
+
+
+def test_anthropic_stable_prefix_is_marked_for_its_prompt_cache_unless_turned_off(
+    provider_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through litellm to an Anthropic-shaped Messages API: the few-shot prefix and each
+    revise conversation so far are marked with cache_control once an earlier call began with
+    them, so later calls read them (billed at 0.1x); --no-prompt-cache marks nothing."""
+    monkeypatch.setenv("ANTHROPIC_API_BASE", provider_server.base_url.removesuffix("/v1"))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    server = provider_server
+    server.usage_by_length = server.prompt_cache = True
+    prompts = str(_prompts(tmp_path / "p.jsonl", 4))
+
+    def marks(body: dict[str, Any]) -> int:
+        blocks = [*(body.get("system") or [])] if isinstance(body.get("system"), list) else []
+        for m in body["messages"]:
+            blocks += m["content"] if isinstance(m["content"], list) else []
+        return sum(bool(b.get("cache_control")) for b in blocks)
+
+    cmd = ["revise", prompts, "--model", "anthropic/claude-sonnet-4-5", "--constitution",
+           str(LONG), "--rounds", "2", "--principles", "sequence", "--temperature", "0"]  # fmt: skip
+    _cli(*cmd, "--out", str(tmp_path / "r"))
+    assert any(marks(b) for b in server.bodies)
+    assert all(marks(b) <= 4 for b in server.bodies)  # Anthropic allows four breakpoints
+    read = sum(u.get("cache_read_input_tokens", 0) for u in server.billed)
+    written = sum(u.get("cache_creation_input_tokens", 0) for u in server.billed)
+    assert read > 2 * written > 0  # each write is read more than twice over
+    server.bodies.clear()
+    _cli(*cmd, "--out", str(tmp_path / "r2"), "--no-prompt-cache", "--no-cache")
+    assert server.bodies and not any(marks(b) for b in server.bodies)
+
+
+def test_an_empty_batch_answer_is_still_counted_as_billed(
+    openai_at_server: FaultServer, tmp_path: Path
+) -> None:
+    """A reasoning model that spends its whole cap thinking answers nothing, and is billed for
+    it: the batch line's tokens and cost count even though the row fails (as synchronously)."""
+    server = openai_at_server
+    server.reasoning_tokens = 64
+    server.script = ["empty", "ok", "ok"]
+    run = tmp_path / "g"
+    out = _cli("generate", str(_prompts(tmp_path / "p.jsonl", 3)), "--model", "openai/gpt-5-mini",
+               "--max-tokens", "64", "--out", str(run), "--batch-api", code=3)  # fmt: skip
+    assert "2 done; 1 failed" in out
+    stats = _stats(run)
+    assert len(server.billed) == 3 and stats["completion_tokens"] == 3 * 64
+    batch = _bill(server.billed, MINI["batch_in"], MINI["batch_out"], MINI["batch_cached"])
+    assert stats["cost"] == pytest.approx(batch, abs=2e-6)

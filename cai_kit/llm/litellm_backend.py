@@ -15,6 +15,7 @@ from typing import Any
 
 from cai_kit.errors import ConfigError, FatalBackendError, RetryableError
 from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams, TokenLogprob, Usage
+from cai_kit.llm.prompt_cache import PrefixMarks, takes_cache_control
 
 
 def make_litellm_backend(model: str, api_base: str | None = None, **options: Any) -> Backend:
@@ -63,12 +64,15 @@ class LiteLLMBackend(Backend):
         self.api_base = api_base
         self.timeout_s = timeout_s
         self._key = api_key  # only for a user-named --api-base; never in identity or repr
+        self._marks = PrefixMarks(model) if takes_cache_control(model) else None
 
     def identity(self) -> dict[str, Any]:
         return {"kind": self.kind, "model": self.model, "api_base": self.api_base}
 
     async def chat(self, messages: ChatMessages, params: GenParams) -> Completion:
         litellm = _import_litellm()
+        if self._marks is not None and self.prompt_cache:  # Anthropic: cache the stable prefix
+            messages = self._marks.mark(messages)
         kwargs: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
