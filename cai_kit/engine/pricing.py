@@ -178,7 +178,7 @@ def _cost_table() -> dict[str, Any]:
     return _bundled_cost_map()
 
 
-SERVICE_TIERS = ("flex", "priority")  # OpenAI's tiers with a price of their own in the map
+SERVICE_TIERS = ("flex",)  # cheaper tiers with a price of their own in the map (OpenAI flex)
 
 
 def _rate(entry: dict[str, Any], key: str) -> float | None:
