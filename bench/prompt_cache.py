@@ -1,6 +1,6 @@
 """Benchmark: what the stable-prefix layout saves on input cost with a provider prompt cache.
 
-    python bench/prompt_cache.py [--prompts 1000]
+    python bench/prompt_cache.py [--prompts 1000] [--anthropic 200]
 
 Runs `cai-kit revise --rounds 2` over N prompts with `openai/gpt-5-mini` (its list prices:
 $0.25 per million input tokens, $0.025 cached) and a real-sized constitution: the shipped
@@ -14,6 +14,10 @@ Two layouts, the same tokens in a different order: revise's own (the few-shot tu
 then the row: `stages.revise.opening`) and the row first (its prompt, then the few-shot
 turns). Prints each run's input tokens, cached share, input cost and the cost the CLI
 reported, and the ratio of the input costs.
+
+`--anthropic N` also runs N prompts with `anthropic/claude-sonnet-4-5` through litellm to the
+server's Messages API, which bills `cache_control` as Anthropic does (writes 1.25x, reads 0.1x
+of $3.00 per million): cai-kit's marks against `--no-prompt-cache`.
 """
 
 from __future__ import annotations
@@ -70,9 +74,35 @@ def run(layout: str, prompts: Path, out: Path, server) -> dict:  # type: ignore[
             "reported_input_cost": stats["cost"] - out_cost, "seconds": seconds}  # fmt: skip
 
 
+SONNET = {"in": 3.0, "read": 0.3, "write": 3.75}  # claude-sonnet-4-5, USD per million
+
+
+def run_anthropic(marks: bool, prompts: Path, out: Path, server) -> dict:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from cai_kit.cli.main import app
+
+    server.reset()
+    server.usage_by_length = server.prompt_cache = True
+    started = time.monotonic()
+    r = CliRunner().invoke(app, ["revise", str(prompts), "--model", "anthropic/claude-sonnet-4-5",
+                                 "--constitution", str(ROOT / "tests" / "fixtures" / "constitution_long_fewshot.yaml"),
+                                 "--rounds", "2", "--out", str(out), "--no-cache", "-q", "--temperature", "0",
+                                 *([] if marks else ["--no-prompt-cache"])])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    b = server.billed
+    plain = sum(u["input_tokens"] for u in b)
+    read = sum(u.get("cache_read_input_tokens", 0) for u in b)
+    written = sum(u.get("cache_creation_input_tokens", 0) for u in b)
+    cost = (plain * SONNET["in"] + read * SONNET["read"] + written * SONNET["write"]) / 1e6
+    return {"calls": len(b), "prompt": plain + read + written, "read": read, "written": written,
+            "input_cost": cost, "seconds": time.monotonic() - started}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--prompts", type=int, default=1000)
+    ap.add_argument("--anthropic", type=int, default=0, help="prompts for the Anthropic run")
     args = ap.parse_args()
     from tests.fixtures.fault_server import FaultServer, start_fault_server
 
@@ -99,6 +129,25 @@ def main() -> None:
     ratio = results["row first"]["input_cost"] / results["stable prefix first"]["input_cost"]
     print(f"input cost, row first / stable prefix first: {ratio:.2f}x "
           f"(without any prompt cache: {results['row first']['prompt'] * IN / 1e6 / results['stable prefix first']['input_cost']:.2f}x)")  # fmt: skip
+    if not args.anthropic:
+        return
+    os.environ.update(ANTHROPIC_API_BASE=server.base_url.removesuffix("/v1"),
+                      ANTHROPIC_API_KEY="sk-ant-bench")  # fmt: skip
+    few = tmp / "few.jsonl"
+    few.write_text("".join(prompts.read_text().splitlines(keepends=True)[: args.anthropic]))
+    print(f"\nthe same, {args.anthropic} prompts, anthropic/claude-sonnet-4-5 through litellm "
+          "(cache_control: writes 1.25x, reads 0.1x)")  # fmt: skip
+    print(
+        f"{'prefix marks':<22}{'calls':>7}{'input tok':>12}{'read':>8}{'written':>9}{'input $':>10}{'s':>6}"
+    )
+    costs = {}
+    for marks in (True, False):
+        m = run_anthropic(marks, few, tmp / f"anthropic-{marks}", server)
+        costs[marks] = m["input_cost"]
+        print(f"{'on' if marks else 'off (--no-prompt-cache)':<22}{m['calls']:>7}{m['prompt']:>12,}"
+              f"{m['read'] / m['prompt']:>8.0%}{m['written'] / m['prompt']:>9.0%}"
+              f"{m['input_cost']:>10.4f}{m['seconds']:>6.1f}")  # fmt: skip
+    print(f"input cost, --no-prompt-cache / marks: {costs[False] / costs[True]:.2f}x")
 
 
 if __name__ == "__main__":
