@@ -271,3 +271,35 @@ def test_an_empty_batch_answer_is_still_counted_as_billed(
     assert len(server.billed) == 3 and stats["completion_tokens"] == 3 * 64
     batch = _bill(server.billed, MINI["batch_in"], MINI["batch_out"], MINI["batch_cached"])
     assert stats["cost"] == pytest.approx(batch, abs=2e-6)
+
+
+def test_a_reasoning_judge_run_reports_what_the_server_billed_and_judge_report_divides_it(
+    openai_at_server: FaultServer, tmp_path: Path
+) -> None:
+    """`judge` with a reasoning model: every answer bills hidden reasoning as output; the
+    manifest's cost equals the server's bill at gpt-5-mini's rates, and `judge-report`'s cost
+    per labelled pair is that bill over the labelled pairs."""
+    server = openai_at_server
+    server.usage_by_length = False  # 10 tokens in, 10 + 30 reasoning out per answer
+    server.reasoning_tokens = 30
+    # a consistent judge: the response that says yes, in either order
+    server.responder = lambda body, rng: (
+        "A" if re.search(r"RESPONSE-A-\w+>>>\nyes", str(body["messages"][-1]["content"])) else "B"
+    )
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": "yes", "rejected": "no"})
+                             + "\n" for i in range(4)))  # fmt: skip
+    run = tmp_path / "j"
+    out = _cli("judge", str(pairs), "-j", "openai/gpt-5-mini", "--mode", "letter",
+               "--out", str(run))  # fmt: skip
+    billed = _bill(server.billed, MINI["in"], MINI["out"], MINI["cached"])
+    stats = _stats(run)
+    assert stats["reasoning_tokens"] == 30 * len(server.billed) == 30 * 8  # both orders
+    assert stats["cost"] == pytest.approx(billed, abs=2e-6)
+    assert f"({30 * 8} reasoning)" in out
+    r = CliRunner().invoke(app, ["judge-report", str(run)])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((run / "judge_report.json").read_text())
+    labelled = rep["labels"].get("A", 0) + rep["labels"].get("B", 0)
+    assert labelled and rep["cost_per_labelled_pair"] == pytest.approx(billed / labelled, abs=1e-6)
+    assert "cost / labelled pair" in r.output
