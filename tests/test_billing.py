@@ -250,6 +250,16 @@ def test_anthropic_stable_prefix_is_marked_for_its_prompt_cache_unless_turned_of
     read = sum(u.get("cache_read_input_tokens", 0) for u in server.billed)
     written = sum(u.get("cache_creation_input_tokens", 0) for u in server.billed)
     assert read > 2 * written > 0  # each write is read more than twice over
+    # litellm prices what the server billed: plain input, reads at 0.1x, writes at 1.25x
+    stats = _stats(tmp_path / "r")
+    billed = sum(u["input_tokens"] * 3.0 + u.get("cache_read_input_tokens", 0) * 0.3
+                 + u.get("cache_creation_input_tokens", 0) * 3.75 + u["output_tokens"] * 15.0
+                 for u in server.billed) / 1e6  # fmt: skip
+    assert stats["cost"] == pytest.approx(billed, abs=2e-6)
+    assert stats["prompt_tokens"] == sum(
+        u["input_tokens"] + u.get("cache_read_input_tokens", 0)
+        + u.get("cache_creation_input_tokens", 0) for u in server.billed
+    )  # fmt: skip
     server.bodies.clear()
     _cli(*cmd, "--out", str(tmp_path / "r2"), "--no-prompt-cache", "--no-cache")
     assert server.bodies and not any(marks(b) for b in server.bodies)
@@ -303,3 +313,18 @@ def test_a_reasoning_judge_run_reports_what_the_server_billed_and_judge_report_d
     labelled = rep["labels"].get("A", 0) + rep["labels"].get("B", 0)
     assert labelled and rep["cost_per_labelled_pair"] == pytest.approx(billed / labelled, abs=1e-6)
     assert "cost / labelled pair" in r.output
+
+
+def test_anthropic_batch_usage_counts_cache_reads_and_writes_as_input() -> None:
+    """Anthropic's `input_tokens` excludes cache reads and writes: every billed input token is
+    the sum, each priced at its rate."""
+    from cai_kit.engine.batch_providers import anthropic_usage
+
+    u = anthropic_usage({"input_tokens": 50, "cache_read_input_tokens": 1000,
+                         "cache_creation_input_tokens": 200, "output_tokens": 7})  # fmt: skip
+    assert (u.prompt_tokens, u.cached_tokens, u.cache_write_tokens) == (1250, 1000, 200)
+    sonnet = price_for("anthropic/claude-sonnet-4-5", "litellm")
+    assert sonnet is not None
+    expected = (50 * 3.0 + 1000 * 0.3 + 200 * 3.75 + 7 * 15.0) / 1e6
+    assert sonnet.cost_of(u) == pytest.approx(expected)
+    assert sonnet.cost_of(u, batch=True) == pytest.approx(expected / 2)
