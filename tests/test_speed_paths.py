@@ -42,10 +42,16 @@ def test_cache_put_outside_an_event_loop_commits_at_once(tmp_path: Path) -> None
 
 
 def test_hand_written_to_dict_equals_dataclasses_asdict() -> None:
-    p = GenParams(temperature=0.2, seed=7, stop=("\n",), top_logprobs=3)
+    p = GenParams(temperature=0.2, seed=7, stop=("\n",), top_logprobs=3, reasoning_effort="low")
     expected = asdict(p)
     expected["stop"] = ["\n"]
     assert p.to_dict() == expected
+    # an unset reasoning effort is left out, so cache keys and record ids made before the field
+    # existed still match
+    expected = asdict(p.replace(reasoning_effort=None))
+    expected["stop"] = ["\n"]
+    del expected["reasoning_effort"]
+    assert p.replace(reasoning_effort=None).to_dict() == expected
     c = Completion(
         "t", [TokenLogprob("a", -0.5, {"a": -0.5, "b": -2.0})], Usage(3, 4), 0.01, "m", "stop", True
     )

@@ -18,7 +18,7 @@ from cai_kit.errors import ConfigError
 from cai_kit.llm import GenParams, get_backend
 from cai_kit.llm.thinking import check_reasoning_effort, reasoning_request
 from tests.fixtures import thinking_rules
-from tests.fixtures.fault_server import FaultServer
+from tests.fixtures.fault_server import FaultServer, billed_tokens
 
 MSGS = [
     {"role": "system", "content": "Be brief."},
@@ -296,8 +296,8 @@ def test_revise_with_a_thinking_claude_teacher_fails_no_row_and_counts_what_was_
                          engine_config=EngineConfig(quiet=True, cache_path=tmp_path / "c"))  # fmt: skip
     assert (summary.done, summary.failed) == (3, 0)
     assert len(anthropic.billed) == 9  # response, critique, revision per prompt
-    assert summary.stats["prompt_tokens"] == sum(p for p, _ in anthropic.billed)
-    assert summary.stats["completion_tokens"] == sum(c for _, c in anthropic.billed)
+    assert summary.stats["prompt_tokens"] == sum(billed_tokens(u)[0] for u in anthropic.billed)
+    assert summary.stats["completion_tokens"] == sum(billed_tokens(u)[1] for u in anthropic.billed)
     assert all(b["thinking"]["budget_tokens"] == 1024 for b in anthropic.bodies)
     assert summary.stats["cost"] > 0
 
@@ -317,7 +317,10 @@ def test_cli_revise_with_claude_through_litellm_reports_the_tokens_the_server_bi
     r = CliRunner().invoke(app, ["revise", str(prompts), "--limit", "3", "--rounds", "1",
                                  "--model", "anthropic/claude-sonnet-4-5", "--out",
                                  str(tmp_path / "r"), "--cache-path", str(tmp_path / "c")])  # fmt: skip
-    billed_in, billed_out = sum(p for p, _ in anthropic.billed), sum(c for _, c in anthropic.billed)
+    billed_in, billed_out = (
+        sum(billed_tokens(u)[0] for u in anthropic.billed),
+        sum(billed_tokens(u)[1] for u in anthropic.billed),
+    )
     assert "3 done; 0 failed" in r.output, r.output
     assert f"{billed_in + billed_out} tokens" in r.output
     stats = json.loads((tmp_path / "r" / "manifest.json").read_text())["stats"]

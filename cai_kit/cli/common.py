@@ -86,8 +86,26 @@ PriceOpt = Annotated[
     str | None,
     typer.Option(
         "--price",
-        help="IN,OUT: USD per million input and output tokens (e.g. 0.15,0.60), for --max-cost "
-        "and cost figures where the provider's price is not known (vLLM, Ollama, gateways).",
+        help="IN,OUT[,CACHED]: USD per million input, output and (optional) cached input "
+        "tokens (e.g. 0.25,2.00,0.025), for --max-cost and cost figures where the provider's "
+        "price is not known (vLLM, Ollama, gateways); without CACHED, cached input costs IN.",
+    ),
+]
+ServiceTierOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--service-tier",
+        help="A cheaper, slower provider tier, sent as `service_tier` and priced at its rates: "
+        "`flex` (OpenAI gpt-5.x, o3, o4-mini: about half the price, answers can be slow or "
+        "refused when busy; raise --timeout). Not with --batch-api.",
+    ),
+]
+NoPromptCacheOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-prompt-cache",
+        help="Don't mark the stable start of prompts for Anthropic's prompt cache (marked by "
+        "default where it is long enough to pay: reads cost 0.1x, writes 1.25x).",
     ),
 ]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Bypass the call cache.")]
@@ -139,6 +157,8 @@ JOB_FLAGS: dict[str, tuple[Any, Any]] = {
     "dry_run": (DryRunOpt, False),
     "batch_api": (BatchApiOpt, False),
     "batch_deadline": (BatchDeadlineOpt, None),
+    "service_tier": (ServiceTierOpt, None),
+    "no_prompt_cache": (NoPromptCacheOpt, False),
     "quiet": (QuietOpt, False),
 }
 TRAINER_WITHOUT = (
@@ -146,6 +166,8 @@ TRAINER_WITHOUT = (
     "quiet",
     "batch_api",
     "batch_deadline",
+    "service_tier",
+    "no_prompt_cache",
 )  # trainers call a judge, but run no data job
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -271,7 +293,28 @@ def job_backend(model: str, api_base: str | None, flags: dict[str, Any]):  # typ
     from cai_kit.llm.registry import get_backend
 
     dry = {"require_key": False} if flags.get("dry_run") else {}
-    return get_backend(model, api_base=api_base, timeout_s=flags["timeout"], **dry)
+    backend = get_backend(model, api_base=api_base, timeout_s=flags["timeout"], **dry)
+    backend.prompt_cache = not flags.get("no_prompt_cache", False)
+    tier = flags.get("service_tier")
+    if tier is not None:
+        _check_service_tier(model, api_base, tier, batch_api=bool(flags.get("batch_api")))
+        backend.service_tier = tier
+    return backend
+
+
+def _check_service_tier(model: str, api_base: str | None, tier: str, *, batch_api: bool) -> None:
+    """One sentence at start for a tier the run can't use (never N failed rows)."""
+    from cai_kit.engine.pricing import SERVICE_TIERS, tier_priced
+
+    if tier not in SERVICE_TIERS:
+        fail(f"--service-tier takes {' or '.join(SERVICE_TIERS)}, not {tier!r}.")
+    if batch_api:
+        fail(f"--service-tier {tier} and --batch-api: batch jobs have a price of their own; "
+             "choose one.")  # fmt: skip
+    if api_base is not None or not tier_priced(model, tier):
+        fail(f"--service-tier {tier}: no {tier} price is known for {model}"
+             + (" at an --api-base" if api_base is not None else "")
+             + " (OpenAI's flex tier: gpt-5.x, o3, o4-mini); leave the flag out.")  # fmt: skip
 
 
 def keys_needed(*models: tuple[str, str | None]) -> str:

@@ -296,7 +296,7 @@ class BatchCollector:
         price = client.price
         worst = (
             None if price is None
-            else float(price.cost(prompt_tokens_upper(messages), params.max_tokens, batch=True))
+            else float(price.worst_case(prompt_tokens_upper(messages), params.max_tokens, batch=True))
         )  # fmt: skip
         cap = self.engine.config.max_cost
         if worst is None:
@@ -524,13 +524,10 @@ class BatchCollector:
                         failed += 1
                         continue
                     c = Completion.from_dict(body)
-                    if c.cost is None and price is not None:  # at the batch price
-                        c.cost = price.cost(c.usage.prompt_tokens, c.usage.completion_tokens,
-                                            batch=True)  # fmt: skip
                     stats.calls += 1  # paid and counted, answered or not (as when synchronous)
-                    stats.prompt_tokens += c.usage.prompt_tokens
-                    stats.completion_tokens += c.usage.completion_tokens
-                    stats.cost += c.cost or 0.0
+                    if c.cost is None and price is not None:  # at the batch price
+                        c.cost = price.cost_of(c.usage, batch=True)
+                    stats.count(c)  # billed, kept or not
                     if not c.text.strip() and not c.logprobs:  # never kept, as when synchronous
                         self._failed[key] = (f"{c.model or 'the model'} sent an empty reply "
                                              f"(finish_reason: {c.finish_reason}); it is not "

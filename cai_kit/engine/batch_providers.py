@@ -361,6 +361,23 @@ _UNRUN = {
 }
 
 
+def anthropic_usage(usage: dict[str, Any]) -> Usage:
+    """Anthropic's `usage`: `input_tokens` counts only the input after the last cache
+    breakpoint; cache reads and writes are counted apart, so every input token billed is the
+    sum of the three (platform.claude.com, prompt caching: "Tracking cache performance").
+    output_tokens holds the thinking, reported apart in `output_tokens_details.thinking_tokens`."""
+    read = int(usage.get("cache_read_input_tokens") or 0)
+    written = int(usage.get("cache_creation_input_tokens") or 0)
+    thinking = int((usage.get("output_tokens_details") or {}).get("thinking_tokens") or 0)
+    return Usage(
+        int(usage.get("input_tokens") or 0) + read + written,
+        int(usage.get("output_tokens") or 0),
+        cached_tokens=read,
+        reasoning_tokens=thinking,
+        cache_write_tokens=written,
+    )
+
+
 def anthropic_result(row: dict[str, Any], model: str) -> tuple[str, Completion | str]:
     """One line of a Message Batch's results: `{custom_id, result}`, where `result.type` is
     succeeded (a Message), errored (`error` is an error response: `{type: "error", error:
@@ -386,21 +403,6 @@ def anthropic_result(row: dict[str, Any], model: str) -> tuple[str, Completion |
 # Anthropic's stop_reason in OpenAI's words, as litellm maps them on the synchronous route (an
 # answer cut at max_tokens, e.g. by thinking, reads "length" on both)
 _STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
-
-
-def anthropic_usage(usage: dict[str, Any]) -> Usage:
-    """A Message's usage as billed: input_tokens counts only the uncached input, so cache
-    reads and writes are added to the prompt (reads are also `cached_tokens`); output_tokens
-    holds the thinking, reported apart in `output_tokens_details.thinking_tokens`."""
-    read = int(usage.get("cache_read_input_tokens") or 0)
-    written = int(usage.get("cache_creation_input_tokens") or 0)
-    thinking = int((usage.get("output_tokens_details") or {}).get("thinking_tokens") or 0)
-    return Usage(
-        prompt_tokens=int(usage.get("input_tokens") or 0) + read + written,
-        completion_tokens=int(usage.get("output_tokens") or 0),
-        cached_tokens=read,
-        reasoning_tokens=thinking,
-    )
 
 
 def batch_client_for(backend: Backend) -> BatchClient | None:

@@ -67,11 +67,22 @@ class EngineStats:
     cache_hits: int = 0
     failures: int = 0
     retries: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    prompt_tokens: int = 0  # every input token billed, the cached ones included
+    completion_tokens: int = 0  # every output token billed, hidden reasoning included
+    cached_tokens: int = 0  # of prompt_tokens: read from the provider's prompt cache
+    reasoning_tokens: int = 0  # of completion_tokens: hidden reasoning
     cost: float = 0.0
     in_flight_at_cap: int | None = None  # calls in flight when spending first reached --max-cost
     started: float = field(default_factory=time.monotonic)
+
+    def count(self, completion: Completion) -> None:
+        """Add one paid answer's tokens and cost (synchronous or a batch line)."""
+        u = completion.usage
+        self.prompt_tokens += u.prompt_tokens
+        self.completion_tokens += u.completion_tokens
+        self.cached_tokens += u.cached_tokens
+        self.reasoning_tokens += u.reasoning_tokens
+        self.cost += completion.cost or 0.0
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -145,7 +156,7 @@ class _Budget:
 
     def worst_case(self, messages: ChatMessages, params: GenParams) -> float:
         price = self.price or self.implied
-        worst = price.cost(prompt_tokens_upper(messages), params.max_tokens) if price else 0.0
+        worst = price.worst_case(prompt_tokens_upper(messages), params.max_tokens) if price else 0.0
         return max(worst, 2 * self.flat)
 
     def learn(self, completion: Completion) -> None:
@@ -319,14 +330,11 @@ class Engine:
         """Swap a call's reservation for what it really cost (reported, or price × usage)."""
         self._reserved -= reserved
         if completion.cost is None and state.price is not None:
-            u = completion.usage
-            completion.cost = state.price.cost(u.prompt_tokens, u.completion_tokens)
+            completion.cost = state.price.cost_of(completion.usage)
         state.learn(completion)
         s = self.stats
         s.calls += 1
-        s.prompt_tokens += completion.usage.prompt_tokens
-        s.completion_tokens += completion.usage.completion_tokens
-        s.cost += completion.cost or 0.0
+        s.count(completion)
         cap = self.config.max_cost
         if cap is not None and s.in_flight_at_cap is None and s.cost >= cap - 1e-12:
             s.in_flight_at_cap = self._in_flight

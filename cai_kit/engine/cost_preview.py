@@ -6,8 +6,9 @@
 A job gives its calls per item through `JobSpec.estimate_tokens`, built with the same prompt
 builders the job sends (`prompt_tokens(messages)`); an answer that does not exist yet (it is
 made earlier in the same job) is sized by `stand_in(max_tokens)` inside those prompts.
-Token counts are estimates (characters / 4 for prompts, `max_tokens` for every answer: the
-worst case). Prices come from `cai_kit.engine.pricing` (the batch price where the backend has a
+Token counts are estimates (characters / 4 for prompts, the output cap each call sends,
+`params.max_tokens`, for every answer: the worst case, a reasoning model's hidden reasoning
+included, as its stage cap holds a reasoning allowance); `basis()` says so in one sentence. Prices come from `cai_kit.engine.pricing` (the batch price where the backend has a
 Batch API, else the synchronous one); a model without a known price is named, never guessed.
 """
 
@@ -30,6 +31,7 @@ class CostPreview:
     batch_cost: float = 0.0
     unknown: set[str] = field(default_factory=set)  # models whose price is unknown
     full_price: set[str] = field(default_factory=set)  # --price, batched, no discount known
+    caps: set[int] = field(default_factory=set)  # the output caps the calls send
 
     @classmethod
     def of(
@@ -52,6 +54,7 @@ class CostPreview:
             out.calls += 1
             out.prompt_tokens += p
             out.completion_tokens += c
+            out.caps.add(c)
             if bprice is None:
                 out.unknown.add(backend.model)
                 continue
@@ -72,6 +75,18 @@ class CostPreview:
         if self.unknown:
             text += f"; price unknown for {', '.join(sorted(self.unknown))}"
         return text
+
+    def basis(self) -> str:
+        """How the figures were made: they are an estimate, and the worst case."""
+        if not self.caps:
+            return ""
+        low, high = min(self.caps), max(self.caps)
+        cap = f"{high:,} tokens" if low == high else f"{low:,} to {high:,} tokens"
+        return (
+            "An estimate, the worst case: prompts counted at about 4 characters a token, every "
+            f"call using its full output cap ({cap}, hidden reasoning included), no prompt "
+            "cache discount."
+        )
 
 
 def prompt_tokens(messages: list[dict[str, str]]) -> int:

@@ -80,6 +80,7 @@ class JobSummary:
     stats: dict[str, Any] = field(default_factory=dict)
     estimated_calls: int | None = None
     cost_preview: str | None = None  # tokens and price (synchronous and Batch API), dry run
+    cost_basis: str = ""  # how the preview was made (an estimate, the worst case)
     run_dir: Path | None = None  # where `retry-failed` finds the run
     sync_retry: bool = False  # rows failed because the provider has no Batch API
 
@@ -104,13 +105,12 @@ class JobSummary:
         parts = [f"{self.done} done", f"{self.failed} failed", f"{self.already_done} already done"]
         if self.estimated_calls is not None:
             cost = f"; {self.cost_preview}" if self.cost_preview else ""
-            return f"dry run: {self.total} rows to do, about {self.estimated_calls} calls{cost}; nothing was called."
+            basis = f" {self.cost_basis}" if self.cost_preview and self.cost_basis else ""
+            return f"dry run: {self.total} rows to do, about {self.estimated_calls} calls{cost}; nothing was called.{basis}"
         parts.append(
             f"{s.get('calls', 0)} calls, {s.get('cache_hits', 0)} cache hits, {s.get('retries', 0)} retries"
         )
-        parts.append(
-            f"{s.get('prompt_tokens', 0) + s.get('completion_tokens', 0)} tokens, ${s.get('cost', 0):.4f}"
-        )
+        parts.append(f"{token_counts(s)}, ${s.get('cost', 0):.4f}")
         text = "; ".join(parts)
         if self.failed and self.sync_retry:
             text += f". The provider has no Batch API: `{self.retry_command()}` redoes them"
@@ -121,6 +121,14 @@ class JobSummary:
         if self.stopped:
             text += f". Stopped: {self.stopped}"
         return text
+
+
+def token_counts(stats: dict[str, Any]) -> str:
+    """ "1234 tokens" plus, where nonzero, how many of them the provider's prompt cache served
+    (billed at its cached rate) and how many were hidden reasoning (billed as output)."""
+    text = f"{stats.get('prompt_tokens', 0) + stats.get('completion_tokens', 0)} tokens"
+    parts = [f"{stats[k]} {k.removesuffix('_tokens')}" for k in ("cached_tokens", "reasoning_tokens") if stats.get(k)]  # fmt: skip
+    return f"{text} ({', '.join(parts)})" if parts else text
 
 
 def worst_exit(*summaries: JobSummary) -> int:
@@ -198,6 +206,7 @@ def run_job(spec: JobSpec, config: EngineConfig) -> JobSummary:
             calls = (c for it in pending for c in spec.estimate_tokens(it))
             preview = CostPreview.of(calls, batch_api=config.batch_api, price=config.price)
             summary.estimated_calls, summary.cost_preview = preview.calls, preview.line()
+            summary.cost_basis = preview.basis()
         else:
             summary.estimated_calls = (
                 sum(spec.estimate(it) for it in pending) if spec.estimate else len(pending)

@@ -73,6 +73,7 @@ class Usage:
     completion_tokens: int = 0  # every output token, hidden reasoning included (as billed)
     cached_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache
     reasoning_tokens: int = 0  # of completion_tokens, hidden reasoning
+    cache_write_tokens: int = 0  # of prompt_tokens, written to the prompt cache (Anthropic)
 
     @property
     def total_tokens(self) -> int:
@@ -102,6 +103,7 @@ class Completion:
                 "completion_tokens": self.usage.completion_tokens,
                 "cached_tokens": self.usage.cached_tokens,
                 "reasoning_tokens": self.usage.reasoning_tokens,
+                "cache_write_tokens": self.usage.cache_write_tokens,
             },
             "cost": self.cost,
             "model": self.model,
@@ -127,6 +129,12 @@ class Backend(ABC):
     kind: str = "base"  # registry name of the backend kind
     default_concurrency: int = 8
     supports_logprobs: bool = False
+    # A provider's cheaper tier (OpenAI "flex", `--service-tier`): sent by the backends whose
+    # provider takes it and priced at its rates (engine.pricing); None: the default tier.
+    service_tier: str | None = None
+    # Mark the stable start of a prompt for a provider's explicit prompt cache (Anthropic's
+    # cache_control, where long enough to pay); `--no-prompt-cache` turns it off.
+    prompt_cache: bool = True
 
     def __init__(self, model: str) -> None:
         self.model = model

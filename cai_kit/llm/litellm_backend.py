@@ -15,6 +15,7 @@ from typing import Any
 
 from cai_kit.errors import ConfigError, FatalBackendError, RetryableError
 from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams, TokenLogprob, Usage
+from cai_kit.llm.prompt_cache import PrefixMarks, takes_cache_control
 from cai_kit.llm.thinking import reasoning_request
 
 
@@ -70,6 +71,7 @@ class LiteLLMBackend(Backend):
         # a model whose provider refuses log-probs (Anthropic; Gemini 2.5+) is never asked for
         # them: the judge then reads its letter instead of failing every call
         self.supports_logprobs = provider.logprobs_for(model.split("/", 1)[1]) if provider else True
+        self._marks = PrefixMarks(model) if takes_cache_control(model) else None
 
     def identity(self) -> dict[str, Any]:
         return {"kind": self.kind, "model": self.model, "api_base": self.api_base}
@@ -82,6 +84,8 @@ class LiteLLMBackend(Backend):
     async def chat(self, messages: ChatMessages, params: GenParams) -> Completion:
         litellm = _import_litellm()
         reasoning = reasoning_request(self.model, params)  # thinking fields, raised output cap
+        if self._marks is not None and self.prompt_cache:  # Anthropic: cache the stable prefix
+            messages = self._marks.mark(messages)
         kwargs: dict[str, Any] = {
             "model": self.model,
             "messages": messages,

@@ -179,6 +179,8 @@ class OpenAICompatBackend(Backend):
             body["top_logprobs"] = min(params.top_logprobs, self._max_top)
         if self.provider:
             body.update(self.provider.extra_body)
+        if self.service_tier is not None:  # `--service-tier flex` (checked at start)
+            body["service_tier"] = self.service_tier
         return body
 
     async def chat(self, messages: ChatMessages, params: GenParams) -> Completion:
@@ -273,12 +275,26 @@ def parse_chat_completion(data: Any, api_base: str, model: str) -> Completion:
     return Completion(
         text=text,
         logprobs=parse_openai_logprobs(choice.get("logprobs")),
-        usage=Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
+        usage=parse_usage(usage),
         cost=float(usage["cost"])
         if isinstance(usage.get("cost"), int | float)
         else None,  # gateways that report it
         model=data.get("model") or model,
         finish_reason=choice.get("finish_reason"),
+    )
+
+
+def parse_usage(usage: dict[str, Any]) -> Usage:
+    """OpenAI's `usage`: cached input tokens (`prompt_tokens_details.cached_tokens`) are part of
+    `prompt_tokens`, hidden reasoning tokens (`completion_tokens_details.reasoning_tokens`) part
+    of `completion_tokens`; either detail may be absent or null (servers that have none)."""
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    return Usage(
+        int(usage.get("prompt_tokens") or 0),
+        int(usage.get("completion_tokens") or 0),
+        cached_tokens=int(prompt_details.get("cached_tokens") or 0),
+        reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
     )
 
 

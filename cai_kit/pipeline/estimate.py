@@ -252,4 +252,7 @@ def format_estimates(rows: list[StageEstimate]) -> str:
     if unknown:
         total += (f"; plus the unknown price of {', '.join(unknown)} (add `price: IN,OUT` in USD per "
                   "million tokens to the teacher section)")  # fmt: skip
-    return "\n".join([*lines, total])
+    basis = ("An estimate, the worst case: prompts counted at about 4 characters a token in the "
+             "real templates, every call using its full output cap (hidden reasoning included), "
+             "no prompt cache discount.")  # fmt: skip
+    return "\n".join([*lines, total, basis])

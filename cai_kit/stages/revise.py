@@ -109,6 +109,15 @@ def few_shot_turns(examples: list[FewShotExample], principle: Principle) -> list
     return turns
 
 
+def opening(
+    shots: list[dict[str, str]], prompt: list[dict[str, str]], response: str
+) -> list[dict[str, str]]:
+    """The start of every critique conversation: the few-shot turns (the same for every row
+    sampled under the same first principle) before the row's own turns, so that providers'
+    prompt caches serve the shared prefix (bench/prompt_cache.py measures what it saves)."""
+    return [*shots, *prompt, _msg("assistant", response)]
+
+
 def critic_found_no_problem(critique: str) -> bool | None:
     """True/False from the critic's last `Problem: yes|no` line; None when it gave none."""
     found = _VERDICT.findall(critique)
@@ -153,7 +162,7 @@ async def revise_one(
             if cfg.few_shot and principles
             else []
         )
-        conversation = shots + base + [_msg("assistant", current)]
+        conversation = opening(shots, base, current)
         for rnd, principle in enumerate(principles, start=1):
             request = (
                 CRITIQUE_PREFIX + principle.critique + (EARLY_STOP_SUFFIX if cfg.early_stop else "")
