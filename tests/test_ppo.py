@@ -406,6 +406,8 @@ def test_ppo_stopped_by_max_cost_continues_from_its_last_step_when_re_run(
     assert r.exit_code == 1 and "1 finished step(s) are saved" in r.output, r.output
     assert "with a higher --max-cost: training continues from step 2 of 3" in r.output, r.output
     assert fault_server.paid == 5  # step 1 and one call of step 2
+    r = CliRunner().invoke(app, [*base, "--out", str(out), "--max-cost", "1", "--lr", "1e-3"])
+    assert r.exit_code == 1 and "with other settings (learning_rate)" in r.output, r.output
 
     r = CliRunner().invoke(app, [*base, "--out", str(out), "--max-cost", "1"])
     assert r.exit_code == 0, r.output

@@ -170,7 +170,11 @@ def _ppo(o: dict[str, Any], names: list[str], flags: dict[str, Any]) -> None:
         peft_config=None if o["full"] else lora_config(),
     )
     out.mkdir(parents=True, exist_ok=True)
-    settings = _resume(trainer, out, "ppo", base, o, cfg, texts)
+    try:
+        settings = _resume(trainer, out, "ppo", base, o, cfg, texts)
+    except Exception:
+        _close(reward_fn)
+        raise
     tracker = Tracker(
         names, out, "ppo", config=dataclasses.asdict(cfg), enabled=trainer.is_main_process
     )

@@ -111,7 +111,8 @@ def clear(trainer: Any, out: Path) -> None:
 
 def check_settings(settings: dict[str, Any], saved: dict[str, Any], step: int, path: Path) -> None:
     """Refuse to continue a stopped run with other settings (one sentence naming them)."""
-    changed = sorted(k for k in set(settings) | set(saved) if settings.get(k) != saved.get(k))
+    now, then = _flat(settings), _flat(saved)
+    changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
     if changed:
         raise ConfigError(
             f"{path.parent} holds a run stopped after step {step} with other settings "
@@ -137,6 +138,14 @@ def continue_hint(finished: int, steps: int, budget: bool) -> str:
     """What re-running the same command does, for the stop message."""
     how = "with a higher --max-cost" if budget else "once the judge answers again"
     return f"Re-run the same command {how}: training continues from step {finished + 1} of {steps}."
+
+
+def _flat(settings: dict[str, Any]) -> dict[str, Any]:
+    """{"config": {"learning_rate": x}} -> {"learning_rate": x}: the names a user knows."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        out.update(_flat(value) if isinstance(value, dict) else {key: value})
+    return out
 
 
 def _plain_state(state: Any) -> Any:
