@@ -69,14 +69,27 @@ class EngineStats:
     retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cost: float = 0.0
+    cost: float = 0.0  # of the calls whose cost is known (cai_kit.engine.spend)
+    unpriced_calls: int = 0  # answered calls with no price and no reported cost
     in_flight_at_cap: int | None = None  # calls in flight when spending first reached --max-cost
     started: float = field(default_factory=time.monotonic)
 
+    def add_cost(self, cost: float | None) -> None:
+        """Count one answered call's cost; None (no price, none reported) is unknown, not $0."""
+        if cost is None:
+            self.unpriced_calls += 1
+        else:
+            self.cost += cost
+
     def as_dict(self) -> dict[str, Any]:
+        """For manifest.json: `cost` is null when some call's cost is unknown (`cost_known`
+        false; `priced_cost` is then what the priced calls cost)."""
         d = asdict(self)
         d.pop("started")
-        d["cost"] = round(self.cost, 6)
+        d["cost_known"] = not self.unpriced_calls
+        d["cost"] = round(self.cost, 6) if d["cost_known"] else None
+        if not d["cost_known"]:
+            d["priced_cost"] = round(self.cost, 6)
         d["elapsed_s"] = round(time.monotonic() - self.started, 3)
         return d
 
@@ -326,7 +339,7 @@ class Engine:
         s.calls += 1
         s.prompt_tokens += completion.usage.prompt_tokens
         s.completion_tokens += completion.usage.completion_tokens
-        s.cost += completion.cost or 0.0
+        s.add_cost(completion.cost)
         cap = self.config.max_cost
         if cap is not None and s.in_flight_at_cap is None and s.cost >= cap - 1e-12:
             s.in_flight_at_cap = self._in_flight
