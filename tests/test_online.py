@@ -212,6 +212,12 @@ def test_grpo_as_two_processes_shares_max_cost_stops_together_and_saves_finished
     assert "another process reached its share of --max-cost" in output  # the rank that could go on
     assert sum(0.01 for b in fault_server.bodies if _bye(b)) <= 0.09 + 1e-9  # the run's cap
     assert (out / "adapter_config.json").is_file() and (out / "log_history.json").is_file()
+    # re-run with a higher cap: both ranks resume from checkpoint-1 (each its own RNG file)
+    code, output, out = _two_ranks_of_grpo(tiny, tmp_path, fault_server.base_url, "--max-steps", "3",
+                                           "--max-cost", "1", "--price", "0,5000")  # fmt: skip
+    assert code == 0 and "training continues from step 2 of 3" in output, output[-3000:]
+    logged = [h for h in json.loads((out / "log_history.json").read_text()) if "loss" in h]
+    assert [h["step"] for h in logged] == [1, 2, 3] and not list(out.glob("checkpoint-*"))
 
 
 @pytest.mark.slow

@@ -357,7 +357,8 @@ def test_ppo_as_two_processes_shares_max_cost_and_stops_every_rank_at_the_same_s
 ) -> None:
     """--max-cost is one cap for the run, not one per process: each of N processes may spend
     cap/N. A rank that reaches its share stops, and so does every other rank at that step
-    (else they would wait forever in the next collective); the finished steps are saved."""
+    (else they would wait forever in the next collective); the finished steps are saved, and
+    the same command with a higher cap continues from them on both ranks."""
     monkeypatch.setattr(fs, "reply_text", lambda body: "Yes")
     # rank 1 ("Say bye") is judged at $0.02 a call, rank 0 ("Say hi") at $0.01: rank 1 reaches
     # its $0.10 share in step 2 (--price 0,10000 makes a 2-token call's worst case $0.02)
@@ -370,6 +371,13 @@ def test_ppo_as_two_processes_shares_max_cost_and_stops_every_rank_at_the_same_s
     spent = sum(0.02 if "Say bye" in json.dumps(b) else 0.01 for b in fault_server.bodies)
     assert spent <= 0.2 + 1e-9  # the run's cap, all ranks together
     assert len(json.loads((out / "ppo_history.json").read_text())) == 1
+    # re-run with a higher cap: both ranks load their own state and make steps 2 and 3 only
+    paid = len(fault_server.bodies)
+    flags[flags.index("--max-cost") + 1] = "1"
+    code, output, out = _two_ranks_of_ppo(plain_tiny, tmp_path, fault_server.base_url, *flags)
+    assert code == 0 and "training continues from step 2 of 3" in output, output[-3000:]
+    assert len(json.loads((out / "ppo_history.json").read_text())) == 3
+    assert len(fault_server.bodies) - paid == 2 * 8  # 2 steps x 2 ranks x 4 rollouts
 
 
 @pytest.mark.slow
