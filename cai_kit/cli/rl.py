@@ -136,7 +136,9 @@ def ppo(
     """PPO with a reward model or an AI judge as the reward (our own implementation).
 
     Runs unchanged under torchrun / accelerate launch: each rank samples its own slice of the
-    prompts with its own seed, statistics are averaged over ranks, rank 0 writes OUT."""
+    prompts with its own seed, statistics are averaged over ranks, rank 0 writes OUT. A run
+    stopped by --max-cost or a dead judge continues from its last finished step when the same
+    command is run again."""
     options = {k: v for k, v in locals().items() if k != "flags"}  # the flags, before any import
     from cai_kit.train.common import quiet_libraries
 
@@ -256,7 +258,9 @@ def online_dpo(
     decisive pairs (our own implementation).
 
     Runs unchanged under torchrun / accelerate launch: each rank samples its own slice of the
-    prompts with its own seed, the DPO step uses every rank's decisive pairs, rank 0 writes OUT."""
+    prompts with its own seed, the DPO step uses every rank's decisive pairs, rank 0 writes OUT.
+    A run stopped by --max-cost or a dead judge continues from its last finished step when the
+    same command is run again."""
     options = {k: v for k, v in locals().items() if k != "flags"}  # the flags, before any import
     from cai_kit.train.common import quiet_libraries
 
@@ -529,7 +533,10 @@ def grpo(
     report_to: ReportTo = None,
     **flags: Any,
 ) -> None:
-    """Online RLAIF with TRL's GRPO: our judge or reward model scores each sampled completion."""
+    """Online RLAIF with TRL's GRPO: our judge or reward model scores each sampled completion.
+
+    A run stopped by --max-cost or a dead judge saves OUT/checkpoint-N and continues from it
+    when the same command is run again."""
     options = {k: _plain(v) for k, v in locals().items() if k != "flags"}  # before any import
     import os
 
