@@ -212,6 +212,12 @@ def test_grpo_as_two_processes_shares_max_cost_stops_together_and_saves_finished
     assert "another process reached its share of --max-cost" in output  # the rank that could go on
     assert sum(0.01 for b in fault_server.bodies if _bye(b)) <= 0.09 + 1e-9  # the run's cap
     assert (out / "adapter_config.json").is_file() and (out / "log_history.json").is_file()
+    # re-run with a higher cap: both ranks resume from checkpoint-1 (each its own RNG file)
+    code, output, out = _two_ranks_of_grpo(tiny, tmp_path, fault_server.base_url, "--max-steps", "3",
+                                           "--max-cost", "1", "--price", "0,5000")  # fmt: skip
+    assert code == 0 and "training continues from step 2 of 3" in output, output[-3000:]
+    logged = [h for h in json.loads((out / "log_history.json").read_text()) if "loss" in h]
+    assert [h["step"] for h in logged] == [1, 2, 3] and not list(out.glob("checkpoint-*"))
 
 
 @pytest.mark.slow
@@ -255,3 +261,32 @@ def test_a_grpo_batch_that_splits_a_group_is_one_sentence_naming_both_flags(
     assert "--batch-size 3 is not a multiple of --num-generations 4" in r.output
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
     assert fault_server.requests == 0  # nothing was loaded or judged
+
+
+@pytest.mark.slow
+def test_grpo_stopped_by_max_cost_continues_from_its_checkpoint_when_re_run(
+    tiny: Path, tmp_path: Path, fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TRL's GRPO: the stop saves OUT/checkpoint-1; the re-run with a higher cap resumes from
+    it, trains only steps 2 and 3, and the finished run keeps no checkpoint behind."""
+    monkeypatch.setattr(fs, "reply_text", lambda body: "Yes")
+    fault_server.report_cost = 0.01  # 4 completions, $0.04 a step: --max-cost 0.055 allows 5
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Say hi\nSay bye\n")
+    out = tmp_path / "g"
+    base = ["train", "grpo", str(prompts), "--model", f"hf:{tiny}", "--reward-judge", "j",
+            "--judge-api-base", fault_server.base_url, "--out", str(out), "--max-steps", "3",
+            "--num-generations", "4", "--batch-size", "4", "--max-completion-length", "4",
+            "--price", "0,5000", "--concurrency", "1"]  # fmt: skip
+    r = CliRunner().invoke(app, [*base, "--max-cost", "0.055"])
+    assert r.exit_code == 1 and "1 finished step(s) are saved" in r.output, r.output
+    assert "with a higher --max-cost: training continues from step 2 of 3" in r.output, r.output
+    assert (out / "checkpoint-1").is_dir() and fault_server.paid == 5
+
+    r = CliRunner().invoke(app, [*base, "--max-cost", "1"])
+    assert r.exit_code == 0, r.output
+    assert "training continues from step 2 of 3" in r.output
+    logged = [h for h in json.loads((out / "log_history.json").read_text()) if "loss" in h]
+    assert [h["step"] for h in logged] == [1, 2, 3]
+    assert fault_server.paid == 12  # steps 2 and 3 only (the stopped step's answer: cached)
+    assert not list(out.glob("checkpoint-*"))

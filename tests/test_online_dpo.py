@@ -436,3 +436,29 @@ def test_online_dpo_needs_a_judge_or_a_reward_and_no_pairwise_judge_with_reward_
     assert r.exit_code == 1 and "use it with --reward rubric" in r.output, r.output
     r = CliRunner().invoke(app, [*base, "--reward", "group"])
     assert r.exit_code == 1 and "--reward must be pairwise or rubric" in r.output, r.output
+
+
+@pytest.mark.slow
+def test_online_dpo_stopped_by_max_cost_continues_from_its_last_step_when_re_run(
+    tiny: Path, tmp_path: Path, fault_server: FaultServer
+) -> None:
+    """A re-run with a higher cap trains only the remaining steps; the stopped step is drawn
+    again as before, so its one paid verdict comes from the cache (no call is paid twice)."""
+    fault_server.responder = prefers_shorter
+    fault_server.report_cost = 0.01  # 4 calls, $0.04 a step: --max-cost 0.055 allows 5 calls
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Say hi\nSay bye\n")
+    out = tmp_path / "capped"
+    flags = ("--steps", "3", "--price", "0,2500", "--concurrency", "1")
+    r = _run(tiny, prompts, fault_server, out, *flags, "--max-cost", "0.055")
+    assert r.exit_code == 1 and "The 1 finished step(s) are saved" in r.output, r.output
+    assert "with a higher --max-cost: training continues from step 2 of 3" in r.output, r.output
+    first = fault_server.paid
+    assert first == 5
+
+    r = _run(tiny, prompts, fault_server, out, *flags, "--max-cost", "1")
+    assert r.exit_code == 0, r.output
+    assert "training continues from step 2 of 3" in r.output
+    assert [h["step"] for h in json.loads((out / "log_history.json").read_text())] == [1, 2, 3]
+    assert fault_server.paid == 12  # 3 steps x 4 verdict calls, none paid twice
+    assert not (out / "resume_state").exists()

@@ -357,7 +357,8 @@ def test_ppo_as_two_processes_shares_max_cost_and_stops_every_rank_at_the_same_s
 ) -> None:
     """--max-cost is one cap for the run, not one per process: each of N processes may spend
     cap/N. A rank that reaches its share stops, and so does every other rank at that step
-    (else they would wait forever in the next collective); the finished steps are saved."""
+    (else they would wait forever in the next collective); the finished steps are saved, and
+    the same command with a higher cap continues from them on both ranks."""
     monkeypatch.setattr(fs, "reply_text", lambda body: "Yes")
     # rank 1 ("Say bye") is judged at $0.02 a call, rank 0 ("Say hi") at $0.01: rank 1 reaches
     # its $0.10 share in step 2 (--price 0,10000 makes a 2-token call's worst case $0.02)
@@ -370,6 +371,13 @@ def test_ppo_as_two_processes_shares_max_cost_and_stops_every_rank_at_the_same_s
     spent = sum(0.02 if "Say bye" in json.dumps(b) else 0.01 for b in fault_server.bodies)
     assert spent <= 0.2 + 1e-9  # the run's cap, all ranks together
     assert len(json.loads((out / "ppo_history.json").read_text())) == 1
+    # re-run with a higher cap: both ranks load their own state and make steps 2 and 3 only
+    paid = len(fault_server.bodies)
+    flags[flags.index("--max-cost") + 1] = "1"
+    code, output, out = _two_ranks_of_ppo(plain_tiny, tmp_path, fault_server.base_url, *flags)
+    assert code == 0 and "training continues from step 2 of 3" in output, output[-3000:]
+    assert len(json.loads((out / "ppo_history.json").read_text())) == 3
+    assert len(fault_server.bodies) - paid == 2 * 8  # 2 steps x 2 ranks x 4 rollouts
 
 
 @pytest.mark.slow
@@ -384,3 +392,42 @@ def test_ppo_with_fewer_prompts_than_processes_is_refused_by_every_rank(
     assert (
         output.count("1 prompt(s) for 2 processes: give at least one prompt per process.") == 2
     ), output[-3000:]
+
+
+@pytest.mark.slow
+def test_ppo_stopped_by_max_cost_continues_from_its_last_step_when_re_run(
+    plain_tiny: Path, tmp_path: Path, fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop message promises that a re-run continues: it trains only the remaining steps,
+    draws the stopped step again as an uninterrupted run would (its paid judge call comes from
+    the cache), and ends with the same statistics as a run that was never stopped."""
+    monkeypatch.setattr(fs, "reply_text", lambda body: "Yes")
+    fault_server.report_cost = 0.01  # 4 calls, $0.04 a step: --max-cost 0.055 allows 5 calls
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Say hi\nSay bye\n")
+    out = tmp_path / "capped"
+    base = ["train", "ppo", str(prompts), "--model", f"hf:{plain_tiny}", "--reward-judge", "j",
+            "--judge-api-base", fault_server.base_url, "--steps", "3", "--batch-size", "4",
+            "--mini-batch-size", "2", "--max-new-tokens", "3", "--price", "0,5000",
+            "--concurrency", "1"]  # fmt: skip
+    r = CliRunner().invoke(app, [*base, "--out", str(out), "--max-cost", "0.055"])
+    assert r.exit_code == 1 and "1 finished step(s) are saved" in r.output, r.output
+    assert "with a higher --max-cost: training continues from step 2 of 3" in r.output, r.output
+    assert fault_server.paid == 5  # step 1 and one call of step 2
+    r = CliRunner().invoke(app, [*base, "--out", str(out), "--max-cost", "1", "--lr", "1e-3"])
+    assert r.exit_code == 1 and "with other settings (learning_rate)" in r.output, r.output
+
+    r = CliRunner().invoke(app, [*base, "--out", str(out), "--max-cost", "1"])
+    assert r.exit_code == 0, r.output
+    assert "1 step(s) were finished before; training continues from step 2 of 3" in r.output
+    resumed = json.loads((out / "ppo_history.json").read_text())
+    assert len(resumed) == 3 and fault_server.paid == 12  # 3 steps x 4 calls, none paid twice
+    assert [h["step"] for h in json.loads((out / "log_history.json").read_text())] == [1, 2, 3]
+    assert not (out / "resume_state").exists()  # the run reached its last step
+
+    whole = tmp_path / "whole"
+    r = CliRunner().invoke(app, [*base, "--out", str(whole), "--no-cache"])
+    assert r.exit_code == 0, r.output
+    straight = json.loads((whole / "ppo_history.json").read_text())
+    for key in ("kl", "policy_loss", "value_loss", "kl_coef", "response_length"):
+        assert [h[key] for h in resumed] == pytest.approx([h[key] for h in straight]), key

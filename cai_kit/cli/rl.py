@@ -136,7 +136,9 @@ def ppo(
     """PPO with a reward model or an AI judge as the reward (our own implementation).
 
     Runs unchanged under torchrun / accelerate launch: each rank samples its own slice of the
-    prompts with its own seed, statistics are averaged over ranks, rank 0 writes OUT."""
+    prompts with its own seed, statistics are averaged over ranks, rank 0 writes OUT. A run
+    stopped by --max-cost or a dead judge continues from its last finished step when the same
+    command is run again."""
     options = {k: v for k, v in locals().items() if k != "flags"}  # the flags, before any import
     from cai_kit.train.common import quiet_libraries
 
@@ -170,6 +172,11 @@ def _ppo(o: dict[str, Any], names: list[str], flags: dict[str, Any]) -> None:
         peft_config=None if o["full"] else lora_config(),
     )
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        settings = _resume(trainer, out, "ppo", base, o, cfg, texts)
+    except Exception:
+        _close(reward_fn)
+        raise
     tracker = Tracker(
         names, out, "ppo", config=dataclasses.asdict(cfg), enabled=trainer.is_main_process
     )
@@ -180,7 +187,7 @@ def _ppo(o: dict[str, Any], names: list[str], flags: dict[str, Any]) -> None:
         typer.echo(f"step {step + 1}/{steps}: reward {s['reward']:.3f}  kl {s['kl']:.3f}  entropy {s['entropy']:.2f}  "
                    f"clipfrac {s['clipfrac']:.3f}  value_loss {s['value_loss']:.4f}{failed}")  # fmt: skip
 
-    stopped = _train_own_loop(trainer, texts, reward_fn, steps, log, tracker, out)
+    stopped = _train_own_loop(trainer, texts, reward_fn, steps, log, tracker, out, settings)
     history = trainer.history
     if history and trainer.is_main_process:
         (out / "ppo_history.json").write_text(json.dumps(history, indent=1))
@@ -251,7 +258,9 @@ def online_dpo(
     decisive pairs (our own implementation).
 
     Runs unchanged under torchrun / accelerate launch: each rank samples its own slice of the
-    prompts with its own seed, the DPO step uses every rank's decisive pairs, rank 0 writes OUT."""
+    prompts with its own seed, the DPO step uses every rank's decisive pairs, rank 0 writes OUT.
+    A run stopped by --max-cost or a dead judge continues from its last finished step when the
+    same command is run again."""
     options = {k: v for k, v in locals().items() if k != "flags"}  # the flags, before any import
     from cai_kit.train.common import quiet_libraries
 
@@ -337,6 +346,11 @@ def _online_dpo(o: dict[str, Any], names: list[str], flags: dict[str, Any]) -> N
         _close(judge)
         raise
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        settings = _resume(trainer, out, "online-dpo", base, o, cfg, texts)
+    except CaiKitError:
+        _close(judge)
+        raise
     tracker = Tracker(names, out, "online-dpo", config=dataclasses.asdict(cfg),
                       enabled=trainer.is_main_process)  # fmt: skip
 
@@ -346,17 +360,35 @@ def _online_dpo(o: dict[str, Any], names: list[str], flags: dict[str, Any]) -> N
         typer.echo(f"step {step + 1}/{steps}: {loss}decisive {s['decisive']:.0f}  ties {s['ties']:.0f}  "
                    f"failed {s['failed']:.0f}")  # fmt: skip
 
-    stopped = _train_own_loop(trainer, texts, judge, steps, log, tracker, out)
+    stopped = _train_own_loop(trainer, texts, judge, steps, log, tracker, out, settings)
     _finish_own_loop(out, "online-dpo", base, o, cfg, trainer.history, stopped, trainer,
                      keys=("loss", "reward_margin", "reward_accuracy", "decisive", "ties", "failed"))  # fmt: skip
 
 
+def _resume(trainer: Any, out: Path, kind: str, base: str, o: dict[str, Any], cfg: Any,
+            texts: list[str]) -> dict[str, Any]:  # fmt: skip
+    """Continue a run that a stop left in OUT (cai_kit.train.resume); returns its settings."""
+    from cai_kit.train import resume
+
+    settings = resume.settings_of(
+        kind, base, o["full"], cfg, texts, trainer.accelerator.num_processes
+    )
+    finished = resume.load(trainer, out, settings)
+    if finished and trainer.is_main_process:
+        left = f"training continues from step {finished + 1} of {o['steps']}" if finished < o["steps"] \
+            else f"--steps {o['steps']}: no step is left"  # fmt: skip
+        typer.echo(f"Resuming {out}: {finished} step(s) were finished before; {left}.")
+    return settings
+
+
 def _train_own_loop(trainer: Any, texts: list[str], source: Any, steps: int, log: Any, tracker: Any,
-                    out: Path) -> Exception | None:  # fmt: skip
+                    out: Path, settings: dict[str, Any]) -> Exception | None:  # fmt: skip
     """Train one of our own loops; a dead judge or --max-cost stops it and is returned, not
-    raised, so the steps already made are kept: the model is saved when a step finished. The
-    reward or judge and the tracker are closed either way."""
+    raised, so the steps already made are kept: the model is saved when a step finished, with
+    what the same command needs to continue from there (OUT/resume_state, removed once the run
+    reaches its last step). The reward or judge and the tracker are closed either way."""
     from cai_kit.errors import CaiKitError
+    from cai_kit.train import resume
 
     stopped: CaiKitError | None = None
     try:
@@ -366,6 +398,10 @@ def _train_own_loop(trainer: Any, texts: list[str], source: Any, steps: int, log
     finally:
         _close(source)
         tracker.close()
+    if stopped is not None and trainer.history:
+        resume.save(trainer, out, settings)
+    elif stopped is None:
+        resume.clear(trainer, out)
     if trainer.history:
         trainer.save(str(out))
     return stopped
@@ -401,7 +437,11 @@ def _write_own_loop(out: Path, kind: str, base: str, o: dict[str, Any], cfg: Any
         (out / "train_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         plot_curves(logged, out / "training_curves.png", kind, keys=keys)
     if stopped is not None:
-        kept = (f"The {len(history)} finished step(s) are saved in {out}." if history
+        from cai_kit.errors import BudgetExceeded
+        from cai_kit.train.resume import continue_hint
+
+        hint = continue_hint(len(history), o["steps"], isinstance(stopped, BudgetExceeded))
+        kept = (f"The {len(history)} finished step(s) are saved in {out}. {hint}" if history
                 else "No step was finished.")  # fmt: skip
         raise CaiKitError(f"{stopped} {kept}")
     if main:
@@ -493,7 +533,10 @@ def grpo(
     report_to: ReportTo = None,
     **flags: Any,
 ) -> None:
-    """Online RLAIF with TRL's GRPO: our judge or reward model scores each sampled completion."""
+    """Online RLAIF with TRL's GRPO: our judge or reward model scores each sampled completion.
+
+    A run stopped by --max-cost or a dead judge saves OUT/checkpoint-N and continues from it
+    when the same command is run again."""
     options = {k: _plain(v) for k, v in locals().items() if k != "flags"}  # before any import
     import os
 

@@ -9,6 +9,7 @@
 - `batch_admin.py`     a run directory's open batches: list them, cancel them (`cai-kit batches`)
 - `cache.py`           the content-addressed call cache (SQLite)
 - `pricing.py`         prices: --price, litellm's cost map, the provider table
+- `spend.py`           what a run spent, said truthfully: "$X" or "cost unknown", never a silent $0
 - `cost_preview.py`    --dry-run: the calls a job would make and what they would cost
 - `gather.py`          asyncio helpers for calls that run side by side
 

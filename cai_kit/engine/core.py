@@ -71,7 +71,8 @@ class EngineStats:
     completion_tokens: int = 0  # every output token billed, hidden reasoning included
     cached_tokens: int = 0  # of prompt_tokens: read from the provider's prompt cache
     reasoning_tokens: int = 0  # of completion_tokens: hidden reasoning
-    cost: float = 0.0
+    cost: float = 0.0  # of the calls whose cost is known (cai_kit.engine.spend)
+    unpriced_calls: int = 0  # answered calls with no price and no reported cost
     in_flight_at_cap: int | None = None  # calls in flight when spending first reached --max-cost
     started: float = field(default_factory=time.monotonic)
 
@@ -82,12 +83,24 @@ class EngineStats:
         self.completion_tokens += u.completion_tokens
         self.cached_tokens += u.cached_tokens
         self.reasoning_tokens += u.reasoning_tokens
-        self.cost += completion.cost or 0.0
+        self.add_cost(completion.cost)
+
+    def add_cost(self, cost: float | None) -> None:
+        """Count one answered call's cost; None (no price, none reported) is unknown, not $0."""
+        if cost is None:
+            self.unpriced_calls += 1
+        else:
+            self.cost += cost
 
     def as_dict(self) -> dict[str, Any]:
+        """For manifest.json: `cost` is null when some call's cost is unknown (`cost_known`
+        false; `priced_cost` is then what the priced calls cost)."""
         d = asdict(self)
         d.pop("started")
-        d["cost"] = round(self.cost, 6)
+        d["cost_known"] = not self.unpriced_calls
+        d["cost"] = round(self.cost, 6) if d["cost_known"] else None
+        if not d["cost_known"]:
+            d["priced_cost"] = round(self.cost, 6)
         d["elapsed_s"] = round(time.monotonic() - self.started, 3)
         return d
 

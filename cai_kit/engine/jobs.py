@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from cai_kit.engine.base import CallFailed, Deferred
 from cai_kit.engine.batch_providers import NO_BATCH_API
 from cai_kit.engine.core import Engine, EngineConfig
+from cai_kit.engine.spend import spend_text, stats_spend
 from cai_kit.errors import BudgetExceeded, redact
 from cai_kit.llm.base import Backend
 from cai_kit.records import RunManifest, stable_hash
@@ -110,7 +111,7 @@ class JobSummary:
         parts.append(
             f"{s.get('calls', 0)} calls, {s.get('cache_hits', 0)} cache hits, {s.get('retries', 0)} retries"
         )
-        parts.append(f"{token_counts(s)}, ${s.get('cost', 0):.4f}")
+        parts.append(f"{token_counts(s)}, {stats_spend(s, hint=True)}")
         text = "; ".join(parts)
         if self.failed and self.sync_retry:
             text += f". The provider has no Batch API: `{self.retry_command()}` redoes them"
@@ -262,7 +263,8 @@ class _InfoColumn:
         s = self.engine.stats
         rate = s.calls / max(time.monotonic() - s.started, 1e-6)
         tokens = s.prompt_tokens + s.completion_tokens
-        text = f"failed {self.summary.failed} | {rate:.1f} calls/s | {tokens} tok | ${s.cost:.4f}"
+        spent = spend_text(s.cost, s.unpriced_calls)
+        text = f"failed {self.summary.failed} | {rate:.1f} calls/s | {tokens} tok | {spent}"
         batch = self.collector.status() if self.collector is not None else ""
         return f"{text} | {batch}" if batch else text
 

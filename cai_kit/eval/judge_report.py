@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cai_kit.engine.spend import cost_known, stats_spend
 from cai_kit.errors import DataError
 from cai_kit.io import latest_by_id, read_jsonl
 from cai_kit.records import PreferenceRecord, stable_hash
@@ -50,6 +51,7 @@ class JudgeReport:
     tokens_per_labelled_pair: float | None = None
     cost_per_labelled_pair: float | None = None
     usage_note: str | None = None  # why tokens / cost per labelled pair are not known
+    cost_note: str | None = None  # why the cost alone is not known (cai_kit.engine.spend)
     gold_agreement: float | None = None  # decisive pairs only (gold and judge both A or B)
     gold_matched: int = 0
     gold_agreement_with_ties: float | None = None  # gold and judge each A, B or tie
@@ -183,7 +185,10 @@ def build_report(
         rep.usage_note = "no usage recorded"
     else:
         rep.tokens_per_labelled_pair = round(tokens / labelled, 1)
-        rep.cost_per_labelled_pair = round(stats.get("cost", 0.0) / labelled, 6)
+        if cost_known(stats):
+            rep.cost_per_labelled_pair = round((stats.get("cost") or 0.0) / labelled, 6)
+        else:  # a server with no price and no reported cost: not free
+            rep.cost_note = stats_spend(stats, hint=True)
     if gold is not None:
         ai: dict[str, tuple[str, PreferenceRecord, bool]] = {}  # key -> (label, record, swapped)
         for r in records:
@@ -330,7 +335,7 @@ def render(rep: JudgeReport, max_disagreements: int = 10) -> str:
             ("tie rate", pct(rep.tie_rate)),
             ("failures", str(rep.failures)),
             ("tokens / labelled pair", na if rep.tokens_per_labelled_pair is None else f"{rep.tokens_per_labelled_pair:g}"),
-            ("cost / labelled pair (USD)", na if rep.cost_per_labelled_pair is None else f"{rep.cost_per_labelled_pair:.6f}")]  # fmt: skip
+            ("cost / labelled pair (USD)", rep.cost_note or na if rep.cost_per_labelled_pair is None else f"{rep.cost_per_labelled_pair:.6f}")]  # fmt: skip
     if rep.gold_agreement is not None or rep.gold_matched:
         rows.append(
             (

@@ -4,7 +4,8 @@
 
 Sections: models (student, teacher and the stages it serves), prompts (how many trained on,
 which held-out prompts were evaluated and where they came from), what `expand` did (generated,
-duplicates removed, kept, written), per-stage seconds, the win
+duplicates removed, kept, written), per-stage seconds, what each job spent ("cost unknown"
+where a server had no price and reported none), the win
 rate with a warning when the judge's ties make it meaningless, and the implicit-reward
 accuracy of the DPO and SFT models on held-out pairs (`cai_kit.eval.implicit_reward`), and
 what `infer` found: the principles kept with their agreement and decided counts, or "no
@@ -81,6 +82,30 @@ def _stages(run: Path, names: list[str]) -> list[str]:
     lines.append(f"| **total** | | {wall:.1f} | {cpu:.1f} |")
     lines += ["", f"Measured with load average {_load()} on {os.cpu_count()} CPU(s) at the end of the "
               "run: on a shared machine wall time grows with the load, CPU seconds do not."]  # fmt: skip
+    return lines
+
+
+def spend(run: Path) -> list[str]:
+    """What each job of the run spent, from the manifest.json of every job folder (the last run
+    of each job): "cost unknown" for a job whose server had no price and reported no cost."""
+    from cai_kit.engine.spend import cost_known, spend_text, stats_spend
+
+    lines = ["| job | command | calls | cost |", "|---|---|---:|---:|"]
+    total, unpriced = 0.0, 0
+    for path in sorted([*run.glob("*/manifest.json"), *run.glob("*/*/manifest.json")]):
+        try:
+            m = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        stats = m.get("stats") or {}
+        known = cost_known(stats)
+        total += float((stats.get("cost") if known else stats.get("priced_cost")) or 0.0)
+        unpriced += 0 if known else int(stats.get("unpriced_calls") or 0)
+        job = path.parent.relative_to(run).as_posix()
+        lines.append(f"| `{job}/` | {m.get('command', '')} | {stats.get('calls', 0)} | {stats_spend(stats)} |")  # fmt: skip
+    if len(lines) == 2:
+        return ["No job has run yet."]
+    lines.append(f"| **total** | | | {spend_text(total, unpriced, hint=True)} |")
     return lines
 
 
@@ -222,6 +247,7 @@ def write_report(r: Recipe, run: Path, names: list[str], split: Split) -> Path:
              *_prompts(split), "",
              *(["## Expand: new prompts", "", *_expand(r, run), ""] if r.expand is not None else []),
              "## Stages", "", *_stages(run, names), "",
+             "## Spend (the last run of each job)", "", *spend(run), "",
              "Outputs: `revise/revisions.jsonl`, `sft_data/`, `sft_model/`, `dpo_data/`, `dpo_model/`, "
              "`eval/report.md`, `implicit_reward/implicit_reward.json`; stage logs in `logs/`.", "",
              "## Evaluation: win rate of the DPO model against the student before training", ""]  # fmt: skip

@@ -104,24 +104,76 @@ def _RewardMetrics(scorer: Any) -> Any:
     return RewardMetrics()
 
 
+def _StepStart() -> Any:
+    """Keeps the random state of the start of the current step (`snapshot`), so that a run
+    stopped inside a step is saved as it was before that step: the re-run draws it again."""
+    import random
+
+    import numpy as np
+    import torch
+    from transformers import TrainerCallback
+
+    class StepStart(TrainerCallback):
+        snapshot: tuple[Any, ...] | None = None
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+            self.snapshot = (random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda)
+
+        def restore(self) -> None:
+            if self.snapshot is None:
+                return
+            py, nps, cpu, cuda = self.snapshot
+            random.setstate(py)
+            np.random.set_state(nps)
+            torch.set_rng_state(cpu)
+            if cuda is not None:
+                torch.cuda.set_rng_state_all(cuda)
+
+    return StepStart()
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    """OUT/checkpoint-N folders, oldest first (a stopped run's saved steps)."""
+    found = [p for p in out.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[11:]))
+
+
 def train_grpo(prompts: list[str], model: str, out: Path, scorer: Any, *, max_steps: int = 10, num_generations: int = 4,
                batch_size: int = 4, max_completion_length: int = 64, lr: float = 1e-5, full: bool = False, seed: int = 0,
                report_to: list[str] | None = None, options: dict[str, Any] | None = None) -> Path:  # fmt: skip
     """Train and write OUT: the model (adapter under LoRA), train_config.yaml, log_history.json
-    and training_curves.png (rank 0 writes)."""
+    and training_curves.png (rank 0 writes).
+
+    A stop (--max-cost reached, a dead judge) after k finished steps also saves TRL's checkpoint
+    OUT/checkpoint-k (weights, optimiser, scheduler, the random state at the start of the
+    stopped step); the same call again resumes from it and trains only the remaining steps."""
     import json
     import os
+    import shutil
 
     import yaml
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from cai_kit.errors import CaiKitError
+    from cai_kit.errors import BudgetExceeded, CaiKitError
     from cai_kit.train.report import plot_curves
+    from cai_kit.train.resume import check_settings, continue_hint, settings_of
     from cai_kit.train.tracking import trackio_project
 
-    check_group_size(batch_size, num_generations, int(os.environ.get("WORLD_SIZE", "1")))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    check_group_size(batch_size, num_generations, world)
     base = resolve_model(model)
+    shape = {"num_generations": num_generations, "batch_size": batch_size, "lr": lr, "seed": seed,
+             "max_completion_length": max_completion_length}  # fmt: skip
+    settings = settings_of("grpo", base, full, shape, prompts, world)
+    saved, step = _checkpoints(out), 0
+    if saved:  # a stopped run: continue it, if it ran with these settings
+        kept = saved[-1] / "cai_kit_resume.json"
+        step = int(saved[-1].name[11:])
+        check_settings(
+            settings, json.loads(kept.read_text()) if kept.is_file() else {}, step, saved[-1]
+        )
     ds = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
     args = GRPOConfig(
         output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=batch_size, num_generations=num_generations,
@@ -137,14 +189,29 @@ def train_grpo(prompts: list[str], model: str, out: Path, scorer: Any, *, max_st
     if hasattr(scorer, "last_metrics"):  # e.g. rubric/<principle>, also seen by the integrations
         trainer.callback_handler.callbacks.insert(0, _RewardMetrics(scorer))
 
+    step_start = _StepStart()
+    trainer.add_callback(step_start)
+    if saved and trainer.is_world_process_zero():
+        left = (f"training continues from step {step + 1} of {max_steps}" if step < max_steps
+                else f"--max-steps {max_steps}: no step is left")  # fmt: skip
+        print(f"Resuming {out}: {step} step(s) were finished before; {left}.")
     stopped: CaiKitError | None = None
     try:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=str(saved[-1]) if saved else None)
     except CaiKitError as exc:  # a dead judge or --max-cost: every rank stops at the same step
         stopped = exc
     steps = trainer.state.global_step
     if stopped is not None and not steps:
         raise CaiKitError(f"{stopped} No step was finished.")
+    if stopped is not None and step != steps:  # (step: where this call resumed, else 0)
+        step_start.restore()  # the RNG as the stopped step began: the re-run draws it again
+        trainer._save_checkpoint(trainer.model, trial=None)  # OUT/checkpoint-<steps>, every rank
+        if trainer.is_world_process_zero():
+            (out / f"checkpoint-{steps}" / "cai_kit_resume.json").write_text(json.dumps(settings))
+    if trainer.is_world_process_zero():  # older checkpoints, or all of them once finished
+        for old in _checkpoints(out):
+            if stopped is None or old.name != f"checkpoint-{steps}":
+                shutil.rmtree(old, ignore_errors=True)
     trainer.save_model(str(out))  # the model (adapter under LoRA) and tokenizer; rank 0 writes
     if trainer.is_world_process_zero():
         history = trainer.state.log_history
@@ -155,7 +222,8 @@ def train_grpo(prompts: list[str], model: str, out: Path, scorer: Any, *, max_st
         plot_curves(history, out / "training_curves.png", "grpo",
                     keys=("loss", "reward", "kl", "entropy", "judge_failed"))  # fmt: skip
     if stopped is not None:
-        raise CaiKitError(f"{stopped} The {steps} finished step(s) are saved in {out}.")
+        hint = continue_hint(steps, max_steps, isinstance(stopped, BudgetExceeded))
+        raise CaiKitError(f"{stopped} The {steps} finished step(s) are saved in {out}. {hint}")
     return out
 
 

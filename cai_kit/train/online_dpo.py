@@ -53,6 +53,7 @@ from cai_kit.errors import CaiKitError, ConfigError
 from cai_kit.llm.base import Backend
 from cai_kit.llm.registry import get_backend
 from cai_kit.train.ppo import PPOTrainer, policy_and_reference, token_logprobs
+from cai_kit.train.resume import StepMark
 from cai_kit.train.rewards import (
     JudgeFailed,
     _share_of_the_cap,
@@ -178,6 +179,8 @@ class OnlineDPOTrainer:
         if self.ref_model is not None:
             self.ref_model = self.ref_model.to(self.accelerator.device)
         self.history: list[dict[str, float]] = []
+        self.draws: Any = None  # the prompt draws' random state to start from (resume.load)
+        self.mark: StepMark | None = None  # the random state at the start of the current step
 
     @property
     def _lm(self) -> nn.Module:
@@ -227,7 +230,10 @@ class OnlineDPOTrainer:
                               "give at least one prompt per process.")  # fmt: skip
         mine = prompts[rank::world]
         rng = random.Random(cfg.seed + rank)
-        for step in range(steps):
+        if self.draws is not None:  # resumed (train.resume): the finished steps are in history
+            rng.setstate(self.draws)
+        for step in range(len(self.history), steps):
+            self.mark = StepMark.take(rng)
             batch = [rng.choice(mine) for _ in range(cfg.batch_size)]
             queries = [self._encode(p) for p in batch]
             t0 = time.perf_counter()
@@ -281,7 +287,15 @@ class OnlineDPOTrainer:
             self.history.append(stats)
             if log and acc.is_main_process:
                 log(step, stats)
+        self.mark = None
         return self.history
+
+    def loop_state(self) -> dict[str, Any]:
+        """Nothing is carried from step to step besides the weights and the draws."""
+        return {}
+
+    def load_loop_state(self, state: dict[str, Any]) -> None:
+        pass
 
     def save(self, out: str) -> None:
         """The model (adapter under LoRA) and tokenizer; rank 0 alone writes."""

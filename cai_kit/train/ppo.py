@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cai_kit.train.resume import StepMark
 from cai_kit.train.rewards import score_step
 
 
@@ -212,6 +213,8 @@ class PPOTrainer:
                        if config.adaptive_kl else FixedKLController(config.init_kl_coef))  # fmt: skip
         self._score_stats = [0.0, 1.0, 0]  # running mean, var, count (for normalize_rewards)
         self.history: list[dict[str, float]] = []
+        self.draws: Any = None  # the prompt draws' random state to start from (resume.load)
+        self.mark: StepMark | None = None  # the random state at the start of the current step
 
     @property
     def is_main_process(self) -> bool:
@@ -414,7 +417,10 @@ class PPOTrainer:
                               "give at least one prompt per process.")  # fmt: skip
         mine = prompts[acc.process_index :: acc.num_processes]
         rng = random.Random(self.config.seed + acc.process_index)
-        for step in range(steps):
+        if self.draws is not None:  # resumed (train.resume): the finished steps are in history
+            rng.setstate(self.draws)
+        for step in range(len(self.history), steps):
+            self.mark = StepMark.take(rng)
             batch = [rng.choice(mine) for _ in range(self.config.batch_size)]
             queries = [self._encode(p) for p in batch]
             t0 = time.perf_counter()
@@ -429,7 +435,15 @@ class PPOTrainer:
             stats.update(getattr(reward_fn, "last_metrics", {}))  # e.g. rubric/<principle>
             if log and acc.is_main_process:
                 log(step, stats)
+        self.mark = None
         return self.history
+
+    def loop_state(self) -> dict[str, Any]:
+        """What the loop carries from step to step besides the weights (for resume.save)."""
+        return {"kl_coef": self.kl_ctl.value, "score_stats": self._score_stats}
+
+    def load_loop_state(self, state: dict[str, Any]) -> None:
+        self.kl_ctl.value, self._score_stats = state["kl_coef"], list(state["score_stats"])
 
     def _encode(self, prompt: str) -> torch.Tensor:
         tok = self.tokenizer
