@@ -491,6 +491,18 @@ class BatchCollector:
                         continue
                     c = Completion.from_dict(body)
                     stats.calls += 1  # paid, answered or not
+                    if (
+                        not c.text.strip()
+                        and c.finish_reason == "length"
+                        and c.usage.reasoning_tokens
+                    ):
+                        self._failed[key] = (f"{c.model or 'the model'} spent its whole output "
+                                             f"cap ({c.usage.completion_tokens} tokens, "
+                                             f"{c.usage.reasoning_tokens} of them reasoning) "
+                                             "before answering: raise --reasoning-tokens or "
+                                             "lower --reasoning-effort.")  # fmt: skip
+                        failed += 1
+                        continue
                     if not c.text.strip() and not c.logprobs:  # never kept, as when synchronous
                         self._failed[key] = (f"{c.model or 'the model'} sent an empty reply "
                                              f"(finish_reason: {c.finish_reason}); it is not "

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cai_kit.llm.reasoning import ReasoningRules
+
 ChatMessages = list[dict[str, str]]  # OpenAI shape: [{"role": "user", "content": "..."}]
 
 
@@ -127,6 +129,10 @@ class Backend(ABC):
     kind: str = "base"  # registry name of the backend kind
     default_concurrency: int = 8
     supports_logprobs: bool = False
+
+    # What the model takes when it reasons (llm/reasoning.py): None where nothing is known. Set
+    # by the backends of hosted models; `fit` and the request builders read it.
+    reasoning: ReasoningRules | None = None
 
     def __init__(self, model: str) -> None:
         self.model = model

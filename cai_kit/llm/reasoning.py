@@ -46,10 +46,14 @@ import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, Protocol, TypeVar
 
 from cai_kit.llm import cost_map
 
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")  # OpenAI's set, least first
+# A stage default, not a provider value: the least effort the model takes (judges, --keep-if and
+# rubric scores answer a letter or a number). `fit_params` resolves it per model.
+LOWEST = "lowest"
 DESCRIBE_VAR = "CAI_KIT_REASONING_MODELS"
 
 # Hidden reasoning tokens count against the output cap (OpenAI: max_completion_tokens bounds
@@ -123,7 +127,9 @@ class ReasoningRules:
             )
         return None
 
-    def output_cap(self, answer_tokens: int, effort: str | None, allowance: int | None = None) -> int:
+    def output_cap(
+        self, answer_tokens: int, effort: str | None, allowance: int | None = None
+    ) -> int:
         """The output cap to send: the answer the stage needs plus room to think."""
         if not self.reasons:
             return answer_tokens
@@ -225,9 +231,11 @@ def _rules(model: str, described: str | None) -> ReasoningRules | None:
             return ReasoningRules(model, fam.reasons, takes, fam.default_effort, fam.refused,
                                   sampling, source)  # fmt: skip
     if reasons is None:
-        return ReasoningRules(model, False, source="litellm's model map") if _known_elsewhere(
-            model
-        ) else None
+        return (
+            ReasoningRules(model, False, source="litellm's model map")
+            if _known_elsewhere(model)
+            else None
+        )
     if not reasons:
         return ReasoningRules(model, False, source="litellm's model map")
     # A reasoning model of another family: its efforts from the map; the fields it refuses are
@@ -241,6 +249,34 @@ def reasoning_rules(model: str) -> ReasoningRules | None:
     `openrouter/openai/o4-mini`, or a name described in CAI_KIT_REASONING_MODELS); None when
     nothing is known of it (a model behind --api-base that is not described)."""
     return _rules(model, _described(model))
+
+
+class _Params(Protocol):
+    reasoning_effort: str | None
+    max_tokens: int
+
+    def replace(self, **changes: Any) -> Any: ...
+
+
+P = TypeVar("P", bound=_Params)
+
+
+def fit_params(rules: ReasoningRules | None, params: P, allowance: int | None = None) -> P:
+    """The parameters a call is really sent with (`Backend.fit`, applied by the engine and by
+    the stages' cost estimates, once per call: it is not idempotent). For a reasoning model:
+    the effort (the one asked for; LOWEST -> the least it takes; None -> its default) and an
+    output cap of the answer plus the effort's allowance (`allowance`: --reasoning-tokens). For
+    any other model the effort is dropped (a flag the model does not take is refused at start)."""
+    effort = params.reasoning_effort
+    if rules is None:  # nothing known (a name behind --api-base): sent as asked
+        return params.replace(reasoning_effort=None) if effort == LOWEST else params
+    if not rules.reasons:
+        return params.replace(reasoning_effort=None) if effort is not None else params
+    if effort == LOWEST:
+        effort = rules.lowest_effort
+    effort = effort or rules.default_effort
+    cap = rules.output_cap(params.max_tokens, effort, allowance)
+    return params.replace(reasoning_effort=effort, max_tokens=cap)
 
 
 def effort_timeout(effort: str | None, given: float) -> float:

@@ -106,8 +106,8 @@ def _judge_calls(r: Recipe, stage: str, role: str, prompts: list[PromptRecord], 
             [mm.model_dump() for mm in p.messages], answer, answer, const, cfg, model
         )
         calls += pairs_per_prompt * len(pair)
-        in_tok += pairs_per_prompt * sum(t for _, t, _ in pair)
-        out_tok += pairs_per_prompt * sum(t for _, _, t in pair)
+        in_tok += pairs_per_prompt * sum(c[1] for c in pair)
+        out_tok += pairs_per_prompt * sum(c[2] for c in pair)
     votes = f", {cfg.samples} votes each" if mode == "votes" else ""
     return StageEstimate(stage, "judge", model, calls, in_tok, out_tok, _price(r, model, base), f"both orders{votes}")  # fmt: skip
 
