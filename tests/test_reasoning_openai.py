@@ -264,3 +264,22 @@ def test_a_model_behind_api_base_is_described_by_an_environment_variable(
          "--api-base", fault_server.base_url, "--out", str(tmp_path / "g"))  # fmt: skip
     body = fault_server.bodies[-1]
     assert "max_completion_tokens" in body and "temperature" not in body
+
+
+def test_a_recipe_gives_the_teacher_and_its_judge_their_own_efforts(tmp_path: Path) -> None:
+    """Recipes keep the commands' defaults a reasoning teacher takes (no --temperature, no
+    --mode unless the recipe sets them) and pass teacher and judge efforts apart."""
+    from cai_kit.pipeline.recipe import parse_recipe
+    from cai_kit.pipeline.run import stages
+
+    prompts = _prompts(tmp_path / "p.jsonl", 4)
+    r = parse_recipe(
+        f"name: t\nprompts: {prompts}\nstudent: {{model: local}}\npreferences: judge\n"
+        "teacher: {model: openai/gpt-5-mini, reasoning_effort: high, judge_reasoning_effort: low}\n",
+        base=tmp_path,
+    )
+    plan = {s.name: s.argv for s in stages(r, tmp_path / "run", 4, 2)}
+    revise, prefs, ev = plan["revise"], plan["prefs"], plan["eval"]
+    assert "--temperature" not in revise and revise[revise.index("--reasoning-effort") + 1] == "high"
+    assert "--mode" not in prefs and prefs[prefs.index("--judge-reasoning-effort") + 1] == "low"
+    assert "--reasoning-effort" not in prefs and "--judge-reasoning-effort" in ev
