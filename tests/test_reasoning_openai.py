@@ -280,6 +280,39 @@ def test_a_recipe_gives_the_teacher_and_its_judge_their_own_efforts(tmp_path: Pa
     )
     plan = {s.name: s.argv for s in stages(r, tmp_path / "run", 4, 2)}
     revise, prefs, ev = plan["revise"], plan["prefs"], plan["eval"]
-    assert "--temperature" not in revise and revise[revise.index("--reasoning-effort") + 1] == "high"
+    assert (
+        "--temperature" not in revise and revise[revise.index("--reasoning-effort") + 1] == "high"
+    )
     assert "--mode" not in prefs and prefs[prefs.index("--judge-reasoning-effort") + 1] == "low"
     assert "--reasoning-effort" not in prefs and "--judge-reasoning-effort" in ev
+
+
+def test_openrouter_gets_its_reasoning_object_and_keeps_max_tokens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cai_kit.engine import EngineConfig
+    from cai_kit.engine.core import fit_call
+    from cai_kit.llm import GenParams, get_backend
+
+    monkeypatch.setenv("OPENROUTER_API_KEY", "x")
+    backend = get_backend("openrouter/openai/gpt-5-mini")
+    params = fit_call(EngineConfig(reasoning_effort="low"), backend, GenParams(max_tokens=100))
+    body = backend._body([{"role": "user", "content": "hi"}], params)  # type: ignore[attr-defined]
+    assert body["reasoning"] == {"effort": "low"} and "reasoning_effort" not in body
+    assert body["max_tokens"] == 100 + 4096 and "temperature" not in body
+
+
+def test_the_call_timeout_grows_with_the_effort_unless_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cai_kit.engine import Engine, EngineConfig
+    from cai_kit.llm import GenParams, get_backend
+
+    monkeypatch.setenv("OPENAI_API_KEY", "x")
+    backend = get_backend("openai/o4-mini")
+    high = GenParams(reasoning_effort="high")
+    assert Engine(EngineConfig(use_cache=False))._timeout(backend, high) == 600
+    assert Engine(EngineConfig(use_cache=False, timeout_given=True))._timeout(backend, high) == 120
+    assert backend.timeout_for(high) == 600  # type: ignore[attr-defined]  # its own client too
+    plain = get_backend("openai/gpt-4o-mini")
+    assert Engine(EngineConfig(use_cache=False))._timeout(plain, GenParams()) == 120
