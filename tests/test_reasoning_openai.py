@@ -134,6 +134,16 @@ def test_prefs_default_judge_mode_reads_the_letter_of_a_model_without_logprobs(
     assert rows and all(x["status"] == "ok" for x in rows)
     assert all(len(x["verdict"]["comparisons"]) == 2 for x in rows)  # both orders still count
     assert {c["source"] for x in rows for c in x["verdict"]["comparisons"]} == {"letter"}
+    # tokens and cost as billed: reasoning tokens are output, each model at its own price
+    billed_tokens = billed_cost = 0.0
+    for body, u in zip(openai.bodies, openai.usages, strict=True):
+        price = price_for(f"openai/{body['model']}", "openai-compat")
+        assert price is not None
+        billed_tokens += u["prompt_tokens"] + u["completion_tokens"]
+        billed_cost += price.cost(u["prompt_tokens"], u["completion_tokens"])
+    sampling, judging = r.output.split("judging:")
+    (t1, c1), (t2, c2) = _reported(sampling), _reported(judging)
+    assert t1 + t2 == billed_tokens and c1 + c2 == pytest.approx(billed_cost, abs=1e-4)
 
 
 def test_judge_mode_logprobs_with_o4_mini_is_refused_at_start(
