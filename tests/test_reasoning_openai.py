@@ -326,3 +326,24 @@ def test_the_call_timeout_grows_with_the_effort_unless_given(
     assert backend.timeout_for(high) == 600  # type: ignore[attr-defined]  # its own client too
     plain = get_backend("openai/gpt-4o-mini")
     assert Engine(EngineConfig(use_cache=False))._timeout(plain, GenParams()) == 120
+
+
+def test_constitution_infer_with_a_reasoning_model_in_the_default_judge_mode(
+    fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Proposals at the model's effort, verdicts at the least (their letter still comes back)."""
+    from tests.test_infer import _pairs, hidden_rule_model
+
+    monkeypatch.setenv("CAI_KIT_REASONING_MODELS", "teacher=openai/gpt-5-mini")
+    fault_server.serves["teacher"] = "gpt-5-mini"
+    fault_server.responder = hidden_rule_model
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _pairs()))
+    r = CliRunner().invoke(app, ["constitution", "infer", str(data), "--model", "teacher",
+                                 "--api-base", fault_server.base_url, "--out", str(tmp_path / "c.yaml"),
+                                 "--max-candidates", "4", "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "gives no log-probs: the judge reads its letter" in r.output
+    efforts = {b["reasoning_effort"] for b in fault_server.bodies}
+    assert efforts == {"medium", "minimal"}  # proposals; verdicts
+    assert "agreement 1.00  decided 12/12" in r.output

@@ -100,6 +100,11 @@ class ReasoningRules:
     refused: frozenset[str] = frozenset()  # refused while it reasons
     sampling_at: frozenset[str] = frozenset()  # efforts at which temperature/top_p are taken
     source: str = ""  # where the facts came from (for docs and error messages)
+    # hidden reasoning counts against the output cap (OpenAI: max_completion_tokens bounds
+    # "visible output tokens and reasoning tokens"), so the cap gets room to think. Only where a
+    # family row says so: elsewhere (DeepSeek's reasoner caps the answer after its reasoning,
+    # and caps it lower) a larger cap could be refused.
+    thinks_in_cap: bool = True
 
     def refuses(self, effort: str | None = None) -> frozenset[str]:
         if not self.reasons:
@@ -131,7 +136,7 @@ class ReasoningRules:
         self, answer_tokens: int, effort: str | None, allowance: int | None = None
     ) -> int:
         """The output cap to send: the answer the stage needs plus room to think."""
-        if not self.reasons:
+        if not self.reasons or not self.thinks_in_cap:
             return answer_tokens
         effort = effort or self.default_effort
         extra = REASONING_ALLOWANCE.get(effort, REASONING_ALLOWANCE[None])
@@ -149,6 +154,7 @@ class Family:
     refused: frozenset[str] = OPENAI_REASONING_REFUSES
     source: str = "OpenAI Chat Completions reference, reasoning_effort"
     reasons: bool = True
+    thinks_in_cap: bool = True  # its reasoning counts against the output cap
 
 
 _DATE = r"(-\d{4}-\d{2}-\d{2})?$"
@@ -220,7 +226,7 @@ def _rules(model: str, described: str | None) -> ReasoningRules | None:
             return None
         return ReasoningRules(model, like.reasons, like.efforts, like.default_effort,
                               like.refused, like.sampling_at,
-                              f"{DESCRIBE_VAR}: like {described}")  # fmt: skip
+                              f"{DESCRIBE_VAR}: like {described}", like.thinks_in_cap)  # fmt: skip
     bare = _bare(model)
     reasons, efforts = _from_map(model)
     for fam in FAMILIES:
@@ -229,7 +235,7 @@ def _rules(model: str, described: str | None) -> ReasoningRules | None:
             sampling = frozenset({"none"}) if "none" in takes else frozenset()
             source = fam.source if fam.efforts is not None else "litellm's model map"
             return ReasoningRules(model, fam.reasons, takes, fam.default_effort, fam.refused,
-                                  sampling, source)  # fmt: skip
+                                  sampling, source, fam.thinks_in_cap)  # fmt: skip
     if reasons is None:
         return (
             ReasoningRules(model, False, source="litellm's model map")
@@ -238,10 +244,11 @@ def _rules(model: str, described: str | None) -> ReasoningRules | None:
         )
     if not reasons:
         return ReasoningRules(model, False, source="litellm's model map")
-    # A reasoning model of another family: its efforts from the map; the fields it refuses are
-    # its provider's business (the litellm route maps effort to thinking budgets and drops them).
+    # A reasoning model of another family: its efforts from the map; the fields it refuses and
+    # whether its reasoning counts against the cap are its family row's to say (add one to
+    # FAMILIES; the litellm route maps effort to thinking budgets).
     return ReasoningRules(model, True, efforts, None, frozenset(), frozenset(),
-                          "litellm's model map")  # fmt: skip
+                          "litellm's model map", thinks_in_cap=False)  # fmt: skip
 
 
 def reasoning_rules(model: str) -> ReasoningRules | None:
