@@ -187,7 +187,7 @@ def _infer(r: Recipe, train: list[PromptRecord]) -> list[StageEstimate]:
     cfg = JudgeConfig(mode=i.mode)
     t_calls = t_in = t_out = 0
     for j in range(test):
-        for _, tin, tout in judge_calls(msgs[j % len(msgs)], a, a, const, cfg, model):
+        for _, tin, tout, *_ in judge_calls(msgs[j % len(msgs)], a, a, const, cfg, model):
             t_calls, t_in, t_out = t_calls + 1, t_in + tin, t_out + tout
     c = i.max_candidates
     return [
