@@ -347,3 +347,26 @@ def test_constitution_infer_with_a_reasoning_model_in_the_default_judge_mode(
     efforts = {b["reasoning_effort"] for b in fault_server.bodies}
     assert efforts == {"medium", "minimal"}  # proposals; verdicts
     assert "agreement 1.00  decided 12/12" in r.output
+
+
+def test_the_pipeline_estimate_counts_a_reasoning_teachers_room_to_think(tmp_path: Path) -> None:
+    from cai_kit.pipeline.estimate import estimate
+    from cai_kit.pipeline.recipe import parse_recipe
+    from cai_kit.pipeline.split import split_prompts
+
+    prompts = _prompts(tmp_path / "p.jsonl", 8)
+    rows = {}
+    for teacher in ("openai/gpt-4o-mini", "openai/gpt-5-mini"):
+        r = parse_recipe(
+            f"name: t\nprompts: {prompts}\nstudent: {{model: local}}\npreferences: judge\n"
+            f"teacher: {{model: {teacher}, reasoning_effort: low}}\n"
+            "revise: {rounds: 1, max_tokens: 100}\nprefs: {max_tokens: 100}\n",
+            base=tmp_path,
+        )
+        rows[teacher] = {(x.stage, x.role): x for x in estimate(r, split_prompts(r))}
+    plain, thinking = rows["openai/gpt-4o-mini"], rows["openai/gpt-5-mini"]
+    resp = ("revise", "responses")
+    assert thinking[resp].output_tokens == plain[resp].output_tokens * (100 + 4096) // 100
+    judged = ("prefs", "judge")
+    per_call = thinking[judged].output_tokens // thinking[judged].calls
+    assert per_call == 4 + 1024  # a verdict at minimal: the least gpt-5-mini takes
