@@ -370,3 +370,17 @@ def test_the_pipeline_estimate_counts_a_reasoning_teachers_room_to_think(tmp_pat
     judged = ("prefs", "judge")
     per_call = thinking[judged].output_tokens // thinking[judged].calls
     assert per_call == 4 + 1024  # a verdict at minimal: the least gpt-5-mini takes
+
+
+def test_an_effort_that_is_no_effort_is_refused_even_for_an_unknown_model(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    r = CliRunner().invoke(app, ["generate", str(_prompts(tmp_path / "p.jsonl", 1)), "--model", "anything",
+                                 "--api-base", fault_server.base_url, "--out", str(tmp_path / "g"),
+                                 "--reasoning-effort", "extreme"])  # fmt: skip
+    assert r.exit_code == 2 and "--reasoning-effort takes one of none, minimal" in r.output
+    assert fault_server.requests == 0
+    _cli("generate", str(_prompts(tmp_path / "p.jsonl", 1)), "--model", "anything",
+         "--api-base", fault_server.base_url, "--out", str(tmp_path / "g"), "--reasoning-effort", "high")  # fmt: skip
+    assert fault_server.bodies[-1]["reasoning_effort"] == "high"  # unknown: sent as asked
+    assert fault_server.bodies[-1]["max_tokens"] == 256  # and nothing added or left out

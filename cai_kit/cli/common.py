@@ -349,14 +349,16 @@ def check_reasoning(
     effort it does not take, or a value the user set for a field it refuses at that effort
     (`values`: e.g. temperature=0.3; only those the user gave are checked, a stage default is
     simply not sent). `judge`: the backend's judge-like calls (--judge-reasoning-effort)."""
-    from cai_kit.llm.reasoning import LOWEST
+    from cai_kit.llm.reasoning import EFFORTS, LOWEST
 
     rules = getattr(backend, "reasoning", None)
     flag = "--reasoning-effort"
     effort = flags.get("reasoning_effort")
     if judge and "judge_reasoning_effort" in flags:
         flag, effort = "--judge-reasoning-effort", flags.get("judge_reasoning_effort")
-    if rules is None:
+    if rules is None:  # nothing known of the model: sent as given, if it is a value at all
+        if effort is not None and effort not in EFFORTS:
+            fail(f"{flag} takes one of {', '.join(EFFORTS)}; not {effort!r}.", 2)
         return
     if effort is not None and (why := rules.effort_error(effort, flag)) is not None:
         fail(why, 2)
