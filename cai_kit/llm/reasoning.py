@@ -136,9 +136,9 @@ class ReasoningRules:
         self, answer_tokens: int, effort: str | None, allowance: int | None = None
     ) -> int:
         """The output cap to send: the answer the stage needs plus room to think."""
-        if not self.reasons or not self.thinks_in_cap:
-            return answer_tokens
         effort = effort or self.default_effort
+        if not self.reasons or not self.thinks_in_cap or effort == "none":  # none: no thinking
+            return answer_tokens
         extra = REASONING_ALLOWANCE.get(effort, REASONING_ALLOWANCE[None])
         return answer_tokens + (extra if allowance is None else allowance)
 
