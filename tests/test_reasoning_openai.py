@@ -384,3 +384,14 @@ def test_an_effort_that_is_no_effort_is_refused_even_for_an_unknown_model(
          "--api-base", fault_server.base_url, "--out", str(tmp_path / "g"), "--reasoning-effort", "high")  # fmt: skip
     assert fault_server.bodies[-1]["reasoning_effort"] == "high"  # unknown: sent as asked
     assert fault_server.bodies[-1]["max_tokens"] == 256  # and nothing added or left out
+
+
+def test_a_batch_answer_emptied_by_reasoning_fails_naming_the_flag(
+    openai: FaultServer, tmp_path: Path
+) -> None:
+    openai.reasoning_tokens["medium"] = 100_000
+    out = tmp_path / "g"
+    _cli("generate", str(_prompts(tmp_path / "p.jsonl", 2)), "--model", "openai/gpt-5-mini",
+         "--out", str(out), "--batch-api", code=1)  # fmt: skip
+    errors = [x["error"] for x in _rows(out / "generations.jsonl")]
+    assert len(errors) == 2 and all("raise --reasoning-tokens" in e for e in errors), errors
