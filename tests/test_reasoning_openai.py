@@ -63,7 +63,7 @@ def _billed(server: FaultServer, model: str) -> tuple[int, float]:
 
 
 def _reported(output: str) -> tuple[int, float]:
-    m = re.search(r"(\d+) tokens, \$([\d.]+)", output)
+    m = re.search(r"(\d+) tokens, \$(\d+\.\d+)", output)
     assert m, output
     return int(m[1]), float(m[2])
 
@@ -202,6 +202,8 @@ def test_an_answer_emptied_by_reasoning_fails_naming_the_flag_and_is_not_cached(
     errors = [x["error"] for x in _rows(out / "generations.jsonl")]
     assert all("--reasoning-tokens" in e and "reasoning" in e for e in errors), errors
     assert openai.paid == 2  # billed, and not retried: the same cap is spent the same way
+    tokens, cost = _billed(openai, "openai/gpt-5-mini")
+    assert _reported(r.output) == (tokens, pytest.approx(cost, abs=5e-5))  # and counted
     openai.reasoning_tokens["medium"] = 128
     r = _cli(*args, "--reasoning-tokens", "500")  # never cached: asked again, and answered
     assert "2 done; 0 failed" in r.output and openai.paid == 4
@@ -391,7 +393,9 @@ def test_a_batch_answer_emptied_by_reasoning_fails_naming_the_flag(
 ) -> None:
     openai.reasoning_tokens["medium"] = 100_000
     out = tmp_path / "g"
-    _cli("generate", str(_prompts(tmp_path / "p.jsonl", 2)), "--model", "openai/gpt-5-mini",
-         "--out", str(out), "--batch-api", code=1)  # fmt: skip
+    r = _cli("generate", str(_prompts(tmp_path / "p.jsonl", 2)), "--model", "openai/gpt-5-mini",
+             "--out", str(out), "--batch-api", code=1)  # fmt: skip
     errors = [x["error"] for x in _rows(out / "generations.jsonl")]
     assert len(errors) == 2 and all("raise --reasoning-tokens" in e for e in errors), errors
+    tokens, cost = _billed(openai, "openai/gpt-5-mini")  # paid for nothing, and counted
+    assert tokens > 0 and _reported(r.output) == (tokens, pytest.approx(cost / 2, abs=5e-5))

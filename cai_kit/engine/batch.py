@@ -490,7 +490,13 @@ class BatchCollector:
                         failed += 1
                         continue
                     c = Completion.from_dict(body)
-                    stats.calls += 1  # paid, answered or not
+                    stats.calls += 1  # paid, answered or not: its tokens are counted either way
+                    if c.cost is None and price is not None:  # at the batch price
+                        c.cost = price.cost(c.usage.prompt_tokens, c.usage.completion_tokens,
+                                            batch=True)  # fmt: skip
+                    stats.prompt_tokens += c.usage.prompt_tokens
+                    stats.completion_tokens += c.usage.completion_tokens
+                    stats.cost += c.cost or 0.0
                     if (
                         not c.text.strip()
                         and c.finish_reason == "length"
@@ -509,12 +515,6 @@ class BatchCollector:
                                              "kept as an answer.")  # fmt: skip
                         failed += 1
                         continue
-                    if c.cost is None and price is not None:  # at the batch price
-                        c.cost = price.cost(c.usage.prompt_tokens, c.usage.completion_tokens,
-                                            batch=True)  # fmt: skip
-                    stats.prompt_tokens += c.usage.prompt_tokens
-                    stats.completion_tokens += c.usage.completion_tokens
-                    stats.cost += c.cost or 0.0
                     ok += 1
                     yield key, c
 
