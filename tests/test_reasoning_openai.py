@@ -399,3 +399,27 @@ def test_a_batch_answer_emptied_by_reasoning_fails_naming_the_flag(
     assert len(errors) == 2 and all("raise --reasoning-tokens" in e for e in errors), errors
     tokens, cost = _billed(openai, "openai/gpt-5-mini")  # paid for nothing, and counted
     assert tokens > 0 and _reported(r.output) == (tokens, pytest.approx(cost / 2, abs=5e-5))
+
+
+def test_a_trainers_reasoning_judge_thinks_least_unless_asked_and_gets_its_answer(
+    fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The judge reward of `train grpo|ppo|online-dpo` (its engine, its --reasoning-effort)."""
+    from cai_kit.constitution import load_constitution
+    from cai_kit.engine import EngineConfig
+    from cai_kit.train.rewards import JudgeScorer
+
+    monkeypatch.setenv("CAI_KIT_REASONING_MODELS", "j=openai/o4-mini")
+    fault_server.serves["j"] = "o4-mini"
+    fault_server.responder = lambda body, rng: "Yes"
+    for effort, sent in ((None, "low"), ("high", "high")):
+        cfg = EngineConfig(quiet=True, max_retries=0, judge_reasoning_effort=effort)
+        scorer = JudgeScorer("j", load_constitution("harmless"), fault_server.base_url,
+                             engine_config=cfg)  # fmt: skip
+        try:
+            assert scorer(["q"], [f"r {effort}"]) == [1.0] and scorer.last_failed == 0
+        finally:
+            scorer.close()
+        body = fault_server.bodies[-1]
+        assert body["reasoning_effort"] == sent and "logprobs" not in body
+        assert body["max_completion_tokens"] == 2 + (4096 if sent == "low" else 16384)
