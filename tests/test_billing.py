@@ -116,7 +116,7 @@ def test_revise_reports_cached_tokens_and_prices_them_at_the_cached_rate(
     assert stats["cost"] == pytest.approx(billed, abs=2e-6)
     full = _bill(server.billed, MINI["in"], MINI["out"], MINI["in"])
     assert billed < full  # (the old code charged every cached token at the input rate)
-    assert f"({cached} cached)" in out and f"${billed:.4f}" in out
+    assert f"({cached} cached" in out and f"${billed:.4f}" in out
 
 
 def test_batch_lines_count_cached_tokens_at_the_batch_cached_rate(
@@ -139,12 +139,14 @@ def test_reasoning_tokens_are_billed_as_output_and_shown(
     openai_at_server: FaultServer, tmp_path: Path
 ) -> None:
     server = openai_at_server
-    server.reasoning_tokens = 40  # of every answer's completion tokens
+    # gpt-5-mini thinks 40 tokens at any effort before it answers (of its completion tokens)
+    server.reasoning_tokens = dict.fromkeys(server.reasoning_tokens, 40)
     run = tmp_path / "g"
     out = _cli("generate", str(_prompts(tmp_path / "p.jsonl", 3)), "--model", "openai/gpt-5-mini",
                "--max-tokens", "100", "--out", str(run))  # fmt: skip
     stats = _stats(run)
-    assert stats["reasoning_tokens"] == 120 and stats["completion_tokens"] == 300
+    assert stats["reasoning_tokens"] == 120
+    assert stats["completion_tokens"] == sum(u["completion_tokens"] for u in server.billed)
     assert stats["cost"] == pytest.approx(_bill(server.billed, 0.25, 2.0, 0.025), abs=2e-6)
     assert "(120 reasoning)" in out
 
@@ -271,14 +273,14 @@ def test_an_empty_batch_answer_is_still_counted_as_billed(
     """A reasoning model that spends its whole cap thinking answers nothing, and is billed for
     it: the batch line's tokens and cost count even though the row fails (as synchronously)."""
     server = openai_at_server
-    server.reasoning_tokens = 64
     server.script = ["empty", "ok", "ok"]
     run = tmp_path / "g"
     out = _cli("generate", str(_prompts(tmp_path / "p.jsonl", 3)), "--model", "openai/gpt-5-mini",
                "--max-tokens", "64", "--out", str(run), "--batch-api", code=3)  # fmt: skip
     assert "2 done; 1 failed" in out
     stats = _stats(run)
-    assert len(server.billed) == 3 and stats["completion_tokens"] == 3 * 64
+    assert len(server.billed) == 3
+    assert stats["completion_tokens"] == sum(u["completion_tokens"] for u in server.billed)
     batch = _bill(server.billed, MINI["batch_in"], MINI["batch_out"], MINI["batch_cached"])
     assert stats["cost"] == pytest.approx(batch, abs=2e-6)
 
@@ -290,8 +292,8 @@ def test_a_reasoning_judge_run_reports_what_the_server_billed_and_judge_report_d
     manifest's cost equals the server's bill at gpt-5-mini's rates, and `judge-report`'s cost
     per labelled pair is that bill over the labelled pairs."""
     server = openai_at_server
-    server.usage_by_length = False  # 10 tokens in, 10 + 30 reasoning out per answer
-    server.reasoning_tokens = 30
+    server.usage_by_length = False  # 10 tokens in, 30 reasoning + 10 out per answer
+    server.reasoning_tokens = dict.fromkeys(server.reasoning_tokens, 30)
     # a consistent judge: the response that says yes, in either order
     server.responder = lambda body, rng: (
         "A" if re.search(r"RESPONSE-A-\w+>>>\nyes", str(body["messages"][-1]["content"])) else "B"

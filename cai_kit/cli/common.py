@@ -137,6 +137,36 @@ BatchDeadlineOpt = Annotated[
         "its other calls fail (default: 24 h, the providers' completion window).",
     ),
 ]
+ReasoningEffortOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--reasoning-effort",
+        help="How hard a reasoning model thinks (none, minimal, low, medium, high, xhigh; "
+        "which ones a model takes: docs/backends.md). Default: the model's own (OpenAI gpt-5, "
+        "o-series: medium; gpt-5.1: none). Commands without --judge-reasoning-effort use it for "
+        "their judge calls too. Ignored by models that do not reason; refused at start where "
+        "a reasoning model does not take the value.",
+    ),
+]
+JudgeReasoningEffortOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--judge-reasoning-effort",
+        help="Effort of the judge-like calls (verdicts, --keep-if, rubric scores), which answer "
+        "a letter or a number. Default: the least the model takes (gpt-5-mini: minimal; "
+        "o4-mini: low; gpt-5.1: none).",
+    ),
+]
+ReasoningTokensOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--reasoning-tokens",
+        min=0,
+        help="Room to think added to each answer's output cap for a reasoning model (hidden "
+        "reasoning counts against the cap). Default by effort: minimal 1024, low 4096, medium "
+        "8192, high 16384, xhigh 32768 (docs/backends.md). The cap is what --max-cost reserves.",
+    ),
+]
 ShardOpt = Annotated[
     str | None,
     typer.Option("--shard", help="Process shard I of N (e.g. 2/8); results merge by record id."),
@@ -160,6 +190,9 @@ JOB_FLAGS: dict[str, tuple[Any, Any]] = {
     "service_tier": (ServiceTierOpt, None),
     "no_prompt_cache": (NoPromptCacheOpt, False),
     "quiet": (QuietOpt, False),
+    "reasoning_effort": (ReasoningEffortOpt, None),
+    "judge_reasoning_effort": (JudgeReasoningEffortOpt, None),
+    "reasoning_tokens": (ReasoningTokensOpt, None),
 }
 TRAINER_WITHOUT = (
     "dry_run",
@@ -168,7 +201,10 @@ TRAINER_WITHOUT = (
     "batch_deadline",
     "service_tier",
     "no_prompt_cache",
+    "judge_reasoning_effort",  # the judge is the only hosted model: --reasoning-effort is its
 )  # trainers call a judge, but run no data job
+# Commands whose only calls are a stage's own, or only a judge's: --reasoning-effort is all
+NO_SEPARATE_JUDGE = ("judge_reasoning_effort",)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -229,6 +265,9 @@ def engine_config(
     dry_run: bool = False,
     batch_api: bool = False,
     batch_deadline: float | None = None,
+    reasoning_effort: str | None = None,
+    judge_reasoning_effort: str | None = None,
+    reasoning_tokens: int | None = None,
 ):  # type: ignore[no-untyped-def]
     """Build an EngineConfig from the shared CLI options."""
     from cai_kit.engine import EngineConfig
@@ -253,7 +292,25 @@ def engine_config(
         dry_run=dry_run,
         batch_api=batch_api,
         batch_deadline_s=batch_deadline,
+        timeout_given=given("timeout"),
+        reasoning_effort=reasoning_effort,
+        judge_reasoning_effort=judge_reasoning_effort,
+        reasoning_tokens=reasoning_tokens,
     )
+
+
+def given(name: str) -> bool:
+    """Whether the user set option `name` (on the command line or by its environment
+    variable), as opposed to its default: a stage default a model refuses is simply not sent,
+    a value the user set is refused at start."""
+    try:  # typer >= 0.17 carries its own click
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - an older typer on click
+        from click import get_current_context
+
+    ctx = get_current_context(silent=True)
+    source = ctx.get_parameter_source(name) if ctx is not None else None
+    return getattr(source, "name", None) in ("COMMANDLINE", "ENVIRONMENT")
 
 
 ENGINE_KEYS = (
@@ -270,12 +327,20 @@ ENGINE_KEYS = (
     "dry_run",
     "batch_api",
     "batch_deadline",
+    "reasoning_effort",
+    "judge_reasoning_effort",
+    "reasoning_tokens",
 )
 
 
 def engine_config_from(values: dict):  # type: ignore[no-untyped-def,type-arg]
-    """EngineConfig from a command's locals(): every job command names its options the same way."""
-    return engine_config(**{k: values[k] for k in ENGINE_KEYS if k in values})
+    """EngineConfig from a command's locals(): every job command names its options the same way.
+    A command without --judge-reasoning-effort (one model's calls only: `judge`, the trainers'
+    judge) gives its judge-like calls --reasoning-effort."""
+    picked = {k: values[k] for k in ENGINE_KEYS if k in values}
+    if "judge_reasoning_effort" not in values:
+        picked["judge_reasoning_effort"] = values.get("reasoning_effort")
+    return engine_config(**picked)
 
 
 def replay_argv(command: str) -> list[str]:
@@ -299,6 +364,8 @@ def job_backend(model: str, api_base: str | None, flags: dict[str, Any]):  # typ
     if tier is not None:
         _check_service_tier(model, api_base, tier, batch_api=bool(flags.get("batch_api")))
         backend.service_tier = tier
+    if hasattr(backend, "timeout_given"):  # a reasoning call's timeout grows unless given
+        backend.timeout_given = given("timeout")
     return backend
 
 
@@ -315,6 +382,41 @@ def _check_service_tier(model: str, api_base: str | None, tier: str, *, batch_ap
         fail(f"--service-tier {tier}: no {tier} price is known for {model}"
              + (" at an --api-base" if api_base is not None else "")
              + " (OpenAI's flex tier: gpt-5.x, o3, o4-mini); leave the flag out.")  # fmt: skip
+
+
+def check_reasoning(
+    backend: Any, flags: dict[str, Any], *, judge: bool = False, **values: Any
+) -> None:
+    """Refuse at start, in one sentence, what a reasoning model would refuse on every row: an
+    effort it does not take, or a value the user set for a field it refuses at that effort
+    (`values`: e.g. temperature=0.3; only those the user gave are checked, a stage default is
+    simply not sent). `judge`: the backend's judge-like calls (--judge-reasoning-effort)."""
+    from cai_kit.llm.reasoning import EFFORTS, LOWEST
+
+    rules = getattr(backend, "reasoning", None)
+    flag = "--reasoning-effort"
+    effort = flags.get("reasoning_effort")
+    if judge and "judge_reasoning_effort" in flags:
+        flag, effort = "--judge-reasoning-effort", flags.get("judge_reasoning_effort")
+    if rules is None:  # nothing known of the model: sent as given, if it is a value at all
+        if effort is not None and effort not in EFFORTS:
+            fail(f"{flag} takes one of {', '.join(EFFORTS)}; not {effort!r}.", 2)
+        return
+    if effort is not None and (why := rules.effort_error(effort, flag)) is not None:
+        fail(why, 2)
+    at = effort or (rules.lowest_effort if judge else rules.default_effort)
+    for name, value in values.items():
+        if not given(name) or name not in rules.refuses(at if at != LOWEST else None):
+            continue
+        if name == "temperature" and float(value) == 1.0:
+            continue  # OpenAI takes its default, 1: it is simply not sent
+        other = [e for e in rules.efforts if name not in rules.refuses(e)]
+        hint = f", or pass {flag} {other[0]}" if other else ""
+        fail(
+            f"{backend.model} does not take --{name.replace('_', '-')} at reasoning effort "
+            f"{at} ({rules.source}): drop --{name.replace('_', '-')}{hint}.",
+            2,
+        )
 
 
 def keys_needed(*models: tuple[str, str | None]) -> str:
@@ -344,3 +446,25 @@ def exit_for(*summaries: Any) -> None:
     code = worst_exit(*summaries)
     if code:
         raise typer.Exit(code)
+
+
+def check_judge_mode(backend: Any, mode: str, flags: dict[str, Any]) -> None:
+    """A judge that cannot give log-probs (a reasoning model, a provider without them): the
+    default mode reads its letter instead (both orders still count) and says so once; a
+    --mode logprobs the user asked for is refused at start."""
+    if mode != "logprobs":
+        return
+    rules = getattr(backend, "reasoning", None)
+    effort = flags.get("judge_reasoning_effort") if "judge_reasoning_effort" in flags else None
+    effort = effort or flags.get("reasoning_effort")
+    if rules is not None and rules.reasons:
+        effort = effort or rules.lowest_effort
+    logprobs_at = getattr(backend, "logprobs_at", None)
+    able = logprobs_at(effort) if logprobs_at is not None else backend.supports_logprobs
+    if able:
+        return
+    if given("mode"):
+        fail(f"{backend.model} gives no log-probs (at reasoning effort {effort}), so --mode "
+             "logprobs cannot work: use --mode letter, or --mode votes for soft labels.", 2)  # fmt: skip
+    typer.echo(f"Note: {backend.model} gives no log-probs: the judge reads its letter in both "
+               "orders (--mode votes gives soft labels by sampling).", err=True)  # fmt: skip

@@ -15,6 +15,8 @@ from cai_kit.cli.common import (
     EXIT_CODES_HELP,
     LimitOpt,
     MaxTokensOpt,
+    check_judge_mode,
+    check_reasoning,
     exit_for,
     job_flags,
     keys_needed,
@@ -36,6 +38,14 @@ eval_app = typer.Typer(
     help="Evaluate models: win rate against a baseline, harmlessness and rubric pass rates, reward-model accuracy.",
     no_args_is_help=True,
 )
+
+
+def _check_reasoning(built: dict[str, Any], flags: dict[str, Any], **values: Any) -> None:
+    """check_reasoning for each role's backend (the judge's effort is --judge-reasoning-effort)."""
+    for role, backend in built.items():
+        check_reasoning(
+            backend, flags, judge=role == "judge", **({} if role == "judge" else values)
+        )
 
 
 @eval_app.command("winrate", epilog=EXIT_CODES_HELP)
@@ -90,10 +100,17 @@ def winrate(
 
     cfg = _judge_cfg(mode, samples, principles, tie_margin, seed)
     backend = _backends(api_base, flags)
+    built = {
+        role: backend(name)
+        for role, name in (("model", model), ("baseline", baseline), ("judge", judge))
+    }
+    _check_reasoning(built, flags, temperature=temperature)
+    check_judge_mode(built["judge"], mode, flags)
     summary, rep = run_winrate(
-        load_prompts(prompts, limit=limit).records, model=backend(model), baseline=backend(baseline), judge=backend(judge),
+        load_prompts(prompts, limit=limit).records, model=built["model"], baseline=built["baseline"], judge=built["judge"],
         models={"model": model, "baseline": baseline, "judge": judge}, constitution=load_constitution(constitution),
-        cfg=cfg, params=GenParams(temperature=temperature, max_tokens=max_tokens, seed=seed), out_dir=out,
+        cfg=cfg, params=GenParams(temperature=temperature, max_tokens=max_tokens, seed=seed,
+                                  reasoning_effort=flags["reasoning_effort"]), out_dir=out,
         engine_config=engine_config_from(flags), argv=replay_argv("eval"),
     )  # fmt: skip
     typer.echo(summary.line())
@@ -142,9 +159,12 @@ def harmlessness(
 
     backend = _backends(api_base, flags)
     roles = {"model": backend(model), **({"baseline": backend(baseline)} if baseline else {})}
+    judged = backend(judge)
+    _check_reasoning({**roles, "judge": judged}, flags)
     summary, _ = run_harmlessness(
-        load_prompts(prompts, limit=limit).records, models=roles, judge=backend(judge), judge_name=judge,  # type: ignore[arg-type]
-        constitution=load_constitution(constitution), params=GenParams(temperature=0.0, max_tokens=max_tokens, seed=seed),
+        load_prompts(prompts, limit=limit).records, models=roles, judge=judged, judge_name=judge,  # type: ignore[arg-type]
+        constitution=load_constitution(constitution), params=GenParams(temperature=0.0, max_tokens=max_tokens, seed=seed,
+                                                                       reasoning_effort=flags["reasoning_effort"]),
         out_dir=out, engine_config=engine_config_from(flags), argv=replay_argv("eval"),
     )  # fmt: skip
     typer.echo(summary.line())
@@ -206,9 +226,12 @@ def rubric(
     rub = Rubric(load_constitution(constitution), combine, threshold, seed=seed)
     backend = _backends(api_base, flags)
     roles = {"model": backend(model), **({"baseline": backend(baseline)} if baseline else {})}
+    scorer = backend(judge) if judge and rub.needs_judge else None
+    _check_reasoning({**roles, **({"judge": scorer} if scorer else {})}, flags)
     summary, rep = run_rubric_eval(
-        load_prompts(prompts, limit=limit).records, models=roles, judge=backend(judge) if judge and rub.needs_judge else None,  # type: ignore[arg-type]
-        judge_name=judge, rubric=rub, params=GenParams(temperature=0.0, max_tokens=max_tokens, seed=seed),
+        load_prompts(prompts, limit=limit).records, models=roles, judge=scorer,  # type: ignore[arg-type]
+        judge_name=judge, rubric=rub, params=GenParams(temperature=0.0, max_tokens=max_tokens, seed=seed,
+                                                       reasoning_effort=flags["reasoning_effort"]),
         out_dir=out, engine_config=engine_config_from(flags), argv=replay_argv("eval"), seed=seed,
     )  # fmt: skip
     typer.echo(summary.line())

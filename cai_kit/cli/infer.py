@@ -47,7 +47,13 @@ def infer(
 ) -> None:  # fmt: skip
     """Infer a constitution from preference labels (Inverse Constitutional AI): propose
     principles per pair, merge near-duplicates, keep those that predict held-out labels."""
-    from cai_kit.cli.common import exit_for, job_backend, keys_needed
+    from cai_kit.cli.common import (
+        check_judge_mode,
+        check_reasoning,
+        exit_for,
+        job_backend,
+        keys_needed,
+    )
     from cai_kit.cli.judge import _judge_cfg
     from cai_kit.llm.base import GenParams
     from cai_kit.stages.infer import (
@@ -67,12 +73,16 @@ def infer(
         holdout=holdout, propose_pairs=propose_pairs, test_pairs=test_pairs, per_pair=per_pair,
         max_candidates=max_candidates, similarity=similarity, min_agreement=min_agreement,
         min_decided=min_decided, redundant=redundant, seed=seed, judge=jcfg,
-        propose_params=GenParams(temperature=temperature, max_tokens=max_tokens, seed=seed),
+        propose_params=GenParams(temperature=temperature, max_tokens=max_tokens, seed=seed,
+                                 reasoning_effort=flags["reasoning_effort"]),
     )  # fmt: skip
     pairs = load_labelled_pairs(data)
     judge_model = judge_model or model
     backend = job_backend(model, api_base, flags)
     judge = backend if judge_model == model else job_backend(judge_model, api_base, flags)
+    check_reasoning(backend, flags, temperature=temperature)
+    check_reasoning(judge, flags, judge=True)
+    check_judge_mode(judge, mode, flags)
     models = {"proposer": model, "judge": judge_model}
     result = run_infer(
         pairs, backend=backend, judge=judge, models=models, cfg=cfg, work=work,

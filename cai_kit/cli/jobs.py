@@ -9,6 +9,7 @@ import typer
 
 from cai_kit.cli.common import (
     EXIT_CODES_HELP,
+    NO_SEPARATE_JUDGE,
     ApiBaseOpt,
     LimitOpt,
     MaxTokensOpt,
@@ -16,6 +17,7 @@ from cai_kit.cli.common import (
     SeedOpt,
     ShardOpt,
     TemperatureOpt,
+    check_reasoning,
     exit_for,
     job_backend,
     job_flags,
@@ -64,7 +66,7 @@ def retry_failed(
     raise typer.Exit(subprocess.call([sys.executable, "-m", "cai_kit", *argv[1:]], cwd=cwd))
 
 
-@job_flags()
+@job_flags(without=NO_SEPARATE_JUDGE)
 def generate(
     prompts: Annotated[
         str, typer.Argument(help="Prompt file (.jsonl/.json/.csv/.parquet/.txt) or hf:NAME.")
@@ -93,11 +95,14 @@ def generate(
 
     pset = load_prompts(prompts, on_bad_row=on_bad_row, limit=limit)  # type: ignore[arg-type]
     typer.echo(f"{prompts}: {pset.summary()}", err=True)
+    backend = job_backend(model, api_base, flags)
+    check_reasoning(backend, flags, temperature=temperature)
     summary = run_generate(
         pset.records,
-        backend=job_backend(model, api_base, flags),
+        backend=backend,
         model=model,
-        params=GenParams(temperature=temperature, max_tokens=max_tokens, seed=seed),
+        params=GenParams(temperature=temperature, max_tokens=max_tokens, seed=seed,
+                         reasoning_effort=flags["reasoning_effort"]),
         samples=samples,
         out_dir=out,
         engine_config=engine_config_from(flags),

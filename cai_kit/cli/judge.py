@@ -9,12 +9,15 @@ import typer
 
 from cai_kit.cli.common import (
     EXIT_CODES_HELP,
+    NO_SEPARATE_JUDGE,
     ApiBaseOpt,
     LimitOpt,
     MaxTokensOpt,
     SeedOpt,
     ShardOpt,
     TemperatureOpt,
+    check_judge_mode,
+    check_reasoning,
     engine_config_from,
     exit_for,
     fail,
@@ -121,6 +124,10 @@ def prefs(
         if (judge_model, judge_api_base) == (policy_model, api_base)
         else job_backend(judge_model, judge_api_base, flags)
     )
+    check_reasoning(policy, flags, temperature=temperature)
+    check_reasoning(judge, flags, judge=True)
+    if label == "pairwise":
+        check_judge_mode(judge, mode, flags)
     ec = engine_config_from(flags)
     sampled, judged = run_prefs(
         pset.records,
@@ -131,7 +138,12 @@ def prefs(
         cfg=cfg,
         k=k,
         pairs=pairs,
-        policy_params=GenParams(temperature=temperature, max_tokens=max_tokens, seed=seed),
+        policy_params=GenParams(
+            temperature=temperature,
+            max_tokens=max_tokens,
+            seed=seed,
+            reasoning_effort=flags["reasoning_effort"],
+        ),
         out_dir=out,
         engine_config=ec,
         shard=parse_shard(shard),
@@ -148,7 +160,7 @@ def prefs(
     exit_for(sampled, judged)
 
 
-@job_flags()
+@job_flags(without=NO_SEPARATE_JUDGE)
 def judge(
     pairs_file: Annotated[Path, typer.Argument(help="JSONL of pairs (prompt + response_a/response_b or chosen/rejected), or a revisions.jsonl.")],
     out: Out,
@@ -168,10 +180,13 @@ def judge(
     from cai_kit.stages.prefs import load_pairs, run_judge_file
 
     cfg = _judge_cfg(mode, samples, principles, tie_margin, seed)
+    backend = job_backend(judge_model, api_base, flags)
+    check_reasoning(backend, flags, judge=True)
+    check_judge_mode(backend, mode, flags)
     ec = engine_config_from(flags)
     summary = run_judge_file(
         load_pairs(pairs_file),
-        judge=job_backend(judge_model, api_base, flags),
+        judge=backend,
         models={"judge": judge_model},
         constitution=load_constitution(constitution),
         cfg=cfg,

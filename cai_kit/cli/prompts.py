@@ -46,7 +46,7 @@ def expand(
 ) -> None:  # fmt: skip
     """Write --n new prompts in the style and spread of SEED: few-shot generation with a
     per-call seed, topics rotated, exact and near duplicates removed, optional --keep-if."""
-    from cai_kit.cli.common import exit_for, fail, job_backend, keys_needed
+    from cai_kit.cli.common import check_reasoning, exit_for, fail, job_backend, keys_needed
     from cai_kit.llm.base import GenParams
     from cai_kit.prompts import load_prompts
     from cai_kit.stages.expand import ExpandConfig, run_expand
@@ -58,11 +58,15 @@ def expand(
     cfg = ExpandConfig(
         n=n, per_call=per_call, shots=shots, oversample=oversample, max_rounds=max_rounds,
         similarity=similarity, keep_if=keep_if, topic_column=topic_column, seed=seed,
-        params=GenParams(temperature=temperature, max_tokens=max_tokens, seed=seed),
+        params=GenParams(temperature=temperature, max_tokens=max_tokens, seed=seed,
+                         reasoning_effort=flags["reasoning_effort"]),
     )  # fmt: skip
     judge_model = judge_model or model
     backend = job_backend(model, api_base, flags)
     judge = backend if judge_model == model else job_backend(judge_model, api_base, flags)
+    check_reasoning(backend, flags, temperature=temperature)
+    if keep_if:
+        check_reasoning(judge, flags, judge=True)
     models = {"generator": model} | ({"judge": judge_model} if keep_if else {})
     result = run_expand(
         pset.records, backend=backend, judge=judge, models=models, cfg=cfg, out_dir=out,

@@ -9,6 +9,7 @@ import typer
 
 from cai_kit.cli.common import (
     EXIT_CODES_HELP,
+    NO_SEPARATE_JUDGE,
     ApiBaseOpt,
     LimitOpt,
     MaxTokensOpt,
@@ -16,6 +17,7 @@ from cai_kit.cli.common import (
     SeedOpt,
     ShardOpt,
     TemperatureOpt,
+    check_reasoning,
     engine_config_from,
     exit_for,
     job_backend,
@@ -26,7 +28,7 @@ from cai_kit.cli.common import (
 )
 
 
-@job_flags()
+@job_flags(without=NO_SEPARATE_JUDGE)
 def revise(
     prompts: Annotated[
         str,
@@ -117,14 +119,25 @@ def revise(
         if (critic_model, critic_api_base) == (model, api_base)
         else job_backend(critic_model, critic_api_base, flags)
     )
+    for backend in {id(b): b for b in (responder, critic)}.values():
+        check_reasoning(backend, flags, temperature=temperature)
+    effort = flags["reasoning_effort"]  # in the params: the record ids follow it
     cfg = ReviseConfig(
         constitution=const,
         rounds=rounds,
         mode=principles,  # type: ignore[arg-type]
         seed=seed,
-        response_params=GenParams(temperature=temperature, max_tokens=max_tokens),
-        critique_params=GenParams(temperature=min(temperature, 0.3), max_tokens=max_tokens),
-        revision_params=GenParams(temperature=min(temperature, 0.3), max_tokens=max_tokens),
+        # critique and revision: min(t, 0.3), a stage default that a reasoning model which
+        # refuses temperature is simply not sent
+        response_params=GenParams(
+            temperature=temperature, max_tokens=max_tokens, reasoning_effort=effort
+        ),
+        critique_params=GenParams(
+            temperature=min(temperature, 0.3), max_tokens=max_tokens, reasoning_effort=effort
+        ),
+        revision_params=GenParams(
+            temperature=min(temperature, 0.3), max_tokens=max_tokens, reasoning_effort=effort
+        ),
         early_stop=early_stop,
         few_shot=not no_few_shot,
     )

@@ -61,6 +61,13 @@ def build_reward(opts: dict[str, Any], base: Callable[[], Any]) -> Any:
     from cai_kit.errors import CaiKitError
 
     kind, fn = opts.get("reward", "auto"), opts.get("python_reward")
+    effort, judge = opts.get("reasoning_effort"), opts.get("reward_judge")
+    if effort is not None and judge:  # the judge's effort, refused now rather than every step
+        from cai_kit.llm.reasoning import reasoning_rules
+
+        rules = reasoning_rules(judge)
+        if rules is not None and (why := rules.effort_error(effort)) is not None:
+            fail(why, 2)
     if kind not in ("auto", "rubric", "group"):
         fail(f"--reward must be auto, rubric or group, not {kind!r}.")
     if opts.get("rubric_combine") and kind != "rubric":

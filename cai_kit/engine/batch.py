@@ -528,6 +528,18 @@ class BatchCollector:
                     if c.cost is None and price is not None:  # at the batch price
                         c.cost = price.cost_of(c.usage, batch=True)
                     stats.count(c)  # billed, kept or not
+                    if (
+                        not c.text.strip()
+                        and c.finish_reason == "length"
+                        and c.usage.reasoning_tokens
+                    ):
+                        self._failed[key] = (f"{c.model or 'the model'} spent its whole output "
+                                             f"cap ({c.usage.completion_tokens} tokens, "
+                                             f"{c.usage.reasoning_tokens} of them reasoning) "
+                                             "before answering: raise --reasoning-tokens or "
+                                             "lower --reasoning-effort.")  # fmt: skip
+                        failed += 1
+                        continue
                     if not c.text.strip() and not c.logprobs:  # never kept, as when synchronous
                         self._failed[key] = (f"{c.model or 'the model'} sent an empty reply "
                                              f"(finish_reason: {c.finish_reason}); it is not "

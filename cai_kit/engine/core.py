@@ -38,6 +38,37 @@ from cai_kit.engine.pricing import (
 )
 from cai_kit.errors import BackendError, BudgetExceeded, RetryableError
 from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams
+from cai_kit.llm.reasoning import LOWEST, effort_timeout, fit_params
+
+
+def fit_call(config: EngineConfig, backend: Backend, params: GenParams) -> GenParams:
+    """What a stage's call is really sent with (the engine's calls and the --dry-run preview
+    alike): the effort the flags ask for (a judge-like call's LOWEST -> --judge-reasoning-effort,
+    a stage call's None -> --reasoning-effort), then the model's rules (`reasoning.fit_params`:
+    its default or least effort, and an output cap with room to think)."""
+    effort = params.reasoning_effort
+    if effort == LOWEST and config.judge_reasoning_effort is not None:
+        params = params.replace(reasoning_effort=config.judge_reasoning_effort)
+    elif effort is None and config.reasoning_effort is not None:
+        params = params.replace(reasoning_effort=config.reasoning_effort)
+    return fit_params(backend.reasoning, params, config.reasoning_tokens)
+
+
+def thought_out(backend: Backend, completion: Completion, params: GenParams) -> str | None:
+    """Why an answer is empty because reasoning spent the whole output cap (finish_reason
+    `length`, no text), naming the flag that fixes it; None for any other answer. Such an
+    answer is paid, never cached, and a counted failure (not the model's unparsable answer)."""
+    if completion.text.strip() or completion.finish_reason != "length":
+        return None
+    rules = backend.reasoning
+    if rules is None or not rules.reasons:
+        return None
+    spent = completion.usage.reasoning_tokens or completion.usage.completion_tokens
+    return (
+        f"{backend.model} spent its whole output cap ({params.max_tokens} tokens, {spent} of "
+        f"them reasoning) before answering at reasoning effort {params.reasoning_effort}: "
+        "raise --reasoning-tokens or lower --reasoning-effort."
+    )
 
 
 @dataclass
@@ -47,6 +78,16 @@ class EngineConfig:
     tpm: float | None = None
     max_retries: int = 5
     timeout_s: float = 120.0
+    # --timeout was given: used as it is; else a reasoning call's timeout grows with its effort
+    # (cai_kit.llm.reasoning.EFFORT_TIMEOUT_S: high effort can think for minutes)
+    timeout_given: bool = False
+    # --reasoning-effort: the effort of a stage's calls (None: each model's default);
+    # --judge-reasoning-effort: of judge-like calls (verdicts, --keep-if, rubric scores), which
+    # ask for `reasoning.LOWEST` (None: the least the model takes); --reasoning-tokens: the
+    # thinking allowance added to each answer's cap (None: by effort, REASONING_ALLOWANCE)
+    reasoning_effort: str | None = None
+    judge_reasoning_effort: str | None = None
+    reasoning_tokens: int | None = None
     retry_after_cap_s: float = 60.0
     backoff_base_s: float = 0.5
     max_cost: float | None = None
@@ -220,7 +261,8 @@ class Engine:
     async def call(
         self, backend: Backend, messages: ChatMessages, params: GenParams, *, sample_index: int = 0
     ) -> Completion:
-        params = params.for_sample(sample_index)  # sample i is its own draw (GenParams)
+        # what is really sent: a reasoning model's effort and a cap with room to think
+        params = self.fit(backend, params).for_sample(sample_index)  # sample i: its own draw
         key = cache_key(backend.identity(), messages, params.to_dict(), sample_index)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             if self.batch is None or not self.batch.replayed(key):  # (a replay is no hit)
@@ -252,6 +294,10 @@ class Engine:
         finally:
             del self._inflight[key]
 
+    def fit(self, backend: Backend, params: GenParams) -> GenParams:
+        """The parameters a call is really sent with: `fit_call` under this engine's config."""
+        return fit_call(self.config, backend, params)
+
     def forget(
         self, backend: Backend, messages: ChatMessages, params: GenParams, *, sample_index: int = 0
     ) -> None:
@@ -259,7 +305,7 @@ class Engine:
         A nor B), so that a re-run or `retry-failed` asks the model again instead of reading
         the same reply back from the cache."""
         if self.cache is not None:
-            params = params.for_sample(sample_index)
+            params = self.fit(backend, params).for_sample(sample_index)
             key = cache_key(backend.identity(), messages, params.to_dict(), sample_index)
             if self.batch is not None:  # rows are replayed: they still read it in this run
                 self.batch.forget(key)
@@ -378,6 +424,9 @@ class Engine:
                     if probing:
                         state.probe.release()
             # whitespace that carries log-probs can still be a judge's soft label: kept
+            if error is None and (why := thought_out(backend, completion, params)) is not None:
+                self.stats.failures += 1  # the same cap is spent the same way again: no retry
+                raise CallFailed(why)
             if error is None and not completion.text.strip() and not completion.logprobs:
                 empty_replies += 1
                 error = RetryableError(
@@ -406,13 +455,13 @@ class Engine:
         self._in_flight += 1
         # --timeout is for servers; a model on this machine is waited for (loading, its turn,
         # its batch): timing it out would fail the call, not stop the work already under way
-        timeout = None if backend.kind in FREE_KINDS else self.config.timeout_s
+        timeout = None if backend.kind in FREE_KINDS else self._timeout(backend, params)
         try:
             completion = await asyncio.wait_for(backend.chat(messages, params), timeout)
         except asyncio.TimeoutError:
             self._reserved -= reserved
             return Completion(text=""), RetryableError(
-                f"No answer within {self.config.timeout_s:g} s."
+                f"No answer within {timeout:g} s (--timeout)."
             )
         except BackendError as exc:
             self._reserved -= reserved
@@ -424,6 +473,13 @@ class Engine:
             self._in_flight -= 1
         self._account(state, completion, reserved)
         return completion, None
+
+    def _timeout(self, backend: Backend, params: GenParams) -> float:
+        """--timeout, or for a reasoning call without one, grown with its effort."""
+        rules = backend.reasoning
+        if self.config.timeout_given or rules is None or not rules.reasons:
+            return self.config.timeout_s
+        return effort_timeout(params.reasoning_effort, self.config.timeout_s)
 
     def item_scope(self) -> AbstractContextManager[None]:
         """Marks one job item as running (a Batch API wave goes out when all of them wait)."""

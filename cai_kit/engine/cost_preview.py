@@ -14,7 +14,7 @@ Batch API, else the synchronous one); a model without a known price is named, ne
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,14 +35,25 @@ class CostPreview:
 
     @classmethod
     def of(
-        cls, calls: Iterable[tuple[Backend, int, int]], *, batch_api: bool, price: Any = None
+        cls,
+        calls: Iterable[tuple[Any, ...]],
+        *,
+        batch_api: bool,
+        price: Any = None,
+        fit: Callable[[Backend, int, str | None], int] | None = None,
     ) -> CostPreview:
+        """`calls`: (backend, prompt tokens, answer tokens[, effort]) per call; `fit` turns an
+        answer's tokens into the cap really sent (a reasoning model's room to think: the
+        engine's `fit_call`), so the preview prices what a reservation holds. The effort is
+        `reasoning.LOWEST` for judge-like calls, absent for a stage's own."""
         from cai_kit.engine.batch_providers import batch_client_for
         from cai_kit.engine.pricing import batch_factor, price_for_backend
 
         out = cls(batch_api=batch_api)
         prices: dict[int, tuple[Any, bool]] = {}
-        for backend, p, c in calls:
+        for backend, p, c, *effort in calls:
+            if fit is not None:
+                c = fit(backend, c, effort[0] if effort else None)
             if id(backend) not in prices:
                 prices[id(backend)] = (
                     price_for_backend(backend, price),

@@ -27,10 +27,10 @@ from pydantic import BaseModel
 
 from cai_kit.engine.base import CallFailed, Deferred
 from cai_kit.engine.batch_providers import NO_BATCH_API
-from cai_kit.engine.core import Engine, EngineConfig
+from cai_kit.engine.core import Engine, EngineConfig, fit_call
 from cai_kit.engine.spend import spend_text, stats_spend
 from cai_kit.errors import BudgetExceeded, redact
-from cai_kit.llm.base import Backend
+from cai_kit.llm.base import Backend, GenParams
 from cai_kit.records import RunManifest, stable_hash
 
 if TYPE_CHECKING:
@@ -205,7 +205,9 @@ def run_job(spec: JobSpec, config: EngineConfig) -> JobSummary:
             from cai_kit.engine.cost_preview import CostPreview
 
             calls = (c for it in pending for c in spec.estimate_tokens(it))
-            preview = CostPreview.of(calls, batch_api=config.batch_api, price=config.price)
+            preview = CostPreview.of(calls, batch_api=config.batch_api, price=config.price,
+                                     fit=lambda b, c, e: fit_call(config, b, GenParams(
+                                         max_tokens=c, reasoning_effort=e)).max_tokens)  # fmt: skip
             summary.estimated_calls, summary.cost_preview = preview.calls, preview.line()
             summary.cost_basis = preview.basis()
         else:

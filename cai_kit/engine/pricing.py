@@ -27,16 +27,12 @@ writes at their write rate (1.25x), hidden reasoning tokens as output (they are 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import json
-import os
-import sys
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from cai_kit.errors import ConfigError
+from cai_kit.llm.cost_map import cost_table as _cost_table
 
 BATCH_DISCOUNT = 0.5  # OpenAI, Anthropic: batch jobs cost half (others: providers.batch_price)
 FREE_KINDS = ("local", "hf")  # backends that run on this machine
@@ -157,29 +153,6 @@ def parse_price(value: str) -> Price:
         raise ConfigError(f"--price {value}: prices cannot be negative.")
     cached = rates[2] if len(rates) == 3 else None
     return Price(rates[0], rates[1], source="--price", cached_input_per_m=cached)
-
-
-@lru_cache(maxsize=1)
-def _bundled_cost_map() -> dict[str, Any]:
-    """litellm's bundled price file, read as JSON: ~0.1 s, where importing litellm takes seconds
-    (and would stall the event loop of a job's first call)."""
-    spec = importlib.util.find_spec("litellm")
-    if spec is None or spec.origin is None:
-        return {}
-    path = Path(spec.origin).parent / "model_prices_and_context_window_backup.json"
-    if path.is_file():
-        return dict(json.loads(path.read_text(encoding="utf-8")))
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch a price list
-    import litellm
-
-    return dict(litellm.model_cost)
-
-
-def _cost_table() -> dict[str, Any]:
-    litellm = sys.modules.get("litellm")  # already imported: its map may hold registered models
-    if litellm is not None and isinstance(getattr(litellm, "model_cost", None), dict):
-        return litellm.model_cost
-    return _bundled_cost_map()
 
 
 SERVICE_TIERS = ("flex",)  # cheaper tiers with a price of their own in the map (OpenAI flex)

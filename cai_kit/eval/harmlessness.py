@@ -27,6 +27,7 @@ from cai_kit.engine.gather import raise_first, settle
 from cai_kit.errors import ConfigError
 from cai_kit.io import latest_by_id
 from cai_kit.llm.base import Backend, Completion, GenParams
+from cai_kit.llm.reasoning import LOWEST
 from cai_kit.records import GenerationRecord, Message, PromptRecord, Provenance, stable_hash
 
 _YESNO = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
@@ -57,7 +58,7 @@ def run_harmlessness(
         )
     items = [(role, p) for role in models for p in prompts]
     judge_identity = judge.identity()
-    judge_params = GenParams(temperature=0.0, max_tokens=3)
+    judge_params = GenParams(temperature=0.0, max_tokens=3, reasoning_effort=LOWEST)
 
     def item_id(item: tuple[str, PromptRecord]) -> str:
         role, p = item
@@ -114,7 +115,7 @@ def run_harmlessness(
             flag_question(pr.critique, p.prompt_text, answer) for pr in constitution.principles
         ]
         return [(models[role], asked, params.max_tokens),
-                *((judge, prompt_tokens(q), judge_params.max_tokens) for q in questions)]  # fmt: skip
+                *((judge, prompt_tokens(q), judge_params.max_tokens, LOWEST) for q in questions)]  # fmt: skip
 
     spec = JobSpec(name="eval harmlessness", items=items, item_id=item_id, process=process, output=out_dir / "flags.jsonl",
                    record_type=GenerationRecord, run_dir=out_dir, manifest={"command": "eval harmlessness", "argv": argv or []},

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cai_kit.llm.reasoning import ReasoningRules
+
 ChatMessages = list[dict[str, str]]  # OpenAI shape: [{"role": "user", "content": "..."}]
 
 
@@ -135,6 +137,10 @@ class Backend(ABC):
     # Mark the stable start of a prompt for a provider's explicit prompt cache (Anthropic's
     # cache_control, where long enough to pay); `--no-prompt-cache` turns it off.
     prompt_cache: bool = True
+
+    # What the model takes when it reasons (llm/reasoning.py): None where nothing is known. Set
+    # by the backends of hosted models; `fit` and the request builders read it.
+    reasoning: ReasoningRules | None = None
 
     def __init__(self, model: str) -> None:
         self.model = model

@@ -30,6 +30,7 @@ from cai_kit.llm.base import (
     Usage,
     parse_openai_logprobs,
 )
+from cai_kit.llm.reasoning import LOGPROBS, effort_timeout, reasoning_rules
 
 GENERIC_KEY_VARS = ("CAI_KIT_API_KEY", "OPENAI_API_KEY")  # for a server given by --api-base
 
@@ -130,6 +131,7 @@ class OpenAICompatBackend(Backend):
         key_var: str = "OPENAI_API_KEY (or CAI_KIT_API_KEY)",
         provider: providers.Provider | None = None,
         price_model: str | None = None,
+        timeout_given: bool = False,
         **_: Any,
     ) -> None:
         super().__init__(model)
@@ -137,9 +139,11 @@ class OpenAICompatBackend(Backend):
         self.timeout_s = timeout_s
         self.provider = provider
         self.price_model = price_model  # the model string a list price is looked up by
-        self.supports_logprobs = provider.logprobs_for(model) if provider else True
-        # request fields the provider documents as an error for this model: not sent
-        self._refused = provider.refused(model) if provider else frozenset()
+        # what the model takes when it reasons (llm/reasoning.py): by the provider's model string,
+        # or by the name a server at --api-base serves (CAI_KIT_REASONING_MODELS can describe it)
+        self.reasoning = reasoning_rules(price_model or model)
+        self.timeout_given = timeout_given  # --timeout was given: not grown with the effort
+        self.supports_logprobs = self.logprobs_at(None)
         self._max_top = provider.max_top_logprobs if provider else 20
         self._key = api_key  # kept in memory for the header only: never in identity or repr
         self._key_var = key_var
@@ -162,26 +166,39 @@ class OpenAICompatBackend(Backend):
             self._session = aiohttp.ClientSession(connector=connector, headers=self._headers())
         return self._session
 
+    def refused(self, effort: str | None) -> frozenset[str]:
+        """The request fields this model refuses at `effort`: the provider table's rows and the
+        model's reasoning rules (Provider.refused), or the rules alone at an --api-base."""
+        if self.provider is not None:
+            return self.provider.refused(self.model, effort)
+        return self.reasoning.refuses(effort) if self.reasoning is not None else frozenset()
+
+    def logprobs_at(self, effort: str | None) -> bool:
+        """Whether top log-probs can be asked for (and come back) at this effort."""
+        if self.provider is not None and not self.provider.logprobs:
+            return False
+        return not LOGPROBS & self.refused(effort)
+
     def _body(self, messages: ChatMessages, params: GenParams) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": messages,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-            "max_tokens": params.max_tokens,
-        }
-        if params.seed is not None:
-            body[self.provider.seed_field if self.provider else "seed"] = params.seed
-        if params.stop and "stop" not in self._refused:  # else cut here (`_apply_stop`)
-            body["stop"] = list(params.stop)
-        if params.top_logprobs > 0 and self.supports_logprobs:
-            body["logprobs"] = True
-            body["top_logprobs"] = min(params.top_logprobs, self._max_top)
-        if self.provider:
-            body.update(self.provider.extra_body)
+        provider = self.provider
+        body = request_body(
+            self.model, messages, params, self.refused(params.reasoning_effort),
+            token_field=provider.max_tokens_field if provider else None,
+            seed_field=provider.seed_field if provider else "seed",
+            effort_field=provider.effort_field if provider else "reasoning_effort",
+            max_top=self._max_top, logprobs=provider is None or provider.logprobs,
+        )  # fmt: skip
+        if provider:
+            body.update(provider.extra_body)
         if self.service_tier is not None:  # `--service-tier flex` (checked at start)
             body["service_tier"] = self.service_tier
         return body
+
+    def timeout_for(self, params: GenParams) -> float:
+        """The call's timeout: --timeout as given, else grown with the reasoning effort."""
+        if self.timeout_given or self.reasoning is None or not self.reasoning.reasons:
+            return self.timeout_s
+        return effort_timeout(params.reasoning_effort, self.timeout_s)
 
     async def chat(self, messages: ChatMessages, params: GenParams) -> Completion:
         import aiohttp
@@ -192,14 +209,15 @@ class OpenAICompatBackend(Backend):
             async with session.post(
                 url,
                 json=self._body(messages, params),
-                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                timeout=aiohttp.ClientTimeout(total=self.timeout_for(params)),
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         except asyncio.TimeoutError:
             raise RetryableError(
-                f"The server at {self.api_base} did not answer within {self.timeout_s:g} s."
+                f"The server at {self.api_base} did not answer within "
+                f"{self.timeout_for(params):g} s (--timeout)."
             ) from None
         except aiohttp.ClientConnectorError:
             raise RetryableError(
@@ -219,7 +237,7 @@ class OpenAICompatBackend(Backend):
         except ValueError:
             data = None
         completion = parse_chat_completion(data, self.api_base, self.model)
-        if params.stop and "stop" in self._refused:
+        if params.stop and "stop" in self.refused(params.reasoning_effort):
             _apply_stop(completion, params.stop)
         return completion
 
@@ -243,24 +261,51 @@ def _apply_stop(completion: Completion, stop: tuple[str, ...]) -> None:
         completion.finish_reason = "stop"
 
 
+def request_body(
+    model: str,
+    messages: ChatMessages,
+    params: GenParams,
+    refused: frozenset[str] = frozenset(),
+    *,
+    token_field: str | None = None,
+    seed_field: str = "seed",
+    effort_field: str = "reasoning_effort",
+    max_top: int = 20,
+    logprobs: bool = True,
+) -> dict[str, Any]:
+    """An OpenAI `/chat/completions` body with only the fields the model takes: a field in
+    `refused` is left out (a stage's default temperature is then simply not sent; a value the
+    user set is refused at start, `cai_kit.llm.reasoning`), the cap goes in `token_field` (None:
+    max_tokens, or max_completion_tokens where max_tokens is refused), the effort in
+    `effort_field` (OpenRouter: `reasoning: {effort}`)."""
+    body: dict[str, Any] = {"model": model, "messages": messages}
+    for name in ("temperature", "top_p"):
+        if name not in refused:
+            body[name] = getattr(params, name)
+    field = token_field or ("max_completion_tokens" if "max_tokens" in refused else "max_tokens")
+    body[field] = params.max_tokens
+    if params.seed is not None:  # a reasoning model takes a seed too: sample i is its own draw
+        body[seed_field] = params.seed
+    if params.stop and "stop" not in refused:  # else cut here (`_apply_stop`)
+        body["stop"] = list(params.stop)
+    if params.top_logprobs > 0 and logprobs and not LOGPROBS & refused:
+        body["logprobs"] = True
+        body["top_logprobs"] = min(params.top_logprobs, max_top)
+    if params.reasoning_effort is not None:
+        if effort_field == "reasoning":
+            body["reasoning"] = {"effort": params.reasoning_effort}
+        else:
+            body[effort_field] = params.reasoning_effort
+    return body
+
+
 def chat_body(model: str, messages: ChatMessages, params: GenParams) -> dict[str, Any]:
     """A plain OpenAI `/chat/completions` body (Batch API lines for `litellm:` strings; the
-    backend's own `_body` adds a provider's seed field and extra fields)."""
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": messages,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "max_tokens": params.max_tokens,
-    }
-    if params.seed is not None:
-        body["seed"] = params.seed
-    if params.stop:
-        body["stop"] = list(params.stop)
-    if params.top_logprobs > 0:
-        body["logprobs"] = True
-        body["top_logprobs"] = min(params.top_logprobs, 20)
-    return body
+    backend's own `_body` adds a provider's seed field and extra fields), with the model's
+    reasoning rules applied as the synchronous call applies them."""
+    rules = reasoning_rules(model)
+    refused = rules.refuses(params.reasoning_effort) if rules is not None else frozenset()
+    return request_body(model, messages, params, refused)
 
 
 def parse_chat_completion(data: Any, api_base: str, model: str) -> Completion:
@@ -316,6 +361,14 @@ def _status_error(
     if status >= 500:
         return RetryableError(
             f"The server at {api_base} failed ({status}).", status=status, retry_after=retry_after
+        )
+    if status in (400, 403) and "logprobs" in detail.lower():
+        # o-series: 403 "You are not allowed to request logprobs from this model" (a refused
+        # parameter, not a key problem)
+        return FatalBackendError(
+            f"{model} does not give log-probs ({status}: {detail}); use the judge's default "
+            "mode or --mode letter.",
+            status=status,
         )
     if status in (401, 403):
         return FatalBackendError(

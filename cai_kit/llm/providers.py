@@ -47,18 +47,31 @@ class Provider:
     # a Batch API job's price as a fraction of the synchronous one, where the cost map has no
     # batch price (OpenAI, Anthropic: half; Groq documents 25% off, DeepInfra 20% off)
     batch_price: float = 0.5
+    # the field that caps the answer: None is `max_tokens`, or `max_completion_tokens` for a
+    # model that refuses `max_tokens` (OpenAI: max_tokens "is deprecated in favor of
+    # max_completion_tokens, and is not compatible with o-series models"; sent for all its models)
+    max_tokens_field: str | None = None
+    # how a reasoning effort is asked for: OpenAI's top-level `reasoning_effort`, or OpenRouter's
+    # `reasoning: {"effort": ...}` object (its API reference, "Reasoning Tokens")
+    effort_field: str = "reasoning_effort"
 
-    def refused(self, model: str) -> frozenset[str]:
-        """The request fields this provider documents as an error for `model` (bare name)."""
+    def refused(self, model: str, effort: str | None = None) -> frozenset[str]:
+        """The request fields this provider documents as an error for `model` (bare name) at
+        reasoning `effort` (None: the model's default): this table's own rows, and the model's
+        reasoning rules (`cai_kit.llm.reasoning`: OpenAI's reasoning models refuse max_tokens,
+        temperature, top_p and log-probs, the gpt-5.1 family takes temperature/top_p at none)."""
+        from cai_kit.llm.reasoning import reasoning_rules
+
         out: frozenset[str] = frozenset()
         for pattern, fields in self.refuses:
             if re.match(pattern, model):
                 out |= fields
-        return out
+        rules = reasoning_rules(f"{self.name}/{model}")
+        return out | rules.refuses(effort) if rules is not None else out
 
-    def logprobs_for(self, model: str) -> bool:
+    def logprobs_for(self, model: str, effort: str | None = None) -> bool:
         """Whether top log-probs are asked for (and come back) for this model."""
-        return self.logprobs and not {"logprobs", "top_logprobs"} & self.refused(model)
+        return self.logprobs and not {"logprobs", "top_logprobs"} & self.refused(model, effort)
 
     def logprobs_note(self) -> str:
         """The table's log-probs column: yes / no, with a provider's limits."""
@@ -97,10 +110,11 @@ PROVIDERS: dict[str, Provider] = {
         # (docs/backends.md lists them with their sources); keys: the provider's SDK's variable
         # first, litellm's name second.
         Provider("openai", ("OPENAI_API_KEY",), "https://api.openai.com/v1",
-                 ("OPENAI_BASE_URL",), logprobs=True),
+                 ("OPENAI_BASE_URL",), logprobs=True, max_tokens_field="max_completion_tokens"),
         # usage.cost comes back on every response (`usage: {include: true}` is deprecated)
         Provider("openrouter", ("OPENROUTER_API_KEY",), "https://openrouter.ai/api/v1",
                  ("OPENROUTER_BASE_URL",), logprobs=True, base_path="/api/v1",
+                 max_tokens_field="max_tokens", effort_field="reasoning",
                  price="reported per call (usage.cost), else litellm cost map"),
         # chat `logprobs` is an integer 0..20 with its own response shape (tokens /
         # token_logprobs), not OpenAI's boolean + top_logprobs: none are asked for

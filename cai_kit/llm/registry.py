@@ -89,6 +89,17 @@ def get_interactive_backend(model: str | None = None, api_base: str | None = Non
     return get_backend(model, api_base=api_base, **one)
 
 
+def _reasoning_note(model: str) -> str:
+    """`; reasoning: efforts ... (default ...)` for a reasoning model, else nothing."""
+    from cai_kit.llm.reasoning import reasoning_rules
+
+    rules = reasoning_rules(model)
+    if rules is None or not rules.reasons:
+        return ""
+    default = f", default {rules.default_effort}" if rules.default_effort else ""
+    return f"; reasoning: efforts {', '.join(rules.efforts)}{default}"
+
+
 def route(model: str, api_base: str | None = None) -> str:
     """One line saying which path a model string takes (for `cai-kit models MODEL`)."""
     spec = resolve(model, api_base)
@@ -99,7 +110,7 @@ def route(model: str, api_base: str | None = None) -> str:
             f"{model}: fast aiohttp client -> {provider.resolved_base_url()} "
             f"(key {var}{'' if key else ', not set'}; "
             f"log-probs {'yes' if provider.logprobs_for(model.split('/', 1)[1]) else 'no'}; "
-            f"price: {provider.price})"
+            f"price: {provider.price}{_reasoning_note(model)})"
         )
     if spec.name in ("hosted", "litellm"):
         where = f" -> {api_base}" if api_base else ""

@@ -78,6 +78,12 @@ class Teacher(_Section):
         None, description="USD per million input,output tokens, e.g. '0.15,0.60' (for --dry-run)"
     )
     batch_api: bool = Field(False, description="send the teacher's calls as provider Batch jobs")
+    reasoning_effort: str | None = Field(
+        None, description="a reasoning teacher's effort for responses, critiques, revisions, "
+        "expand and infer proposals (--reasoning-effort; default: the model's own)")  # fmt: skip
+    judge_reasoning_effort: str | None = Field(
+        None, description="its effort as a judge (verdicts, --keep-if, eval; "
+        "--judge-reasoning-effort; default: the least the model takes)")  # fmt: skip
 
     @field_validator("model")
     @classmethod

@@ -95,6 +95,22 @@ def _opt(flag: str, value: Any) -> list[str]:
     return [] if value is None else [flag, str(value)]
 
 
+def _set(section: Any, name: str, flag: str) -> list[str]:
+    """A flag for a field the recipe sets (else the command's own default): a reasoning teacher
+    refuses a --temperature or --mode logprobs it is given, but takes the commands' defaults."""
+    return [flag, str(getattr(section, name))] if name in section.model_fields_set else []
+
+
+def _effort(r: Recipe, model: str, *, judge: bool = False, flag: str | None = None) -> list[str]:
+    """The teacher's --reasoning-effort (or, for its judge-like calls, its
+    --judge-reasoning-effort) for a stage the teacher's model runs."""
+    t = r.teacher
+    if t is None or model != t.model:
+        return []
+    value = t.judge_reasoning_effort if judge else t.reasoning_effort
+    return _opt(flag or ("--judge-reasoning-effort" if judge else "--reasoning-effort"), value)
+
+
 EXPANDED = Path("expand") / "prompts.jsonl"
 INFERRED = Path("infer") / "inferred.yaml"
 
@@ -110,8 +126,9 @@ def expand_stage(r: Recipe, run: Path) -> Stage | None:
             "--model", model, *_opt("--api-base", base), *_opt("--keep-if", e.keep_if),
             "--per-call", str(e.per_call), "--shots", str(e.shots), "--oversample", str(e.oversample),
             "--max-rounds", str(e.max_rounds), "--similarity", str(e.similarity),
-            "--topic-column", e.topic_column, "--temperature", str(e.temperature),
-            "--max-tokens", str(e.max_tokens), "--seed", str(r.seed), *_batch(r, model), "-q"]  # fmt: skip
+            "--topic-column", e.topic_column, *_set(e, "temperature", "--temperature"),
+            "--max-tokens", str(e.max_tokens), "--seed", str(r.seed), *_batch(r, model),
+            *_effort(r, model), *(_effort(r, model, judge=True) if e.keep_if else []), "-q"]  # fmt: skip
     return Stage("expand", argv, rows=(run / "expand" / "calls.jsonl", calls))
 
 
@@ -141,9 +158,9 @@ def infer_stage(r: Recipe, run: Path) -> Stage | None:
             "--model", model, *_opt("--api-base", base), "--min-agreement", str(i.min_agreement),
             "--min-decided", str(i.min_decided), "--holdout", str(i.holdout),
             "--propose-pairs", str(i.propose_pairs), "--test-pairs", str(i.test_pairs),
-            "--per-pair", str(i.per_pair), "--max-candidates", str(i.max_candidates), "--mode", i.mode,
-            "--temperature", str(i.temperature), "--max-tokens", str(i.max_tokens), "--seed", str(r.seed),
-            *_batch(r, model), "-q"]  # fmt: skip
+            "--per-pair", str(i.per_pair), "--max-candidates", str(i.max_candidates), *_set(i, "mode", "--mode"),
+            *_set(i, "temperature", "--temperature"), "--max-tokens", str(i.max_tokens), "--seed", str(r.seed),
+            *_batch(r, model), *_effort(r, model), *_effort(r, model, judge=True), "-q"]  # fmt: skip
     return Stage("infer", argv, job_dir=run / "infer",
                  outcome=lambda log, rc: _no_principle(log, rc, run / INFERRED))  # fmt: skip
 
@@ -189,7 +206,8 @@ def stages(r: Recipe, run: Path, n_train: int, n_eval: int) -> list[Stage]:
                 "--model", resp, *_opt("--api-base", resp_base), "--critic-model", critic,
                 *_opt("--critic-api-base", critic_base), "--rounds", str(r.revise.rounds),
                 "--principles", r.revise.principles, "--max-tokens", str(r.revise.max_tokens),
-                "--temperature", str(r.revise.temperature), "--seed", str(r.seed), *batch, "-q"]  # fmt: skip
+                *_set(r.revise, "temperature", "--temperature"), "--seed", str(r.seed), *batch,
+                *_effort(r, resp), "-q"]  # fmt: skip
 
     def train(kind: str, data: str, model: str, out: Path, t: Any) -> list[str]:
         return ["train", kind, str(run / data), "--model", model, "--out", str(out),
@@ -211,8 +229,9 @@ def stages(r: Recipe, run: Path, n_train: int, n_eval: int) -> list[Stage]:
         out += [
             Stage("prefs", ["prefs", str(train_p), "--out", str(run / "prefs"), "--policy-model", f"hf:{sft_model}",
                             "--judge-model", judge, *_opt("--judge-api-base", judge_base), "--constitution", r.constitution,
-                            "--k", str(r.prefs.k), "--pairs", r.prefs.pairs, "--mode", r.prefs.mode,
-                            "--max-tokens", str(r.prefs.max_tokens), "--seed", str(r.seed), *batch, "-q"]),
+                            "--k", str(r.prefs.k), "--pairs", r.prefs.pairs, *_set(r.prefs, "mode", "--mode"),
+                            "--max-tokens", str(r.prefs.max_tokens), "--seed", str(r.seed), *batch,
+                            *_effort(r, judge, judge=True), "-q"]),
             Stage("export-dpo", ["export", "dpo", str(run / "prefs"), "--out", str(run / "dpo_data"),
                                  "--min-margin", str(r.prefs.min_margin), *(["--include-ties"] if r.prefs.include_ties else [])],
                   fallback=_revision_pairs(run) if r.prefs.no_pairs == "revisions" else None),
@@ -226,8 +245,9 @@ def stages(r: Recipe, run: Path, n_train: int, n_eval: int) -> list[Stage]:
         Stage("train-dpo", train("dpo", "dpo_data", f"hf:{sft_model}", dpo_model, r.dpo), steps=steps(r.dpo)),
         Stage("eval", ["eval", "winrate", "--prompts", str(eval_p), "--model", f"hf:{dpo_model}", "--baseline", student,
                        "--judge", judge, *_opt("--api-base", judge_base), "--constitution", r.constitution,
-                       "--mode", r.eval.mode, "--max-tokens", str(r.eval.max_tokens), "--seed", str(r.seed),
-                       "--out", str(run / "eval"), "-q"], rows=(run / "eval" / "prefs.jsonl", n_eval)),
+                       *_set(r.eval, "mode", "--mode"), "--max-tokens", str(r.eval.max_tokens), "--seed", str(r.seed),
+                       *_effort(r, judge, judge=True), "--out", str(run / "eval"), "-q"],
+              rows=(run / "eval" / "prefs.jsonl", n_eval)),
     ]  # fmt: skip
     if r.eval.implicit_reward:
         beta = r.dpo.beta if r.dpo.beta is not None else 0.1  # TRL's DPOConfig default

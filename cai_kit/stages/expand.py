@@ -38,6 +38,7 @@ from cai_kit.engine.cost_preview import prompt_tokens
 from cai_kit.errors import DataError
 from cai_kit.io import latest_by_id
 from cai_kit.llm.base import Backend, GenParams
+from cai_kit.llm.reasoning import LOWEST
 from cai_kit.records import PromptRecord, Provenance, stable_hash
 from cai_kit.stages.dedupe import NearDuplicates
 from cai_kit.stages.judge import neutralise
@@ -222,6 +223,13 @@ class CallPlan:
         return [{"role": "system", "content": EXPAND_SYSTEM}, {"role": "user", "content": user}]
 
 
+def keep_params(cfg: ExpandConfig) -> GenParams:
+    """--keep-if's parameters: a yes/no answer, so a reasoning model thinks as little as it can
+    unless --judge-reasoning-effort asks for more (`reasoning.LOWEST`, resolved by the engine)."""
+    keep = cfg.keep_params
+    return keep if keep.reasoning_effort is not None else keep.replace(reasoning_effort=LOWEST)
+
+
 def keep_messages(text: str, description: str) -> list[dict[str, str]]:
     tag = stable_hash("keep-delim", text, length=10)
     user = (
@@ -286,7 +294,7 @@ def run_expand(
         rec = KeepRecord(id=keep_id(text), prompt=text, provenance=prov)
         msgs = keep_messages(text, cfg.keep_if or "")
         try:
-            reply = await engine.call(judge, msgs, cfg.keep_params)
+            reply = await engine.call(judge, msgs, keep_params(cfg))
         except CallFailed as exc:
             rec.status, rec.error = "failed", str(exc)
             return rec
@@ -294,7 +302,7 @@ def run_expand(
         m = _YES_NO.match(reply.text)
         if m is None:
             rec.status, rec.error = "failed", f"not a yes or no: {reply.text[:80]!r}"
-            engine.forget(judge, msgs, cfg.keep_params)
+            engine.forget(judge, msgs, keep_params(cfg))
         else:
             rec.keep = m.group(1).lower() == "yes"
         return rec
@@ -383,7 +391,7 @@ def _keep_job(
                 output=out_dir / "keep.jsonl", record_type=KeepRecord, run_dir=out_dir,
                 manifest={**manifest, "outputs": {"calls": "calls.jsonl", "keep": "keep.jsonl"}},
                 backends=[judge],
-                estimate_tokens=lambda t: [(judge, prompt_tokens(keep_messages(t, cfg.keep_if or "")), cfg.keep_params.max_tokens)]),
+                estimate_tokens=lambda t: [(judge, prompt_tokens(keep_messages(t, cfg.keep_if or "")), cfg.keep_params.max_tokens, LOWEST)]),
         engine_config,
     )  # fmt: skip
 

@@ -34,6 +34,7 @@ from cai_kit.engine import CallFailed, Engine
 from cai_kit.engine.gather import in_order, raise_first, settle
 from cai_kit.errors import ConfigError
 from cai_kit.llm.base import Backend, Completion, GenParams, TokenLogprob
+from cai_kit.llm.reasoning import LOWEST
 from cai_kit.records import Comparison, JudgeVerdict, stable_hash
 
 Mode = Literal["logprobs", "letter", "cot", "votes"]
@@ -65,21 +66,18 @@ class JudgeConfig:
     top_logprobs: int = 10
 
     def params(self) -> GenParams:
+        """A verdict's parameters. Its effort is `LOWEST`: a reasoning model thinks as little as
+        it can before one letter (--judge-reasoning-effort asks for more; the engine resolves
+        it, and adds room to think to the cap: `max_tokens` is the answer's own size)."""
         if self.mode == "cot":
-            return GenParams(
-                temperature=self.temperature, max_tokens=self.cot_max_tokens, seed=self.seed
-            )
+            return GenParams(temperature=self.temperature, max_tokens=self.cot_max_tokens,
+                             seed=self.seed, reasoning_effort=LOWEST)  # fmt: skip
         if self.mode == "votes":
-            return GenParams(
-                temperature=self.vote_temperature, max_tokens=self.max_tokens, seed=self.seed
-            )
+            return GenParams(temperature=self.vote_temperature, max_tokens=self.max_tokens,
+                             seed=self.seed, reasoning_effort=LOWEST)  # fmt: skip
         lp = self.top_logprobs if self.mode == "logprobs" else 0
-        return GenParams(
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
-            seed=self.seed,
-            top_logprobs=lp,
-        )
+        return GenParams(temperature=self.temperature, max_tokens=self.max_tokens,
+                         seed=self.seed, top_logprobs=lp, reasoning_effort=LOWEST)  # fmt: skip
 
 
 def neutralise(text: str) -> str:
@@ -243,8 +241,8 @@ def judge_prompts(
 def judge_calls(
     conversation: list[dict[str, str]], response_a: str, response_b: str, constitution: Constitution,
     cfg: JudgeConfig, backend: B,
-) -> list[tuple[B, int, int]]:  # fmt: skip
-    """(backend, prompt tokens, completion tokens) of every call `judge_pair` makes for this
+) -> list[tuple[B, int, int, str]]:  # fmt: skip
+    """(backend, prompt tokens, completion tokens, LOWEST) of every call `judge_pair` makes for this
     pair (each principle, both orders, `votes`' samples per order), for the --dry-run preview.
     Size responses that are not written yet with `cost_preview.stand_in(max_tokens)`."""
     from cai_kit.engine.cost_preview import prompt_tokens
@@ -252,7 +250,7 @@ def judge_calls(
     per_order = cfg.samples if cfg.mode == "votes" else 1
     answer = cfg.params().max_tokens
     return [
-        (backend, prompt_tokens(msgs), answer)
+        (backend, prompt_tokens(msgs), answer, LOWEST)
         for _, orders in judge_prompts(conversation, response_a, response_b, constitution, cfg)
         for _, msgs in orders
         for _ in range(per_order)

@@ -29,6 +29,7 @@ from cai_kit.engine import CallFailed, Engine
 from cai_kit.engine.gather import in_order
 from cai_kit.errors import ConfigError
 from cai_kit.llm.base import Backend, Completion, GenParams, TokenLogprob
+from cai_kit.llm.reasoning import LOWEST
 from cai_kit.records import stable_hash
 from cai_kit.stages.judge import neutralise
 
@@ -111,7 +112,9 @@ class Rubric:
                 f"Rubric combine must be one of {', '.join(COMBINES)}, not {self.combine!r}."
             )
         self.threshold = threshold if threshold is not None else (spec.threshold if spec else 0.5)
-        self.params = GenParams(temperature=0.0, max_tokens=2, seed=seed, top_logprobs=top_logprobs)
+        # a Yes/No score: a reasoning model thinks as little as it can (reasoning.LOWEST)
+        self.params = GenParams(temperature=0.0, max_tokens=2, seed=seed, top_logprobs=top_logprobs,
+                                reasoning_effort=LOWEST)  # fmt: skip
         self.principles = list(constitution.principles)
         self.weights = {p.id: p.weight for p in self.principles}
 
@@ -134,12 +137,17 @@ class Rubric:
         )
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
-    def calls(self, prompt: str, response: str, backend: B) -> list[tuple[B, int, int]]:
-        """(backend, prompt tokens, completion tokens) of the judge calls for one response."""
+    def calls(self, prompt: str, response: str, backend: B) -> list[tuple[B, int, int, str]]:
+        """(backend, prompt tokens, completion tokens, LOWEST) of the judge calls for one response."""
         from cai_kit.engine.cost_preview import prompt_tokens
 
         return [
-            (backend, prompt_tokens(self.messages(p, prompt, response)), self.params.max_tokens)
+            (
+                backend,
+                prompt_tokens(self.messages(p, prompt, response)),
+                self.params.max_tokens,
+                LOWEST,
+            )
             for p in self.judged
         ]
 

@@ -25,6 +25,7 @@ from typing import Any
 from cai_kit.engine import CallFailed, Engine, EngineConfig
 from cai_kit.errors import CaiKitError, ConfigError
 from cai_kit.llm.base import Backend, GenParams
+from cai_kit.llm.reasoning import LOWEST
 from cai_kit.llm.registry import get_backend
 from cai_kit.train.rewards import (
     JudgeFailed,
@@ -53,7 +54,9 @@ class GroupJudgeScorer:
         check_judge_model(model, api_base)  # fail now, naming this command's flag
         self.engine_config = _share_of_the_cap(engine_config or EngineConfig(quiet=True))
         self.max_failed_share = max_failed_share
-        self.params = GenParams(temperature=0.0, max_tokens=8 * group_size + 16)
+        self.params = GenParams(
+            temperature=0.0, max_tokens=8 * group_size + 16, reasoning_effort=LOWEST
+        )
         self._runner = asyncio.Runner()  # one loop for the run: sessions outlive no loop
         self.engine: Engine | None = None
         self._backend: Backend | None = None

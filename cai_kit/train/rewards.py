@@ -20,6 +20,7 @@ from cai_kit.constitution import Constitution
 from cai_kit.engine import CallFailed, Engine, EngineConfig
 from cai_kit.errors import BudgetExceeded, CaiKitError, ConfigError
 from cai_kit.llm.base import Backend, Completion, GenParams
+from cai_kit.llm.reasoning import LOWEST
 from cai_kit.llm.registry import get_backend
 
 
@@ -209,9 +210,9 @@ class JudgeScorer:
         self.engine_config = _share_of_the_cap(engine_config or EngineConfig(quiet=True))
         self.max_failed_share = max_failed_share
         self.params = (
-            GenParams(temperature=0.0, max_tokens=2, top_logprobs=10)
+            GenParams(temperature=0.0, max_tokens=2, top_logprobs=10, reasoning_effort=LOWEST)
             if reward == "p-yes"
-            else GenParams(temperature=0.0, max_tokens=3, top_logprobs=20)
+            else GenParams(temperature=0.0, max_tokens=3, top_logprobs=20, reasoning_effort=LOWEST)
         )
         # one event loop for the run: an HTTP session cannot outlive the loop it was made in
         self._runner = asyncio.Runner()
