@@ -217,7 +217,10 @@ def engine_config(
         parsed_price = parse_price(price) if price is not None else None
     except ConfigError as exc:
         fail(str(exc))
+    from cai_kit.engine.budget import Budget
+
     return EngineConfig(
+        budget=Budget.for_command(max_cost),  # one ledger for every job of this invocation
         concurrency=concurrency,
         rpm=rpm,
         tpm=tpm,

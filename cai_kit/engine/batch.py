@@ -502,7 +502,7 @@ class BatchCollector:
                                             batch=True)  # fmt: skip
                     stats.prompt_tokens += c.usage.prompt_tokens
                     stats.completion_tokens += c.usage.completion_tokens
-                    stats.cost += c.cost or 0.0
+                    self.engine.spend(c.cost or 0.0)  # (the command's ledger too)
                     ok += 1
                     yield key, c
 

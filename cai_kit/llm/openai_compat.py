@@ -197,7 +197,8 @@ class OpenAICompatBackend(Backend):
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         except asyncio.TimeoutError:
             raise RetryableError(
-                f"The server at {self.api_base} did not answer within {self.timeout_s:g} s."
+                f"The server at {self.api_base} did not answer within {self.timeout_s:g} s.",
+                unanswered=True,
             ) from None
         except aiohttp.ClientConnectorError:
             raise RetryableError(
@@ -205,7 +206,8 @@ class OpenAICompatBackend(Backend):
             ) from None
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise RetryableError(
-                f"The connection to {self.api_base} dropped ({type(exc).__name__})."
+                f"The connection to {self.api_base} dropped ({type(exc).__name__}).",
+                unanswered=True,
             ) from None
         if status != 200:
             raise _status_error(
