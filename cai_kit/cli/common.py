@@ -80,7 +80,12 @@ TimeoutOpt = Annotated[
 ]
 MaxCostOpt = Annotated[
     float | None,
-    typer.Option("--max-cost", help="Stop cleanly before spending more than this (USD)."),
+    typer.Option(
+        "--max-cost",
+        help="Stop cleanly before spending more than this (USD): one cap for this invocation, "
+        "every job and round it runs together (a re-run gets the cap anew). A call whose "
+        "answer never came (timeout) stays counted: the provider may bill it.",
+    ),
 ]
 PriceOpt = Annotated[
     str | None,

@@ -61,6 +61,9 @@ class _State:
     stopped_by: str | None = None  # the job it stopped
     preview: float = 0.0  # --dry-run: the worst case of every job previewed so far
     failed_rows: list[str] = field(default_factory=list)  # "output|id": not retried in-command
+    # model string -> [input, output] USD per million tokens: prices the parent command knows
+    # (a pipeline recipe's teacher `price:`), for its children's calls to that model
+    prices: dict[str, list[float]] = field(default_factory=dict)
 
 
 class Budget:
@@ -75,10 +78,17 @@ class Budget:
         self.label = label or "--max-cost"
 
     @classmethod
-    def on_disk(cls, path: Path, cap: float | None = None, *, fresh: bool = False) -> Budget:
+    def on_disk(
+        cls,
+        path: Path,
+        cap: float | None = None,
+        *,
+        fresh: bool = False,
+        prices: dict[str, tuple[float, float]] | None = None,
+    ) -> Budget:
         """A ledger shared by processes through `path`; `fresh` starts it at $0 with `cap`
-        (the command that owns it), else it joins the one there (a child process)."""
-        return _FileBudget(Path(path), cap, fresh=fresh)
+        and `prices` (the command that owns it), else it joins the one there (a child)."""
+        return _FileBudget(Path(path), cap, fresh=fresh, prices=prices)
 
     @classmethod
     def for_command(cls, cap: float | None) -> Budget:
@@ -101,7 +111,14 @@ class Budget:
 
     def snapshot(self) -> _State:
         with self._txn() as s:
-            return replace(s, failed_rows=list(s.failed_rows))
+            return replace(s, failed_rows=list(s.failed_rows), prices=dict(s.prices))
+
+    def price_of(self, model: str) -> tuple[float, float] | None:
+        """The (input, output) price per million tokens the parent command set for `model`."""
+        own = self.snapshot().prices.get(model)
+        if own is not None:
+            return own[0], own[1]
+        return self.parent.price_of(model) if self.parent is not None else None
 
     @property
     def cap(self) -> float | None:
@@ -221,6 +238,7 @@ class Budget:
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self.snapshot())
         d.pop("failed_rows")
+        d.pop("prices")
         return d
 
 
@@ -244,13 +262,21 @@ def with_budget(config: C) -> C:
 class _FileBudget(Budget):
     """A ledger in a JSON file under an exclusive flock: one cap for several processes."""
 
-    def __init__(self, path: Path, cap: float | None, *, fresh: bool) -> None:
+    def __init__(
+        self,
+        path: Path,
+        cap: float | None,
+        *,
+        fresh: bool,
+        prices: dict[str, tuple[float, float]] | None = None,
+    ) -> None:
         super().__init__(cap)
         self.path = path
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if fresh:
             with self._file() as fh:
-                self._write(fh, _State(cap=cap))
+                p = {m: list(v) for m, v in (prices or {}).items()}
+                self._write(fh, _State(cap=cap, prices=p))
         elif not self.path.is_file():
             raise BudgetExceeded(f"The shared --max-cost ledger {path} is missing.")
 

@@ -270,7 +270,11 @@ class Engine:
 
     def _budget(self, backend: Backend) -> _Budget:
         if id(backend) not in self._budgets:
-            state = _Budget(price_for_backend(backend, self.config.price), model=backend.model)
+            explicit = self.config.price
+            if explicit is None and backend.kind not in FREE_KINDS:  # e.g. a recipe's teacher
+                given = self.ledger.price_of(backend.model)
+                explicit = Price(*given, source="the parent command") if given else None
+            state = _Budget(price_for_backend(backend, explicit), model=backend.model)
             self._budgets[id(backend)] = state
             if self.ledger.enforced and state.price is None:
                 self._notice(
