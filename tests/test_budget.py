@@ -244,3 +244,21 @@ def test_random_caps_and_job_shapes_never_bill_past_the_cap(
         ])  # fmt: skip
     billed = _billed(fault_server, settle)
     assert billed <= cap + 1e-9, (kind, cap, billed)
+
+
+def test_infer_proposing_and_testing_spend_under_one_cap(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    from tests.test_infer import _pairs, hidden_rule_model
+
+    fault_server.responder, fault_server.usage_by_length = hidden_rule_model, True
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _pairs(12)))
+    r = CliRunner().invoke(app, [
+        "constitution", "infer", str(data), "--model", "teacher", "--api-base",
+        fault_server.base_url, "--out", str(tmp_path / "i.yaml"), "-q", "--concurrency", "2",
+        "--cache-path", str(tmp_path / "c.sqlite"), "--max-cost", "4", "--price", PRICE,
+    ])  # fmt: skip
+    billed = _billed(fault_server)
+    assert billed <= 4 + 1e-9, (billed, r.output)  # old: proposing, then a fresh $4 of tests
+    assert r.exit_code == 4 and "testing stopped" in r.output, r.output
