@@ -103,9 +103,9 @@ def _expand(server: FaultServer, tmp: Path, cap: float | None, *extra: str) -> A
 
 def test_expand_rounds_share_one_cap(fault_server: FaultServer, tmp_path: Path) -> None:
     fault_server.usage_by_length, fault_server.responder = True, _one_prompt_per_call
-    r = _expand(fault_server, tmp_path, 0.6, "--n", "12", "--max-rounds", "3")
+    r = _expand(fault_server, tmp_path, 1.0, "--n", "12", "--max-rounds", "3")
     billed = _billed(fault_server)
-    assert billed <= 0.6 + 1e-9, (billed, r.output)  # old: a fresh $0.6 every round
+    assert billed <= 1.0 + 1e-9, (billed, r.output)  # old: a fresh $1 every round ($1.40)
     assert r.exit_code == 4 and "reached" in r.output, r.output
 
 
