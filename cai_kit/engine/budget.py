@@ -60,7 +60,6 @@ class _State:
     stop: str | None = None  # why the cap stopped the command
     stopped_by: str | None = None  # the job it stopped
     preview: float = 0.0  # --dry-run: the worst case of every job previewed so far
-    failed_rows: list[str] = field(default_factory=list)  # "output|id": not retried in-command
     # model string -> [input, output] USD per million tokens: prices the parent command knows
     # (a pipeline recipe's teacher `price:`), for its children's calls to that model
     prices: dict[str, list[float]] = field(default_factory=dict)
@@ -74,6 +73,9 @@ class Budget:
     ) -> None:
         self._lock = threading.Lock()
         self._state = _State(cap=cap)
+        # (output file, row id) of rows that failed in this process's command: not retried
+        # in-command (kept in memory: a row's job runs in one process)
+        self._failed_rows: set[tuple[str, str]] = set()
         self.parent = parent
         self.label = label or "--max-cost"
 
@@ -105,13 +107,13 @@ class Budget:
     # --- the state, under the lock ---------------------------------------------------------
 
     @contextmanager
-    def _txn(self) -> Iterator[_State]:
+    def _txn(self, write: bool = True) -> Iterator[_State]:
         with self._lock:
             yield self._state
 
     def snapshot(self) -> _State:
-        with self._txn() as s:
-            return replace(s, failed_rows=list(s.failed_rows), prices=dict(s.prices))
+        with self._txn(write=False) as s:
+            return replace(s, prices=dict(s.prices))
 
     def price_of(self, model: str) -> tuple[float, float] | None:
         """The (input, output) price per million tokens the parent command set for `model`."""
@@ -193,14 +195,15 @@ class Budget:
 
     # --- rows that failed in this command ------------------------------------------------------
 
-    def failed_earlier(self, output: Path, row_id: str) -> bool:
-        """Whether this row failed in an earlier job or round of this command: it is retried
-        on a re-run, not sent again at once."""
-        return f"{output}|{row_id}" in self.snapshot().failed_rows
+    def failed_earlier(self, output: Path) -> set[str]:
+        """The ids of rows of `output` that failed in an earlier job or round of this command:
+        they are retried on a re-run, not sent again at once."""
+        with self._lock:
+            return {r for o, r in self._failed_rows if o == str(output)}
 
     def mark_failed(self, output: Path, row_ids: list[str]) -> None:
-        with self._txn() as s:
-            s.failed_rows += [f"{output}|{r}" for r in row_ids]
+        with self._lock:
+            self._failed_rows.update((str(output), r) for r in row_ids)
 
     # --- --dry-run ---------------------------------------------------------------------------
 
@@ -237,7 +240,6 @@ class Budget:
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self.snapshot())
-        d.pop("failed_rows")
         d.pop("prices")
         return d
 
@@ -299,7 +301,7 @@ class _FileBudget(Budget):
         fh.flush()
 
     @contextmanager
-    def _txn(self) -> Iterator[_State]:
+    def _txn(self, write: bool = True) -> Iterator[_State]:
         with self._file() as fh:
             fh.seek(0)
             text = fh.read()
@@ -307,4 +309,5 @@ class _FileBudget(Budget):
             try:
                 yield s
             finally:  # a stop is raised from inside: it is kept too
-                self._write(fh, s)
+                if write:
+                    self._write(fh, s)

@@ -200,7 +200,8 @@ def run_job(spec: JobSpec, config: EngineConfig) -> JobSummary:
     summary.already_done = len(todo) - len(pending)
     started = datetime.now(timezone.utc).isoformat()
     if not config.dry_run:  # failed earlier in this command: retried on a re-run
-        left = [it for it in pending if not ledger.failed_earlier(spec.output, spec.item_id(it))]
+        earlier = ledger.failed_earlier(spec.output)
+        left = [it for it in pending if not earlier or spec.item_id(it) not in earlier]
         summary.failed, pending = len(pending) - len(left), left
     if config.dry_run:
         summary.total = len(pending)
