@@ -343,7 +343,9 @@ class Engine:
                 "call(s): pass --price IN,OUT (USD per million input/output tokens), or drop "
                 "--max-cost. Finished work is kept."
             )
-        return self.ledger.message()
+        at_cap = s.in_flight_at_cap
+        more = f" {at_cap} call(s) were in flight when the cap was reached." if at_cap else ""
+        return self.ledger.message() + more
 
     def _account(self, state: _Budget, completion: Completion, reserved: float) -> None:
         """Swap a call's reservation for what it really cost (reported, or price × usage)."""
