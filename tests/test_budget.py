@@ -2,7 +2,7 @@
 the scripted provider (`fault_server`), which bills every call it finished, also one whose
 client gave up (`billed_usd`): prefs' sampling and judging under one cap, no judging after the
 cap stopped sampling, expand's rounds under one cap and no failed call sent twice in one
-command, a timed-out call kept reserved and reported as "sent, may be billed", a reported cost
+command, infer's proposing and testing under one cap, a timed-out call kept reserved and reported as "sent, may be billed", a reported cost
 above --price, the dry run against the cap, a ledger shared by processes through a file, and
 random caps x random job shapes never billed past the cap.
 """
@@ -208,6 +208,46 @@ def test_a_ledger_file_holds_one_cap_for_several_processes(tmp_path: Path) -> No
     done = sum(out.get(timeout=5) for _ in procs)
     state = json.loads(path.read_text())
     assert done == 50 and state["spent"] == pytest.approx(0.5) and state["stop"]
+
+
+def test_one_ledger_holds_its_cap_for_engines_on_several_threads_and_event_loops(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """Four threads, each with its own event loop and Engine, spend through one Budget (the
+    library-first path runs sync calls on a worker-thread loop: an asyncio.Lock would not do)."""
+    import asyncio
+    import threading
+
+    from cai_kit.engine import Engine, EngineConfig
+    from cai_kit.engine.pricing import parse_price
+    from cai_kit.llm import GenParams, get_backend
+
+    fault_server.usage_by_length, fault_server.latency_s = True, 0.01
+    ledger = Budget(0.5)
+    cfg = EngineConfig(max_cost=0.5, budget=ledger, price=parse_price(PRICE), quiet=True,
+                       cache_path=tmp_path / "c.sqlite", concurrency=4)  # fmt: skip
+
+    def worker(t: int) -> None:
+        async def go() -> None:
+            engine = Engine(cfg)
+            backend = get_backend("m", api_base=fault_server.base_url)
+            msgs = [[{"role": "user", "content": f"thread {t} question {i}"}] for i in range(20)]
+            await asyncio.gather(
+                *(engine.call(backend, m, GenParams(max_tokens=16)) for m in msgs),
+                return_exceptions=True,
+            )
+            await backend.aclose()
+            await engine.aclose()
+
+        asyncio.run(go())
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert ledger.stopped and _billed(fault_server) <= 0.5 + 1e-9
+    assert ledger.spent == pytest.approx(_billed(fault_server))
 
 
 # --- property: random caps x random job shapes never bill past the cap -------------------------
