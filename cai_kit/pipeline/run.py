@@ -356,7 +356,9 @@ def run_stage(stage: Stage, run: Path, out: TextIO) -> tuple[float, float, bool]
     if live:
         out.write("\r\033[K")
     if proc.returncode == EXIT_STOPPED:  # --max-cost (the pipeline's or the stage's own)
-        stop = next((x.split("Stopped: ", 1)[1].strip() for x in reversed(_tail(log)) if "Stopped: " in x), "")  # fmt: skip
+        stops = [x.split("Stopped: ", 1)[1].strip() for x in _tail(log) if "Stopped: " in x]
+        # the job the cap stopped, not a later one of the stage that then never started
+        stop = next((x for x in stops if not x.startswith("not started")), stops[-1] if stops else "")  # fmt: skip
         out.write(f"  {stage.name:<16} stopped by --max-cost after {seconds:.0f} s\n")
         raise BudgetExceeded(
             f"Stage {stage.name} was stopped by the cap: {stop or f'see {log}'} Later stages were "
