@@ -320,10 +320,10 @@ class Engine:
             self.ledger.release(reserved)
 
     def spend(self, cost: float) -> None:
-        """Count a cost billed outside a call's own reservation (a batch line): in this job's
-        stats and in the command's ledger."""
+        """Count one answer billed outside a reservation of its own (a batch line): its cost in
+        this job's stats, and the answer and its cost in the command's ledger."""
         self.stats.cost += cost
-        self.ledger.spend(cost)
+        self.ledger.spend(cost, calls=1)
 
     def _stop(self, why: str) -> None:
         if self.budget_stop is None:
