@@ -58,11 +58,19 @@ class BackendError(CaiKitError):
     retryable: bool = False
 
     def __init__(
-        self, message: str, *, status: int | None = None, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        unanswered: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+        # the request was sent and its answer never arrived (a timeout, a dropped connection):
+        # the provider may still finish and bill it, so --max-cost keeps it reserved
+        self.unanswered = unanswered
 
 
 class RetryableError(BackendError):

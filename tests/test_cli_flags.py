@@ -11,8 +11,9 @@ import typer
 from cai_kit.cli.common import ENGINE_KEYS
 from cai_kit.cli.main import app
 
-# Commands that call a model outside a job and so take a deliberate subset.
-PARTIAL = {"chat", "serve"}
+# Commands that call a model outside a job and so take a deliberate subset (the pipeline: only
+# --max-cost, the cap of all its stages together; its stages' flags come from the recipe).
+PARTIAL = {"chat", "serve", "pipeline"}
 # Flags that only make sense where calls can go to a provider's Batch API.
 BATCH_ONLY = {"batch_api", "batch_deadline"}
 # Trainers call a judge through the engine but are no data job: no dry run, and their own output.

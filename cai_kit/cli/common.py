@@ -80,7 +80,12 @@ TimeoutOpt = Annotated[
 ]
 MaxCostOpt = Annotated[
     float | None,
-    typer.Option("--max-cost", help="Stop cleanly before spending more than this (USD)."),
+    typer.Option(
+        "--max-cost",
+        help="Stop cleanly before spending more than this (USD): one cap for this invocation, "
+        "every job and round it runs together (a re-run gets the cap anew). A call whose "
+        "answer never came (timeout) stays counted: the provider may bill it.",
+    ),
 ]
 PriceOpt = Annotated[
     str | None,
@@ -278,7 +283,10 @@ def engine_config(
         parsed_price = parse_price(price) if price is not None else None
     except ConfigError as exc:
         fail(str(exc))
+    from cai_kit.engine.budget import Budget
+
     return EngineConfig(
+        budget=Budget.for_command(max_cost),  # one ledger for every job of this invocation
         concurrency=concurrency,
         rpm=rpm,
         tpm=tpm,

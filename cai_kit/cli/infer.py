@@ -98,7 +98,7 @@ def infer(
         typer.echo(keys_needed((model, api_base), (judge_model, api_base)))
         return
     if result.waiting:
-        typer.echo(f"No constitution yet: {result.waiting}.")
+        typer.echo(f"No constitution yet: {result.waiting.rstrip('.')}.")
         exit_for(*summaries)  # 4 when --max-cost stopped it, 1 when no row was done, ...
         raise typer.Exit(1)
     write_report(work / "report.json", result, cfg, str(data))

@@ -46,11 +46,27 @@ def pipeline(
             "Batch API); run nothing.",
         ),
     ] = False,
+    max_cost: Annotated[
+        float | None,
+        typer.Option(
+            "--max-cost",
+            min=0,
+            help="USD cap for the whole pipeline, every stage together, per invocation (a "
+            "re-run gets the cap anew); overrides the recipe's max_cost. The stages share one "
+            "ledger (RUN/budget.json); a stage it stops ends the pipeline (exit 4).",
+        ),
+    ] = None,
 ) -> None:
     """Run the whole Constitutional AI pipeline from a recipe; finished stages are skipped."""
+    from cai_kit.engine.jobs import EXIT_STOPPED
+    from cai_kit.errors import BudgetExceeded
     from cai_kit.pipeline.run import STAGE_PARTIAL, run_pipeline
 
-    ran = run_pipeline(recipe, out, only, dry_run)
+    try:
+        ran = run_pipeline(recipe, out, only, dry_run, max_cost=max_cost)
+    except BudgetExceeded as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(EXIT_STOPPED) from None
     if not dry_run:
         typer.echo(f"{len(ran.stages)} stage(s) ran. Report: {out / 'report.md'}")
     if ran.partial:  # every stage ran; these kept going past failed rows

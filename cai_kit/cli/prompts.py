@@ -83,7 +83,9 @@ def expand(
             typer.echo("(the first round; more rounds only if duplicates or --keep-if leave fewer than --n)")  # fmt: skip
         return
     if result.waiting:
-        typer.echo(f"Not written yet: {result.waiting}. Re-run the same command to finish.")
+        typer.echo(
+            f"Not written yet: {result.waiting.rstrip('.')}. Re-run the same command to finish."
+        )
         exit_for(*summaries)  # 4 when --max-cost stopped it, 1 when no row was done, ...
         raise typer.Exit(1)
     typer.echo(f"expand: {result.line()}")

@@ -1,6 +1,8 @@
 """How a model call is made and paid for.
 
 - `core.py`            `Engine`: cache, in-flight joins, rpm/tpm buckets, retries, --max-cost
+- `budget.py`          `Budget`: the one --max-cost ledger of a command, shared by all its jobs
+                       (threads, event loops, and processes through a ledger file)
 - `jobs.py`            `run_job`: one record per input item, resume, shards, progress, manifest
 - `base.py`            what the engine, the job runner and the collector share: `CallFailed`,
                        `Deferred`, `BatchRoute`
@@ -19,7 +21,17 @@ Everything above it (stages, eval, train, serve, pipeline, cli) may import it.
 """
 
 from cai_kit.engine.base import CallFailed
+from cai_kit.engine.budget import Budget, with_budget
 from cai_kit.engine.core import Engine, EngineConfig
 from cai_kit.engine.jobs import JobSpec, JobSummary, run_job
 
-__all__ = ["CallFailed", "Engine", "EngineConfig", "JobSpec", "JobSummary", "run_job"]
+__all__ = [
+    "Budget",
+    "CallFailed",
+    "Engine",
+    "EngineConfig",
+    "JobSpec",
+    "JobSummary",
+    "run_job",
+    "with_budget",
+]

@@ -527,7 +527,7 @@ class BatchCollector:
                     stats.calls += 1  # paid and counted, answered or not (as when synchronous)
                     if c.cost is None and price is not None:  # at the batch price
                         c.cost = price.cost_of(c.usage, batch=True)
-                    stats.count(c)  # billed, kept or not
+                    self.engine.spend(c)  # billed, kept or not (the command's ledger too)
                     if (
                         not c.text.strip()
                         and c.finish_reason == "length"

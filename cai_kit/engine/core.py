@@ -4,7 +4,10 @@
   1. serves the call from the content-addressed cache (never pay twice),
   2. joins an identical call already in flight (duplicates in the input are called once),
   3. waits for our own rpm/tpm token buckets and a concurrency slot,
-  4. reserves the call's worst-case cost against --max-cost, or stops cleanly (see `_Budget`),
+  4. reserves the call's worst-case cost against --max-cost in the command's one ledger
+     (`cai_kit.engine.budget.Budget`: every job of a command spends through it), or stops
+     cleanly (see `_Budget` for prices); a call whose answer never arrived (timeout, dropped
+     connection) keeps its reservation, as the provider may still bill it,
   5. calls the backend with retries: exponential backoff with jitter on 429/5xx/timeouts/
      dropped connections, honouring Retry-After up to a cap; fatal 4xx fail at once. An empty
      or null reply (content filter, a reasoning model out of tokens) is paid but never cached:
@@ -22,12 +25,13 @@ import random
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cai_kit.engine.base import BatchRoute, CallFailed
+from cai_kit.engine.budget import Budget
 from cai_kit.engine.cache import CallCache, cache_key
 from cai_kit.engine.pricing import (
     FREE_KINDS,
@@ -100,6 +104,9 @@ class EngineConfig:
     # --batch-deadline: seconds from a batch's submission after which it is cancelled
     # (None: the providers' 24 h completion window)
     batch_deadline_s: float | None = None
+    # the command's one --max-cost ledger, shared by all its jobs (`budget.with_budget`);
+    # None: each Engine starts its own for max_cost
+    budget: Budget | None = None
 
 
 @dataclass
@@ -114,6 +121,7 @@ class EngineStats:
     reasoning_tokens: int = 0  # of completion_tokens: hidden reasoning
     cost: float = 0.0  # of the calls whose cost is known (cai_kit.engine.spend)
     unpriced_calls: int = 0  # answered calls with no price and no reported cost
+    sent_may_be_billed: int = 0  # sent, no answer arrived (timeout, dropped): may be billed
     in_flight_at_cap: int | None = None  # calls in flight when spending first reached --max-cost
     started: float = field(default_factory=time.monotonic)
 
@@ -203,6 +211,9 @@ class _Budget:
     unenforceable: bool = False
     probe: asyncio.Lock = field(default_factory=asyncio.Lock)
     model: str = ""  # the backend's model string, for the stop line
+    # reported cost / --price cost, when the server reported more than the price says: later
+    # reservations use the price scaled up by it, so concurrent calls cannot pass the cap
+    above_price: float = 1.0
 
     @property
     def known(self) -> bool:
@@ -211,12 +222,21 @@ class _Budget:
     def worst_case(self, messages: ChatMessages, params: GenParams) -> float:
         price = self.price or self.implied
         worst = price.worst_case(prompt_tokens_upper(messages), params.max_tokens) if price else 0.0
+        if self.price is not None:
+            worst *= self.above_price
         return max(worst, 2 * self.flat)
 
     def learn(self, completion: Completion) -> None:
-        if self.price is not None or completion.cost is None:
+        if completion.cost is None:
             return
         u = completion.usage
+        if self.price is not None:  # reported above --price: reserve at the larger one
+            at_price = self.price.cost(u.prompt_tokens, u.completion_tokens)
+            if at_price > 0 and completion.cost > at_price * self.above_price:
+                self.above_price = completion.cost / at_price
+            elif at_price <= 0 and completion.cost > 0:
+                self.flat = max(self.flat, completion.cost)
+            return
         p = implied_price(completion.cost, u.prompt_tokens, u.completion_tokens)
         if p is None and completion.cost == 0:  # reported free, without token counts
             self.implied = self.implied or Price(0.0, 0.0, source="reported as free")
@@ -240,9 +260,11 @@ class Engine:
         self._semaphores: dict[int, asyncio.Semaphore] = {}
         self._inflight: dict[str, asyncio.Future[Completion]] = {}
         self._in_flight = 0  # calls sent and not answered yet
-        self._reserved = 0.0  # worst-case cost of the calls in flight (for --max-cost)
+        # the command's ledger: every reservation and every cost goes through it
+        self.ledger = self.config.budget or Budget.for_command(self.config.max_cost)
+        self.job = ""  # the job this engine runs (run_job sets it), for the stop line
         self._budgets: dict[int, _Budget] = {}
-        self.budget_stop: str | None = None  # why --max-cost stopped the run, when it did
+        self.budget_stop: str | None = None  # why --max-cost stopped this job, when it did
         self._unpriced: str | None = None  # a model --max-cost could not price, if it stopped so
         self.notices: list[str] = []  # one-time notes printed to stderr (kept for tests)
         self._rpm = TokenBucket(self.config.rpm) if self.config.rpm else None
@@ -318,9 +340,13 @@ class Engine:
 
     def _budget(self, backend: Backend) -> _Budget:
         if id(backend) not in self._budgets:
-            state = _Budget(price_for_backend(backend, self.config.price), model=backend.model)
+            explicit = self.config.price
+            if explicit is None and backend.kind not in FREE_KINDS:  # e.g. a recipe's teacher
+                given = self.ledger.price_of(backend.model)
+                explicit = Price(*given, source="the parent command") if given else None
+            state = _Budget(price_for_backend(backend, explicit), model=backend.model)
             self._budgets[id(backend)] = state
-            if self.config.max_cost is not None and state.price is None:
+            if self.ledger.enforced and state.price is None:
                 self._notice(
                     f"no price is known for {backend.model}, so --max-cost can count only the "
                     "cost the server reports; its first call goes alone to see whether it does. "
@@ -331,36 +357,49 @@ class Engine:
     def _check_budget(self, state: _Budget, messages: ChatMessages, params: GenParams) -> float:
         """Reserve this call's worst-case cost, or stop (BudgetExceeded) if it might not fit
         under --max-cost next to what is spent and reserved. Returns the amount reserved."""
-        cap = self.config.max_cost
-        if cap is None:
+        if not self.ledger.enforced:
             return 0.0
         if state.unenforceable:
             self._unpriced = self._unpriced or state.model
             self._stop("the server reported no cost and no price is known")
         worst = state.worst_case(messages, params)
-        if not state.known and self.stats.cost >= cap:
+        cap = self.ledger.cap
+        if not state.known and cap is not None and self.ledger.spent >= cap:
             self._stop(f"the next call could cost up to ${worst:.4f}")
         self.reserve(worst, f"the next call could cost up to ${worst:.4f}")
         return worst
 
     def reserve(self, worst: float, why: str) -> None:
-        """The one --max-cost ledger: hold `worst` next to what is spent and everything else
-        reserved (synchronous calls in flight and batched calls alike, of this run or reopened
-        from an earlier one), or stop (BudgetExceeded) if it might not fit under the cap."""
-        cap = self.config.max_cost
-        if cap is not None and self.stats.cost + self._reserved + worst > cap + 1e-12:
-            self._stop(why)
-        self._reserved += worst
+        """Hold `worst` in the command's ledger (`self.ledger`) next to what is spent and
+        everything else reserved (synchronous calls in flight and batched calls alike, of every
+        job of the command, or reopened from an earlier run), or stop (BudgetExceeded) if it
+        might not fit under the cap or the cap already stopped the command."""
+        try:
+            self.ledger.reserve(worst, why, self.job)
+        except BudgetExceeded as exc:
+            self.budget_stop = self.budget_stop or why
+            raise BudgetExceeded(self.budget_message()) from exc
 
     def release(self, reserved: float) -> None:
         """Let a reservation go: its call can no longer be billed (answered, failed for good,
         or its batch ended). A negative amount reserves without a check (a batch reopened
         from an earlier run: it is owed whatever the cap says)."""
-        self._reserved -= reserved
+        if reserved < 0:
+            self.ledger.hold(-reserved)
+        else:
+            self.ledger.release(reserved)
+
+    def spend(self, completion: Completion) -> None:
+        """Count one answer billed outside a reservation of its own (a batch line): its tokens
+        and cost in this job's stats, and the answer and its cost in the command's ledger."""
+        self.stats.count(completion)
+        self.ledger.spend(completion.cost or 0.0, calls=1)
 
     def _stop(self, why: str) -> None:
         if self.budget_stop is None:
             self.budget_stop = why
+        with suppress(BudgetExceeded):  # (recorded in the ledger; the job's own line is raised)
+            self.ledger.stop(why, self.job)
         raise BudgetExceeded(self.budget_message())
 
     def budget_message(self) -> str:
@@ -370,32 +409,25 @@ class Engine:
         if self._unpriced is not None:  # nothing was "reached": the spend is unknown
             return (
                 f"no price is known for {self._unpriced} and its server reports no cost, so "
-                f"--max-cost ${self.config.max_cost:g} cannot be enforced after {s.calls} "
+                f"--max-cost ${self.ledger.cap or 0:g} cannot be enforced after {s.calls} "
                 "call(s): pass --price IN,OUT (USD per million input/output tokens), or drop "
                 "--max-cost. Finished work is kept."
             )
-        at_cap = (
-            f"; {s.in_flight_at_cap} call(s) were in flight when the cap was reached"
-            if s.in_flight_at_cap
-            else ""
-        )
-        return (
-            f"--max-cost ${self.config.max_cost:g} reached: spent ${s.cost:.4f} on {s.calls} "
-            f"calls{at_cap} ({self.budget_stop}). Finished work is kept; raise the cap and "
-            "re-run to continue."
-        )
+        at_cap = s.in_flight_at_cap
+        more = f" {at_cap} call(s) were in flight when the cap was reached." if at_cap else ""
+        return self.ledger.message() + more
 
     def _account(self, state: _Budget, completion: Completion, reserved: float) -> None:
         """Swap a call's reservation for what it really cost (reported, or price × usage)."""
-        self._reserved -= reserved
+        state.learn(completion)  # (a reported cost above --price raises later reservations)
         if completion.cost is None and state.price is not None:
             completion.cost = state.price.cost_of(completion.usage)
-        state.learn(completion)
+        self.ledger.settle(reserved, completion.cost or 0.0)
         s = self.stats
         s.calls += 1
         s.count(completion)
-        cap = self.config.max_cost
-        if cap is not None and s.in_flight_at_cap is None and s.cost >= cap - 1e-12:
+        cap = self.ledger.cap
+        if cap is not None and s.in_flight_at_cap is None and self.ledger.spent >= cap - 1e-12:
             s.in_flight_at_cap = self._in_flight
 
     async def _call_uncached(
@@ -459,15 +491,18 @@ class Engine:
         try:
             completion = await asyncio.wait_for(backend.chat(messages, params), timeout)
         except asyncio.TimeoutError:
-            self._reserved -= reserved
+            self._unanswered(reserved)
             return Completion(text=""), RetryableError(
                 f"No answer within {timeout:g} s (--timeout)."
             )
         except BackendError as exc:
-            self._reserved -= reserved
+            if exc.unanswered:  # sent, and the answer never came: the provider may bill it
+                self._unanswered(reserved)
+            else:  # the provider answered with an error: nothing to bill
+                self.ledger.release(reserved)
             return Completion(text=""), exc
-        except BaseException:
-            self._reserved -= reserved
+        except BaseException:  # cancelled or killed mid-call: it may be billed all the same
+            self._unanswered(reserved)
             raise
         finally:
             self._in_flight -= 1
@@ -480,6 +515,12 @@ class Engine:
         if self.config.timeout_given or rules is None or not rules.reasons:
             return self.config.timeout_s
         return effort_timeout(params.reasoning_effort, self.config.timeout_s)
+
+    def _unanswered(self, reserved: float) -> None:
+        """A sent call whose answer never arrived keeps its reservation for the rest of the
+        command (a retry reserves anew) and is counted as sent, may be billed."""
+        self.stats.sent_may_be_billed += 1
+        self.ledger.keep_unanswered(reserved)
 
     def item_scope(self) -> AbstractContextManager[None]:
         """Marks one job item as running (a Batch API wave goes out when all of them wait)."""

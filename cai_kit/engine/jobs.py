@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 from cai_kit.engine.base import CallFailed, Deferred
 from cai_kit.engine.batch_providers import NO_BATCH_API
+from cai_kit.engine.budget import Budget, with_budget
 from cai_kit.engine.core import Engine, EngineConfig, fit_call
 from cai_kit.engine.spend import spend_text, stats_spend
 from cai_kit.errors import BudgetExceeded, redact
@@ -108,8 +109,10 @@ class JobSummary:
             cost = f"; {self.cost_preview}" if self.cost_preview else ""
             basis = f" {self.cost_basis}" if self.cost_preview and self.cost_basis else ""
             return f"dry run: {self.total} rows to do, about {self.estimated_calls} calls{cost}; nothing was called.{basis}"
+        unanswered = s.get("sent_may_be_billed", 0)
         parts.append(
             f"{s.get('calls', 0)} calls, {s.get('cache_hits', 0)} cache hits, {s.get('retries', 0)} retries"
+            + (f", {unanswered} sent, may be billed (no answer came)" if unanswered else "")
         )
         parts.append(f"{token_counts(s)}, {stats_spend(s, hint=True)}")
         text = "; ".join(parts)
@@ -182,9 +185,15 @@ def run_async(coro: Awaitable[Any]) -> Any:
 
 
 def run_job(spec: JobSpec, config: EngineConfig) -> JobSummary:
-    """Run the items that are not done yet; see the module docstring."""
+    """Run the items that are not done yet; see the module docstring. Every job of a command
+    spends through the command's one ledger (`config.budget`, `budget.with_budget`): once the
+    cap has stopped a job, a later job does not start, and a row that failed earlier in the
+    same command (an earlier round) is left for a re-run instead of being sent again."""
     from cai_kit.io import latest_status
 
+    config = with_budget(config)
+    ledger = config.budget
+    assert ledger is not None
     done_ids = {i for i, s in latest_status(spec.output, spec.record_type).items() if s == "ok"}
     todo, seen, pending = [], set(), []
     for item in spec.items:
@@ -199,6 +208,10 @@ def run_job(spec: JobSpec, config: EngineConfig) -> JobSummary:
     summary = JobSummary(total=len(todo), run_dir=spec.run_dir)
     summary.already_done = len(todo) - len(pending)
     started = datetime.now(timezone.utc).isoformat()
+    if not config.dry_run:  # failed earlier in this command: retried on a re-run
+        earlier = ledger.failed_earlier(spec.output)
+        left = [it for it in pending if not earlier or spec.item_id(it) not in earlier]
+        summary.failed, pending = len(pending) - len(left), left
     if config.dry_run:
         summary.total = len(pending)
         if spec.estimate_tokens is not None:  # the calls themselves: their count and price
@@ -210,13 +223,21 @@ def run_job(spec: JobSpec, config: EngineConfig) -> JobSummary:
                                          max_tokens=c, reasoning_effort=e)).max_tokens)  # fmt: skip
             summary.estimated_calls, summary.cost_preview = preview.calls, preview.line()
             summary.cost_basis = preview.basis()
+            worst = preview.batch_cost if config.batch_api else preview.sync_cost
+            summary.cost_preview += _against_the_cap(ledger, worst, preview.unknown)
         else:
             summary.estimated_calls = (
                 sum(spec.estimate(it) for it in pending) if spec.estimate else len(pending)
             )
         return summary
 
+    if ledger.stopped:  # the cap stopped an earlier job of this command: this one never starts
+        summary.stopped = f"not started: {ledger.message()}"
+        summary.stats = {"cost": 0.0, "calls": 0}
+        _write_manifest(spec, summary, started, "stopped")
+        return summary
     engine = Engine(config)
+    engine.job = spec.name
     collector: BatchCollector | None = None
     if config.batch_api or (spec.run_dir / "batches" / "ledger.jsonl").is_file():
         from cai_kit.engine.batch import BatchCollector, has_open_batches
@@ -238,8 +259,22 @@ def run_job(spec: JobSpec, config: EngineConfig) -> JobSummary:
         raise
     finally:
         summary.stats = engine.stats.as_dict()
+        summary.stats["command"] = ledger.as_dict()  # the whole command so far (every job)
         _write_manifest(spec, summary, started, status)
     return summary
+
+
+def _against_the_cap(ledger: Budget, worst: float, unknown: set[str]) -> str:
+    """--dry-run: the worst case of the whole command so far (this job and those previewed
+    before it) next to --max-cost, before anything starts."""
+    total = ledger.add_preview(worst)
+    cap = ledger.cap
+    if cap is None:
+        return ""
+    if unknown:
+        return f"; --max-cost ${cap:g} can't be compared: a price is unknown"
+    fits = "fits under" if total <= cap + 1e-12 else "is over; the run would stop at"
+    return f"; worst case of the whole command so far ${total:.4f} {fits} --max-cost ${cap:g}"
 
 
 class _InfoColumn:
@@ -345,6 +380,7 @@ async def _run_items(
             return
         except CallFailed:  # a process that did not record its own failure: retried on re-run
             summary.failed += 1
+            failed_ids.append(spec.item_id(item))
             advance()
             return
         writer.write(record)
@@ -352,6 +388,7 @@ async def _run_items(
             summary.done += 1
         else:
             summary.failed += 1
+            failed_ids.append(spec.item_id(item))
             summary.sync_retry |= NO_BATCH_API in (getattr(record, "error", None) or "")
         advance()
 
@@ -368,6 +405,7 @@ async def _run_items(
         await asyncio.gather(*(worker() for _ in range(min(width, len(items)))))
         return deferred
 
+    failed_ids: list[str] = []
     ticker = asyncio.get_running_loop().create_task(plain.every()) if plain else None
     with progress, JsonlWriter(spec.output) as writer:
         try:
@@ -376,6 +414,7 @@ async def _run_items(
                 stop.clear()  # after a budget stop, rows whose answers came can still finish
                 rows = await run_pass(rows, writer)
         finally:
+            engine.ledger.mark_failed(spec.output, failed_ids)
             if ticker is not None and plain is not None:
                 ticker.cancel()
                 plain.print()  # the last line: where the job ended

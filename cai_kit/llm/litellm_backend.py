@@ -216,8 +216,13 @@ def _map_error(litellm: Any, exc: Exception, model: str) -> Exception:
         return FatalBackendError(
             f"The provider rejected the request for {model} (400): {exc}", status=400
         )
+    # a timeout or a lost connection: sent, and the provider may still bill it
+    lost = tuple(
+        getattr(litellm, n) for n in ("Timeout", "APIConnectionError") if hasattr(litellm, n)
+    )
     return RetryableError(
         f"The call to {model} failed ({name}): {str(exc)[:200]}",
         status=status,
         retry_after=retry_after,
+        unanswered=isinstance(exc, lost),
     )

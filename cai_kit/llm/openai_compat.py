@@ -217,7 +217,8 @@ class OpenAICompatBackend(Backend):
         except asyncio.TimeoutError:
             raise RetryableError(
                 f"The server at {self.api_base} did not answer within "
-                f"{self.timeout_for(params):g} s (--timeout)."
+                f"{self.timeout_for(params):g} s (--timeout).",
+                unanswered=True,
             ) from None
         except aiohttp.ClientConnectorError:
             raise RetryableError(
@@ -225,7 +226,8 @@ class OpenAICompatBackend(Backend):
             ) from None
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise RetryableError(
-                f"The connection to {self.api_base} dropped ({type(exc).__name__})."
+                f"The connection to {self.api_base} dropped ({type(exc).__name__}).",
+                unanswered=True,
             ) from None
         if status != 200:
             raise _status_error(

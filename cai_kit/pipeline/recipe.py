@@ -15,6 +15,8 @@ the student (with `local`, fully offline)::
       price: "0.15,0.60"                        # USD per M tokens, for --dry-run if unknown
     expand: {n: 200, keep_if: "asks for something harmful"}   # optional: more prompts first
     infer: {min_agreement: 0.6}                 # optional: principles behind the pairs
+    max_cost: 5.0                               # optional: USD for the whole pipeline
+    stage_max_cost: {prefs: 2.0}                # optional: USD per stage, inside max_cost
 
 `expand` and `infer` are run by the teacher unless they name their own `model`
 (`Recipe.step_model`).
@@ -42,6 +44,8 @@ from cai_kit.errors import ConfigError
 Serves = Literal["responses", "critiques", "judging", "eval_judging"]
 ALL_SERVES: list[Serves] = ["responses", "critiques", "judging", "eval_judging"]
 JudgeMode = Literal["logprobs", "letter", "cot", "votes"]
+# the stages that make model calls (job commands with --max-cost): `stage_max_cost` keys
+JOB_STAGES = ("expand", "revise", "prefs", "infer", "eval", "revise-heldout")
 
 
 class _Section(BaseModel):
@@ -222,10 +226,32 @@ class Recipe(_Section):
     eval: EvalStage = EvalStage()
     expand: ExpandStep | None = None
     infer: InferStep | None = None
+    max_cost: float | None = Field(
+        None,
+        gt=0,
+        description="USD cap for the whole pipeline, every stage together, per invocation "
+        "(`--max-cost` overrides it)",
+    )
+    stage_max_cost: dict[str, float] = Field(
+        default_factory=dict,
+        description="USD cap per job stage inside the whole, e.g. {prefs: 2.0} (stages: "
+        "expand, revise, prefs, infer, eval, revise-heldout)",
+    )
     report_to: str = Field(
         "none",
         description="train sft/dpo log to: none, tensorboard, trackio, wandb, mlflow (comma-separated)",
     )
+
+    @field_validator("stage_max_cost")
+    @classmethod
+    def _stage_caps(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, cap in v.items():
+            if name not in JOB_STAGES:
+                raise ValueError(f"{name!r} is not a stage that makes model calls: "
+                                 f"{', '.join(JOB_STAGES)}")  # fmt: skip
+            if cap <= 0:
+                raise ValueError(f"{name}: a cap must be more than 0")
+        return v
 
     @field_validator("report_to")
     @classmethod

@@ -24,6 +24,12 @@ as rejected, the Hugging Face CAI recipe). A stage is skipped when `RUN/.stages/
 exists; each stage is itself resumable. `RUN/report.md` gives per-stage seconds, the eval
 prompts used, the win rate (and whether the judge's ties leave it meaningless) and the
 implicit-reward accuracies (`cai_kit.pipeline.report`).
+
+`--max-cost C` (or the recipe's `max_cost:`) is one cap for the whole pipeline, every stage
+together, per invocation: the stages' processes share one ledger file, `RUN/budget.json`
+(`cai_kit.engine.budget`; the teacher's `price:` travels in it), and `stage_max_cost:` caps a
+stage inside the whole. A stage the cap stops ends the pipeline (exit 4, later stages not
+started, finished work kept); a re-run continues with the cap anew.
 """
 
 from __future__ import annotations
@@ -42,8 +48,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cai_kit.constitution import list_constitutions
-from cai_kit.engine.jobs import EXIT_FAILED, EXIT_PARTIAL
-from cai_kit.errors import ConfigError
+from cai_kit.engine.budget import BUDGET_FILE_ENV, Budget
+from cai_kit.engine.jobs import EXIT_FAILED, EXIT_PARTIAL, EXIT_STOPPED
+from cai_kit.errors import BudgetExceeded, ConfigError
 from cai_kit.pipeline.recipe import Recipe, load_recipe
 from cai_kit.pipeline.split import split_prompts, write_prompts
 from cai_kit.records import PromptRecord
@@ -368,6 +375,15 @@ def run_stage(stage: Stage, run: Path, out: TextIO) -> tuple[float, float, bool]
     seconds, cpu = time.monotonic() - start, _children_cpu() - cpu_start
     if live:
         out.write("\r\033[K")
+    if proc.returncode == EXIT_STOPPED:  # --max-cost (the pipeline's or the stage's own)
+        stops = [x.split("Stopped: ", 1)[1].strip() for x in _tail(log) if "Stopped: " in x]
+        # the job the cap stopped, not a later one of the stage that then never started
+        stop = next((x for x in stops if not x.startswith("not started")), stops[-1] if stops else "")  # fmt: skip
+        out.write(f"  {stage.name:<16} stopped by --max-cost after {seconds:.0f} s\n")
+        raise BudgetExceeded(
+            f"Stage {stage.name} was stopped by the cap: {stop or f'see {log}'} Later stages were "
+            "not started; re-run the pipeline to continue (finished stages are skipped)."
+        )
     if proc.returncode != 0 and stage.fallback is not None:
         nothing = [line.strip() for line in _tail(log) if NOTHING_TO_EXPORT in line]
         if nothing:  # the judge left no pair to train on: prefs.no_pairs says what to do
@@ -442,10 +458,13 @@ def run_pipeline(
     only: str | None = None,
     dry_run: bool = False,
     out: TextIO | None = None,
+    max_cost: float | None = None,
 ) -> PipelineRun:
-    """Run (or with dry_run, plan and price) the stages; returns those that ran."""
+    """Run (or with dry_run, plan and price) the stages; returns those that ran. `max_cost`
+    (else the recipe's) caps the whole pipeline; a stage it stops raises BudgetExceeded."""
     out = out or sys.stdout
     recipe = load_recipe(recipe_path)
+    cap = max_cost if max_cost is not None else recipe.max_cost
     names = stage_names(recipe)
     if only is not None and only not in names:
         raise ConfigError(f"--only {only!r}: stages are {', '.join(names)}.")
@@ -468,9 +487,17 @@ def run_pipeline(
                 out.write(
                     f"    if no pair survives (prefs.no_pairs: revisions): {s.fallback.command()}\n"
                 )
-        out.write("\n" + format_estimates(estimate(recipe, split)) + "\n")
+        rows = estimate(recipe, split)
+        out.write("\n" + format_estimates(rows) + "\n")
+        if cap is not None:
+            out.write(_against_the_cap(recipe, rows, cap) + "\n")
         return PipelineRun()
     ran = PipelineRun()
+    shared: dict[str, str] = {}
+    if cap is not None or recipe.stage_max_cost:  # one ledger for every stage's process
+        ledger = run / "budget.json"
+        Budget.on_disk(ledger, cap, fresh=True, prices=_teacher_price(recipe))
+        shared[BUDGET_FILE_ENV] = str(ledger)
 
     def step(s: Stage) -> None:
         if only is not None and s.name != only:
@@ -479,6 +506,9 @@ def run_pipeline(
         if marker.exists() and only is None:
             out.write(f"  skip {s.name} (done)\n")
             return
+        s.env.update(shared)
+        if s.name in recipe.stage_max_cost:
+            s.argv += ["--max-cost", f"{recipe.stage_max_cost[s.name]:g}"]
         seconds, cpu, partial = run_stage(s, run, out)
         markers.mkdir(parents=True, exist_ok=True)
         marker.write_text(f"{seconds:.1f} s wall, {cpu:.1f} s cpu\n")
@@ -498,3 +528,24 @@ def run_pipeline(
 
     write_report(recipe, run, names, split)
     return ran
+
+
+def _teacher_price(r: Recipe) -> dict[str, tuple[float, float]]:
+    """The teacher's `price:` for the stages' ledger (its calls are priced by it)."""
+    if r.teacher is None or not r.teacher.price:
+        return {}
+    from cai_kit.engine.pricing import parse_price
+
+    p = parse_price(r.teacher.price)
+    return {r.teacher.model: (p.input_per_m, p.output_per_m)}
+
+
+def _against_the_cap(r: Recipe, rows: list[Any], cap: float) -> str:
+    """--dry-run: the worst case of every stage together next to the pipeline's cap."""
+    batch = r.teacher is not None and r.teacher.batch_api
+    costs = [e.cost(batch=batch) for e in rows if e.calls]
+    if any(c is None for c in costs):
+        return f"--max-cost ${cap:g} (the whole pipeline): can't be compared, a price is unknown"
+    total = sum(c or 0.0 for c in costs)
+    verdict = "fits under it" if total <= cap + 1e-12 else "is over it: the pipeline would stop before the end"  # fmt: skip
+    return f"--max-cost ${cap:g} (the whole pipeline): the worst case of all stages, ${total:.4f}, {verdict}"

@@ -34,6 +34,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cai_kit.engine import CallFailed, Engine, EngineConfig, JobSpec, JobSummary, run_job
+from cai_kit.engine.budget import with_budget
 from cai_kit.engine.cost_preview import prompt_tokens
 from cai_kit.errors import DataError
 from cai_kit.io import latest_by_id
@@ -248,6 +249,9 @@ def run_expand(
     """Generate, deduplicate, keep-if, write OUT/prompts.jsonl; see the module docstring."""
     if cfg.n < 1 or cfg.per_call < 1 or cfg.shots < 1:
         raise DataError("--n, --per-call and --shots must be at least 1.")
+    # one --max-cost for every round's generation and keep-if jobs; a call that failed in a
+    # round is retried on a re-run, not by the next round
+    engine_config = with_budget(engine_config)
     result = ExpandResult(seeds=len(seeds))
 
     def seed_index() -> tuple[NearDuplicates, list[PromptRecord]]:

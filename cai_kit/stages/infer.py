@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cai_kit.constitution import Constitution, Principle, parse_constitution
 from cai_kit.engine import CallFailed, Engine, EngineConfig, JobSpec, JobSummary, run_job
+from cai_kit.engine.budget import with_budget
 from cai_kit.engine.cost_preview import prompt_tokens, stand_in
 from cai_kit.errors import DataError
 from cai_kit.io import latest_by_id, read_jsonl
@@ -350,6 +351,7 @@ def run_infer(
     dry run and when a step stopped (`result.waiting` says why); `build_constitution` turns
     the kept candidates into a constitution."""
     propose_pairs, test_pairs = split_pairs(pairs, cfg)
+    engine_config = with_budget(engine_config)  # one --max-cost for proposing and testing
     identity, judge_identity = backend.identity(), judge.identity()
     params = cfg.propose_params
     template = stable_hash(PROPOSE_SYSTEM, PROPOSE_TASK)

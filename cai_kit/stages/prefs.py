@@ -25,6 +25,7 @@ from pathlib import Path
 
 from cai_kit.constitution import Constitution
 from cai_kit.engine import Engine, EngineConfig, JobSpec, JobSummary, run_job
+from cai_kit.engine.budget import with_budget
 from cai_kit.engine.cost_preview import stand_in
 from cai_kit.engine.gather import in_order
 from cai_kit.errors import ConfigError, DataError
@@ -130,6 +131,7 @@ def run_prefs(
     the judging of samples not drawn yet as k answers of `max_tokens` each."""
     if k < 2:
         raise DataError("--k must be at least 2 to make pairs.")
+    engine_config = with_budget(engine_config)  # one --max-cost for sampling and judging
     if label not in LABELS:
         raise ConfigError(f"--label must be pairwise or rubric, not {label!r}.")
     if label == "rubric" and rubric is None:

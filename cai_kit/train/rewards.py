@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from cai_kit.constitution import Constitution
 from cai_kit.engine import CallFailed, Engine, EngineConfig
+from cai_kit.engine.budget import Budget
 from cai_kit.errors import BudgetExceeded, CaiKitError, ConfigError
 from cai_kit.llm.base import Backend, Completion, GenParams
 from cai_kit.llm.reasoning import LOWEST
@@ -73,7 +74,8 @@ def _share_of_the_cap(config: EngineConfig) -> EngineConfig:
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"Note: --max-cost ${config.max_cost:g} is shared by {world} processes: "
               f"${config.max_cost / world:g} each.", file=sys.stderr)  # fmt: skip
-    return dataclasses.replace(config, max_cost=config.max_cost / world)
+    share = config.max_cost / world
+    return dataclasses.replace(config, max_cost=share, budget=Budget(share))
 
 
 def _group() -> bool:
