@@ -274,7 +274,7 @@ def test_review_refuses_what_is_not_a_run_and_a_corrupt_labels_db(tmp_path: Path
         ],
     )
     assert r.exit_code == 1 and "No labels database" in r.output
-    from cai_kit.serve.review_index import RunIndex
+    from cai_kit.review.index import RunIndex
 
     index = RunIndex.open(tmp_path / "run2")
     assert (
@@ -414,7 +414,7 @@ def test_export_prefer_human_overrides_the_judge_and_says_how_often(
 )
 def test_guard_lets_only_this_servers_host_in(host: str, local: tuple[str, int], ok: bool) -> None:
     """The review page shares serve's guard (Origin and Content-Type: the HTTP tests above)."""
-    from cai_kit.serve.guard import host_allowed
+    from cai_kit.web.guard import host_allowed
 
     assert host_allowed(host, local, ()) is ok
 

@@ -1,7 +1,7 @@
 """The `cai-kit serve` web app: OpenAI-compatible endpoints, the feedback page, ratings.
 
     app = create_app(backend, store, ServeConfig(model="local", api_key=None))
-    runner, port = await start(app, "127.0.0.1", 8000)  # serve/server.py; port: the one bound
+    runner, port = await start(app, "127.0.0.1", 8000)  # web/server.py; port: the one bound
 
 Routes:
   GET  /                       the chat page (static HTML; it asks for the key if one is set;
@@ -10,7 +10,7 @@ Routes:
   POST /v1/chat/completions    OpenAI chat completions; `"stream": true` for SSE
   POST /v1/feedback            {"completion_id": ID, "rating": 1 | -1, "comment": "..."}
 
-Only this server's own page and API clients get in (guard.py): a Host that does not name the
+Only this server's own page and API clients get in (web/guard.py): a Host that does not name the
 server, or an Origin other than its own or a --cors-origin, is a 403, and a JSON body must say
 `Content-Type: application/json` (415). Every served completion is written to the feedback store before the client gets its `id`,
 so a rating can always find it. Errors are OpenAI-shaped JSON (`{"error": {"message"}}`)
@@ -37,9 +37,7 @@ from aiohttp import web
 
 from cai_kit.errors import BackendError, RetryableError, redact
 from cai_kit.llm.base import Backend, Completion
-from cai_kit.serve.guard import check_json_body, cors_headers, guard
 from cai_kit.serve.protocol import (
-    ApiError,
     ChatRequest,
     Limits,
     chunk_body,
@@ -47,6 +45,8 @@ from cai_kit.serve.protocol import (
     parse_chat_request,
 )
 from cai_kit.serve.store import FeedbackStore, new_completion_id
+from cai_kit.web.errors import ApiError
+from cai_kit.web.guard import check_json_body, cors_headers, guard
 
 log = logging.getLogger("cai_kit.serve")
 

@@ -2,7 +2,7 @@
 
     index = RunIndex.open(run_dir); labels = LabelStore(run_dir / "labels.sqlite")
     app = create_review_app(index, labels, ReviewConfig(host="127.0.0.1"))
-    runner, port = await start(app, "127.0.0.1", 0)   # start: serve/server.py
+    runner, port = await start(app, "127.0.0.1", 0)   # start: web/server.py
 
 Routes (JSON; errors are `{"error": {"message"}}` with a 4xx/5xx status; a bad line in the
 run's files, e.g. one appended while the page is open, is a 409 naming file:line):
@@ -19,7 +19,7 @@ run's files, e.g. one appended while the page is open, is a 409 naming file:line
   POST /api/label                {"reviewer", "kind": "pair"|"revision", "id", "label", "note"}
                                  -> 200 once committed (upsert: never duplicated)
 
-Every request passes `serve`'s guard (`guard.py`): a Host naming this server, no other page's
+Every request passes the guard (`web/guard.py`): a Host naming this server, no other page's
 Origin, JSON bodies only.
 """
 
@@ -36,16 +36,16 @@ from typing import Any
 from aiohttp import web
 
 from cai_kit.errors import DataError
-from cai_kit.serve.guard import check_json_body, guard
-from cai_kit.serve.labels import (
+from cai_kit.review.index import VIEWS, RunIndex, word_diff
+from cai_kit.review.labels import (
     LABELS,
     MAX_NOTE_CHARS,
     LabelStore,
     check_label,
     check_reviewer,
 )
-from cai_kit.serve.protocol import ApiError
-from cai_kit.serve.review_index import VIEWS, RunIndex, word_diff
+from cai_kit.web.errors import ApiError
+from cai_kit.web.guard import check_json_body, guard
 
 log = logging.getLogger("cai_kit.review")
 
@@ -143,7 +143,7 @@ def _reviewer(request: web.Request) -> str | None:
 
 
 async def page(request: web.Request) -> web.Response:
-    html = files("cai_kit.serve").joinpath("review.html").read_text(encoding="utf-8")
+    html = files("cai_kit.review").joinpath("page.html").read_text(encoding="utf-8")
     return web.Response(
         text=html, content_type="text/html", headers={"Content-Security-Policy": _CSP}
     )

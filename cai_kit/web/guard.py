@@ -1,4 +1,5 @@
-"""Who may call `cai-kit serve`: its own page and real API clients, never another web page.
+"""Who may call `cai-kit serve` or `cai-kit review`: its own page and real API clients, never
+another web page.
 
     app = web.Application(middlewares=[..., guard, ...]); app.on_response_prepare.append(cors_headers)
     # guard's answers all carry frame-ancestors 'none' and X-Frame-Options: DENY
@@ -34,7 +35,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from cai_kit.serve.protocol import ApiError
+from cai_kit.web.errors import ApiError
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _CORS = web.RequestKey("cors_origin", str)  # the allowed cross-origin this request came from
