@@ -4,6 +4,7 @@ another web page.
     app = web.Application(middlewares=[..., guard, ...]); app.on_response_prepare.append(cors_headers)
     # guard's answers all carry frame-ancestors 'none' and X-Frame-Options: DENY
     origin = parse_origin("http://localhost:3000")     # ValueError with one sentence if bad
+    body = await read_json(request)                    # 415 unless JSON, 400 unless it parses
     host = parse_allowed_host("chat.internal:443")
 
 Any web page can make its visitor's browser send a "simple" POST (`text/plain`, no preflight)
@@ -30,6 +31,7 @@ the key is looked at:
 from __future__ import annotations
 
 import ipaddress
+import json
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -228,3 +230,14 @@ def check_json_body(request: web.Request) -> None:
             f"Content-Type: {given}).",
             "unsupported_media_type",
         )
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request's body as JSON: 415 unless declared JSON, 400 unless it parses; past the
+    app's `client_max_size` aiohttp raises HTTPRequestEntityTooLarge (a 413 for the client)."""
+    check_json_body(request)
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise ApiError(400, f"The request body is not valid JSON ({exc}).") from None
