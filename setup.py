@@ -9,7 +9,7 @@ setup(
     packages=[*find_packages(include=["cai_kit", "cai_kit.*"]), "cai_kit.constitutions"],
     package_dir={"cai_kit.constitutions": "constitutions"},
     package_data={
-        "cai_kit": ["py.typed", "serve/page.html", "serve/review.html"],
+        "cai_kit": ["py.typed", "serve/page.html", "review/page.html"],
         "cai_kit.constitutions": ["*.yaml"],
     },
 )

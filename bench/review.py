@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cai_kit.records import Comparison, JudgeVerdict, Message, PreferenceRecord
-from cai_kit.serve.review_index import INDEX_NAME, RunIndex
+from cai_kit.review.index import INDEX_NAME, RunIndex
 
 WORDS = [
     "the",

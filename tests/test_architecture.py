@@ -29,10 +29,11 @@ def _lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_import_linter_contracts_are_kept() -> None:
     run = _lint_imports(ROOT)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "4 kept, 0 broken" in run.stdout
+    assert "5 kept, 0 broken" in run.stdout
 
 
-# (file to change, text to find, text to put after it, lines the report must contain)
+# (file to change, text to find, text to put after it, lines the report must contain); one
+# broken contract unless a line says otherwise (an import up from `web` also closes a cycle)
 BREAKS = {
     "a stage imports torch": (
         "stages/judge.py",
@@ -45,6 +46,32 @@ BREAKS = {
         "    def _notice(self, text: str) -> None:\n",
         "        from cai_kit.engine.jobs import run_job  # noqa: F401\n\n",
         ["No cycles are allowed in cai_kit.engine", "- .core -> .jobs (1 import)"],
+    ),
+    "the review app imports the chat server": (
+        "review/app.py",
+        "from cai_kit.errors import DataError\n",
+        "from cai_kit.serve.protocol import Limits  # noqa: F401\n",
+        [
+            "cai_kit.review is not allowed to import cai_kit.serve",
+            "cai_kit.review.app -> cai_kit.serve.protocol",
+        ],
+    ),
+    "the web layer imports an app above it": (
+        "web/server.py",
+        "from aiohttp import web\n",
+        "\nfrom cai_kit.review.labels import connect_wal  # noqa: F401\n",
+        [
+            "cai_kit.web is not allowed to import cai_kit.review",
+            "cai_kit.web.server -> cai_kit.review.labels",
+            "- .web -> .review (1 import)",
+            "3 kept, 2 broken",
+        ],
+    ),
+    "the web layer imports a backend": (
+        "web/wal.py",
+        "from pathlib import Path\n",
+        "\nfrom cai_kit.llm.base import GenParams  # noqa: F401\n",
+        ["cai_kit.web is not allowed to import cai_kit.llm", "cai_kit.web.wal -> cai_kit.llm.base"],
     ),
 }
 
@@ -60,6 +87,7 @@ def test_a_wrong_import_breaks_a_contract(tmp_path: Path, case: str) -> None:
     module.write_text(text.replace(anchor, anchor + added, 1))
     run = _lint_imports(tmp_path)
     assert run.returncode == 1, run.stdout + run.stderr
-    assert "3 kept, 1 broken" in run.stdout
+    if not any(" broken" in line for line in expected):
+        assert "4 kept, 1 broken" in run.stdout, run.stdout
     for line in expected:
         assert line in run.stdout, run.stdout

@@ -108,3 +108,23 @@ def test_the_readmes_first_command_runs_the_main_job_on_the_embedded_model(
     assert "1 done; 0 failed" in r.stdout
     rows = [json.loads(x) for x in (out / "revisions.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["final_response"]
+
+
+def test_every_page_the_package_serves_is_in_setup_pys_package_data() -> None:
+    """The tests read pages from the source tree, the installed package only has what setup.py
+    lists: a page moved (review.html -> review/page.html) without its package_data line would
+    pass every test here and be missing after `pip install` (a wheel built from this tree held
+    cai_kit/serve/page.html and cai_kit/review/page.html)."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent
+    setup_call = next(
+        node
+        for node in ast.walk(ast.parse((root / "setup.py").read_text()))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "setup"
+    )
+    data = next(kw.value for kw in setup_call.keywords if kw.arg == "package_data")
+    listed = ast.literal_eval(data)["cai_kit"]
+    shipped = {p for pattern in listed for p in (root / "cai_kit").glob(pattern)}
+    pages = set((root / "cai_kit").rglob("*.html"))
+    assert len(pages) >= 2 and pages <= shipped, sorted(str(p) for p in pages - shipped)

@@ -514,7 +514,7 @@ def test_human_labels_of_the_preference_pairs_put_the_judges_agreement_in_report
     """People label RUN/prefs with `cai-kit review` after the pipeline ran; the next pipeline run
     (every stage done) measures the judge against them and report.md says how it agreed."""
     from cai_kit.pipeline.run import stage_names
-    from cai_kit.serve.labels import LabelStore
+    from cai_kit.review.labels import LabelStore
     from tests.fixtures.review_run import make_run
 
     recipe = tmp_path / "r.yaml"

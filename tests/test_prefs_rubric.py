@@ -150,7 +150,7 @@ def test_rubric_labels_pick_the_best_and_worst_response_with_k_times_principles_
     for kind in ("kto", "reward"):
         r = CliRunner().invoke(app, ["export", kind, str(run), "--out", str(tmp_path / kind)])
         assert r.exit_code == 0 and "Wrote" in r.output, (kind, r.output)
-    from cai_kit.serve.review_index import RunIndex
+    from cai_kit.review.index import RunIndex
 
     index = RunIndex.open(run, in_memory=True)  # what `cai-kit review RUN` serves
     try:

@@ -274,7 +274,7 @@ def test_review_refuses_what_is_not_a_run_and_a_corrupt_labels_db(tmp_path: Path
         ],
     )
     assert r.exit_code == 1 and "No labels database" in r.output
-    from cai_kit.serve.review_index import RunIndex
+    from cai_kit.review.index import RunIndex
 
     index = RunIndex.open(tmp_path / "run2")
     assert (
@@ -414,7 +414,7 @@ def test_export_prefer_human_overrides_the_judge_and_says_how_often(
 )
 def test_guard_lets_only_this_servers_host_in(host: str, local: tuple[str, int], ok: bool) -> None:
     """The review page shares serve's guard (Origin and Content-Type: the HTTP tests above)."""
-    from cai_kit.serve.guard import host_allowed
+    from cai_kit.web.guard import host_allowed
 
     assert host_allowed(host, local, ()) is ok
 
@@ -442,3 +442,67 @@ def test_both_local_pages_and_their_answers_say_they_may_not_be_framed(
             assert "default-src 'self'" in r.headers["Content-Security-Policy"]
     finally:
         chat.stop()
+
+
+def test_both_apps_answer_every_error_in_one_shape(
+    served: ReviewHandle, fault_server: Any, tmp_path: Path
+) -> None:
+    """One error middleware (web/errors.py) for review and serve: every error, whoever raised
+    it (a handler, the guard, aiohttp's router, the body limit), is one sentence in
+    `{"error": {"message", "type", "code"}}` with `code` its status."""
+    from tests.fixtures.serve_server import start_serve
+
+    chat = start_serve("openai/m", api_base=fault_server.base_url, db=tmp_path / "f.db")
+    try:
+        answers = {
+            "review: no such row": _call(served.url + "/api/row?kind=pair&id=nope"),
+            "review: no such route": _call(served.url + "/api/nowhere"),
+            "review: too large": _call(served.url + "/api/label", raw=b"x" * 100_000),
+            "review: a foreign Host": _call(served.url + "/", headers={"Host": "evil.example"}),
+            "serve: no such route": _call(chat.url + "/v1/nowhere"),
+            "serve: no such completion": _call(
+                chat.url + "/v1/feedback", {"completion_id": "nope", "rating": 1}
+            ),
+        }
+    finally:
+        chat.stop()
+    statuses = {what: status for what, (status, _) in answers.items()}
+    assert statuses == {
+        "review: no such row": 404,
+        "review: no such route": 404,
+        "review: too large": 413,
+        "review: a foreign Host": 403,
+        "serve: no such route": 404,
+        "serve: no such completion": 404,
+    }
+    for what, (status, body) in answers.items():
+        error = body["error"]
+        assert set(error) == {"message", "type", "code"} and error["code"] == status, (what, body)
+        assert error["message"].endswith(".") or "/" in error["message"], (what, body)
+
+
+async def test_a_bug_in_review_is_logged_and_answered_with_one_sentence(
+    run: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug (here the labels store closed under the app) is a 500 sentence for the page and a
+    traceback in the app's log, never a traceback on the wire."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from cai_kit.review.app import ReviewConfig, create_review_app
+    from cai_kit.review.index import RunIndex
+    from cai_kit.review.labels import FILENAME, LabelStore
+
+    index, labels = RunIndex.open(run[0]), LabelStore(run[0] / FILENAME)
+    labels.close()
+    async with TestClient(TestServer(create_review_app(index, labels, ReviewConfig()))) as client:
+        body = {"reviewer": "ana", "kind": "pair", "id": "pair0001", "label": "A"}
+        resp = await client.post("/api/label", json=body)
+        answer = await resp.json()
+    index.close()
+    assert resp.status == 500 and answer["error"] == {
+        "message": "Internal server error; the server's log has the details.",
+        "type": "server_error",
+        "code": 500,
+    }
+    bug = [r for r in caplog.records if r.name == "cai_kit.review" and r.exc_info]
+    assert bug and "bug while serving POST /api/label" in bug[0].getMessage()

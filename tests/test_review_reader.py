@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from cai_kit.cli.main import app
 from cai_kit.errors import DataError
 from cai_kit.eval.judge_report import build_report
-from cai_kit.serve.labels import FILENAME, LabelStore
-from cai_kit.serve.review_index import RunIndex
+from cai_kit.review.index import RunIndex
+from cai_kit.review.labels import FILENAME, LabelStore
 from tests.fixtures.review_run import make_run, start_review
 
 

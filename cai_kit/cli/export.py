@@ -43,7 +43,7 @@ PushToHub = Annotated[
 
 def _human(run_dir: Path, kind: str) -> Any:
     """RUN/labels.sqlite's labels of the kind `kind` exports (one per row over reviewers)."""
-    from cai_kit.serve.labels import FILENAME, human_labels
+    from cai_kit.review.labels import FILENAME, human_labels
     from cai_kit.stages.export import HumanLabels
 
     hl = human_labels(run_dir / FILENAME, "revision" if kind in ("sft", "prefs") else "pair")

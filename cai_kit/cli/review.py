@@ -61,11 +61,11 @@ def open_(
     import time
 
     from cai_kit.cli.common import fail
-    from cai_kit.serve.guard import is_loopback
-    from cai_kit.serve.labels import FILENAME, LabelStore
-    from cai_kit.serve.review import ReviewConfig, create_review_app
-    from cai_kit.serve.review_index import RunIndex
-    from cai_kit.serve.server import start, until_stopped
+    from cai_kit.review.app import ReviewConfig, create_review_app
+    from cai_kit.review.index import RunIndex
+    from cai_kit.review.labels import FILENAME, LabelStore
+    from cai_kit.web.guard import is_loopback
+    from cai_kit.web.server import start, until_stopped
 
     if not is_loopback(host):
         fail(
@@ -117,7 +117,7 @@ def export_gold(
     Several reviewers of one pair give one row: their unanimous or majority label (a split
     is left out); `both-bad` says nothing about which is better and is left out.
     """
-    from cai_kit.serve.labels import export_gold as export
+    from cai_kit.review.labels import export_gold as export
 
     counts = export(run_dir, out, labels_db, reviewer)
     left = ", ".join(f"{n} {why}" for why, n in counts.items() if why != "written" and n)

@@ -94,10 +94,10 @@ def serve(
     from cai_kit.llm.registry import get_interactive_backend
     from cai_kit.paths import cache_dir
     from cai_kit.serve.app import ServeConfig, create_app
-    from cai_kit.serve.guard import parse_allowed_host, parse_origin
     from cai_kit.serve.protocol import Limits
-    from cai_kit.serve.server import start, until_stopped
     from cai_kit.serve.store import FeedbackStore
+    from cai_kit.web.guard import parse_allowed_host, parse_origin
+    from cai_kit.web.server import start, until_stopped
 
     if not _is_loopback(host) and not api_key:
         fail(

@@ -1,7 +1,7 @@
 """The `cai-kit serve` web app: OpenAI-compatible endpoints, the feedback page, ratings.
 
     app = create_app(backend, store, ServeConfig(model="local", api_key=None))
-    runner, port = await start(app, "127.0.0.1", 8000)  # serve/server.py; port: the one bound
+    runner, port = await start(app, "127.0.0.1", 8000)  # web/server.py; port: the one bound
 
 Routes:
   GET  /                       the chat page (static HTML; it asks for the key if one is set;
@@ -10,7 +10,7 @@ Routes:
   POST /v1/chat/completions    OpenAI chat completions; `"stream": true` for SSE
   POST /v1/feedback            {"completion_id": ID, "rating": 1 | -1, "comment": "..."}
 
-Only this server's own page and API clients get in (guard.py): a Host that does not name the
+Only this server's own page and API clients get in (web/guard.py): a Host that does not name the
 server, or an Origin other than its own or a --cors-origin, is a 403, and a JSON body must say
 `Content-Type: application/json` (415). Every served completion is written to the feedback store before the client gets its `id`,
 so a rating can always find it. Errors are OpenAI-shaped JSON (`{"error": {"message"}}`)
@@ -35,11 +35,9 @@ from typing import Any
 
 from aiohttp import web
 
-from cai_kit.errors import BackendError, RetryableError, redact
+from cai_kit.errors import BackendError, RetryableError
 from cai_kit.llm.base import Backend, Completion
-from cai_kit.serve.guard import check_json_body, cors_headers, guard
 from cai_kit.serve.protocol import (
-    ApiError,
     ChatRequest,
     Limits,
     chunk_body,
@@ -47,6 +45,8 @@ from cai_kit.serve.protocol import (
     parse_chat_request,
 )
 from cai_kit.serve.store import FeedbackStore, new_completion_id
+from cai_kit.web.errors import ApiError, error_middleware
+from cai_kit.web.guard import cors_headers, guard, read_json
 
 log = logging.getLogger("cai_kit.serve")
 
@@ -75,36 +75,6 @@ async def _in_db(request: web.Request, fn: Any, *args: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(request.app[DB_POOL], fn, *args)
 
 
-def _error(status: int, message: str, type_: str = "invalid_request_error") -> web.Response:
-    return web.json_response(ApiError(status, message, type_).body(), status=status)
-
-
-@web.middleware
-async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    cfg = request.app[CONFIG]
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return _error(exc.status, redact(exc.message, [cfg.api_key or ""]), exc.type)
-    except web.HTTPRequestEntityTooLarge:
-        return _error(
-            413,
-            f"The request body is larger than this server's limit of "
-            f"{cfg.max_body_bytes} bytes (--max-body-bytes).",
-        )
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _error(exc.status, f"{exc.reason}: {request.method} {request.path}")
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("bug while serving %s %s", request.method, request.path)
-        return _error(
-            500, "Internal server error; the server's log has the details.", "server_error"
-        )
-
-
 @web.middleware
 async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
     key = request.app[CONFIG].api_key
@@ -115,15 +85,6 @@ async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
                 401, "Missing or wrong API key: send 'Authorization: Bearer KEY'.", "auth_error"
             )
     return await handler(request)
-
-
-async def _json(request: web.Request) -> Any:
-    check_json_body(request)
-    raw = await request.read()  # raises HTTPRequestEntityTooLarge past client_max_size
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise ApiError(400, f"The request body is not valid JSON ({exc}).") from None
 
 
 async def page(request: web.Request) -> web.Response:
@@ -172,7 +133,7 @@ def _record(request: web.Request, cid: str, req: ChatRequest, c: Completion) -> 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     cfg, backend = request.app[CONFIG], request.app[BACKEND]
-    req = parse_chat_request(await _json(request), cfg.limits)
+    req = parse_chat_request(await read_json(request), cfg.limits)
     if req.logprobs and not backend.supports_logprobs:
         raise ApiError(400, f"The {backend.kind} backend cannot return logprobs.")
     cid = new_completion_id()
@@ -246,7 +207,7 @@ async def _stream(request: web.Request, cid: str, req: ChatRequest) -> web.Strea
 
 async def feedback(request: web.Request) -> web.Response:
     cfg, store = request.app[CONFIG], request.app[STORE]
-    body = await _json(request)
+    body = await read_json(request)
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.")
     cid, rating, comment = body.get("completion_id"), body.get("rating"), body.get("comment")
@@ -264,8 +225,16 @@ async def feedback(request: web.Request) -> web.Response:
 
 
 def create_app(backend: Backend, store: FeedbackStore, config: ServeConfig) -> web.Application:
+    too_large = (
+        f"The request body is larger than this server's limit of {config.max_body_bytes} "
+        "bytes (--max-body-bytes)."
+    )
     app = web.Application(
-        middlewares=[_errors, guard(config.cors_origins, config.allowed_hosts), _auth],
+        middlewares=[
+            error_middleware(log, too_large, secrets=[config.api_key or ""]),
+            guard(config.cors_origins, config.allowed_hosts),
+            _auth,
+        ],
         client_max_size=config.max_body_bytes,
     )
     app.on_response_prepare.append(cors_headers)

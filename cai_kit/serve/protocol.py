@@ -16,19 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cai_kit.llm.base import Completion, GenParams
-
-
-class ApiError(Exception):
-    """An error for the client: HTTP status + one sentence (OpenAI error shape on the wire)."""
-
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type_
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "code": self.status}}
+from cai_kit.web.errors import ApiError
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from typing import Any
 
 from cai_kit.errors import DataError
 from cai_kit.records import stable_hash
-from cai_kit.serve.labels import connect_wal
+from cai_kit.web.wal import connect_wal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS completions (

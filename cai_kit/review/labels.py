@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from cai_kit.errors import DataError
+from cai_kit.web.wal import connect_wal
 
 Kind = Literal["pair", "revision"]
 LABELS: dict[str, tuple[str, ...]] = {
@@ -80,17 +81,6 @@ def check_label(kind: str, label: object, note: object, max_note: int = MAX_NOTE
         raise ValueError("note must be a string.")
     if note and len(note) > max_note:
         raise ValueError(f"note is {len(note)} characters long; the limit is {max_note}.")
-
-
-def connect_wal(path: Path) -> sqlite3.Connection:
-    """A connection for any thread (callers lock), autocommit, WAL with a full fsync per commit
-    (an acknowledged write survives kill -9), waiting up to 10 s for another writer; as
-    `serve`'s feedback store and `review`'s labels open their files."""
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute("PRAGMA busy_timeout=10000")
-    return db
 
 
 class LabelStore:
@@ -229,7 +219,7 @@ def export_gold(
     `both-bad` rows say nothing about which is better and are left out (counted)."""
     import json
 
-    from cai_kit.serve.review_index import RunIndex
+    from cai_kit.review.index import RunIndex
 
     index = RunIndex.open(run_dir)
     try:

@@ -1,8 +1,10 @@
-"""Who may call `cai-kit serve`: its own page and real API clients, never another web page.
+"""Who may call `cai-kit serve` or `cai-kit review`: its own page and real API clients, never
+another web page.
 
     app = web.Application(middlewares=[..., guard, ...]); app.on_response_prepare.append(cors_headers)
     # guard's answers all carry frame-ancestors 'none' and X-Frame-Options: DENY
     origin = parse_origin("http://localhost:3000")     # ValueError with one sentence if bad
+    body = await read_json(request)                    # 415 unless JSON, 400 unless it parses
     host = parse_allowed_host("chat.internal:443")
 
 Any web page can make its visitor's browser send a "simple" POST (`text/plain`, no preflight)
@@ -29,12 +31,13 @@ the key is looked at:
 from __future__ import annotations
 
 import ipaddress
+import json
 from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from cai_kit.serve.protocol import ApiError
+from cai_kit.web.errors import ApiError
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _CORS = web.RequestKey("cors_origin", str)  # the allowed cross-origin this request came from
@@ -227,3 +230,14 @@ def check_json_body(request: web.Request) -> None:
             f"Content-Type: {given}).",
             "unsupported_media_type",
         )
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request's body as JSON: 415 unless declared JSON, 400 unless it parses; past the
+    app's `client_max_size` aiohttp raises HTTPRequestEntityTooLarge (a 413 for the client)."""
+    check_json_body(request)
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise ApiError(400, f"The request body is not valid JSON ({exc}).") from None

@@ -38,6 +38,7 @@ from typing import Any
 from cai_kit.errors import DataError
 from cai_kit.io import parse_record
 from cai_kit.records import PreferenceRecord, RevisionRecord
+from cai_kit.web.wal import connect_wal
 
 try:  # a faster parser when present (a dependency of several of ours); json otherwise
     from orjson import loads as _loads
@@ -183,8 +184,7 @@ class RunIndex:
         db = None
         if not in_memory and os.access(run_dir, os.W_OK):
             try:
-                db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-                db.execute("PRAGMA journal_mode=WAL")
+                db = connect_wal(path, synchronous="OFF")  # a cache: rebuilt from the JSONL if torn
                 _schema(db)
             except sqlite3.Error:  # a corrupt cache: it only holds what the JSONL holds
                 if db is not None:
@@ -193,8 +193,7 @@ class RunIndex:
                     p.unlink(missing_ok=True)
                 db = None
                 try:
-                    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-                    db.execute("PRAGMA journal_mode=WAL")
+                    db = connect_wal(path, synchronous="OFF")
                     _schema(db)
                 except sqlite3.Error:
                     db = None
@@ -205,7 +204,6 @@ class RunIndex:
                 ":memory:",
             )
             _schema(db)
-        db.execute("PRAGMA synchronous=OFF")  # a cache: rebuilt from the JSONL if torn
         index = cls(run_dir, db, where, low_margin)
         index.refresh()
         return index

@@ -2,10 +2,11 @@
 
     index = RunIndex.open(run_dir); labels = LabelStore(run_dir / "labels.sqlite")
     app = create_review_app(index, labels, ReviewConfig(host="127.0.0.1"))
-    runner, port = await start(app, "127.0.0.1", 0)   # start: serve/server.py
+    runner, port = await start(app, "127.0.0.1", 0)   # start: web/server.py
 
-Routes (JSON; errors are `{"error": {"message"}}` with a 4xx/5xx status; a bad line in the
-run's files, e.g. one appended while the page is open, is a 409 naming file:line):
+Routes (JSON; errors are `{"error": {"message", "type", "code"}}` with a 4xx/5xx status, as
+`serve`'s (`web/errors.py`); a bad line in the run's files, e.g. one appended while the page is
+open, is a 409 naming file:line):
   GET  /                         the page (static HTML, nothing loaded from the network)
   GET  /api/summary?reviewer=R   run, kinds, counts per view and principle, judge labels,
                                  human labels (R's and everyone's), margin histogram
@@ -19,14 +20,13 @@ run's files, e.g. one appended while the page is open, is a 409 naming file:line
   POST /api/label                {"reviewer", "kind": "pair"|"revision", "id", "label", "note"}
                                  -> 200 once committed (upsert: never duplicated)
 
-Every request passes `serve`'s guard (`guard.py`): a Host naming this server, no other page's
+Every request passes the guard (`web/guard.py`): a Host naming this server, no other page's
 Origin, JSON bodies only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,16 +36,16 @@ from typing import Any
 from aiohttp import web
 
 from cai_kit.errors import DataError
-from cai_kit.serve.guard import check_json_body, guard
-from cai_kit.serve.labels import (
+from cai_kit.review.index import VIEWS, RunIndex, word_diff
+from cai_kit.review.labels import (
     LABELS,
     MAX_NOTE_CHARS,
     LabelStore,
     check_label,
     check_reviewer,
 )
-from cai_kit.serve.protocol import ApiError
-from cai_kit.serve.review_index import VIEWS, RunIndex, word_diff
+from cai_kit.web.errors import ApiError, error_middleware
+from cai_kit.web.guard import check_json_body, guard, read_json
 
 log = logging.getLogger("cai_kit.review")
 
@@ -66,39 +66,6 @@ CONFIG = web.AppKey("config", ReviewConfig)
 POOL = web.AppKey("pool", ThreadPoolExecutor)
 
 
-class Refused(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": {"message": message}}, status=status)
-
-
-@web.middleware
-async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except (Refused, ApiError) as exc:
-        return _error(exc.status, exc.message)
-    except DataError as exc:  # the run's files, e.g. a bad line appended while reviewing
-        return _error(409, str(exc))
-    except web.HTTPRequestEntityTooLarge:
-        return _error(
-            413, f"The request body is larger than {request.app[CONFIG].max_body_bytes} bytes."
-        )
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _error(exc.status, f"{exc.reason}: {request.method} {request.path}")
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("bug while serving %s %s", request.method, request.path)
-        return _error(500, "Internal server error; the server's log has the details.")
-
-
 @web.middleware
 async def _json_bodies(request: web.Request, handler: Any) -> web.StreamResponse:
     """A body is JSON or nothing (a page can send text/plain without asking first: guard.py)."""
@@ -108,14 +75,18 @@ async def _json_bodies(request: web.Request, handler: Any) -> web.StreamResponse
 
 
 async def _run(request: web.Request, fn: Any, *args: Any) -> Any:
-    return await asyncio.get_running_loop().run_in_executor(request.app[POOL], fn, *args)
+    """fn(*args) on the app's one database thread (every read of the run's files goes here)."""
+    try:
+        return await asyncio.get_running_loop().run_in_executor(request.app[POOL], fn, *args)
+    except DataError as exc:  # the run's files, e.g. a bad line appended while reviewing
+        raise ApiError(409, str(exc), "data_error") from None
 
 
 def _kind(request: web.Request) -> str:
     kind = request.query.get("kind", "pair")
     if kind not in request.app[INDEX].kinds:
         have = ", ".join(request.app[INDEX].kinds)
-        raise Refused(400, f"kind must be one of the run's kinds ({have}), not {kind!r}.")
+        raise ApiError(400, f"kind must be one of the run's kinds ({have}), not {kind!r}.")
     return kind
 
 
@@ -126,9 +97,9 @@ def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int
     try:
         value = int(raw)
     except ValueError:
-        raise Refused(400, f"{name} must be a whole number, not {raw!r}.") from None
+        raise ApiError(400, f"{name} must be a whole number, not {raw!r}.") from None
     if not lo <= value <= hi:
-        raise Refused(400, f"{name} must be from {lo} to {hi}, not {value}.")
+        raise ApiError(400, f"{name} must be from {lo} to {hi}, not {value}.")
     return value
 
 
@@ -139,11 +110,11 @@ def _reviewer(request: web.Request) -> str | None:
     try:
         return check_reviewer(raw)
     except ValueError as exc:
-        raise Refused(400, str(exc)) from None
+        raise ApiError(400, str(exc)) from None
 
 
 async def page(request: web.Request) -> web.Response:
-    html = files("cai_kit.serve").joinpath("review.html").read_text(encoding="utf-8")
+    html = files("cai_kit.review").joinpath("page.html").read_text(encoding="utf-8")
     return web.Response(
         text=html, content_type="text/html", headers={"Content-Security-Policy": _CSP}
     )
@@ -183,12 +154,12 @@ def _rows(request: web.Request, kind: str, reviewer: str | None) -> dict[str, An
     index.refresh()  # a stat when nothing changed
     view = request.query.get("view", "all")
     if view not in VIEWS[kind]:
-        raise Refused(400, f"view must be one of {', '.join(VIEWS[kind])}, not {view!r}.")
+        raise ApiError(400, f"view must be one of {', '.join(VIEWS[kind])}, not {view!r}.")
     if view == "unlabelled" and not reviewer:
-        raise Refused(400, "the unlabelled view needs reviewer=YOUR_NAME.")
+        raise ApiError(400, "the unlabelled view needs reviewer=YOUR_NAME.")
     q = request.query.get("q", "")
     if len(q) > 500:
-        raise Refused(400, "q (the search text) is longer than 500 characters.")
+        raise ApiError(400, "q (the search text) is longer than 500 characters.")
     exclude = labels.labelled_ids(reviewer, kind) if view == "unlabelled" and reviewer else None
     res = index.query(
         kind,
@@ -215,7 +186,7 @@ def _row(request: web.Request, kind: str, row_id: str) -> dict[str, Any]:
     index.refresh()
     rec = index.record(kind, row_id)
     if rec is None:
-        raise Refused(404, f"No {kind} with id {row_id[:100]!r} in {index.run_dir}.")
+        raise ApiError(404, f"No {kind} with id {row_id[:100]!r} in {index.run_dir}.")
     out: dict[str, Any] = {"record": rec, "position": index.position(kind, row_id)}
     if kind == "revision":
         out["diff"] = word_diff(rec.get("initial_response") or "", rec.get("final_response") or "")
@@ -230,19 +201,15 @@ async def row(request: web.Request) -> web.Response:
     kind = _kind(request)
     row_id = request.query.get("id", "")
     if not row_id:
-        raise Refused(400, "id (a row id) is required.")
+        raise ApiError(400, "id (a row id) is required.")
     return web.json_response(await _run(request, _row, request, kind, row_id))
 
 
 async def put_label(request: web.Request) -> web.Response:
     index, labels, cfg = request.app[INDEX], request.app[LABELSTORE], request.app[CONFIG]
-    raw = await request.read()
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise Refused(400, f"The request body is not valid JSON ({exc}).") from None
+    body = await read_json(request)
     if not isinstance(body, dict):
-        raise Refused(400, "The request body must be a JSON object.")
+        raise ApiError(400, "The request body must be a JSON object.")
     kind, row_id, label, note = (
         body.get("kind"),
         body.get("id"),
@@ -253,11 +220,11 @@ async def put_label(request: web.Request) -> web.Response:
         reviewer = check_reviewer(body.get("reviewer"))
         check_label(kind if isinstance(kind, str) else repr(kind), label, note, cfg.max_note_chars)
     except ValueError as exc:
-        raise Refused(400, str(exc)) from None
+        raise ApiError(400, str(exc)) from None
     if not isinstance(row_id, str) or not row_id:
-        raise Refused(400, "id must be the id of a row of this run.")
+        raise ApiError(400, "id must be the id of a row of this run.")
     if kind not in index.kinds or not await _run(request, index.has, kind, row_id):
-        raise Refused(404, f"No {kind} with id {row_id[:100]!r} in {index.run_dir}.")
+        raise ApiError(404, f"No {kind} with id {row_id[:100]!r} in {index.run_dir}.")
     saved = await _run(request, labels.put, reviewer, kind, row_id, label, note)
     return web.json_response(
         {
@@ -273,7 +240,13 @@ async def put_label(request: web.Request) -> web.Response:
 
 def create_review_app(index: RunIndex, labels: LabelStore, config: ReviewConfig) -> web.Application:
     app = web.Application(
-        middlewares=[_errors, guard((), (), flags=False), _json_bodies],
+        middlewares=[
+            error_middleware(
+                log, f"The request body is larger than {config.max_body_bytes} bytes."
+            ),
+            guard((), (), flags=False),
+            _json_bodies,
+        ],
         client_max_size=config.max_body_bytes,
     )
     app[INDEX], app[LABELSTORE], app[CONFIG] = index, labels, config
