@@ -131,3 +131,22 @@ def test_a_local_call_is_not_timed_out_while_it_waits_for_the_model(tmp_path: Pa
     summary = run_job(spec, config)
     assert summary.done == len(TOPICS) and summary.failed == 0, summary.line()
     assert summary.stats["retries"] == 0
+
+
+def test_one_conversation_decoder_gives_the_same_sample_for_a_seed_whatever_came_before() -> None:
+    """`parallel=1` (and `serve`'s stream) decode on one llama.cpp context, whose KV cache
+    would keep the prompt of the call before: llama.cpp then evaluates only what is new, and
+    those logits can differ in the last bits from a whole-prompt evaluation (other kernels for
+    other batch sizes), so the same seed gave another sample after the same question."""
+    backend = LlamaCppBackend(gguf_path(), parallel=1)
+    params = GenParams(max_tokens=24, temperature=0.7, seed=1)
+    msgs = [{"role": "user", "content": "Name three colours."}]
+
+    async def twice() -> tuple[str, str]:
+        first = await backend.chat(msgs, params)
+        again = await backend.chat(msgs, params)
+        await backend.aclose()
+        return first.text, again.text
+
+    first, again = asyncio.run(twice())
+    assert first.strip() and first == again

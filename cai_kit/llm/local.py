@@ -164,7 +164,13 @@ class LlamaCppBackend(Backend):
             kwargs.update(logprobs=True, top_logprobs=min(params.top_logprobs, 20))
         with self._lock:
             try:
-                r = self._llm(want_lp).create_chat_completion(messages=messages, **kwargs)
+                llm = self._llm(want_lp)
+                # The whole prompt is evaluated afresh: llama.cpp would reuse the KV cache of
+                # a shared prefix and evaluate only the rest, whose logits can differ in the
+                # last bits (other kernels for other batch sizes), so the same seed would give
+                # another sample depending on what was asked before.
+                llm.reset()
+                r = llm.create_chat_completion(messages=messages, **kwargs)
             except ValueError as exc:  # e.g. the prompt exceeds the context window
                 raise FatalBackendError(f"The local model refused the request: {exc}") from None
         choice = r["choices"][0]
@@ -200,6 +206,7 @@ class LlamaCppBackend(Backend):
             try:
                 with self._lock:
                     llm = self._llm(False)
+                    llm.reset()  # the whole prompt evaluated afresh, as in _chat_sync
                     chunks = llm.create_chat_completion(
                         messages=messages, stream=True, **self._kwargs(params)
                     )
