@@ -348,3 +348,29 @@ def test_the_output_cap_a_reservation_must_price_is_the_one_sent(anthropic: Faul
     params = GenParams(max_tokens=100, reasoning_effort="high")
     assert backend.output_cap(params) == 100 + 4096
     assert backend.output_cap(params.replace(reasoning_effort=None)) == 100
+
+
+def test_max_cost_reserves_the_thinking_budget_the_call_really_asks_for(
+    anthropic: FaultServer, tmp_path: Path
+) -> None:
+    """A thinking call's output cap is the answer's max_tokens plus the thinking budget, and
+    all of it may be billed as output: --max-cost must reserve that, not the answer alone.
+    Sonnet 4.5 at $15 per million output tokens: 48 + 1,024 tokens are about $0.016, more than
+    the cap, so the call is not sent (reserving 48 tokens, $0.0007, it was)."""
+    from cai_kit.errors import BudgetExceeded
+
+    backend = get_backend("anthropic/claude-sonnet-4-5")
+    params = GenParams(max_tokens=48, reasoning_effort="low")
+    assert backend.output_cap(params) == 48 + 1024
+    engine = Engine(EngineConfig(quiet=True, max_cost=0.01, use_cache=False))
+
+    async def go() -> None:
+        try:
+            await engine.call(backend, MSGS, params)
+        finally:
+            await backend.aclose()
+            await engine.aclose()
+
+    with pytest.raises(BudgetExceeded):
+        asyncio.run(go())
+    assert anthropic.paid == 0 and not anthropic.billed

@@ -270,7 +270,8 @@ class BatchCollector:
                                 or inp.size + n > client.max_bytes):  # fmt: skip
             self._submit(self._inputs.pop(ident))
             inp = None
-        worst = self._reserve(client, messages, params)  # may stop the row: BudgetExceeded
+        sent = params.replace(max_tokens=_sent_cap(line, params))  # (thinking budgets added)
+        worst = self._reserve(client, messages, sent)  # may stop the row: BudgetExceeded
         if inp is None:
             self._n_inputs += 1
             path = self.dir / f"wave-{os.getpid()}-{self._n_inputs}.input.tmp"
@@ -704,3 +705,11 @@ def _why(state: BatchState) -> str:
     }
     detail = f": {state.errors}" if state.errors else ""
     return f"batch {state.batch_id} {words.get(state.status, state.status)}{detail}."
+
+
+def _sent_cap(line: dict[str, Any], params: GenParams) -> int:
+    """The output cap a batch line really asks for: an OpenAI line's body or an Anthropic
+    line's params may carry more than `params.max_tokens` (a thinking budget, room to think)."""
+    body = line.get("body") or line.get("params") or {}
+    cap = body.get("max_completion_tokens", body.get("max_tokens"))
+    return max(int(cap), params.max_tokens) if isinstance(cap, int) else params.max_tokens

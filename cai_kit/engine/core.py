@@ -439,7 +439,11 @@ class Engine:
             if self._rpm:
                 await self._rpm.take(1)
             if self._tpm:
-                await self._tpm.take(_estimate_tokens(messages, params))
+                await self._tpm.take(
+                    _estimate_tokens(
+                        messages, params.replace(max_tokens=backend.output_cap(params))
+                    )
+                )
             async with self._semaphore(backend):
                 state = self._budget(backend)
                 probing = cfg.max_cost is not None and not state.known
@@ -483,7 +487,8 @@ class Engine:
         self, backend: Backend, messages: ChatMessages, params: GenParams, state: _Budget
     ) -> tuple[Completion, BackendError | None]:
         """One attempt: reserve, call, account. Returns the completion or the error."""
-        reserved = self._check_budget(state, messages, params)
+        sent = params.replace(max_tokens=backend.output_cap(params))  # (thinking budgets added)
+        reserved = self._check_budget(state, messages, sent)
         self._in_flight += 1
         # --timeout is for servers; a model on this machine is waited for (loading, its turn,
         # its batch): timing it out would fail the call, not stop the work already under way

@@ -219,8 +219,8 @@ def run_job(spec: JobSpec, config: EngineConfig) -> JobSummary:
 
             calls = (c for it in pending for c in spec.estimate_tokens(it))
             preview = CostPreview.of(calls, batch_api=config.batch_api, price=config.price,
-                                     fit=lambda b, c, e: fit_call(config, b, GenParams(
-                                         max_tokens=c, reasoning_effort=e)).max_tokens)  # fmt: skip
+                                     fit=lambda b, c, e: b.output_cap(fit_call(config, b, GenParams(
+                                         max_tokens=c, reasoning_effort=e))))  # fmt: skip
             summary.estimated_calls, summary.cost_preview = preview.calls, preview.line()
             summary.cost_basis = preview.basis()
             worst = preview.batch_cost if config.batch_api else preview.sync_cost

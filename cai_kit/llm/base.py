@@ -149,6 +149,11 @@ class Backend(ABC):
     async def chat(self, messages: ChatMessages, params: GenParams) -> Completion:
         """Send one conversation, return one completion. Raise `BackendError` on failure."""
 
+    def output_cap(self, params: GenParams) -> int:
+        """The output cap actually sent for `params` (a backend that adds a provider's thinking
+        budget to it says so): what a --max-cost reservation and a cost preview must price."""
+        return params.max_tokens
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release sessions, servers, threads."""
 
