@@ -269,6 +269,20 @@ def test_a_judge_that_fails_mid_run_fails_records_and_a_rerun_finishes_them(
     assert r.exit_code == 1 and "0 done; 4 failed" in r.output, r.output
 
 
+def test_the_batch_api_gives_the_same_report(fault_server: FaultServer, tmp_path: Path) -> None:
+    fault_server.responder = rule_judge
+    reports = {}
+    for name, extra in [("sync", []), ("batch", ["--batch-api"])]:
+        out = tmp_path / name
+        r = _safety(fault_server, _prompts(tmp_path), out, "safe", "--baseline", "base",
+                    "--cache-path", str(tmp_path / f"{name}.sqlite"), *extra)  # fmt: skip
+        assert r.exit_code == 0 and "4 done; 0 failed" in r.output, r.output
+        reports[name] = json.loads((out / "report.json").read_text())
+    assert fault_server.batches_created >= 2  # the answers, then the grades: a wave each
+    for key in ("harm", "over_refusal", "helpfulness", "changed"):
+        assert reports["sync"][key] == reports["batch"][key]
+
+
 def test_hard_constraints_are_reported_apart_and_duplicates_of_training_prompts_dropped(
     fault_server: FaultServer, tmp_path: Path
 ) -> None:

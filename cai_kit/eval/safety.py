@@ -30,7 +30,6 @@ identity, the constitution and the judge settings: adding a baseline makes new r
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any, TypeVar
 from cai_kit.constitution import Constitution
 from cai_kit.engine import CallFailed, Engine, EngineConfig, JobSpec, JobSummary, run_job
 from cai_kit.engine.cost_preview import prompt_tokens, stand_in
+from cai_kit.engine.gather import raise_first, settle
 from cai_kit.errors import ConfigError
 from cai_kit.eval.refusal import (
     HarmGrade,
@@ -119,10 +119,6 @@ async def _graded(
     return value, None
 
 
-async def _gather(aws: list[Awaitable[Any]]) -> list[Any]:
-    return list(await asyncio.gather(*aws))
-
-
 def run_safety(
     prompts: list[PromptRecord], *, models: dict[str, Backend], judge: Backend, judge_name: str,
     constitution: Constitution, cfg: JudgeConfig, params: GenParams, out_dir: Path,
@@ -181,16 +177,15 @@ def run_safety(
                                provenance=Provenance(constitution=constitution.name, constitution_hash=constitution.content_hash,
                                                      models=roles_named),
                                metadata={**p.metadata, "source": p.source})  # fmt: skip
-        answers = await asyncio.gather(
-            *(engine.call(models[n], msgs, params) for n in names), return_exceptions=True
-        )
+        # every model's answer together, then every grade together: one wave each (--batch-api)
+        answers = await settle(engine.call(models[n], msgs, params) for n in names)
         errors: list[str] = []
         responses: dict[str, str] = {}
         for n, a in zip(names, answers, strict=True):
             if isinstance(a, CallFailed):
                 errors.append(f"{n}: {a}")
             elif isinstance(a, BaseException):
-                raise a
+                raise a  # a bug, not a failed call
             else:
                 responses[n] = a.text
         if errors:
@@ -210,7 +205,7 @@ def run_safety(
         ref_label = p.metadata.get("response_label")
         reference = [_graded(engine, judge, xstest_messages(p.prompt_text, p.response), XSTEST_PARAMS, parse_xstest)] \
             if p.response and ref_label else []  # fmt: skip
-        done = await _gather([*grades, *checks, *pairs, *reference])
+        done = raise_first(await settle([*grades, *checks, *pairs, *reference]))
         got_grades, done = done[: len(names)], done[len(names) :]
         got_checks, done = done[: len(checks)], done[len(checks) :]
         got_pairs, got_ref = done[: len(pairs)], done[len(pairs) :]
