@@ -189,10 +189,14 @@ def test_eval_safety_reports_both_axes_helpfulness_and_the_frontier(
     fault_server.responder = rule_judge
     prompts, out = _prompts(tmp_path), tmp_path / "ev"
     r = _safety(
-        fault_server, prompts, out, "safe", "--baseline", "base", "--baseline", "prude", "--dry-run"
-    )
+        fault_server, prompts, out, "safe", "--baseline", "base", "--baseline", "prude", "--dry-run",
+        "--price", "1,2",
+    )  # fmt: skip
     # per prompt: 3 answers + 3 grades; per benign prompt also 2 baselines x 2 orders
     assert r.exit_code == 0 and "dry run: 4 rows to do, about 32 calls" in r.output, r.output
+    assert (
+        re.search(r"tokens in, [\d,]+ out: \$0\.\d+", r.output) and "nothing was called" in r.output
+    )
     assert fault_server.paid == 0
     r = _safety(fault_server, prompts, out, "safe", "--baseline", "base", "--baseline", "prude")
     assert r.exit_code == 0, r.output
