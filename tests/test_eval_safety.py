@@ -374,3 +374,22 @@ def test_eval_safety_with_the_embedded_model_answering(
     assert (out / "frontier.png").is_file()
     answers = [json.loads(x)["response"] for x in (out / "safety.jsonl").read_text().splitlines()]
     assert all(a.strip() for a in answers)  # written by the embedded model
+
+
+def test_without_matplotlib_the_report_says_so_and_skips_the_plot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from cai_kit.eval.safety_report import SafetyReport, write_report
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    cell = {"n": 2, "rate": 0.5, "ci": [0.0, 1.0]}
+    rep = SafetyReport(models=["m"], judge="j", prompts=4,
+                       harm={"m": {"comply": cell, "score": cell}},
+                       over_refusal={"m": {k: cell for k in ("refused", "full_refusal", "partial_refusal",
+                                                             "rule_refused", "agreement")}})  # fmt: skip
+    write_report(rep, tmp_path)
+    assert not (tmp_path / "frontier.png").exists()
+    assert "**Note**: matplotlib is not installed" in (tmp_path / "report.md").read_text()
+    assert json.loads((tmp_path / "report.json").read_text())["frontier"] is None
