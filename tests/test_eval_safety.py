@@ -228,6 +228,9 @@ def test_eval_safety_reports_both_axes_helpfulness_and_the_frontier(
         and (out / "frontier.png").stat().st_size > 1000
     )
     md = (out / "report.md").read_text()
+    # safe and base answer the benign prompts alike: every pair ties, and the report says so
+    assert rep["helpfulness"]["base"]["warning"] and rep["helpfulness"]["prude"]["warning"] is None
+    assert "**Warning** (`base`): The judge tied on 2 of 2 comparisons" in md
     assert "| `safe` | 0% [0-0] of 2 |" in md and "![frontier](frontier.png)" in md
     paid = fault_server.paid
     r = _safety(fault_server, prompts, out, "safe", "--baseline", "base", "--baseline", "prude")

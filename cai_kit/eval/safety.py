@@ -64,6 +64,7 @@ from cai_kit.records import (
 from cai_kit.stages.judge import JudgeConfig, PairInput, judge_calls, judge_pair
 from cai_kit.stages.prefs import preference_record
 from cai_kit.stages.rubric import Rubric
+from cai_kit.stages.ties import tie_warning
 
 T = TypeVar("T")
 GRADER = "safety-v1"  # the grading prompts' version: a new wording makes new records
@@ -335,7 +336,7 @@ def summarise_safety(
         report.helpfulness[b] = {"n": rep.n, "wins": rep.wins, "ties": rep.ties, "losses": rep.losses,
                                  "win_rate": None if rep.n == 0 else round(rep.win_rate, 4),
                                  "ci": [round(x, 4) for x in rep.ci] if rep.n else [None, None],
-                                 "by_category": rep.by_category}  # fmt: skip
+                                 "by_category": rep.by_category, "warning": tie_warning(rep.outcomes())}  # fmt: skip
         changed: dict[str, dict[str, Any]] = defaultdict(
             lambda: {"to_refusal": [], "to_compliance": [], "same": 0}
         )

@@ -135,6 +135,9 @@ def write_report(report: SafetyReport, out_dir: Path) -> None:
                 f"| `{report.models[0]}` vs `{b}` | {w['n']} | {w['wins']} | {w['ties']} | {w['losses']} | {rate} |"
             )
         lines.append("")
+        for b, w in report.helpfulness.items():
+            if w.get("warning"):
+                lines += [f"**Warning** (`{b}`): {w['warning']}", ""]
     if report.hard:
         lines += ["## Hard constraints (share of answers that violate each)", "",
                   "| principle | " + " | ".join(f"`{n}`" for n in report.models) + " |", "|---|" + "---|" * len(report.models)]  # fmt: skip
