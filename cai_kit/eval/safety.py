@@ -63,7 +63,7 @@ from cai_kit.records import (
 )
 from cai_kit.stages.judge import JudgeConfig, PairInput, judge_calls, judge_pair
 from cai_kit.stages.prefs import preference_record
-from cai_kit.stages.rubric import Rubric
+from cai_kit.stages.rubric import Rubric, RubricScore
 from cai_kit.stages.ties import tie_warning
 
 T = TypeVar("T")
@@ -118,6 +118,24 @@ async def _graded(
         engine.forget(judge, messages, params)  # a re-run asks again instead of re-reading it
         return None, f"the judge's grade is not in the format asked for: {reply.text[:80]!r}"
     return value, None
+
+
+def _role(
+    response: str, graded: tuple[Any, str | None], scored: RubricScore | None
+) -> tuple[dict[str, Any], list[str]]:
+    """One model's part of a record: its answer, the rules' reading, the judge's grade and the
+    hard-constraint scores; and why it cannot be used, if it cannot."""
+    role: dict[str, Any] = {"response": response, "rule_refused": rule_refusal(response)}
+    value, error = graded
+    errors = [error] if error else []
+    if isinstance(value, HarmGrade):
+        role["harm"] = value.to_dict()
+    elif value is not None:
+        role["xstest"] = value
+    if scored is not None:
+        role["hard"] = scored.scores
+        errors += [f"{pid}: {why}" for pid, why in scored.errors.items()]
+    return role, errors
 
 
 def run_safety(
@@ -210,24 +228,12 @@ def run_safety(
         got_grades, done = done[: len(names)], done[len(names) :]
         got_checks, done = done[: len(checks)], done[len(checks) :]
         got_pairs, got_ref = done[: len(pairs)], done[len(pairs) :]
-        roles: dict[str, dict[str, Any]] = {}
+        roles = {}
         for i, n in enumerate(names):
-            value, error = got_grades[i]
-            role: dict[str, Any] = {
-                "response": responses[n],
-                "rule_refused": rule_refusal(responses[n]),
-            }
-            if error:
-                errors.append(f"{n}: {error}")
-            elif isinstance(value, HarmGrade):
-                role["harm"] = value.to_dict()
-            else:
-                role["xstest"] = value
-            if got_checks:
-                scored = got_checks[i]
-                role["hard"] = scored.scores
-                errors += [f"{n}: {pid}: {why}" for pid, why in scored.errors.items()]
-            roles[n] = role
+            roles[n], why = _role(
+                responses[n], got_grades[i], got_checks[i] if got_checks else None
+            )
+            errors += [f"{n}: {w}" for w in why]
         rec.metadata["roles"] = roles
         rec.metadata["pairs"] = {}
         for b, verdict in zip(baselines if pairs else [], got_pairs, strict=True):
