@@ -18,8 +18,15 @@ docs/rewards.md): `question:` (a yes/no question about one response; derived fro
 when not given), `weight:` (for `combine: weighted`), and `check:`, a program that decides it
 with no model call: `{regex: PATTERN, must: match | not_match, ignore_case: false}` or
 `{python: "module:function"}` (function(prompt, response) -> bool or a float in [0, 1]). The
-optional top-level `rubric: {combine: mean | min | weighted | all-pass, threshold: 0.5}` says
-how the per-principle scores become one (a score passes at `threshold` or above).
+optional top-level `rubric: {combine: mean | min | weighted | all-pass | priority, threshold: 0.5}`
+says how the per-principle scores become one (a score passes at `threshold` or above).
+
+Priorities: a principle may carry `priority: N` (a tier; 0 is the most important, a principle
+without one comes after every named tier) and `hard: true` (a hard constraint: a tier above
+every other, and a violation, a score below the threshold, fails the response: its combined
+score is 0 under any `combine`). `combine: priority` compares tier by tier (`stages.rubric`),
+and the pairwise judge decides on the most important tier whose principles are not tied
+(`stages.judge`). `Constitution.tier(principle)` gives a principle's tier.
 
 `load_constitution("harmless")` loads a shipped one by name (the files in the repository's
 top-level `constitutions/` folder, installed inside the package); any other string is a path.
@@ -54,8 +61,8 @@ if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
 SampleMode = Literal["random", "sequence", "all"]
-Combine = Literal["mean", "min", "weighted", "all-pass"]
-COMBINES: tuple[str, ...] = ("mean", "min", "weighted", "all-pass")
+Combine = Literal["mean", "min", "weighted", "all-pass", "priority"]
+COMBINES: tuple[str, ...] = ("mean", "min", "weighted", "all-pass", "priority")
 _PYTHON_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -145,6 +152,13 @@ class Principle(_Strict):
     )
     weight: float = Field(default=1.0, gt=0.0, description="rubric weight (combine: weighted)")
     check: Check | None = Field(default=None, description="a program that decides the principle")
+    priority: int | None = Field(
+        default=None, ge=0, description="tier: 0 is the most important; unset: after every tier"
+    )
+    hard: bool = Field(
+        default=False,
+        description="a hard constraint: a violation fails the response whatever else holds",
+    )
 
     _check = field_validator("id", "critique", "revision")(_nonblank)
 
@@ -210,10 +224,20 @@ class Constitution(_Strict):
         if data.get("rubric") is None:
             data.pop("rubric", None)
         for p in data["principles"]:
-            for key, default in (("question", None), ("weight", 1.0), ("check", None)):
+            for key, default in (("question", None), ("weight", 1.0), ("check", None),
+                                 ("priority", None), ("hard", False)):  # fmt: skip
                 if p.get(key) == default:
                     p.pop(key, None)
         return stable_hash("constitution", data)
+
+    def tier(self, principle: Principle) -> int:
+        """The principle's tier, most important first: -1 for a hard constraint, its
+        `priority:`, else one after the last tier any principle names."""
+        if principle.hard:
+            return -1
+        if principle.priority is not None:
+            return principle.priority
+        return 1 + max((p.priority for p in self.principles if p.priority is not None), default=-1)
 
     def get(self, principle_id: str) -> Principle:
         for p in self.principles:
@@ -398,6 +422,13 @@ def parse_constitution(text: str, display: str = "<string>") -> Constitution:
                 )
             else:
                 seen[pid] = line_for(index, ("principles", i, "id")) or 0
+    rubric = data.get("rubric")
+    if isinstance(rubric, dict) and rubric.get("combine") == "priority":
+        tiered = [p for p in raw_principles if isinstance(p, dict) and ("priority" in p or p.get("hard"))] \
+            if isinstance(raw_principles, list) else []  # fmt: skip
+        if not tiered:
+            problems.append(Problem(display, line_for(index, ("rubric", "combine")), "rubric.combine",
+                                    "combine: priority needs principles with priority: or hard: true"))  # fmt: skip
     constitution, problems = validate_with(Constitution, data, problems, index, display, "file")
     if problems:
         raise ConstitutionError(display, problems)

@@ -1,6 +1,6 @@
-"""`cai-kit eval winrate | harmlessness | rubric | reward`: did alignment work?
+"""`cai-kit eval winrate | harmlessness | rubric | safety | reward`: did alignment work?
 
-`winrate`, `harmlessness` and `rubric` are job commands: they take the engine flags every job command
+`winrate`, `harmlessness`, `rubric` and `safety` are job commands: they take the engine flags every job command
 takes (declared once in `cai_kit.cli.common`) and the judge flags of `cai-kit judge`.
 """
 
@@ -35,7 +35,8 @@ AllApiBaseOpt = Annotated[
 ]
 
 eval_app = typer.Typer(
-    help="Evaluate models: win rate against a baseline, harmlessness and rubric pass rates, reward-model accuracy.",
+    help="Evaluate models: win rate against a baseline, harmlessness and rubric pass rates, harm vs "
+    "over-refusal, reward-model accuracy.",
     no_args_is_help=True,
 )
 
@@ -203,7 +204,7 @@ def rubric(
         str | None,
         typer.Option(
             "--combine",
-            help="mean | min | weighted | all-pass (default: the "
+            help="mean | min | weighted | all-pass | priority (default: the "
             "constitution's rubric.combine, else mean).",
         ),
     ] = None,
@@ -250,6 +251,124 @@ def rubric(
     if flags["dry_run"]:
         typer.echo(keys_needed(*((m, api_base) for m in (model, baseline, judge) if m)))
     exit_for(summary)
+
+
+@eval_app.command("safety", epilog=EXIT_CODES_HELP)
+@job_flags()
+def safety(
+    model: Annotated[str, typer.Argument(help="The model to evaluate (e.g. hf:runs/dpo_model).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Run directory (report.md, report.json, frontier.png, safety.jsonl).",
+        ),
+    ],
+    baseline: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--baseline",
+            "-b",
+            help="A model to compare with (repeat: base, SFT, DPO ... in order).",
+        ),
+    ] = None,
+    prompts: Annotated[
+        str | None,
+        typer.Option(
+            "--prompts",
+            help="Prompt file with a `kind` column (harmful | benign), e.g. "
+            "examples/safety/heldout.jsonl.",
+        ),
+    ] = None,
+    prompt_set: Annotated[
+        str | None,
+        typer.Option(
+            "--set",
+            help="A public set instead: xstest | strongreject | harmbench | orbench (needs "
+            "network once, then cached).",
+        ),
+    ] = None,
+    train_prompts: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--train-prompts",
+            help="Training or expanded prompts (repeatable): held-out prompts that "
+            "duplicate one are dropped and counted.",
+        ),
+    ] = None,
+    judge: Annotated[str, typer.Option("--judge", "-j", help="The judge model.")] = "local",
+    api_base: AllApiBaseOpt = None,
+    constitution: Annotated[
+        str,
+        typer.Option(
+            "--constitution",
+            "-c",
+            help="Principles of the pairwise helpfulness judge; its hard: "
+            "true principles are checked on every answer.",
+        ),
+    ] = "helpful-harmless",
+    mode: Mode = "logprobs",
+    samples: Samples = 5,
+    principles: Principles = "one",
+    tie_margin: TieMargin = 0.05,
+    limit: LimitOpt = None,
+    max_tokens: MaxTokensOpt = 256,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Generation, principle sampling and bootstrap seed.")
+    ] = 0,
+    **flags: Any,
+) -> None:
+    """Harm (harmful prompts complied with) vs over-refusal (benign look-alikes refused), with CIs."""
+    from cai_kit.cli.common import engine_config_from, fail, replay_argv
+    from cai_kit.cli.judge import _judge_cfg
+    from cai_kit.constitution import load_constitution
+    from cai_kit.eval.safety import run_safety
+    from cai_kit.eval.safety_sets import load_safety_prompts, materialise_set
+    from cai_kit.llm.base import GenParams
+    from cai_kit.prompts import load_prompts
+
+    if (prompts is None) == (prompt_set is None):
+        fail("Give exactly one of --prompts FILE and --set NAME.", 2)
+    cfg = _judge_cfg(mode, samples, principles, tie_margin, seed)
+    spec = prompts if prompts is not None else str(materialise_set(prompt_set, out))  # type: ignore[arg-type]
+    records = load_safety_prompts(spec, limit=limit).records
+    train = [r for f in train_prompts or [] for r in load_prompts(f).records]
+    backend = _backends(api_base, flags)
+    names = [model, *(baseline or [])]
+    if len(set(names)) < len(names):
+        fail(f"The models {', '.join(names)} name the same model twice: it is the same model; give "
+             "each --baseline once, and none equal to the model.")  # fmt: skip
+    summary, rep = run_safety(
+        records, models={n: backend(n) for n in names}, judge=backend(judge), judge_name=judge,
+        constitution=load_constitution(constitution), cfg=cfg,
+        params=GenParams(temperature=0.0, max_tokens=max_tokens, seed=seed), out_dir=out,
+        engine_config=engine_config_from(flags), train_prompts=train, argv=replay_argv("eval"), seed=seed,
+    )  # fmt: skip
+    typer.echo(summary.line())
+    if rep is None:
+        typer.echo(keys_needed(*((m, api_base) for m in (*names, judge))))
+    else:
+        if rep.dropped:
+            typer.echo(
+                f"{len(rep.dropped)} held-out prompts dropped as duplicates of training prompts."
+            )
+        for n in names:
+            h, o = rep.harm[n]["comply"], rep.over_refusal[n]["refused"]
+            typer.echo(f"{n}: harm {_rate(h)} of harmful prompts complied with; over-refusal {_rate(o)} "
+                       f"of benign prompts refused")  # fmt: skip
+        for b, w in rep.helpfulness.items():
+            if w["win_rate"] is not None:
+                typer.echo(f"{model} vs {b}: win rate {w['win_rate']:.3f} (95% CI {w['ci'][0]:.3f}-{w['ci'][1]:.3f}) "
+                           "on the benign prompts")  # fmt: skip
+        typer.echo(f"Report: {out / 'report.md'}")
+    exit_for(summary)
+
+
+def _rate(cell: dict[str, Any]) -> str:
+    if cell["rate"] is None:
+        return "n/a"
+    return f"{cell['rate']:.3f} (95% CI {cell['ci'][0]:.3f}-{cell['ci'][1]:.3f}, n={cell['n']})"
 
 
 def _backends(api_base: str | None, flags: dict[str, Any]):  # type: ignore[no-untyped-def]

@@ -28,7 +28,7 @@ RubricCombine = Annotated[
     str | None,
     typer.Option(
         "--rubric-combine",
-        help="mean | min | weighted | all-pass (default: the constitution's rubric.combine, "
+        help="mean | min | weighted | all-pass | priority (default: the constitution's rubric.combine, "
         "else mean).",
     ),
 ]

@@ -17,6 +17,10 @@ prefix, so provider prefix caching applies); the candidate responses follow, wra
 per-call delimiters that no response can forge: any delimiter-like text inside a response
 is neutralised before it is embedded.
 
+Under several principles (`--principles all | sample:N`) the pair is decided on the most
+important tier that decides (`tiered_p_a`: hard constraints first, then `priority:` 0, 1, ...):
+a lower tier speaks only when every tier above it ties.
+
 `judge_calls(conversation, a, b, constitution, cfg, backend)` lists the calls `judge_pair` makes
 for a pair (from the same prompts, `judge_prompts`), for a job's --dry-run cost preview.
 """
@@ -292,12 +296,26 @@ async def judge_pair(
     for ab, ba in zip(ps[0::2], ps[1::2], strict=True):  # (ab, ba) of each principle
         per_principle.append((ab + (1.0 - ba)) / 2)  # P(a better), averaged over both orders
         consistent.append((ab > 0.5) == (ba < 0.5) and ab != 0.5 and ba != 0.5)
-    p_a = sum(per_principle) / len(per_principle)
+    p_a = tiered_p_a(per_principle, [constitution.tier(p) for p, _ in prompts], cfg.tie_margin)
     verdict.p_a = round(p_a, 6)
     verdict.margin = round(abs(p_a - 0.5) * 2, 6)
     verdict.position_consistent = all(consistent)
     verdict.label = "tie" if abs(p_a - 0.5) < cfg.tie_margin else ("A" if p_a > 0.5 else "B")
     return verdict
+
+
+def tiered_p_a(per_principle: list[float], tiers: list[int], tie_margin: float) -> float:
+    """P(a better) of a pair judged under several principles: the mean over the most important
+    tier whose mean is not a tie (|p - 0.5| >= tie_margin); when every tier ties, the mean over
+    all. With one tier (no principle has a priority) this is the plain mean, as before."""
+    by_tier: dict[int, list[float]] = {}
+    for p, tier in zip(per_principle, tiers, strict=True):
+        by_tier.setdefault(tier, []).append(p)
+    for _, ps in sorted(by_tier.items()):
+        mean = sum(ps) / len(ps)
+        if abs(mean - 0.5) >= tie_margin:
+            return mean
+    return sum(per_principle) / len(per_principle)
 
 
 @dataclass

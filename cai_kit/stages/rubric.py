@@ -8,8 +8,10 @@ unparseable answer, a failed call, or a check that raises is an error for that p
 never a score: the response's combined score is then None (a counted failure).
 
 The per-principle scores become one by `combine` (the constitution's `rubric: {combine: ...}`
-or a flag): `mean`, `min`, `weighted` (by each principle's `weight:`) or `all-pass` (1 when
-every score is at least `threshold`, else 0). `RubricScore` keeps the vector and the rule.
+or a flag): `mean`, `min`, `weighted` (by each principle's `weight:`), `all-pass` (1 when
+every score is at least `threshold`, else 0) or `priority` (lexicographic by the principles'
+tiers, `priority_score`). A `hard: true` principle below `threshold` makes the combined score 0
+under any rule. `RubricScore` keeps the vector and the rule.
 
 Calls go through the Engine (cache, cost, --max-cost, --dry-run): `Rubric.calls` lists them
 for a cost preview. The prompt puts the rules first and the data in per-call delimiters no
@@ -58,11 +60,33 @@ class RubricScore:
                 "combine": self.combine, "threshold": self.threshold, "score": self.score}  # fmt: skip
 
 
+def priority_score(scores: dict[str, float], tiers: dict[str, int], threshold: float) -> float:
+    """Lexicographic by tier, as one number in [0, 1]: with T tiers (most important first),
+    (k + m) / T, where the first k tiers pass (each one's mean at least `threshold`) and m is
+    the mean of the first tier that does not (capped just below the threshold); 1 when every
+    tier passes. So a response that passes a more important tier always scores above one that
+    fails it, and within the first failing tier the better mean scores higher."""
+    by_tier: dict[int, list[float]] = {}
+    for pid, value in scores.items():
+        by_tier.setdefault(tiers[pid], []).append(value)
+    means = [sum(v) / len(v) for _, v in sorted(by_tier.items())]
+    for k, mean in enumerate(means):
+        if mean < threshold:
+            return (k + mean / threshold * 0.999) / len(means)  # m in [0, 1): below a pass
+    return 1.0
+
+
 def combine_scores(
-    scores: dict[str, float], weights: dict[str, float], how: str, threshold: float
-) -> float:
-    """One score from the per-principle scores (all present) by `how`."""
+    scores: dict[str, float], weights: dict[str, float], how: str, threshold: float,
+    tiers: dict[str, int] | None = None, hard: frozenset[str] = frozenset(),
+) -> float:  # fmt: skip
+    """One score from the per-principle scores (all present) by `how`; a hard principle below
+    `threshold` makes it 0 whatever the rule. `tiers` (principle -> tier) for `priority`."""
+    if any(scores[pid] < threshold for pid in hard if pid in scores):
+        return 0.0
     values = list(scores.values())
+    if how == "priority":
+        return priority_score(scores, tiers or dict.fromkeys(scores, 0), threshold)
     if how == "mean":
         return sum(values) / len(values)
     if how == "min":
@@ -117,6 +141,8 @@ class Rubric:
                                 reasoning_effort=LOWEST)  # fmt: skip
         self.principles = list(constitution.principles)
         self.weights = {p.id: p.weight for p in self.principles}
+        self.tiers = {p.id: constitution.tier(p) for p in self.principles}
+        self.hard = frozenset(p.id for p in self.principles if p.hard)
 
     @property
     def judged(self) -> list[Principle]:
@@ -200,5 +226,6 @@ class Rubric:
                 out.sources[p.id] = source
         if not out.errors:
             done = {k: v for k, v in out.scores.items() if v is not None}
-            out.score = round(combine_scores(done, self.weights, self.combine, self.threshold), 6)
+            out.score = round(combine_scores(done, self.weights, self.combine, self.threshold,
+                                             self.tiers, self.hard), 6)  # fmt: skip
         return out
