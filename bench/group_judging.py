@@ -94,7 +94,7 @@ def main() -> None:
     ap.add_argument("--bias", type=float, default=6.0)
     a = ap.parse_args()
 
-    from cai_kit.stages.group_judge import GroupJudge
+    from cai_kit.judges.group import GroupJudge
     from cai_kit.train.group_reward import GroupJudgeScorer
     from cai_kit.train.rewards import JudgeScorer
 

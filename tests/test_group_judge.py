@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from cai_kit.cli.main import app
 from cai_kit.constitution import load_constitution
-from cai_kit.stages.group_judge import GroupJudge, orders, parse, unshuffle
+from cai_kit.judges.group import GroupJudge, orders, parse, unshuffle
 from tests.fixtures.fault_server import FaultServer
 
 _SHOWN = re.compile(r"<<<RESPONSE-(\d+)-\w+>>>\n(.*?)\n<<<END-RESPONSE-\1-\w+>>>", re.S)

@@ -78,7 +78,7 @@ def build_reward(opts: dict[str, Any], base: Callable[[], Any]) -> Any:
     try:
         if kind == "rubric":
             from cai_kit.constitution import load_constitution
-            from cai_kit.stages.rubric import Rubric
+            from cai_kit.judges.rubric import Rubric
             from cai_kit.train.rubric_reward import RubricReward
 
             if opts.get("reward_model") is not None:
@@ -111,7 +111,7 @@ def _group_reward(opts: dict[str, Any]) -> Any:
     """`--reward group`: the judge scores each prompt's G completions together (GRPO only)."""
     from cai_kit.cli.common import engine_config_from, fail
     from cai_kit.constitution import load_constitution
-    from cai_kit.stages.group_judge import GroupJudge
+    from cai_kit.judges.group import GroupJudge
     from cai_kit.train.group_reward import GroupJudgeScorer
 
     if "num_generations" not in opts:

@@ -283,13 +283,13 @@ def online_dpo(
 
 
 def _pair_judge(o: dict[str, Any], flags: dict[str, Any]):  # type: ignore[no-untyped-def]
-    """The train-side PairJudgeScorer around stages.judge.judge_pair (train never imports stages)."""
+    """The train-side PairJudgeScorer around judges.pairwise.judge_pair (train never imports stages)."""
     from cai_kit.cli.common import engine_config_from
     from cai_kit.cli.judge import _judge_cfg
     from cai_kit.constitution import load_constitution
     from cai_kit.engine import Engine
+    from cai_kit.judges.pairwise import judge_pair
     from cai_kit.llm.base import Backend
-    from cai_kit.stages.judge import judge_pair
     from cai_kit.train.online_dpo import PairJudgeScorer
 
     cfg = _judge_cfg(o["mode"], o["samples"], o["principles"], o["tie_margin"], o["seed"])

@@ -11,6 +11,6 @@ and only inside the functions that use them.
 - `logprobs.py`      sequence log-probs of chosen/rejected (for `eval.implicit_reward`)
 - `common.py`, `data.py`, `report.py`  model loading and LoRA, training data, cards and curves
 
-May import `engine`, `llm` and the ground; never `stages`, `eval`, `serve`, `pipeline` or
+May import `judges`, `engine`, `llm` and the ground; never `stages`, `eval`, `serve`, `pipeline` or
 `cli`. Imported by `cli` (and `eval.implicit_reward`, for model log-probs).
 """

@@ -3,11 +3,11 @@
 GRPO's reward receives a step's completions with each prompt's G (`--num-generations`)
 completions consecutive. `GroupJudgeScorer` asks the judge to score one prompt's G responses
 together in one call, `repeats` times (`--group-repeats`) with the responses shown in different
-orders (`stages.group_judge.orders`: a shuffle, then its reverse, ...), and gives each response
+orders (`judges.group.orders`: a shuffle, then its reverse, ...), and gives each response
 the mean of its scores / 10, a reward in [0, 1]. The prompt-building and reply-parsing object
 is built by the CLI and handed in (`train` never imports `stages`): anything with
 `messages(prompt, responses, order)`, `parse(text, g) -> list | None`, `orders(g, repeats)` and
-`unshuffle(shown, order)` works (`stages.group_judge.GroupJudge`).
+`unshuffle(shown, order)` works (`judges.group.GroupJudge`).
 
 Like `rewards.JudgeScorer`: one engine and one backend for the run (cache, --max-cost,
 statistics); a group whose call failed or whose reply could not be parsed (in any repeat) is no

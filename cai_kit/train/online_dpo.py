@@ -15,7 +15,7 @@ rubric, a Python `--reward-fn`, or both: `rubric_reward`) into verdicts: the two
 scored alone and the higher score is chosen (`p_a` 1 or 0; 0.5, a tie, when the scores differ
 by less than `tie_margin`); a response that could not be scored makes its pair failed.
 The judge is any callable `(prompts, responses_a, responses_b) -> list[float | None]`; the CLI
-builds it from `stages.judge.judge_pair` (train never imports stages) and hands it in, wrapped
+builds it from `judges.pairwise.judge_pair` (train never imports stages) and hands it in, wrapped
 in `PairJudgeScorer`, which holds one Engine + backend for the whole run (cache, --max-cost,
 rpm/tpm carry across steps), like `rewards.JudgeScorer`. When more than `max_judge_failures`
 of a step's pairs failed, training stops with `JudgeFailed`; --max-cost reached raises

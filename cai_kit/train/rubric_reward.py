@@ -3,7 +3,7 @@
 All are callables `(prompts, responses) -> list[float]`, like `rewards.JudgeScorer`, so PPO's
 loop and TRL's GRPO take them the same way.
 
-- `RubricReward`: each response's combined rubric score (`cai_kit.stages.rubric`: checkable
+- `RubricReward`: each response's combined rubric score (`cai_kit.judges.rubric`: checkable
   principles scored by their program, the others by a judge's P(Yes)). The rubric object is
   built by the CLI and handed in (`train` never imports `stages`); anything with
   `needs_judge` and `async score(prompt, response, engine, backend)` returning an object with
