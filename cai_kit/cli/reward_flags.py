@@ -97,8 +97,7 @@ def build_reward(opts: dict[str, Any], base: Callable[[], Any]) -> Any:
             parts.append((PythonReward(fn), opts.get("python_reward_weight", 1.0)))
     except CaiKitError as exc:
         for part, _ in parts:
-            if hasattr(part, "close"):
-                part.close()
+            part.close()
         fail(str(exc))
     if len(parts) == 1 and parts[0][1] == 1.0:
         return parts[0][0]
@@ -112,7 +111,7 @@ def _group_reward(opts: dict[str, Any]) -> Any:
     from cai_kit.cli.common import engine_config_from, fail
     from cai_kit.constitution import load_constitution
     from cai_kit.judges.group import GroupJudge
-    from cai_kit.train.group_reward import GroupJudgeScorer
+    from cai_kit.train.group_reward import GroupReward
 
     if "num_generations" not in opts:
         fail("--reward group judges each prompt's completions together: train grpo only.")
@@ -120,7 +119,7 @@ def _group_reward(opts: dict[str, Any]) -> Any:
         fail("--reward group needs --reward-judge MODEL (and no --reward-model).")
     repeats = opts.get("group_repeats")
     judge = GroupJudge(load_constitution(opts["constitution"]))
-    return GroupJudgeScorer(judge, opts["reward_judge"], opts["num_generations"],
+    return GroupReward(judge, opts["reward_judge"], opts["num_generations"],
                             2 if repeats is None else repeats, opts.get("judge_api_base"),
                             engine_config_from({**opts, "quiet": True}),
                             opts.get("max_judge_failures", 0.1))  # fmt: skip

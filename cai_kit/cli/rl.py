@@ -60,21 +60,20 @@ def reward_source(
     `options`: the command's locals(): the engine flags and --judge-reward/--max-judge-failures."""
     from cai_kit.cli.common import engine_config_from, fail
     from cai_kit.constitution import load_constitution
-    from cai_kit.train.rewards import JudgeScorer, RewardModelScorer
+    from cai_kit.train.rewards import JudgeReward, RewardModelReward
 
     if (reward_model is None) == (reward_judge is None):
         fail("Give exactly one reward source: --reward-model DIR or --reward-judge MODEL.")
     if reward_model is not None:
-        return RewardModelScorer(reward_model)
+        return RewardModelReward(reward_model)
     opts = {**(options or {}), "quiet": True}
-    return JudgeScorer(reward_judge, load_constitution(constitution), judge_api_base,  # type: ignore[arg-type]
+    return JudgeReward(reward_judge, load_constitution(constitution), judge_api_base,  # type: ignore[arg-type]
                        engine_config=engine_config_from(opts), reward=opts.get("judge_reward", "p-yes"),
                        max_failed_share=opts.get("max_judge_failures", 0.1))  # fmt: skip
 
 
 def _close(scorer) -> None:  # type: ignore[no-untyped-def]
-    if hasattr(scorer, "close"):
-        scorer.close()
+    scorer.close()
 
 
 @job_flags(without=TRAINER_WITHOUT)
@@ -283,28 +282,15 @@ def online_dpo(
 
 
 def _pair_judge(o: dict[str, Any], flags: dict[str, Any]):  # type: ignore[no-untyped-def]
-    """The train-side PairJudgeScorer around judges.pairwise.judge_pair (train never imports stages)."""
+    """The pairwise judge of online DPO (train.online_dpo.PairJudge)."""
     from cai_kit.cli.common import engine_config_from
     from cai_kit.cli.judge import _judge_cfg
     from cai_kit.constitution import load_constitution
-    from cai_kit.engine import Engine
-    from cai_kit.judges.pairwise import judge_pair
-    from cai_kit.llm.base import Backend
-    from cai_kit.train.online_dpo import PairJudgeScorer
+    from cai_kit.train.online_dpo import PairJudge
 
     cfg = _judge_cfg(o["mode"], o["samples"], o["principles"], o["tie_margin"], o["seed"])
-    rules = load_constitution(o["constitution"])
-
-    async def verdict(
-        prompt: str, a: str, b: str, engine: Engine, backend: Backend
-    ) -> float | None:
-        v = await judge_pair(
-            [{"role": "user", "content": prompt}], a, b, rules, cfg, engine, backend
-        )
-        return None if v.label == "failed" else v.p_a
-
-    return PairJudgeScorer(verdict, o["judge"], o["judge_api_base"],
-                           engine_config_from({**o, **flags, "quiet": True}))  # fmt: skip
+    return PairJudge(o["judge"], load_constitution(o["constitution"]), cfg, o["judge_api_base"],
+                     engine_config_from({**o, **flags, "quiet": True}))  # fmt: skip
 
 
 def _pointwise(o: dict[str, Any], flags: dict[str, Any]):  # type: ignore[no-untyped-def]
