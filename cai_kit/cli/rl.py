@@ -152,7 +152,7 @@ def _ppo(o: dict[str, Any], names: list[str], flags: dict[str, Any]) -> None:
 
     from cai_kit.prompts import load_prompts
     from cai_kit.train.common import load_model, load_tokenizer, lora_config, resolve_model
-    from cai_kit.train.ppo import PPOConfig, PPOTrainer
+    from cai_kit.train.ppo_trainer import PPOConfig, PPOTrainer
     from cai_kit.train.tracking import Tracker
 
     out, steps = o["out"], o["steps"]
@@ -282,11 +282,11 @@ def online_dpo(
 
 
 def _pair_judge(o: dict[str, Any], flags: dict[str, Any]):  # type: ignore[no-untyped-def]
-    """The pairwise judge of online DPO (train.online_dpo.PairJudge)."""
+    """The pairwise judge of online DPO (train.online_dpo_trainer.PairJudge)."""
     from cai_kit.cli.common import engine_config_from
     from cai_kit.cli.judge import _judge_cfg
     from cai_kit.constitution import load_constitution
-    from cai_kit.train.online_dpo import PairJudge
+    from cai_kit.train.online_dpo_trainer import PairJudge
 
     cfg = _judge_cfg(o["mode"], o["samples"], o["principles"], o["tie_margin"], o["seed"])
     return PairJudge(o["judge"], load_constitution(o["constitution"]), cfg, o["judge_api_base"],
@@ -295,7 +295,7 @@ def _pair_judge(o: dict[str, Any], flags: dict[str, Any]):  # type: ignore[no-un
 
 def _pointwise(o: dict[str, Any], flags: dict[str, Any]):  # type: ignore[no-untyped-def]
     """--reward rubric and/or --reward-fn: each sample scored alone, the higher one chosen."""
-    from cai_kit.train.online_dpo import PointwisePairs
+    from cai_kit.train.online_dpo_trainer import PointwisePairs
 
     opts = {**o, **flags, "reward": "rubric" if o["reward"] == "rubric" else "auto",
             "reward_judge": o["judge"], "reward_model": None}  # fmt: skip
@@ -308,7 +308,7 @@ def _online_dpo(o: dict[str, Any], names: list[str], flags: dict[str, Any]) -> N
     from cai_kit.errors import CaiKitError
     from cai_kit.prompts import load_prompts
     from cai_kit.train.common import load_model, load_tokenizer, lora_config, resolve_model
-    from cai_kit.train.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+    from cai_kit.train.online_dpo_trainer import OnlineDPOConfig, OnlineDPOTrainer
     from cai_kit.train.tracking import Tracker
 
     out, steps = o["out"], o["steps"]

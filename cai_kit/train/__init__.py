@@ -2,7 +2,7 @@
 and only inside the functions that use them.
 
 - `run.py`           one runner for every TRL trainer (SFT, reward, DPO and its losses, KTO, ORPO)
-- `ppo.py`           our own PPO (TRL 1.x has none), LoRA, multi-process under torchrun
+- `ppo_trainer.py`           our own PPO (TRL 1.x has none), LoRA, multi-process under torchrun
 - `spin.py`          SPIN: own generations as rejected, SFT targets as chosen, iterated
 - `online.py`        online RLAIF on TRL's GRPO, the judge or a reward model as the reward
 - `rewards.py`       reward sources: a trained reward model, or the AI judge through the engine

@@ -22,7 +22,7 @@ of a step's pairs failed, training stops with `JudgeFailed`; --max-cost reached 
 `BudgetExceeded`; either way the finished steps stay in `history` for the caller to save.
 
 Generation, batching, the reference log-probs and prompt encoding are PPO's own
-(`ppo.PPOTrainer`'s methods, borrowed as they are): the same temperature-consistent log-probs,
+(`ppo_trainer.PPOTrainer`'s methods, borrowed as they are): the same temperature-consistent log-probs,
 no dropout, LoRA merged while sampling.
 
 Under `torchrun`/`accelerate launch`, as PPO: rank r samples from prompts[r::world] with seed + r
@@ -53,7 +53,7 @@ from cai_kit.errors import CaiKitError, ConfigError
 from cai_kit.judges.client import JudgeClient, all_or_cancel
 from cai_kit.judges.pairwise import JudgeConfig, judge_pair
 from cai_kit.llm.base import Backend
-from cai_kit.train.ppo import PPOTrainer, policy_and_reference, token_logprobs
+from cai_kit.train.ppo_trainer import PPOTrainer, policy_and_reference, token_logprobs
 from cai_kit.train.resume import StepMark
 from cai_kit.train.rewards import (
     JudgeFailed,
