@@ -62,17 +62,11 @@ Out = Annotated[
 
 
 def _judge_cfg(mode: str, samples: int, principles: str, tie_margin: float, seed: int):  # type: ignore[no-untyped-def]
-    from cai_kit.cli.common import fail
-    from cai_kit.judges.pairwise import JudgeConfig, principle_count
+    """The judge's config; it checks itself (a bad value: a ConfigError, one red line)."""
+    from cai_kit.judges.pairwise import JudgeConfig
 
-    if mode not in ("logprobs", "letter", "cot", "votes"):
-        fail(f"--mode must be logprobs, letter, cot or votes, not {mode!r}.")
-    if samples < 1:
-        fail(f"--samples must be at least 1 (votes per order in --mode votes), not {samples}.")
-    principle_count(principles)  # a ConfigError: one red line
-    return JudgeConfig(
-        mode=mode, samples=samples, principles=principles, tie_margin=tie_margin, seed=seed
-    )  # type: ignore[arg-type]
+    return JudgeConfig(mode=mode, samples=samples, principles=principles, tie_margin=tie_margin,  # type: ignore[arg-type]
+                       seed=seed)  # fmt: skip
 
 
 @job_flags()
