@@ -37,6 +37,7 @@ a pair times 0). Statistics are totals or means over ranks; only rank 0 logs and
 
 from __future__ import annotations
 
+import inspect
 import random
 import time
 from collections.abc import Callable
@@ -170,11 +171,33 @@ class PointwisePairs:
         self.reward.close()
 
 
-def as_pair_source(judge: PairSource | RewardSource, tie_margin: float = 0.05) -> PairSource:
-    """A pair judge as it is; a per-response reward (or a plain function) as `PointwisePairs`."""
-    if isinstance(judge, PairSource) and not isinstance(judge, RewardSource):
+class FunctionPairs:
+    """A plain `(prompts, a, b) -> list[float | None]` function as a pair judge (no calls)."""
+
+    def __init__(self, fn: Callable[[list[str], list[str], list[str]], Any]) -> None:
+        self.fn = fn
+        self.last_metrics: dict[str, float] = {}
+
+    def __call__(self, prompts: list[str], a: list[str], b: list[str]) -> list[float | None]:
+        return list(self.fn(prompts, a, b))
+
+    def usage(self) -> dict[str, float]:
+        return {"judge_calls": 0.0, "judge_cost": 0.0}
+
+    def close(self) -> None:
+        pass
+
+
+def as_pair_source(judge: Any, tie_margin: float = 0.05) -> PairSource:
+    """A pair judge as it is; a per-response reward source as `PointwisePairs`; a plain
+    function by its arguments: (prompts, a, b) a pair judge, (prompts, responses) a reward."""
+    if isinstance(judge, RewardSource):
+        return PointwisePairs(judge, tie_margin)
+    if isinstance(judge, PairSource):
         return judge
-    return PointwisePairs(judge, tie_margin)  # type: ignore[arg-type]
+    if len(inspect.signature(judge).parameters) == 3:
+        return FunctionPairs(judge)
+    return PointwisePairs(judge, tie_margin)
 
 
 class OnlineDPOTrainer:
@@ -236,7 +259,7 @@ class OnlineDPOTrainer:
                 "reward_accuracy": (margin > 0).float().mean().item(),
                 "response_length": mask.sum(1).mean().item()}  # fmt: skip
 
-    def train(self, prompts: list[str], judge: PairSource, steps: int,
+    def train(self, prompts: list[str], judge: PairSource | Callable[..., Any], steps: int,
               log: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:  # fmt: skip
         """Sample, judge, step; `history` keeps every finished step if a stop is raised.
 
@@ -246,6 +269,7 @@ class OnlineDPOTrainer:
         loss, reward_margin, reward_accuracy, response_length as means over all decisive pairs."""
         acc, cfg = self.accelerator, self.config
         world, rank = acc.num_processes, acc.process_index
+        judge = as_pair_source(judge, cfg.tie_margin)  # a plain function too
         if not prompts:
             raise ConfigError("No prompts to train on.")
         if len(prompts) < world:  # every rank refuses alike (none waits in a collective)
