@@ -69,23 +69,11 @@ def ppo(prompts: Prompts, reward: RewardSource | Callable[..., Any], out: str | 
         limit: int | None = None, report_to: list[str] | None = None,
         say: Callable[[str], None] = print) -> TrainResult:  # fmt: skip
     """Our PPO (`ppo_trainer.PPOTrainer`, `config` a `PPOConfig`), LoRA unless `full`."""
-    from cai_kit.train.common import load_model, load_tokenizer, lora_config, resolve_model
-    from cai_kit.train.own_loop import run_own_loop
     from cai_kit.train.ppo_trainer import PPOConfig, PPOTrainer
 
-    source, out = as_reward_source(reward), Path(out)
-    try:
-        texts, base = prompt_texts(prompts, limit), resolve_model(model)
-        trainer = PPOTrainer(config or PPOConfig(), load_model(base), load_tokenizer(base),
-                             peft_config=None if full else lora_config())  # fmt: skip
-    except BaseException:
-        source.close()
-        raise
-    options = _options(prompts, model, steps=steps, full=full, limit=limit, report_to=report_to)
-    history = run_own_loop(trainer, "ppo", texts, source, out, base, steps, full, report_to, options,
-                           _ppo_line(steps), ("reward", "kl", "policy_loss", "entropy", "clipfrac", "judge_failed"),
-                           say)  # fmt: skip
-    return TrainResult(out, history)
+    keys = ("reward", "kl", "policy_loss", "entropy", "clipfrac", "judge_failed")
+    return _own_loop("ppo", PPOTrainer, config or PPOConfig(), as_reward_source(reward), prompts, out, model,
+                     steps, full, limit, report_to, _ppo_line(steps), keys, say)  # fmt: skip
 
 
 def online_dpo(prompts: Prompts, judge: Any, out: str | Path, *, model: str = "local",
@@ -93,24 +81,34 @@ def online_dpo(prompts: Prompts, judge: Any, out: str | Path, *, model: str = "l
                report_to: list[str] | None = None, say: Callable[[str], None] = print) -> TrainResult:  # fmt: skip
     """Online DPO with AI feedback (`online_dpo_trainer`, `config` an `OnlineDPOConfig`):
     `judge` a pairwise judge, or a reward source / function scoring each sample alone."""
-    from cai_kit.train.common import load_model, load_tokenizer, lora_config, resolve_model
     from cai_kit.train.online_dpo_trainer import OnlineDPOConfig, OnlineDPOTrainer, as_pair_source
+
+    cfg = config or OnlineDPOConfig()
+    keys = ("loss", "reward_margin", "reward_accuracy", "decisive", "ties", "failed")
+    return _own_loop("online-dpo", OnlineDPOTrainer, cfg, as_pair_source(judge, cfg.tie_margin), prompts, out,
+                     model, steps, full, limit, report_to, _online_dpo_line(steps), keys, say)  # fmt: skip
+
+
+def _own_loop(kind: str, trainer_class: Any, cfg: Any, source: Any, prompts: Prompts, out: str | Path,
+              model: str, steps: int, full: bool, limit: int | None, report_to: list[str] | None,
+              line: Callable[[int, dict[str, float]], str], keys: tuple[str, ...],
+              say: Callable[[str], None]) -> TrainResult:  # fmt: skip
+    """Load the policy into `trainer_class` and run it to the end (`own_loop.run_own_loop`);
+    the source is closed if anything fails before training starts."""
+    from cai_kit.train.common import load_model, load_tokenizer, lora_config, resolve_model
     from cai_kit.train.own_loop import run_own_loop
 
-    cfg, out = config or OnlineDPOConfig(), Path(out)
-    source = as_pair_source(judge, cfg.tie_margin)
     try:
         texts, base = prompt_texts(prompts, limit), resolve_model(model)
-        trainer = OnlineDPOTrainer(cfg, load_model(base), load_tokenizer(base),
-                                   peft_config=None if full else lora_config())  # fmt: skip
+        trainer = trainer_class(cfg, load_model(base), load_tokenizer(base),
+                                peft_config=None if full else lora_config())  # fmt: skip
     except BaseException:
         source.close()
         raise
     options = _options(prompts, model, steps=steps, full=full, limit=limit, report_to=report_to)
-    history = run_own_loop(trainer, "online-dpo", texts, source, out, base, steps, full, report_to, options,
-                           _online_dpo_line(steps),
-                           ("loss", "reward_margin", "reward_accuracy", "decisive", "ties", "failed"), say)  # fmt: skip
-    return TrainResult(out, history)
+    history = run_own_loop(trainer, kind, texts, source, Path(out), base, steps, full, report_to, options, line,
+                           keys, say)  # fmt: skip
+    return TrainResult(Path(out), history)
 
 
 def grpo(prompts: Prompts, reward: RewardSource | Callable[..., Any], out: str | Path, *,
