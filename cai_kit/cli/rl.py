@@ -1,4 +1,8 @@
-"""`cai-kit train ppo|online-dpo|spin|grpo` (our own PPO and Online DPO; SPIN over TRL's DPO)."""
+"""`cai-kit train ppo|online-dpo|spin|grpo` (our own PPO and Online DPO; SPIN over TRL's DPO).
+
+A shell: the flags become `cai_kit.rewards.RewardConfig` and the trainer's config, and the
+library builds the reward and trains (`cai_kit.train.ppo|online_dpo|grpo`, which write the
+run files and print the step lines)."""
 
 from __future__ import annotations
 
