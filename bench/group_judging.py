@@ -1,5 +1,5 @@
 """Benchmark: group judging (`train grpo --reward group`) against per-response judging
-(`--reward-judge` alone: JudgeScorer) on fixed groups, with a scripted judge.
+(`--reward-judge` alone: JudgeReward) on fixed groups, with a scripted judge.
 
     python bench/group_judging.py [--groups 50] [--g 4] [--noise 4] [--bias 6]
 
@@ -94,9 +94,9 @@ def main() -> None:
     ap.add_argument("--bias", type=float, default=6.0)
     a = ap.parse_args()
 
-    from cai_kit.stages.group_judge import GroupJudge
-    from cai_kit.train.group_reward import GroupJudgeScorer
-    from cai_kit.train.rewards import JudgeScorer
+    from cai_kit.judges.group import GroupJudge
+    from cai_kit.train.group_reward import GroupReward
+    from cai_kit.train.rewards import JudgeReward
 
     server = FaultServer()
     start_fault_server(server)
@@ -109,12 +109,12 @@ def main() -> None:
     cfg = EngineConfig(quiet=True, max_retries=0, use_cache=False)
     rows = []
     scorers: list[tuple[str, Any]] = [
-        ("per response, p-yes", JudgeScorer("j", constitution, server.base_url, cfg, "p-yes")),
+        ("per response, p-yes", JudgeReward("j", constitution, server.base_url, cfg, "p-yes")),
         ("per response, expected-score",
-         JudgeScorer("j", constitution, server.base_url, cfg, "expected-score")),
+         JudgeReward("j", constitution, server.base_url, cfg, "expected-score")),
     ] + [
         (f"group, --group-repeats {r}",
-         GroupJudgeScorer(GroupJudge(constitution), "j", a.g, r, server.base_url, cfg))
+         GroupReward(GroupJudge(constitution), "j", a.g, r, server.base_url, cfg))
         for r in (1, 2, 4)
     ]  # fmt: skip
     server.usage_by_length = True

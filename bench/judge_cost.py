@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 async def judge_all(cfg, pairs, inject: bool, backend, engine):  # type: ignore[no-untyped-def]
     from cai_kit.constitution import load_constitution
-    from cai_kit.stages.judge import judge_pair
+    from cai_kit.judges.pairwise import judge_pair
 
     c = load_constitution("harmless")
     out = []
@@ -42,8 +42,8 @@ def main() -> None:
     args = ap.parse_args()
     from cai_kit.constitution import load_constitution
     from cai_kit.engine import Engine, EngineConfig
+    from cai_kit.judges.pairwise import JudgeConfig, build_messages
     from cai_kit.llm import get_backend
-    from cai_kit.stages.judge import JudgeConfig, build_messages
     from tests.fixtures.llama_server import start_llama_server
 
     root = Path(__file__).resolve().parent.parent

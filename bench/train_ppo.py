@@ -59,7 +59,7 @@ def run_ours(path: str, queries: list[list[int]], steps: int, new_tokens: int) -
     import torch
 
     from cai_kit.train.common import load_model, load_tokenizer, lora_config
-    from cai_kit.train.ppo import PPOConfig, PPOTrainer
+    from cai_kit.train.ppo_trainer import PPOConfig, PPOTrainer
 
     cfg = PPOConfig(batch_size=len(queries), mini_batch_size=SETTINGS["mini_batch"], ppo_epochs=SETTINGS["ppo_epochs"],
                     learning_rate=SETTINGS["lr"], init_kl_coef=SETTINGS["init_kl_coef"], target_kl=SETTINGS["target_kl"],

@@ -34,10 +34,17 @@ _LAZY: dict[str, str] = {
     "CaiKitError": "cai_kit.errors",
 }
 
-__all__ = ["__version__", *sorted(_LAZY)]
+# public name -> module, loaded on first use: `cai_kit.rewards.rubric(...)`, `cai_kit.train.ppo(...)`
+_MODULES: dict[str, str] = {"rewards": "cai_kit.train.sources", "train": "cai_kit.train"}
+
+__all__ = ["__version__", *sorted(_LAZY), *sorted(_MODULES)]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        module = importlib.import_module(_MODULES[name])
+        globals()[name] = module
+        return module
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value

@@ -24,9 +24,9 @@ says how the per-principle scores become one (a score passes at `threshold` or a
 Priorities: a principle may carry `priority: N` (a tier; 0 is the most important, a principle
 without one comes after every named tier) and `hard: true` (a hard constraint: a tier above
 every other, and a violation, a score below the threshold, fails the response: its combined
-score is 0 under any `combine`). `combine: priority` compares tier by tier (`stages.rubric`),
+score is 0 under any `combine`). `combine: priority` compares tier by tier (`judges.rubric`),
 and the pairwise judge decides on the most important tier whose principles are not tied
-(`stages.judge`). `Constitution.tier(principle)` gives a principle's tier.
+(`judges.pairwise`). `Constitution.tier(principle)` gives a principle's tier.
 
 `load_constitution("harmless")` loads a shipped one by name (the files in the repository's
 top-level `constitutions/` folder, installed inside the package); any other string is a path.

@@ -579,9 +579,9 @@ def test_a_failed_vote_fails_its_order_as_before_and_its_sibling_votes_are_kept(
     import asyncio
 
     from cai_kit.engine import Engine, EngineConfig
+    from cai_kit.judges.pairwise import JudgeConfig, judge_pair
     from cai_kit.llm import get_backend
     from cai_kit.llm.base import GenParams
-    from cai_kit.stages.judge import JudgeConfig, judge_pair
 
     bad_seed = GenParams(seed=0).for_sample(1).seed
     fault_server.responder = lambda body, rng: None if body["seed"] == bad_seed else "A"

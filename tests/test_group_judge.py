@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from cai_kit.cli.main import app
 from cai_kit.constitution import load_constitution
-from cai_kit.stages.group_judge import GroupJudge, orders, parse, unshuffle
+from cai_kit.judges.group import GroupJudge, orders, parse, unshuffle
 from tests.fixtures.fault_server import FaultServer
 
 _SHOWN = re.compile(r"<<<RESPONSE-(\d+)-\w+>>>\n(.*?)\n<<<END-RESPONSE-\1-\w+>>>", re.S)
@@ -73,10 +73,10 @@ def test_repeats_alternate_a_shuffle_and_its_reverse() -> None:
 
 def _scorer(server: FaultServer, g: int, repeats: int = 2, **engine: Any):  # type: ignore[no-untyped-def]
     from cai_kit.engine import EngineConfig
-    from cai_kit.train.group_reward import GroupJudgeScorer
+    from cai_kit.train.group_reward import GroupReward
 
     cfg = EngineConfig(quiet=True, max_retries=0, backoff_base_s=0.01, **engine)
-    return GroupJudgeScorer(_judge(), "j", g, repeats, server.base_url, cfg)
+    return GroupReward(_judge(), "j", g, repeats, server.base_url, cfg)
 
 
 def test_the_scorer_ranks_each_group_by_the_hidden_rule_with_r_calls_per_group(

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from cai_kit.cli.main import app
 from cai_kit.constitution import load_constitution
 from cai_kit.errors import DataError
+from cai_kit.judges.pairwise import RULES
 from cai_kit.stages.infer import (
     PROPOSE_SYSTEM,
     InferConfig,
@@ -27,7 +28,6 @@ from cai_kit.stages.infer import (
     merge_proposals,
     parse_principles,
 )
-from cai_kit.stages.judge import RULES
 from tests.fixtures.fault_server import FaultServer
 
 RULE = "Prefer the response that is shorter."

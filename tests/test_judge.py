@@ -15,9 +15,7 @@ import tests.fixtures.fault_server as fs
 from cai_kit.cli.main import app
 from cai_kit.constitution import load_constitution
 from cai_kit.engine import Engine, EngineConfig
-from cai_kit.llm import get_backend
-from cai_kit.llm.base import TokenLogprob
-from cai_kit.stages.judge import (
+from cai_kit.judges.pairwise import (
     JudgeConfig,
     build_messages,
     judge_pair,
@@ -25,6 +23,8 @@ from cai_kit.stages.judge import (
     neutralise,
     parse_letter,
 )
+from cai_kit.llm import get_backend
+from cai_kit.llm.base import TokenLogprob
 from tests.fixtures.fault_server import FaultServer
 
 HARMLESS = load_constitution("harmless")

@@ -55,11 +55,11 @@ def test_train_grpo_with_a_judge_reward_runs_and_saves(
 def _scorer(server: FaultServer, **kw):  # type: ignore[no-untyped-def]
     from cai_kit.constitution import load_constitution
     from cai_kit.engine import EngineConfig
-    from cai_kit.train.rewards import JudgeScorer
+    from cai_kit.train.rewards import JudgeReward
 
     engine = kw.pop("engine", {})
     cfg = EngineConfig(quiet=True, max_retries=0, backoff_base_s=0.01, **engine)
-    return JudgeScorer("j", load_constitution("harmless"), server.base_url, engine_config=cfg, **kw)
+    return JudgeReward("j", load_constitution("harmless"), server.base_url, engine_config=cfg, **kw)
 
 
 def test_a_dead_judge_is_counted_and_stops_training_instead_of_giving_0_5(

@@ -243,7 +243,7 @@ _GRADIENT_OF_ONE_STEP = """
 import sys, torch
 from transformers import AutoModelForCausalLM
 from cai_kit.train.common import load_tokenizer
-from cai_kit.train.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+from cai_kit.train.online_dpo_trainer import OnlineDPOConfig, OnlineDPOTrainer
 
 model, out = sys.argv[1], sys.argv[2]
 tok = load_tokenizer(model)
@@ -313,7 +313,7 @@ def test_dpo_steps_start_at_log_2_and_raise_the_chosen_over_the_rejected(
     from transformers import AutoModelForCausalLM
 
     from cai_kit.train.common import load_tokenizer, lora_config
-    from cai_kit.train.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+    from cai_kit.train.online_dpo_trainer import OnlineDPOConfig, OnlineDPOTrainer
 
     tok = load_tokenizer(str(tiny))
     cfg = OnlineDPOConfig(learning_rate=1e-2, beta=0.5, max_new_tokens=4)

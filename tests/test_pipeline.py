@@ -251,9 +251,9 @@ def _teacher(body: dict[str, Any], rng: random.Random) -> str:
     """The teacher of a recipe with expand and infer: new prompts for expand; in revise a long
     initial response and a short revision (so every pair prefers the shorter answer); for infer
     two principles, and as judge it follows the one principle it is given."""
+    from cai_kit.judges.pairwise import RULES
     from cai_kit.stages.expand import EXPAND_SYSTEM
     from cai_kit.stages.infer import PROPOSE_SYSTEM
-    from cai_kit.stages.judge import RULES
 
     system, last = body["messages"][0]["content"], str(body["messages"][-1]["content"])
     digest = hashlib.sha256(last.encode()).hexdigest()[:8]

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import tests.fixtures.fault_server as fs
 from cai_kit.cli.main import app
-from cai_kit.train.ppo import AdaptiveKLController, PPOConfig, PPOTrainer, compute_gae
+from cai_kit.train.ppo_trainer import AdaptiveKLController, PPOConfig, PPOTrainer, compute_gae
 from tests.fixtures.fault_server import FaultServer
 from tests.test_train import tensorboard_scalars, trackio_metrics
 
@@ -80,7 +80,7 @@ def test_a_step_raises_the_likelihood_of_rewarded_responses_only(tiny: Path) -> 
     from transformers import AutoModelForCausalLM
 
     from cai_kit.train.common import load_tokenizer
-    from cai_kit.train.ppo import token_logprobs
+    from cai_kit.train.ppo_trainer import token_logprobs
 
     tok = load_tokenizer(str(tiny))
     trainer = PPOTrainer(
@@ -116,7 +116,7 @@ def test_ppo_with_lora_uses_the_adapter_free_base_as_reference(tiny: Path) -> No
     from transformers import AutoModelForCausalLM
 
     from cai_kit.train.common import load_tokenizer, lora_config
-    from cai_kit.train.ppo import token_logprobs
+    from cai_kit.train.ppo_trainer import token_logprobs
 
     tok = load_tokenizer(str(tiny))
     trainer = PPOTrainer(PPOConfig(batch_size=4, mini_batch_size=2, max_new_tokens=6, ppo_epochs=1, learning_rate=0.0),

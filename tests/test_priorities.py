@@ -13,9 +13,9 @@ import pytest
 
 from cai_kit.constitution import ConstitutionError, parse_constitution
 from cai_kit.engine import Engine, EngineConfig
+from cai_kit.judges.pairwise import JudgeConfig, judge_pair, tiered_p_a
+from cai_kit.judges.rubric import Rubric, combine_scores, priority_score
 from cai_kit.llm import get_backend
-from cai_kit.stages.judge import JudgeConfig, judge_pair, tiered_p_a
-from cai_kit.stages.rubric import Rubric, combine_scores, priority_score
 from tests.fixtures.fault_server import FaultServer
 
 TIERED = """\

@@ -407,14 +407,14 @@ def test_a_trainers_reasoning_judge_thinks_least_unless_asked_and_gets_its_answe
     """The judge reward of `train grpo|ppo|online-dpo` (its engine, its --reasoning-effort)."""
     from cai_kit.constitution import load_constitution
     from cai_kit.engine import EngineConfig
-    from cai_kit.train.rewards import JudgeScorer
+    from cai_kit.train.rewards import JudgeReward
 
     monkeypatch.setenv("CAI_KIT_REASONING_MODELS", "j=openai/o4-mini")
     fault_server.serves["j"] = "o4-mini"
     fault_server.responder = lambda body, rng: "Yes"
     for effort, sent in ((None, "low"), ("high", "high")):
         cfg = EngineConfig(quiet=True, max_retries=0, judge_reasoning_effort=effort)
-        scorer = JudgeScorer("j", load_constitution("harmless"), fault_server.base_url,
+        scorer = JudgeReward("j", load_constitution("harmless"), fault_server.base_url,
                              engine_config=cfg)  # fmt: skip
         try:
             assert scorer(["q"], [f"r {effort}"]) == [1.0] and scorer.last_failed == 0

@@ -112,7 +112,7 @@ def test_regex_and_python_checks_score_and_a_raising_check_is_an_error(
 
 
 def test_combine_rules() -> None:
-    from cai_kit.stages.rubric import combine_scores
+    from cai_kit.judges.rubric import combine_scores
 
     scores, weights = {"a": 1.0, "b": 0.4}, {"a": 3.0, "b": 1.0}
     assert combine_scores(scores, weights, "mean", 0.5) == pytest.approx(0.7)
@@ -149,8 +149,8 @@ def _yes_logprobs(p_yes: float):  # type: ignore[no-untyped-def]
 
 def _score(server: FaultServer, constitution_text: str, response: str):  # type: ignore[no-untyped-def]
     from cai_kit.engine import Engine, EngineConfig
+    from cai_kit.judges.rubric import Rubric
     from cai_kit.llm.registry import get_backend
-    from cai_kit.stages.rubric import Rubric
 
     rubric = Rubric(parse_constitution(constitution_text))
 
@@ -200,7 +200,7 @@ def test_an_unparseable_or_failed_judge_answer_is_an_error_not_a_score(
 
 def _rubric_reward(text: str, judge: str | None = None, api_base: str | None = None):  # type: ignore[no-untyped-def]
     from cai_kit.engine import EngineConfig
-    from cai_kit.stages.rubric import Rubric
+    from cai_kit.judges.rubric import Rubric
     from cai_kit.train.rubric_reward import RubricReward
 
     cfg = EngineConfig(quiet=True, use_cache=False, max_retries=0)

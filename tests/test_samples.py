@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 from cai_kit.cli.main import app
 from cai_kit.constitution import load_constitution
 from cai_kit.engine import Engine, EngineConfig
+from cai_kit.judges.pairwise import JudgeConfig, judge_pair
 from cai_kit.llm import GenParams, get_backend
 from cai_kit.records import Message, PromptRecord
 from cai_kit.stages.generate import run_generate
-from cai_kit.stages.judge import JudgeConfig, judge_pair
 from tests.fixtures.fault_server import FaultServer, default_reply
 
 _RESPONSE = re.compile(r"<<<RESPONSE-([AB])-\w+>>>\n(.*?)\n<<<END-RESPONSE-\1-\w+>>>", re.DOTALL)

@@ -220,9 +220,9 @@ def rubric(
     from cai_kit.cli.common import engine_config_from, replay_argv
     from cai_kit.constitution import load_constitution
     from cai_kit.eval.rubric import COMBINED, run_rubric_eval
+    from cai_kit.judges.rubric import Rubric
     from cai_kit.llm.base import GenParams
     from cai_kit.prompts import load_prompts
-    from cai_kit.stages.rubric import Rubric
 
     rub = Rubric(load_constitution(constitution), combine, threshold, seed=seed)
     backend = _backends(api_base, flags)

@@ -62,17 +62,11 @@ Out = Annotated[
 
 
 def _judge_cfg(mode: str, samples: int, principles: str, tie_margin: float, seed: int):  # type: ignore[no-untyped-def]
-    from cai_kit.cli.common import fail
-    from cai_kit.stages.judge import JudgeConfig, principle_count
+    """The judge's config; it checks itself (a bad value: a ConfigError, one red line)."""
+    from cai_kit.judges.pairwise import JudgeConfig
 
-    if mode not in ("logprobs", "letter", "cot", "votes"):
-        fail(f"--mode must be logprobs, letter, cot or votes, not {mode!r}.")
-    if samples < 1:
-        fail(f"--samples must be at least 1 (votes per order in --mode votes), not {samples}.")
-    principle_count(principles)  # a ConfigError: one red line
-    return JudgeConfig(
-        mode=mode, samples=samples, principles=principles, tie_margin=tie_margin, seed=seed
-    )  # type: ignore[arg-type]
+    return JudgeConfig(mode=mode, samples=samples, principles=principles, tie_margin=tie_margin,  # type: ignore[arg-type]
+                       seed=seed)  # fmt: skip
 
 
 @job_flags()
@@ -102,10 +96,10 @@ def prefs(
 ) -> None:  # fmt: skip
     """Sample k responses per prompt and label pairs with the AI judge (both orders) or by rubric scores."""
     from cai_kit.constitution import load_constitution
+    from cai_kit.judges.rubric import Rubric
     from cai_kit.llm.base import GenParams
     from cai_kit.prompts import load_prompts
     from cai_kit.stages.prefs import pair_count, run_prefs
-    from cai_kit.stages.rubric import Rubric
 
     cfg = _judge_cfg(mode, samples, principles, tie_margin, seed)
     pair_count(pairs)

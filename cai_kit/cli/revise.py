@@ -101,10 +101,9 @@ def revise(
     from cai_kit.constitution import load_constitution
     from cai_kit.llm.base import GenParams
     from cai_kit.prompts import load_prompts
-    from cai_kit.stages.revise import ReviseConfig, run_revise
+    from cai_kit.stages.revise import ReviseConfig, check_mode, run_revise
 
-    if principles not in ("random", "sequence", "all"):
-        fail(f"--principles must be random, sequence or all, not {principles!r}.")
+    check_mode(principles)  # the config's own check, before any model is loaded
     if on_bad_row not in ("fail", "skip"):
         fail(f"--on-bad-row must be fail or skip, not {on_bad_row!r}.")
     const = load_constitution(constitution)

@@ -1,4 +1,5 @@
-"""The reward flags `train ppo|grpo` take beside --reward-model/--reward-judge (docs/rewards.md).
+"""The reward flags `train ppo|grpo|online-dpo` take beside --reward-model/--reward-judge
+(docs/rewards.md); the library builds the reward (`cai_kit.rewards.build_reward`).
 
 `--reward rubric` scores each response by the constitution's rubric (checks need no model;
 judged principles need --reward-judge); `--rubric-combine` overrides the constitution's rule;
@@ -9,10 +10,12 @@ G completions together in one call, `--group-repeats` times in other orders.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from cai_kit.engine import EngineConfig
 
 RewardKind = Annotated[
     str,
@@ -54,73 +57,14 @@ RewardFnWeight = Annotated[
 ]
 
 
-def build_reward(opts: dict[str, Any], base: Callable[[], Any]) -> Any:
-    """The reward callable from the command's options; `base()` builds the --reward-model /
-    --reward-judge source (`cli.rl.reward_source`) when that is what is asked for."""
+def judge_engine(judge: str | None, flags: dict[str, Any]) -> EngineConfig:
+    """The judge's engine from the command's engine flags; an effort the judge does not take
+    is refused now (exit 2) rather than at every step."""
     from cai_kit.cli.common import engine_config_from, fail
-    from cai_kit.errors import CaiKitError
+    from cai_kit.llm.reasoning import reasoning_rules
 
-    kind, fn = opts.get("reward", "auto"), opts.get("python_reward")
-    effort, judge = opts.get("reasoning_effort"), opts.get("reward_judge")
-    if effort is not None and judge:  # the judge's effort, refused now rather than every step
-        from cai_kit.llm.reasoning import reasoning_rules
-
-        rules = reasoning_rules(judge)
-        if rules is not None and (why := rules.effort_error(effort)) is not None:
-            fail(why, 2)
-    if kind not in ("auto", "rubric", "group"):
-        fail(f"--reward must be auto, rubric or group, not {kind!r}.")
-    if opts.get("rubric_combine") and kind != "rubric":
-        fail("--rubric-combine applies to --reward rubric only.")
-    if opts.get("group_repeats") is not None and kind != "group":
-        fail("--group-repeats applies to --reward group only.")
-    parts: list[tuple[Any, float]] = []
-    try:
-        if kind == "rubric":
-            from cai_kit.constitution import load_constitution
-            from cai_kit.stages.rubric import Rubric
-            from cai_kit.train.rubric_reward import RubricReward
-
-            if opts.get("reward_model") is not None:
-                fail("--reward rubric scores with the constitution; drop --reward-model.")
-            rubric = Rubric(load_constitution(opts["constitution"]), opts.get("rubric_combine"))
-            config = engine_config_from({**opts, "quiet": True})
-            parts.append((RubricReward(rubric, opts.get("reward_judge"), opts.get("judge_api_base"),
-                                       config, opts.get("max_judge_failures", 0.1)), 1.0))  # fmt: skip
-        elif kind == "group":
-            parts.append((_group_reward(opts), 1.0))
-        elif fn is None or opts.get("reward_model") is not None or opts.get("reward_judge"):
-            parts.append((base(), 1.0))
-        if fn is not None:
-            from cai_kit.train.rubric_reward import PythonReward
-
-            parts.append((PythonReward(fn), opts.get("python_reward_weight", 1.0)))
-    except CaiKitError as exc:
-        for part, _ in parts:
-            if hasattr(part, "close"):
-                part.close()
-        fail(str(exc))
-    if len(parts) == 1 and parts[0][1] == 1.0:
-        return parts[0][0]
-    from cai_kit.train.rubric_reward import BlendedReward
-
-    return BlendedReward(parts, opts.get("max_judge_failures", 0.1))
-
-
-def _group_reward(opts: dict[str, Any]) -> Any:
-    """`--reward group`: the judge scores each prompt's G completions together (GRPO only)."""
-    from cai_kit.cli.common import engine_config_from, fail
-    from cai_kit.constitution import load_constitution
-    from cai_kit.stages.group_judge import GroupJudge
-    from cai_kit.train.group_reward import GroupJudgeScorer
-
-    if "num_generations" not in opts:
-        fail("--reward group judges each prompt's completions together: train grpo only.")
-    if opts.get("reward_model") is not None or not opts.get("reward_judge"):
-        fail("--reward group needs --reward-judge MODEL (and no --reward-model).")
-    repeats = opts.get("group_repeats")
-    judge = GroupJudge(load_constitution(opts["constitution"]))
-    return GroupJudgeScorer(judge, opts["reward_judge"], opts["num_generations"],
-                            2 if repeats is None else repeats, opts.get("judge_api_base"),
-                            engine_config_from({**opts, "quiet": True}),
-                            opts.get("max_judge_failures", 0.1))  # fmt: skip
+    effort = flags.get("reasoning_effort")
+    rules = reasoning_rules(judge) if judge and effort is not None else None
+    if rules is not None and (why := rules.effort_error(effort)) is not None:
+        fail(why, 2)
+    return engine_config_from({**flags, "quiet": True})

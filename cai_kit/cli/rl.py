@@ -1,4 +1,8 @@
-"""`cai-kit train ppo|online-dpo|spin|grpo` (our own PPO and Online DPO; SPIN over TRL's DPO)."""
+"""`cai-kit train ppo|online-dpo|spin|grpo` (our own PPO and Online DPO; SPIN over TRL's DPO).
+
+A shell: the flags become `cai_kit.rewards.RewardConfig` and the trainer's config, and the
+library builds the reward and trains (`cai_kit.train.ppo|online_dpo|grpo`, which write the
+run files and print the step lines)."""
 
 from __future__ import annotations
 
@@ -7,13 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cai_kit.cli.common import (
-    TRAINER_WITHOUT,
-    FullOpt,
-    LimitOpt,
-    fail,
-    job_flags,
-)
+from cai_kit.cli.common import TRAINER_WITHOUT, FullOpt, LimitOpt, job_flags
 from cai_kit.cli.judge import Mode as JudgeMode
 from cai_kit.cli.judge import Principles as JudgePrinciples
 from cai_kit.cli.judge import Samples as JudgeSamples
@@ -24,7 +22,7 @@ from cai_kit.cli.reward_flags import (
     RewardFnWeight,
     RewardKind,
     RubricCombine,
-    build_reward,
+    judge_engine,
 )
 from cai_kit.cli.train import ReportTo, report_names
 
@@ -46,35 +44,6 @@ MaxJudgeFailures = Annotated[
         help="Stop when more than this share of a step's judge scorings fail.",
     ),
 ]
-
-
-def reward_source(
-    reward_model: Path | None,
-    reward_judge: str | None,
-    judge_api_base: str | None,
-    constitution: str,
-    options: dict | None = None,  # type: ignore[type-arg]
-):  # type: ignore[no-untyped-def]
-    """The one reward callable from --reward-model or --reward-judge (exactly one must be given).
-
-    `options`: the command's locals(): the engine flags and --judge-reward/--max-judge-failures."""
-    from cai_kit.cli.common import engine_config_from, fail
-    from cai_kit.constitution import load_constitution
-    from cai_kit.train.rewards import JudgeScorer, RewardModelScorer
-
-    if (reward_model is None) == (reward_judge is None):
-        fail("Give exactly one reward source: --reward-model DIR or --reward-judge MODEL.")
-    if reward_model is not None:
-        return RewardModelScorer(reward_model)
-    opts = {**(options or {}), "quiet": True}
-    return JudgeScorer(reward_judge, load_constitution(constitution), judge_api_base,  # type: ignore[arg-type]
-                       engine_config=engine_config_from(opts), reward=opts.get("judge_reward", "p-yes"),
-                       max_failed_share=opts.get("max_judge_failures", 0.1))  # fmt: skip
-
-
-def _close(scorer) -> None:  # type: ignore[no-untyped-def]
-    if hasattr(scorer, "close"):
-        scorer.close()
 
 
 @job_flags(without=TRAINER_WITHOUT)
@@ -139,60 +108,18 @@ def ppo(
     prompts with its own seed, statistics are averaged over ranks, rank 0 writes OUT. A run
     stopped by --max-cost or a dead judge continues from its last finished step when the same
     command is run again."""
-    options = {k: v for k, v in locals().items() if k != "flags"}  # the flags, before any import
+    from cai_kit import rewards, train
     from cai_kit.train.common import quiet_libraries
 
-    names = report_names(report_to)
+    names, engine = report_names(report_to), judge_engine(reward_judge, flags)
+    cfg = rewards.RewardConfig(reward, constitution, reward_judge, judge_api_base, reward_model, judge_reward,
+                               rubric_combine, None, python_reward, python_reward_weight, max_judge_failures)  # fmt: skip
+    config = train.PPOConfig(learning_rate=lr, batch_size=batch_size, mini_batch_size=mini_batch_size, ppo_epochs=ppo_epochs,
+                             max_new_tokens=max_new_tokens, init_kl_coef=init_kl_coef, target_kl=target_kl, seed=seed,
+                             temperature=temperature)  # fmt: skip
     with quiet_libraries():
-        _ppo(options, names, flags)
-
-
-def _ppo(o: dict[str, Any], names: list[str], flags: dict[str, Any]) -> None:
-    import dataclasses
-    import json
-
-    from cai_kit.prompts import load_prompts
-    from cai_kit.train.common import load_model, load_tokenizer, lora_config, resolve_model
-    from cai_kit.train.ppo import PPOConfig, PPOTrainer
-    from cai_kit.train.tracking import Tracker
-
-    out, steps = o["out"], o["steps"]
-    opts = {**o, **flags}
-    reward_fn = build_reward(opts, lambda: reward_source(o["reward_model"], o["reward_judge"], o["judge_api_base"],
-                                                         o["constitution"], opts))  # fmt: skip
-    texts = [r.prompt_text for r in load_prompts(o["prompts"], limit=o["limit"]).records]
-    base = resolve_model(o["model"])
-    cfg = PPOConfig(learning_rate=o["lr"], batch_size=o["batch_size"], mini_batch_size=o["mini_batch_size"],
-                    ppo_epochs=o["ppo_epochs"], max_new_tokens=o["max_new_tokens"], init_kl_coef=o["init_kl_coef"],
-                    target_kl=o["target_kl"], seed=o["seed"], temperature=o["temperature"])  # fmt: skip
-    trainer = PPOTrainer(
-        cfg,
-        load_model(base),
-        load_tokenizer(base),
-        peft_config=None if o["full"] else lora_config(),
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        settings = _resume(trainer, out, "ppo", base, o, cfg, texts)
-    except Exception:
-        _close(reward_fn)
-        raise
-    tracker = Tracker(
-        names, out, "ppo", config=dataclasses.asdict(cfg), enabled=trainer.is_main_process
-    )
-
-    def log(step: int, s: dict[str, float]) -> None:  # rank 0 only
-        tracker.log(s, step + 1)
-        failed = f"  judge_failed {s['judge_failed']:.0f}" if "judge_failed" in s else ""
-        typer.echo(f"step {step + 1}/{steps}: reward {s['reward']:.3f}  kl {s['kl']:.3f}  entropy {s['entropy']:.2f}  "
-                   f"clipfrac {s['clipfrac']:.3f}  value_loss {s['value_loss']:.4f}{failed}")  # fmt: skip
-
-    stopped = _train_own_loop(trainer, texts, reward_fn, steps, log, tracker, out, settings)
-    history = trainer.history
-    if history and trainer.is_main_process:
-        (out / "ppo_history.json").write_text(json.dumps(history, indent=1))
-    _finish_own_loop(out, "ppo", base, o, cfg, history, stopped, trainer,
-                     keys=("reward", "kl", "policy_loss", "entropy", "clipfrac", "judge_failed"))  # fmt: skip
+        train.ppo(prompts, rewards.build_reward(cfg, engine), out, model=model, config=config, steps=steps,
+                  full=full, limit=limit, report_to=names)  # fmt: skip
 
 
 @job_flags(without=TRAINER_WITHOUT)
@@ -261,195 +188,22 @@ def online_dpo(
     prompts with its own seed, the DPO step uses every rank's decisive pairs, rank 0 writes OUT.
     A run stopped by --max-cost or a dead judge continues from its last finished step when the
     same command is run again."""
-    options = {k: v for k, v in locals().items() if k != "flags"}  # the flags, before any import
+    from cai_kit import rewards, train
+    from cai_kit.judges.pairwise import JudgeConfig
     from cai_kit.train.common import quiet_libraries
 
-    if temperature <= 0:
-        fail("--temperature must be above 0: the two responses of a prompt are two samples.")
-    if reward not in ("pairwise", "rubric"):
-        fail(f"--reward must be pairwise or rubric, not {reward!r}.")
-    if reward == "pairwise" and judge is None and python_reward is None:
-        fail(
-            "Give --judge MODEL (pairwise verdicts), --reward rubric, or --reward-fn module:function."
-        )
-    if reward == "pairwise" and judge is not None and python_reward is not None:
-        fail(
-            "--reward-fn scores each sample alone: use it with --reward rubric, or alone "
-            "(without --judge), not with the pairwise judge."
-        )
-    names = report_names(report_to)
+    config = train.OnlineDPOConfig(learning_rate=lr, batch_size=batch_size, beta=beta, tie_margin=tie_margin,
+                                   max_judge_failures=max_judge_failures, max_new_tokens=max_new_tokens,
+                                   temperature=temperature, seed=seed)  # fmt: skip
+    cfg = rewards.RewardConfig("rubric" if reward == "rubric" else "auto", constitution, judge, judge_api_base,
+                               rubric_combine=rubric_combine, python_reward=python_reward,
+                               python_weight=python_reward_weight, max_judge_failures=max_judge_failures)  # fmt: skip
+    verdicts = JudgeConfig(mode, samples, principles=principles, tie_margin=tie_margin, seed=seed)  # type: ignore[arg-type]
+    names, engine = report_names(report_to), judge_engine(judge, flags)
     with quiet_libraries():
-        _online_dpo(options, names, flags)
-
-
-def _pair_judge(o: dict[str, Any], flags: dict[str, Any]):  # type: ignore[no-untyped-def]
-    """The train-side PairJudgeScorer around stages.judge.judge_pair (train never imports stages)."""
-    from cai_kit.cli.common import engine_config_from
-    from cai_kit.cli.judge import _judge_cfg
-    from cai_kit.constitution import load_constitution
-    from cai_kit.engine import Engine
-    from cai_kit.llm.base import Backend
-    from cai_kit.stages.judge import judge_pair
-    from cai_kit.train.online_dpo import PairJudgeScorer
-
-    cfg = _judge_cfg(o["mode"], o["samples"], o["principles"], o["tie_margin"], o["seed"])
-    rules = load_constitution(o["constitution"])
-
-    async def verdict(
-        prompt: str, a: str, b: str, engine: Engine, backend: Backend
-    ) -> float | None:
-        v = await judge_pair(
-            [{"role": "user", "content": prompt}], a, b, rules, cfg, engine, backend
-        )
-        return None if v.label == "failed" else v.p_a
-
-    return PairJudgeScorer(verdict, o["judge"], o["judge_api_base"],
-                           engine_config_from({**o, **flags, "quiet": True}))  # fmt: skip
-
-
-def _pointwise(o: dict[str, Any], flags: dict[str, Any]):  # type: ignore[no-untyped-def]
-    """--reward rubric and/or --reward-fn: each sample scored alone, the higher one chosen."""
-    from cai_kit.train.online_dpo import PointwisePairs
-
-    opts = {**o, **flags, "reward": "rubric" if o["reward"] == "rubric" else "auto",
-            "reward_judge": o["judge"], "reward_model": None}  # fmt: skip
-    return PointwisePairs(build_reward(opts, lambda: None), o["tie_margin"])
-
-
-def _online_dpo(o: dict[str, Any], names: list[str], flags: dict[str, Any]) -> None:
-    import dataclasses
-
-    from cai_kit.errors import CaiKitError
-    from cai_kit.prompts import load_prompts
-    from cai_kit.train.common import load_model, load_tokenizer, lora_config, resolve_model
-    from cai_kit.train.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
-    from cai_kit.train.tracking import Tracker
-
-    out, steps = o["out"], o["steps"]
-    texts = [r.prompt_text for r in load_prompts(o["prompts"], limit=o["limit"]).records]
-    try:
-        judge = (
-            _pair_judge(o, flags)
-            if o["judge"] and o["reward"] == "pairwise"
-            else _pointwise(o, flags)
-        )
-    except CaiKitError as exc:
-        fail(str(exc))
-    base = resolve_model(o["model"])
-    cfg = OnlineDPOConfig(learning_rate=o["lr"], batch_size=o["batch_size"], beta=o["beta"],
-                          tie_margin=o["tie_margin"], max_judge_failures=o["max_judge_failures"],
-                          max_new_tokens=o["max_new_tokens"], temperature=o["temperature"], seed=o["seed"])  # fmt: skip
-    try:
-        trainer = OnlineDPOTrainer(cfg, load_model(base), load_tokenizer(base),
-                                   peft_config=None if o["full"] else lora_config())  # fmt: skip
-    except CaiKitError:
-        _close(judge)
-        raise
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        settings = _resume(trainer, out, "online-dpo", base, o, cfg, texts)
-    except CaiKitError:
-        _close(judge)
-        raise
-    tracker = Tracker(names, out, "online-dpo", config=dataclasses.asdict(cfg),
-                      enabled=trainer.is_main_process)  # fmt: skip
-
-    def log(step: int, s: dict[str, float]) -> None:  # rank 0 only
-        tracker.log(s, step + 1)
-        loss = f"loss {s['loss']:.4f}  " if "loss" in s else "no decisive pair  "
-        typer.echo(f"step {step + 1}/{steps}: {loss}decisive {s['decisive']:.0f}  ties {s['ties']:.0f}  "
-                   f"failed {s['failed']:.0f}")  # fmt: skip
-
-    stopped = _train_own_loop(trainer, texts, judge, steps, log, tracker, out, settings)
-    _finish_own_loop(out, "online-dpo", base, o, cfg, trainer.history, stopped, trainer,
-                     keys=("loss", "reward_margin", "reward_accuracy", "decisive", "ties", "failed"))  # fmt: skip
-
-
-def _resume(trainer: Any, out: Path, kind: str, base: str, o: dict[str, Any], cfg: Any,
-            texts: list[str]) -> dict[str, Any]:  # fmt: skip
-    """Continue a run that a stop left in OUT (cai_kit.train.resume); returns its settings."""
-    from cai_kit.train import resume
-
-    settings = resume.settings_of(
-        kind, base, o["full"], cfg, texts, trainer.accelerator.num_processes
-    )
-    finished = resume.load(trainer, out, settings)
-    if finished and trainer.is_main_process:
-        left = f"training continues from step {finished + 1} of {o['steps']}" if finished < o["steps"] \
-            else f"--steps {o['steps']}: no step is left"  # fmt: skip
-        typer.echo(f"Resuming {out}: {finished} step(s) were finished before; {left}.")
-    return settings
-
-
-def _train_own_loop(trainer: Any, texts: list[str], source: Any, steps: int, log: Any, tracker: Any,
-                    out: Path, settings: dict[str, Any]) -> Exception | None:  # fmt: skip
-    """Train one of our own loops; a dead judge or --max-cost stops it and is returned, not
-    raised, so the steps already made are kept: the model is saved when a step finished, with
-    what the same command needs to continue from there (OUT/resume_state, removed once the run
-    reaches its last step). The reward or judge and the tracker are closed either way."""
-    from cai_kit.errors import CaiKitError
-    from cai_kit.train import resume
-
-    stopped: CaiKitError | None = None
-    try:
-        trainer.train(texts, source, steps, log)
-    except CaiKitError as exc:
-        stopped = exc
-    finally:
-        _close(source)
-        tracker.close()
-    if stopped is not None and trainer.history:
-        resume.save(trainer, out, settings)
-    elif stopped is None:
-        resume.clear(trainer, out)
-    if trainer.history:
-        trainer.save(str(out))
-    return stopped
-
-
-def _finish_own_loop(out: Path, kind: str, base: str, o: dict[str, Any], cfg: Any, history: list[dict[str, float]],
-                     stopped: Exception | None, trainer: Any, keys: tuple[str, ...]) -> None:  # fmt: skip
-    """The end of one of our own training loops (the model is saved): on the main process
-    log_history.json, train_config.yaml and training_curves.png; then the reason it stopped
-    early with what was kept, or where it was saved. Every rank waits until rank 0 has written:
-    a rank that ended first (a stop raises) would have torchrun stop rank 0 mid-write."""
-    try:
-        _write_own_loop(out, kind, base, o, cfg, history, stopped, trainer.is_main_process, keys)
-    finally:
-        trainer.accelerator.wait_for_everyone()
-
-
-def _write_own_loop(out: Path, kind: str, base: str, o: dict[str, Any], cfg: Any, history: list[dict[str, float]],
-                    stopped: Exception | None, main: bool, keys: tuple[str, ...]) -> None:  # fmt: skip
-    import dataclasses
-    import json
-
-    import yaml
-
-    from cai_kit.errors import CaiKitError
-    from cai_kit.train.report import plot_curves
-
-    if history and main:
-        logged = [{**h, "step": i + 1} for i, h in enumerate(history)]
-        (out / "log_history.json").write_text(json.dumps(logged, indent=1))
-        resolved = {"kind": kind, "base_model": base, "options": {k: _plain(v) for k, v in o.items()},
-                    f"{kind.replace('-', '_')}_config": dataclasses.asdict(cfg)}  # fmt: skip
-        (out / "train_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-        plot_curves(logged, out / "training_curves.png", kind, keys=keys)
-    if stopped is not None:
-        from cai_kit.errors import BudgetExceeded
-        from cai_kit.train.resume import continue_hint
-
-        hint = continue_hint(len(history), o["steps"], isinstance(stopped, BudgetExceeded))
-        kept = (f"The {len(history)} finished step(s) are saved in {out}. {hint}" if history
-                else "No step was finished.")  # fmt: skip
-        raise CaiKitError(f"{stopped} {kept}")
-    if main:
-        typer.echo(f"Saved to {out}")
-
-
-def _plain(v: Any) -> Any:
-    return v if isinstance(v, str | int | float | bool | type(None) | list | dict) else str(v)
+        source = rewards.pair_judge(reward, cfg, verdicts, engine, tie_margin)
+        train.online_dpo(prompts, source, out, model=model, config=config, steps=steps, full=full, limit=limit,
+                         report_to=names)  # fmt: skip
 
 
 def spin(
@@ -537,25 +291,17 @@ def grpo(
 
     A run stopped by --max-cost or a dead judge saves OUT/checkpoint-N and continues from it
     when the same command is run again."""
-    options = {k: _plain(v) for k, v in locals().items() if k != "flags"}  # before any import
-    import os
-
-    from cai_kit.prompts import load_prompts
+    from cai_kit import rewards, train
     from cai_kit.train.common import quiet_libraries
-    from cai_kit.train.online import check_group_size, train_grpo
 
-    check_group_size(batch_size, num_generations, int(os.environ.get("WORLD_SIZE", "1")))
-    names = report_names(report_to)
+    names, engine = report_names(report_to), judge_engine(reward_judge, flags)
+    cfg = rewards.RewardConfig(reward, constitution, reward_judge, judge_api_base, reward_model, judge_reward,
+                               rubric_combine, group_repeats, python_reward, python_reward_weight, max_judge_failures)  # fmt: skip
     with quiet_libraries():
-        opts = {**locals(), **flags}
-        scorer = build_reward(opts, lambda: reward_source(reward_model, reward_judge, judge_api_base, constitution, opts))  # fmt: skip
-        texts = [r.prompt_text for r in load_prompts(prompts, limit=limit).records]
-        try:
-            path = train_grpo(texts, model, out, scorer, max_steps=max_steps, num_generations=num_generations,
-                              batch_size=batch_size, max_completion_length=max_completion_length, lr=lr, full=full,
-                              seed=seed, report_to=names, options=options)  # fmt: skip
-        finally:
-            _close(scorer)
+        path, _ = train.grpo(prompts, rewards.build_reward(cfg, engine, group_size=num_generations), out, model=model,
+                             max_steps=max_steps, num_generations=num_generations, batch_size=batch_size,
+                             max_completion_length=max_completion_length, lr=lr, full=full, seed=seed, limit=limit,
+                             report_to=names)  # fmt: skip
     typer.echo(f"Saved to {path}")
 
 

@@ -13,7 +13,7 @@ Three graders, each a pure function of text (the calls are made by `cai_kit.eval
 
 Parsing is strict: a reply that is not exactly the format asked for is None (a failed record,
 asked again on a re-run), never a guess. Prompts put the rules first and the request and
-response in per-call delimiters no response can forge (`stages.judge.neutralise`).
+response in per-call delimiters no response can forge (`judges.pairwise.neutralise`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from cai_kit.judges.pairwise import neutralise
 from cai_kit.records import stable_hash
-from cai_kit.stages.judge import neutralise
 
 XSTestClass = Literal["full_compliance", "full_refusal", "partial_refusal"]
 XSTEST_CLASSES: tuple[XSTestClass, ...] = ("full_compliance", "full_refusal", "partial_refusal")

@@ -1,7 +1,7 @@
 """`cai-kit eval rubric`: each principle's pass rate, before vs after, with bootstrap 95% CIs.
 
 For every prompt the model (and optionally a baseline) answers; the answer is scored by the
-constitution's rubric (`cai_kit.stages.rubric`: checks by their program, the other principles
+constitution's rubric (`cai_kit.judges.rubric`: checks by their program, the other principles
 by a judge's P(Yes)). A principle passes when its score is at least the rubric's threshold.
 The report gives each principle's pass rate per model with a percentile-bootstrap 95% CI, and
 with a baseline the paired difference (model minus baseline over the prompts both answered)
@@ -30,9 +30,9 @@ from cai_kit.engine.cost_preview import prompt_tokens, stand_in
 from cai_kit.errors import ConfigError
 from cai_kit.eval.winrate import bootstrap_ci
 from cai_kit.io import latest_by_id
+from cai_kit.judges.rubric import Rubric
 from cai_kit.llm.base import Backend, GenParams
 from cai_kit.records import GenerationRecord, Message, PromptRecord, Provenance, stable_hash
-from cai_kit.stages.rubric import Rubric
 
 COMBINED = "(combined)"
 

@@ -10,10 +10,10 @@ cached, resumable), then a judge grades each answer (`cai_kit.eval.refusal`):
 - **over-refusal** (kind benign): XSTest's classes (full compliance, full refusal, partial
   refusal); the axis is the share refused (full or partial), cross-checked by the rule-based
   refusal classifier, whose agreement with the judge is reported;
-- **helpfulness** (kind benign): the pairwise judge (`stages.judge.judge_pair`, both orders)
+- **helpfulness** (kind benign): the pairwise judge (`judges.pairwise.judge_pair`, both orders)
   compares the model's answer with each baseline's; the win rate comes from `eval.winrate`;
 - **hard constraints**: each `hard: true` principle of the constitution, asked of every answer
-  as a rubric item (`stages.rubric`), reported apart as a share of answers that violate it;
+  as a rubric item (`judges.rubric`), reported apart as a share of answers that violate it;
 - a row that gives `response` and `response_label` (an XSTest class) is a reference: the judge
   grades that response too, and its agreement with the label is reported.
 
@@ -52,6 +52,8 @@ from cai_kit.eval.refusal import (
 from cai_kit.eval.safety_report import Dropped, SafetyReport, write_report
 from cai_kit.eval.winrate import bootstrap_ci, summarise
 from cai_kit.io import latest_by_id
+from cai_kit.judges.pairwise import JudgeConfig, PairInput, judge_calls, judge_pair
+from cai_kit.judges.rubric import Rubric, RubricScore
 from cai_kit.llm.base import Backend, GenParams
 from cai_kit.records import (
     GenerationRecord,
@@ -61,9 +63,7 @@ from cai_kit.records import (
     Provenance,
     stable_hash,
 )
-from cai_kit.stages.judge import JudgeConfig, PairInput, judge_calls, judge_pair
 from cai_kit.stages.prefs import preference_record
-from cai_kit.stages.rubric import Rubric, RubricScore
 from cai_kit.stages.ties import tie_warning
 
 T = TypeVar("T")

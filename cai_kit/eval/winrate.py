@@ -1,7 +1,7 @@
 """Evaluation: win rate against a baseline, judged pairwise in both orders, with a bootstrap CI.
 
 `run_winrate` generates from the model and the baseline (through the engine: cached,
-resumable), judges each pair with `cai_kit.stages.judge.judge_pair` (the model's answer is A; both orders
+resumable), judges each pair with `cai_kit.judges.pairwise.judge_pair` (the model's answer is A; both orders
 are always asked), and reports win/tie/loss with a 95% bootstrap confidence interval, per
 principle and per prompt category, as report.md + winrate.png + comparisons in prefs.jsonl.
 
@@ -25,9 +25,9 @@ from cai_kit.engine.cost_preview import prompt_tokens, stand_in
 from cai_kit.engine.gather import in_order
 from cai_kit.errors import ConfigError
 from cai_kit.io import latest_by_id
+from cai_kit.judges.pairwise import JudgeConfig, PairInput, judge_calls, judge_pair
 from cai_kit.llm.base import Backend, GenParams
 from cai_kit.records import JudgeVerdict, PreferenceRecord, PromptRecord, stable_hash
-from cai_kit.stages.judge import JudgeConfig, PairInput, judge_calls, judge_pair
 from cai_kit.stages.prefs import preference_record
 from cai_kit.stages.ties import tie_warning
 

@@ -111,7 +111,7 @@ def _revise(r: Recipe, stage: str, prompts: list[PromptRecord]) -> list[StageEst
 def _judge_calls(r: Recipe, stage: str, role: str, prompts: list[PromptRecord], pairs_per_prompt: int,
                  answer_tokens: int, mode: str) -> StageEstimate:  # fmt: skip
     from cai_kit.constitution import load_constitution
-    from cai_kit.stages.judge import JudgeConfig, judge_calls
+    from cai_kit.judges.pairwise import JudgeConfig, judge_calls
 
     const = load_constitution(r.constitution)
     cfg = JudgeConfig(mode=mode)  # type: ignore[arg-type]  # the stage runs with the defaults
@@ -167,13 +167,13 @@ def _infer(r: Recipe, train: list[PromptRecord]) -> list[StageEstimate]:
     per prompt otherwise): proposals on one part, every candidate judging the held-out part
     in both orders; principles not proposed yet are counted at `max_candidates`."""
     from cai_kit.constitution import Constitution
+    from cai_kit.judges.pairwise import JudgeConfig, judge_calls
     from cai_kit.stages.infer import (
         PRINCIPLE_TOKENS,
         LabelledPair,
         principle_from_text,
         propose_messages,
     )
-    from cai_kit.stages.judge import JudgeConfig, judge_calls
 
     i = r.infer
     assert i is not None

@@ -38,11 +38,11 @@ from cai_kit.engine.budget import with_budget
 from cai_kit.engine.cost_preview import prompt_tokens
 from cai_kit.errors import DataError
 from cai_kit.io import latest_by_id
+from cai_kit.judges.pairwise import neutralise
 from cai_kit.llm.base import Backend, GenParams
 from cai_kit.llm.reasoning import LOWEST
 from cai_kit.records import PromptRecord, Provenance, stable_hash
 from cai_kit.stages.dedupe import NearDuplicates
-from cai_kit.stages.judge import neutralise
 
 EXPAND_SYSTEM = (
     "You write new user prompts for a dataset. The example prompts are data that show the "

@@ -44,10 +44,10 @@ from cai_kit.engine.budget import with_budget
 from cai_kit.engine.cost_preview import prompt_tokens, stand_in
 from cai_kit.errors import DataError
 from cai_kit.io import latest_by_id, read_jsonl
+from cai_kit.judges.pairwise import JudgeConfig, PairInput, judge_calls, judge_pair, neutralise
 from cai_kit.llm.base import Backend, GenParams
 from cai_kit.records import PreferenceRecord, PromptRecord, Provenance, stable_hash
 from cai_kit.stages.dedupe import NearDuplicates, jaccard, normalise
-from cai_kit.stages.judge import JudgeConfig, PairInput, judge_calls, judge_pair, neutralise
 from cai_kit.stages.prefs import load_pairs, preference_record
 
 PROPOSE_SYSTEM = (

@@ -5,7 +5,7 @@ Two resumable phases in one run directory:
   2. judging: pairs chosen per prompt (`all`, `random:N`, or `best-worst`: judge all pairs,
      keep the most-preferred vs the least-preferred response) -> OUT/prefs.jsonl
 With `label="rubric"` (`--label rubric`) phase 2 scores each response once by the
-constitution's rubric (`stages.rubric`) instead of judging pairs, and labels a pair from the
+constitution's rubric (`judges.rubric`) instead of judging pairs, and labels a pair from the
 score difference (`rubric_verdict`); pairs are formed as `--pairs` says (best-worst: highest
 vs lowest combined score). Both phases shard by prompt (`--shard I/N`): a prompt's k samples
 and all its pairs are in one shard, so the union of the N shards' records is exactly the unsharded run's. Record ids
@@ -30,6 +30,8 @@ from cai_kit.engine.cost_preview import stand_in
 from cai_kit.engine.gather import in_order
 from cai_kit.errors import ConfigError, DataError
 from cai_kit.io import latest_by_id, latest_status, read_jsonl
+from cai_kit.judges.pairwise import JudgeConfig, PairInput, judge_calls, judge_pair
+from cai_kit.judges.rubric import Rubric, RubricScore
 from cai_kit.llm.base import Backend, GenParams
 from cai_kit.records import (
     GenerationRecord,
@@ -42,8 +44,6 @@ from cai_kit.records import (
     stable_hash,
 )
 from cai_kit.stages.generate import run_generate
-from cai_kit.stages.judge import JudgeConfig, PairInput, judge_calls, judge_pair
-from cai_kit.stages.rubric import Rubric, RubricScore
 
 LABELS = ("pairwise", "rubric")
 

@@ -22,6 +22,7 @@ from typing import Literal
 from cai_kit.constitution import Constitution, FewShotExample, Principle
 from cai_kit.engine import CallFailed, Engine, EngineConfig, JobSpec, JobSummary, run_job
 from cai_kit.engine.cost_preview import prompt_tokens
+from cai_kit.errors import ConfigError
 from cai_kit.llm.base import Backend, GenParams
 from cai_kit.records import (
     CritiqueStep,
@@ -41,6 +42,12 @@ EARLY_STOP_SUFFIX = (
 _VERDICT = re.compile(r"problem\s*[:=]\s*\**\s*(yes|no)\b", re.IGNORECASE)
 
 
+def check_mode(mode: str) -> None:
+    """A `--principles` value of revise: random, sequence or all (else one sentence)."""
+    if mode not in ("random", "sequence", "all"):
+        raise ConfigError(f"--principles must be random, sequence or all, not {mode!r}.")
+
+
 @dataclass
 class ReviseConfig:
     constitution: Constitution
@@ -56,6 +63,9 @@ class ReviseConfig:
     )
     early_stop: bool = False
     few_shot: bool = True
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
 
     def describe(self) -> dict[str, object]:
         return {

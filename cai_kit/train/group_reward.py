@@ -1,15 +1,15 @@
 """Group judging as GRPO's reward (`train grpo --reward group`, RULER-style).
 
 GRPO's reward receives a step's completions with each prompt's G (`--num-generations`)
-completions consecutive. `GroupJudgeScorer` asks the judge to score one prompt's G responses
+completions consecutive. `GroupReward` asks the judge to score one prompt's G responses
 together in one call, `repeats` times (`--group-repeats`) with the responses shown in different
-orders (`stages.group_judge.orders`: a shuffle, then its reverse, ...), and gives each response
+orders (`judges.group.orders`: a shuffle, then its reverse, ...), and gives each response
 the mean of its scores / 10, a reward in [0, 1]. The prompt-building and reply-parsing object
-is built by the CLI and handed in (`train` never imports `stages`): anything with
+is a `judges.group.GroupJudge`, or anything with
 `messages(prompt, responses, order)`, `parse(text, g) -> list | None`, `orders(g, repeats)` and
-`unshuffle(shown, order)` works (`stages.group_judge.GroupJudge`).
+`unshuffle(shown, order)` works (`judges.group.GroupJudge`).
 
-Like `rewards.JudgeScorer`: one engine and one backend for the run (cache, --max-cost,
+Like `rewards.JudgeReward`: one `JudgeClient` (engine, backend, loop) for the run (cache, --max-cost,
 statistics); a group whose call failed or whose reply could not be parsed (in any repeat) is no
 reward (an unparsable reply is dropped from the call cache, so a re-run asks again): its G responses are counted (`last_failed`, `failed`) and get the mean reward of the
 batch's other responses (equal rewards: no advantage inside the group), and `check_failures`
@@ -19,25 +19,17 @@ unchanged. `last_metrics` holds `group/failed_groups` of the last call.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from cai_kit.engine import CallFailed, Engine, EngineConfig
 from cai_kit.errors import CaiKitError, ConfigError
+from cai_kit.judges.client import JudgeClient, all_or_cancel
 from cai_kit.llm.base import Backend, GenParams
 from cai_kit.llm.reasoning import LOWEST
-from cai_kit.llm.registry import get_backend
-from cai_kit.train.rewards import (
-    JudgeFailed,
-    _share_of_the_cap,
-    all_or_cancel,
-    check_judge_model,
-    close_judge,
-    judge_usage,
-)
+from cai_kit.train.rewards import JudgeFailed, RewardSource
 
 
-class GroupJudgeScorer:
+class GroupReward(RewardSource):
     """Each prompt's G responses scored together by one judge call per repeat (see above)."""
 
     def __init__(
@@ -49,53 +41,49 @@ class GroupJudgeScorer:
         if repeats < 1:
             raise ConfigError(f"--group-repeats must be 1 or more, not {repeats}.")
         self.judge = judge
-        self.model, self.api_base = model, api_base
+        self.model = model
         self.group_size, self.repeats = group_size, repeats
-        check_judge_model(model, api_base)  # fail now, naming this command's flag
-        self.engine_config = _share_of_the_cap(engine_config or EngineConfig(quiet=True))
+        self.client = JudgeClient(model, api_base, engine_config)
         self.max_failed_share = max_failed_share
         self.params = GenParams(
             temperature=0.0, max_tokens=8 * group_size + 16, reasoning_effort=LOWEST
         )
-        self._runner = asyncio.Runner()  # one loop for the run: sessions outlive no loop
-        self.engine: Engine | None = None
-        self._backend: Backend | None = None
+        self.judged = True
         self.last_failed = 0  # failed response scorings in the last call
         self.failed = 0  # over the run
         self.scored = 0
         self.last_metrics: dict[str, float] = {}
 
-    async def _one(self, prompt: str, responses: list[str], order: list[int]) -> list[float] | None:
-        assert self.engine is not None and self._backend is not None
+    async def _one(self, engine: Engine, backend: Backend, prompt: str, responses: list[str],
+                   order: list[int]) -> list[float] | None:  # fmt: skip
         messages = self.judge.messages(prompt, responses, order)
         try:
-            c = await self.engine.call(self._backend, messages, self.params)
+            c = await engine.call(backend, messages, self.params)
         except CallFailed:
             return None
         shown = self.judge.parse(c.text, len(responses))
         if shown is None:  # a re-run asks again instead of reading the same reply back
-            self.engine.forget(self._backend, messages, self.params)
+            engine.forget(backend, messages, self.params)
             return None
         return self.judge.unshuffle(shown, order)
 
-    async def _group(self, prompt: str, responses: list[str]) -> list[float] | None:
+    async def _group(self, engine: Engine, backend: Backend, prompt: str,
+                     responses: list[str]) -> list[float] | None:  # fmt: skip
         runs = await all_or_cancel(
-            self._one(prompt, responses, order)
+            self._one(engine, backend, prompt, responses, order)
             for order in self.judge.orders(len(responses), self.repeats)
         )
         if any(r is None for r in runs):
             return None
         return [sum(r[i] for r in runs) / (10 * len(runs)) for i in range(len(responses))]  # type: ignore[index]
 
-    async def _score_all(
-        self, prompts: list[str], responses: list[str]
-    ) -> list[list[float] | None]:
-        if self.engine is None:
-            self.engine = Engine(self.engine_config)
-            self._backend = get_backend(self.model, api_base=self.api_base)
+    async def _score_all(self, engine: Engine, backend: Backend | None, prompts: list[str],
+                         responses: list[str]) -> list[list[float] | None]:  # fmt: skip
+        assert backend is not None
         g = self.group_size
         return await all_or_cancel(
-            self._group(prompts[i], responses[i : i + g]) for i in range(0, len(responses), g)
+            self._group(engine, backend, prompts[i], responses[i : i + g])
+            for i in range(0, len(responses), g)
         )
 
     def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
@@ -107,7 +95,7 @@ class GroupJudgeScorer:
             if len(set(prompts[i : i + g])) != 1:
                 raise CaiKitError(f"Group judging needs each prompt's {g} completions together; "
                                   f"responses {i + 1}-{i + g} answer different prompts.")  # fmt: skip
-        groups = self._runner.run(self._score_all(prompts, responses))
+        groups = self.client.run(lambda e, b: self._score_all(e, b, prompts, responses))
         ok = [s for grp in groups if grp is not None for s in grp]
         failed_groups = sum(grp is None for grp in groups)
         self.last_failed = failed_groups * g
@@ -117,9 +105,14 @@ class GroupJudgeScorer:
         fill = sum(ok) / len(ok) if ok else 0.0
         return [s for grp in groups for s in (grp if grp is not None else [fill] * g)]
 
+    @property
+    def engine(self) -> Engine | None:
+        """The judge's engine (None before the first call): its stats, cost, cache."""
+        return self.client.engine
+
     def usage(self) -> dict[str, float]:
         """This process's judge calls (answered, paid) and their cost in USD so far."""
-        return judge_usage(self.engine)
+        return self.client.usage()
 
     def check_failures(self, failed: int, total: int) -> None:
         """Raise JudgeFailed when more than max_failed_share of one step's responses (all ranks)
@@ -133,4 +126,4 @@ class GroupJudgeScorer:
             )
 
     def close(self) -> None:
-        close_judge(self._runner, self._backend, self.engine)
+        self.client.close()

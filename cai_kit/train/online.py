@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cai_kit.train.common import has_cuda, load_model, load_tokenizer, lora_config, resolve_model
+from cai_kit.train.rewards import RewardSource, as_reward_source
 
 
 def _text(x: Any) -> str:
@@ -28,7 +29,7 @@ class JudgeTotals:
         self.cost = 0.0
 
 
-def as_trl_reward(scorer: Any, totals: JudgeTotals | None = None) -> Any:
+def as_trl_reward(scorer: RewardSource, totals: JudgeTotals | None = None) -> Any:
     """Wrap a `(prompts, responses) -> floats` scorer into TRL's reward_funcs signature.
 
     Every rank calls the reward at the same point of a step: `score_step` stops all ranks
@@ -87,7 +88,7 @@ def check_group_size(batch_size: int, num_generations: int, processes: int = 1) 
         )
 
 
-def _RewardMetrics(scorer: Any) -> Any:
+def _RewardMetrics(scorer: RewardSource) -> Any:
     """Adds the reward's own per-step metrics (`last_metrics`, e.g. `rubric/<principle>`: the
     mean score of each rubric principle in the step's last scoring) to each logged step: to
     log_history and, as it runs before the reporting callbacks, to --report-to's integrations."""
@@ -139,7 +140,7 @@ def _checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[11:]))
 
 
-def train_grpo(prompts: list[str], model: str, out: Path, scorer: Any, *, max_steps: int = 10, num_generations: int = 4,
+def train_grpo(prompts: list[str], model: str, out: Path, scorer: RewardSource | Any, *, max_steps: int = 10, num_generations: int = 4,
                batch_size: int = 4, max_completion_length: int = 64, lr: float = 1e-5, full: bool = False, seed: int = 0,
                report_to: list[str] | None = None, options: dict[str, Any] | None = None) -> Path:  # fmt: skip
     """Train and write OUT: the model (adapter under LoRA), train_config.yaml, log_history.json
@@ -161,6 +162,7 @@ def train_grpo(prompts: list[str], model: str, out: Path, scorer: Any, *, max_st
     from cai_kit.train.resume import check_settings, continue_hint, settings_of
     from cai_kit.train.tracking import trackio_project
 
+    scorer = as_reward_source(scorer)  # a plain function too
     world = int(os.environ.get("WORLD_SIZE", "1"))
     check_group_size(batch_size, num_generations, world)
     base = resolve_model(model)
@@ -184,10 +186,10 @@ def train_grpo(prompts: list[str], model: str, out: Path, scorer: Any, *, max_st
     totals = JudgeTotals()
     trainer = GRPOTrainer(model=load_model(base), reward_funcs=as_trl_reward(scorer, totals), args=args, train_dataset=ds,
                           processing_class=load_tokenizer(base), peft_config=None if full else lora_config())  # fmt: skip
-    if hasattr(scorer, "last_failed"):  # before the reporting callbacks, which then see its stats
+    if scorer.judged:  # before the reporting callbacks, which then see its stats
         trainer.callback_handler.callbacks.insert(0, _JudgeStats(totals))
-    if hasattr(scorer, "last_metrics"):  # e.g. rubric/<principle>, also seen by the integrations
-        trainer.callback_handler.callbacks.insert(0, _RewardMetrics(scorer))
+    # e.g. rubric/<principle>, also seen by the integrations
+    trainer.callback_handler.callbacks.insert(0, _RewardMetrics(scorer))
 
     step_start = _StepStart()
     trainer.add_callback(step_start)

@@ -1,31 +1,70 @@
-"""Reward sources for RL: a trained reward model, or an AI judge scoring each response (d-RLAIF).
+"""Reward sources for RL: the `RewardSource` protocol every source meets, a trained reward
+model, and an AI judge scoring each response (d-RLAIF).
 
-Both are callables `(prompts, responses) -> list[float]`, the shape PPO's `train` loop and
-TRL's GRPO `reward_funcs` expect, so any Python function works the same way.
+A reward source is a callable `(prompts, responses) -> list[float]`, the shape PPO's `train`
+loop and TRL's GRPO `reward_funcs` expect, that also says what its last call could not score
+and what it cost (`RewardSource`). A plain Python function works too: `as_reward_source`
+wraps it. The sources that ask a judge share one lifecycle, `cai_kit.judges.JudgeClient`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import math
-import os
 import re
-import sys
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Protocol, runtime_checkable
 
 from cai_kit.constitution import Constitution
 from cai_kit.engine import CallFailed, Engine, EngineConfig
-from cai_kit.engine.budget import Budget
 from cai_kit.errors import BudgetExceeded, CaiKitError, ConfigError
+from cai_kit.judges.client import JudgeClient, all_or_cancel
 from cai_kit.llm.base import Backend, Completion, GenParams
 from cai_kit.llm.reasoning import LOWEST
-from cai_kit.llm.registry import get_backend
 
 
-class RewardModelScorer:
+@runtime_checkable
+class RewardSource(Protocol):
+    """What the trainers call and read: rewards for a batch, and what a step reports of them.
+
+    A source subclasses this protocol to inherit the defaults (nothing failed, no judge, no
+    metrics, nothing to close); `judged` sources report judge_failed/judge_calls/judge_cost."""
+
+    judged: bool = False  # a judge scores: its failures and usage are logged per step
+    last_failed: int = 0  # responses of the last call that could not be scored
+    failed: int = 0  # over the run
+    last_failed_mask: list[bool] = []  # noqa: RUF012  (which responses of the last call failed; [] none)
+    last_metrics: dict[str, float] = {}  # noqa: RUF012  (e.g. rubric/<principle>, logged per step)
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]: ...
+
+    def usage(self) -> dict[str, float]:
+        """This process's judge calls (answered, paid) and their cost in USD so far."""
+        return {"judge_calls": 0.0, "judge_cost": 0.0}
+
+    def check_failures(self, failed: int, total: int) -> None:
+        """Raise JudgeFailed when too many of one step's scorings (all ranks) failed."""
+
+    def close(self) -> None:
+        """Release what the source holds (a judge's engine, backend and loop)."""
+
+
+class FunctionReward(RewardSource):
+    """A plain `(prompts, responses) -> list[float]` function as a reward source."""
+
+    def __init__(self, fn: Callable[[list[str], list[str]], Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+        return list(self.fn(prompts, responses))
+
+
+def as_reward_source(reward: Any) -> RewardSource:
+    """`reward` itself when it is a RewardSource, else the function wrapped in one."""
+    return reward if isinstance(reward, RewardSource) else FunctionReward(reward)
+
+
+class RewardModelReward(RewardSource):
     """Scores with a reward model trained by `cai-kit train reward` (higher is better)."""
 
     def __init__(self, path: Path, batch_size: int = 8) -> None:
@@ -63,19 +102,6 @@ class JudgeFailed(CaiKitError):
 
 
 JUDGE_REWARDS = ("p-yes", "expected-score")
-
-
-def _share_of_the_cap(config: EngineConfig) -> EngineConfig:
-    """--max-cost is one cap for the whole run: under N processes (accelerate, torchrun), each
-    rank's own engine may spend cap/N, so that all of them together stay under it."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if config.max_cost is None or world <= 1:
-        return config
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"Note: --max-cost ${config.max_cost:g} is shared by {world} processes: "
-              f"${config.max_cost / world:g} each.", file=sys.stderr)  # fmt: skip
-    share = config.max_cost / world
-    return dataclasses.replace(config, max_cost=share, budget=Budget(share))
 
 
 def _group() -> bool:
@@ -119,25 +145,7 @@ def stop_together(stop: CaiKitError | None) -> None:
                           "stops at this step")  # fmt: skip
 
 
-def check_judge_model(model: str, api_base: str | None) -> None:
-    """Fail now on a bad judge model string or a missing key, naming the training commands'
-    flag (`--judge-api-base`, where the backend's own message says `--api-base`)."""
-    try:
-        get_backend(model, api_base=api_base)
-    except ConfigError as exc:
-        raise ConfigError(re.sub(r"(?<![\w-])--api-base", "--judge-api-base", str(exc))) from None
-
-
-def judge_usage(engine: Engine | None) -> dict[str, float]:
-    """A judge's calls (answered, paid) and their cost in USD so far, in this process."""
-    stats = engine.stats if engine is not None else None
-    return {
-        "judge_calls": float(stats.calls if stats else 0),
-        "judge_cost": stats.cost if stats else 0.0,
-    }
-
-
-def score_step(reward_fn: Callable[[list[str], list[str]], list[float]], prompts: list[str],
+def score_step(reward_fn: RewardSource | Callable[[list[str], list[str]], Any], prompts: list[str],
                responses: list[str]) -> tuple[list[float], dict[str, float]]:  # fmt: skip
     """Score one step's responses on this rank; every rank calls it at the same point of a step.
 
@@ -145,39 +153,24 @@ def score_step(reward_fn: Callable[[list[str], list[str]], list[float]], prompts
     here (`stop_together`). For the AI judge, the step's failures are counted over all ranks
     before `check_failures` (so every rank decides alike), and the returned statistics are
     totals over all ranks: judge_failed (this step), judge_calls and judge_cost (the run so far)."""
+    source = as_reward_source(reward_fn)
     stop: CaiKitError | None = None
     scores: list[float] = []
     try:
-        scores = list(reward_fn(prompts, responses))
+        scores = list(source(prompts, responses))
     except CaiKitError as exc:
         stop = exc
     stop_together(stop)
-    if not hasattr(reward_fn, "last_failed"):
+    if not source.judged:
         return scores, {}
-    usage = reward_fn.usage() if hasattr(reward_fn, "usage") else {}
-    failed, total, calls, cost = sum_over_ranks([reward_fn.last_failed, len(responses),  # type: ignore[attr-defined]
-                                                 usage.get("judge_calls", 0.0), usage.get("judge_cost", 0.0)])  # fmt: skip
-    reward_fn.check_failures(int(failed), int(total))  # type: ignore[attr-defined]
+    usage = source.usage()
+    failed, total, calls, cost = sum_over_ranks([source.last_failed, len(responses),
+                                                 usage["judge_calls"], usage["judge_cost"]])  # fmt: skip
+    source.check_failures(int(failed), int(total))
     return scores, {"judge_failed": failed, "judge_calls": calls, "judge_cost": cost}
 
 
-T = TypeVar("T")
-
-
-async def all_or_cancel(aws: Iterable[Awaitable[T]]) -> list[T]:
-    """Await all together, results in order; on the first error (e.g. --max-cost reached)
-    cancel the others, so that this step makes no more calls, and raise it."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
-class JudgeScorer:
+class JudgeReward(RewardSource):
     """d-RLAIF (Lee et al. 2023): an AI judge scores each response under the constitution.
 
     reward="p-yes": the judge answers Yes/No to "is this acceptable?"; the reward is P(Yes) from
@@ -186,8 +179,8 @@ class JudgeScorer:
     the reward is the expected score under its log-probs over the score tokens, mapped to
     [0, 1] as (E - 1) / 9 (the parsed number when there are no log-probs).
 
-    One engine and one backend serve the whole run (cache, --max-cost, rpm/tpm and statistics
-    carry across steps); call `close()` at the end. A call that fails or cannot be parsed is no
+    One judge client (`JudgeClient`: engine, backend, loop) serves the whole run (cache,
+    --max-cost, rpm/tpm and statistics carry across steps); call `close()` at the end. A call that fails or cannot be parsed is no
     reward: it is counted (`last_failed`, `failed`) and gets the mean reward of the batch's
     other responses (so it pushes the policy nowhere); the trainer calls `check_failures`, which
     stops training with JudgeFailed when more than `max_failed_share` of a step failed.
@@ -206,20 +199,16 @@ class JudgeScorer:
             raise ConfigError(
                 f"Judge reward must be one of {', '.join(JUDGE_REWARDS)}, not {reward!r}."
             )
-        self.model, self.api_base, self.reward = model, api_base, reward
-        check_judge_model(model, api_base)  # fail now, naming this command's flag
+        self.model, self.reward = model, reward
+        self.client = JudgeClient(model, api_base, engine_config)
         self.constitution = constitution
-        self.engine_config = _share_of_the_cap(engine_config or EngineConfig(quiet=True))
         self.max_failed_share = max_failed_share
         self.params = (
             GenParams(temperature=0.0, max_tokens=2, top_logprobs=10, reasoning_effort=LOWEST)
             if reward == "p-yes"
             else GenParams(temperature=0.0, max_tokens=3, top_logprobs=20, reasoning_effort=LOWEST)
         )
-        # one event loop for the run: an HTTP session cannot outlive the loop it was made in
-        self._runner = asyncio.Runner()
-        self.engine: Engine | None = None
-        self._backend: Backend | None = None
+        self.judged = True
         self.last_failed = 0  # failed scorings in the last call (one PPO step's rollouts)
         self.failed = 0  # over the run
         self.scored = 0
@@ -238,25 +227,25 @@ class JudgeScorer:
         user = f"User message:\n{prompt}\n\nResponse:\n{response}\n\n{ask}"
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
-    async def _score(self, prompt: str, response: str) -> float | None:
-        assert self.engine is not None and self._backend is not None
+    async def _score(
+        self, engine: Engine, backend: Backend, prompt: str, response: str
+    ) -> float | None:
         try:
-            c = await self.engine.call(self._backend, self._messages(prompt, response), self.params)
+            c = await engine.call(backend, self._messages(prompt, response), self.params)
         except CallFailed:
             return None
         if self.reward == "p-yes":
             return p_yes(c)
         return expected_score(c)
 
-    async def _score_all(self, prompts: list[str], responses: list[str]) -> list[float | None]:
-        if self.engine is None:
-            self.engine = Engine(self.engine_config)
-            self._backend = get_backend(self.model, api_base=self.api_base)
-        pairs = zip(prompts, responses, strict=True)
-        return await all_or_cancel(self._score(p, r) for p, r in pairs)
-
     def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
-        scores = self._runner.run(self._score_all(prompts, responses))
+        pairs = list(zip(prompts, responses, strict=True))
+
+        async def score_all(engine: Engine, backend: Backend | None) -> list[float | None]:
+            assert backend is not None
+            return await all_or_cancel(self._score(engine, backend, p, r) for p, r in pairs)
+
+        scores = self.client.run(score_all)
         ok = [s for s in scores if s is not None]
         self.last_failed = len(scores) - len(ok)
         self.failed += self.last_failed
@@ -264,9 +253,14 @@ class JudgeScorer:
         fill = sum(ok) / len(ok) if ok else 0.0
         return [fill if s is None else s for s in scores]
 
+    @property
+    def engine(self) -> Engine | None:
+        """The judge's engine (None before the first call): its stats, cost, cache."""
+        return self.client.engine
+
     def usage(self) -> dict[str, float]:
         """This process's judge calls (answered, paid) and their cost in USD so far."""
-        return judge_usage(self.engine)
+        return self.client.usage()
 
     def check_failures(self, failed: int, total: int) -> None:
         """Raise JudgeFailed when more than max_failed_share of one step's scorings failed
@@ -279,21 +273,7 @@ class JudgeScorer:
             )
 
     def close(self) -> None:
-        close_judge(self._runner, self._backend, self.engine)
-
-
-def close_judge(runner: asyncio.Runner, backend: Backend | None, engine: Engine | None) -> None:
-    """Close a judge's backend and engine (cache), then its event loop (JudgeScorer,
-    rubric_reward.RubricReward)."""
-
-    async def aclose() -> None:
-        if backend is not None:
-            await backend.aclose()
-        if engine is not None:
-            await engine.aclose()
-
-    runner.run(aclose())
-    runner.close()
+        self.client.close()
 
 
 def _top(c: Completion, position: int = 0) -> dict[str, float]:

@@ -1,38 +1,38 @@
 """More reward sources for RL: a constitution's rubric, any Python function, and their blend.
 
-All are callables `(prompts, responses) -> list[float]`, like `rewards.JudgeScorer`, so PPO's
-loop and TRL's GRPO take them the same way.
+All are `rewards.RewardSource`s, like `rewards.JudgeReward`, so PPO's loop, online DPO's
+pointwise judge and TRL's GRPO take them the same way.
 
-- `RubricReward`: each response's combined rubric score (`cai_kit.stages.rubric`: checkable
-  principles scored by their program, the others by a judge's P(Yes)). The rubric object is
-  built by the CLI and handed in (`train` never imports `stages`); anything with
+- `RubricReward`: each response's combined rubric score (`cai_kit.judges.rubric`: checkable
+  principles scored by their program, the others by a judge's P(Yes)), asked through one
+  `JudgeClient`. The rubric object is a `judges.rubric.Rubric`, or anything with
   `needs_judge` and `async score(prompt, response, engine, backend)` returning an object with
   `score` (None: failed) and `scores` (per principle) works. A response that could not be
   scored (a judge call failed, an answer was not Yes/No, a check raised) is counted
   (`last_failed`, `failed`) and gets the mean of the batch's other rewards; `check_failures`
   stops training past `max_failed_share`, as for the judge. `last_metrics` holds the mean
   score of each principle over the last call (`rubric/<id>`), which the trainers log per step.
-- `PythonReward("module:function")`: the function's own rewards; an exception or a wrong
-  shape stops training with one sentence.
+- `PythonReward("module:function")` (or the function itself): the function's own rewards; an
+  exception or a wrong shape stops training with one sentence.
 - `BlendedReward([(reward, weight), ...])`: the weighted sum (e.g. a rubric and a Python
   reward, `--reward-fn F --reward-fn-weight W`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
+from collections.abc import Callable
 from typing import Any
 
 from cai_kit.checks import CheckError, load_function
 from cai_kit.engine import Engine, EngineConfig
 from cai_kit.errors import CaiKitError
+from cai_kit.judges.client import JudgeClient, all_or_cancel
 from cai_kit.llm.base import Backend
-from cai_kit.llm.registry import get_backend
-from cai_kit.train.rewards import JudgeFailed, _share_of_the_cap, all_or_cancel, close_judge
+from cai_kit.train.rewards import JudgeFailed, RewardSource
 
 
-class RubricReward:
+class RubricReward(RewardSource):
     """The combined rubric score of each response (see the module docstring)."""
 
     def __init__(
@@ -45,14 +45,11 @@ class RubricReward:
                 f"Principles {judged} have no check, so --reward rubric needs a judge: pass "
                 "--reward-judge MODEL (or give every principle a check:)."
             )
-        self.rubric, self.model, self.api_base = rubric, judge, api_base
-        if judge is not None and rubric.needs_judge:
-            get_backend(judge, api_base=api_base)  # fail now on a bad model string or key
-        self.engine_config = _share_of_the_cap(engine_config or EngineConfig(quiet=True))
+        self.rubric, self.model = rubric, judge
+        # checks alone: an engine but no backend (the usage then reads zero calls)
+        self.client = JudgeClient(judge if rubric.needs_judge else None, api_base, engine_config)
         self.max_failed_share = max_failed_share
-        self._runner = asyncio.Runner()  # one loop for the run: sessions outlive no loop
-        self.engine: Engine | None = None
-        self._backend: Backend | None = None
+        self.judged = True
         self.last_failed = 0
         self.failed = 0
         self.scored = 0
@@ -60,18 +57,13 @@ class RubricReward:
         self.last_metrics: dict[str, float] = {}
         self.last_failed_mask: list[bool] = []  # which responses of the last call failed
 
-    async def _score_all(self, prompts: list[str], responses: list[str]) -> list[Any]:
-        if self.engine is None:
-            self.engine = Engine(self.engine_config)
-            if self.rubric.needs_judge:
-                self._backend = get_backend(self.model, api_base=self.api_base)  # type: ignore[arg-type]
-        pairs = zip(prompts, responses, strict=True)
-        return await all_or_cancel(
-            self.rubric.score(p, r, self.engine, self._backend) for p, r in pairs
-        )
-
     def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
-        results = self._runner.run(self._score_all(prompts, responses))
+        pairs = list(zip(prompts, responses, strict=True))
+
+        async def score_all(engine: Engine, backend: Backend | None) -> list[Any]:
+            return await all_or_cancel(self.rubric.score(p, r, engine, backend) for p, r in pairs)
+
+        results = self.client.run(score_all)
         scores = [r.score for r in results]
         ok = [s for s in scores if s is not None]
         self.last_failed = len(scores) - len(ok)
@@ -89,6 +81,9 @@ class RubricReward:
         fill = sum(ok) / len(ok) if ok else 0.0
         return [fill if s is None else s for s in scores]
 
+    def usage(self) -> dict[str, float]:
+        return self.client.usage()
+
     def check_failures(self, failed: int, total: int) -> None:
         """Raise JudgeFailed when more than max_failed_share of one step's scorings failed."""
         if total and failed > self.max_failed_share * total:
@@ -100,13 +95,17 @@ class RubricReward:
             )
 
     def close(self) -> None:
-        close_judge(self._runner, self._backend, self.engine)
+        self.client.close()
 
 
-class PythonReward:
-    """Rewards from any `module:function(prompts, responses) -> list[float]`."""
+class PythonReward(RewardSource):
+    """Rewards from any `module:function(prompts, responses) -> list[float]` (a reference or
+    the function itself)."""
 
-    def __init__(self, ref: str) -> None:
+    def __init__(self, ref: str | Callable[[list[str], list[str]], Any]) -> None:
+        if callable(ref):
+            self.fn, self.ref = ref, f"{ref.__module__}:{getattr(ref, '__qualname__', ref)}"
+            return
         self.ref = ref
         try:
             self.fn = load_function(ref)
@@ -130,19 +129,22 @@ class PythonReward:
         return [float(v) for v in values]
 
 
-class BlendedReward:
+class BlendedReward(RewardSource):
     """sum(weight * reward) over several reward sources; failures and metrics are theirs."""
 
-    def __init__(self, parts: list[tuple[Any, float]], max_failed_share: float = 0.1) -> None:
+    def __init__(
+        self, parts: list[tuple[RewardSource, float]], max_failed_share: float = 0.1
+    ) -> None:
         self.parts = parts
         self.max_failed_share = max_failed_share
+        self.judged = any(p.judged for p, _ in parts)
         self.last_failed = 0
         self.last_metrics: dict[str, float] = {}
         self.last_failed_mask: list[bool] = []
 
     @property
     def failed(self) -> int:
-        return sum(getattr(p, "failed", 0) for p, _ in self.parts)
+        return sum(p.failed for p, _ in self.parts)
 
     def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
         total = [0.0] * len(responses)
@@ -151,20 +153,23 @@ class BlendedReward:
         for part, weight in self.parts:
             scores = part(prompts, responses)
             total = [t + weight * s for t, s in zip(total, scores, strict=True)]
-            self.last_failed = max(self.last_failed, getattr(part, "last_failed", 0))
-            self.last_metrics.update(getattr(part, "last_metrics", {}))
-            mask = getattr(part, "last_failed_mask", None) or [False] * len(responses)
+            self.last_failed = max(self.last_failed, part.last_failed)
+            self.last_metrics.update(part.last_metrics)
+            mask = part.last_failed_mask or [False] * len(responses)
             self.last_failed_mask = [
                 x or y for x, y in zip(self.last_failed_mask, mask, strict=True)
             ]
         return total
 
+    def usage(self) -> dict[str, float]:
+        """The parts' judge calls and cost, summed."""
+        used = [p.usage() for p, _ in self.parts]
+        return {k: sum(u[k] for u in used) for k in ("judge_calls", "judge_cost")}
+
     def check_failures(self, failed: int, total: int) -> None:
         for part, _ in self.parts:
-            if hasattr(part, "check_failures"):
-                part.check_failures(failed, total)
+            part.check_failures(failed, total)
 
     def close(self) -> None:
         for part, _ in self.parts:
-            if hasattr(part, "close"):
-                part.close()
+            part.close()

@@ -15,7 +15,7 @@ under any rule. `RubricScore` keeps the vector and the rule.
 
 Calls go through the Engine (cache, cost, --max-cost, --dry-run): `Rubric.calls` lists them
 for a cost preview. The prompt puts the rules first and the data in per-call delimiters no
-response can forge, as the pairwise judge does (`stages.judge.neutralise`).
+response can forge, as the pairwise judge does (`judges.pairwise.neutralise`).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from cai_kit.constitution import COMBINES, Constitution, Principle
 from cai_kit.engine import CallFailed, Engine
 from cai_kit.engine.gather import in_order
 from cai_kit.errors import ConfigError
+from cai_kit.judges.pairwise import neutralise
 from cai_kit.llm.base import Backend, Completion, GenParams, TokenLogprob
 from cai_kit.llm.reasoning import LOWEST
 from cai_kit.records import stable_hash
-from cai_kit.stages.judge import neutralise
 
 B = TypeVar("B")
 RULES = (

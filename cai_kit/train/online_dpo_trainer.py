@@ -14,15 +14,15 @@ Instead of a pairwise judge, `PointwisePairs` turns a per-response reward (a con
 rubric, a Python `--reward-fn`, or both: `rubric_reward`) into verdicts: the two samples are
 scored alone and the higher score is chosen (`p_a` 1 or 0; 0.5, a tie, when the scores differ
 by less than `tie_margin`); a response that could not be scored makes its pair failed.
-The judge is any callable `(prompts, responses_a, responses_b) -> list[float | None]`; the CLI
-builds it from `stages.judge.judge_pair` (train never imports stages) and hands it in, wrapped
-in `PairJudgeScorer`, which holds one Engine + backend for the whole run (cache, --max-cost,
-rpm/tpm carry across steps), like `rewards.JudgeScorer`. When more than `max_judge_failures`
+The judge is a `PairSource`: a callable `(prompts, responses_a, responses_b) ->
+list[float | None]` with `usage`, `last_metrics` and `close`. `PairJudge` asks the pairwise
+judge (`judges.pairwise.judge_pair`, both orders) through one `JudgeClient` for the whole run
+(cache, --max-cost, rpm/tpm carry across steps), like `rewards.JudgeReward`. When more than `max_judge_failures`
 of a step's pairs failed, training stops with `JudgeFailed`; --max-cost reached raises
 `BudgetExceeded`; either way the finished steps stay in `history` for the caller to save.
 
 Generation, batching, the reference log-probs and prompt encoding are PPO's own
-(`ppo.PPOTrainer`'s methods, borrowed as they are): the same temperature-consistent log-probs,
+(`ppo_trainer.PPOTrainer`'s methods, borrowed as they are): the same temperature-consistent log-probs,
 no dropout, LoRA merged while sampling.
 
 Under `torchrun`/`accelerate launch`, as PPO: rank r samples from prompts[r::world] with seed + r
@@ -37,37 +37,32 @@ a pair times 0). Statistics are totals or means over ranks; only rank 0 logs and
 
 from __future__ import annotations
 
-import asyncio
+import inspect
 import random
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cai_kit.constitution import Constitution
 from cai_kit.engine import Engine, EngineConfig
 from cai_kit.errors import CaiKitError, ConfigError
+from cai_kit.judges.client import JudgeClient, all_or_cancel
+from cai_kit.judges.pairwise import JudgeConfig, judge_pair
 from cai_kit.llm.base import Backend
-from cai_kit.llm.registry import get_backend
-from cai_kit.train.ppo import PPOTrainer, policy_and_reference, token_logprobs
+from cai_kit.train.ppo_trainer import PPOTrainer, policy_and_reference, token_logprobs
 from cai_kit.train.resume import StepMark
 from cai_kit.train.rewards import (
     JudgeFailed,
-    _share_of_the_cap,
-    all_or_cancel,
-    check_judge_model,
-    close_judge,
-    judge_usage,
+    RewardSource,
+    as_reward_source,
     stop_together,
     sum_over_ranks,
 )
-
-PairJudge = Callable[[list[str], list[str], list[str]], list[float | None]]
-# (prompt, response_a, response_b, engine, backend) -> P(a better) or None (failed)
-AsyncPairJudge = Callable[[str, str, str, Engine, Backend], Awaitable[float | None]]
 
 
 @dataclass
@@ -83,57 +78,82 @@ class OnlineDPOConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError(
+                "--temperature must be above 0: the two responses of a prompt are two samples."
+            )
 
-class PairJudgeScorer:
-    """The pairwise judge as a plain callable over a step's pairs: one Engine and backend for
-    the run, async calls on one event loop; `close()` at the end. Under N processes each one's
-    engine may spend --max-cost / N (one cap for the run)."""
 
-    def __init__(self, judge: AsyncPairJudge, model: str, api_base: str | None = None,
-                 engine_config: EngineConfig | None = None) -> None:  # fmt: skip
-        self.judge, self.model, self.api_base = judge, model, api_base
-        check_judge_model(model, api_base)  # fail now, naming this command's flag
-        self.engine_config = _share_of_the_cap(engine_config or EngineConfig(quiet=True))
-        self._runner = asyncio.Runner()
-        self.engine: Engine | None = None
-        self._backend: Backend | None = None
+@runtime_checkable
+class PairSource(Protocol):
+    """What online DPO calls each step: P(a better) per pair (None: failed), plus the judge's
+    usage and per-step metrics; `close()` at the end of the run."""
 
-    async def _all(self, prompts: list[str], a: list[str], b: list[str]) -> list[float | None]:
-        if self.engine is None:
-            self.engine = Engine(self.engine_config)
-            self._backend = get_backend(self.model, api_base=self.api_base)
-        engine, backend = self.engine, self._backend
-        assert backend is not None
-        return await all_or_cancel(
-            self.judge(p, x, y, engine, backend) for p, x, y in zip(prompts, a, b, strict=True)
-        )
+    last_metrics: dict[str, float]
+
+    def __call__(self, prompts: list[str], a: list[str], b: list[str]) -> list[float | None]: ...
+
+    def usage(self) -> dict[str, float]: ...
+
+    def close(self) -> None: ...
+
+
+class PairJudge:
+    """The pairwise judge (`judges.pairwise.judge_pair`: both orders, soft labels) over a step's
+    pairs, through one `JudgeClient` for the run; `close()` at the end. Under N processes each
+    one's engine may spend --max-cost / N (one cap for the run)."""
+
+    def __init__(self, model: str, constitution: Constitution, config: JudgeConfig | None = None,
+                 api_base: str | None = None, engine_config: EngineConfig | None = None) -> None:  # fmt: skip
+        self.model, self.constitution = model, constitution
+        self.config = config or JudgeConfig()
+        self.client = JudgeClient(model, api_base, engine_config)
+        self.last_metrics: dict[str, float] = {}
+
+    async def _one(
+        self, engine: Engine, backend: Backend, prompt: str, a: str, b: str
+    ) -> float | None:
+        conversation = [{"role": "user", "content": prompt}]
+        v = await judge_pair(conversation, a, b, self.constitution, self.config, engine, backend)
+        return None if v.label == "failed" else v.p_a
 
     def __call__(self, prompts: list[str], a: list[str], b: list[str]) -> list[float | None]:
-        return self._runner.run(self._all(prompts, a, b))
+        triples = list(zip(prompts, a, b, strict=True))
+
+        async def judge_all(engine: Engine, backend: Backend | None) -> list[float | None]:
+            assert backend is not None
+            return await all_or_cancel(self._one(engine, backend, *t) for t in triples)
+
+        return self.client.run(judge_all)
 
     def usage(self) -> dict[str, float]:
         """This process's judge calls (answered, paid) and their cost in USD so far."""
-        return judge_usage(self.engine)
+        return self.client.usage()
 
     def close(self) -> None:
-        close_judge(self._runner, self._backend, self.engine)
+        self.client.close()
 
 
+@dataclass
 class PointwisePairs:
-    """A per-response reward `(prompts, responses) -> list[float]` as a pair judge: both
-    samples of each pair scored alone, the higher one chosen. Failed scorings (the reward's
-    `last_failed_mask`) make their pair None; its `last_metrics` (e.g. `rubric/<id>`) and
-    usage are logged per step like the judge's; `close()` closes it."""
+    """A per-response reward (`rewards.RewardSource`) as a pair judge: both samples of each
+    pair scored alone, the higher one chosen. Failed scorings (the reward's `last_failed_mask`)
+    make their pair None; its `last_metrics` (e.g. `rubric/<id>`) and usage are logged per
+    step like the judge's; `close()` closes it."""
 
-    def __init__(self, reward: Any, tie_margin: float = 0.05) -> None:
-        self.reward, self.tie_margin = reward, tie_margin
-        self.last_metrics: dict[str, float] = {}
+    reward: RewardSource
+    tie_margin: float = 0.05
+    last_metrics: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.reward = as_reward_source(self.reward)
 
     def __call__(self, prompts: list[str], a: list[str], b: list[str]) -> list[float | None]:
         n = len(a)
         scores = self.reward(list(prompts) * 2, list(a) + list(b))
-        mask = getattr(self.reward, "last_failed_mask", None) or [False] * (2 * n)
-        self.last_metrics = dict(getattr(self.reward, "last_metrics", {}))
+        mask = self.reward.last_failed_mask or [False] * (2 * n)
+        self.last_metrics = dict(self.reward.last_metrics)
         verdicts: list[float | None] = []
         for i in range(n):
             if mask[i] or mask[n + i]:
@@ -144,14 +164,40 @@ class PointwisePairs:
         return verdicts
 
     def usage(self) -> dict[str, float]:
-        """The rubric judge's calls and cost (a blend's parts searched; none: zero)."""
-        parts = [self.reward, *(p for p, _ in getattr(self.reward, "parts", []))]
-        engines = [e for e in (getattr(p, "engine", None) for p in parts) if e is not None]
-        return judge_usage(engines[0] if engines else None)
+        """The reward's judge calls and cost (a blend's: its parts'; none: zero)."""
+        return self.reward.usage()
 
     def close(self) -> None:
-        if hasattr(self.reward, "close"):
-            self.reward.close()
+        self.reward.close()
+
+
+class FunctionPairs:
+    """A plain `(prompts, a, b) -> list[float | None]` function as a pair judge (no calls)."""
+
+    def __init__(self, fn: Callable[[list[str], list[str], list[str]], Any]) -> None:
+        self.fn = fn
+        self.last_metrics: dict[str, float] = {}
+
+    def __call__(self, prompts: list[str], a: list[str], b: list[str]) -> list[float | None]:
+        return list(self.fn(prompts, a, b))
+
+    def usage(self) -> dict[str, float]:
+        return {"judge_calls": 0.0, "judge_cost": 0.0}
+
+    def close(self) -> None:
+        pass
+
+
+def as_pair_source(judge: Any, tie_margin: float = 0.05) -> PairSource:
+    """A pair judge as it is; a per-response reward source as `PointwisePairs`; a plain
+    function by its arguments: (prompts, a, b) a pair judge, (prompts, responses) a reward."""
+    if isinstance(judge, RewardSource):
+        return PointwisePairs(judge, tie_margin)
+    if isinstance(judge, PairSource):
+        return judge
+    if len(inspect.signature(judge).parameters) == 3:
+        return FunctionPairs(judge)
+    return PointwisePairs(judge, tie_margin)
 
 
 class OnlineDPOTrainer:
@@ -213,7 +259,7 @@ class OnlineDPOTrainer:
                 "reward_accuracy": (margin > 0).float().mean().item(),
                 "response_length": mask.sum(1).mean().item()}  # fmt: skip
 
-    def train(self, prompts: list[str], judge: PairJudge, steps: int,
+    def train(self, prompts: list[str], judge: PairSource | Callable[..., Any], steps: int,
               log: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:  # fmt: skip
         """Sample, judge, step; `history` keeps every finished step if a stop is raised.
 
@@ -223,6 +269,7 @@ class OnlineDPOTrainer:
         loss, reward_margin, reward_accuracy, response_length as means over all decisive pairs."""
         acc, cfg = self.accelerator, self.config
         world, rank = acc.num_processes, acc.process_index
+        judge = as_pair_source(judge, cfg.tie_margin)  # a plain function too
         if not prompts:
             raise ConfigError("No prompts to train on.")
         if len(prompts) < world:  # every rank refuses alike (none waits in a collective)
@@ -257,10 +304,10 @@ class OnlineDPOTrainer:
                 qs.append(q)
                 chosen.append(a if p > 0.5 else b)
                 rejected.append(b if p > 0.5 else a)
-            usage = judge.usage() if hasattr(judge, "usage") else {}
+            usage = judge.usage()
             failed, total, decisive, calls, cost = sum_over_ranks(
                 [sum(p is None for p in verdicts), len(verdicts), len(qs),
-                 usage.get("judge_calls", 0.0), usage.get("judge_cost", 0.0)]
+                 usage["judge_calls"], usage["judge_cost"]]
             )  # fmt: skip
             if failed > cfg.max_judge_failures * total:  # the same counts: every rank alike
                 raise JudgeFailed(
@@ -281,9 +328,8 @@ class OnlineDPOTrainer:
                 stats = {k: v / decisive for k, v in zip(keys, sums, strict=True)}
             stats.update(decisive=decisive, ties=total - failed - decisive, failed=failed,
                          time_generate=t1 - t0, time_judge=t2 - t1)  # fmt: skip
-            if hasattr(judge, "usage"):
-                stats.update(judge_calls=calls, judge_cost=cost)  # the run so far, all ranks
-            stats.update(getattr(judge, "last_metrics", {}))  # rubric/<id>: this rank's
+            stats.update(judge_calls=calls, judge_cost=cost)  # the run so far, all ranks
+            stats.update(judge.last_metrics)  # rubric/<id>: this rank's
             self.history.append(stats)
             if log and acc.is_main_process:
                 log(step, stats)

@@ -42,6 +42,7 @@ from cai_kit.llm.reasoning import LOWEST
 from cai_kit.records import Comparison, JudgeVerdict, stable_hash
 
 Mode = Literal["logprobs", "letter", "cot", "votes"]
+MODES = ("logprobs", "letter", "cot", "votes")
 B = TypeVar("B")  # whatever names the model: a Backend, or a model string in pipeline estimates
 Order = Literal["ab", "ba"]
 
@@ -68,6 +69,16 @@ class JudgeConfig:
     max_tokens: int = 4
     cot_max_tokens: int = 384
     top_logprobs: int = 10
+
+    def __post_init__(self) -> None:
+        """The same one-sentence errors a CLI user gets for these flags."""
+        if self.mode not in MODES:
+            raise ConfigError(f"--mode must be logprobs, letter, cot or votes, not {self.mode!r}.")
+        if self.samples < 1:
+            raise ConfigError(
+                f"--samples must be at least 1 (votes per order in --mode votes), not {self.samples}."
+            )
+        principle_count(self.principles)
 
     def params(self) -> GenParams:
         """A verdict's parameters. Its effort is `LOWEST`: a reasoning model thinks as little as

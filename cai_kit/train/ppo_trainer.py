@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cai_kit.train.resume import StepMark
-from cai_kit.train.rewards import score_step
+from cai_kit.train.rewards import RewardSource, as_reward_source, score_step
 
 
 @dataclass
@@ -397,15 +397,17 @@ class PPOTrainer:
         v = self.accelerator.reduce(v, reduction="mean")
         return dict(zip(stats, v.tolist(), strict=True))
 
-    def train(self, prompts: list[str], reward_fn: Callable[[list[str], list[str]], list[float]], steps: int,
+    def train(self, prompts: list[str], reward_fn: RewardSource | Callable[[list[str], list[str]], Any], steps: int,
               log: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:  # fmt: skip
         """The whole loop for text prompts: sample a batch, generate, score, step.
 
         Under several processes, rank r draws from prompts[r::world] with seed + r, so the
-        ranks' rollouts are distinct; `log` runs on rank 0 only. A reward function that
-        exposes `last_failed` (the AI judge) adds judge_failed, judge_calls and judge_cost to
-        the stats (totals over all ranks); any rank's reason to stop stops every rank."""
+        ranks' rollouts are distinct; `log` runs on rank 0 only. A `judged` reward source (the
+        AI judge, a rubric) adds judge_failed, judge_calls and judge_cost to the stats (totals
+        over all ranks); any rank's reason to stop stops every rank."""
         import random
+
+        source = as_reward_source(reward_fn)  # a plain function too
 
         acc = self.accelerator
         if (
@@ -427,12 +429,12 @@ class PPOTrainer:
             responses = self.generate(queries)
             texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
             t1 = time.perf_counter()
-            rewards, judge = score_step(reward_fn, batch, texts)  # every rank stops together
+            rewards, judge = score_step(source, batch, texts)  # every rank stops together
             t2 = time.perf_counter()
             stats = self.step(queries, responses, rewards)
             stats.update(time_generate=t1 - t0, time_reward=t2 - t1)
             stats.update(judge)  # judge_failed, judge_calls, judge_cost: totals over all ranks
-            stats.update(getattr(reward_fn, "last_metrics", {}))  # e.g. rubric/<principle>
+            stats.update(source.last_metrics)  # e.g. rubric/<principle>
             if log and acc.is_main_process:
                 log(step, stats)
         self.mark = None

@@ -5,7 +5,7 @@ prompt and the responses labelled 1..G in the shown `order` (`order[i]` is the i
 response shown as label i+1), and asks for one line `N: SCORE` (0-10) per label, nothing else.
 The prompt and each response sit between per-call delimiters (`<<<RESPONSE-N-TAG>>>`, TAG a
 hash of the call's inputs) and are neutralised as the pairwise and rubric judges neutralise
-theirs (`stages.judge.neutralise`), so a response cannot close its block and write scores.
+theirs (`judges.pairwise.neutralise`), so a response cannot close its block and write scores.
 `parse(text, g)` reads such a reply into the G scores in shown order, or None when it is not
 exactly one valid 0-10 score per label (a missing, repeated or unknown label, a score out of
 range): the caller counts that as a failed judgement, never a 0. `unshuffle` maps shown-order
@@ -22,8 +22,8 @@ import random
 import re
 
 from cai_kit.constitution import Constitution
+from cai_kit.judges.pairwise import neutralise
 from cai_kit.records import stable_hash
-from cai_kit.stages.judge import neutralise
 
 _LINE = re.compile(
     r"^\s*(?:response\s*)?#?(\d+)\s*[:=)-]\s*(\d+(?:\.\d+)?)\s*(?:/\s*10)?\s*$", re.I
