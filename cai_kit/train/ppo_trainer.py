@@ -72,7 +72,7 @@ class PPOConfig:
     whiten_advantages: bool = True
     normalize_rewards: bool = False  # running mean/std of scores
     reward_clip: float | None = None
-    max_new_tokens: int = 32
+    max_new_tokens: int = 48  # (the CLI's --max-new-tokens default: one default, two doors)
     temperature: float = 1.0
     top_k: int = 0
     seed: int = 0
