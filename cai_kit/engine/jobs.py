@@ -29,6 +29,7 @@ from cai_kit.engine.base import CallFailed, Deferred
 from cai_kit.engine.batch_providers import NO_BATCH_API
 from cai_kit.engine.budget import Budget, with_budget
 from cai_kit.engine.core import Engine, EngineConfig, fit_call
+from cai_kit.engine.loop import run_sync
 from cai_kit.engine.spend import spend_text, stats_spend
 from cai_kit.errors import BudgetExceeded, redact
 from cai_kit.llm.base import Backend, GenParams
@@ -171,19 +172,6 @@ def _write_manifest(spec: JobSpec, summary: JobSummary, started: str, status: st
     tmp.replace(spec.run_dir / "manifest.json")
 
 
-def run_async(coro: Awaitable[Any]) -> Any:
-    """`asyncio.run`, on uvloop when it is installed (a faster loop and sockets for the same
-    code; CAI_KIT_UVLOOP=0 turns it off)."""
-    if os.environ.get("CAI_KIT_UVLOOP", "1") != "0":
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            return uvloop.run(coro)  # type: ignore[arg-type]
-    return asyncio.run(coro)  # type: ignore[arg-type]
-
-
 def run_job(spec: JobSpec, config: EngineConfig) -> JobSummary:
     """Run the items that are not done yet; see the module docstring. Every job of a command
     spends through the command's one ledger (`config.budget`, `budget.with_budget`): once the
@@ -248,12 +236,12 @@ def run_job(spec: JobSpec, config: EngineConfig) -> JobSummary:
     _write_manifest(spec, summary, started, "running")
     status = "finished"
     try:
-        run_async(_run_items(spec, engine, collector, pending, summary))
+        run_sync(_run_items(spec, engine, collector, pending, summary))  # in a notebook too
         if engine.budget_stop:  # state the spend after the calls in flight were paid too
             summary.stopped = engine.budget_message()
         if summary.stopped:
             status = "stopped"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or an awaiting task cancelled
         summary.stopped = "interrupted (Ctrl-C); finished work is kept"
         status = "stopped"
         raise

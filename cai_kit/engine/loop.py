@@ -1,0 +1,164 @@
+"""One bridge from sync code to a coroutine, safe where an event loop already runs.
+
+`run_sync(coro)` is how every sync entry point of the library runs its async work:
+
+- no loop is running in this thread (a script, the CLI): `asyncio.run`, on uvloop when it is
+  installed (`CAI_KIT_UVLOOP=0` turns it off), exactly as before;
+- a loop is running (a Jupyter cell, an `async def` calling the sync API): the coroutine runs
+  on a fresh loop in a worker thread while this thread waits. `asyncio.run` would raise
+  "cannot be called from a running event loop" there, and nesting loops (nest_asyncio) breaks
+  libraries that rely on the loop's invariants, so the work gets a loop of its own.
+
+Ctrl-C while waiting (KeyboardInterrupt, e.g. the notebook's stop button) cancels the
+coroutine on the worker loop, waits for it to unwind (finished rows are already written, the
+job's manifest says "stopped"), then raises KeyboardInterrupt.
+
+`in_worker(fn, *args)` is the async side: it awaits a sync entry point in a worker thread, and
+cancelling the awaiting task cancels the calls in flight on that thread's loop. The `a*`
+variants of the public API (`cai_kit.arevise`, ...) are built on it.
+
+    summary = run_sync(job())                           # anywhere, in or out of a loop
+    records = await in_worker(revise, prompts, "harmless")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import os
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class _Scope:
+    """The loops (and their main tasks) started on behalf of one waiter, to cancel them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tasks: list[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = []
+        self.cancelled = False
+
+    def add(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+        with self._lock:
+            self._tasks.append((loop, task))
+            if self.cancelled:
+                loop.call_soon_threadsafe(task.cancel)
+
+    def remove(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+        with self._lock:
+            self._tasks.remove((loop, task))
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            for loop, task in self._tasks:
+                loop.call_soon_threadsafe(task.cancel)
+
+
+_SCOPE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar(
+    "cai_kit_scope", default=None
+)
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or None."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def run_sync(coro: Awaitable[T]) -> T:
+    """Run `coro` to the end from sync code, in or out of a running loop (module docstring)."""
+    if running_loop() is None:
+        return _run_here(coro)
+    return _run_on_worker(coro)
+
+
+def _run_here(coro: Awaitable[T]) -> T:
+    """A new loop in this thread (uvloop when installed), its task known to the waiter's scope."""
+    scope = _SCOPE.get()
+
+    async def main() -> T:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        if scope is not None and task is not None:
+            scope.add(loop, task)
+        try:
+            return await coro
+        finally:
+            if scope is not None and task is not None:
+                scope.remove(loop, task)
+
+    if os.environ.get("CAI_KIT_UVLOOP", "1") != "0":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.run(main())  # type: ignore[no-any-return]
+    return asyncio.run(main())
+
+
+def _run_on_worker(coro: Awaitable[T]) -> T:
+    scope = _Scope()
+    box: dict[str, Any] = {}
+    finished = threading.Event()  # (not Thread.join: an interrupted join marks a live thread done)
+
+    def target() -> None:
+        _SCOPE.set(scope)  # a new thread starts with an empty context
+        try:
+            box["value"] = _run_here(coro)
+        except BaseException as exc:  # handed to the waiting thread
+            box["error"] = exc
+        finally:
+            finished.set()
+
+    threading.Thread(target=target, name="cai-kit-loop", daemon=True).start()
+    try:
+        while not finished.wait(0.1):  # a wait with a timeout lets KeyboardInterrupt through
+            pass
+    except KeyboardInterrupt:
+        scope.cancel()  # the calls in flight are cancelled; written rows stay written
+        finished.wait()
+        raise
+    if "error" in box:
+        error = box.pop("error")
+        if isinstance(error, asyncio.CancelledError) and scope.cancelled:
+            raise KeyboardInterrupt from None
+        raise error
+    return box["value"]  # type: ignore[no-any-return]
+
+
+async def in_worker(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """Await the sync `fn(*args, **kwargs)` in a worker thread; cancelling this coroutine
+    cancels the loop(s) `fn` runs through `run_sync` and waits for them to unwind."""
+    scope = _Scope()
+    ctx = contextvars.copy_context()
+    ctx.run(_SCOPE.set, scope)
+    call = functools.partial(ctx.run, fn, *args, **kwargs)
+    future = asyncio.get_running_loop().run_in_executor(None, call)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        scope.cancel()
+        with contextlib.suppress(BaseException):  # the cancellation asked for, or its error
+            await future
+        raise
+
+
+def coroutine_of(fn: Callable[..., T]) -> Callable[..., Coroutine[Any, Any, T]]:
+    """The `a*` variant of a sync entry point: same arguments, awaited (`in_worker`)."""
+
+    @functools.wraps(fn)
+    async def variant(*args: Any, **kwargs: Any) -> T:
+        return await in_worker(fn, *args, **kwargs)
+
+    variant.__name__ = variant.__qualname__ = "a" + fn.__name__
+    variant.__doc__ = f"`{fn.__name__}` for async callers: awaits it in a worker thread (`cai_kit.engine.loop.in_worker`).\n\n{fn.__doc__ or ''}"  # fmt: skip
+    return variant
