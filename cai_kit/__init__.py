@@ -1,7 +1,12 @@
 """cai-kit: Constitutional AI and RLAIF, from a YAML constitution to a trained model.
 
 Importing `cai_kit` is light: it never imports torch, transformers, trl or litellm. The
-public names below are loaded on first use.
+public names below are loaded on first use (PEP 562). The stages and evaluators are functions
+of plain Python values (`cai_kit.api`, docs/python.md), each with an `a`-prefixed coroutine
+variant; the trainers are `cai_kit.train`:
+
+    import cai_kit
+    rows = cai_kit.revise(["How do I pick a lock?"], "harmless", model="local", max_tokens=32)
 """
 
 from __future__ import annotations
@@ -32,12 +37,27 @@ _LAZY: dict[str, str] = {
     "register": "cai_kit.llm.registry",
     "BackendSpec": "cai_kit.llm.registry",
     "CaiKitError": "cai_kit.errors",
+    "Budget": "cai_kit.engine.budget",
+    "EngineConfig": "cai_kit.engine.core",
+    "JudgeConfig": "cai_kit.stages.judge",
+    "Records": "cai_kit.api.inputs",
+    "Evaluation": "cai_kit.api.evals",
 }
+# the stages and evaluators (cai_kit.api), and their coroutine variants
+_API = (
+    "revise", "generate", "prefs", "judge", "expand_prompts", "infer_constitution",
+    "evaluate_winrate", "evaluate_rubric", "evaluate_harmlessness",
+)  # fmt: skip
+_LAZY |= {name: "cai_kit.api" for name in _API} | {f"a{name}": "cai_kit.api" for name in _API}
+# subpackages reachable as names: `cai_kit.train.dpo(...)` after a bare `import cai_kit`
+_MODULES = ("train",)
 
-__all__ = ["__version__", *sorted(_LAZY)]
+__all__ = ["__version__", *sorted(_LAZY), *_MODULES]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        return importlib.import_module(f"cai_kit.{name}")
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
