@@ -200,3 +200,31 @@ def test_import_cai_kit_exposes_the_api_and_train_lazily() -> None:
     for name in ("revise", "arevise", "prefs", "aprefs", "judge", "expand_prompts", "infer_constitution",
                  "evaluate_winrate", "evaluate_rubric", "evaluate_harmlessness", "Budget", "train"):  # fmt: skip
         assert name in dir(cai_kit) and getattr(cai_kit, name) is not None
+
+
+def test_progress_goes_to_a_callback_and_notes_to_the_cai_kit_logger(
+    fault_server: FaultServer, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A library reports through a callback and `logging`, not bare prints: with progress=
+    no progress line is drawn, and an engine note reaches a handler on the `cai_kit` logger
+    (and, by default, stderr as the CLI showed it)."""
+    import logging
+
+    seen: list[tuple[str, int, int]] = []
+    notes: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            notes.append(record.getMessage())
+
+    handler = Collect()
+    logging.getLogger("cai_kit").addHandler(handler)
+    try:
+        rows = cai_kit.generate(PROMPTS, model="m", api_base=fault_server.base_url, max_tokens=8, max_cost=5.0,
+                                progress=lambda p: seen.append((p.job, p.done, p.total)))  # fmt: skip
+    finally:
+        logging.getLogger("cai_kit").removeHandler(handler)
+    assert seen and seen[-1] == ("generate", rows.summary.done, 3)
+    assert any("no price is known for m" in n for n in notes)  # the unknown-price note
+    err = capfd.readouterr().err
+    assert "Note: no price is known for m" in err and "generate: " not in err  # no progress line

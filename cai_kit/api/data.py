@@ -21,6 +21,7 @@ from typing import Any
 from cai_kit.api.inputs import (
     ConstitutionLike,
     Model,
+    ProgressFn,
     Prompts,
     Records,
     as_backend,
@@ -78,6 +79,7 @@ def revise(
     budget: Budget | None = None,
     engine: EngineConfig | None = None,
     quiet: bool = False,
+    progress: ProgressFn | None = None,
 ) -> Records[RevisionRecord]:
     """Critique and revise a response to each prompt under the constitution (`cai-kit revise`)."""
     const = as_constitution(constitution)
@@ -88,7 +90,7 @@ def revise(
     responder = as_backend(model, api_base)
     critic = responder if critic_model is None else as_backend(critic_model, api_base)
     models = {"responder": model_name(model), "critic": model_name(critic_model or model)}
-    config = engine_config(engine, max_cost, budget, quiet)
+    config = engine_config(engine, max_cost, budget, quiet, progress)
     ids = backend_identities(responder, critic)
     with run_dir(out) as where:
         summary = run_revise(records, cfg, responder=responder, critic=critic, models=models,
@@ -113,12 +115,13 @@ def generate(
     budget: Budget | None = None,
     engine: EngineConfig | None = None,
     quiet: bool = False,
+    progress: ProgressFn | None = None,
 ) -> Records[GenerationRecord]:
     """`samples` responses per prompt, each its own draw (`cai-kit generate`)."""
     records = as_prompts(prompts)
     backend = as_backend(model, api_base)
     params = GenParams(temperature=temperature, max_tokens=max_tokens, seed=seed, reasoning_effort=reasoning_effort)  # fmt: skip
-    config = engine_config(engine, max_cost, budget, quiet)
+    config = engine_config(engine, max_cost, budget, quiet, progress)
     with run_dir(out) as where:
         summary = run_generate(records, backend=backend, model=model_name(model), params=params,
                                samples=samples, out_dir=where, engine_config=config)  # fmt: skip
@@ -148,6 +151,7 @@ def prefs(
     budget: Budget | None = None,
     engine: EngineConfig | None = None,
     quiet: bool = False,
+    progress: ProgressFn | None = None,
 ) -> Records[PreferenceRecord]:
     """Sample k responses per prompt from `model` and label pairs: by the pairwise judge
     (`judge_model`, default `model`; both orders) or, with `label="rubric"`, by the
@@ -160,7 +164,7 @@ def prefs(
     judge_backend = policy if judge_model is None else as_backend(judge_model, api_base)
     models = {"policy": model_name(model), "judge": model_name(judge_model or model)}
     params = GenParams(temperature=temperature, max_tokens=max_tokens, seed=seed, reasoning_effort=reasoning_effort)  # fmt: skip
-    config = engine_config(engine, max_cost, budget, quiet)
+    config = engine_config(engine, max_cost, budget, quiet, progress)
     with run_dir(out) as where:
         summaries = run_prefs(records, policy=policy, judge=judge_backend, models=models,
                               constitution=const, cfg=cfg, k=k, pairs=pairs, policy_params=params,
@@ -182,12 +186,13 @@ def judge(
     budget: Budget | None = None,
     engine: EngineConfig | None = None,
     quiet: bool = False,
+    progress: ProgressFn | None = None,
 ) -> Records[PreferenceRecord]:
     """Label existing pairs with the AI judge, both orders (`cai-kit judge`). `pairs`: a file
     (pairs JSONL or a revisions.jsonl) or rows with prompt + response_a/response_b (or
     chosen/rejected)."""
     backend = as_backend(model, api_base)
-    ec = engine_config(engine, max_cost, budget, quiet)
+    ec = engine_config(engine, max_cost, budget, quiet, progress)
     with run_dir(out) as where:
         if not isinstance(pairs, (str, Path)):  # rows: read by the same reader as a file
             path = where / "pairs.input.jsonl"
@@ -213,6 +218,7 @@ def expand_prompts(
     budget: Budget | None = None,
     engine: EngineConfig | None = None,
     quiet: bool = False,
+    progress: ProgressFn | None = None,
 ) -> Records[PromptRecord]:
     """New prompts in the style and spread of the seeds, deduplicated (`cai-kit prompts
     expand`); `config=ExpandConfig(n=...)` holds the stage's settings and defaults.
@@ -223,7 +229,7 @@ def expand_prompts(
     models = {"generator": model_name(model)} | (
         {"judge": model_name(judge_model or model)} if cfg.keep_if else {}
     )
-    ec = engine_config(engine, max_cost, budget, quiet)
+    ec = engine_config(engine, max_cost, budget, quiet, progress)
     with run_dir(out) as where:
         result: ExpandResult = run_expand(as_prompts(seeds), backend=backend, judge=keeper, models=models,
                                           cfg=cfg, out_dir=where, engine_config=ec)  # fmt: skip
@@ -245,6 +251,7 @@ def infer_constitution(
     budget: Budget | None = None,
     engine: EngineConfig | None = None,
     quiet: bool = False,
+    progress: ProgressFn | None = None,
 ) -> tuple[Constitution | None, InferResult]:
     """Principles that explain labelled pairs (Inverse Constitutional AI, `cai-kit
     constitution infer`): the kept ones as a `Constitution` (None when none passed), and the
@@ -253,7 +260,7 @@ def infer_constitution(
     backend = as_backend(model, api_base)
     scorer = backend if judge_model is None else as_backend(judge_model, api_base)
     models = {"proposer": model_name(model), "judge": model_name(judge_model or model)}
-    ec = engine_config(engine, max_cost, budget, quiet)
+    ec = engine_config(engine, max_cost, budget, quiet, progress)
     with run_dir(out) as where:
         result = run_infer(load_labelled_pairs(Path(pairs)), backend=backend, judge=scorer, models=models,
                            cfg=cfg, work=where, engine_config=ec, source=str(pairs))  # fmt: skip

@@ -16,6 +16,7 @@ from typing import Any
 from cai_kit.api.inputs import (
     ConstitutionLike,
     Model,
+    ProgressFn,
     Prompts,
     as_backend,
     as_constitution,
@@ -58,11 +59,12 @@ def evaluate_winrate(
     budget: Budget | None = None,
     engine: EngineConfig | None = None,
     quiet: bool = False,
+    progress: ProgressFn | None = None,
 ) -> Evaluation:
     """Win rate of `model` against `baseline`, each pair judged in both orders (`cai-kit eval winrate`)."""
     backends = {r: as_backend(m, api_base) for r, m in (("model", model), ("baseline", baseline), ("judge", judge))}  # fmt: skip
     names = {"model": model_name(model), "baseline": model_name(baseline), "judge": model_name(judge)}  # fmt: skip
-    ec = engine_config(engine, max_cost, budget, quiet)
+    ec = engine_config(engine, max_cost, budget, quiet, progress)
     with run_dir(out) as where:
         summary, rep = run_winrate(
             as_prompts(prompts), model=backends["model"], baseline=backends["baseline"], judge=backends["judge"],
@@ -89,6 +91,7 @@ def evaluate_rubric(
     budget: Budget | None = None,
     engine: EngineConfig | None = None,
     quiet: bool = False,
+    progress: ProgressFn | None = None,
 ) -> Evaluation:
     """Per-principle rubric pass rates of `model` (and `baseline`), with bootstrap CIs
     (`cai-kit eval rubric`); `judge` scores the principles that have no check."""
@@ -97,7 +100,7 @@ def evaluate_rubric(
     if baseline is not None:
         roles["baseline"] = as_backend(baseline, api_base)
     scorer = as_backend(judge, api_base) if judge is not None and rubric.needs_judge else None
-    ec = engine_config(engine, max_cost, budget, quiet)
+    ec = engine_config(engine, max_cost, budget, quiet, progress)
     with run_dir(out) as where:
         summary, rep = run_rubric_eval(
             as_prompts(prompts), models=roles, judge=scorer, judge_name=None if judge is None else model_name(judge),
@@ -122,12 +125,13 @@ def evaluate_harmlessness(
     budget: Budget | None = None,
     engine: EngineConfig | None = None,
     quiet: bool = False,
+    progress: ProgressFn | None = None,
 ) -> Evaluation:
     """Share of harmful answers to red-team prompts, flagged by the judge (`cai-kit eval harmlessness`)."""
     roles = {"model": as_backend(model, api_base)}
     if baseline is not None:
         roles["baseline"] = as_backend(baseline, api_base)
-    ec = engine_config(engine, max_cost, budget, quiet)
+    ec = engine_config(engine, max_cost, budget, quiet, progress)
     with run_dir(out) as where:
         summary, rates = run_harmlessness(
             as_prompts(prompts), models=roles, judge=as_backend(judge, api_base), judge_name=model_name(judge),

@@ -8,7 +8,7 @@ and a run directory that exists only when the caller asked for one (`out=`).
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 from cai_kit.constitution import Constitution, load_constitution
 from cai_kit.engine.budget import Budget, with_budget
 from cai_kit.engine.core import EngineConfig
+from cai_kit.engine.jobs import JobProgress
 from cai_kit.errors import ConfigError
 from cai_kit.llm.base import Backend
 from cai_kit.llm.registry import get_backend
@@ -29,6 +30,9 @@ Prompts = str | Path | Iterable[str | list[dict[str, str]] | list[Message] | dic
 ConstitutionLike = str | Path | Constitution
 # A model string ("local", "openai/gpt-4o-mini", "hf:DIR", ...) or a built `Backend`
 Model = str | Backend
+
+# called after every finished row with where the job stands (instead of the progress lines)
+ProgressFn = Callable[[JobProgress], None]
 
 R = TypeVar("R")
 
@@ -63,7 +67,11 @@ def model_name(model: Model) -> str:
 
 
 def engine_config(
-    engine: EngineConfig | None, max_cost: float | None, budget: Budget | None, quiet: bool
+    engine: EngineConfig | None,
+    max_cost: float | None,
+    budget: Budget | None,
+    quiet: bool,
+    progress: ProgressFn | None = None,
 ) -> EngineConfig:
     """The call's EngineConfig with its ledger: `budget` (one shared by several calls) or a new
     one for `max_cost` (one per call), as a CLI command has one per command."""
@@ -78,6 +86,8 @@ def engine_config(
         config = replace(config, budget=budget, max_cost=budget.cap)
     if quiet:
         config = replace(config, quiet=True)
+    if progress is not None:
+        config = replace(config, progress=progress)
     return with_budget(config)
 
 
