@@ -119,10 +119,16 @@ def _run_on_worker(coro: Awaitable[T]) -> T:
         finally:
             finished.set()
 
+    # Under asyncio.run, Ctrl-C does not raise here: asyncio's handler cancels the main task
+    # (the caller), which can't run while this thread waits, so the wait watches for that too.
+    caller = asyncio.current_task()
     threading.Thread(target=target, name="cai-kit-loop", daemon=True).start()
     try:
         while not finished.wait(0.1):  # a wait with a timeout lets KeyboardInterrupt through
-            pass
+            if caller is not None and caller.cancelling():
+                scope.cancel()
+                finished.wait()
+                raise asyncio.CancelledError
     except KeyboardInterrupt:
         scope.cancel()  # the calls in flight are cancelled; written rows stay written
         finished.wait()
@@ -136,13 +142,35 @@ def _run_on_worker(coro: Awaitable[T]) -> T:
 
 
 async def in_worker(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    """Await the sync `fn(*args, **kwargs)` in a worker thread; cancelling this coroutine
-    cancels the loop(s) `fn` runs through `run_sync` and waits for them to unwind."""
+    """Await the sync `fn(*args, **kwargs)` on a thread of its own (no pool: many calls side
+    by side never queue); cancelling this coroutine cancels the loop(s) `fn` runs through
+    `run_sync` and waits for them to unwind before CancelledError goes on."""
     scope = _Scope()
     ctx = contextvars.copy_context()
     ctx.run(_SCOPE.set, scope)
-    call = functools.partial(ctx.run, fn, *args, **kwargs)
-    future = asyncio.get_running_loop().run_in_executor(None, call)
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(value: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+    def target() -> None:
+        value, error = None, None
+        try:
+            value = ctx.run(fn, *args, **kwargs)
+        except BaseException as exc:  # handed to the awaiting task
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nobody waits
+            loop.call_soon_threadsafe(settle, value, error)
+
+    threading.Thread(
+        target=target, name=f"cai-kit-{getattr(fn, '__name__', 'call')}", daemon=True
+    ).start()
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
