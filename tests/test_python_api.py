@@ -252,3 +252,33 @@ def test_progress_goes_to_a_callback_and_notes_to_the_cai_kit_logger(
     assert any("no price is known for m" in n for n in notes)  # the unknown-price note
     err = capfd.readouterr().err
     assert "Note: no price is known for m" in err and "generate: " not in err  # no progress line
+
+
+@pytest.mark.parametrize(
+    ("command", "function"),
+    [("cai_kit.cli.revise:revise", "revise"), ("cai_kit.cli.judge:prefs", "prefs"),
+     ("cai_kit.cli.jobs:generate", "generate")],
+)  # fmt: skip
+def test_the_cli_and_the_python_api_share_their_defaults(command: str, function: str) -> None:
+    """Defaults are defined once, in the library; the CLI's options read them."""
+    import importlib
+    import inspect
+
+    module, name = command.split(":")
+    cli = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    api = inspect.signature(getattr(cai_kit, function)).parameters
+    shared = {
+        "rounds",
+        "principles",
+        "temperature",
+        "max_tokens",
+        "seed",
+        "k",
+        "pairs",
+        "label",
+        "samples",
+    }
+    compared = [p for p in shared if p in cli and p in api]
+    assert len(compared) >= 4
+    for p in compared:
+        assert cli[p].default == api[p].default, p

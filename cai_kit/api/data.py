@@ -39,7 +39,7 @@ from cai_kit.llm.base import GenParams
 from cai_kit.prompts import load_prompts
 from cai_kit.records import GenerationRecord, PreferenceRecord, PromptRecord, RevisionRecord
 from cai_kit.stages.expand import ExpandConfig, ExpandResult, run_expand
-from cai_kit.stages.generate import run_generate
+from cai_kit.stages.generate import GENERATE_DEFAULTS, run_generate
 from cai_kit.stages.infer import (
     InferConfig,
     InferResult,
@@ -105,10 +105,10 @@ def generate(
     *,
     model: Model = "local",
     api_base: str | None = None,
-    samples: int = 1,
-    temperature: float = 0.7,
-    max_tokens: int = 256,
-    seed: int = 0,
+    samples: int = GENERATE_DEFAULTS.samples,
+    temperature: float = GENERATE_DEFAULTS.temperature,
+    max_tokens: int = GENERATE_DEFAULTS.max_tokens,
+    seed: int = GENERATE_DEFAULTS.seed,
     reasoning_effort: str | None = None,
     out: str | Path | None = None,
     max_cost: float | None = None,
