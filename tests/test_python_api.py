@@ -282,3 +282,12 @@ def test_the_cli_and_the_python_api_share_their_defaults(command: str, function:
     assert len(compared) >= 4
     for p in compared:
         assert cli[p].default == api[p].default, p
+
+
+def test_reaching_the_api_pulls_in_no_heavy_library() -> None:
+    import subprocess
+    import sys
+
+    code = "import cai_kit, sys; cai_kit.revise; cai_kit.aprefs; cai_kit.evaluate_rubric; print(' '.join(sys.modules))"
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())  # fmt: skip
+    assert not loaded & {"torch", "transformers", "trl", "litellm", "peft", "llama_cpp", "datasets"}
