@@ -34,6 +34,7 @@ from cai_kit.api.inputs import (
 from cai_kit.constitution import Constitution
 from cai_kit.engine.budget import Budget
 from cai_kit.engine.core import EngineConfig
+from cai_kit.errors import ConfigError
 from cai_kit.io import latest_by_id
 from cai_kit.llm.base import GenParams
 from cai_kit.prompts import load_prompts
@@ -156,6 +157,8 @@ def prefs(
     """Sample k responses per prompt from `model` and label pairs: by the pairwise judge
     (`judge_model`, default `model`; both orders) or, with `label="rubric"`, by the
     constitution's rubric scores (`cai-kit prefs`). `.summary` is (sampling, judging)."""
+    if rubric_combine is not None and label != "rubric":
+        raise ConfigError("rubric_combine applies to label='rubric' only.")
     const = as_constitution(constitution)
     cfg = judge or JudgeConfig(seed=seed)
     rubric = Rubric(const, rubric_combine, seed=seed) if label == "rubric" else None
