@@ -220,6 +220,41 @@ def test_ctrl_c_under_asyncio_run_cancels_the_worker_loop_too() -> None:
     assert cleaned.is_set() and time.monotonic() - t0 < 5
 
 
+def test_a_loop_thread_keeps_one_loop_for_many_calls_and_cancels_on_ctrl_c() -> None:
+    """`LoopThread`: the bridge for an object that needs one loop for its life (a judge
+    client's sessions), inside a running loop as outside one."""
+    from cai_kit.engine.loop import LoopThread
+
+    cleaned = threading.Event()
+
+    async def which_loop() -> int:
+        return id(asyncio.get_running_loop())
+
+    async def long() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            cleaned.set()
+
+    async def cell(lt: LoopThread) -> tuple[int, int]:
+        return lt.run(which_loop()), lt.run(which_loop())  # sync calls inside a running loop
+
+    with LoopThread() as lt:
+        outer = asyncio.new_event_loop()
+        try:
+            first, second = outer.run_until_complete(cell(lt))
+        finally:
+            outer.close()
+        assert first == second == lt.run(which_loop())
+        threading.Timer(0.3, _thread.interrupt_main).start()
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            lt.run(long())
+        assert cleaned.is_set() and time.monotonic() - t0 < 5
+        assert lt.run(which_loop()) == first  # still usable after an interrupted call
+    assert lt.loop.is_closed()
+
+
 def test_import_cai_kit_exposes_the_api_and_train_lazily() -> None:
     for name in ("revise", "arevise", "prefs", "aprefs", "judge", "expand_prompts", "infer_constitution",
                  "evaluate_winrate", "evaluate_rubric", "evaluate_harmlessness", "Budget", "train"):  # fmt: skip

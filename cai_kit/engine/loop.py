@@ -17,8 +17,15 @@ job's manifest says "stopped"), then raises KeyboardInterrupt.
 cancelling the awaiting task cancels the calls in flight on that thread's loop. The `a*`
 variants of the public API (`cai_kit.arevise`, ...) are built on it.
 
+`LoopThread` is for an object that makes many calls over one loop (a judge client whose HTTP
+sessions must outlive each call, as `asyncio.Runner` gave them): one loop on a thread of its
+own for the object's life, `run(coro)` from sync code anywhere (a notebook too), Ctrl-C
+cancelling the call in flight, `close()` once.
+
     summary = run_sync(job())                           # anywhere, in or out of a loop
     records = await in_worker(revise, prompts, "harmless")
+    with LoopThread() as loop:                          # one loop for many calls
+        scores = [loop.run(score(batch)) for batch in batches]
 """
 
 from __future__ import annotations
@@ -178,6 +185,63 @@ async def in_worker(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         with contextlib.suppress(BaseException):  # the cancellation asked for, or its error
             await future
         raise
+
+
+class LoopThread:
+    """One event loop on a thread of its own, for many `run` calls (see the module docstring).
+    Works the same in a script, the CLI or a notebook, since the loop never runs in the
+    caller's thread."""
+
+    def __init__(self, name: str = "cai-kit-loop") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the loop and wait for it; KeyboardInterrupt (or, under asyncio.run,
+        the caller's task cancelled) cancels it there, waits for it to unwind, and goes on."""
+        ended = threading.Event()
+
+        async def watched() -> T:
+            try:
+                return await coro
+            finally:
+                ended.set()
+
+        future = asyncio.run_coroutine_threadsafe(watched(), self.loop)
+        caller = asyncio.current_task() if running_loop() is not None else None
+        try:
+            while True:
+                try:
+                    return future.result(timeout=0.1)
+                except TimeoutError:
+                    if caller is not None and caller.cancelling():
+                        raise asyncio.CancelledError from None
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            future.cancel()  # cancels the task on the loop
+            ended.wait()  # until it has unwound (its finally blocks ran)
+            raise
+
+    def close(self) -> None:
+        """Stop the loop after its pending callbacks and close it (idempotent)."""
+        if self.loop.is_closed():
+            return
+
+        async def shutdown() -> None:
+            await self.loop.shutdown_asyncgens()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(timeout=5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+    def __enter__(self) -> LoopThread:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def coroutine_of(fn: Callable[..., T]) -> Callable[..., Coroutine[Any, Any, T]]:
