@@ -1,7 +1,12 @@
 """cai-kit: Constitutional AI and RLAIF, from a YAML constitution to a trained model.
 
 Importing `cai_kit` is light: it never imports torch, transformers, trl or litellm. The
-public names below are loaded on first use.
+public names below are loaded on first use (PEP 562). The stages and evaluators are functions
+of plain Python values (`cai_kit.api`, docs/python.md), each with an `a`-prefixed coroutine
+variant; the trainers are `cai_kit.train`:
+
+    import cai_kit
+    rows = cai_kit.revise(["How do I pick a lock?"], "harmless", model="local", max_tokens=32)
 """
 
 from __future__ import annotations
@@ -32,7 +37,18 @@ _LAZY: dict[str, str] = {
     "register": "cai_kit.llm.registry",
     "BackendSpec": "cai_kit.llm.registry",
     "CaiKitError": "cai_kit.errors",
+    "Budget": "cai_kit.engine.budget",
+    "EngineConfig": "cai_kit.engine.core",
+    "JudgeConfig": "cai_kit.judges.pairwise",
+    "Records": "cai_kit.api.inputs",
+    "Evaluation": "cai_kit.api.evals",
 }
+# the stages and evaluators (cai_kit.api), and their coroutine variants
+_API = (
+    "revise", "generate", "prefs", "judge", "expand_prompts", "infer_constitution",
+    "evaluate_winrate", "evaluate_rubric", "evaluate_harmlessness",
+)  # fmt: skip
+_LAZY |= {name: "cai_kit.api" for name in _API} | {f"a{name}": "cai_kit.api" for name in _API}
 
 # public name -> module, loaded on first use: `cai_kit.rewards.rubric(...)`, `cai_kit.train.ppo(...)`
 _MODULES: dict[str, str] = {"rewards": "cai_kit.train.sources", "train": "cai_kit.train"}

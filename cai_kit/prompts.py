@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -164,12 +164,40 @@ def load_prompts(
     limit: int | None = None,
 ) -> PromptSet:
     """Read a prompt file; see the module docstring for formats and rules."""
-    out = PromptSet()
-    first_seen: dict[str, str] = {}
     if str(spec).startswith("hf:") and column is None:
         parts = str(spec).split(":")
         column = parts[3] if len(parts) > 3 and parts[3] else None
-    for where, row in _checked_rows(str(spec), column, split):
+    rows = _checked_rows(str(spec), column, split)
+    return _collect(rows, str(spec), column, on_bad_row, max_prompt_chars, limit)
+
+
+def prompts_from(
+    items: Iterable[Any], *, on_bad_row: OnBadRow = "fail", limit: int | None = None
+) -> PromptSet:
+    """Prompts given in Python: strings, message lists ([{role, content}, ...] ending in a user
+    turn), rows as a file would hold them ({"prompt": ...} or {"messages": ...}), or
+    `PromptRecord`s; the same checks and ids as `load_prompts` (item N is "item N")."""
+
+    def row(x: Any) -> Any:
+        if isinstance(x, PromptRecord):
+            return {
+                **x.metadata,
+                "messages": [m.model_dump() for m in x.messages],
+                "response": x.response,
+            }
+        return {"messages": x} if isinstance(x, list) else x
+
+    rows = ((f"item {i}", row(x)) for i, x in enumerate(items))
+    return _collect(rows, "the prompts given", None, on_bad_row, None, limit)
+
+
+def _collect(
+    rows: Iterable[tuple[str, Any]], spec: str, column: str | None, on_bad_row: OnBadRow,
+    max_prompt_chars: int | None, limit: int | None,
+) -> PromptSet:  # fmt: skip
+    out = PromptSet()
+    first_seen: dict[str, str] = {}
+    for where, row in rows:
         try:
             if isinstance(row, Exception):
                 raise ValueError(str(row))

@@ -7,6 +7,10 @@ join commands). Of those, `cai-kit ...` and `python -m cai_kit ...` are cai-kit 
 test runs them. Others (`pip`, `pytest`, `jq`, `vllm serve`) are not run, except that a
 launcher (`torchrun`, `accelerate launch`) running `-m cai_kit` needs the block to be marked.
 
+A ```python block is a script: the test runs each one (`python -c`, in the same fresh directory
+as the commands, in order; `server`: hosted providers go to the scripted server) and compiles
+the skipped ones.
+
 An HTML comment on the line before the block says how the test treats it (no comment: run):
 
     <!-- docs-test: skip (needs GPUs) -->   not run; every cai-kit command is still parsed
@@ -57,6 +61,7 @@ class Block:
     mode: str = "run"
     reason: str = ""
     commands: list[Command] = field(default_factory=list)
+    code: str = ""  # a python block's source
 
     @property
     def where(self) -> str:
@@ -158,6 +163,8 @@ def parse_blocks(rel: str) -> list[Block]:
             raise MarkerError(f"{block.where}: malformed docs-test marker: {prev.strip()}")
         if lang in COMMAND_LANGS:
             block.commands = _commands(lang, body)
+        elif lang == "python":
+            block.code = "\n".join(text for _, text in body) + "\n"
         blocks.append(block)
     return blocks
 

@@ -3,6 +3,9 @@
 How a block is read and marked: tests/docs_blocks.py. Two tests per doc file:
 - `test_commands_parse` (fast): every cai-kit command of every block, marked skip or not,
   parses against the real CLI (subcommands, flags, their types, required options).
+- `test_python_blocks_compile` (fast) and `test_python_blocks_run` (slow): every ```python
+  block compiles, and each one not marked skip runs as a script (`python -c`) in a fresh
+  directory, exiting 0.
 - `test_blocks_run` (slow): the file's blocks, in order, in one fresh directory (with the
   repo's `examples/` and a `prompts.jsonl` placeholder), each cai-kit command as a
   `python -m cai_kit` subprocess with no API key in its environment, shortened
@@ -199,6 +202,42 @@ def test_blocks_run(doc: str, tmp_path: Path, request: pytest.FixtureRequest) ->
             continue
         for c in block.cai_kit:
             print(_run(block, c, work, env, base_url))
+
+
+def _python_blocks(doc: str) -> list[Block]:
+    return [b for b in parse_blocks(doc) if b.lang == "python"]
+
+
+@pytest.mark.parametrize("doc", DOC_FILES)
+def test_python_blocks_compile(doc: str) -> None:
+    for block in _python_blocks(doc):
+        compile(block.code, block.where, "exec")  # a SyntaxError names the file and line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("doc", [d for d in DOC_FILES if any(b.mode != "skip" for b in _python_blocks(d))])  # fmt: skip
+def test_python_blocks_run(doc: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    blocks = [b for b in _python_blocks(doc) if b.mode != "skip"]
+    base_url = None
+    if any(b.mode == "server" for b in blocks):
+        server = request.getfixturevalue("fault_server")
+        server.responder = _judge_like
+        base_url = server.base_url
+    work, env = _workdir(tmp_path), _env(tmp_path)
+    for block in blocks:
+        run_env = _server_env(env, base_url) if block.mode == "server" and base_url else env
+        proc = subprocess.run(
+            [sys.executable, "-c", block.code], cwd=work, env=run_env, capture_output=True,
+            text=True, timeout=1800,
+        )  # fmt: skip
+        out = (proc.stdout + proc.stderr)[-3000:]
+        assert proc.returncode == 0, (
+            f"{block.where}: the python block exited {proc.returncode}:\n{out}"
+        )
+        print(
+            f"{block.where} [{block.mode}] python: exit 0"
+            + "".join(f"\n    {x}" for x in out.splitlines()[-6:])
+        )
 
 
 def _yaml_blocks(doc: str) -> list[tuple[int, str]]:

@@ -23,6 +23,7 @@ from cai_kit.cli.common import (
     job_flags,
     keys_needed,
 )
+from cai_kit.stages.generate import GENERATE_DEFAULTS as G
 
 
 def retry_failed(
@@ -78,12 +79,12 @@ def generate(
     api_base: ApiBaseOpt = None,
     samples: Annotated[
         int, typer.Option("--samples", "-k", min=1, help="Responses per prompt.")
-    ] = 1,
+    ] = G.samples,
     limit: LimitOpt = None,
     on_bad_row: Annotated[str, typer.Option("--on-bad-row", help="fail | skip.")] = "fail",
-    temperature: TemperatureOpt = 0.7,
-    max_tokens: MaxTokensOpt = 256,
-    seed: SeedOpt = 0,
+    temperature: TemperatureOpt = G.temperature,
+    max_tokens: MaxTokensOpt = G.max_tokens,
+    seed: SeedOpt = G.seed,
     shard: ShardOpt = None,
     **flags: Any,
 ) -> None:

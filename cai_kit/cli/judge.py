@@ -28,6 +28,7 @@ from cai_kit.cli.common import (
     replay_argv,
 )
 from cai_kit.cli.reward_flags import RubricCombine
+from cai_kit.stages.prefs import PREFS_DEFAULTS as P
 
 JudgeModel = Annotated[
     str, typer.Option("--judge-model", "-j", help="The judge model string (default: local).")
@@ -78,19 +79,19 @@ def prefs(
     api_base: ApiBaseOpt = None,
     judge_api_base: JudgeApiBase = None,
     constitution: Constitution = "harmless",
-    k: Annotated[int, typer.Option("--k", min=2, max=8, help="Responses sampled per prompt (2..8).")] = 2,
-    pairs: Annotated[str, typer.Option("--pairs", help="best-worst | all | random:N (N >= 1).")] = "best-worst",
+    k: Annotated[int, typer.Option("--k", min=2, max=8, help="Responses sampled per prompt (2..8).")] = P.k,
+    pairs: Annotated[str, typer.Option("--pairs", help="best-worst | all | random:N (N >= 1).")] = P.pairs,
     mode: Mode = "logprobs",
     samples: Samples = 5,
     principles: Principles = "one",
     tie_margin: TieMargin = 0.05,
-    label: Annotated[str, typer.Option("--label", help="pairwise: the judge compares each pair in both orders | rubric: each response scored once by the constitution's rubric, pairs labelled by the score difference (docs/rewards.md).")] = "pairwise",
+    label: Annotated[str, typer.Option("--label", help="pairwise: the judge compares each pair in both orders | rubric: each response scored once by the constitution's rubric, pairs labelled by the score difference (docs/rewards.md).")] = P.label,
     rubric_combine: RubricCombine = None,
     limit: LimitOpt = None,
     on_bad_row: Annotated[str, typer.Option("--on-bad-row", help="fail | skip.")] = "fail",
-    temperature: TemperatureOpt = 0.9,
-    max_tokens: MaxTokensOpt = 256,
-    seed: SeedOpt = 0,
+    temperature: TemperatureOpt = P.temperature,
+    max_tokens: MaxTokensOpt = P.max_tokens,
+    seed: SeedOpt = P.seed,
     shard: ShardOpt = None,
     **flags: Any,
 ) -> None:  # fmt: skip

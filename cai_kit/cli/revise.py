@@ -26,6 +26,7 @@ from cai_kit.cli.common import (
     parse_shard,
     replay_argv,
 )
+from cai_kit.stages.revise import REVISE_DEFAULTS as D
 
 
 @job_flags(without=NO_SEPARATE_JUDGE)
@@ -58,13 +59,13 @@ def revise(
     ] = None,
     rounds: Annotated[
         int, typer.Option("--rounds", "-r", min=0, help="Critique→revision rounds per prompt.")
-    ] = 1,
+    ] = D.rounds,
     principles: Annotated[
         str,
         typer.Option(
             "--principles", help="random (one per round, as in the CAI paper) | sequence | all."
         ),
-    ] = "random",
+    ] = D.principles,
     early_stop: Annotated[
         bool,
         typer.Option(
@@ -90,18 +91,17 @@ def revise(
         int | None,
         typer.Option("--max-prompt-chars", help="Skip (and report) prompts longer than this."),
     ] = None,
-    temperature: TemperatureOpt = 0.7,
-    max_tokens: MaxTokensOpt = 256,
-    seed: SeedOpt = 0,
+    temperature: TemperatureOpt = D.temperature,
+    max_tokens: MaxTokensOpt = D.max_tokens,
+    seed: SeedOpt = D.seed,
     shard: ShardOpt = None,
     **flags: Any,
 ) -> None:
     """Critique and revise responses to each prompt under a constitution (SFT data)."""
     from cai_kit.cli.common import fail
     from cai_kit.constitution import load_constitution
-    from cai_kit.llm.base import GenParams
     from cai_kit.prompts import load_prompts
-    from cai_kit.stages.revise import ReviseConfig, check_mode, run_revise
+    from cai_kit.stages.revise import check_mode, revise_config, run_revise
 
     check_mode(principles)  # the config's own check, before any model is loaded
     if on_bad_row not in ("fail", "skip"):
@@ -120,26 +120,9 @@ def revise(
     )
     for backend in {id(b): b for b in (responder, critic)}.values():
         check_reasoning(backend, flags, temperature=temperature)
-    effort = flags["reasoning_effort"]  # in the params: the record ids follow it
-    cfg = ReviseConfig(
-        constitution=const,
-        rounds=rounds,
-        mode=principles,  # type: ignore[arg-type]
-        seed=seed,
-        # critique and revision: min(t, 0.3), a stage default that a reasoning model which
-        # refuses temperature is simply not sent
-        response_params=GenParams(
-            temperature=temperature, max_tokens=max_tokens, reasoning_effort=effort
-        ),
-        critique_params=GenParams(
-            temperature=min(temperature, 0.3), max_tokens=max_tokens, reasoning_effort=effort
-        ),
-        revision_params=GenParams(
-            temperature=min(temperature, 0.3), max_tokens=max_tokens, reasoning_effort=effort
-        ),
-        early_stop=early_stop,
-        few_shot=not no_few_shot,
-    )
+    cfg = revise_config(const, rounds=rounds, principles=principles, temperature=temperature,
+                        max_tokens=max_tokens, seed=seed, reasoning_effort=flags["reasoning_effort"],
+                        early_stop=early_stop, few_shot=not no_few_shot)  # fmt: skip
     summary = run_revise(
         pset.records, cfg,
         responder=responder, critic=critic,

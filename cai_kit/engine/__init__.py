@@ -14,6 +14,8 @@
 - `spend.py`           what a run spent, said truthfully: "$X" or "cost unknown", never a silent $0
 - `cost_preview.py`    --dry-run: the calls a job would make and what they would cost
 - `gather.py`          asyncio helpers for calls that run side by side
+- `loop.py`            `run_sync`: sync code runs a coroutine, in or out of a running event
+                       loop (a notebook); `in_worker`: the async side (the a* API variants)
 
 May import `cai_kit.llm` and the ground (`records`, `io`, `errors`, `paths`, ...), never a
 stage, trainer, evaluator, the pipeline or the CLI; never torch, transformers, trl or peft.

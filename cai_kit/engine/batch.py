@@ -43,7 +43,6 @@ import contextvars
 import hashlib
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -58,6 +57,7 @@ from cai_kit.engine.core import Engine
 from cai_kit.engine.pricing import batch_factor, price_for_backend, prompt_tokens_upper
 from cai_kit.errors import BackendError, BudgetExceeded, CaiKitError, redact
 from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams
+from cai_kit.notices import say
 
 _ITEM: contextvars.ContextVar[object | None] = contextvars.ContextVar(
     "cai_batch_item", default=None
@@ -154,12 +154,11 @@ class BatchCollector:
             if client is not None:
                 client.price = price_for_backend(backend, self.engine.config.price)
                 if self.engine.config.price is not None and batch_factor(backend) is None:
-                    print(f"--batch-api: no batch discount is known for {backend.model} at "
-                          "its --api-base; its batches are counted at the full --price.",
-                          file=sys.stderr)  # fmt: skip
+                    say(f"--batch-api: no batch discount is known for {backend.model} at "
+                          "its --api-base; its batches are counted at the full --price.")  # fmt: skip
             else:
-                print(f"--batch-api: {backend.model} ({backend.kind}) has no Batch API; its "
-                      "calls run synchronously.", file=sys.stderr)  # fmt: skip
+                say(f"--batch-api: {backend.model} ({backend.kind}) has no Batch API; its "
+                      "calls run synchronously.")  # fmt: skip
         return self._clients[ident]
 
     def accepts(self, backend: Backend, key: str) -> bool:
@@ -348,9 +347,8 @@ class BatchCollector:
         self._progress = {w.tag: (0, w.requests) for w in sent}
         if not self.engine.config.quiet:
             n = sum(w.requests for w in sent)
-            print(f"--batch-api: wave {self.waves}: {len(sent)} batch(es)"
-                  + (f", {n} requests" if n else "") + "; waiting for the provider.",
-                  file=sys.stderr)  # fmt: skip
+            say(f"--batch-api: wave {self.waves}: {len(sent)} batch(es)"
+                  + (f", {n} requests" if n else "") + "; waiting for the provider.")  # fmt: skip
         await asyncio.gather(*(w.task for w in sent if w.task is not None))
         return True
 
@@ -369,12 +367,12 @@ class BatchCollector:
         if wave.task is None:  # the first row to meet it: wait for it in this wave
             wave.client = client
             if not self.engine.config.quiet or self.collect_only:
-                print(f"--batch-api: {len(wave.keys)} call(s) of this job are in batch "
+                say(f"--batch-api: {len(wave.keys)} call(s) of this job are in batch "
                       f"{wave.batch_id or '(being looked up: wave ' + wave.tag + ')'}, sent by an "
                       "earlier run and still open: waiting for it instead of sending them again "
                       f"(until {_deadline_words(self._deadline_s())} after it was sent; "
                       "--batch-deadline sets another; cancelling it at the provider ends it "
-                      "sooner).", file=sys.stderr)  # fmt: skip
+                      "sooner).")  # fmt: skip
             wave.task = self._spawn(wave, self._find_and_wait(wave))
             self._sent.append(wave)
 
@@ -554,9 +552,9 @@ class BatchCollector:
             self.cache.put_stream(answers())
             spool.unlink(missing_ok=True)
         if repeated or unknown:
-            print(f"--batch-api: batch {wave.batch_id or wave.tag}: dropped {repeated + unknown} "
+            say(f"--batch-api: batch {wave.batch_id or wave.tag}: dropped {repeated + unknown} "
                   f"answer line(s) ({repeated} repeated, {unknown} never sent); they are not "
-                  "counted, billed or cached.", file=sys.stderr)  # fmt: skip
+                  "counted, billed or cached.")  # fmt: skip
         self._answered.update(hash(k) for k in seen if k not in self._failed)
         missing = 0
         for key in sent:
@@ -572,10 +570,9 @@ class BatchCollector:
             if final:  # the command that works: a provider without a Batch API fails each re-run
                 retry = f"cai-kit retry-failed {self.dir.parent.absolute()}"
                 retry += " --sync" if NO_BATCH_API in why else ""
-                print(f"--batch-api: {why} `{retry}` sends the unanswered calls again.",
-                      file=sys.stderr)  # fmt: skip
+                say(f"--batch-api: {why} `{retry}` sends the unanswered calls again.")  # fmt: skip
             else:
-                print(f"--batch-api: {why}", file=sys.stderr)
+                say(f"--batch-api: {why}")
         if final:  # the provider can no longer bill it: its worst case is let go
             self._release(wave)
         self._forget_open(wave)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext, suppress
@@ -43,6 +42,7 @@ from cai_kit.engine.pricing import (
 from cai_kit.errors import BackendError, BudgetExceeded, RetryableError
 from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams
 from cai_kit.llm.reasoning import LOWEST, effort_timeout, fit_params
+from cai_kit.notices import note
 
 
 def fit_call(config: EngineConfig, backend: Backend, params: GenParams) -> GenParams:
@@ -107,6 +107,9 @@ class EngineConfig:
     # the command's one --max-cost ledger, shared by all its jobs (`budget.with_budget`);
     # None: each Engine starts its own for max_cost
     budget: Budget | None = None
+    # called after every finished row with a `jobs.JobProgress` (the Python API's progress=);
+    # when set, the job draws no progress of its own (no bar, no plain lines)
+    progress: Callable[[Any], None] | None = None
 
 
 @dataclass
@@ -336,7 +339,7 @@ class Engine:
 
     def _notice(self, text: str) -> None:
         self.notices.append(text)
-        print(f"Note: {text}", file=sys.stderr)
+        note(text)  # the `cai_kit` logger (cai_kit.notices)
 
     def _budget(self, backend: Backend) -> _Budget:
         if id(backend) not in self._budgets:

@@ -29,9 +29,11 @@ from cai_kit.engine.base import CallFailed, Deferred
 from cai_kit.engine.batch_providers import NO_BATCH_API
 from cai_kit.engine.budget import Budget, with_budget
 from cai_kit.engine.core import Engine, EngineConfig, fit_call
+from cai_kit.engine.loop import run_sync
 from cai_kit.engine.spend import spend_text, stats_spend
 from cai_kit.errors import BudgetExceeded, redact
 from cai_kit.llm.base import Backend, GenParams
+from cai_kit.notices import say
 from cai_kit.records import RunManifest, stable_hash
 
 if TYPE_CHECKING:
@@ -70,6 +72,17 @@ class JobSpec:
     # lands in one shard. None: the item id (fine when an item is one whole prompt).
     shard_key: Callable[[Any], str] | None = None
     backends: list[Backend] = field(default_factory=list)  # closed when the job ends
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """Where a job stands, handed to `EngineConfig.progress` after every finished row."""
+
+    job: str
+    done: int
+    failed: int
+    total: int  # rows this run has to do (those already done before are not counted)
+    stats: dict[str, Any]  # calls, tokens, cost so far (`EngineStats.as_dict`)
 
 
 @dataclass
@@ -171,19 +184,6 @@ def _write_manifest(spec: JobSpec, summary: JobSummary, started: str, status: st
     tmp.replace(spec.run_dir / "manifest.json")
 
 
-def run_async(coro: Awaitable[Any]) -> Any:
-    """`asyncio.run`, on uvloop when it is installed (a faster loop and sockets for the same
-    code; CAI_KIT_UVLOOP=0 turns it off)."""
-    if os.environ.get("CAI_KIT_UVLOOP", "1") != "0":
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            return uvloop.run(coro)  # type: ignore[arg-type]
-    return asyncio.run(coro)  # type: ignore[arg-type]
-
-
 def run_job(spec: JobSpec, config: EngineConfig) -> JobSummary:
     """Run the items that are not done yet; see the module docstring. Every job of a command
     spends through the command's one ledger (`config.budget`, `budget.with_budget`): once the
@@ -248,12 +248,12 @@ def run_job(spec: JobSpec, config: EngineConfig) -> JobSummary:
     _write_manifest(spec, summary, started, "running")
     status = "finished"
     try:
-        run_async(_run_items(spec, engine, collector, pending, summary))
+        run_sync(_run_items(spec, engine, collector, pending, summary))  # in a notebook too
         if engine.budget_stop:  # state the spend after the calls in flight were paid too
             summary.stopped = engine.budget_message()
         if summary.stopped:
             status = "stopped"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or an awaiting task cancelled
         summary.stopped = "interrupted (Ctrl-C); finished work is kept"
         status = "stopped"
         raise
@@ -325,7 +325,7 @@ class _PlainProgress:
         return f"{self.name}: {rows} | {self.info.text()} | {elapsed}"
 
     def print(self) -> None:
-        print(self.line(), file=sys.stderr, flush=True)
+        say(self.line())  # the `cai_kit` logger: stderr by default (cai_kit.notices)
 
     async def every(self) -> None:
         while True:
@@ -357,15 +357,22 @@ async def _run_items(
         width = collector.rows_in_flight
     stop = asyncio.Event()
     info = _InfoColumn(engine, collector, summary)
-    live = not engine.config.quiet and sys.stderr.isatty()  # else: plain lines (or none, -q)
+    report = engine.config.progress  # a caller's own display (the Python API's progress=)
+    own = report is None and not engine.config.quiet
+    live = own and sys.stderr.isatty()  # else: plain lines (or none: -q, or a callback)
     progress = Progress(
         TextColumn(f"[bold]{spec.name}[/bold]"), BarColumn(bar_width=20), MofNCompleteColumn(),
         info.column, TimeElapsedColumn(), console=Console(stderr=True),
         disable=not live, transient=False,
     )  # fmt: skip
     task = progress.add_task(spec.name, total=len(pending))
-    advance = (lambda: progress.advance(task)) if live else (lambda: None)
-    plain = None if live or engine.config.quiet else _PlainProgress(spec.name, len(pending), info)
+    plain = _PlainProgress(spec.name, len(pending), info) if own and not live else None
+
+    def advance() -> None:
+        if live:
+            progress.advance(task)
+        if report is not None:
+            report(JobProgress(spec.name, summary.done, summary.failed, len(pending), engine.stats.as_dict()))  # fmt: skip
 
     async def one(item: Any, writer: JsonlWriter, deferred: list[Any]) -> None:
         try:

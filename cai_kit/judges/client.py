@@ -22,12 +22,12 @@ import dataclasses
 import os
 import re
 import sys
-import threading
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 from cai_kit.engine import Engine, EngineConfig
 from cai_kit.engine.budget import Budget
+from cai_kit.engine.loop import LoopThread
 from cai_kit.errors import ConfigError
 from cai_kit.llm.base import Backend
 from cai_kit.llm.registry import get_backend
@@ -84,8 +84,7 @@ class JudgeClient:
         self.engine_config = share_of_the_cap(engine_config or EngineConfig(quiet=True))
         self.engine: Engine | None = None
         self.backend: Backend | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._loop: LoopThread | None = None  # the one sync bridge (engine.loop), made lazily
 
     def run(self, call: Callable[[Engine, Backend | None], Awaitable[T]]) -> T:
         """`await call(engine, backend)` on the client's loop and return its result. An
@@ -98,21 +97,9 @@ class JudgeClient:
                     self.backend = get_backend(self.model, api_base=self.api_base)
             return await call(self.engine, self.backend)
 
-        future = asyncio.run_coroutine_threadsafe(opened(), self._started())
-        try:
-            return future.result()
-        except BaseException:
-            future.cancel()
-            raise
-
-    def _started(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
-            self._loop = asyncio.new_event_loop()
-            self._thread = threading.Thread(
-                target=self._loop.run_forever, name="cai-kit-judge", daemon=True
-            )
-            self._thread.start()
-        return self._loop
+            self._loop = LoopThread(name="cai-kit-judge")
+        return self._loop.run(opened())
 
     def usage(self) -> dict[str, float]:
         """This process's judge calls (answered, paid) and their cost in USD so far."""
@@ -124,8 +111,8 @@ class JudgeClient:
 
     def close(self) -> None:
         """Close the backend and the engine (its cache), then the loop; closing twice is fine."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
+        loop = self._loop
+        if loop is None:
             return
         backend, engine = self.backend, self.engine
 
@@ -136,9 +123,7 @@ class JudgeClient:
                 await engine.aclose()
 
         try:
-            asyncio.run_coroutine_threadsafe(aclose(), loop).result()
+            loop.run(aclose())
         finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join()
             loop.close()
-            self._loop = self._thread = None
+            self._loop = None

@@ -20,10 +20,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
+
+from cai_kit.notices import warn
 
 ALLOW_HTTP_KEY_VAR = "CAI_KIT_ALLOW_HTTP_KEY"
 
@@ -181,7 +182,7 @@ _SAID: set[str] = set()
 def _say_once(base: str, text: str) -> None:
     if base not in _SAID:
         _SAID.add(base)
-        print(f"Warning: {text}", file=sys.stderr)
+        warn(text)  # the `cai_kit` logger (cai_kit.notices)
 
 
 def key_allowed(api_base: str) -> bool:

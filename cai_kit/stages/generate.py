@@ -10,6 +10,7 @@ and i (`GenParams.for_sample`), so a re-run with the same seed gives the same k 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,19 @@ from cai_kit.llm.base import Backend, GenParams
 from cai_kit.records import GenerationRecord, PromptRecord, Provenance, stable_hash
 
 Item = tuple[PromptRecord, int]  # (prompt, sample index)
+
+
+@dataclass(frozen=True)
+class GenerateDefaults:
+    """The defaults of `cai-kit generate` and `cai_kit.generate`, defined once (the CLI reads them)."""
+
+    samples: int = 1
+    temperature: float = 0.7
+    max_tokens: int = 256
+    seed: int = 0
+
+
+GENERATE_DEFAULTS = GenerateDefaults()
 
 
 def generation_id(item: Item, identity: dict[str, Any], params: GenParams) -> str:

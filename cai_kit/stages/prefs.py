@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 from cai_kit.constitution import Constitution
@@ -107,6 +108,21 @@ def _judge_job(
                    estimate_tokens=estimate_tokens, shard=shard, shard_key=shard_key,
                    backends=[judge])  # fmt: skip
     return run_job(spec, engine_config)
+
+
+@dataclass(frozen=True)
+class PrefsDefaults:
+    """The defaults of `cai-kit prefs` and `cai_kit.prefs`, defined once (the CLI reads them)."""
+
+    k: int = 2  # responses sampled per prompt
+    pairs: str = "best-worst"
+    label: str = "pairwise"
+    temperature: float = 0.9  # the policy's sampling
+    max_tokens: int = 256
+    seed: int = 0
+
+
+PREFS_DEFAULTS = PrefsDefaults()
 
 
 def pair_count(spec: str) -> int | None:

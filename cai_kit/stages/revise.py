@@ -79,6 +79,54 @@ class ReviseConfig:
         }
 
 
+@dataclass(frozen=True)
+class ReviseDefaults:
+    """The defaults of `cai-kit revise` and `cai_kit.revise`, defined once (the CLI reads them)."""
+
+    rounds: int = 1
+    principles: str = "random"  # one sampled per round, as in the CAI paper | sequence | all
+    temperature: float = 0.7  # the response's; critiques and revisions use min(this, 0.3)
+    max_tokens: int = 256
+    seed: int = 0
+
+
+REVISE_DEFAULTS = ReviseDefaults()
+PRINCIPLE_MODES = ("random", "sequence", "all")
+
+
+def revise_config(
+    constitution: Constitution,
+    *,
+    rounds: int = REVISE_DEFAULTS.rounds,
+    principles: str = REVISE_DEFAULTS.principles,
+    temperature: float = REVISE_DEFAULTS.temperature,
+    max_tokens: int = REVISE_DEFAULTS.max_tokens,
+    seed: int = REVISE_DEFAULTS.seed,
+    reasoning_effort: str | None = None,
+    early_stop: bool = False,
+    few_shot: bool = True,
+) -> ReviseConfig:
+    """A checked `ReviseConfig` from the options the CLI and the Python API share. Critiques
+    and revisions run at min(temperature, 0.3): a stage default that a reasoning model which
+    refuses temperature is simply not sent. The effort is in the params: record ids follow it."""
+    if principles not in PRINCIPLE_MODES:
+        raise ConfigError(f"--principles must be random, sequence or all, not {principles!r}.")
+    if rounds < 0:
+        raise ConfigError(f"--rounds must be 0 or more, not {rounds}.")
+    cool = min(temperature, 0.3)
+    return ReviseConfig(
+        constitution=constitution,
+        rounds=rounds,
+        mode=principles,  # type: ignore[arg-type]
+        seed=seed,
+        response_params=GenParams(temperature=temperature, max_tokens=max_tokens, reasoning_effort=reasoning_effort),
+        critique_params=GenParams(temperature=cool, max_tokens=max_tokens, reasoning_effort=reasoning_effort),
+        revision_params=GenParams(temperature=cool, max_tokens=max_tokens, reasoning_effort=reasoning_effort),
+        early_stop=early_stop,
+        few_shot=few_shot,
+    )  # fmt: skip
+
+
 def backend_identities(responder: Backend, critic: Backend) -> dict[str, object]:
     return {"responder": responder.identity(), "critic": critic.identity()}
 

@@ -48,7 +48,9 @@ def _generate(
         finally:
             await b.aclose()
 
-    return asyncio.run(go())
+    from cai_kit.engine.loop import run_sync
+
+    return run_sync(go())  # works in a notebook too
 
 
 def run_spin(
