@@ -21,7 +21,6 @@ import asyncio
 import dataclasses
 import os
 import re
-import sys
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
@@ -31,6 +30,7 @@ from cai_kit.engine.loop import LoopThread
 from cai_kit.errors import ConfigError
 from cai_kit.llm.base import Backend
 from cai_kit.llm.registry import get_backend
+from cai_kit.notices import note
 
 T = TypeVar("T")
 
@@ -42,8 +42,8 @@ def share_of_the_cap(config: EngineConfig) -> EngineConfig:
     if config.max_cost is None or world <= 1:
         return config
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"Note: --max-cost ${config.max_cost:g} is shared by {world} processes: "
-              f"${config.max_cost / world:g} each.", file=sys.stderr)  # fmt: skip
+        note(f"--max-cost ${config.max_cost:g} is shared by {world} processes: "
+             f"${config.max_cost / world:g} each.")  # fmt: skip
     share = config.max_cost / world
     return dataclasses.replace(config, max_cost=share, budget=Budget(share))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cai_kit.notices import say
 from cai_kit.train.common import has_cuda, load_model, load_tokenizer, lora_config, resolve_model
 from cai_kit.train.rewards import RewardSource, as_reward_source
 
@@ -196,7 +197,7 @@ def train_grpo(prompts: list[str], model: str, out: Path, scorer: RewardSource |
     if saved and trainer.is_world_process_zero():
         left = (f"training continues from step {step + 1} of {max_steps}" if step < max_steps
                 else f"--max-steps {max_steps}: no step is left")  # fmt: skip
-        print(f"Resuming {out}: {step} step(s) were finished before; {left}.")
+        say(f"Resuming {out}: {step} step(s) were finished before; {left}.")
     stopped: CaiKitError | None = None
     try:
         trainer.train(resume_from_checkpoint=str(saved[-1]) if saved else None)

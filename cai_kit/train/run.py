@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import yaml
 
 from cai_kit.errors import ConfigError
+from cai_kit.notices import note
 
 
 @dataclass
@@ -171,8 +171,8 @@ def train(kind: str, opts: TrainOptions) -> Path:
         kind, Path(opts.data), opts.eval_fraction, opts.seed, opts.max_length
     )  # data errors first
     if opts.eval_fraction > 0 and "test" not in ds:  # fewer than 4 rows: nothing to hold out
-        print(f"Note: eval_fraction {opts.eval_fraction:g}: {len(ds['train'])} training row(s) are too few "
-              "to hold out (4 or more needed); training without eval.", file=sys.stderr)  # fmt: skip
+        note(f"eval_fraction {opts.eval_fraction:g}: {len(ds['train'])} training row(s) are too few "
+             "to hold out (4 or more needed); training without eval.")  # fmt: skip
         opts.eval_fraction = 0.0
     base = common.resolve_model(opts.model)
     if not opts.full and common.adapter_base(base) is not None:
