@@ -296,3 +296,36 @@ def winrate_call(r: Recipe, prompts: Path, model: str, out: Path) -> Call:
         return worst_exit(summary)
 
     return call
+
+
+def export_gold_call(prefs: Path, gold: Path) -> Call:
+    """`cai-kit review export-gold PREFS --out GOLD`: people's pair labels as a gold file."""
+
+    def call(ctx: StageContext) -> int:
+        from cai_kit.review.labels import export_gold
+
+        counts = export_gold(prefs, gold)
+        left = ", ".join(f"{n} {why}" for why, n in counts.items() if why != "written" and n)
+        ctx.say(f"Wrote {counts['written']} gold pairs to {gold}" + (f"; left out {left}" if left else ""))  # fmt: skip
+        return 0
+
+    return call
+
+
+def judge_report_call(prefs: Path, gold: Path) -> Call:
+    """`cai-kit judge-report PREFS --gold GOLD`: the judge against people (judge_report.json)."""
+
+    def call(ctx: StageContext) -> int:
+        import json
+
+        from cai_kit.eval.judge_report import build_report, plot, plot_gold, render
+
+        rep = build_report(prefs, gold)
+        ctx.say(render(rep))
+        (prefs / "judge_report.json").write_text(json.dumps(rep.to_dict(), indent=2))
+        plot(rep, prefs / "judge_report.png")
+        plot_gold(rep, prefs / "judge_report_gold.png")
+        ctx.say(f"Wrote {prefs / 'judge_report.json'} and the plots next to it")
+        return 0
+
+    return call

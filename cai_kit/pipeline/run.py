@@ -4,9 +4,12 @@
 
 First the prompts are split: training prompts (`RUN/prompts/train.jsonl`) feed revise, SFT
 and DPO; held-out prompts (`RUN/prompts/eval.jsonl`: the recipe's `eval_prompts` file, or a
-seeded split of `prompts`) are only ever evaluated on. Then the stages, each the same CLI
-command a user would run, in a subprocess (a crash in one never corrupts another), with its
-output in `RUN/logs/NAME.log` and one progress line on screen:
+seeded split of `prompts`) are only ever evaluated on. Then the stages, with their output in
+`RUN/logs/NAME.log` and one progress line on screen. Data stages are library calls in this
+process (`cai_kit.pipeline.calls`); training stages are the CLI command in a subprocess, whose
+memory is freed when it ends. Every stage has the CLI command a user would run to repeat it (its
+log's first line, the dry run's plan, its manifest); each writes only its own directory, and an
+error in one stops the pipeline with its message in its log (a crash never corrupts another):
 
     [expand] -> split -> revise -> export sft -> train sft -> preference pairs [-> infer]
              -> train dpo -> eval winrate -> revise the held-out prompts
@@ -26,9 +29,9 @@ prompts used, the win rate (and whether the judge's ties leave it meaningless) a
 implicit-reward accuracies (`cai_kit.pipeline.report`).
 
 `--max-cost C` (or the recipe's `max_cost:`) is one cap for the whole pipeline, every stage
-together, per invocation: the stages' processes share one ledger file, `RUN/budget.json`
-(`cai_kit.engine.budget`; the teacher's `price:` travels in it), and `stage_max_cost:` caps a
-stage inside the whole. A stage the cap stops ends the pipeline (exit 4, later stages not
+together, per invocation: one ledger, `RUN/budget.json` (`cai_kit.engine.budget`; the teacher's
+`price:` travels in it), spent through by the in-process stages and shared with the subprocess
+ones by file; `stage_max_cost:` caps a stage inside the whole (a child ledger). A stage the cap stops ends the pipeline (exit 4, later stages not
 started, finished work kept); a re-run continues with the cap anew.
 """
 
@@ -198,8 +201,10 @@ def human_agreement(run: Path, out: TextIO) -> None:
     if not (prefs / "labels.sqlite").is_file():
         return
     gold = prefs / "gold.jsonl"
-    for s in (Stage("export-gold", ["review", "export-gold", str(prefs), "--out", str(gold)]),
-              Stage("judge-vs-human", ["judge-report", str(prefs), "--gold", str(gold)])):  # fmt: skip
+    for s in (Stage("export-gold", ["review", "export-gold", str(prefs), "--out", str(gold)],
+                    call=calls.export_gold_call(prefs, gold)),
+              Stage("judge-vs-human", ["judge-report", str(prefs), "--gold", str(gold)],
+                    call=calls.judge_report_call(prefs, gold))):  # fmt: skip
         try:
             run_stage(s, run, out)
         except ConfigError:  # the report says what is missing; the run's stages stand
