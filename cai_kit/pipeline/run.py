@@ -485,7 +485,16 @@ def in_process(stage: Stage, log: TextIO, tick: Callable[[], None] | None = None
     finally:
         ticking.set()
         root.removeHandler(handler)
-        gc.collect()  # a model the stage loaded (prefs, eval: hf:) is let go before training
+        _free_memory()
+
+
+def _free_memory() -> None:
+    """Let go of what a call loaded (prefs and eval sample from an `hf:` model here) before a
+    training subprocess needs the memory: the objects, and torch's cached GPU blocks."""
+    gc.collect()
+    torch = sys.modules.get("torch")  # only if a stage loaded it: never imported for this
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _every_half_second(tick: Callable[[], None], done: threading.Event) -> None:
