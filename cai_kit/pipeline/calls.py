@@ -53,18 +53,23 @@ def _efforts(r: Recipe, model: str) -> tuple[str | None, str | None]:
     )
 
 
-def _engine(ctx: StageContext, r: Recipe, model: str, *, judge_effort: bool = True) -> EngineConfig:
-    """The stage's engine: the pipeline's ledger, quiet, the teacher's Batch API and efforts.
-    `judge_effort=False`: a command without --judge-reasoning-effort (its judge-like calls take
-    --reasoning-effort, as `cli.common.engine_config_from` does)."""
-    effort, judge = _efforts(r, model)
-    batch = r.teacher is not None and r.teacher.batch_api and model == r.teacher.model
+def _engine(
+    ctx: StageContext, *, batch: bool, effort: str | None, judge_effort: str | None
+) -> EngineConfig:
+    """The stage's engine: the pipeline's ledger, quiet, and the --batch-api, --reasoning-effort
+    and --judge-reasoning-effort that its command gets (`cli.common.engine_config_from`)."""
     return EngineConfig(budget=ctx.budget, max_cost=ctx.max_cost, quiet=True, batch_api=batch,
-                        reasoning_effort=effort, judge_reasoning_effort=judge if judge_effort else effort)  # fmt: skip
+                        reasoning_effort=effort, judge_reasoning_effort=judge_effort)  # fmt: skip
+
+
+def _teacher_batch(r: Recipe, model: str | None = None) -> bool:
+    """The recipe's `batch_api` (for `model`'s calls only, when given: expand, infer)."""
+    t = r.teacher
+    return t is not None and t.batch_api and (model is None or model == t.model)
 
 
 def _backend(
-    model: str, api_base: str | None, effort: str | None = None, flag: str = ""
+    model: str, api_base: str | None, *, effort: str | None = None, judge_effort: str | None = None
 ) -> Backend:
     """The model's backend (as `cai-kit`'s job commands build it); an effort the model does not
     take is refused here, in one sentence, before any call."""
@@ -72,8 +77,9 @@ def _backend(
 
     backend = get_backend(model, api_base=api_base, timeout_s=120.0)
     rules = getattr(backend, "reasoning", None)
-    if effort is not None and rules is not None and (why := rules.effort_error(effort, flag)):
-        raise ConfigError(why)
+    for flag, value in (("--reasoning-effort", effort), ("--judge-reasoning-effort", judge_effort)):
+        if value is not None and rules is not None and (why := rules.effort_error(value, flag)):
+            raise ConfigError(why)
     return backend
 
 
@@ -100,11 +106,12 @@ def expand_call(r: Recipe, out: Path) -> Call:
             similarity=e.similarity, keep_if=e.keep_if, topic_column=e.topic_column, seed=r.seed,
             params=GenParams(temperature=e.temperature, max_tokens=e.max_tokens, seed=r.seed, reasoning_effort=effort),
         )  # fmt: skip
-        backend = _backend(model, base, effort, "--reasoning-effort")
-        if e.keep_if and judge_effort is not None:
-            _backend(model, base, judge_effort, "--judge-reasoning-effort")
+        backend = _backend(
+            model, base, effort=effort, judge_effort=judge_effort if e.keep_if else None
+        )
         models = {"generator": model} | ({"judge": model} if e.keep_if else {})
-        engine = _engine(ctx, r, model, judge_effort=bool(e.keep_if))
+        engine = _engine(ctx, batch=_teacher_batch(r, model), effort=effort,
+                         judge_effort=judge_effort if e.keep_if else None)  # fmt: skip
         result = run_expand(_prompts(Path(r.prompts), ctx), backend=backend, judge=backend, models=models,
                             cfg=cfg, out_dir=out, engine_config=engine, source=r.prompts, argv=ctx.argv)  # fmt: skip
         for i, (gen, keep) in enumerate(result.rounds, 1):
@@ -132,11 +139,11 @@ def revise_call(r: Recipe, prompts: Path, out: Path) -> Call:
     def call(ctx: StageContext) -> int:
         (resp, resp_base), (critic, critic_base) = r.served_by("responses"), r.served_by("critiques")  # fmt: skip
         effort = _efforts(r, resp)[0]
-        responder = _backend(resp, resp_base, effort, "--reasoning-effort")
+        responder = _backend(resp, resp_base, effort=effort)
         critic_backend = (
             responder
             if (critic, critic_base) == (resp, resp_base)
-            else _backend(critic, critic_base, effort, "--reasoning-effort")
+            else _backend(critic, critic_base, effort=effort)
         )
         t, tokens = r.revise.temperature, r.revise.max_tokens
         cfg = ReviseConfig(
@@ -150,7 +157,7 @@ def revise_call(r: Recipe, prompts: Path, out: Path) -> Call:
         summary = run_revise(
             _prompts(prompts, ctx), cfg, responder=responder, critic=critic_backend,
             models={"responder": resp, "critic": critic}, out_dir=out,
-            engine_config=_engine(ctx, r, resp, judge_effort=False), argv=ctx.argv,
+            engine_config=_engine(ctx, batch=_teacher_batch(r), effort=effort, judge_effort=effort), argv=ctx.argv,
             inputs={"prompts": str(prompts)},
         )  # fmt: skip
         ctx.say(summary.line())
@@ -185,13 +192,13 @@ def prefs_call(r: Recipe, prompts: Path, policy: str, out: Path) -> Call:
         judge, judge_base = r.served_by("judging")
         judge_effort = _efforts(r, judge)[1]
         policy_backend = _backend(policy, None)
-        judge_backend = _backend(judge, judge_base, judge_effort, "--judge-reasoning-effort")
+        judge_backend = _backend(judge, judge_base, judge_effort=judge_effort)
         sampled, judged = run_prefs(
             _prompts(prompts, ctx), policy=policy_backend, judge=judge_backend,
             models={"policy": policy, "judge": judge}, constitution=load_constitution(r.constitution),
             cfg=JudgeConfig(mode=r.prefs.mode, seed=r.seed), k=r.prefs.k, pairs=r.prefs.pairs,
             policy_params=GenParams(temperature=0.9, max_tokens=r.prefs.max_tokens, seed=r.seed),
-            out_dir=out, engine_config=_engine(ctx, r, judge), argv=ctx.argv,
+            out_dir=out, engine_config=_engine(ctx, batch=_teacher_batch(r), effort=None, judge_effort=judge_effort), argv=ctx.argv,
         )  # fmt: skip
         ctx.say(f"sampling: {sampled.line()}")
         ctx.say(f"judging:  {judged.line()}")
@@ -231,12 +238,10 @@ def infer_call(r: Recipe, data: Path, out: Path, work: Path) -> Call:
                                      reasoning_effort=effort),
         )  # fmt: skip
         pairs = load_labelled_pairs(data)
-        backend = _backend(model, base, effort, "--reasoning-effort")
-        if judge_effort is not None:
-            _backend(model, base, judge_effort, "--judge-reasoning-effort")
+        backend = _backend(model, base, effort=effort, judge_effort=judge_effort)
         models = {"proposer": model, "judge": model}
         result = run_infer(pairs, backend=backend, judge=backend, models=models, cfg=cfg, work=work,
-                           engine_config=_engine(ctx, r, model), source=str(data), argv=ctx.argv)  # fmt: skip
+                           engine_config=_engine(ctx, batch=_teacher_batch(r, model), effort=effort, judge_effort=judge_effort), source=str(data), argv=ctx.argv)  # fmt: skip
         ctx.say(f"{data}: {len(pairs)} labelled pairs: {result.proposal_pairs} propose, "
                 f"{result.test_pair_count} held out")  # fmt: skip
         ctx.say(f"propose: {result.propose.line()}")
@@ -276,16 +281,17 @@ def winrate_call(r: Recipe, prompts: Path, model: str, out: Path) -> Call:
         judge, base = r.served_by("eval_judging")
         judge_effort = _efforts(r, judge)[1]
         made: dict[str, Backend] = {}  # one backend per model string, as `cai-kit eval` does
-        for name in (model, r.student.model, judge):
-            made.setdefault(name, _backend(name, base))
-        if judge_effort is not None:
-            _backend(judge, base, judge_effort, "--judge-reasoning-effort")
+        for name in (judge, model, r.student.model):
+            if name not in made:
+                made[name] = _backend(
+                    name, base, judge_effort=judge_effort if name == judge else None
+                )
         summary, rep = run_winrate(
             _prompts(prompts, ctx), model=made[model], baseline=made[r.student.model], judge=made[judge],
             models={"model": model, "baseline": r.student.model, "judge": judge},
             constitution=load_constitution(r.constitution), cfg=JudgeConfig(mode=r.eval.mode, seed=r.seed),
             params=GenParams(temperature=0.7, max_tokens=r.eval.max_tokens, seed=r.seed), out_dir=out,
-            engine_config=_engine(ctx, r, judge), argv=ctx.argv,
+            engine_config=_engine(ctx, batch=False, effort=None, judge_effort=judge_effort), argv=ctx.argv,
         )  # fmt: skip
         ctx.say(summary.line())
         rate = "n/a (no pair was judged)" if rep.n == rep.failed else f"{rep.win_rate:.3f} (95% CI {rep.ci[0]:.3f}-{rep.ci[1]:.3f})"  # fmt: skip
