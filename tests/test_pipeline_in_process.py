@@ -91,22 +91,26 @@ def test_a_stage_whose_call_crashes_stops_the_pipeline_and_touches_no_other_stag
     assert (run / "revise" / "revisions.jsonl").read_bytes() == revisions
 
 
-def test_a_stages_own_cap_holds_in_process_inside_the_pipelines_ledger(
-    fault_server: FaultServer, tmp_path: Path
+@pytest.mark.parametrize("stage_cap", [None, 0.3])
+def test_the_pipelines_cap_and_a_stages_own_hold_for_an_in_process_stage(
+    fault_server: FaultServer, tmp_path: Path, stage_cap: float | None
 ) -> None:
+    """--max-cost 0.3 for the whole pipeline, or $5 with `stage_max_cost: {revise: 0.3}`: revise,
+    run in the pipeline's process, is stopped under $0.3 and RUN/budget.json holds what it spent."""
     fault_server.responder, fault_server.usage_by_length = _teacher, True
     recipe, run = _expand_infer_recipe(tmp_path, fault_server.base_url), tmp_path / "run"
     text = recipe.read_text().replace("expand: {n: 6, per_call: 3, shots: 2}\n", "")
-    recipe.write_text(
-        text.replace("api_base: '", "price: '1000,1000', api_base: '")
-        + "stage_max_cost: {revise: 0.3}\n"
-    )
-    r = _invoke(str(recipe), "--out", str(run), "--max-cost", "5", "--only", "revise")
+    text = text.replace("api_base: '", "price: '1000,1000', api_base: '")
+    recipe.write_text(text + (f"stage_max_cost: {{revise: {stage_cap}}}\n" if stage_cap else ""))
+    cap = "5" if stage_cap else "0.3"
+    r = _invoke(str(recipe), "--out", str(run), "--max-cost", cap, "--only", "revise")
     billed = fault_server.billed_usd(1000, 1000)
     assert r.exit_code == 4, r.output
-    assert "Stage revise was stopped by the cap" in r.output
-    assert "the stage's --max-cost $0.3 reached" in r.output, r.output
+    assert "Stage revise was stopped by the cap" in r.output and "in this command" in r.output
+    reached = "the stage's --max-cost $0.3 reached" if stage_cap else "--max-cost $0.3 reached"
+    assert reached in r.output, r.output
     assert 0 < billed <= 0.3 + 1e-9
-    ledger = json.loads((run / "budget.json").read_text())  # the pipeline's, $5: all it spent
-    assert ledger["cap"] == 5 and ledger["spent"] == pytest.approx(billed)
+    ledger = json.loads((run / "budget.json").read_text())  # the pipeline's: all it spent
+    assert ledger["cap"] == float(cap) and ledger["spent"] == pytest.approx(billed)
+    assert ledger["stopped_by"] == (None if stage_cap else "revise")
     assert not (run / ".stages" / "revise.done").exists()
