@@ -3,6 +3,7 @@
 - `run.py`           the stages in order, resumable: data stages in this process, training as
                      a CLI command in its own subprocess (its memory is freed when it ends)
 - `calls.py`         the data stages' library calls (expand, revise, export, prefs, infer, eval)
+- `in_process.py`    how a call runs here: its output to its log, errors as exit codes
 - `split.py`         training vs held-out prompts, disjoint by content
 - `recipe.py`        the recipe schema (pydantic), validated with line numbers
 - `recipe_paths.py`  paths in a recipe resolved against the recipe's folder

@@ -37,20 +37,15 @@ started, finished work kept); a re-run continues with the cap anew.
 
 from __future__ import annotations
 
-import gc
 import json
-import logging
 import math
 import os
 import re
 import shlex
 import subprocess
 import sys
-import threading
 import time
-import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -58,24 +53,13 @@ from typing import Any, TextIO
 from cai_kit.constitution import list_constitutions
 from cai_kit.engine.budget import BUDGET_FILE_ENV, Budget
 from cai_kit.engine.jobs import EXIT_FAILED, EXIT_PARTIAL, EXIT_STOPPED
-from cai_kit.errors import BudgetExceeded, CaiKitError, ConfigError, redact
+from cai_kit.errors import BudgetExceeded, ConfigError
 from cai_kit.pipeline import calls
-from cai_kit.pipeline.calls import Call, StageContext
+from cai_kit.pipeline.calls import Call
+from cai_kit.pipeline.in_process import QUIET_ENV, run_call
 from cai_kit.pipeline.recipe import Recipe, load_recipe
 from cai_kit.pipeline.split import split_prompts, write_prompts
 from cai_kit.records import PromptRecord
-
-# Child processes: no loading bars, no library chatter, output as it happens (for progress).
-QUIET_ENV = {
-    "PYTHONUNBUFFERED": "1",
-    "PYTHONWARNINGS": "ignore",
-    "TQDM_DISABLE": "1",
-    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "TRANSFORMERS_VERBOSITY": "error",
-    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
 
 
 @dataclass
@@ -396,7 +380,8 @@ def run_stage(stage: Stage, run: Path, out: TextIO) -> tuple[float, float, bool]
         fh.write(f"$ {stage.command()}\n")
         fh.flush()
         if stage.call is not None:
-            returncode = in_process(stage, fh, tick if live else None)
+            returncode = run_call(stage.call, ledger=stage.ledger, max_cost=stage.max_cost,
+                                  argv=["cai-kit", *stage.argv], log=fh, tick=tick if live else None)  # fmt: skip
         else:
             proc = subprocess.Popen([sys.executable, "-m", stage.module, *stage.argv], stdout=fh,
                                     stderr=subprocess.STDOUT, env=env)  # fmt: skip
@@ -447,74 +432,6 @@ def run_stage(stage: Stage, run: Path, out: TextIO) -> tuple[float, float, bool]
     out.write(f"  {stage.name:<16} {state} in {seconds:5.1f} s{': ' + done if done else ''}\n")
     out.flush()
     return seconds, cpu, partial
-
-
-def in_process(stage: Stage, log: TextIO, tick: Callable[[], None] | None = None) -> int:
-    """Run a data stage's library call here, as its CLI command would run: its output, warnings
-    and logging go to its log, a user error is the command's `Error: ...` line and exit 1, a bug
-    its traceback and exit 1 (the pipeline stops; each stage writes only its own directory, so
-    no other stage's work is touched). Returns the command's exit code."""
-    assert stage.call is not None
-    budget = stage.ledger
-    if stage.max_cost is not None:  # the stage's own cap inside the pipeline's
-        budget = Budget(stage.max_cost, parent=budget, label="the stage's --max-cost")
-
-    def say(line: str) -> None:
-        log.write(line + "\n")
-        log.flush()
-
-    ctx = StageContext(
-        budget=budget, argv=["cai-kit", *stage.argv], say=say, max_cost=stage.max_cost
-    )
-    ticking = threading.Event()
-    if tick is not None:
-        threading.Thread(target=_every_half_second, args=(tick, ticking), daemon=True).start()
-    handler = logging.StreamHandler(log)
-    handler.setLevel(logging.WARNING)
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        with _quiet_environment(), redirect_stdout(log), redirect_stderr(log):
-            return stage.call(ctx)
-    except CaiKitError as exc:
-        say(f"Error: {redact(str(exc))}")
-        return 1
-    except Exception:  # a bug: its traceback in the log, as a crashed process would leave
-        log.write(traceback.format_exc())
-        return 1
-    finally:
-        ticking.set()
-        root.removeHandler(handler)
-        _free_memory()
-
-
-def _free_memory() -> None:
-    """Let go of what a call loaded (prefs and eval sample from an `hf:` model here) before a
-    training subprocess needs the memory: the objects, and torch's cached GPU blocks."""
-    gc.collect()
-    torch = sys.modules.get("torch")  # only if a stage loaded it: never imported for this
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _every_half_second(tick: Callable[[], None], done: threading.Event) -> None:
-    while not done.wait(0.5):
-        tick()
-
-
-@contextmanager
-def _quiet_environment() -> Iterator[None]:
-    """QUIET_ENV while a call runs in this process (what a stage's subprocess gets)."""
-    saved = {k: os.environ.get(k) for k in QUIET_ENV}
-    os.environ.update(QUIET_ENV)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def describe_inputs(r: Recipe, recipe_path: Path, run: Path) -> str:
