@@ -4,9 +4,12 @@
 
 First the prompts are split: training prompts (`RUN/prompts/train.jsonl`) feed revise, SFT
 and DPO; held-out prompts (`RUN/prompts/eval.jsonl`: the recipe's `eval_prompts` file, or a
-seeded split of `prompts`) are only ever evaluated on. Then the stages, each the same CLI
-command a user would run, in a subprocess (a crash in one never corrupts another), with its
-output in `RUN/logs/NAME.log` and one progress line on screen:
+seeded split of `prompts`) are only ever evaluated on. Then the stages, with their output in
+`RUN/logs/NAME.log` and one progress line on screen. Data stages are library calls in this
+process (`cai_kit.pipeline.calls`); training stages are the CLI command in a subprocess, whose
+memory is freed when it ends. Every stage has the CLI command a user would run to repeat it (its
+log's first line, the dry run's plan, its manifest); each writes only its own directory, and an
+error in one stops the pipeline with its message in its log (a crash never corrupts another):
 
     [expand] -> split -> revise -> export sft -> train sft -> preference pairs [-> infer]
              -> train dpo -> eval winrate -> revise the held-out prompts
@@ -26,9 +29,9 @@ prompts used, the win rate (and whether the judge's ties leave it meaningless) a
 implicit-reward accuracies (`cai_kit.pipeline.report`).
 
 `--max-cost C` (or the recipe's `max_cost:`) is one cap for the whole pipeline, every stage
-together, per invocation: the stages' processes share one ledger file, `RUN/budget.json`
-(`cai_kit.engine.budget`; the teacher's `price:` travels in it), and `stage_max_cost:` caps a
-stage inside the whole. A stage the cap stops ends the pipeline (exit 4, later stages not
+together, per invocation: one ledger, `RUN/budget.json` (`cai_kit.engine.budget`; the teacher's
+`price:` travels in it), spent through by the in-process stages and shared with the subprocess
+ones by file; `stage_max_cost:` caps a stage inside the whole (a child ledger). A stage the cap stops ends the pipeline (exit 4, later stages not
 started, finished work kept); a re-run continues with the cap anew.
 """
 
@@ -51,27 +54,20 @@ from cai_kit.constitution import list_constitutions
 from cai_kit.engine.budget import BUDGET_FILE_ENV, Budget
 from cai_kit.engine.jobs import EXIT_FAILED, EXIT_PARTIAL, EXIT_STOPPED
 from cai_kit.errors import BudgetExceeded, ConfigError
+from cai_kit.pipeline import calls
+from cai_kit.pipeline.calls import Call
+from cai_kit.pipeline.in_process import QUIET_ENV, run_call
 from cai_kit.pipeline.recipe import Recipe, load_recipe
 from cai_kit.pipeline.split import split_prompts, write_prompts
 from cai_kit.records import PromptRecord
 
-# Child processes: no loading bars, no library chatter, output as it happens (for progress).
-QUIET_ENV = {
-    "PYTHONUNBUFFERED": "1",
-    "PYTHONWARNINGS": "ignore",
-    "TQDM_DISABLE": "1",
-    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "TRANSFORMERS_VERBOSITY": "error",
-    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
-
 
 @dataclass
 class Stage:
-    """One step: `python -m MODULE ARGV`; `steps` (training) or `rows` (records file, total)
-    drive its progress line."""
+    """One step: its library `call` in this process (a data stage), else `python -m MODULE ARGV`
+    in a subprocess (training: its memory is freed when it ends); `argv` is the CLI command
+    either way (the log, the dry run, the manifest). `steps` (training) or `rows` (records file,
+    total) drive its progress line."""
 
     name: str
     argv: list[str]
@@ -84,6 +80,9 @@ class Stage:
     outcome: Callable[[Path, int], str | None] | None = None
     # run instead when this stage finds nothing to export (prefs.no_pairs: revisions)
     fallback: Stage | None = None
+    call: Call | None = None  # a data stage: the library call (cai_kit.pipeline.calls)
+    ledger: Budget | None = None  # the pipeline's --max-cost ledger, for a call
+    max_cost: float | None = None  # the recipe's stage_max_cost, for a call (a child ledger)
 
     def command(self) -> str:
         prog = "cai-kit" if self.module == "cai_kit" else f"python -m {self.module}"
@@ -128,7 +127,7 @@ def expand_stage(r: Recipe, run: Path) -> Stage | None:
     if e is None:
         return None
     model, base = r.step_model(e)
-    calls = math.ceil(e.n * e.oversample / e.per_call)  # the first round's
+    first = math.ceil(e.n * e.oversample / e.per_call)  # the first round's calls
     argv = ["prompts", "expand", r.prompts, "--out", str(run / "expand"), "--n", str(e.n),
             "--model", model, *_opt("--api-base", base), *_opt("--keep-if", e.keep_if),
             "--per-call", str(e.per_call), "--shots", str(e.shots), "--oversample", str(e.oversample),
@@ -136,7 +135,12 @@ def expand_stage(r: Recipe, run: Path) -> Stage | None:
             "--topic-column", e.topic_column, *_set(e, "temperature", "--temperature"),
             "--max-tokens", str(e.max_tokens), "--seed", str(r.seed), *_batch(r, model),
             *_effort(r, model), *(_effort(r, model, judge=True) if e.keep_if else []), "-q"]  # fmt: skip
-    return Stage("expand", argv, rows=(run / "expand" / "calls.jsonl", calls))
+    return Stage(
+        "expand",
+        argv,
+        rows=(run / "expand" / "calls.jsonl", first),
+        call=calls.expand_call(r, run / "expand"),
+    )
 
 
 def _batch(r: Recipe, model: str) -> list[str]:
@@ -148,7 +152,7 @@ def _batch(r: Recipe, model: str) -> list[str]:
 def _no_principle(log: Path, returncode: int, inferred: Path) -> str | None:
     """infer ran to its end and no candidate passed: an outcome the report gives, not a
     failure (the pipeline goes on). A constitution from an earlier run is removed."""
-    if returncode == EXIT_FAILED and any("No candidate reached" in x for x in _tail(log)):
+    if returncode == EXIT_FAILED and any(calls.NO_PRINCIPLE in x for x in _tail(log)):
         inferred.unlink(missing_ok=True)
         return "no principle passed"
     return None
@@ -169,7 +173,8 @@ def infer_stage(r: Recipe, run: Path) -> Stage | None:
             *_set(i, "temperature", "--temperature"), "--max-tokens", str(i.max_tokens), "--seed", str(r.seed),
             *_batch(r, model), *_effort(r, model), *_effort(r, model, judge=True), "-q"]  # fmt: skip
     return Stage("infer", argv, job_dir=run / "infer",
-                 outcome=lambda log, rc: _no_principle(log, rc, run / INFERRED))  # fmt: skip
+                 outcome=lambda log, rc: _no_principle(log, rc, run / INFERRED),
+                 call=calls.infer_call(r, data, run / INFERRED, run / "infer"))  # fmt: skip
 
 
 def human_agreement(run: Path, out: TextIO) -> None:
@@ -180,8 +185,10 @@ def human_agreement(run: Path, out: TextIO) -> None:
     if not (prefs / "labels.sqlite").is_file():
         return
     gold = prefs / "gold.jsonl"
-    for s in (Stage("export-gold", ["review", "export-gold", str(prefs), "--out", str(gold)]),
-              Stage("judge-vs-human", ["judge-report", str(prefs), "--gold", str(gold)])):  # fmt: skip
+    for s in (Stage("export-gold", ["review", "export-gold", str(prefs), "--out", str(gold)],
+                    call=calls.export_gold_call(prefs, gold)),
+              Stage("judge-vs-human", ["judge-report", str(prefs), "--gold", str(gold)],
+                    call=calls.judge_report_call(prefs, gold))):  # fmt: skip
         try:
             run_stage(s, run, out)
         except ConfigError:  # the report says what is missing; the run's stages stand
@@ -196,7 +203,8 @@ def stage_names(r: Recipe) -> list[str]:
 
 def _revision_pairs(run: Path) -> Stage:
     """Revision as chosen, initial response as rejected (the Hugging Face CAI recipe)."""
-    return Stage("export-prefs", ["export", "prefs", str(run / "revise"), "--out", str(run / "dpo_data")])  # fmt: skip
+    return Stage("export-prefs", ["export", "prefs", str(run / "revise"), "--out", str(run / "dpo_data")],
+                 call=calls.export_call("prefs", run / "revise", run / "dpo_data"))  # fmt: skip
 
 
 def stages(r: Recipe, run: Path, n_train: int, n_eval: int) -> list[Stage]:
@@ -227,8 +235,10 @@ def stages(r: Recipe, run: Path, n_train: int, n_eval: int) -> list[Stage]:
         return t.max_steps if t.max_steps and t.max_steps > 0 else None
 
     out = [
-        Stage("revise", revise(train_p, "revise"), rows=(run / "revise" / "revisions.jsonl", n_train)),
-        Stage("export-sft", ["export", "sft", str(run / "revise"), "--out", str(run / "sft_data")]),
+        Stage("revise", revise(train_p, "revise"), rows=(run / "revise" / "revisions.jsonl", n_train),
+              call=calls.revise_call(r, train_p, run / "revise")),
+        Stage("export-sft", ["export", "sft", str(run / "revise"), "--out", str(run / "sft_data")],
+              call=calls.export_call("sft", run / "revise", run / "sft_data")),
         Stage("train-sft", train("sft", "sft_data", student, sft_model, r.sft), steps=steps(r.sft)),
     ]  # fmt: skip
     if r.preferences == "judge":
@@ -238,10 +248,12 @@ def stages(r: Recipe, run: Path, n_train: int, n_eval: int) -> list[Stage]:
                             "--judge-model", judge, *_opt("--judge-api-base", judge_base), "--constitution", r.constitution,
                             "--k", str(r.prefs.k), "--pairs", r.prefs.pairs, *_set(r.prefs, "mode", "--mode"),
                             "--max-tokens", str(r.prefs.max_tokens), "--seed", str(r.seed), *batch,
-                            *_effort(r, judge, judge=True), "-q"]),
+                            *_effort(r, judge, judge=True), "-q"],
+                  call=calls.prefs_call(r, train_p, f"hf:{sft_model}", run / "prefs")),
             Stage("export-dpo", ["export", "dpo", str(run / "prefs"), "--out", str(run / "dpo_data"),
                                  "--min-margin", str(r.prefs.min_margin), *(["--include-ties"] if r.prefs.include_ties else [])],
-                  fallback=_revision_pairs(run) if r.prefs.no_pairs == "revisions" else None),
+                  fallback=_revision_pairs(run) if r.prefs.no_pairs == "revisions" else None,
+                  call=calls.export_call("dpo", run / "prefs", run / "dpo_data", r.prefs.min_margin, r.prefs.include_ties)),
         ]  # fmt: skip
     else:
         out.append(_revision_pairs(run))
@@ -254,13 +266,15 @@ def stages(r: Recipe, run: Path, n_train: int, n_eval: int) -> list[Stage]:
                        "--judge", judge, *_opt("--api-base", judge_base), "--constitution", r.constitution,
                        *_set(r.eval, "mode", "--mode"), "--max-tokens", str(r.eval.max_tokens), "--seed", str(r.seed),
                        *_effort(r, judge, judge=True), "--out", str(run / "eval"), "-q"],
-              rows=(run / "eval" / "prefs.jsonl", n_eval)),
+              rows=(run / "eval" / "prefs.jsonl", n_eval), call=calls.winrate_call(r, eval_p, f"hf:{dpo_model}", run / "eval")),
     ]  # fmt: skip
     if r.eval.implicit_reward:
         beta = r.dpo.beta if r.dpo.beta is not None else 0.1  # TRL's DPOConfig default
         out += [
-            Stage("revise-heldout", revise(eval_p, "heldout_revise"), rows=(run / "heldout_revise" / "revisions.jsonl", n_eval)),
-            Stage("export-heldout", ["export", "prefs", str(run / "heldout_revise"), "--out", str(run / "heldout_pairs")]),
+            Stage("revise-heldout", revise(eval_p, "heldout_revise"), rows=(run / "heldout_revise" / "revisions.jsonl", n_eval),
+                  call=calls.revise_call(r, eval_p, run / "heldout_revise")),
+            Stage("export-heldout", ["export", "prefs", str(run / "heldout_revise"), "--out", str(run / "heldout_pairs")],
+                  call=calls.export_call("prefs", run / "heldout_revise", run / "heldout_pairs")),
             Stage("implicit-reward", ["--pairs", str(run / "heldout_pairs"), "--base", student, "--sft", str(sft_model),
                                       "--dpo", str(dpo_model), "--beta", str(beta), "--max-length", str(r.dpo.max_length),
                                       "--out", str(run / "implicit_reward")], module="cai_kit.eval.implicit_reward"),
@@ -348,34 +362,44 @@ def _rows_failed(stage: Stage, since: float) -> bool:
 
 def run_stage(stage: Stage, run: Path, out: TextIO) -> tuple[float, float, bool]:
     """Run one stage with its output in RUN/logs/NAME.log; one live line on a terminal.
-    Returns (wall seconds, CPU seconds of the stage's process: comparable across machine loads,
-    whether some of its rows failed). An exit that `stage.outcome` names (infer: no principle
+    Returns (wall seconds, CPU seconds of the stage (its process, or this one's for a call):
+    comparable across machine loads, whether some of its rows failed). An exit that `stage.outcome` names (infer: no principle
     passed) is done, with that outcome as its line."""
     logs = run / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{stage.name}.log"
     env = {**os.environ, **QUIET_ENV, **stage.env}
     live = out.isatty()
-    start, cpu_start, began = time.monotonic(), _children_cpu(), time.time()
+    start, cpu_start, began = time.monotonic(), _children_cpu() + time.process_time(), time.time()
+
+    def tick() -> None:
+        out.write(f"\r  {stage.name:<16} {_progress(stage, log):<40} {time.monotonic() - start:6.0f} s")  # fmt: skip
+        out.flush()
+
     with open(log, "w", encoding="utf-8") as fh:
         fh.write(f"$ {stage.command()}\n")
         fh.flush()
-        proc = subprocess.Popen([sys.executable, "-m", stage.module, *stage.argv], stdout=fh,
-                                stderr=subprocess.STDOUT, env=env)  # fmt: skip
-        try:
-            while proc.poll() is None:
-                if live:
-                    out.write(f"\r  {stage.name:<16} {_progress(stage, log):<40} {time.monotonic() - start:6.0f} s")  # fmt: skip
-                    out.flush()
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            proc.terminate()
-            proc.wait()
-            raise
-    seconds, cpu = time.monotonic() - start, _children_cpu() - cpu_start
+        if stage.call is not None:
+            returncode = run_call(stage.call, ledger=stage.ledger, max_cost=stage.max_cost,
+                                  argv=["cai-kit", *stage.argv], log=fh, tick=tick if live else None)  # fmt: skip
+        else:
+            proc = subprocess.Popen([sys.executable, "-m", stage.module, *stage.argv], stdout=fh,
+                                    stderr=subprocess.STDOUT, env=env)  # fmt: skip
+            try:
+                while proc.poll() is None:
+                    if live:
+                        tick()
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                proc.terminate()
+                proc.wait()
+                raise
+            returncode = proc.returncode
+    seconds = time.monotonic() - start
+    cpu = _children_cpu() + time.process_time() - cpu_start
     if live:
         out.write("\r\033[K")
-    if proc.returncode == EXIT_STOPPED:  # --max-cost (the pipeline's or the stage's own)
+    if returncode == EXIT_STOPPED:  # --max-cost (the pipeline's or the stage's own)
         stops = [x.split("Stopped: ", 1)[1].strip() for x in _tail(log) if "Stopped: " in x]
         # the job the cap stopped, not a later one of the stage that then never started
         stop = next((x for x in stops if not x.startswith("not started")), stops[-1] if stops else "")  # fmt: skip
@@ -384,7 +408,7 @@ def run_stage(stage: Stage, run: Path, out: TextIO) -> tuple[float, float, bool]
             f"Stage {stage.name} was stopped by the cap: {stop or f'see {log}'} Later stages were "
             "not started; re-run the pipeline to continue (finished stages are skipped)."
         )
-    if proc.returncode != 0 and stage.fallback is not None:
+    if returncode != 0 and stage.fallback is not None:
         nothing = [line.strip() for line in _tail(log) if NOTHING_TO_EXPORT in line]
         if nothing:  # the judge left no pair to train on: prefs.no_pairs says what to do
             out.write(f"  {stage.name:<16} {nothing[-1].removeprefix('Error: ')}\n"
@@ -392,15 +416,15 @@ def run_stage(stage: Stage, run: Path, out: TextIO) -> tuple[float, float, bool]
                       f"instead ({stage.fallback.name}; `no_pairs: fail` stops here)\n")  # fmt: skip
             more, more_cpu, more_partial = run_stage(stage.fallback, run, out)
             return seconds + more, cpu + more_cpu, more_partial
-    partial = proc.returncode in (EXIT_FAILED, STAGE_PARTIAL) and _rows_failed(stage, began)
-    outcome = stage.outcome(log, proc.returncode) if stage.outcome and proc.returncode else None
+    partial = returncode in (EXIT_FAILED, STAGE_PARTIAL) and _rows_failed(stage, began)
+    outcome = stage.outcome(log, returncode) if stage.outcome and returncode else None
     if outcome is not None:
         partial = False
-    if proc.returncode != 0 and not partial and outcome is None:
+    if returncode != 0 and not partial and outcome is None:
         tail = "\n".join(f"    {line}" for line in _tail(log)[-15:])
         out.write(f"  {stage.name:<16} FAILED after {seconds:.0f} s; the end of {log}:\n{tail}\n")
         raise ConfigError(
-            f"Stage {stage.name} failed (exit {proc.returncode}; log: {log}); fix it and re-run "
+            f"Stage {stage.name} failed (exit {returncode}; log: {log}); fix it and re-run "
             "the pipeline: finished stages are skipped."
         )
     done = outcome or _result(log) or _progress(stage, log)  # the stage's own counts win
@@ -494,10 +518,10 @@ def run_pipeline(
         return PipelineRun()
     ran = PipelineRun()
     shared: dict[str, str] = {}
-    if cap is not None or recipe.stage_max_cost:  # one ledger for every stage's process
-        ledger = run / "budget.json"
-        Budget.on_disk(ledger, cap, fresh=True, prices=_teacher_price(recipe))
-        shared[BUDGET_FILE_ENV] = str(ledger)
+    ledger: Budget | None = None
+    if cap is not None or recipe.stage_max_cost:  # one ledger for every stage, in or out of process
+        ledger = Budget.on_disk(run / "budget.json", cap, fresh=True, prices=_teacher_price(recipe))
+        shared[BUDGET_FILE_ENV] = str(run / "budget.json")
 
     def step(s: Stage) -> None:
         if only is not None and s.name != only:
@@ -507,8 +531,10 @@ def run_pipeline(
             out.write(f"  skip {s.name} (done)\n")
             return
         s.env.update(shared)
+        s.ledger = ledger
         if s.name in recipe.stage_max_cost:
-            s.argv += ["--max-cost", f"{recipe.stage_max_cost[s.name]:g}"]
+            s.max_cost = recipe.stage_max_cost[s.name]
+            s.argv += ["--max-cost", f"{s.max_cost:g}"]
         seconds, cpu, partial = run_stage(s, run, out)
         markers.mkdir(parents=True, exist_ok=True)
         marker.write_text(f"{seconds:.1f} s wall, {cpu:.1f} s cpu\n")
