@@ -363,14 +363,14 @@ def test_max_cost_is_one_cap_for_every_stage_of_the_pipeline(
     recipe = _expand_infer_recipe(tmp_path, fault_server.base_url)
     text = recipe.read_text().replace("expand: {n: 6, per_call: 3, shots: 2}\n", extra)
     recipe.write_text(text.replace("api_base: '", "price: '1000,1000', api_base: '"))
-    dry = _invoke(str(recipe), "--out", str(tmp_path / "run"), "--dry-run", "--max-cost", "1.0")
-    assert "--max-cost $1 (the whole pipeline): the worst case of all stages" in dry.output
+    dry = _invoke(str(recipe), "--out", str(tmp_path / "run"), "--dry-run", "--max-cost", "2")
+    assert "--max-cost $2 (the whole pipeline): the worst case of all stages" in dry.output
     assert "is over it" in dry.output, dry.output
-    r = _invoke(str(recipe), "--out", str(tmp_path / "run"), "--max-cost", "1.0")
+    r = _invoke(str(recipe), "--out", str(tmp_path / "run"), "--max-cost", "2")
     billed = fault_server.billed_usd(1000, 1000)
     assert r.exit_code == 4, r.output
     assert "Stage revise was stopped by the cap" in r.output and "in this command" in r.output
-    assert billed <= 1.0 + 1e-9, billed  # (each stage under a cap of its own: expand + $1)
+    assert billed <= 2 + 1e-9, billed  # (each stage under a cap of its own: expand + $2)
     ledger = json.loads((tmp_path / "run" / "budget.json").read_text())
     assert ledger["spent"] == pytest.approx(billed) and ledger["stopped_by"] == "revise"
     assert (tmp_path / "run" / ".stages" / "expand.done").is_file()
@@ -381,10 +381,10 @@ def test_max_cost_is_one_cap_for_every_stage_of_the_pipeline(
     fault_server.reset()  # a stage's own cap, inside the whole (no whole cap here)
     monkeypatch.setenv("CAI_KIT_CACHE_DIR", str(tmp_path / "cache2"))  # no answer cached
     fault_server.responder, fault_server.usage_by_length = _teacher, True
-    recipe.write_text(recipe.read_text() + "stage_max_cost: {expand: 0.3}\n")
+    recipe.write_text(recipe.read_text() + "stage_max_cost: {expand: 0.6}\n")
     r = _invoke(str(recipe), "--out", str(tmp_path / "run2"))
-    assert r.exit_code == 4 and "the stage's --max-cost $0.3 reached" in r.output, r.output
-    assert 0 < fault_server.billed_usd(1000, 1000) <= 0.3 + 1e-9
+    assert r.exit_code == 4 and "the stage's --max-cost $0.6 reached" in r.output, r.output
+    assert 0 < fault_server.billed_usd(1000, 1000) <= 0.6 + 1e-9
 
 
 def test_infer_that_keeps_no_principle_is_reported_and_the_pipeline_goes_on(

@@ -185,7 +185,7 @@ def export_call(kind: str, run_dir: Path, out: Path, min_margin: float = 0.0,
 def prefs_call(r: Recipe, prompts: Path, policy: str, out: Path) -> Call:
     """`cai-kit prefs`: k samples of `policy` per prompt, pairs labelled by the recipe's judge."""
     from cai_kit.constitution import load_constitution
-    from cai_kit.stages.judge import JudgeConfig
+    from cai_kit.judges.pairwise import JudgeConfig
     from cai_kit.stages.prefs import run_prefs
 
     def call(ctx: StageContext) -> int:
@@ -222,7 +222,7 @@ def infer_call(r: Recipe, data: Path, out: Path, work: Path) -> Call:
         run_infer,
         write_report,
     )
-    from cai_kit.stages.judge import JudgeConfig
+    from cai_kit.judges.pairwise import JudgeConfig
 
     i = r.infer
     assert i is not None
@@ -274,7 +274,7 @@ def winrate_call(r: Recipe, prompts: Path, model: str, out: Path) -> Call:
     """`cai-kit eval winrate`: `model` against the student, by the recipe's eval judge."""
     from cai_kit.constitution import load_constitution
     from cai_kit.eval.winrate import run_winrate
-    from cai_kit.stages.judge import JudgeConfig
+    from cai_kit.judges.pairwise import JudgeConfig
     from cai_kit.stages.ties import tie_warning
 
     def call(ctx: StageContext) -> int:
