@@ -228,7 +228,7 @@ def spin(
 ) -> None:
     """SPIN: the model's own answers are rejected, SFT targets chosen; DPO per iteration."""
     from cai_kit.train.common import quiet_libraries
-    from cai_kit.train.spin import run_spin
+    from cai_kit.train.self_play import run_spin
 
     names = report_names(report_to)
     opts = {"max_steps": max_steps, "batch_size": batch_size, "lr": lr, "beta": beta,

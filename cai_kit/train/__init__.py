@@ -13,7 +13,7 @@ which is also `cai_kit.rewards`: `rewards.rubric`, `judge`, `group`, `pairwise`,
 - `ppo_trainer.py`   our own PPO (TRL 1.x has none), LoRA, multi-process under torchrun
 - `online_dpo_trainer.py`  our own online DPO (OAIF): the pairwise judge or a pointwise reward
 - `own_loop.py`      our loops run to the end: resume, stop, run files (log, config, curves)
-- `spin.py`          SPIN: own generations as rejected, SFT targets as chosen, iterated
+- `self_play.py`     SPIN: own generations as rejected, SFT targets as chosen, iterated
 - `online.py`        online RLAIF on TRL's GRPO, the judge or a reward model as the reward
 - `rewards.py`       the RewardSource protocol; a trained reward model; the one-question judge
 - `rubric_reward.py` the rubric reward, Python rewards, blends
