@@ -25,6 +25,7 @@ from cai_kit.cli.reward_flags import (
     judge_engine,
 )
 from cai_kit.cli.train import ReportTo, report_names
+from cai_kit.train.self_play import SPIN
 
 JudgeReward = Annotated[
     str,
@@ -216,19 +217,25 @@ def spin(
     model: Annotated[
         str, typer.Option("--model", "-m", help="The SFT model to start from (hf:PATH or local).")
     ] = "local",
-    iterations: Annotated[int, typer.Option("--iterations", help="Self-play iterations.")] = 2,
-    max_steps: Annotated[int, typer.Option("--max-steps", help="DPO steps per iteration.")] = 20,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Per-device batch size.")] = 4,
-    lr: Annotated[float, typer.Option("--lr", help="DPO learning rate.")] = 5e-5,
-    beta: Annotated[float, typer.Option("--beta", help="DPO beta.")] = 0.1,
+    iterations: Annotated[
+        int, typer.Option("--iterations", help="Self-play iterations.")
+    ] = SPIN.iterations,
+    max_steps: Annotated[
+        int, typer.Option("--max-steps", help="DPO steps per iteration.")
+    ] = SPIN.max_steps,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Per-device batch size.")
+    ] = SPIN.batch_size,
+    lr: Annotated[float, typer.Option("--lr", help="DPO learning rate.")] = SPIN.lr,
+    beta: Annotated[float, typer.Option("--beta", help="DPO beta.")] = SPIN.beta,
     max_new_tokens: Annotated[
         int, typer.Option("--max-new-tokens", help="Length of the model's own answers.")
-    ] = 128,
+    ] = SPIN.max_new_tokens,
     report_to: ReportTo = None,
 ) -> None:
     """SPIN: the model's own answers are rejected, SFT targets chosen; DPO per iteration."""
     from cai_kit.train.common import quiet_libraries
-    from cai_kit.train.spin import run_spin
+    from cai_kit.train.self_play import run_spin
 
     names = report_names(report_to)
     opts = {"max_steps": max_steps, "batch_size": batch_size, "lr": lr, "beta": beta,

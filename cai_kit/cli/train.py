@@ -7,6 +7,12 @@ from typing import Annotated
 
 import typer
 
+from cai_kit.train.run import TrainOptions
+
+_D = (
+    TrainOptions()
+)  # the defaults, defined once in the library: help texts say them, unset flags fall back to them
+
 train_app = typer.Typer(
     help="Fine-tune locally with TRL + PEFT (LoRA by default; CPU-safe defaults).",
     no_args_is_help=True,
@@ -23,7 +29,9 @@ Out = Annotated[
 Model = Annotated[
     str | None,
     typer.Option(
-        "--model", "-m", help="local (embedded SmolLM2), hf:PATH, or a Hub id. [default: local]"
+        "--model",
+        "-m",
+        help=f"local (embedded SmolLM2), hf:PATH, or a Hub id. [default: {_D.model}]",
     ),
 ]
 Config = Annotated[
@@ -37,18 +45,23 @@ Set = Annotated[
 MaxSteps = Annotated[
     int | None, typer.Option("--max-steps", help="Stop after N optimiser steps (-1: use --epochs).")
 ]
-Epochs = Annotated[float | None, typer.Option("--epochs", help="Training epochs. [default: 1]")]
+Epochs = Annotated[
+    float | None, typer.Option("--epochs", help=f"Training epochs. [default: {_D.epochs:g}]")
+]
 Batch = Annotated[
-    int | None, typer.Option("--batch-size", help="Per-device batch size. [default: 4]")
+    int | None,
+    typer.Option("--batch-size", help=f"Per-device batch size. [default: {_D.batch_size}]"),
 ]
 Accum = Annotated[
-    int | None, typer.Option("--grad-accum", help="Gradient accumulation steps. [default: 1]")
+    int | None,
+    typer.Option("--grad-accum", help=f"Gradient accumulation steps. [default: {_D.grad_accum}]"),
 ]
 Lr = Annotated[float | None, typer.Option("--lr", help="Learning rate (default per trainer).")]
 MaxLen = Annotated[
-    int | None, typer.Option("--max-length", help="Max tokens per example. [default: 512]")
+    int | None,
+    typer.Option("--max-length", help=f"Max tokens per example. [default: {_D.max_length}]"),
 ]
-Seed = Annotated[int | None, typer.Option("--seed", help="Random seed. [default: 0]")]
+Seed = Annotated[int | None, typer.Option("--seed", help=f"Random seed. [default: {_D.seed}]")]
 EvalFrac = Annotated[
     float | None, typer.Option("--eval-fraction", help="Hold out this share for eval metrics.")
 ]
@@ -56,8 +69,10 @@ Full = Annotated[
     bool | None,
     typer.Option("--full/--lora", help="Full fine-tuning instead of LoRA (LoRA is the default)."),
 ]
-LoraR = Annotated[int | None, typer.Option("--lora-r", help="LoRA rank. [default: 16]")]
-LoraAlpha = Annotated[int | None, typer.Option("--lora-alpha", help="LoRA alpha. [default: 32]")]
+LoraR = Annotated[int | None, typer.Option("--lora-r", help=f"LoRA rank. [default: {_D.lora_r}]")]
+LoraAlpha = Annotated[
+    int | None, typer.Option("--lora-alpha", help=f"LoRA alpha. [default: {_D.lora_alpha}]")
+]
 Targets = Annotated[
     str | None,
     typer.Option("--target-modules", help="LoRA targets: all-linear or q_proj,v_proj,..."),
@@ -78,7 +93,8 @@ ReportTo = Annotated[
     typer.Option(
         "--report-to",
         help="Also log training metrics to: none, tensorboard (OUT/runs/), trackio, wandb, mlflow; "
-        "comma-separate several (optional extras: pip install 'cai-kit[tensorboard]'). [default: none]",
+        "comma-separate several (optional extras: pip install 'cai-kit[tensorboard]'). "
+        f"[default: {_D.report_to}]",
     ),
 ]
 

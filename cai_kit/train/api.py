@@ -31,6 +31,12 @@ class TrainResult(NamedTuple):
     history: list[dict[str, Any]]
 
 
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """The steps a run logged (its log_history.json; none under torchrun's other ranks)."""
+    logged = path / "log_history.json"
+    return json.loads(logged.read_text()) if logged.is_file() else []
+
+
 def prompt_texts(prompts: Prompts, limit: int | None = None) -> list[str]:
     """A list of strings as it is (up to `limit`), or the prompts of a prompt file."""
     from cai_kit.prompts import load_prompts
@@ -132,5 +138,4 @@ def grpo(prompts: Prompts, reward: RewardSource | Callable[..., Any], out: str |
                           seed=seed, report_to=report_to, options=options)  # fmt: skip
     finally:
         source.close()
-    logged = path / "log_history.json"
-    return TrainResult(path, json.loads(logged.read_text()) if logged.is_file() else [])
+    return TrainResult(path, read_history(path))

@@ -10,11 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cai_kit.train.data import data_files, read_rows
 from cai_kit.train.run import TrainOptions, train
+
+
+@dataclass(frozen=True)
+class SpinOptions:
+    """SPIN's own options and their defaults: `train.spin(...)` and `cai-kit train spin` read them."""
+
+    iterations: int = 2
+    max_steps: int = 20  # DPO steps per iteration
+    batch_size: int = 4
+    lr: float = 5e-5
+    beta: float = 0.1
+    max_new_tokens: int = 128  # length of the model's own answers
+
+
+SPIN = SpinOptions()
 
 
 def sft_pairs(path: Path) -> list[tuple[list[dict[str, str]], str]]:
@@ -59,7 +75,7 @@ def run_spin(
     out: Path,
     iterations: int,
     opts: dict[str, Any],
-    max_new_tokens: int = 128,
+    max_new_tokens: int = SPIN.max_new_tokens,
 ) -> list[Path]:
     """Returns the model directory of each iteration."""
     from cai_kit.train.common import resolve_model
