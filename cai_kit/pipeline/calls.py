@@ -214,6 +214,7 @@ NO_PRINCIPLE = "No candidate reached"  # infer ran to its end and no principle p
 def infer_call(r: Recipe, data: Path, out: Path, work: Path) -> Call:
     """`cai-kit constitution infer DATA --out OUT --work WORK`: the constitution that explains
     the pairs, or (exit 1) the sentence that no candidate passed."""
+    from cai_kit.judges.pairwise import JudgeConfig
     from cai_kit.stages.infer import (
         InferConfig,
         build_constitution,
@@ -222,7 +223,6 @@ def infer_call(r: Recipe, data: Path, out: Path, work: Path) -> Call:
         run_infer,
         write_report,
     )
-    from cai_kit.judges.pairwise import JudgeConfig
 
     i = r.infer
     assert i is not None
