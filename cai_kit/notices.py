@@ -4,7 +4,9 @@ Every message goes to the `cai_kit` logger: notes (`note`: "Note: no price is kn
 and warnings (`warn`) at WARNING, progress and Batch API status lines (`say`) at INFO. So that a script or a notebook
 sees them without configuring logging (as the CLI always has), the logger comes with one
 handler, `STDERR`, that writes each message as one line to the current `sys.stderr`, exactly
-as the CLI printed them. A program that wants them elsewhere removes it and adds its own:
+as the CLI printed them. The logger propagates as any other, so a program that configures
+logging itself (a root handler) sees them there too, and removes `STDERR` not to see them twice;
+one that wants them elsewhere removes it and adds its own:
 
     import logging
     from cai_kit.notices import STDERR
@@ -36,10 +38,12 @@ class _StderrLines(logging.Handler):
 
 
 STDERR = _StderrLines(level=logging.INFO)
+# Only this module's own messages: the apps' loggers below it (`cai_kit.serve`,
+# `cai_kit.review`) keep going to whatever handlers the program configured, as before.
+STDERR.addFilter(lambda record: record.name == LOGGER.name)
 if not any(isinstance(h, _StderrLines) for h in LOGGER.handlers):
     LOGGER.addHandler(STDERR)
     LOGGER.setLevel(logging.INFO)
-    LOGGER.propagate = False  # shown once, by STDERR, not again by a root handler
 
 
 def note(text: str) -> None:
