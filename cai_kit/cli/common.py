@@ -406,7 +406,9 @@ def check_reasoning(
     effort = flags.get("reasoning_effort")
     if judge and "judge_reasoning_effort" in flags:
         flag, effort = "--judge-reasoning-effort", flags.get("judge_reasoning_effort")
-    if rules is None:  # nothing known of the model: sent as given, if it is a value at all
+    if rules is None:  # the litellm route's own map (Anthropic, Gemini), else sent as given
+        if effort is not None and (why := litellm_effort_error(backend.model, effort)):
+            fail(why, 2)
         if effort is not None and effort not in EFFORTS:
             fail(f"{flag} takes one of {', '.join(EFFORTS)}; not {effort!r}.", 2)
         return
@@ -425,6 +427,19 @@ def check_reasoning(
             f"{at} ({rules.source}): drop --{name.replace('_', '-')}{hint}.",
             2,
         )
+
+
+def litellm_effort_error(model: str, effort: str) -> str | None:
+    """The sentence `llm.thinking` refuses this effort with on the litellm route (Anthropic's
+    and Gemini's own efforts, OpenRouter's), or None: the first call would raise it per row."""
+    from cai_kit.errors import ConfigError
+    from cai_kit.llm.thinking import check_reasoning_effort
+
+    try:
+        check_reasoning_effort(model, effort)
+    except ConfigError as err:
+        return str(err)
+    return None
 
 
 def keys_needed(*models: tuple[str, str | None]) -> str:

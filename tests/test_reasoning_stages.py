@@ -1,0 +1,50 @@
+"""Reasoning teachers and judges on the paths issue 30's first tests left out, through the CLI
+against the scripted providers (`fixtures/openai_rules.py`, `fixtures/thinking_rules.py`): the
+litellm route's start-time checks, a Gemini 2.5 Pro judge that cannot stop thinking, `eval
+rubric`, the trainers' judges and the pipeline's teacher. Each asserts 0 failed rows or steps
+and the tokens and cost reported equal to what the server billed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cai_kit.cli.main import app
+from tests.fixtures.fault_server import FaultServer
+from tests.test_reasoning_openai import _prompts
+
+
+def _pairs(path: Path, n: int) -> Path:
+    path.write_text("".join(json.dumps({"prompt": f"question {i}", "response_a": f"a {i}",
+                                        "response_b": f"b {i}"}) + "\n" for i in range(n)))  # fmt: skip
+    return path
+
+
+# --- the litellm route: an effort the model does not take is refused at start ----------------
+
+
+@pytest.mark.parametrize("dry", [[], ["--dry-run"]])
+def test_an_effort_claude_does_not_take_is_one_sentence_at_start_on_the_litellm_route(
+    provider_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dry: list[str]
+) -> None:
+    """Old code: `backend.reasoning` is None for litellm, so the check passed and every row
+    failed at its first call (ConfigError per row)."""
+    monkeypatch.setenv("ANTHROPIC_API_BASE", provider_server.base_url.removesuffix("/v1"))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-000000000000")
+    monkeypatch.setenv("GEMINI_API_KEY", "AIza-test-key")
+    r = CliRunner().invoke(app, ["generate", str(_prompts(tmp_path / "p.jsonl", 3)), "--model",
+                                 "anthropic/claude-opus-4-6", "--out", str(tmp_path / "g"),
+                                 "--reasoning-effort", "minimal", *dry])  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert "claude-opus-4-6 takes the reasoning effort none, low, medium, high or max, not " \
+        "'minimal'." in r.output  # fmt: skip
+    assert r.output.count("Error:") == 1 and provider_server.requests == 0
+    r = CliRunner().invoke(app, ["judge", str(_pairs(tmp_path / "pairs.jsonl", 1)), "--out",
+                                 str(tmp_path / "j"), "--judge-model", "gemini/gemini-2.5-pro",
+                                 "--reasoning-effort", "none", *dry])  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert "gemini-2.5-pro takes the reasoning effort minimal" in r.output
+    assert provider_server.requests == 0
