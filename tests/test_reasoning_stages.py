@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cai_kit.cli.main import app
-from tests.fixtures.fault_server import FaultServer
-from tests.test_reasoning_openai import _prompts
+from tests.fixtures.fault_server import FaultServer, billed_tokens
+from tests.test_reasoning_openai import _prompts, _reported, _rows
 
 
 def _pairs(path: Path, n: int) -> Path:
@@ -48,3 +48,32 @@ def test_an_effort_claude_does_not_take_is_one_sentence_at_start_on_the_litellm_
     assert r.exit_code == 2, r.output
     assert "gemini-2.5-pro takes the reasoning effort minimal" in r.output
     assert provider_server.requests == 0
+
+
+# --- a judge that cannot stop thinking gets room for its letter --------------------------------
+
+
+def test_a_gemini_2_5_pro_judge_thinks_its_least_budget_and_still_answers(
+    provider_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Gemini 2.5 Pro cannot turn thinking off and thinks dynamically by default; a verdict's
+    4-token cap was spent thinking (old code: the judge's LOWEST effort became None on the
+    litellm route, so no budget was sent and every verdict came back empty)."""
+    monkeypatch.setenv("GEMINI_API_KEY", "AIza-test-key")
+    provider_server.responder = lambda body, rng: "A"
+    api_base = provider_server.base_url.removesuffix("/v1") + "/v1beta"
+    out = tmp_path / "j"
+    r = CliRunner().invoke(app, ["judge", str(_pairs(tmp_path / "pairs.jsonl", 2)), "--out", str(out),
+                                 "--judge-model", "litellm:gemini/gemini-2.5-pro", "--api-base",
+                                 api_base, "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "2 done; 0 failed" in r.output
+    assert all(x["status"] == "ok" for x in _rows(out / "prefs.jsonl"))
+    from tests.fixtures.thinking_rules import gemini_config
+
+    for body in provider_server.bodies:  # 2.5 Pro's least budget, and the letter's room on top
+        config = gemini_config(body)
+        assert config["thinkingConfig"]["thinkingBudget"] == 128
+        assert config["maxOutputTokens"] > 128
+    tokens = sum(sum(billed_tokens(u)) for u in provider_server.billed)
+    assert len(provider_server.billed) == 4 and _reported(r.output)[0] == tokens
