@@ -13,8 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cai_kit.cli.main import app
+from cai_kit.engine.pricing import price_for
 from tests.fixtures.fault_server import FaultServer, billed_tokens
-from tests.test_reasoning_openai import _prompts, _reported, _rows
+from tests.test_reasoning_openai import _prompts, _reported, _rows, teacher
 
 
 def _pairs(path: Path, n: int) -> Path:
@@ -77,3 +78,57 @@ def test_a_gemini_2_5_pro_judge_thinks_its_least_budget_and_still_answers(
         assert config["maxOutputTokens"] > 128
     tokens = sum(sum(billed_tokens(u)) for u in provider_server.billed)
     assert len(provider_server.billed) == 4 and _reported(r.output)[0] == tokens
+
+
+# --- eval rubric and winrate with reasoning judges ----------------------------------------
+
+
+def _billed_per_model(server: FaultServer) -> tuple[int, float]:
+    """(tokens, USD) the server billed, each call at its own model's list price."""
+    tokens, cost = 0, 0.0
+    for body, u in zip(server.bodies, server.billed, strict=True):
+        price = price_for(f"openai/{body['model']}", "openai-compat")
+        assert price is not None
+        tokens += u["prompt_tokens"] + u["completion_tokens"]
+        cost += price.cost(u["prompt_tokens"], u["completion_tokens"])
+    return tokens, cost
+
+
+@pytest.fixture
+def openai(fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch) -> FaultServer:
+    monkeypatch.setenv("OPENAI_BASE_URL", fault_server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    fault_server.responder = teacher
+    return fault_server
+
+
+def test_eval_rubric_with_a_reasoning_judge_fails_no_score_and_reports_the_bill(
+    openai: FaultServer, tmp_path: Path
+) -> None:
+    openai.responder = lambda body, rng: "Yes" if body["model"] == "o4-mini" else teacher(body, rng)
+    r = CliRunner().invoke(app, ["eval", "rubric", "--prompts", str(_prompts(tmp_path / "p.jsonl", 3)),
+                                 "--model", "openai/gpt-5-mini", "--judge", "openai/o4-mini",
+                                 "--out", str(tmp_path / "ev"), "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "3 done; 0 failed" in r.output and "pass rate 1.000" in r.output
+    judged = [b for b in openai.bodies if b["model"] == "o4-mini"]
+    assert judged and all("logprobs" not in b and "temperature" not in b for b in judged)
+    assert {b["reasoning_effort"] for b in judged} == {"low"}  # a Yes/No: the least it takes
+    assert {b["max_completion_tokens"] for b in judged} == {2 + 4096}  # its answer + low's room
+    tokens, cost = _billed_per_model(openai)
+    assert _reported(r.output) == (tokens, pytest.approx(cost, abs=1e-4))
+    reasoning = sum(u["completion_tokens_details"]["reasoning_tokens"] for u in openai.billed)
+    assert f"({reasoning} reasoning)" in r.output
+
+
+def test_eval_winrate_with_a_reasoning_judge_reports_what_was_billed(
+    openai: FaultServer, tmp_path: Path
+) -> None:
+    """test_reasoning_openai.py checks its verdicts; here the bill of all three models."""
+    r = CliRunner().invoke(app, ["eval", "winrate", "--prompts", str(_prompts(tmp_path / "p.jsonl", 3)),
+                                 "--model", "openai/gpt-5-mini", "--baseline", "openai/gpt-5-nano",
+                                 "--judge", "openai/o4-mini", "--out", str(tmp_path / "ev"), "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "3 done; 0 failed" in r.output
+    tokens, cost = _billed_per_model(openai)
+    assert _reported(r.output) == (tokens, pytest.approx(cost, abs=1e-4))
