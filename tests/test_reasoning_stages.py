@@ -7,7 +7,9 @@ and the tokens and cost reported equal to what the server billed."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -15,7 +17,7 @@ from typer.testing import CliRunner
 from cai_kit.cli.main import app
 from cai_kit.engine.pricing import price_for
 from tests.fixtures.fault_server import FaultServer, billed_tokens
-from tests.test_reasoning_openai import _prompts, _reported, _rows, teacher
+from tests.test_reasoning_openai import _billed, _prompts, _reported, _rows, teacher
 
 
 def _pairs(path: Path, n: int) -> Path:
@@ -132,3 +134,61 @@ def test_eval_winrate_with_a_reasoning_judge_reports_what_was_billed(
     assert "3 done; 0 failed" in r.output
     tokens, cost = _billed_per_model(openai)
     assert _reported(r.output) == (tokens, pytest.approx(cost, abs=1e-4))
+
+
+# --- the trainers' judges: a reasoning model, a tiny policy, two steps ---------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cai_kit.train.common import tiny_model
+
+    return tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def judge_reply(body: dict[str, Any], rng: random.Random) -> str:
+    """A pairwise verdict's letter, else a score's Yes."""
+    return rng.choice("AB") if "<<<RESPONSE-A-" in body["messages"][-1]["content"] else "Yes"
+
+
+def _judged_like_a_reasoning_model(server: FaultServer, history: list[dict[str, Any]]) -> None:
+    """Every judge call at gpt-5-mini's least effort with room for its answer, none failed, and
+    the run's judge_calls and judge_cost equal to the server's bills."""
+    assert server.bodies and len(server.bodies) == len(server.billed)
+    for body in server.bodies:
+        assert body["reasoning_effort"] == "minimal" and "max_tokens" not in body
+        assert body["max_completion_tokens"] > 1024 and "temperature" not in body
+        assert "logprobs" not in body and "top_p" not in body
+    logged = [h for h in history if "judge_calls" in h]
+    assert logged and all(h.get("judge_failed", h.get("failed")) == 0 for h in logged)
+    tokens, cost = _billed(server, "openai/gpt-5-mini")
+    assert tokens > 0 and logged[-1]["judge_calls"] == len(server.billed)
+    assert logged[-1]["judge_cost"] == pytest.approx(cost, rel=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["grpo", "ppo", "online-dpo"])
+def test_a_trainer_with_a_reasoning_judge_fails_no_step_and_counts_what_was_billed(
+    tiny: Path, tmp_path: Path, openai: FaultServer, kind: str
+) -> None:
+    openai.responder = judge_reply
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Say hi\nSay bye\n")
+    out = tmp_path / kind
+    common = ["train", kind, str(prompts), "--model", f"hf:{tiny}", "--out", str(out),
+              "--max-retries", "0"]  # fmt: skip
+    args = {
+        "grpo": ["--reward-judge", "openai/gpt-5-mini", "--max-steps", "2", "--num-generations",
+                 "2", "--batch-size", "2", "--max-completion-length", "4"],
+        "ppo": ["--reward-judge", "openai/gpt-5-mini", "--steps", "2", "--batch-size", "2",
+                "--mini-batch-size", "2", "--max-new-tokens", "4"],
+        "online-dpo": ["--judge", "openai/gpt-5-mini", "--steps", "2", "--batch-size", "2",
+                       "--max-new-tokens", "4", "--lr", "1e-3"],
+    }[kind]  # fmt: skip
+    r = CliRunner().invoke(app, [*common, *args])
+    assert r.exit_code == 0, r.output
+    name = "ppo_history.json" if kind == "ppo" else "log_history.json"
+    history = json.loads((out / name).read_text())
+    _judged_like_a_reasoning_model(openai, history)
+    if kind == "online-dpo":
+        assert all(h["failed"] == 0 and h["decisive"] + h["ties"] == 2 for h in history)
