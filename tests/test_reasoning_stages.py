@@ -192,3 +192,75 @@ def test_a_trainer_with_a_reasoning_judge_fails_no_step_and_counts_what_was_bill
     _judged_like_a_reasoning_model(openai, history)
     if kind == "online-dpo":
         assert all(h["failed"] == 0 and h["decisive"] + h["ties"] == 2 for h in history)
+
+
+# --- the pipeline with a reasoning teacher ---------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_pipeline_with_a_gpt5_mini_teacher_finishes_with_no_failed_row(
+    tiny: Path, tmp_path: Path, openai: FaultServer
+) -> None:
+    """A recipe whose teacher is a reasoning model (responses, critiques, judging, eval
+    judging) and whose student is a tiny model trained here: every stage runs, no row fails,
+    and every teacher call is one gpt-5-mini takes (its cap field, no sampling fields)."""
+    prompts = _prompts(tmp_path / "p.jsonl", 6)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"name: reasoning\nprompts: {prompts}\neval_fraction: 0.34\nlimit: 4\n"
+        f"student: {{model: 'hf:{tiny}'}}\nteacher: {{model: openai/gpt-5-mini}}\n"
+        "preferences: judge\nrevise: {rounds: 1, max_tokens: 16}\n"
+        "sft: {max_steps: 1, batch_size: 2, max_length: 64}\n"
+        "prefs: {k: 2, max_tokens: 8}\n"
+        "dpo: {max_steps: 1, batch_size: 2, max_length: 64}\n"
+        "eval: {limit: 2, max_tokens: 8}\n"
+    )
+    run = tmp_path / "run"
+    r = CliRunner().invoke(app, ["pipeline", str(recipe), "--out", str(run)])
+    assert r.exit_code == 0, r.output
+    assert "Some rows failed" not in r.output
+    for rows in ("revise/revisions.jsonl", "prefs/prefs.jsonl", "eval/prefs.jsonl"):
+        got = _rows(run / rows)
+        assert got and all(x["status"] == "ok" for x in got), rows
+    assert openai.bodies and all(b["model"] == "gpt-5-mini" for b in openai.bodies)
+    for body in openai.bodies:
+        assert "max_completion_tokens" in body and "max_tokens" not in body
+        assert "temperature" not in body and "top_p" not in body and "logprobs" not in body
+    efforts = {b["reasoning_effort"] for b in openai.bodies}
+    assert efforts == {"medium", "minimal"}  # the teacher's default; its verdicts' least
+    # what the stages kept is what the server billed (the student's calls cost nothing)
+    stats = [json.loads(m.read_text())["stats"] for m in run.glob("**/manifest.json")]
+    _, cost = _billed(openai, "openai/gpt-5-mini")
+    assert sum(s["cost"] for s in stats) == pytest.approx(cost, abs=1e-5)
+    reasoning = sum(u["completion_tokens_details"]["reasoning_tokens"] for u in openai.billed)
+    assert sum(s["reasoning_tokens"] for s in stats) == reasoning
+
+
+@pytest.mark.slow
+def test_two_hf_models_load_at_once_in_a_fresh_process(tiny: Path) -> None:
+    """`eval winrate --model hf:A --baseline hf:B` (the pipeline's eval) loads both models on
+    worker threads at once; transformers' lazy first import is not thread-safe ("cannot import
+    name 'AutoModelForCausalLM'"), so the first import is made under one process-wide lock.
+    In a subprocess: in this one transformers is already imported."""
+    import subprocess
+    import sys
+
+    code = f"""
+import threading
+from pathlib import Path
+from cai_kit.llm.local import TransformersBackend
+errors = []
+def load(b):
+    try:
+        b._load()
+    except Exception as exc:
+        errors.append(repr(exc))
+backends = [TransformersBackend(Path({str(tiny)!r}), f"hf:{{i}}") for i in range(2)]
+threads = [threading.Thread(target=load, args=(b,)) for b in backends]
+[t.start() for t in threads]
+[t.join() for t in threads]
+assert not errors, errors
+assert all(b._model is not None for b in backends)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
