@@ -53,6 +53,26 @@ def test_an_effort_claude_does_not_take_is_one_sentence_at_start_on_the_litellm_
     assert provider_server.requests == 0
 
 
+@pytest.mark.parametrize(("kind", "flag"), [("grpo", "--reward-judge"), ("ppo", "--reward-judge"),
+                                           ("online-dpo", "--judge")])  # fmt: skip
+def test_a_trainers_litellm_judge_is_checked_by_the_litellm_routes_own_rules(
+    provider_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str,
+    flag: str,
+) -> None:  # fmt: skip
+    """Old code: the trainers asked OpenAI's table (`reasoning_rules`), which reads litellm's
+    map as "low, medium, high" for Opus 4.6, and so refused the `none` and `max` the litellm
+    route sends, in a sentence that disagreed with every other command's."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-000000000000")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Say hi\n")
+    r = CliRunner().invoke(app, ["train", kind, str(prompts), flag, "anthropic/claude-opus-4-6",
+                                 "--reasoning-effort", "minimal", "--out", str(tmp_path / "o")])  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert "claude-opus-4-6 takes the reasoning effort none, low, medium, high or max, not " \
+        "'minimal'." in r.output  # fmt: skip
+    assert provider_server.requests == 0
+
+
 # --- a judge that cannot stop thinking gets room for its letter --------------------------------
 
 
