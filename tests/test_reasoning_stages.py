@@ -53,6 +53,23 @@ def test_an_effort_claude_does_not_take_is_one_sentence_at_start_on_the_litellm_
     assert provider_server.requests == 0
 
 
+def test_claudes_own_max_effort_is_taken_on_the_litellm_route(
+    provider_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Old code: `--reasoning-effort max` (Opus/Sonnet 4.6's highest, docs/backends.md) was
+    refused at start as not one of OpenAI's values; it is sent as adaptive thinking."""
+    monkeypatch.setenv("ANTHROPIC_API_BASE", provider_server.base_url.removesuffix("/v1"))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-000000000000")
+    r = CliRunner().invoke(app, ["generate", str(_prompts(tmp_path / "p.jsonl", 2)), "--model",
+                                 "anthropic/claude-opus-4-6", "--out", str(tmp_path / "g"),
+                                 "--reasoning-effort", "max", "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "2 done; 0 failed" in r.output
+    assert {json.dumps(b["output_config"]) for b in provider_server.bodies} == {'{"effort": "max"}'}
+    tokens = sum(sum(billed_tokens(u)) for u in provider_server.billed)
+    assert _reported(r.output)[0] == tokens
+
+
 @pytest.mark.parametrize(("kind", "flag"), [("grpo", "--reward-judge"), ("ppo", "--reward-judge"),
                                            ("online-dpo", "--judge")])  # fmt: skip
 def test_a_trainers_litellm_judge_is_checked_by_the_litellm_routes_own_rules(

@@ -147,7 +147,7 @@ ReasoningEffortOpt = Annotated[
     typer.Option(
         "--reasoning-effort",
         help="How hard a reasoning model thinks (none, minimal, low, medium, high, xhigh; "
-        "which ones a model takes: docs/backends.md). Default: the model's own (OpenAI gpt-5, "
+        "Claude 4.6+ also max; which ones a model takes: docs/backends.md). Default: the model's own (OpenAI gpt-5, "
         "o-series: medium; gpt-5.1: none). Commands without --judge-reasoning-effort use it for "
         "their judge calls too. Ignored by models that do not reason; refused at start where "
         "a reasoning model does not take the value.",
@@ -400,6 +400,7 @@ def check_reasoning(
     (`values`: e.g. temperature=0.3; only those the user gave are checked, a stage default is
     simply not sent). `judge`: the backend's judge-like calls (--judge-reasoning-effort)."""
     from cai_kit.llm.reasoning import EFFORTS, LOWEST
+    from cai_kit.llm.thinking import capabilities
 
     rules = getattr(backend, "reasoning", None)
     flag = "--reasoning-effort"
@@ -407,11 +408,14 @@ def check_reasoning(
     if judge and "judge_reasoning_effort" in flags:
         flag, effort = "--judge-reasoning-effort", flags.get("judge_reasoning_effort")
     if rules is None:  # the litellm route's own map (Anthropic, Gemini), else sent as given
-        if effort is not None and (why := litellm_effort_error(backend.model, effort)):
+        if effort is None:
+            return
+        litellm = getattr(backend, "kind", None) == "litellm"
+        if litellm and (why := litellm_effort_error(backend.model, effort)):
             fail(why, 2)
-        if effort is not None and effort not in EFFORTS:
+        if not (litellm and capabilities(backend.model)) and effort not in EFFORTS:
             fail(f"{flag} takes one of {', '.join(EFFORTS)}; not {effort!r}.", 2)
-        return
+        return  # (Claude's own `max` is one of its values)
     if effort is not None and (why := rules.effort_error(effort, flag)) is not None:
         fail(why, 2)
     at = effort or (rules.lowest_effort if judge else rules.default_effort)
