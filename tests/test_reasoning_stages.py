@@ -103,9 +103,11 @@ def test_a_gemini_2_5_pro_judge_thinks_its_least_budget_and_still_answers(
     provider_server.responder = lambda body, rng: "A"
     api_base = provider_server.base_url.removesuffix("/v1") + "/v1beta"
     out = tmp_path / "j"
-    r = CliRunner().invoke(app, ["judge", str(_pairs(tmp_path / "pairs.jsonl", 2)), "--out", str(out),
-                                 "--judge-model", "litellm:gemini/gemini-2.5-pro", "--api-base",
-                                 api_base, "-q"])  # fmt: skip
+    args = ["judge", str(_pairs(tmp_path / "pairs.jsonl", 2)), "--out", str(out), "--judge-model",
+            "litellm:gemini/gemini-2.5-pro", "--api-base", api_base, "-q"]  # fmt: skip
+    dry = CliRunner().invoke(app, [*args, "--dry-run"])  # the preview prices the cap sent
+    assert dry.exit_code == 0 and f"{4 * (4 + 128)} out" in dry.output, dry.output
+    r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "2 done; 0 failed" in r.output
     assert all(x["status"] == "ok" for x in _rows(out / "prefs.jsonl"))
@@ -115,8 +117,11 @@ def test_a_gemini_2_5_pro_judge_thinks_its_least_budget_and_still_answers(
         config = gemini_config(body)
         assert config["thinkingConfig"]["thinkingBudget"] == 128
         assert config["maxOutputTokens"] > 128
-    tokens = sum(sum(billed_tokens(u)) for u in provider_server.billed)
-    assert len(provider_server.billed) == 4 and _reported(r.output)[0] == tokens
+    price = price_for("gemini/gemini-2.5-pro", "litellm")
+    assert price is not None and len(provider_server.billed) == 4
+    billed = [billed_tokens(u) for u in provider_server.billed]
+    tokens, cost = sum(p + c for p, c in billed), sum(price.cost(p, c) for p, c in billed)
+    assert _reported(r.output) == (tokens, pytest.approx(cost, abs=5e-5))
 
 
 # --- eval rubric and winrate with reasoning judges ----------------------------------------
