@@ -147,7 +147,7 @@ ReasoningEffortOpt = Annotated[
     typer.Option(
         "--reasoning-effort",
         help="How hard a reasoning model thinks (none, minimal, low, medium, high, xhigh; "
-        "which ones a model takes: docs/backends.md). Default: the model's own (OpenAI gpt-5, "
+        "Claude 4.6+ also max; which ones a model takes: docs/backends.md). Default: the model's own (OpenAI gpt-5, "
         "o-series: medium; gpt-5.1: none). Commands without --judge-reasoning-effort use it for "
         "their judge calls too. Ignored by models that do not reason; refused at start where "
         "a reasoning model does not take the value.",
@@ -400,16 +400,22 @@ def check_reasoning(
     (`values`: e.g. temperature=0.3; only those the user gave are checked, a stage default is
     simply not sent). `judge`: the backend's judge-like calls (--judge-reasoning-effort)."""
     from cai_kit.llm.reasoning import EFFORTS, LOWEST
+    from cai_kit.llm.thinking import capabilities
 
     rules = getattr(backend, "reasoning", None)
     flag = "--reasoning-effort"
     effort = flags.get("reasoning_effort")
     if judge and "judge_reasoning_effort" in flags:
         flag, effort = "--judge-reasoning-effort", flags.get("judge_reasoning_effort")
-    if rules is None:  # nothing known of the model: sent as given, if it is a value at all
-        if effort is not None and effort not in EFFORTS:
+    if rules is None:  # the litellm route's own map (Anthropic, Gemini), else sent as given
+        if effort is None:
+            return
+        litellm = getattr(backend, "kind", None) == "litellm"
+        if litellm and (why := litellm_effort_error(backend.model, effort)):
+            fail(why, 2)
+        if not (litellm and capabilities(backend.model)) and effort not in EFFORTS:
             fail(f"{flag} takes one of {', '.join(EFFORTS)}; not {effort!r}.", 2)
-        return
+        return  # (Claude's own `max` is one of its values)
     if effort is not None and (why := rules.effort_error(effort, flag)) is not None:
         fail(why, 2)
     at = effort or (rules.lowest_effort if judge else rules.default_effort)
@@ -425,6 +431,19 @@ def check_reasoning(
             f"{at} ({rules.source}): drop --{name.replace('_', '-')}{hint}.",
             2,
         )
+
+
+def litellm_effort_error(model: str, effort: str) -> str | None:
+    """The sentence `llm.thinking` refuses this effort with on the litellm route (Anthropic's
+    and Gemini's own efforts, OpenRouter's), or None: the first call would raise it per row."""
+    from cai_kit.errors import ConfigError
+    from cai_kit.llm.thinking import check_reasoning_effort
+
+    try:
+        check_reasoning_effort(model, effort)
+    except ConfigError as err:
+        return str(err)
+    return None
 
 
 def keys_needed(*models: tuple[str, str | None]) -> str:

@@ -60,11 +60,17 @@ RewardFnWeight = Annotated[
 def judge_engine(judge: str | None, flags: dict[str, Any]) -> EngineConfig:
     """The judge's engine from the command's engine flags; an effort the judge does not take
     is refused now (exit 2) rather than at every step."""
-    from cai_kit.cli.common import engine_config_from, fail
+    from cai_kit.cli.common import engine_config_from, fail, litellm_effort_error
     from cai_kit.llm.reasoning import reasoning_rules
+    from cai_kit.llm.thinking import capabilities
 
     effort = flags.get("reasoning_effort")
-    rules = reasoning_rules(judge) if judge and effort is not None else None
-    if rules is not None and (why := rules.effort_error(effort)) is not None:
-        fail(why, 2)
+    if judge and effort is not None:
+        if capabilities(judge) is not None:  # Anthropic, Gemini: the litellm route's own map
+            why = litellm_effort_error(judge, effort)
+        else:
+            rules = reasoning_rules(judge)
+            why = rules.effort_error(effort) if rules is not None else None
+        if why is not None:
+            fail(why, 2)
     return engine_config_from({**flags, "quiet": True})

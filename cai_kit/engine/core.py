@@ -49,12 +49,15 @@ def fit_call(config: EngineConfig, backend: Backend, params: GenParams) -> GenPa
     """What a stage's call is really sent with (the engine's calls and the --dry-run preview
     alike): the effort the flags ask for (a judge-like call's LOWEST -> --judge-reasoning-effort,
     a stage call's None -> --reasoning-effort), then the model's rules (`reasoning.fit_params`:
-    its default or least effort, and an output cap with room to think)."""
+    its default or least effort, and an output cap with room to think). Where the backend has no
+    such rules (litellm), a judge-like call gets `backend.judge_effort()`."""
     effort = params.reasoning_effort
     if effort == LOWEST and config.judge_reasoning_effort is not None:
         params = params.replace(reasoning_effort=config.judge_reasoning_effort)
     elif effort is None and config.reasoning_effort is not None:
         params = params.replace(reasoning_effort=config.reasoning_effort)
+    elif effort == LOWEST and backend.reasoning is None:  # the litellm route's own map
+        params = params.replace(reasoning_effort=backend.judge_effort())
     return fit_params(backend.reasoning, params, config.reasoning_tokens)
 
 

@@ -149,6 +149,11 @@ class Backend(ABC):
     async def chat(self, messages: ChatMessages, params: GenParams) -> Completion:
         """Send one conversation, return one completion. Raise `BackendError` on failure."""
 
+    def judge_effort(self) -> str | None:
+        """The effort of a judge-like call (`reasoning.LOWEST`) where `reasoning` is None: None
+        (nothing is sent); a backend whose own map knows the model's least effort says it."""
+        return None
+
     def output_cap(self, params: GenParams) -> int:
         """The output cap actually sent for `params` (a backend that adds a provider's thinking
         budget to it says so): what a --max-cost reservation and a cost preview must price."""

@@ -16,7 +16,7 @@ from typing import Any
 from cai_kit.errors import ConfigError, FatalBackendError, RetryableError
 from cai_kit.llm.base import Backend, ChatMessages, Completion, GenParams, TokenLogprob, Usage
 from cai_kit.llm.prompt_cache import PrefixMarks, takes_cache_control
-from cai_kit.llm.thinking import reasoning_request
+from cai_kit.llm.thinking import judge_effort, reasoning_request
 
 
 def make_litellm_backend(model: str, api_base: str | None = None, **options: Any) -> Backend:
@@ -75,6 +75,10 @@ class LiteLLMBackend(Backend):
 
     def identity(self) -> dict[str, Any]:
         return {"kind": self.kind, "model": self.model, "api_base": self.api_base}
+
+    def judge_effort(self) -> str | None:
+        """A judge's letter from a model that thinks by default: its least effort (Gemini)."""
+        return judge_effort(self.model)
 
     def output_cap(self, params: GenParams) -> int:
         """The max_tokens actually sent for `params`: the answer's plus the thinking allowance

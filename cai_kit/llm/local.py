@@ -255,6 +255,13 @@ class _Pending:
     future: asyncio.Future[Completion]
 
 
+# transformers' lazy first import is not thread-safe: two threads importing it at once get
+# "cannot import name 'AutoModelForCausalLM'" (transformers 5.x), which `eval winrate --model
+# hf:A --baseline hf:B` does by loading both models on worker threads. Imports of transformers
+# and peft, and so the loads, happen under this one lock.
+_IMPORT_LOCK = threading.Lock()
+
+
 class TransformersBackend(Backend):
     kind = "hf"
     default_concurrency = 16
@@ -282,7 +289,7 @@ class TransformersBackend(Backend):
         return {"kind": self.kind, "weights": fp(self.path)}
 
     def _load(self) -> None:
-        with self._load_lock:
+        with self._load_lock, _IMPORT_LOCK:
             if self._model is not None:
                 return
             import torch
@@ -363,9 +370,10 @@ class TransformersBackend(Backend):
         sample = params.temperature > 0
         processors = None
         if sample:  # each row draws from its own seed, whatever else shares the batch
-            from transformers import LogitsProcessorList
+            with _IMPORT_LOCK:
+                from transformers import LogitsProcessorList
 
-            from cai_kit.llm.row_sampling import RowSampler
+                from cai_kit.llm.row_sampling import RowSampler
 
             seeds = [p.params.seed for p in group]
             processors = LogitsProcessorList([RowSampler(seeds, params.temperature, params.top_p)])

@@ -9,6 +9,8 @@ Message Batches lines. Pure functions of (model string, GenParams); nothing is s
 
 A model that does not take the effort asked for raises `ConfigError` (one sentence), also
 from `check_reasoning_effort(model, effort)`, which a command can call before its first call.
+`judge_effort(model)` is the effort a judge-like call gets (a model that thinks by default,
+as Gemini does, thinks its least, so a 4-token verdict still has room for its letter).
 
 Why cai-kit builds these fields instead of passing `reasoning_effort` to litellm: for
 `anthropic/` litellm (1.109) maps an effort to a fixed budget but leaves our `max_tokens` below
@@ -121,6 +123,18 @@ def check_reasoning_effort(model: str, effort: str | None) -> None:
             f"{model} does not reason: leave the reasoning effort unset (or none), not {effort!r}."
         )
     raise ConfigError(_refusal(model, effort, caps.efforts))
+
+
+def judge_effort(model: str) -> str | None:
+    """The effort of a judge-like call (`reasoning.LOWEST`: one letter or a number) on the
+    litellm route: the least `model` takes where it thinks unless told not to, so thinking
+    cannot spend the few tokens the answer has (Gemini 2.5 and 3 think by default: 2.5 Pro gets
+    its smallest budget, 128, on top of the answer; 2.5 Flash thinking off; Gemini 3 its lowest
+    level). None where nothing would be gained (Claude thinks only when asked; an unmapped model)."""
+    caps = capabilities(model)
+    if caps is None or not caps.reasons or split(model)[0] == "anthropic":
+        return None
+    return caps.efforts[0]
 
 
 def _refusal(model: str, effort: str, efforts: tuple[str, ...]) -> str:
