@@ -150,3 +150,26 @@ def test_one_conversation_decoder_gives_the_same_sample_for_a_seed_whatever_came
 
     first, again = asyncio.run(twice())
     assert first.strip() and first == again
+
+
+def test_llama_cpp_threads_sleep_while_they_wait_unless_the_user_chose() -> None:
+    """llama.cpp's OpenMP threads busy-wait by default; beside anything else on few cores they
+    fight for them (`python bench/llama_threads.py`: 12.7x slower with one busy process on 2
+    cores). Loading the embedded model sets OMP_WAIT_POLICY=PASSIVE first, unless it is set."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os\n"
+        "from cai_kit.llm.embedded import gguf_path\n"
+        "from cai_kit.llm.local import LlamaCppBackend\n"
+        "LlamaCppBackend(gguf_path(), parallel=1)._llm(False)\n"
+        "print(os.environ.get('OMP_WAIT_POLICY'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.stdout.strip().splitlines()[-1] == "PASSIVE", run.stderr[-2000:]
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.stdout.strip().splitlines()[-1] == "ACTIVE", run.stderr[-2000:]

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from cai_kit.errors import ConfigError
 from cai_kit.paths import models_dir
@@ -54,6 +55,19 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def import_llama_cpp() -> Any:
+    """`import llama_cpp`, with its OpenMP threads told to sleep, not spin, while they wait
+    (OMP_WAIT_POLICY=PASSIVE unless the user set one). llama.cpp's threads otherwise busy-wait
+    between steps; on a machine with few cores and anything else running (a trainer, a second
+    model, CI's other tests) they fight for the cores: 64 tokens took 52.7 s instead of 3.8 s
+    with 2 threads on 2 loaded cores (`python bench/local_generation.py` measures it alone).
+    Read by the OpenMP runtime when it loads, so before the first import of llama_cpp."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import llama_cpp
+
+    return llama_cpp
+
+
 def batch_gguf() -> Path:
     """The embedded model re-encoded as Q8_0 for batched decoding (converted once, cached)."""
     target = models_dir() / BATCH_GGUF_NAME
@@ -62,7 +76,7 @@ def batch_gguf() -> Path:
     with _file_lock(models_dir() / f".{BATCH_GGUF_NAME}.lock"):
         if target.is_file():
             return target
-        import llama_cpp
+        llama_cpp = import_llama_cpp()
         from llama_cpp._utils import suppress_stdout_stderr
 
         params = llama_cpp.llama_model_quantize_default_params()

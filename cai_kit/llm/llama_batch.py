@@ -57,7 +57,9 @@ class BatchedLlama:
     def __init__(
         self, llm: Any, n_parallel: int = 16, n_ctx_seq: int = 2048, n_batch: int = 512
     ) -> None:
-        import llama_cpp
+        from cai_kit.llm.embedded import import_llama_cpp
+
+        llama_cpp = import_llama_cpp()
         from llama_cpp import _internals, llama_chat_format
 
         if llm.chat_format != "chat_template.default":

@@ -94,8 +94,9 @@ class LlamaCppBackend(Backend):
 
     def _load(self, logits_all: bool) -> Any:
         if logits_all not in self._llms:
-            from llama_cpp import Llama
+            from cai_kit.llm.embedded import import_llama_cpp
 
+            Llama = import_llama_cpp().Llama
             self._llms[logits_all] = Llama(
                 model_path=str(self.gguf),
                 n_ctx=self.n_ctx,
@@ -108,12 +109,10 @@ class LlamaCppBackend(Backend):
     def _engine(self) -> Any:
         with self._load_lock:
             if self._batched is None:
-                from llama_cpp import Llama
-
-                from cai_kit.llm.embedded import batch_gguf
+                from cai_kit.llm.embedded import batch_gguf, import_llama_cpp
                 from cai_kit.llm.llama_batch import BatchedLlama
 
-                llm = Llama(
+                llm = import_llama_cpp().Llama(
                     model_path=str(batch_gguf() if self.gguf == gguf_path() else self.gguf),
                     n_ctx=512,  # the batched engine makes its own, bigger context
                     n_threads=_threads(),
