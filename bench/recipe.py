@@ -11,10 +11,12 @@ subprocess as a user runs them:
   RL-CAI   `prefs` with the SFT model as the policy (k samples per training prompt, up to
            --k-max where all k were judged alike) and the teacher as the pairwise judge;
            `export dpo`, `train dpo` (LoRA, merged) from the SFT model.
-  eval     `eval safety hf:DPO --baseline local:transformers --baseline hf:SFT` on the HELD-OUT
-           prompts (examples/safety/heldout.jsonl), with `--train-prompts` the training set:
-           harm (harmful requests complied with) and over-refusal (benign look-alikes refused),
-           each with a bootstrap 95% CI, one point per stage on the frontier plot.
+  eval     after each stage, `eval safety` of that stage with the earlier ones as baselines
+           (`hf:SFT --baseline local:transformers`, then `hf:DPO --baseline local:transformers
+           --baseline hf:SFT`) on the HELD-OUT prompts (examples/safety/heldout.jsonl), with
+           `--train-prompts` the training set: harm (harmful requests complied with) and
+           over-refusal (benign look-alikes refused), each with a bootstrap 95% CI, one point
+           per stage on the frontier plot (answers given once come from the call cache).
 
 **The teacher and judge are a stand-in.** No capable model is reachable here, so both are a
 loopback server (tests/fixtures/fault_server.py with `RuleTeacher` as its responder) that
@@ -280,6 +282,20 @@ def rl_cai(a: argparse.Namespace, api: str, out: Path, log: Path) -> tuple[float
     return t, pairs
 
 
+def evaluate(a: argparse.Namespace, api: str, stages: dict[str, str], out: Path, log: Path) -> float:  # fmt: skip
+    """`eval safety` of the last stage with the earlier ones as baselines, on the held-out
+    prompts (answers already given by a stage come from the call cache); the seconds."""
+    models = list(stages.values())
+    return _cli(["eval", "safety", models[-1], *[x for m in models[:-1] for x in ("--baseline", m)],
+                 "--judge", "teacher", "--api-base", api, "--mode", "letter",
+                 "--prompts", str(a.heldout), "--train-prompts", str(a.train),
+                 "--max-tokens", str(a.max_tokens), "--seed", str(a.seed), "--out", str(out), "-q"], log)  # fmt: skip
+
+
+def _report(run: Path) -> dict[str, Any]:
+    return json.loads((run / "report.json").read_text())
+
+
 def main() -> None:
     from tests.fixtures.fault_server import FaultServer, start_fault_server
 
@@ -310,22 +326,23 @@ def main() -> None:
           f"({a.heldout}); logs in {log}", flush=True)  # fmt: skip
     t_all = time.perf_counter()
     minutes = {"base": 0.0}
+    stages = {"base": "local:transformers"}
     minutes["SL-CAI (SFT)"] = sl_cai(a, server.base_url, a.out, log) / 60
-    print(f"SL-CAI: {minutes['SL-CAI (SFT)']:.1f} min", flush=True)
+    stages["SL-CAI (SFT)"] = f"hf:{a.out / 'sft_model'}"
+    t_eval = evaluate(a, server.base_url, stages, a.out / "eval_sft", log)
+    print(f"SL-CAI: {minutes['SL-CAI (SFT)']:.1f} min; eval {t_eval / 60:.1f} min", flush=True)
+    print(write_table(stage_rows(_report(a.out / "eval_sft"), stages, minutes), a.out / "eval_sft",
+                      [STAND_IN], {}), flush=True)  # fmt: skip
     t_rl, pairs = rl_cai(a, server.base_url, a.out, log)
     minutes["RL-CAI (DPO)"] = t_rl / 60
     print(f"RL-CAI: {pairs} preference pairs, {t_rl / 60:.1f} min", flush=True)
-    stages = {"base": "local:transformers", "SL-CAI (SFT)": f"hf:{a.out / 'sft_model'}"}
+    final = a.out / "eval_sft"
     if pairs:
         stages["RL-CAI (DPO)"] = f"hf:{a.out / 'dpo_model'}"
-    models = list(stages.values())
-    t_eval = _cli(["eval", "safety", models[-1], *[x for m in models[:-1] for x in ("--baseline", m)],
-                   "--judge", "teacher", "--api-base", server.base_url, "--mode", "letter",
-                   "--prompts", str(a.heldout), "--train-prompts", str(a.train),
-                   "--max-tokens", str(a.max_tokens), "--seed", str(a.seed),
-                   "--out", str(a.out / "eval"), "-q"], log)  # fmt: skip
+        final = a.out / "eval"
+        t_eval += evaluate(a, server.base_url, stages, final, log)
     total = time.perf_counter() - t_all
-    report = json.loads((a.out / "eval" / "report.json").read_text())
+    report = _report(final)
     rows = stage_rows(report, stages, minutes)
     dropped = len(report.get("dropped") or [])
     load = os.getloadavg()
@@ -333,8 +350,8 @@ def main() -> None:
         STAND_IN, "",
         f"Held-out prompts: {a.heldout.name} ({report['prompts']} evaluated, {dropped} dropped as "
         f"near-duplicates of the training prompts); training prompts: {a.train.name} ({n_train}).",
-        f"Minutes: each stage's training; `eval safety` of all stages together took "
-        f"{t_eval / 60:.1f} min; whole benchmark {total / 60:.1f} min wall on {os.cpu_count()} "
+        f"Minutes: each stage's training; `eval safety` after each stage took "
+        f"{t_eval / 60:.1f} min in all; whole benchmark {total / 60:.1f} min wall on {os.cpu_count()} "
         f"CPU cores, load average {load[0]:.1f} at the end.",
     ]  # fmt: skip
     if not pairs:

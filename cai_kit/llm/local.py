@@ -39,6 +39,8 @@ from cai_kit.llm.base import (
 )
 from cai_kit.llm.embedded import gguf_path
 
+_TRANSFORMERS_LOADING = threading.Lock()  # see TransformersBackend._load
+
 
 def make_local_backend(model: str, api_base: str | None = None, **options: Any) -> Backend:
     from cai_kit.llm import embedded
@@ -282,7 +284,10 @@ class TransformersBackend(Backend):
         return {"kind": self.kind, "weights": fp(self.path)}
 
     def _load(self) -> None:
-        with self._load_lock:
+        # One load at a time in the process: two backends (a model and its baseline) loading
+        # in two threads raced in transformers' lazy import ("cannot import name
+        # 'AutoModelForCausalLM'", seen in `eval safety hf:A --baseline local:transformers`).
+        with _TRANSFORMERS_LOADING, self._load_lock:
             if self._model is not None:
                 return
             import torch
