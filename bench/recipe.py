@@ -16,7 +16,7 @@ subprocess as a user runs them:
            --baseline hf:SFT`) on the HELD-OUT prompts (examples/safety/heldout.jsonl), with
            `--train-prompts` the training set: harm (harmful requests complied with) and
            over-refusal (benign look-alikes refused), each with a bootstrap 95% CI, one point
-           per stage on the frontier plot (answers given once come from the call cache).
+           per stage on the frontier plot.
 
 **The teacher and judge are a stand-in.** No capable model is reachable here, so both are a
 loopback server (tests/fixtures/fault_server.py with `RuleTeacher` as its responder) that
@@ -284,12 +284,13 @@ def rl_cai(a: argparse.Namespace, api: str, out: Path, log: Path) -> tuple[float
 
 def evaluate(a: argparse.Namespace, api: str, stages: dict[str, str], out: Path, log: Path) -> float:  # fmt: skip
     """`eval safety` of the last stage with the earlier ones as baselines, on the held-out
-    prompts (answers already given by a stage come from the call cache); the seconds."""
+    prompts, every answer drawn afresh (`--no-cache`); the seconds."""
     models = list(stages.values())
     return _cli(["eval", "safety", models[-1], *[x for m in models[:-1] for x in ("--baseline", m)],
                  "--judge", "teacher", "--api-base", api, "--mode", "letter",
                  "--prompts", str(a.heldout), "--train-prompts", str(a.train),
-                 "--max-tokens", str(a.max_tokens), "--seed", str(a.seed), "--out", str(out), "-q"], log)  # fmt: skip
+                 "--max-tokens", str(a.max_tokens), "--seed", str(a.seed), "--out", str(out), "--no-cache",
+                 "-q"], log)  # fmt: skip
 
 
 def _report(run: Path) -> dict[str, Any]:

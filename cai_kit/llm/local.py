@@ -39,7 +39,7 @@ from cai_kit.llm.base import (
 )
 from cai_kit.llm.embedded import gguf_path
 
-_TRANSFORMERS_LOADING = threading.Lock()  # see TransformersBackend._load
+_TRANSFORMERS = threading.RLock()  # one load or generate at a time: TransformersBackend._load
 
 
 def make_local_backend(model: str, api_base: str | None = None, **options: Any) -> Backend:
@@ -284,10 +284,11 @@ class TransformersBackend(Backend):
         return {"kind": self.kind, "weights": fp(self.path)}
 
     def _load(self) -> None:
-        # One load at a time in the process: two backends (a model and its baseline) loading
-        # in two threads raced in transformers' lazy import ("cannot import name
-        # 'AutoModelForCausalLM'", seen in `eval safety hf:A --baseline local:transformers`).
-        with _TRANSFORMERS_LOADING, self._load_lock:
+        # One load or generate at a time in the process. Two backends (a model and its
+        # baseline) in two threads raced: loading both, in transformers' lazy import ("cannot
+        # import name 'AutoModelForCausalLM'"); one loading while the other generated, into
+        # garbage text for that batch (`eval safety hf:A --baseline local:transformers`).
+        with _TRANSFORMERS, self._load_lock:
             if self._model is not None:
                 return
             import torch
@@ -374,7 +375,7 @@ class TransformersBackend(Backend):
 
             seeds = [p.params.seed for p in group]
             processors = LogitsProcessorList([RowSampler(seeds, params.temperature, params.top_p)])
-        with torch.no_grad():
+        with _TRANSFORMERS, torch.no_grad():
             out = model.generate(
                 **enc,
                 max_new_tokens=params.max_tokens,
