@@ -310,7 +310,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4, help="RL-CAI: samples per training prompt.")
     ap.add_argument("--k-max", type=int, default=8, help="RL-CAI: samples when k tie.")
     ap.add_argument("--dpo-epochs", type=float, default=2)
-    ap.add_argument("--dpo-lr", type=float, default=5e-5, help="DPO LoRA learning rate.")
+    ap.add_argument("--dpo-lr", type=float, default=5e-4, help="DPO LoRA learning rate.")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
 
