@@ -80,6 +80,7 @@ def prefs(
     judge_api_base: JudgeApiBase = None,
     constitution: Constitution = "harmless",
     k: Annotated[int, typer.Option("--k", min=2, max=8, help="Responses sampled per prompt (2..8).")] = P.k,
+    k_max: Annotated[int | None, typer.Option("--k-max", min=2, max=64, help="A prompt whose k samples were all judged alike (no decisive pair) draws more, 2k, 4k, ... up to this many, that prompt only (default: no more).")] = None,
     pairs: Annotated[str, typer.Option("--pairs", help="best-worst | all | random:N (N >= 1).")] = P.pairs,
     mode: Mode = "logprobs",
     samples: Samples = 5,
@@ -100,7 +101,7 @@ def prefs(
     from cai_kit.judges.rubric import Rubric
     from cai_kit.llm.base import GenParams
     from cai_kit.prompts import load_prompts
-    from cai_kit.stages.prefs import pair_count, run_prefs
+    from cai_kit.stages.prefs import pair_count, prompts_without_pair, run_prefs
 
     cfg = _judge_cfg(mode, samples, principles, tie_margin, seed)
     pair_count(pairs)
@@ -145,12 +146,17 @@ def prefs(
         argv=replay_argv("prefs"),
         label=label,
         rubric=rubric,
+        k_max=k_max,
     )
     typer.echo(f"sampling: {sampled.line()}")
     typer.echo(f"judging:  {judged.line()}")
     if flags["dry_run"]:
         typer.echo(keys_needed((policy_model, api_base), (judge_model, judge_api_base)))
     else:
+        alike = len(prompts_without_pair(out, pset.records))
+        drew = f" (after drawing up to {k_max} samples)" if k_max and k_max > k else ""
+        typer.echo(f"pairs:    {alike} of {len(pset.records)} prompts gave no pair: all their "
+                   f"samples were judged alike{drew}.")  # fmt: skip
         typer.echo(f"Wrote {out / 'prefs.jsonl'}; see `cai-kit judge-report {out.resolve()}`")
     exit_for(sampled, judged)
 

@@ -39,6 +39,12 @@ from cai_kit.llm.base import (
 )
 from cai_kit.llm.embedded import gguf_path
 
+# One transformers load or generate at a time in the process: transformers' lazy first import
+# is not thread-safe (two threads importing it get "cannot import name 'AutoModelForCausalLM'"),
+# and a model loading while another generated gave garbage text for that batch (`eval safety
+# hf:A --baseline local:transformers`, `eval winrate --model hf:A --baseline hf:B`).
+_TRANSFORMERS = threading.RLock()
+
 
 def make_local_backend(model: str, api_base: str | None = None, **options: Any) -> Backend:
     from cai_kit.llm import embedded
@@ -254,13 +260,6 @@ class _Pending:
     future: asyncio.Future[Completion]
 
 
-# transformers' lazy first import is not thread-safe: two threads importing it at once get
-# "cannot import name 'AutoModelForCausalLM'" (transformers 5.x), which `eval winrate --model
-# hf:A --baseline hf:B` does by loading both models on worker threads. Imports of transformers
-# and peft, and so the loads, happen under this one lock.
-_IMPORT_LOCK = threading.Lock()
-
-
 class TransformersBackend(Backend):
     kind = "hf"
     default_concurrency = 16
@@ -288,7 +287,11 @@ class TransformersBackend(Backend):
         return {"kind": self.kind, "weights": fp(self.path)}
 
     def _load(self) -> None:
-        with self._load_lock, _IMPORT_LOCK:
+        # One load or generate at a time in the process. Two backends (a model and its
+        # baseline) in two threads raced: loading both, in transformers' lazy import ("cannot
+        # import name 'AutoModelForCausalLM'"); one loading while the other generated, into
+        # garbage text for that batch (`eval safety hf:A --baseline local:transformers`).
+        with _TRANSFORMERS, self._load_lock:
             if self._model is not None:
                 return
             import torch
@@ -369,14 +372,14 @@ class TransformersBackend(Backend):
         sample = params.temperature > 0
         processors = None
         if sample:  # each row draws from its own seed, whatever else shares the batch
-            with _IMPORT_LOCK:
+            with _TRANSFORMERS:  # (transformers' lazy import is not thread-safe)
                 from transformers import LogitsProcessorList
 
                 from cai_kit.llm.row_sampling import RowSampler
 
             seeds = [p.params.seed for p in group]
             processors = LogitsProcessorList([RowSampler(seeds, params.temperature, params.top_p)])
-        with torch.no_grad():
+        with _TRANSFORMERS, torch.no_grad():
             out = model.generate(
                 **enc,
                 max_new_tokens=params.max_tokens,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cai_kit.constitution import Constitution
@@ -137,17 +137,72 @@ def pair_count(spec: str) -> int | None:
     return int(n)
 
 
+def prompts_without_pair(out_dir: Path, prompts: list[PromptRecord]) -> list[PromptRecord]:
+    """The prompts whose judged pairs in OUT/prefs.jsonl are all ties: every record of the
+    prompt is `ok` and none prefers a side (its samples were judged alike). A prompt with a
+    failed record is not among them (a re-run retries it), nor one not judged yet."""
+    by_prompt: dict[str, list[PreferenceRecord]] = {}
+    for r in latest_by_id(out_dir / "prefs.jsonl", PreferenceRecord).values():
+        by_prompt.setdefault(r.prompt_id, []).append(r)
+    return [
+        p
+        for p in prompts
+        if (recs := by_prompt.get(p.id))
+        and all(r.status == "ok" and r.verdict.label == "tie" for r in recs)
+    ]
+
+
+def _add(a: JobSummary, b: JobSummary) -> JobSummary:
+    """Two rounds of one job as one summary: counts and numeric stats added."""
+    stats = dict(a.stats)
+    for key, v in b.stats.items():
+        both = isinstance(v, int | float) and isinstance(stats.get(key, 0), int | float)
+        stats[key] = stats.get(key, 0) + v if both else v
+    return replace(a, total=a.total + b.total, already_done=a.already_done + b.already_done,
+                   done=a.done + b.done, failed=a.failed + b.failed, stopped=a.stopped or b.stopped,
+                   stats=stats)  # fmt: skip
+
+
 def run_prefs(
+    prompts: list[PromptRecord], *, policy: Backend, judge: Backend, models: dict[str, str], constitution: Constitution,
+    cfg: JudgeConfig, k: int, pairs: str, policy_params: GenParams, out_dir: Path, engine_config: EngineConfig,
+    shard: tuple[int, int] | None = None, argv: list[str] | None = None,
+    label: str = "pairwise", rubric: Rubric | None = None, k_max: int | None = None,
+) -> tuple[JobSummary, JobSummary]:  # fmt: skip
+    """Phase 1 (sampling) then phase 2 (judging); returns both summaries. A dry run previews
+    the judging of samples not drawn yet as k answers of `max_tokens` each.
+
+    With `k_max`, a prompt whose k samples were all judged alike (`prompts_without_pair`)
+    draws more, 2k, 4k, ... up to k_max samples (that prompt only: samples 0..k-1 are kept,
+    its pairs judged again over all of them), until it gives a decisive pair. The summaries
+    add up every round. A dry run previews the first round only."""
+    if k_max is not None and k_max < k:
+        raise ConfigError(f"--k-max must be at least --k ({k}), not {k_max}.")
+    engine_config = with_budget(engine_config)  # one --max-cost for every round
+    args = dict(policy=policy, judge=judge, models=models, constitution=constitution, cfg=cfg,
+                pairs=pairs, policy_params=policy_params, out_dir=out_dir,
+                engine_config=engine_config, shard=shard, argv=argv, label=label, rubric=rubric)  # fmt: skip
+    sampled, judged = _prefs_round(prompts, k=k, **args)  # type: ignore[arg-type]
+    k_now, todo = k, prompts
+    while k_max is not None and k_now < k_max and not engine_config.dry_run:
+        todo = prompts_without_pair(out_dir, todo)
+        if not todo or sampled.stopped or judged.stopped:
+            break
+        k_now = min(2 * k_now, k_max)
+        s, j = _prefs_round(todo, k=k_now, **args)  # type: ignore[arg-type]
+        sampled, judged = _add(sampled, s), _add(judged, j)
+    return sampled, judged
+
+
+def _prefs_round(
     prompts: list[PromptRecord], *, policy: Backend, judge: Backend, models: dict[str, str], constitution: Constitution,
     cfg: JudgeConfig, k: int, pairs: str, policy_params: GenParams, out_dir: Path, engine_config: EngineConfig,
     shard: tuple[int, int] | None = None, argv: list[str] | None = None,
     label: str = "pairwise", rubric: Rubric | None = None,
 ) -> tuple[JobSummary, JobSummary]:  # fmt: skip
-    """Phase 1 (sampling) then phase 2 (judging); returns both summaries. A dry run previews
-    the judging of samples not drawn yet as k answers of `max_tokens` each."""
+    """One round: k samples of each prompt, then its pairs judged."""
     if k < 2:
         raise DataError("--k must be at least 2 to make pairs.")
-    engine_config = with_budget(engine_config)  # one --max-cost for sampling and judging
     if label not in LABELS:
         raise ConfigError(f"--label must be pairwise or rubric, not {label!r}.")
     if label == "rubric" and rubric is None:
