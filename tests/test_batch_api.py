@@ -139,6 +139,7 @@ def test_an_expired_cancelled_or_failed_batch_is_reported_and_its_calls_are_fail
     assert {x["id"] for x in rows if x["status"] == "ok"} == {x["id"] for x in rows}
 
 
+@pytest.mark.slow  # (a killed process and its re-run: the full run's, not the fast tier's)
 def test_kill_9_while_polling_then_rerun_collects_the_same_batch_and_pays_nothing_twice(
     fault_server: FaultServer, tmp_path: Path
 ) -> None:
@@ -219,6 +220,7 @@ def test_dry_run_previews_the_batch_price_at_half_the_synchronous_one(
     assert fault_server.requests == 0
 
 
+@pytest.mark.slow  # (several seconds: the full run's, not the fast tier's)
 def test_anthropic_message_batches_are_sent_collected_and_errors_recorded(
     fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -275,6 +277,7 @@ def test_a_server_without_a_batch_api_fails_the_calls_with_one_clear_sentence(
     )
 
 
+@pytest.mark.slow  # (several seconds: the full run's, not the fast tier's)
 def test_retry_failed_redoes_batch_failures_synchronously_or_as_a_new_batch(
     fault_server: FaultServer, tmp_path: Path
 ) -> None:
@@ -369,6 +372,7 @@ def test_rows_beyond_those_held_at_once_still_make_one_wave_per_step(
     assert not list((tmp_path / "b" / "batches").glob("*.tmp"))  # nothing left half-written
 
 
+@pytest.mark.slow  # (a killed process and its re-run: the full run's, not the fast tier's)
 def test_kill_9_in_a_later_wave_then_rerun_resumes_that_wave_and_pays_nothing_twice(
     fault_server: FaultServer, tmp_path: Path
 ) -> None:

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from cai_kit.cli.main import app
@@ -190,6 +191,7 @@ def test_batch_api_writes_the_same_prompts_in_one_wave_per_step(
     assert same == [(x["prompt"], x["call_seed"]) for x in _rows(tmp_path / "b" / "prompts.jsonl")]
 
 
+@pytest.mark.slow  # (a killed process and its re-run: the full run's, not the fast tier's)
 def test_kill_9_mid_expand_then_rerun_pays_no_call_twice_and_writes_the_same_prompts(
     fault_server: FaultServer, tmp_path: Path
 ) -> None:

@@ -275,6 +275,7 @@ def test_a_budget_stop_keeps_the_work_and_a_rerun_finishes_it(
     assert f"{6 - first} done" in r.output and out.exists()  # only the missing proposals
 
 
+@pytest.mark.slow  # (a killed process and its re-run: the full run's, not the fast tier's)
 def test_kill_9_mid_infer_then_rerun_pays_no_call_twice_and_infers_the_same(
     fault_server: FaultServer, tmp_path: Path
 ) -> None:

@@ -294,6 +294,7 @@ def test_pipeline_report_links_only_images_that_exist(
     assert eval_links and all((run / "eval" / link).is_file() for link in eval_links)
 
 
+@pytest.mark.slow  # (several seconds: the full run's, not the fast tier's)
 def test_a_pipeline_stage_whose_rows_failed_lets_the_pipeline_go_on_and_an_error_stops_it(
     fault_server: FaultServer, tmp_path: Path
 ) -> None:

@@ -62,6 +62,7 @@ def test_only_training_and_implicit_reward_stay_subprocesses(tmp_path: Path) -> 
     assert plan["revise"] and plan["eval"]
 
 
+@pytest.mark.slow  # (several seconds: the full run's, not the fast tier's)
 def test_a_stage_whose_call_crashes_stops_the_pipeline_and_touches_no_other_stage(
     fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
