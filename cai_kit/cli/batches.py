@@ -22,11 +22,10 @@ def list_(run_dir: RunArg) -> None:
 
     One line a batch: its id, provider, requests, status at the provider, and the worst case
     it holds against --max-cost until it ends (reserved by every run of the directory)."""
-    import asyncio
-
     from cai_kit.engine.batch_admin import open_batches, with_status
+    from cai_kit.engine.loop import run_sync
 
-    found = asyncio.run(with_status(open_batches(run_dir)))
+    found = run_sync(with_status(open_batches(run_dir)))
     if not found:
         typer.echo(f"{run_dir} has no open batches.")
         return
@@ -52,11 +51,10 @@ def cancel(
     pay for it again) and the batch is closed in the run's ledger, so no later run holds its
     worst case against --max-cost: the provider bills what it answered. A re-run (or
     `cai-kit retry-failed RUN`) sends the calls it did not answer."""
-    import asyncio
-
     from cai_kit.engine.batch_admin import cancel_batches, run_engine_config
+    from cai_kit.engine.loop import run_sync
 
-    done = asyncio.run(cancel_batches(run_dir, batch_id, run_engine_config(run_dir)))
+    done = run_sync(cancel_batches(run_dir, batch_id, run_engine_config(run_dir)))
     if not done:
         typer.echo(f"{run_dir} has no open batches.")
     for b in done:

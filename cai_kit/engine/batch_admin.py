@@ -10,7 +10,7 @@ and closes the batch in the ledger, so no later run reserves it: what the provid
 what it answered. The client of a batch is rebuilt from the provider the ledger names (a base
 URL, or Anthropic's Message Batches) with the key from the environment, as the run found it.
 
-    for b in asyncio.run(with_status(open_batches(run))):
+    for b in run_sync(with_status(open_batches(run))):  # (engine.loop.run_sync)
         print(b.batch_id, b.status)
 """
 

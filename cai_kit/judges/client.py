@@ -8,7 +8,7 @@ judge, the rubric, the group judge, online DPO's pairwise judge).
     client.close()
 
 The calls run on an event loop of the client's own, on a worker thread, so `run` works from
-plain code, from inside a running event loop (a notebook, `asyncio.run(main())`) and from a
+plain code, from inside a running event loop (a notebook, or a coroutine under `asyncio.run`) and from a
 training loop alike; an HTTP session never outlives the loop it was made on. One engine and
 one backend serve the whole run, so the cache, --max-cost, rpm/tpm and statistics carry
 across steps. Under N processes (torchrun, accelerate) --max-cost is one cap for the command:
