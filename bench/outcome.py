@@ -52,9 +52,11 @@ CONSTITUTION = "brief-and-safe"
 PRINCIPLES = ["brief", "says-something", "no-urls", "refuses-only-harmful"]
 
 
-def _cli(args: list[str], log: Path) -> float:
-    """Run `cai-kit ARGS`, its output to LOG; the wall seconds. Exits on failure."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+def _cli(args: list[str], log: Path, extra_env: dict[str, str] | None = None) -> float:
+    """Run `cai-kit ARGS`, its output to LOG; the wall seconds. Exits on failure.
+    (bench/recipe.py runs its stages through this too.)"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+           **(extra_env or {})}  # fmt: skip
     t0 = time.perf_counter()
     with log.open("a") as fh:
         fh.write(f"$ cai-kit {' '.join(args)}\n")

@@ -41,13 +41,13 @@ import json
 import os
 import random
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+
 sys.path.insert(0, str(ROOT))
 
 from cai_kit.eval.refusal import rule_refusal  # noqa: E402
@@ -235,18 +235,15 @@ def write_plot(report: dict[str, Any], stages: dict[str, str], path: Path) -> st
 
 
 def _cli(args: list[str], log: Path) -> float:
-    """Run `cai-kit ARGS`, its output to LOG; the wall seconds. Exits on failure."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-           "CAI_KIT_API_KEY": "loopback"}  # fmt: skip
-    t0 = time.perf_counter()
-    with log.open("a") as fh:
-        fh.write(f"$ cai-kit {' '.join(args)}\n")
-        fh.flush()
-        proc = subprocess.run([sys.executable, "-m", "cai_kit", *args], env=env, stdout=fh,
-                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    if proc.returncode != 0:
-        sys.exit(f"`cai-kit {' '.join(args)}` failed (exit {proc.returncode}); see {log}")
-    return time.perf_counter() - t0
+    """Run `cai-kit ARGS` as bench/outcome.py does, with a key for the loopback teacher."""
+    import importlib.util
+
+    # by path: `outcome` is also a PyPI package's name (trio's), so not `import outcome`
+    spec = importlib.util.spec_from_file_location("bench_outcome", ROOT / "bench" / "outcome.py")
+    assert spec is not None and spec.loader is not None
+    outcome = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(outcome)
+    return float(outcome._cli(args, log, {"CAI_KIT_API_KEY": "loopback"}))
 
 
 def sl_cai(a: argparse.Namespace, api: str, out: Path, log: Path) -> float:
