@@ -129,8 +129,8 @@ def test_a_stage_job_runs_inside_a_running_event_loop(
 
 
 def test_async_variants_run_side_by_side_under_load(fault_server: FaultServer) -> None:
-    """Twelve calls at once, each waiting 1 s on the provider: side by side they take about
-    one wait plus the set-up of each call (1.9 s on 2 loaded cores), not twelve."""
+    """Twelve calls at once, each waiting 1 s on the provider, run side by side: the provider
+    has most of them in hand at the same moment (one after another, it would never hold two)."""
     fault_server.latency_s = 1.0
 
     async def main() -> tuple[list[int], float]:
@@ -144,7 +144,7 @@ def test_async_variants_run_side_by_side_under_load(fault_server: FaultServer) -
     sizes, took = asyncio.run(main())
     assert sizes == [1] * 12
     print(f"12 agenerate calls side by side: {took:.2f} s (each waits 1 s)")
-    assert took < 6.0
+    assert fault_server.most_in_flight >= 6, fault_server.most_in_flight
 
 
 def test_cancelling_an_async_call_stops_its_calls_and_keeps_finished_rows(
@@ -163,9 +163,8 @@ def test_cancelling_an_async_call_stops_its_calls_and_keeps_finished_rows(
         with pytest.raises(asyncio.CancelledError):
             await task
 
-    t0 = time.monotonic()
     asyncio.run(main())
-    assert time.monotonic() - t0 < 8  # the 40 rows were not all waited for
+    assert fault_server.requests < 40  # the rows not yet sent never were
     import json
 
     manifest = json.loads((tmp_path / "manifest.json").read_text())

@@ -4,7 +4,7 @@ labels store that `review export-gold`, `judge-report --gold` and `export --pref
 - `app.py`     the aiohttp app: the page and its JSON API (/api/summary, rows, row, label)
 - `index.py`   byte-offset index of prefs.jsonl / revisions.jsonl (SQLite; lines read by
                `io.parse_record`, reuse checked by a digest), search, diff
-- `labels.py`  human labels in RUN/labels.sqlite (WAL, through `web.wal`, upsert), folding,
+- `labels.py`  human labels in RUN/labels.sqlite (WAL, through `cai_kit.wal`, upsert), folding,
                gold export
 - `page.html`  the review page (plain HTML/JS, inline SVG charts, nothing from the network)
 

@@ -38,7 +38,7 @@ from typing import Any
 from cai_kit.errors import DataError
 from cai_kit.io import parse_record
 from cai_kit.records import PreferenceRecord, RevisionRecord
-from cai_kit.web.wal import connect_wal
+from cai_kit.wal import connect_wal
 
 try:  # a faster parser when present (a dependency of several of ours); json otherwise
     from orjson import loads as _loads
@@ -184,8 +184,8 @@ class RunIndex:
         db = None
         if not in_memory and os.access(run_dir, os.W_OK):
             try:
-                db = connect_wal(path, synchronous="OFF")  # a cache: rebuilt from the JSONL if torn
-                _schema(db)
+                # a cache: rebuilt from the JSONL if torn
+                db = connect_wal(path, synchronous="OFF", setup=_schema)
             except sqlite3.Error:  # a corrupt cache: it only holds what the JSONL holds
                 if db is not None:
                     db.close()
@@ -193,8 +193,7 @@ class RunIndex:
                     p.unlink(missing_ok=True)
                 db = None
                 try:
-                    db = connect_wal(path, synchronous="OFF")
-                    _schema(db)
+                    db = connect_wal(path, synchronous="OFF", setup=_schema)
                 except sqlite3.Error:
                     db = None
         where = str(path)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from cai_kit.errors import DataError
-from cai_kit.web.wal import connect_wal
+from cai_kit.wal import connect_wal
 
 Kind = Literal["pair", "revision"]
 LABELS: dict[str, tuple[str, ...]] = {
@@ -94,8 +94,7 @@ class LabelStore:
                 "directory; give --labels-db PATH."
             )
         try:
-            self._db = connect_wal(self.path)
-            self._db.executescript(SCHEMA)
+            self._db = connect_wal(self.path, schema=SCHEMA)
             cols = {r[1] for r in self._db.execute("PRAGMA table_info(labels)")}
             if not {"reviewer", "kind", "row_id", "label", "note"} <= cols:
                 raise sqlite3.DatabaseError("its labels table has other columns")

@@ -3,7 +3,7 @@ feedback store that `cai-kit export kto|prefs FEEDBACK_DB` turns into training d
 
 - `app.py`       the aiohttp app: /v1/chat/completions (+SSE), /v1/models, /v1/feedback, /
 - `protocol.py`  request checking and OpenAI response shapes
-- `store.py`     completions and ratings in SQLite (WAL, through `web.wal`)
+- `store.py`     completions and ratings in SQLite (WAL, through `cai_kit.wal`)
 - `feedback.py`  rated completions -> KTO rows / preference pairs + dataset card
 - `page.html`    the chat page (plain HTML/JS, no build step)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from cai_kit.errors import DataError
 from cai_kit.records import stable_hash
-from cai_kit.web.wal import connect_wal
+from cai_kit.wal import connect_wal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS completions (
@@ -89,8 +89,7 @@ class FeedbackStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         try:
-            self._db = connect_wal(self.path)
-            self._db.executescript(SCHEMA)
+            self._db = connect_wal(self.path, schema=SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise DataError(f"{self.path} is not a cai-kit feedback database ({exc}).") from None
 

@@ -5,7 +5,6 @@
                no page may frame an answer
 - `errors.py`  `ApiError` (an HTTP status and one sentence for the client) and the one error
                middleware that answers it, aiohttp's 4xx, a 413 and a bug (500, logged) alike
-- `wal.py`     the SQLite connection the apps' stores and the review index open (WAL)
 
 May import aiohttp and the ground (`errors`); never an app, a stage, a trainer, the engine
 or a backend (contract `web-knows-no-model`). Imported by `serve`, `review` and `cli`.
