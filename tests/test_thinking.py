@@ -374,3 +374,56 @@ def test_max_cost_reserves_the_thinking_budget_the_call_really_asks_for(
     with pytest.raises(BudgetExceeded):
         asyncio.run(go())
     assert anthropic.paid == 0 and not anthropic.billed
+
+
+@pytest.mark.parametrize(
+    ("teacher", "response_cap", "verdict_cap"),
+    [
+        # Claude: a budget of 1,024 at low above the answer; a verdict does not think (unasked)
+        ("anthropic/claude-sonnet-4-5", 100 + 1024, 4),
+        # Gemini 2.5 Pro: 1,024 at low; a verdict thinks its least budget, 128 (it cannot not)
+        ("gemini/gemini-2.5-pro", 100 + 1024, 4 + 128),
+    ],
+)
+def test_the_pipeline_estimate_prices_the_thinking_the_litellm_route_sends(
+    tmp_path: Path, teacher: str, response_cap: int, verdict_cap: int
+) -> None:
+    """`pipeline --dry-run` prices each call at the output cap the stage really sends (the
+    litellm route's thinking budget), not OpenAI's reasoning allowance or none at all."""
+    from cai_kit.pipeline.estimate import estimate
+    from cai_kit.pipeline.recipe import parse_recipe
+    from cai_kit.pipeline.split import split_prompts
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(8)))
+    r = parse_recipe(
+        f"name: t\nprompts: {prompts}\nstudent: {{model: local}}\npreferences: judge\n"
+        f"teacher: {{model: {teacher}, reasoning_effort: low}}\n"
+        "revise: {rounds: 1, max_tokens: 100}\nprefs: {max_tokens: 100}\n",
+        base=tmp_path,
+    )
+    rows = {(x.stage, x.role): x for x in estimate(r, split_prompts(r))}
+    resp = rows["revise", "responses"]
+    assert resp.output_tokens == resp.calls * response_cap
+    judged = rows["prefs", "judge"]
+    assert judged.output_tokens == judged.calls * verdict_cap
+    # what the backend sends for those calls, as the engine fits them
+    sent = reasoning_request(teacher, GenParams(max_tokens=100, reasoning_effort="low"))
+    assert sent.max_tokens == response_cap
+
+
+def test_cai_kit_models_names_what_a_thinking_model_takes_on_the_litellm_route() -> None:
+    """`cai-kit models MODEL` says which efforts the litellm route maps for Claude and Gemini
+    (thinking.py's table, the one the calls use), and nothing for a model that does not think."""
+    from typer.testing import CliRunner
+
+    from cai_kit.cli.main import app
+
+    def line(model: str) -> str:
+        return CliRunner().invoke(app, ["models", model]).output
+
+    claude = line("anthropic/claude-sonnet-4-5")
+    assert "reasoning: efforts none, minimal, low, medium, high, xhigh" in claude
+    assert "thinking budget 1,024-64,000 tokens" in claude
+    assert "a thinking level" in line("gemini/gemini-3-pro-preview")
+    assert "reasoning" not in line("anthropic/claude-3-5-haiku-latest")

@@ -100,6 +100,21 @@ def _reasoning_note(model: str) -> str:
     return f"; reasoning: efforts {', '.join(rules.efforts)}{default}"
 
 
+def _thinking_note(model: str) -> str:
+    """`; reasoning: efforts ..., thinking budget ...` for a model whose thinking the litellm
+    route maps (Claude, Gemini: `thinking.py`), else nothing."""
+    from cai_kit.llm.thinking import capabilities
+
+    caps = capabilities(model)
+    if caps is None or not caps.reasons:
+        return ""
+    if caps.budget is not None:
+        how = f", thinking budget {caps.budget[0]:,}-{caps.budget[1]:,} tokens"
+    else:
+        how = ", a thinking level" if caps.levels else ""
+    return f"; reasoning: efforts {', '.join(caps.efforts)}{how}"
+
+
 def route(model: str, api_base: str | None = None) -> str:
     """One line saying which path a model string takes (for `cai-kit models MODEL`)."""
     spec = resolve(model, api_base)
@@ -115,7 +130,7 @@ def route(model: str, api_base: str | None = None) -> str:
     if spec.name in ("hosted", "litellm"):
         where = f" -> {api_base}" if api_base else ""
         var = f" (key {provider.key_vars[0]})" if provider else ""
-        return f"{model}: litellm{where}{var}"
+        return f"{model}: litellm{where}{var}{_thinking_note(model.removeprefix('litellm:'))}"
     if spec.name == "openai-compat":
         return f"{model}: fast aiohttp client -> {api_base} (price: --price, or usage.cost if reported)"
     return f"{model}: {spec.name} backend ({spec.description})"

@@ -57,20 +57,30 @@ def _price(r: Recipe, model: str, api_base: str | None) -> Price | None:
     return price_for(model, kind, explicit)
 
 
-def _cap(r: Recipe, model: str, answer: int, *, judge: bool = False) -> int:
-    """The output cap a call of `model` is sent with: for a reasoning model the answer plus its
-    effort's room to think (the teacher's `reasoning_effort`, or for judge-like calls its
-    `judge_reasoning_effort`, else the least the model takes), as the stages send it."""
-    from cai_kit.llm.reasoning import reasoning_rules
+def _cap(r: Recipe, model: str, api_base: str | None, answer: int, *, judge: bool = False) -> int:
+    """The output cap a call of `model` is sent with, as the stages send it: the engine fits the
+    call (`fit_call`: the teacher's `reasoning_effort`, or for judge-like calls its
+    `judge_reasoning_effort`, else the model's own default or least effort) and the backend adds
+    its room to think (`Backend.output_cap`: OpenAI's allowance on the fast client, Anthropic's
+    and Gemini's thinking budget on the litellm route). A local model sends the answer's cap."""
+    from cai_kit.engine.core import EngineConfig, fit_call
+    from cai_kit.llm.base import GenParams
+    from cai_kit.llm.reasoning import LOWEST
+    from cai_kit.llm.registry import get_backend, resolve
 
-    rules = reasoning_rules(model)
-    if rules is None:
+    try:
+        if resolve(model, api_base).name in ("local", "hf"):
+            return answer
+        backend = get_backend(model, api_base=api_base, require_key=False)  # nothing is sent
+    except Exception:  # an unknown model string: the stage itself will say so
         return answer
     t = r.teacher if r.teacher is not None and r.teacher.model == model else None
-    effort = (t.judge_reasoning_effort if judge else t.reasoning_effort) if t else None
-    if effort is None and judge:
-        effort = rules.lowest_effort
-    return rules.output_cap(answer, effort)
+    config = EngineConfig(
+        reasoning_effort=t.reasoning_effort if t else None,
+        judge_reasoning_effort=t.judge_reasoning_effort if t else None,
+    )
+    params = GenParams(max_tokens=answer, reasoning_effort=LOWEST if judge else None)
+    return backend.output_cap(fit_call(config, backend, params))
 
 
 def _revise(r: Recipe, stage: str, prompts: list[PromptRecord]) -> list[StageEstimate]:
@@ -101,9 +111,9 @@ def _revise(r: Recipe, stage: str, prompts: list[PromptRecord]) -> list[StageEst
     resp, resp_base = r.served_by("responses")
     critic, critic_base = r.served_by("critiques")
     return [
-        StageEstimate(stage, "responses", resp, resp_calls, resp_in, resp_calls * _cap(r, resp, m),
+        StageEstimate(stage, "responses", resp, resp_calls, resp_in, resp_calls * _cap(r, resp, resp_base, m),
                       _price(r, resp, resp_base)),
-        StageEstimate(stage, "critiques+revisions", critic, crit_calls, crit_in, crit_calls * _cap(r, critic, m),
+        StageEstimate(stage, "critiques+revisions", critic, crit_calls, crit_in, crit_calls * _cap(r, critic, critic_base, m),
                       _price(r, critic, critic_base), f"{rounds} round(s)"),
     ]  # fmt: skip
 
@@ -124,7 +134,7 @@ def _judge_calls(r: Recipe, stage: str, role: str, prompts: list[PromptRecord], 
         )
         calls += pairs_per_prompt * len(pair)
         in_tok += pairs_per_prompt * sum(c[1] for c in pair)
-        out_tok += pairs_per_prompt * sum(_cap(r, model, c[2], judge=True) for c in pair)
+        out_tok += pairs_per_prompt * sum(_cap(r, model, base, c[2], judge=True) for c in pair)
     votes = f", {cfg.samples} votes each" if mode == "votes" else ""
     return StageEstimate(stage, "judge", model, calls, in_tok, out_tok, _price(r, model, base), f"both orders{votes}")  # fmt: skip
 
@@ -152,13 +162,13 @@ def _expand(r: Recipe) -> list[StageEstimate]:
     in_tok = sum(prompt_tokens(plan.messages(i)) for i in range(calls))
     model, base = r.step_model(e)
     price = _price(r, model, base)
-    rows = [StageEstimate("expand", "new prompts", model, calls, in_tok, calls * _cap(r, model, e.max_tokens), price,
+    rows = [StageEstimate("expand", "new prompts", model, calls, in_tok, calls * _cap(r, model, base, e.max_tokens), price,
                           f"first of up to {e.max_rounds} round(s)")]  # fmt: skip
     if e.keep_if:
         # every prompt written, at most (as `prompts expand --dry-run` counts them)
         texts = [f"prompt {i}.{k} " + "word " * 20 for i in range(calls) for k in range(e.per_call)]
         asks, one = len(texts), sum(prompt_tokens(keep_messages(t, e.keep_if)) for t in texts)
-        rows.append(StageEstimate("expand", "keep-if", model, asks, one, asks * _cap(r, model, cfg.keep_params.max_tokens, judge=True), price))  # fmt: skip
+        rows.append(StageEstimate("expand", "keep-if", model, asks, one, asks * _cap(r, model, base, cfg.keep_params.max_tokens, judge=True), price))  # fmt: skip
     return rows
 
 
@@ -205,10 +215,14 @@ def _infer(r: Recipe, train: list[PromptRecord]) -> list[StageEstimate]:
     t_calls = t_in = t_out = 0
     for j in range(test):
         for _, tin, tout, *_ in judge_calls(msgs[j % len(msgs)], a, a, const, cfg, model):
-            t_calls, t_in, t_out = t_calls + 1, t_in + tin, t_out + _cap(r, model, tout, judge=True)
+            t_calls, t_in, t_out = (
+                t_calls + 1,
+                t_in + tin,
+                t_out + _cap(r, model, base, tout, judge=True),
+            )
     c = i.max_candidates
     return [
-        StageEstimate("infer", "propose", model, propose, in_tok, propose * _cap(r, model, i.max_tokens), price,
+        StageEstimate("infer", "propose", model, propose, in_tok, propose * _cap(r, model, base, i.max_tokens), price,
                       f"{n} pairs at most, {test} held out"),
         StageEstimate("infer", "test", model, c * t_calls, c * t_in, c * t_out, price,
                       f"{c} candidates at most, both orders"),
