@@ -36,6 +36,31 @@ def test_a_judge_reward_scores_from_inside_a_running_event_loop(
     reward.close()  # closing twice is fine
 
 
+def test_an_unpriced_judge_logs_its_cost_as_unknown_not_zero(
+    fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A judge behind --api-base with no --price and a server that reports no cost: its spend
+    is unknown, so `judge_cost` (in every training log) is NaN, never a silent 0.0; a priced
+    judge's stays a number."""
+    import math
+
+    from cai_kit.engine.pricing import parse_price
+    from cai_kit.train.rewards import JudgeReward
+
+    monkeypatch.setattr(fs, "reply_text", lambda body: "Yes")
+    unpriced = JudgeReward("j", load_constitution("harmless"), fault_server.base_url,
+                           engine_config=EngineConfig(quiet=True, max_retries=0))  # fmt: skip
+    priced = JudgeReward("j", load_constitution("harmless"), fault_server.base_url,
+                         engine_config=EngineConfig(quiet=True, max_retries=0, price=parse_price("1,1")))  # fmt: skip
+    try:
+        assert unpriced(["q"], ["a"]) == [1.0] and priced(["q"], ["b"]) == [1.0]
+        assert unpriced.usage()["judge_calls"] == 1 and math.isnan(unpriced.usage()["judge_cost"])
+        assert priced.usage()["judge_cost"] > 0
+    finally:
+        unpriced.close()
+        priced.close()
+
+
 def test_every_reward_source_meets_the_protocol_and_a_plain_function_is_wrapped(
     tmp_path: object,
 ) -> None:

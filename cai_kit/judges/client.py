@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Awaitable, Callable, Iterable
@@ -102,11 +103,14 @@ class JudgeClient:
         return self._loop.run(opened())
 
     def usage(self) -> dict[str, float]:
-        """This process's judge calls (answered, paid) and their cost in USD so far."""
+        """This process's judge calls (answered, paid) and their cost in USD so far; the cost is
+        NaN once a call had no price and its server reported none (unknown, as `engine.spend`
+        says it: never a silent 0.0 in a training log)."""
         stats = self.engine.stats if self.engine is not None else None
+        cost = stats.cost if stats else 0.0
         return {
             "judge_calls": float(stats.calls if stats else 0),
-            "judge_cost": stats.cost if stats else 0.0,
+            "judge_cost": math.nan if stats and stats.unpriced_calls else cost,
         }
 
     def close(self) -> None:
