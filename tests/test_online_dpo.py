@@ -461,4 +461,7 @@ def test_online_dpo_stopped_by_max_cost_continues_from_its_last_step_when_re_run
     assert "training continues from step 2 of 3" in r.output
     assert [h["step"] for h in json.loads((out / "log_history.json").read_text())] == [1, 2, 3]
     assert fault_server.paid == 12  # 3 steps x 4 verdict calls, none paid twice
+    last = json.loads((out / "log_history.json").read_text())[-1]
+    # the run's judge totals carry across the stop: every call the provider billed, once
+    assert last["judge_calls"] == 12 and last["judge_cost"] == pytest.approx(0.12)
     assert not (out / "resume_state").exists()

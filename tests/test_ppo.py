@@ -422,6 +422,8 @@ def test_ppo_stopped_by_max_cost_continues_from_its_last_step_when_re_run(
     assert "1 step(s) were finished before; training continues from step 2 of 3" in r.output
     resumed = json.loads((out / "ppo_history.json").read_text())
     assert len(resumed) == 3 and fault_server.paid == 12  # 3 steps x 4 calls, none paid twice
+    # the run's judge totals carry across the stop: every call the provider billed, once
+    assert resumed[-1]["judge_calls"] == 12 and resumed[-1]["judge_cost"] == pytest.approx(0.12)
     assert [h["step"] for h in json.loads((out / "log_history.json").read_text())] == [1, 2, 3]
     assert not (out / "resume_state").exists()  # the run reached its last step
 

@@ -226,6 +226,8 @@ class OnlineDPOTrainer:
             self.ref_model = self.ref_model.to(self.accelerator.device)
         self.history: list[dict[str, float]] = []
         self.draws: Any = None  # the prompt draws' random state to start from (resume.load)
+        # judge_calls/judge_cost billed before a stop this run continues from (resume.load)
+        self.judge_before: dict[str, float] = {}
         self.mark: StepMark | None = None  # the random state at the start of the current step
 
     @property
@@ -328,7 +330,9 @@ class OnlineDPOTrainer:
                 stats = {k: v / decisive for k, v in zip(keys, sums, strict=True)}
             stats.update(decisive=decisive, ties=total - failed - decisive, failed=failed,
                          time_generate=t1 - t0, time_judge=t2 - t1)  # fmt: skip
-            stats.update(judge_calls=calls, judge_cost=cost)  # the run so far, all ranks
+            before = self.judge_before  # a resumed run: the calls billed before the stop
+            stats.update(judge_calls=before.get("judge_calls", 0.0) + calls,
+                         judge_cost=before.get("judge_cost", 0.0) + cost)  # the run so far, all ranks  # fmt: skip
             stats.update(judge.last_metrics)  # rubric/<id>: this rank's
             self.history.append(stats)
             if log and acc.is_main_process:

@@ -95,6 +95,7 @@ def _train(trainer: Any, texts: list[str], source: Any, steps: int, log: Any, tr
         trainer.train(texts, source, steps, log)
     except CaiKitError as exc:
         stopped = exc
+        trainer.judge_spent = _judge_spent(trainer, source)
     finally:
         source.close()
         tracker.close()
@@ -105,6 +106,23 @@ def _train(trainer: Any, texts: list[str], source: Any, steps: int, log: Any, tr
     if trainer.history:
         trainer.save(str(out))
     return stopped
+
+
+def _judge_spent(trainer: Any, source: Any) -> dict[str, float]:
+    """What the judge billed in the run up to a stop, all ranks (every rank stops together, so
+    the sum is a collective they all reach), the calls of the stopped step included: a re-run
+    continues these totals (`resume.save` keeps them), so the log's last `judge_calls` and
+    `judge_cost` are what the provider billed for the whole run, once."""
+    from cai_kit.train.rewards import sum_over_ranks
+
+    usage = getattr(source, "usage", None)
+    if usage is None:
+        return dict(trainer.judge_before)
+    u = usage()
+    calls, cost = sum_over_ranks([u.get("judge_calls", 0.0), u.get("judge_cost", 0.0)])
+    before = trainer.judge_before
+    return {"judge_calls": before.get("judge_calls", 0.0) + calls,
+            "judge_cost": before.get("judge_cost", 0.0) + cost}  # fmt: skip
 
 
 def _write(out: Path, kind: str, base: str, options: dict[str, Any], cfg: Any,

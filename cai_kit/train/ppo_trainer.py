@@ -214,6 +214,8 @@ class PPOTrainer:
         self._score_stats = [0.0, 1.0, 0]  # running mean, var, count (for normalize_rewards)
         self.history: list[dict[str, float]] = []
         self.draws: Any = None  # the prompt draws' random state to start from (resume.load)
+        # judge_calls/judge_cost billed before a stop this run continues from (resume.load)
+        self.judge_before: dict[str, float] = {}
         self.mark: StepMark | None = None  # the random state at the start of the current step
 
     @property
@@ -434,6 +436,9 @@ class PPOTrainer:
             stats = self.step(queries, responses, rewards)
             stats.update(time_generate=t1 - t0, time_reward=t2 - t1)
             stats.update(judge)  # judge_failed, judge_calls, judge_cost: totals over all ranks
+            for k, before in self.judge_before.items():  # a resumed run: the calls before the stop
+                if k in stats:
+                    stats[k] += before
             stats.update(source.last_metrics)  # e.g. rubric/<principle>
             if log and acc.is_main_process:
                 log(step, stats)

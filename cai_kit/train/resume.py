@@ -11,7 +11,9 @@ are kept in OUT/resume_state/ and the same command run again trains only the rem
 What is kept: the trainable weights (LoRA adapters, the value head; all weights under --full)
 and the optimiser, through accelerate's `save_state` (every rank's RNG too, DeepSpeed and FSDP
 included), each rank's prompt-draw state, and on rank 0 `state.json`: the finished steps'
-history, the loop's own state (PPO's KL coefficient and reward statistics) and the settings.
+history, the loop's own state (PPO's KL coefficient and reward statistics), the judge's calls and
+cost up to the stop (the stopped step's included: the re-run's totals continue from them) and
+the settings.
 The RNG states are those of the start of the step that was stopped, so the re-run draws that
 step as an uninterrupted run would have, and the judge's answers already paid for come from
 the call cache. A re-run with other settings (another model, learning rate, prompt set, number
@@ -79,7 +81,8 @@ def save(trainer: Any, out: Path, settings: dict[str, Any]) -> None:
     (path / f"draws_{rank}.json").write_text(json.dumps(_plain_state(draws)))
     if acc.is_main_process:
         state = {"step": len(trainer.history), "settings": settings, "loop": trainer.loop_state(),
-                 "history": trainer.history}  # fmt: skip
+                 "history": trainer.history,
+                 "judge_spent": getattr(trainer, "judge_spent", {})}  # fmt: skip
         (path / "state.json").write_text(json.dumps(state, indent=1))
     acc.wait_for_everyone()
 
@@ -98,6 +101,7 @@ def load(trainer: Any, out: Path, settings: dict[str, Any]) -> int:
     draws = json.loads((path / f"draws_{trainer.accelerator.process_index}.json").read_text())
     trainer.draws = _tuple_state(draws)
     trainer.history = list(state["history"])
+    trainer.judge_before = dict(state.get("judge_spent") or {})  # billed before the stop
     trainer.load_loop_state(state["loop"])
     return int(state["step"])
 
