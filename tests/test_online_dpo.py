@@ -465,3 +465,52 @@ def test_online_dpo_stopped_by_max_cost_continues_from_its_last_step_when_re_run
     # the run's judge totals carry across the stop: every call the provider billed, once
     assert last["judge_calls"] == 12 and last["judge_cost"] == pytest.approx(0.12)
     assert not (out / "resume_state").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_online_dpo_at_the_steps_end_and_a_re_run_continues(
+    tiny: Path, tmp_path: Path, fault_server: FaultServer
+) -> None:
+    """Ctrl-C (SIGINT to a real `cai-kit train online-dpo`) while step 2 waits on the judge: the
+    step finishes, the 2 finished steps are saved with what a re-run needs, exit 130; the same
+    command then trains steps 3-4 only, and no verdict is paid twice. (Before: KeyboardInterrupt
+    went straight up, nothing was saved, and the CLI's "re-run to resume" was untrue.)"""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    fault_server.responder = prefers_shorter
+    fault_server.report_cost = 0.01
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Say hi\nSay bye\n")
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "cai_kit", "train", "online-dpo", str(prompts), "--model", f"hf:{tiny}",
+           "--judge", "j", "--judge-api-base", fault_server.base_url, "--out", str(out), "--batch-size", "2",
+           "--max-new-tokens", "4", "--lr", "1e-3", "--max-retries", "0", "--steps", "4",
+           "--price", "0,2500", "--concurrency", "1"]  # fmt: skip
+    fault_server.hold_after = 6  # step 1's 4 verdicts and 2 of step 2's; the rest wait
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and fault_server.paid < 6 and proc.poll() is None:
+        time.sleep(0.05)
+    assert fault_server.paid == 6, proc.communicate()[0] if proc.poll() is not None else "timeout"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    fault_server.hold_after = None  # the judge answers step 2's last verdicts
+    output = proc.communicate(timeout=240)[0]
+    assert proc.returncode == 130, output[-3000:]
+    assert "Interrupted (Ctrl-C) at the end of a step. The 2 finished step(s) are saved" in output
+    assert "Re-run the same command: training continues from step 3 of 4." in output
+    assert (out / "resume_state").is_dir() and fault_server.paid == 8
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=os.environ)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "training continues from step 3 of 4" in again.stdout + again.stderr
+    logged = json.loads((out / "log_history.json").read_text())
+    assert [h["step"] for h in logged] == [1, 2, 3, 4]
+    assert fault_server.paid == 16  # 4 steps x 4 verdicts, none paid twice
+    assert logged[-1]["judge_calls"] == 16 and logged[-1]["judge_cost"] == pytest.approx(0.16)
+    assert not (out / "resume_state").exists()

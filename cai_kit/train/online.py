@@ -106,6 +106,20 @@ def _RewardMetrics(scorer: RewardSource) -> Any:
     return RewardMetrics()
 
 
+def _StopAtStepBegin(stop: Any) -> Any:
+    """Ctrl-C (`train.interrupt.StopAtStep`) stops GRPO as a --max-cost stop does: at the next
+    step's start (after `_StepStart` took its random state), every rank alike."""
+    from transformers import TrainerCallback
+
+    from cai_kit.train.rewards import stop_together
+
+    class StopAtStepBegin(TrainerCallback):
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            stop_together(stop.reason())
+
+    return StopAtStepBegin()
+
+
 def _StepStart() -> Any:
     """Keeps the random state of the start of the current step (`snapshot`), so that a run
     stopped inside a step is saved as it was before that step: the re-run draws it again."""
@@ -158,7 +172,8 @@ def train_grpo(prompts: list[str], model: str, out: Path, scorer: RewardSource |
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from cai_kit.errors import BudgetExceeded, CaiKitError
+    from cai_kit.errors import CaiKitError
+    from cai_kit.train.interrupt import Interrupted, StopAtStep
     from cai_kit.train.report import plot_curves
     from cai_kit.train.resume import check_settings, continue_hint, settings_of
     from cai_kit.train.tracking import trackio_project
@@ -200,11 +215,15 @@ def train_grpo(prompts: list[str], model: str, out: Path, scorer: RewardSource |
         say(f"Resuming {out}: {step} step(s) were finished before; {left}.")
     stopped: CaiKitError | None = None
     try:
-        trainer.train(resume_from_checkpoint=str(saved[-1]) if saved else None)
-    except CaiKitError as exc:  # a dead judge or --max-cost: every rank stops at the same step
+        with StopAtStep() as stop:  # Ctrl-C: at the next step's start, saved like a stop
+            trainer.add_callback(_StopAtStepBegin(stop))  # after step_start: its state is kept
+            trainer.train(resume_from_checkpoint=str(saved[-1]) if saved else None)
+    except CaiKitError as exc:  # a dead judge, --max-cost, Ctrl-C: every rank at the same step
         stopped = exc
     steps = trainer.state.global_step
     if stopped is not None and not steps:
+        if isinstance(stopped, Interrupted):
+            raise KeyboardInterrupt
         raise CaiKitError(f"{stopped} No step was finished.")
     if stopped is not None and step != steps:  # (step: where this call resumed, else 0)
         step_start.restore()  # the RNG as the stopped step began: the re-run draws it again
@@ -225,8 +244,12 @@ def train_grpo(prompts: list[str], model: str, out: Path, scorer: RewardSource |
         plot_curves(history, out / "training_curves.png", "grpo",
                     keys=("loss", "reward", "kl", "entropy", "judge_failed"))  # fmt: skip
     if stopped is not None:
-        hint = continue_hint(steps, max_steps, isinstance(stopped, BudgetExceeded))
-        raise CaiKitError(f"{stopped} The {steps} finished step(s) are saved in {out}. {hint}")
+        hint = continue_hint(steps, max_steps, stopped)
+        kept = f"{stopped} The {steps} finished step(s) are saved in {out}. {hint}"
+        if isinstance(stopped, Interrupted):  # the CLI's Ctrl-C exit (130), after saying so
+            say(kept)
+            raise KeyboardInterrupt
+        raise CaiKitError(kept)
     return out
 
 

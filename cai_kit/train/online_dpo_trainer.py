@@ -228,6 +228,7 @@ class OnlineDPOTrainer:
         self.draws: Any = None  # the prompt draws' random state to start from (resume.load)
         # judge_calls/judge_cost billed before a stop this run continues from (resume.load)
         self.judge_before: dict[str, float] = {}
+        self.interrupt: Any = None  # train.interrupt.StopAtStep: Ctrl-C stops at a step's end
         self.mark: StepMark | None = None  # the random state at the start of the current step
 
     @property
@@ -282,7 +283,9 @@ class OnlineDPOTrainer:
         if self.draws is not None:  # resumed (train.resume): the finished steps are in history
             rng.setstate(self.draws)
         for step in range(len(self.history), steps):
-            self.mark = StepMark.take(rng)
+            self.mark = StepMark.take(rng)  # a stop here: the re-run starts this step as is
+            if self.interrupt is not None:  # Ctrl-C since the last step: every rank stops here
+                stop_together(self.interrupt.reason())
             batch = [rng.choice(mine) for _ in range(cfg.batch_size)]
             queries = [self._encode(p) for p in batch]
             t0 = time.perf_counter()

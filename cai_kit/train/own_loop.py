@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cai_kit.errors import BudgetExceeded, CaiKitError
+from cai_kit.errors import CaiKitError
 
 Say = Callable[[str], None]
 
@@ -89,10 +89,12 @@ def _train(trainer: Any, texts: list[str], source: Any, steps: int, log: Any, tr
     needs to continue from there (OUT/resume_state, removed once the run reaches its last
     step)."""
     from cai_kit.train import resume
+    from cai_kit.train.interrupt import StopAtStep
 
     stopped: CaiKitError | None = None
     try:
-        trainer.train(texts, source, steps, log)
+        with StopAtStep() as trainer.interrupt:
+            trainer.train(texts, source, steps, log)
     except CaiKitError as exc:
         stopped = exc
         trainer.judge_spent = _judge_spent(trainer, source)
@@ -132,6 +134,7 @@ def _write(out: Path, kind: str, base: str, options: dict[str, Any], cfg: Any,
     the reason it stopped early with what was kept, or where it was saved."""
     import yaml
 
+    from cai_kit.train.interrupt import Interrupted
     from cai_kit.train.report import plot_curves
     from cai_kit.train.resume import continue_hint
 
@@ -143,9 +146,14 @@ def _write(out: Path, kind: str, base: str, options: dict[str, Any], cfg: Any,
         (out / "train_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         plot_curves(logged, out / "training_curves.png", kind, keys=keys)
     if stopped is not None:
-        hint = continue_hint(len(history), steps, isinstance(stopped, BudgetExceeded))
+        hint = continue_hint(len(history), steps, stopped)
         kept = (f"The {len(history)} finished step(s) are saved in {out}. {hint}" if history
                 else "No step was finished.")  # fmt: skip
+        if isinstance(
+            stopped, Interrupted
+        ):  # the CLI's Ctrl-C exit (130), after saying what was kept
+            say(f"{stopped} {kept}")
+            raise KeyboardInterrupt
         raise CaiKitError(f"{stopped} {kept}")
     if main:
         say(f"Saved to {out}")

@@ -138,10 +138,18 @@ def settings_of(kind: str, base: str, full: bool, config: Any, prompts: list[str
             "prompts": stable_hash(prompts), "processes": processes}  # fmt: skip
 
 
-def continue_hint(finished: int, steps: int, budget: bool) -> str:
+def continue_hint(finished: int, steps: int, stopped: Exception) -> str:
     """What re-running the same command does, for the stop message."""
-    how = "with a higher --max-cost" if budget else "once the judge answers again"
-    return f"Re-run the same command {how}: training continues from step {finished + 1} of {steps}."
+    from cai_kit.errors import BudgetExceeded
+    from cai_kit.train.interrupt import Interrupted
+
+    if isinstance(stopped, BudgetExceeded):
+        how = " with a higher --max-cost"
+    elif isinstance(stopped, Interrupted):
+        how = ""
+    else:
+        how = " once the judge answers again"
+    return f"Re-run the same command{how}: training continues from step {finished + 1} of {steps}."
 
 
 def _flat(settings: dict[str, Any]) -> dict[str, Any]:
