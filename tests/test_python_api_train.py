@@ -3,11 +3,14 @@ the calls `cai-kit train ...` makes, with its run files and its defaults (issue 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer
 import yaml
 
 from cai_kit.errors import ConfigError, DataError
@@ -31,7 +34,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_sft_from_a_list_of_rows_writes_the_run_files_and_returns_the_history(
-    tiny: Path, tmp_path: Path
+    tiny: Path, tmp_path: Path, recwarn: pytest.WarningsRecorder
 ) -> None:
     from cai_kit import train
 
@@ -42,6 +45,9 @@ def test_sft_from_a_list_of_rows_writes_the_run_files_and_returns_the_history(
 
     assert path == out
     assert [h["step"] for h in history if "loss" in h] == [1, 2]
+    # a notebook sees no library warning it cannot act on (the CLI never did)
+    noise = [w for w in recwarn if issubclass(w.category, FutureWarning | DeprecationWarning)]
+    assert not noise, [str(w.message) for w in noise]
     assert history == json.loads((out / "log_history.json").read_text())
     for name in ("adapter_config.json", "train_config.yaml", "training_curves.png", "README.md"):
         assert (out / name).is_file(), name
@@ -115,3 +121,36 @@ def test_train_spin_is_the_function_even_after_the_cli_loaded_the_spin_loop() ->
             "train.dpo; assert not any(m in sys.modules for m in ('torch', 'transformers', 'trl'))")  # fmt: skip
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
+
+
+RENAMED = {"lr": "learning_rate"}  # flag name -> the config field it sets
+
+
+def _library_defaults(command: str) -> dict[str, Any]:
+    if command == "grpo":
+        import cai_kit.train.api as api
+
+        params = inspect.signature(api.grpo).parameters.values()
+        return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    if command == "ppo":
+        from cai_kit.train.ppo_trainer import PPOConfig as config
+    else:
+        from cai_kit.train.online_dpo_trainer import OnlineDPOConfig as config
+    return {f.name: f.default for f in dataclasses.fields(config)}
+
+
+@pytest.mark.parametrize("command", ["ppo", "online-dpo", "grpo"])
+def test_the_rl_trainers_and_the_cli_share_their_defaults(command: str) -> None:
+    """The flags of `train ppo|online-dpo|grpo` default to the library's (PPOConfig,
+    OnlineDPOConfig, cai_kit.train.grpo): a notebook and a shell given nothing train alike."""
+    from cai_kit.cli.main import app
+
+    train = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+    flags = {p.name: p.default for p in train.commands[command].params}
+    library = _library_defaults(command)
+    shared = {name: RENAMED.get(name, name) for name in flags}
+    shared = {flag: field for flag, field in shared.items() if field in library}
+    assert len(shared) >= 6, shared  # learning rate, steps/batch sizes, lengths, ...
+    differ = {flag: (flags[flag], library[field]) for flag, field in shared.items()
+              if flags[flag] != library[field]}  # fmt: skip
+    assert not differ, f"CLI default vs library default: {differ}"

@@ -101,19 +101,26 @@ def _own_loop(kind: str, trainer_class: Any, cfg: Any, source: Any, prompts: Pro
               say: Callable[[str], None]) -> TrainResult:  # fmt: skip
     """Load the policy into `trainer_class` and run it to the end (`own_loop.run_own_loop`);
     the source is closed if anything fails before training starts."""
-    from cai_kit.train.common import load_model, load_tokenizer, lora_config, resolve_model
+    from cai_kit.train.common import (
+        load_model,
+        load_tokenizer,
+        lora_config,
+        quiet_libraries,
+        resolve_model,
+    )
     from cai_kit.train.own_loop import run_own_loop
 
-    try:
-        texts, base = prompt_texts(prompts, limit), resolve_model(model)
-        trainer = trainer_class(cfg, load_model(base), load_tokenizer(base),
-                                peft_config=None if full else lora_config())  # fmt: skip
-    except BaseException:
-        source.close()
-        raise
-    options = _options(prompts, model, steps=steps, full=full, limit=limit, report_to=report_to)
-    history = run_own_loop(trainer, kind, texts, source, Path(out), base, steps, full, report_to, options, line,
-                           keys, say)  # fmt: skip
+    with quiet_libraries():  # a notebook sees what the CLI shows, not the libraries' noise
+        try:
+            texts, base = prompt_texts(prompts, limit), resolve_model(model)
+            trainer = trainer_class(cfg, load_model(base), load_tokenizer(base),
+                                    peft_config=None if full else lora_config())  # fmt: skip
+        except BaseException:
+            source.close()
+            raise
+        options = _options(prompts, model, steps=steps, full=full, limit=limit, report_to=report_to)
+        history = run_own_loop(trainer, kind, texts, source, Path(out), base, steps, full, report_to,
+                               options, line, keys, say)  # fmt: skip
     return TrainResult(Path(out), history)
 
 
@@ -124,6 +131,7 @@ def grpo(prompts: Prompts, reward: RewardSource | Callable[..., Any], out: str |
     """TRL's GRPO with `reward` scoring each completion (`online.train_grpo`)."""
     import os
 
+    from cai_kit.train.common import quiet_libraries
     from cai_kit.train.online import check_group_size, train_grpo
 
     source, out = as_reward_source(reward), Path(out)
@@ -133,9 +141,10 @@ def grpo(prompts: Prompts, reward: RewardSource | Callable[..., Any], out: str |
         options = _options(prompts, model, max_steps=max_steps, num_generations=num_generations,
                            batch_size=batch_size, max_completion_length=max_completion_length, lr=lr,
                            full=full, seed=seed, limit=limit, report_to=report_to)  # fmt: skip
-        path = train_grpo(texts, model, out, source, max_steps=max_steps, num_generations=num_generations,
-                          batch_size=batch_size, max_completion_length=max_completion_length, lr=lr, full=full,
-                          seed=seed, report_to=report_to, options=options)  # fmt: skip
+        with quiet_libraries():  # a notebook sees what the CLI shows
+            path = train_grpo(texts, model, out, source, max_steps=max_steps, num_generations=num_generations,
+                              batch_size=batch_size, max_completion_length=max_completion_length, lr=lr,
+                              full=full, seed=seed, report_to=report_to, options=options)  # fmt: skip
     finally:
         source.close()
     return TrainResult(path, read_history(path))

@@ -83,13 +83,15 @@ def spin(data: Data, out: str | Path, *, model: str = "local", iterations: int =
     """SPIN on SFT `messages` rows: each iteration the model's own answers are rejected and the
     SFT targets chosen, DPO for `max_steps`. Returns the last iteration's model and every
     iteration's logged steps, each with its `iteration`; OUT/iter_k/{data,model} are kept."""
+    from cai_kit.train.common import quiet_libraries
     from cai_kit.train.self_play import run_spin
 
     opts = {"max_steps": max_steps, "batch_size": batch_size, "lr": lr, "beta": beta,
             "report_to": _report_to(report_to)}  # fmt: skip
-    models = run_spin(
-        Path(_data_path(data, out)), model, Path(out), iterations, opts, max_new_tokens
-    )
+    with quiet_libraries():  # a notebook sees what the CLI shows
+        models = run_spin(
+            Path(_data_path(data, out)), model, Path(out), iterations, opts, max_new_tokens
+        )
     history = [
         {**h, "iteration": k} for k, m in enumerate(models, start=1) for h in read_history(m)
     ]
@@ -99,6 +101,7 @@ def spin(data: Data, out: str | Path, *, model: str = "local", iterations: int =
 def _fit(
     kind: str, data: Data, out: str | Path, model: str, options: dict[str, Any]
 ) -> TrainResult:
+    from cai_kit.train.common import quiet_libraries
     from cai_kit.train.run import train
 
     unknown = sorted(set(options) - _NAMES)
@@ -108,9 +111,10 @@ def _fit(
             "(cai_kit.train.TrainOptions); put TRL config fields in trl={...}."
         )
     options["report_to"] = _report_to(options["report_to"])
-    path = train(
-        kind, TrainOptions(data=_data_path(data, out), out=str(out), model=model, **options)
-    )
+    with quiet_libraries():  # a notebook sees what the CLI shows, not the libraries' noise
+        path = train(
+            kind, TrainOptions(data=_data_path(data, out), out=str(out), model=model, **options)
+        )
     return TrainResult(path, read_history(path))
 
 
