@@ -427,3 +427,19 @@ def test_cai_kit_models_names_what_a_thinking_model_takes_on_the_litellm_route()
     assert "thinking budget 1,024-64,000 tokens" in claude
     assert "a thinking level" in line("gemini/gemini-3-pro-preview")
     assert "reasoning" not in line("anthropic/claude-3-5-haiku-latest")
+
+
+def test_a_models_thinking_controls_are_read_without_importing_litellm() -> None:
+    """Claude's and Gemini's controls come from litellm's model map read as a file (`cost_map`),
+    as prices and OpenAI's rules are: `cai-kit models`, `pipeline --dry-run` and an effort check
+    stay fast, and a model litellm does not know prints no "Provider List" line."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from cai_kit.llm.thinking import capabilities; "
+            "print(capabilities('anthropic/claude-sonnet-4-5').budget, "
+            "capabilities('gemini/gemini-2.5-pro').budget, capabilities('anthropic/claude-new-9').levels); "
+            "assert 'litellm' not in sys.modules")  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "(1024, 64000) (128, 32768) True"

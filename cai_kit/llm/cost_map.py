@@ -2,8 +2,8 @@
 
 litellm ships the map as `model_prices_and_context_window_backup.json`; reading that file takes
 ~0.1 s where importing litellm takes seconds, so `import cai_kit` and a job's first call stay
-light. Prices (`cai_kit.engine.pricing`) and reasoning rules (`cai_kit.llm.reasoning`) both
-read it here.
+light. Prices (`cai_kit.engine.pricing`), OpenAI's reasoning rules (`cai_kit.llm.reasoning`)
+and Claude's and Gemini's thinking controls (`cai_kit.llm.thinking`) all read it here.
 
     >>> entry("openai/gpt-4o-mini") is None or "input_cost_per_token" in entry("openai/gpt-4o-mini")
     True

@@ -57,6 +57,7 @@ from functools import lru_cache
 from typing import Any
 
 from cai_kit.errors import ConfigError
+from cai_kit.llm import cost_map
 from cai_kit.llm.base import GenParams
 
 EFFORT_TOKENS = {"minimal": 1024, "low": 1024, "medium": 2048, "high": 4096, "xhigh": 8192,
@@ -213,21 +214,11 @@ _GEMINI_TABLE: tuple[tuple[str, tuple[int, int], bool], ...] = (
 )
 
 
-@lru_cache(maxsize=256)
 def _litellm_info(provider: str, bare: str) -> dict[str, Any]:
-    """litellm's model-map entry for the model ({} when litellm or the entry is missing)."""
-    try:
-        import os
-
-        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        import litellm
-
-        info = dict(litellm.get_model_info(model=bare, custom_llm_provider=provider) or {})
-    except Exception:  # unknown to litellm (or litellm not installed): our table decides
-        return {}
-    # get_model_info keeps only the keys it types (supports_sampling_params is not one of them)
-    raw = litellm.model_cost.get(f"{provider}/{bare}") or litellm.model_cost.get(bare) or {}
-    return {**info, **{k: v for k, v in raw.items() if k not in info or v is not None}}
+    """litellm's model-map entry for the model ({} when litellm or the entry is missing), read
+    as the prices and OpenAI's rules read it (`cost_map`): without importing litellm, which
+    takes seconds and prints its provider list for a model it does not know."""
+    return dict(cost_map.entry(f"{provider}/{bare}") or {})
 
 
 @lru_cache(maxsize=256)
