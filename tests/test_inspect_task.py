@@ -1,13 +1,16 @@
 """The inspect-ai task in examples/inspect/: its scoring through inspect's own mock provider,
-and `inspect eval --model hf/local` running it offline on a tiny checkpoint saved the way
-cai-kit saves its trained models."""
+and `inspect eval` running it offline on a tiny checkpoint saved the way cai-kit saves its
+trained models, loaded by inspect (`--model hf/local`) and served by `cai-kit serve`
+(`--model openai-api/...`)."""
 
 from __future__ import annotations
 
 import math
 import os
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -78,3 +81,37 @@ def test_inspect_eval_runs_the_safety_task_on_a_tiny_checkpoint_offline(tmp_path
     # two harmful and two benign prompts were asked and each axis scored its own
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
     assert len(log.samples) == 4 and all(s.output.completion is not None for s in log.samples)
+
+
+@pytest.mark.slow
+def test_inspect_eval_runs_the_safety_task_through_cai_kit_serve(tmp_path: Path) -> None:
+    """The path for any model string `cai-kit serve` takes (a GGUF, `local`, an API model):
+    inspect's OpenAI-compatible provider talking to `cai-kit serve` on loopback."""
+    pytest.importorskip("inspect_ai")
+    from inspect_ai.log import read_eval_log
+
+    from cai_kit.train.common import tiny_model
+    from tests.fixtures.serve_server import serve_process
+
+    model = tiny_model(tmp_path / "model")
+    server, url = serve_process(f"hf:{model}", "--feedback-db", str(tmp_path / "feedback.db"), env=OFFLINE)  # fmt: skip
+    try:
+        env = {**os.environ, **OFFLINE, "PYTHONPATH": str(REPO), "CAIKIT_API_KEY": "unused"}
+        logs = tmp_path / "logs"
+        proc = subprocess.run(
+            [sys.executable, "-m", "inspect_ai", "eval", TASK, "--model", "openai-api/caikit/tiny",
+             "--model-base-url", f"{url}/v1", "--limit", "4", "--max-tokens", "16",
+             "--log-dir", str(logs), "--display", "plain"],
+            env=env, capture_output=True, text=True, timeout=600, cwd=REPO,
+        )  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    [path] = logs.glob("*.eval")
+    log = read_eval_log(str(path))
+    assert set(_metrics(log)) == {"harmful_complied", "benign_refused"}
+    # every answer came from the served model: serve stored the same four replies
+    with closing(sqlite3.connect(tmp_path / "feedback.db")) as db:
+        served = sorted(text for (text,) in db.execute("SELECT text FROM completions"))
+    assert sorted(s.output.completion for s in log.samples) == served and len(served) == 4
