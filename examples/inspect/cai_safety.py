@@ -9,7 +9,8 @@ better). The same task as examples/lm_eval/ for lm-evaluation-harness.
     inspect eval examples/inspect/cai_safety.py --model hf/local \
       -M model_path=runs/x/dpo_model -M do_sample=false --log-dir runs/inspect
 
-Another prompt file with a `kind` column: `-T data_files=my_set.jsonl`.
+Another prompt file with a `kind` column: `-T data_files=$PWD/my_set.jsonl` (inspect creates
+the task in this file's folder, so a relative path is read from here).
 """
 
 from __future__ import annotations
