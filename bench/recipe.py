@@ -342,7 +342,7 @@ def main() -> None:
     ap.add_argument("--heldout", type=Path, default=safety / "heldout.jsonl")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--sft-epochs", type=float, default=2)
-    ap.add_argument("--sft-lr", type=float, default=5e-5, help="Full fine-tuning learning rate.")
+    ap.add_argument("--sft-lr", type=float, default=1e-4, help="Full fine-tuning learning rate.")
     ap.add_argument("--rl-prompts", type=Path, default=safety / "train.jsonl",
                     help="RL-CAI's prompts (default: the paired set, harmful and look-alike 1:1).")  # fmt: skip
     ap.add_argument("--k", type=int, default=2, help="RL-CAI: samples per prompt.")
