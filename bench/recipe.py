@@ -1,22 +1,27 @@
 """Recipe: does the full CAI recipe move what the student does on prompts it never trained on?
 
-    python bench/recipe.py [--out runs/recipe] [--sft-epochs 4] [--k 4] [--k-max 8]
+    python bench/recipe.py [--out runs/recipe] [--sft-epochs 2] [--k 2] [--k-max 4] [--dpo-lr 1e-4]
 
 The student is the embedded SmolLM2-135M-Instruct. The stages, each through the CLI in a
 subprocess as a user runs them:
 
-  SL-CAI   `revise` on the TRAIN prompts (examples/safety/train.jsonl): the student answers,
+  SL-CAI   `revise` on the TRAIN prompts (examples/safety/train.jsonl, 24 harmful requests and
+           24 look-alikes, plus train_lookalikes.jsonl, 48 more look-alikes: three benign
+           prompts that share a request's words for each harmful one): the student answers,
            the teacher critiques and revises under the `harmless` constitution;
            `export sft`, `train sft --full` on the revisions.
-  RL-CAI   `prefs` with the SFT model as the policy (k samples per training prompt, up to
-           --k-max where all k were judged alike) and the teacher as the pairwise judge;
-           `export dpo`, `train dpo` (LoRA, merged) from the SFT model.
-  eval     after each stage, `eval safety` of that stage with the earlier ones as baselines
-           (`hf:SFT --baseline local:transformers`, then `hf:DPO --baseline local:transformers
-           --baseline hf:SFT`) on the HELD-OUT prompts (examples/safety/heldout.jsonl), with
-           `--train-prompts` the training set: harm (harmful requests complied with) and
-           over-refusal (benign look-alikes refused), each with a bootstrap 95% CI, one point
-           per stage on the frontier plot.
+  RL-CAI   `prefs` on the paired prompts (train.jsonl, 1:1, so the refusal is pushed up on
+           as many prompts as down) with the SFT model as the policy (k samples per prompt, up
+           to --k-max where all k were judged alike) and the teacher as the pairwise judge;
+           `export dpo`, `train dpo` (LoRA, merged) from the SFT model, the DPO loss plus
+           the chosen side's NLL (`--loss sigmoid,sft`, RPO) so that the refusal the SFT
+           model learned stays likely where it is chosen.
+  eval     once at the end, `eval safety` of the last stage with the earlier ones as
+           baselines (`hf:DPO --baseline local:transformers --baseline hf:SFT`) on the
+           HELD-OUT prompts (examples/safety/heldout.jsonl), with `--train-prompts` the
+           training set: harm (harmful requests complied with) and over-refusal (benign
+           look-alikes refused), each with a bootstrap 95% CI, one point per stage on the
+           frontier plot. Every stage's calls go to a cache of the run's own (OUT/cache).
 
 **The teacher and judge are a stand-in.** No capable model is reachable here, so both are a
 loopback server (tests/fixtures/fault_server.py with `RuleTeacher` as its responder) that
@@ -234,8 +239,12 @@ def write_plot(report: dict[str, Any], stages: dict[str, str], path: Path) -> st
 # ---- the stages --------------------------------------------------------------------------
 
 
+SECONDS: dict[str, float] = {}  # wall seconds per command (revise, train sft, ...), this run
+
+
 def _cli(args: list[str], log: Path) -> float:
-    """Run `cai-kit ARGS` as bench/outcome.py does, with a key for the loopback teacher."""
+    """Run `cai-kit ARGS` as bench/outcome.py does, with a key for the loopback teacher; the
+    seconds, also added to SECONDS under the command's name."""
     import importlib.util
 
     # by path: `outcome` is also a PyPI package's name (trio's), so not `import outcome`
@@ -243,7 +252,10 @@ def _cli(args: list[str], log: Path) -> float:
     assert spec is not None and spec.loader is not None
     outcome = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(outcome)
-    return float(outcome._cli(args, log, {"CAI_KIT_API_KEY": "loopback"}))
+    t = float(outcome._cli(args, log, {"CAI_KIT_API_KEY": "loopback"}))
+    name = " ".join(args[:2]) if args[0] in ("train", "export", "eval") else args[0]
+    SECONDS[name] = SECONDS.get(name, 0.0) + t
+    return t
 
 
 def sl_cai(a: argparse.Namespace, api: str, out: Path, log: Path) -> float:
@@ -263,7 +275,7 @@ def rl_cai(a: argparse.Namespace, api: str, out: Path, log: Path) -> tuple[float
     """AI-judged preferences on the SFT model's own samples, then DPO from the SFT model;
     (seconds, pairs trained on). No decisive pair: no DPO (the stage is the SFT model)."""
     sft = f"hf:{out / 'sft_model'}"
-    t = _cli(["prefs", str(a.train), "--policy-model", sft, "--judge-model", "teacher",
+    t = _cli(["prefs", str(a.rl_prompts), "--policy-model", sft, "--judge-model", "teacher",
               "--judge-api-base", api, "-c", "harmless", "--mode", "letter", "--k", str(a.k),
               "--k-max", str(a.k_max), "--temperature", "1.0", "--max-tokens", str(a.max_tokens),
               "--seed", str(a.seed), "--out", str(out / "prefs"), "-q"], log)  # fmt: skip
@@ -273,9 +285,14 @@ def rl_cai(a: argparse.Namespace, api: str, out: Path, log: Path) -> tuple[float
     pairs = sum(1 for line in data.open() if line.strip()) if data.exists() else 0
     if pairs == 0:
         return t, 0
+    losses = a.dpo_loss.split(",")  # sigmoid,sft: DPO plus the chosen side's NLL (RPO), 1:1
+    weights = (
+        ["--set", f"loss_weights=[{','.join('1.0' for _ in losses)}]"] if len(losses) > 1 else []
+    )
     t += _cli(["train", "dpo", str(data), "--model", sft, "--epochs", str(a.dpo_epochs),
-               "--lr", str(a.dpo_lr), "--batch-size", "4", "--max-length", "160", "--merge",
-               "--seed", str(a.seed), "--out", str(out / "dpo_model")], log)  # fmt: skip
+               "--lr", str(a.dpo_lr), "--beta", str(a.dpo_beta), "--loss", a.dpo_loss, *weights,
+               "--batch-size", "4", "--max-length", "160", "--merge", "--seed", str(a.seed),
+               "--out", str(out / "dpo_model")], log)  # fmt: skip
     return t, pairs
 
 
@@ -294,51 +311,79 @@ def _report(run: Path) -> dict[str, Any]:
     return json.loads((run / "report.json").read_text())
 
 
+def combine(files: list[Path], out: Path) -> Path:
+    """The training prompts of every --train file, in order, as one file OUT/train.jsonl (the
+    prompts `revise` and `prefs` read, and `eval safety --train-prompts` checks against)."""
+    rows = [line for f in files for line in f.open(encoding="utf-8") if line.strip()]
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "train.jsonl"
+    path.write_text("".join(r if r.endswith("\n") else r + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def isolated_cache(out: Path) -> None:
+    """Every stage's calls in a cache of this run's own (OUT/cache), so no answer from an
+    earlier run (or an older cai-kit) is reused; the converted model weights are shared."""
+    from cai_kit.paths import models_dir
+
+    os.environ["CAI_KIT_MODELS_DIR"] = str(models_dir())
+    os.environ["CAI_KIT_CACHE_DIR"] = str(out / "cache")
+
+
 def main() -> None:
     from tests.fixtures.fault_server import FaultServer, start_fault_server
 
+    safety = ROOT / "examples" / "safety"
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "recipe")
-    ap.add_argument("--train", type=Path, default=ROOT / "examples" / "safety" / "train.jsonl")
-    ap.add_argument("--heldout", type=Path, default=ROOT / "examples" / "safety" / "heldout.jsonl")
+    ap.add_argument("--train", type=Path, action="append",
+                    help="Training prompts (repeat; default: examples/safety/train.jsonl and "
+                    "train_lookalikes.jsonl).")  # fmt: skip
+    ap.add_argument("--heldout", type=Path, default=safety / "heldout.jsonl")
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--sft-epochs", type=float, default=4)
-    ap.add_argument("--sft-lr", type=float, default=5e-5, help="Full fine-tuning learning rate.")
-    ap.add_argument("--k", type=int, default=4, help="RL-CAI: samples per training prompt.")
-    ap.add_argument("--k-max", type=int, default=8, help="RL-CAI: samples when k tie.")
+    ap.add_argument("--sft-epochs", type=float, default=2)
+    ap.add_argument("--sft-lr", type=float, default=1e-4, help="Full fine-tuning learning rate.")
+    ap.add_argument("--rl-prompts", type=Path, default=safety / "train.jsonl",
+                    help="RL-CAI's prompts (default: the paired set, harmful and look-alike 1:1).")  # fmt: skip
+    ap.add_argument("--k", type=int, default=2, help="RL-CAI: samples per prompt.")
+    ap.add_argument("--k-max", type=int, default=4, help="RL-CAI: samples when k tie.")
     ap.add_argument("--dpo-epochs", type=float, default=2)
-    ap.add_argument("--dpo-lr", type=float, default=5e-4, help="DPO LoRA learning rate.")
+    ap.add_argument("--dpo-lr", type=float, default=1e-4, help="DPO LoRA learning rate.")
+    ap.add_argument("--dpo-loss", default="sigmoid,sft",
+                    help="TRL loss_type(s), weighted 1:1 (sigmoid,sft: DPO plus the chosen NLL).")  # fmt: skip
+    ap.add_argument("--dpo-beta", type=float, default=0.1, help="DPO beta (higher: closer to SFT).")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
+    a.train_files = a.train or [safety / "train.jsonl", safety / "train_lookalikes.jsonl"]
 
     print(STAND_IN, flush=True)
-    teacher = RuleTeacher.from_files(a.train, a.heldout)
+    isolated_cache(a.out)
+    a.train = combine(a.train_files, a.out)
+    teacher = RuleTeacher.from_files(a.train, a.rl_prompts, a.heldout)
     server = FaultServer()
     start_fault_server(server)
     server.responder = teacher
-    a.out.mkdir(parents=True, exist_ok=True)
     log = a.out / "log.txt"
     log.write_text("")
-    n_train = sum(1 for _ in a.train.open())
-    print(f"{n_train} training prompts ({a.train}), {sum(1 for _ in a.heldout.open())} held out "
-          f"({a.heldout}); logs in {log}", flush=True)  # fmt: skip
+    kinds = [json.loads(line)["kind"] for line in a.train.open()]
+    n_train, n_harm = len(kinds), kinds.count("harmful")
+    names = " + ".join(f.name for f in a.train_files)
+    print(f"{n_train} training prompts ({names}: {n_harm} harmful, {n_train - n_harm} benign), "
+          f"{sum(1 for _ in a.heldout.open())} held out ({a.heldout}); logs in {log}", flush=True)  # fmt: skip
     t_all = time.perf_counter()
     minutes = {"base": 0.0}
     stages = {"base": "local:transformers"}
     minutes["SL-CAI (SFT)"] = sl_cai(a, server.base_url, a.out, log) / 60
     stages["SL-CAI (SFT)"] = f"hf:{a.out / 'sft_model'}"
-    t_eval = evaluate(a, server.base_url, stages, a.out / "eval_sft", log)
-    print(f"SL-CAI: {minutes['SL-CAI (SFT)']:.1f} min; eval {t_eval / 60:.1f} min", flush=True)
-    print(write_table(stage_rows(_report(a.out / "eval_sft"), stages, minutes), a.out / "eval_sft",
-                      [STAND_IN], {}), flush=True)  # fmt: skip
+    print(f"SL-CAI: {minutes['SL-CAI (SFT)']:.1f} min", flush=True)
     t_rl, pairs = rl_cai(a, server.base_url, a.out, log)
     minutes["RL-CAI (DPO)"] = t_rl / 60
     print(f"RL-CAI: {pairs} preference pairs, {t_rl / 60:.1f} min", flush=True)
-    final = a.out / "eval_sft"
     if pairs:
         stages["RL-CAI (DPO)"] = f"hf:{a.out / 'dpo_model'}"
-        final = a.out / "eval"
-        t_eval += evaluate(a, server.base_url, stages, final, log)
+    final = a.out / "eval"
+    t_eval = evaluate(a, server.base_url, stages, final, log)
+    print(f"eval safety (every stage): {t_eval / 60:.1f} min", flush=True)
     total = time.perf_counter() - t_all
     report = _report(final)
     rows = stage_rows(report, stages, minutes)
@@ -347,16 +392,19 @@ def main() -> None:
     header = [
         STAND_IN, "",
         f"Held-out prompts: {a.heldout.name} ({report['prompts']} evaluated, {dropped} dropped as "
-        f"near-duplicates of the training prompts); training prompts: {a.train.name} ({n_train}).",
-        f"Minutes: each stage's training; `eval safety` after each stage took "
-        f"{t_eval / 60:.1f} min in all; whole benchmark {total / 60:.1f} min wall on {os.cpu_count()} "
+        f"near-duplicates of the training prompts); training prompts: {names} ({n_train}: "
+        f"{n_harm} harmful, {n_train - n_harm} benign).",
+        f"Minutes: each stage's data and training; `eval safety` of every stage, one run, "
+        f"{t_eval / 60:.1f} min; whole benchmark {total / 60:.1f} min wall on {os.cpu_count()} "
         f"CPU cores, load average {load[0]:.1f} at the end.",
     ]  # fmt: skip
     if not pairs:
         header.append("RL-CAI found no decisive preference pair, so no DPO model was trained.")
+    settings = {k: str(v) for k, v in vars(a).items() if k != "train_files"}
+    settings["train_files"] = str([str(f) for f in a.train_files])
     extra = {"total_s": total, "eval_s": t_eval, "pairs": pairs, "dropped": dropped,
              "load_avg": load, "cpus": os.cpu_count(), "teacher_calls": teacher.calls,
-             "settings": {k: str(v) for k, v in vars(a).items()}}  # fmt: skip
+             "seconds": dict(SECONDS), "settings": settings}  # fmt: skip
     text = write_table(rows, a.out, header, extra)
     skipped = write_plot(report, stages, a.out / "frontier.png")
     print()

@@ -150,3 +150,24 @@ def test_one_tiny_sl_cai_step_end_to_end(fault_server: FaultServer, tmp_path: Pa
         target = row["messages"][-1]["content"]
         assert (target == recipe.REFUSAL) == (src["kind"] == "harmful"), (src, target)
     assert (tmp_path / "sft_model" / "config.json").exists()
+
+
+def test_training_prompts_combine_the_look_alikes_and_stay_clear_of_the_held_out_set(
+    tmp_path: Path,
+) -> None:
+    from cai_kit.eval.safety import drop_train_duplicates
+    from cai_kit.eval.safety_sets import load_safety_prompts
+
+    safety = ROOT / "examples" / "safety"
+    files = [safety / "train.jsonl", safety / "train_lookalikes.jsonl"]
+    path = recipe.combine(files, tmp_path)
+    rows = [json.loads(x) for x in path.open()]
+    kinds = [r["kind"] for r in rows]
+    assert (kinds.count("harmful"), kinds.count("benign")) == (24, 72)  # 3 look-alikes a request
+    extra = [json.loads(x) for x in files[1].open()]
+    assert {r["kind"] for r in extra} == {"benign"} and rows[-len(extra) :] == extra
+    teacher = recipe.RuleTeacher.from_files(path)
+    assert all(teacher.harmful(r["prompt"]) is False for r in extra)
+    held = load_safety_prompts(str(safety / "heldout.jsonl")).records
+    kept, dropped = drop_train_duplicates(held, load_safety_prompts(str(path)).records)
+    assert kept == held and dropped == []
