@@ -36,6 +36,7 @@ import shlex
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -101,19 +102,20 @@ def select(
     return paths
 
 
-def dpo_pairs(run: Path, train: Path) -> dict[str, int]:
-    """The decisive pairs exported and the training prompts that gave no pair (every sample
-    scored alike), as `prefs` counts them."""
+def dpo_pairs(run: Path, train: Path, k: int) -> dict[str, int]:
+    """The decisive pairs exported, the training prompts that gave no pair (every sample scored
+    alike) as `prefs` counts them, and how many had none among their first K samples (those
+    `--k-max` drew more for)."""
     from cai_kit.prompts import load_prompts
     from cai_kit.stages.prefs import prompts_without_pair
 
     prompts = load_prompts(str(train)).records
-    pairs = sum(1 for x in (run / "dpo.jsonl").open() if x.strip())
-    return {
-        "pairs": pairs,
-        "no_pair": len(prompts_without_pair(run / "prefs", prompts)),
-        "prompts": len(prompts),
-    }
+    pairs = sum(1 for f in (run / "dpo.jsonl").glob("*.jsonl") for x in f.open() if x.strip())
+    drawn = Counter(
+        json.loads(x)["prompt_id"] for x in (run / "prefs" / "samples" / "generations.jsonl").open()
+    )
+    return {"pairs": pairs, "no_pair": len(prompts_without_pair(run / "prefs", prompts)),
+            "no_pair_at_k": sum(n > k for n in drawn.values()), "prompts": len(prompts)}  # fmt: skip
 
 
 def run_one(
@@ -132,7 +134,7 @@ def run_one(
               "principles": {p: {"before": r["baseline"]["pass_rate"], "after": r["model"]["pass_rate"]}
                              for p, r in report["rates"].items() if p != "(combined)"}}  # fmt: skip
     if method == "dpo":
-        result.update(dpo_pairs(run, train))
+        result.update(dpo_pairs(run, train, a.k))
     (run / "result.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -141,9 +143,17 @@ def _pts(x: float) -> str:
     return f"{x * 100:+.0f}"
 
 
+def _pairs(r: dict[str, Any]) -> str:
+    """ "9; 3 → 1 of 10": 9 pairs; 3 prompts without a pair among their first k samples, 1 after
+    `--k-max` drew more (the same number twice without `--k-max`)."""
+    if "pairs" not in r:
+        return ""
+    return f"{r['pairs']}; {r.get('no_pair_at_k', r['no_pair'])} → {r['no_pair']} of {r['prompts']}"
+
+
 def table(results: dict[str, list[dict[str, Any]]]) -> str:
     """One row per run, then one per setting: mean difference, spread, mean minutes."""
-    lines = ["| setting | seed | all-pass before → after | difference [95% CI] | dpo: pairs, prompts with no pair | minutes |",
+    lines = ["| setting | seed | all-pass before → after | difference [95% CI] | dpo: pairs; prompts with no pair at k → at the end | minutes |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     summary = [
         "| setting | mean difference | lowest … highest | sd | mean minutes |",
@@ -151,7 +161,7 @@ def table(results: dict[str, list[dict[str, Any]]]) -> str:
     ]
     for setting, runs in results.items():
         for r in runs:
-            pairs = f"{r['pairs']}, {r['no_pair']} of {r['prompts']}" if "pairs" in r else ""
+            pairs = _pairs(r)
             lines.append(f"| `{setting}` | {r['seed']} | {r['before'] * 100:.0f}% → {r['after'] * 100:.0f}% | "
                          f"{_pts(r['diff'])} pts [{_pts(r['ci'][0])}, {_pts(r['ci'][1])}] | {pairs} | "
                          f"{(r['train_s'] + r['eval_s']) / 60:.1f} |")  # fmt: skip
@@ -204,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
             results.setdefault(setting, []).append(r)
             print(f"{setting} seed {seed}: all-pass {r['before'] * 100:.0f}% -> {r['after'] * 100:.0f}%, "
                   f"{_pts(r['diff'])} pts [{_pts(r['ci'][0])}, {_pts(r['ci'][1])}]"
-                  + (f", {r['pairs']} pairs, {r['no_pair']} of {r['prompts']} prompts gave no pair" if "pairs" in r else "")
+                  + (f", {_pairs(r)} prompts gave no pair" if "pairs" in r else "")
                   + f"; {(r['train_s'] + r['eval_s']) / 60:.1f} min", flush=True)  # fmt: skip
     text = table(results)
     (a.out / "transfer.md").write_text(text)

@@ -89,9 +89,10 @@ def test_summary_gives_each_settings_mean_and_spread_over_seeds() -> None:
 
     text = transfer.table({
         "grpo --grpo-steps 12": [run(0, 0.1), run(1, 0.3), run(2, 0.2)],
-        "dpo --k 8 --k-max 32": [run(0, 0.0, pairs=4, no_pair=6, prompts=10)],
+        "dpo --k 8 --k-max 32": [run(0, 0.0, pairs=4, no_pair=2, no_pair_at_k=6, prompts=10)],
     })  # fmt: skip
     assert "| `grpo --grpo-steps 12` | +20 pts | +10 … +30 | 10 | 2.0 |" in text
     assert (
-        "| `dpo --k 8 --k-max 32` | 0 | 10% → 10% | +0 pts [-10, +10] | 4, 6 of 10 | 2.0 |" in text
+        "| `dpo --k 8 --k-max 32` | 0 | 10% → 10% | +0 pts [-10, +10] | 4; 6 → 2 of 10 | 2.0 |"
+        in text
     )
