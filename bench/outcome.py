@@ -81,7 +81,8 @@ def split(out: Path) -> tuple[Path, Path]:
 
 def train_dpo(a: argparse.Namespace, train: Path, run: Path, log: Path) -> float:
     prefs = run / "prefs"
-    t = _cli(["prefs", str(train), "--policy-model", "local", "-c", CONSTITUTION, "--k", str(a.k),
+    k_max = ["--k-max", str(a.k_max)] if a.k_max else []
+    t = _cli(["prefs", str(train), "--policy-model", "local", "-c", a.constitution, "--k", str(a.k), *k_max,
               "--label", "rubric", "--rubric-combine", "mean", "--temperature", "1.0",
               "--max-tokens", str(a.max_tokens), "--seed", str(a.seed), "--out", str(prefs), "--no-cache", "-q"], log)  # fmt: skip
     t += _cli(["export", "dpo", str(prefs), "--out", str(run / "dpo.jsonl")], log)
@@ -93,14 +94,14 @@ def train_dpo(a: argparse.Namespace, train: Path, run: Path, log: Path) -> float
 
 def train_grpo(a: argparse.Namespace, train: Path, run: Path, log: Path) -> float:
     return _cli(["train", "grpo", str(train), "--model", "local", "--reward", "rubric", "--rubric-combine", "mean",
-                 "-c", CONSTITUTION, "--max-steps", str(a.grpo_steps), "--num-generations", str(a.generations),
+                 "-c", a.constitution, "--max-steps", str(a.grpo_steps), "--num-generations", str(a.generations),
                  "--batch-size", str(a.generations), "--max-completion-length", str(a.max_tokens),
                  "--lr", str(a.lr), "--seed", str(a.seed), "--out", str(run / "model")], log)  # fmt: skip
 
 
 def train_online_dpo(a: argparse.Namespace, train: Path, run: Path, log: Path) -> float:
     return _cli(["train", "online-dpo", str(train), "--model", "local", "--reward", "rubric",
-                 "--rubric-combine", "mean", "-c", CONSTITUTION, "--steps", str(a.odpo_steps),
+                 "--rubric-combine", "mean", "-c", a.constitution, "--steps", str(a.odpo_steps),
                  "--batch-size", str(a.odpo_batch), "--max-new-tokens", str(a.max_tokens), "--lr", str(a.lr),
                  "--seed", str(a.seed), "--out", str(run / "model")], log)  # fmt: skip
 
@@ -113,7 +114,7 @@ def evaluate(
 ) -> tuple[float, dict[str, Any]]:
     ev = run / "eval"
     t = _cli(["eval", "rubric", "--model", f"hf:{run / 'model'}", "--baseline", "local:transformers",
-              "-c", CONSTITUTION, "--prompts", str(held), "--max-tokens", str(a.max_tokens),
+              "-c", a.constitution, "--prompts", str(held), "--max-tokens", str(a.max_tokens),
               "--seed", str(a.seed), "--out", str(ev), "--no-cache", "-q"], log)  # fmt: skip
     report = json.loads((ev / "report.json").read_text())
     kinds = {json.loads(x)["prompt"]: json.loads(x)["kind"] for x in held.open()}
@@ -135,10 +136,9 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.0f}%"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--methods", default="dpo,grpo,online-dpo")
-    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "outcome")
+def settings() -> argparse.ArgumentParser:
+    """The training and evaluation settings every method reads (bench/transfer.py varies them)."""
+    ap = argparse.ArgumentParser(add_help=False)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--lr", type=float, default=5e-4, help="LoRA learning rate of every method.")
     ap.add_argument("--k", type=int, default=8, help="dpo: samples per training prompt.")
@@ -147,7 +147,18 @@ def main() -> None:
     ap.add_argument("--generations", type=int, default=8, help="grpo: completions per prompt.")
     ap.add_argument("--odpo-steps", type=int, default=12)
     ap.add_argument("--odpo-batch", type=int, default=8, help="online-dpo: prompts per step.")
+    ap.add_argument("--k-max", type=int, default=None,
+                    help="dpo: a prompt whose k samples all score alike draws more, up to this many.")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
+    # a constitution's name or YAML path; bench/transfer.py sets its own
+    ap.set_defaults(constitution=CONSTITUTION)
+    return ap
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], parents=[settings()])
+    ap.add_argument("--methods", default="dpo,grpo,online-dpo")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "outcome")
     a = ap.parse_args()
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
