@@ -71,7 +71,10 @@ BREAKS = {
         "web/guard.py",
         "from aiohttp import web\n",
         "\nfrom cai_kit.llm.base import GenParams  # noqa: F401\n",
-        ["cai_kit.web is not allowed to import cai_kit.llm", "cai_kit.web.guard -> cai_kit.llm.base"],
+        [
+            "cai_kit.web is not allowed to import cai_kit.llm",
+            "cai_kit.web.guard -> cai_kit.llm.base",
+        ],
     ),
 }
 

@@ -205,11 +205,12 @@ def test_train_ppo_cli_with_a_judge_as_the_reward(
     prompts.write_text("Say hi\nSay bye\n")
     out = tmp_path / "ppo"
     threads = set(threading.enumerate())
+    # priced (--price): its judge_cost is a number; an unpriced judge's is NaN, which is not plotted
     r = CliRunner().invoke(app, ["train", "ppo", str(prompts), "--model", f"hf:{plain_tiny}", "--reward-judge", "j",
                                  "--judge-api-base", fault_server.base_url, "--out", str(out), "--steps", "2",
                                  "--batch-size", "4", "--mini-batch-size", "2", "--max-new-tokens", "4",
                                  "--report-to", "trackio,tensorboard",
-                                 "--price", "0,1000"])  # fmt: skip  (priced: judge_cost a number)
+                                 "--price", "0,1000"])  # fmt: skip
     assert r.exit_code == 0, r.output
     history = json.loads((out / "ppo_history.json").read_text())
     assert len(history) == 2 and history[0]["reward"] == pytest.approx(0.5)  # 2 Yes + 2 No
