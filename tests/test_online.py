@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 import tests.fixtures.fault_server as fs
 from cai_kit.cli.main import app
 from tests.fixtures.fault_server import FaultServer
+from tests.fixtures.interrupt import ctrl_c_while_held
 
 
 @pytest.fixture(scope="module")
@@ -299,10 +300,8 @@ def test_ctrl_c_stops_grpo_at_the_next_steps_start_and_a_re_run_continues(
     """SIGINT to a real `cai-kit train grpo` while step 2 waits on the judge: the step finishes,
     checkpoint-2 is saved, exit 130; the same command trains steps 3-4 only, none paid twice.
     (Before: TRL's loop got KeyboardInterrupt mid-step and saved nothing.)"""
-    import signal
     import subprocess
     import sys
-    import time
 
     monkeypatch.setattr(fs, "reply_text", lambda body: "Yes")
     fault_server.report_cost = 0.01
@@ -313,18 +312,8 @@ def test_ctrl_c_stops_grpo_at_the_next_steps_start_and_a_re_run_continues(
            "--reward-judge", "j", "--judge-api-base", fault_server.base_url, "--out", str(out),
            "--max-steps", "4", "--num-generations", "4", "--batch-size", "4",
            "--max-completion-length", "4", "--price", "0,5000", "--concurrency", "1"]  # fmt: skip
-    fault_server.hold_after = 6  # step 1's 4 scores and 2 of step 2's; the rest wait
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and fault_server.paid < 6 and proc.poll() is None:
-        time.sleep(0.05)
-    assert fault_server.paid == 6, proc.communicate()[0] if proc.poll() is not None else "timeout"
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.5)
-    fault_server.hold_after = None
-    output = proc.communicate(timeout=240)[0]
-    assert proc.returncode == 130, output[-3000:]
+    code, output = ctrl_c_while_held(cmd, fault_server, paid=6)  # in step 2
+    assert code == 130, output[-3000:]
     assert "Interrupted (Ctrl-C) at the end of a step. The 2 finished step(s) are saved" in output
     assert "Re-run the same command: training continues from step 3 of 4." in output
     assert (out / "checkpoint-2").is_dir() and fault_server.paid == 8

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from cai_kit.cli.main import app
 from tests.fixtures.fault_server import FaultServer
+from tests.fixtures.interrupt import ctrl_c_while_held
 from tests.test_train import tensorboard_scalars
 
 
@@ -476,10 +477,8 @@ def test_ctrl_c_stops_online_dpo_at_the_steps_end_and_a_re_run_continues(
     command then trains steps 3-4 only, and no verdict is paid twice. (Before: KeyboardInterrupt
     went straight up, nothing was saved, and the CLI's "re-run to resume" was untrue.)"""
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
     fault_server.responder = prefers_shorter
     fault_server.report_cost = 0.01
@@ -490,18 +489,8 @@ def test_ctrl_c_stops_online_dpo_at_the_steps_end_and_a_re_run_continues(
            "--judge", "j", "--judge-api-base", fault_server.base_url, "--out", str(out), "--batch-size", "2",
            "--max-new-tokens", "4", "--lr", "1e-3", "--max-retries", "0", "--steps", "4",
            "--price", "0,2500", "--concurrency", "1"]  # fmt: skip
-    fault_server.hold_after = 6  # step 1's 4 verdicts and 2 of step 2's; the rest wait
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and fault_server.paid < 6 and proc.poll() is None:
-        time.sleep(0.05)
-    assert fault_server.paid == 6, proc.communicate()[0] if proc.poll() is not None else "timeout"
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.5)
-    fault_server.hold_after = None  # the judge answers step 2's last verdicts
-    output = proc.communicate(timeout=240)[0]
-    assert proc.returncode == 130, output[-3000:]
+    code, output = ctrl_c_while_held(cmd, fault_server, paid=6)  # in step 2
+    assert code == 130, output[-3000:]
     assert "Interrupted (Ctrl-C) at the end of a step. The 2 finished step(s) are saved" in output
     assert "Re-run the same command: training continues from step 3 of 4." in output
     assert (out / "resume_state").is_dir() and fault_server.paid == 8
