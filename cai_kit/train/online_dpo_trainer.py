@@ -55,7 +55,7 @@ from cai_kit.judges.client import JudgeClient, all_or_cancel
 from cai_kit.judges.pairwise import JudgeConfig, judge_pair
 from cai_kit.llm.base import Backend
 from cai_kit.train.ppo_trainer import PPOTrainer, policy_and_reference, token_logprobs
-from cai_kit.train.resume import StepMark
+from cai_kit.train.resume import ResumableLoop
 from cai_kit.train.rewards import (
     JudgeFailed,
     RewardSource,
@@ -200,7 +200,7 @@ def as_pair_source(judge: Any, tie_margin: float = 0.05) -> PairSource:
     return PointwisePairs(judge, tie_margin)
 
 
-class OnlineDPOTrainer:
+class OnlineDPOTrainer(ResumableLoop):
     # PPO's rollout machinery, as it is (they read only the attributes set in __init__ below)
     generate = PPOTrainer.generate
     _batch = PPOTrainer._batch
@@ -224,12 +224,7 @@ class OnlineDPOTrainer:
         self.policy, self.optimizer = self.accelerator.prepare(model, optimizer)
         if self.ref_model is not None:
             self.ref_model = self.ref_model.to(self.accelerator.device)
-        self.history: list[dict[str, float]] = []
-        self.draws: Any = None  # the prompt draws' random state to start from (resume.load)
-        # judge_calls/judge_cost billed before a stop this run continues from (resume.load)
-        self.judge_before: dict[str, float] = {}
-        self.interrupt: Any = None  # train.interrupt.StopAtStep: Ctrl-C stops at a step's end
-        self.mark: StepMark | None = None  # the random state at the start of the current step
+        self._init_resumable()  # history, draws, judge totals, Ctrl-C watch (train.resume)
 
     @property
     def _lm(self) -> nn.Module:
@@ -283,9 +278,7 @@ class OnlineDPOTrainer:
         if self.draws is not None:  # resumed (train.resume): the finished steps are in history
             rng.setstate(self.draws)
         for step in range(len(self.history), steps):
-            self.mark = StepMark.take(rng)  # a stop here: the re-run starts this step as is
-            if self.interrupt is not None:  # Ctrl-C since the last step: every rank stops here
-                stop_together(self.interrupt.reason())
+            self.begin_step(rng)
             batch = [rng.choice(mine) for _ in range(cfg.batch_size)]
             queries = [self._encode(p) for p in batch]
             t0 = time.perf_counter()
@@ -333,9 +326,7 @@ class OnlineDPOTrainer:
                 stats = {k: v / decisive for k, v in zip(keys, sums, strict=True)}
             stats.update(decisive=decisive, ties=total - failed - decisive, failed=failed,
                          time_generate=t1 - t0, time_judge=t2 - t1)  # fmt: skip
-            before = self.judge_before  # a resumed run: the calls billed before the stop
-            stats.update(judge_calls=before.get("judge_calls", 0.0) + calls,
-                         judge_cost=before.get("judge_cost", 0.0) + cost)  # the run so far, all ranks  # fmt: skip
+            stats.update(self.judge_so_far({"judge_calls": calls, "judge_cost": cost}))  # all ranks
             stats.update(judge.last_metrics)  # rubric/<id>: this rank's
             self.history.append(stats)
             if log and acc.is_main_process:

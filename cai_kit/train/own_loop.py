@@ -122,9 +122,7 @@ def _judge_spent(trainer: Any, source: Any) -> dict[str, float]:
         return dict(trainer.judge_before)
     u = usage()
     calls, cost = sum_over_ranks([u.get("judge_calls", 0.0), u.get("judge_cost", 0.0)])
-    before = trainer.judge_before
-    return {"judge_calls": before.get("judge_calls", 0.0) + calls,
-            "judge_cost": before.get("judge_cost", 0.0) + cost}  # fmt: skip
+    return trainer.judge_so_far({"judge_calls": calls, "judge_cost": cost})
 
 
 def _write(out: Path, kind: str, base: str, options: dict[str, Any], cfg: Any,

@@ -48,8 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cai_kit.train.resume import StepMark
-from cai_kit.train.rewards import RewardSource, as_reward_source, score_step, stop_together
+from cai_kit.train.resume import ResumableLoop
+from cai_kit.train.rewards import RewardSource, as_reward_source, score_step
 
 
 @dataclass
@@ -188,7 +188,7 @@ def policy_and_reference(model: nn.Module, peft_config: Any = None,
     return model, reference
 
 
-class PPOTrainer:
+class PPOTrainer(ResumableLoop):
     def __init__(self, config: PPOConfig, model: nn.Module, tokenizer: Any, ref_model: nn.Module | None = None,
                  peft_config: Any = None) -> None:  # fmt: skip
         from accelerate import Accelerator
@@ -212,12 +212,7 @@ class PPOTrainer:
         self.kl_ctl = (AdaptiveKLController(config.init_kl_coef, config.target_kl, config.horizon)
                        if config.adaptive_kl else FixedKLController(config.init_kl_coef))  # fmt: skip
         self._score_stats = [0.0, 1.0, 0]  # running mean, var, count (for normalize_rewards)
-        self.history: list[dict[str, float]] = []
-        self.draws: Any = None  # the prompt draws' random state to start from (resume.load)
-        # judge_calls/judge_cost billed before a stop this run continues from (resume.load)
-        self.judge_before: dict[str, float] = {}
-        self.interrupt: Any = None  # train.interrupt.StopAtStep: Ctrl-C stops at a step's end
-        self.mark: StepMark | None = None  # the random state at the start of the current step
+        self._init_resumable()  # history, draws, judge totals, Ctrl-C watch (train.resume)
 
     @property
     def is_main_process(self) -> bool:
@@ -425,9 +420,7 @@ class PPOTrainer:
         if self.draws is not None:  # resumed (train.resume): the finished steps are in history
             rng.setstate(self.draws)
         for step in range(len(self.history), steps):
-            self.mark = StepMark.take(rng)  # a stop here: the re-run starts this step as is
-            if self.interrupt is not None:  # Ctrl-C since the last step: every rank stops here
-                stop_together(self.interrupt.reason())
+            self.begin_step(rng)
             batch = [rng.choice(mine) for _ in range(self.config.batch_size)]
             queries = [self._encode(p) for p in batch]
             t0 = time.perf_counter()
@@ -438,10 +431,7 @@ class PPOTrainer:
             t2 = time.perf_counter()
             stats = self.step(queries, responses, rewards)
             stats.update(time_generate=t1 - t0, time_reward=t2 - t1)
-            stats.update(judge)  # judge_failed, judge_calls, judge_cost: totals over all ranks
-            for k, before in self.judge_before.items():  # a resumed run: the calls before the stop
-                if k in stats:
-                    stats[k] += before
+            stats.update(self.judge_so_far(judge))  # judge_failed/_calls/_cost, all ranks
             stats.update(source.last_metrics)  # e.g. rubric/<principle>
             if log and acc.is_main_process:
                 log(step, stats)

@@ -55,6 +55,32 @@ class StepMark:
             torch.cuda.set_rng_state_all(self.cuda)
 
 
+class ResumableLoop:
+    """What PPO's and online DPO's loops share to stop and continue: the history, the draws and
+    judge totals a stopped run left (`load`), the stopped step's `StepMark` (`save`), and the
+    Ctrl-C watch (`train.interrupt.StopAtStep`, set by `own_loop`)."""
+
+    def _init_resumable(self) -> None:
+        self.history: list[dict[str, float]] = []
+        self.draws: Any = None  # the prompt draws' random state to start from (load)
+        self.judge_before: dict[str, float] = {}  # judge_calls/judge_cost billed before a stop
+        self.interrupt: Any = None  # train.interrupt.StopAtStep: Ctrl-C stops at a step's end
+        self.mark: StepMark | None = None  # the random state at the start of the current step
+
+    def begin_step(self, rng: random.Random) -> None:
+        """Mark where this step starts (a stop here: the re-run starts it as is), then stop
+        every rank here if Ctrl-C was pressed since the last step."""
+        from cai_kit.train.rewards import stop_together
+
+        self.mark = StepMark.take(rng)
+        if self.interrupt is not None:
+            stop_together(self.interrupt.reason())
+
+    def judge_so_far(self, judge: dict[str, float]) -> dict[str, float]:
+        """`judge_calls`/`judge_cost` of this run plus what was billed before its stop."""
+        return {k: v + self.judge_before.get(k, 0.0) for k, v in judge.items()}
+
+
 def _trainable_only(models: list[Any], weights: list[dict[str, Any]], _dir: str) -> None:
     """accelerate's pre-save hook: keep the weights that train (the frozen base is reloaded
     from the model the command names), so a LoRA run saves megabytes, not the whole model."""
