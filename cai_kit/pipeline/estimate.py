@@ -13,6 +13,7 @@ use its whole `max_tokens`, so token and cost figures are upper bounds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from cai_kit.engine.cost_preview import prompt_tokens
@@ -63,6 +64,15 @@ def _cap(r: Recipe, model: str, api_base: str | None, answer: int, *, judge: boo
     `judge_reasoning_effort`, else the model's own default or least effort) and the backend adds
     its room to think (`Backend.output_cap`: OpenAI's allowance on the fast client, Anthropic's
     and Gemini's thinking budget on the litellm route). A local model sends the answer's cap."""
+    t = r.teacher if r.teacher is not None and r.teacher.model == model else None
+    efforts = (t.reasoning_effort, t.judge_reasoning_effort) if t else (None, None)
+    return _sent_cap(model, api_base, answer, judge, *efforts)
+
+
+@lru_cache(maxsize=1024)
+def _sent_cap(model: str, api_base: str | None, answer: int, judge: bool, effort: str | None,
+              judge_effort: str | None) -> int:  # fmt: skip
+    """`_cap`, once per distinct call shape (an estimate asks it for every call it counts)."""
     from cai_kit.engine.core import EngineConfig, fit_call
     from cai_kit.llm.base import GenParams
     from cai_kit.llm.reasoning import LOWEST
@@ -74,11 +84,7 @@ def _cap(r: Recipe, model: str, api_base: str | None, answer: int, *, judge: boo
         backend = get_backend(model, api_base=api_base, require_key=False)  # nothing is sent
     except Exception:  # an unknown model string: the stage itself will say so
         return answer
-    t = r.teacher if r.teacher is not None and r.teacher.model == model else None
-    config = EngineConfig(
-        reasoning_effort=t.reasoning_effort if t else None,
-        judge_reasoning_effort=t.judge_reasoning_effort if t else None,
-    )
+    config = EngineConfig(reasoning_effort=effort, judge_reasoning_effort=judge_effort)
     params = GenParams(max_tokens=answer, reasoning_effort=LOWEST if judge else None)
     return backend.output_cap(fit_call(config, backend, params))
 
@@ -231,6 +237,7 @@ def _infer(r: Recipe, train: list[PromptRecord]) -> list[StageEstimate]:
 
 def estimate(r: Recipe, split: Split) -> list[StageEstimate]:
     """One row per (stage, model) with its calls, tokens and price; training rows have no calls."""
+    _sent_cap.cache_clear()  # per estimate: a model's rules may come from the environment
     train, held = split.train, split.eval
     rows = _expand(r) if r.expand is not None else []
     rows += _revise(r, "revise", train)
