@@ -129,8 +129,11 @@ def build_rows(
     def skip(reason: str) -> None:
         skipped[reason] = skipped.get(reason, 0) + 1
 
+    # In id order, not file order: records are appended as their calls finish, so the same
+    # command run twice writes them in different orders, and the seeded shuffle in write_rows
+    # must see one order to give one train.jsonl (ids hash the record's inputs).
     if kind in ("sft", "prefs"):
-        for r in _revisions(run_dir):
+        for r in sorted(_revisions(run_dir), key=lambda r: r.id):
             if r.status != "ok":
                 skip("failed")
                 continue
@@ -160,7 +163,7 @@ def build_rows(
     kept, superseded = latest_pairs(_preferences(run_dir))
     if superseded:
         skipped["same pair judged again (the later judgement kept)"] = superseded
-    for p in kept:
+    for p in sorted(kept, key=lambda r: r.id):
         label, margin = p.verdict.label, p.verdict.margin or 0.0
         verdict = human.take(p.id, "failed" if p.status != "ok" else label) if human else None
         if verdict is not None:
