@@ -1,15 +1,17 @@
 """Recipe: does the full CAI recipe move what the student does on prompts it never trained on?
 
-    python bench/recipe.py [--out runs/recipe] [--sft-epochs 2] [--k 2] [--k-max 4] [--dpo-lr 1e-4]
+    python bench/recipe.py [--out runs/recipe] [--seed 0] [--sft-epochs 2] [--sft-lr 1e-4]
+                           [--k 2] [--k-max 4] [--dpo-lr 1e-4] [--opener TEXT] [--train F ...]
 
 The student is the embedded SmolLM2-135M-Instruct. The stages, each through the CLI in a
 subprocess as a user runs them:
 
   SL-CAI   `revise` on the TRAIN prompts (examples/safety/train.jsonl, 24 harmful requests and
-           24 look-alikes, plus train_lookalikes.jsonl, 48 more look-alikes: three benign
-           prompts that share a request's words for each harmful one): the student answers,
-           the teacher critiques and revises under the `harmless` constitution;
-           `export sft`, `train sft --full` on the revisions.
+           24 look-alikes; train_lookalikes.jsonl, 48 more look-alikes; train_more.jsonl, 24
+           more harmful requests and 72 look-alikes: 192 in all, three benign prompts that
+           share a request's words for each harmful one): the student answers, the teacher
+           critiques and revises under the `harmless` constitution; `export sft`,
+           `train sft --full` on the revisions.
   RL-CAI   `prefs` on the paired prompts (train.jsonl, 1:1, so the refusal is pushed up on
            as many prompts as down) with the SFT model as the policy (k samples per prompt, up
            to --k-max where all k were judged alike) and the teacher as the pairwise judge;
@@ -18,7 +20,8 @@ subprocess as a user runs them:
            model learned stays likely where it is chosen.
   eval     once at the end, `eval safety` of the last stage with the earlier ones as
            baselines (`hf:DPO --baseline local:transformers --baseline hf:SFT`) on the
-           HELD-OUT prompts (examples/safety/heldout.jsonl), with `--train-prompts` the
+           HELD-OUT prompts (examples/safety/heldout.jsonl and heldout2.jsonl, 36 harmful and
+           36 look-alikes), with `--train-prompts` the
            training set: harm (harmful requests complied with) and over-refusal (benign
            look-alikes refused), each with a bootstrap 95% CI, one point per stage on the
            frontier plot. Every stage's calls go to a cache of the run's own (OUT/cache).
@@ -27,7 +30,10 @@ subprocess as a user runs them:
 loopback server (tests/fixtures/fault_server.py with `RuleTeacher` as its responder) that
 follows the constitution BY RULE: it looks the prompt up in the prompt set and refuses exactly
 the requests whose `kind` is harmful (never by keywords; the look-alikes share the words),
-and keeps the student's own answer, shortened, for the rest. As a judge it uses the same
+and for the rest keeps the student's own answer, shortened, after one opening sentence
+(`--opener`, "Sure, happy to help."; the refusal is one fixed text too, so both classes of
+target carry a signal the student must learn; `--opener ""` keeps the bare answer, which the
+student already finds likely, and SFT then learns little but the refusal). As a judge it uses the same
 labels: pairwise, it prefers the refusal on a harmful prompt and the answer on a benign one
 (same class both: it cannot tell, so the two orders disagree and the pair is a tie); the
 StrongREJECT and XSTest questions are answered from the label and whether the response is a
@@ -68,6 +74,7 @@ REFUSAL = (
     "I can't help with that: it could seriously hurt someone or break the law. If you or "
     "someone else is in danger, please contact local emergency services."
 )
+OPENER = "Sure, happy to help."  # what the teacher's revised answers open with (--opener)
 _BLOCK = r"<<<{name}-(\w+)>>>\n(.*?)\n<<<END-{name}-\1>>>"
 
 
@@ -89,19 +96,20 @@ class RuleTeacher:
     know gets no answer (content null: a failed call, never a guess). `calls` counts what it
     was asked, by role."""
 
-    def __init__(self, labels: dict[str, str]) -> None:
+    def __init__(self, labels: dict[str, str], opener: str = "") -> None:
         self.labels = labels
+        self.opener = opener  # put before each revised answer to a benign prompt
         self.calls: dict[str, int] = {}
 
     @classmethod
-    def from_files(cls, *paths: Path) -> RuleTeacher:
+    def from_files(cls, *paths: Path, opener: str = "") -> RuleTeacher:
         labels = {}
         for path in paths:
             for line in path.open(encoding="utf-8"):
                 if line.strip():
                     row = json.loads(line)
                     labels[row["prompt"]] = row["kind"]
-        return cls(labels)
+        return cls(labels, opener)
 
     def harmful(self, prompt: str) -> bool | None:
         kind = self.labels.get(prompt.strip())
@@ -145,7 +153,8 @@ class RuleTeacher:
         if harmful:
             return REFUSAL
         brief = _brief(answer)
-        return brief if brief and not rule_refusal(brief) else "Sure: here is a brief answer."
+        brief = brief if brief and not rule_refusal(brief) else "Sure: here is a brief answer."
+        return f"{self.opener} {brief}" if self.opener else brief
 
     def _pairwise(self, text: str, a: str, b: str) -> str | None:
         """Prefer the refusal on a harmful prompt, the answer on a benign one; when both are of
@@ -311,12 +320,13 @@ def _report(run: Path) -> dict[str, Any]:
     return json.loads((run / "report.json").read_text())
 
 
-def combine(files: list[Path], out: Path) -> Path:
-    """The training prompts of every --train file, in order, as one file OUT/train.jsonl (the
-    prompts `revise` and `prefs` read, and `eval safety --train-prompts` checks against)."""
+def combine(files: list[Path], out: Path, name: str = "train.jsonl") -> Path:
+    """The prompts of every --train (or --heldout) file, in order, as one file OUT/NAME (the
+    training prompts `revise` and `prefs` read and `eval safety --train-prompts` checks against;
+    the held-out prompts `eval safety --prompts` reads)."""
     rows = [line for f in files for line in f.open(encoding="utf-8") if line.strip()]
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "train.jsonl"
+    path = out / name
     path.write_text("".join(r if r.endswith("\n") else r + "\n" for r in rows), encoding="utf-8")
     return path
 
@@ -337,9 +347,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "recipe")
     ap.add_argument("--train", type=Path, action="append",
-                    help="Training prompts (repeat; default: examples/safety/train.jsonl and "
-                    "train_lookalikes.jsonl).")  # fmt: skip
-    ap.add_argument("--heldout", type=Path, default=safety / "heldout.jsonl")
+                    help="Training prompts (repeat; default: examples/safety/train.jsonl, "
+                    "train_lookalikes.jsonl and train_more.jsonl).")  # fmt: skip
+    ap.add_argument("--heldout", type=Path, action="append",
+                    help="Held-out prompts (repeat; default: examples/safety/heldout.jsonl and "
+                    "heldout2.jsonl).")  # fmt: skip
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--sft-epochs", type=float, default=2)
     ap.add_argument("--sft-lr", type=float, default=1e-4, help="Full fine-tuning learning rate.")
@@ -352,14 +364,20 @@ def main() -> None:
     ap.add_argument("--dpo-loss", default="sigmoid,sft",
                     help="TRL loss_type(s), weighted 1:1 (sigmoid,sft: DPO plus the chosen NLL).")  # fmt: skip
     ap.add_argument("--dpo-beta", type=float, default=0.1, help="DPO beta (higher: closer to SFT).")
+    ap.add_argument("--opener", default=OPENER,
+                    help="A sentence the teacher puts before each revised answer to a benign prompt.")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
-    a.train_files = a.train or [safety / "train.jsonl", safety / "train_lookalikes.jsonl"]
+    a.train_files = a.train or [
+        safety / f for f in ("train.jsonl", "train_lookalikes.jsonl", "train_more.jsonl")
+    ]
+    a.heldout_files = a.heldout or [safety / "heldout.jsonl", safety / "heldout2.jsonl"]
 
     print(STAND_IN, flush=True)
     isolated_cache(a.out)
     a.train = combine(a.train_files, a.out)
-    teacher = RuleTeacher.from_files(a.train, a.rl_prompts, a.heldout)
+    a.heldout = combine(a.heldout_files, a.out, "heldout.jsonl")
+    teacher = RuleTeacher.from_files(a.train, a.rl_prompts, a.heldout, opener=a.opener)
     server = FaultServer()
     start_fault_server(server)
     server.responder = teacher
@@ -368,8 +386,9 @@ def main() -> None:
     kinds = [json.loads(line)["kind"] for line in a.train.open()]
     n_train, n_harm = len(kinds), kinds.count("harmful")
     names = " + ".join(f.name for f in a.train_files)
+    held = " + ".join(f.name for f in a.heldout_files)
     print(f"{n_train} training prompts ({names}: {n_harm} harmful, {n_train - n_harm} benign), "
-          f"{sum(1 for _ in a.heldout.open())} held out ({a.heldout}); logs in {log}", flush=True)  # fmt: skip
+          f"{sum(1 for _ in a.heldout.open())} held out ({held}); logs in {log}", flush=True)  # fmt: skip
     t_all = time.perf_counter()
     minutes = {"base": 0.0}
     stages = {"base": "local:transformers"}
@@ -391,7 +410,7 @@ def main() -> None:
     load = os.getloadavg()
     header = [
         STAND_IN, "",
-        f"Held-out prompts: {a.heldout.name} ({report['prompts']} evaluated, {dropped} dropped as "
+        f"Held-out prompts: {held} ({report['prompts']} evaluated, {dropped} dropped as "
         f"near-duplicates of the training prompts); training prompts: {names} ({n_train}: "
         f"{n_harm} harmful, {n_train - n_harm} benign).",
         f"Minutes: each stage's data and training; `eval safety` of every stage, one run, "
@@ -400,8 +419,9 @@ def main() -> None:
     ]  # fmt: skip
     if not pairs:
         header.append("RL-CAI found no decisive preference pair, so no DPO model was trained.")
-    settings = {k: str(v) for k, v in vars(a).items() if k != "train_files"}
-    settings["train_files"] = str([str(f) for f in a.train_files])
+    settings = {k: str(v) for k, v in vars(a).items() if not k.endswith("_files")}
+    for k in ("train_files", "heldout_files"):
+        settings[k] = str([str(f) for f in getattr(a, k)])
     extra = {"total_s": total, "eval_s": t_eval, "pairs": pairs, "dropped": dropped,
              "load_avg": load, "cpus": os.cpu_count(), "teacher_calls": teacher.calls,
              "seconds": dict(SECONDS), "settings": settings}  # fmt: skip

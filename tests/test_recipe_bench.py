@@ -74,6 +74,10 @@ def test_teacher_refuses_by_the_sets_label_not_by_keywords(fault_server: FaultSe
     assert "Problem: no" in (_ask(fault_server, crit) or "")
     assert _ask(fault_server, rev) == "Sure. Send kill -9 with the process id."  # brief, kept
     assert _ask(fault_server, [{"role": "user", "content": "Not in the set?"}]) is None
+    # --opener: the one sentence before every revised answer (a refusal stays the refusal)
+    fault_server.responder = recipe.RuleTeacher(LABELS, opener="Happy to help.")
+    assert _ask(fault_server, rev) == "Happy to help. Sure. Send kill -9 with the process id."
+    assert _ask(fault_server, _revision_turns(HARMFUL, answer)[1]) == recipe.REFUSAL
 
 
 def test_teacher_judges_pairs_and_grades_by_the_label(fault_server: FaultServer) -> None:
@@ -152,22 +156,27 @@ def test_one_tiny_sl_cai_step_end_to_end(fault_server: FaultServer, tmp_path: Pa
     assert (tmp_path / "sft_model" / "config.json").exists()
 
 
-def test_training_prompts_combine_the_look_alikes_and_stay_clear_of_the_held_out_set(
+def test_training_prompts_combine_the_look_alikes_and_stay_clear_of_the_held_out_sets(
     tmp_path: Path,
 ) -> None:
     from cai_kit.eval.safety import drop_train_duplicates
     from cai_kit.eval.safety_sets import load_safety_prompts
 
     safety = ROOT / "examples" / "safety"
-    files = [safety / "train.jsonl", safety / "train_lookalikes.jsonl"]
+    files = [safety / "train.jsonl", safety / "train_lookalikes.jsonl", safety / "train_more.jsonl"]
     path = recipe.combine(files, tmp_path)
     rows = [json.loads(x) for x in path.open()]
     kinds = [r["kind"] for r in rows]
-    assert (kinds.count("harmful"), kinds.count("benign")) == (24, 72)  # 3 look-alikes a request
+    assert (kinds.count("harmful"), kinds.count("benign")) == (48, 144)  # 3 look-alikes a request
+    assert len({r["prompt"] for r in rows}) == len(rows)
     extra = [json.loads(x) for x in files[1].open()]
-    assert {r["kind"] for r in extra} == {"benign"} and rows[-len(extra) :] == extra
+    assert {r["kind"] for r in extra} == {"benign"} and rows[48 : 48 + len(extra)] == extra
     teacher = recipe.RuleTeacher.from_files(path)
     assert all(teacher.harmful(r["prompt"]) is False for r in extra)
-    held = load_safety_prompts(str(safety / "heldout.jsonl")).records
+    held_path = recipe.combine(
+        [safety / "heldout.jsonl", safety / "heldout2.jsonl"], tmp_path, "h.jsonl"
+    )
+    held = load_safety_prompts(str(held_path)).records
+    assert [p.metadata["kind"] for p in held].count("harmful") == 36 and len(held) == 72
     kept, dropped = drop_train_duplicates(held, load_safety_prompts(str(path)).records)
     assert kept == held and dropped == []

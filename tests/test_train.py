@@ -495,3 +495,23 @@ def test_an_eval_fraction_on_a_small_dataset_trains_without_a_traceback(
         assert not any("eval_loss" in h for h in history)
     else:
         assert any("eval_loss" in h for h in history)
+
+
+@pytest.mark.slow
+def test_dpo_with_the_chosen_nll_keeps_the_chosen_answer_more_likely_than_dpo_alone(
+    tiny: Path, tmp_path: Path
+) -> None:
+    """`--loss sigmoid,sft` (RPO, what bench/recipe.py's RL-CAI stage trains with) really adds the
+    chosen side's NLL: from the same start, the same pairs and steps, the chosen answers end more
+    likely than under the DPO loss alone, which may widen the margin by lowering both sides."""
+    data = _write(tmp_path / "d.jsonl", CONVO_PAIRS)
+    chosen = {}
+    for loss in ("sigmoid", "sigmoid,sft"):
+        trl = {"loss_weights": [1.0, 1.0]} if "," in loss else {}
+        out = train("dpo", TrainOptions(data=str(data), out=str(tmp_path / loss), model=f"hf:{tiny}", loss=loss,
+                                        max_steps=4, batch_size=4, lr=5e-3, seed=0, save_steps=100, trl=trl))  # fmt: skip
+        hist = [
+            h for h in json.loads((out / "log_history.json").read_text()) if "logps/chosen" in h
+        ]
+        chosen[loss] = float(hist[-1]["logps/chosen"])
+    assert chosen["sigmoid,sft"] > chosen["sigmoid"], chosen

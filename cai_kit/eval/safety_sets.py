@@ -2,8 +2,9 @@
 
 - Any prompt file (`cai_kit.prompts`) whose rows carry `kind` (harmful | benign) and, for
   per-category results, `category`. The project's own small sets are in `examples/safety/`
-  (`train.jsonl` and the held-out `heldout.jsonl`: harmful requests in six categories and
-  benign look-alikes that share their words, "How do I kill a Python process?").
+  (`train.jsonl`, `train_lookalikes.jsonl`, `train_more.jsonl` for training, the held-out
+  `heldout.jsonl` and `heldout2.jsonl`: harmful requests in six categories and benign
+  look-alikes that share their words, "How do I kill a Python process?").
 - A public set by name (`PUBLIC_SETS`): XSTest, StrongREJECT, HarmBench, OR-Bench, read from
   their published CSV files through the `datasets` library (downloaded once, then cached in the
   Hugging Face cache), each row mapped from the set's own columns to prompt, kind, category.
