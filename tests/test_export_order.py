@@ -4,10 +4,12 @@
 with the same seed write the same records in different orders. The export's seeded shuffle used
 to run over file order: the same records gave another train.jsonl order (and another test split),
 so SFT or DPO on them trained on other batches, and a benchmark run twice with one seed moved by
-11 points on 18 prompts."""
+11 points on 18 prompts. Sorting by record id is not enough: an id also hashes the models'
+identities, and a teacher on a local server has another port in another run."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -17,16 +19,21 @@ from cai_kit.records import JudgeVerdict, Message, PreferenceRecord, RevisionRec
 from cai_kit.stages.export import export
 
 
-def _revision(i: int) -> dict:
+def _id(run: str, i: int) -> str:
+    """A record id as cai-kit makes them: a hash, whose order has nothing to do with the prompts'."""
+    return hashlib.sha256(f"{run}/{i}".encode()).hexdigest()[:16]
+
+
+def _revision(i: int, run: str = "") -> dict:
     return RevisionRecord(
-        id=f"rev{i:02d}", prompt_id=f"p{i:02d}", messages=[Message(role="user", content=f"q{i}")],
+        id=_id(run, i), prompt_id=f"p{i:02d}", messages=[Message(role="user", content=f"q{i}")],
         initial_response=f"draft {i}", final_response=f"revised {i}",
     ).model_dump()  # fmt: skip
 
 
-def _pair(i: int) -> dict:
+def _pair(i: int, run: str = "") -> dict:
     return PreferenceRecord(
-        id=f"pair{i:02d}", prompt_id=f"p{i:02d}", messages=[Message(role="user", content=f"q{i}")],
+        id=_id(run, i), prompt_id=f"p{i:02d}", messages=[Message(role="user", content=f"q{i}")],
         response_a=f"good {i}", response_b=f"bad {i}", verdict=JudgeVerdict(label="A", margin=1.0, p_a=0.9),
     ).model_dump()  # fmt: skip
 
@@ -48,7 +55,10 @@ def test_the_same_records_in_another_file_order_export_the_same_rows(
     tmp_path: Path, file: str, make: object, kind: str
 ) -> None:
     records = [make(i) for i in range(12)]  # type: ignore[operator]
-    finished = records[5:] + records[:5][::-1]  # as calls that finished in another order wrote them
+    # as another run wrote them: its calls finished in another order, and its record ids differ
+    # (an id also hashes the models' identities, and a local server's URL has another port)
+    other = [make(i, run="z") for i in range(12)]  # type: ignore[operator]
+    finished = other[5:] + other[:5][::-1]
     first = _export(tmp_path, "a", file, records, kind)
     again = _export(tmp_path, "b", file, finished, kind)
     assert first[0] and first[1]  # both parts written

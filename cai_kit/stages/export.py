@@ -129,11 +129,14 @@ def build_rows(
     def skip(reason: str) -> None:
         skipped[reason] = skipped.get(reason, 0) + 1
 
-    # In id order, not file order: records are appended as their calls finish, so the same
+    # In content order, not file order: records are appended as their calls finish, so the same
     # command run twice writes them in different orders, and the seeded shuffle in write_rows
-    # must see one order to give one train.jsonl (ids hash the record's inputs).
+    # must see one order to give one train.jsonl. Not by record id either: ids also hash the
+    # models' identities (a server's URL), which another run may give another port.
     if kind in ("sft", "prefs"):
-        for r in sorted(_revisions(run_dir), key=lambda r: r.id):
+        for r in sorted(
+            _revisions(run_dir), key=lambda r: (r.prompt_id, r.final_response or "", r.id)
+        ):
             if r.status != "ok":
                 skip("failed")
                 continue
@@ -163,7 +166,7 @@ def build_rows(
     kept, superseded = latest_pairs(_preferences(run_dir))
     if superseded:
         skipped["same pair judged again (the later judgement kept)"] = superseded
-    for p in sorted(kept, key=lambda r: r.id):
+    for p in sorted(kept, key=lambda r: (r.prompt_id, r.response_a, r.response_b, r.id)):
         label, margin = p.verdict.label, p.verdict.margin or 0.0
         verdict = human.take(p.id, "failed" if p.status != "ok" else label) if human else None
         if verdict is not None:
