@@ -48,6 +48,7 @@ CIs, minutes), OUT/frontier.png (one point per stage), and each stage's run dire
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -251,17 +252,23 @@ def write_plot(report: dict[str, Any], stages: dict[str, str], path: Path) -> st
 SECONDS: dict[str, float] = {}  # wall seconds per command (revise, train sft, ...), this run
 
 
-def _cli(args: list[str], log: Path) -> float:
-    """Run `cai-kit ARGS` as bench/outcome.py does, with a key for the loopback teacher; the
-    seconds, also added to SECONDS under the command's name."""
+@functools.cache
+def _outcome() -> Any:
+    """bench/outcome.py, loaded once by path: `outcome` is also a PyPI package's name (trio's),
+    so not `import outcome`."""
     import importlib.util
 
-    # by path: `outcome` is also a PyPI package's name (trio's), so not `import outcome`
     spec = importlib.util.spec_from_file_location("bench_outcome", ROOT / "bench" / "outcome.py")
     assert spec is not None and spec.loader is not None
     outcome = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(outcome)
-    t = float(outcome._cli(args, log, {"CAI_KIT_API_KEY": "loopback"}))
+    return outcome
+
+
+def _cli(args: list[str], log: Path) -> float:
+    """Run `cai-kit ARGS` as bench/outcome.py does, with a key for the loopback teacher; the
+    seconds, also added to SECONDS under the command's name."""
+    t = float(_outcome()._cli(args, log, {"CAI_KIT_API_KEY": "loopback"}))
     name = " ".join(args[:2]) if args[0] in ("train", "export", "eval") else args[0]
     SECONDS[name] = SECONDS.get(name, 0.0) + t
     return t

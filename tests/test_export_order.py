@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -52,12 +53,12 @@ def _export(tmp_path: Path, name: str, file: str, records: list[dict], kind: str
     [("revisions.jsonl", _revision, "sft"), ("prefs.jsonl", _pair, "dpo"), ("prefs.jsonl", _pair, "kto")],
 )  # fmt: skip
 def test_the_same_records_in_another_file_order_export_the_same_rows(
-    tmp_path: Path, file: str, make: object, kind: str
+    tmp_path: Path, file: str, make: Callable[..., dict], kind: str
 ) -> None:
-    records = [make(i) for i in range(12)]  # type: ignore[operator]
+    records = [make(i) for i in range(12)]
     # as another run wrote them: its calls finished in another order, and its record ids differ
     # (an id also hashes the models' identities, and a local server's URL has another port)
-    other = [make(i, run="z") for i in range(12)]  # type: ignore[operator]
+    other = [make(i, run="z") for i in range(12)]
     finished = other[5:] + other[:5][::-1]
     first = _export(tmp_path, "a", file, records, kind)
     again = _export(tmp_path, "b", file, finished, kind)
